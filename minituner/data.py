@@ -1,0 +1,71 @@
+"""Turning lines and cloze pairs into padded (x, y) batches.
+
+Every sequence is ``"\\n" + text + "\\n"`` (the newline doubles as BOS and EOS). Batches
+are right-padded: causal attention means padding after a sequence cannot change the
+logits inside it, and padded targets are IGNORE so the loss skips them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .corpus import ClozeExample, cloze_input
+from .tokenizer import CharTokenizer
+
+IGNORE = -100
+
+
+class EncodedLines:
+    """A list of token sequences stored as one padded tensor, with a per-sequence index
+    of the first target position that counts in the loss (0: every position)."""
+
+    def __init__(self, seqs: list[list[int]], loss_from: list[int] | None = None):
+        if not seqs:
+            raise ValueError("no sequences to encode")
+        self.lengths = torch.tensor([len(s) for s in seqs])
+        T = int(self.lengths.max())
+        self.tokens = torch.zeros(len(seqs), T, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            self.tokens[i, : len(s)] = torch.tensor(s)
+        self.loss_from = torch.tensor(loss_from if loss_from is not None else [0] * len(seqs))
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def max_len(self) -> int:
+        return int(self.lengths.max())
+
+    def to(self, device) -> EncodedLines:
+        self.tokens = self.tokens.to(device)
+        self.lengths = self.lengths.to(device)
+        self.loss_from = self.loss_from.to(device)
+        return self
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs x (B, T-1) and targets y (B, T-1) for sequence indices ``idx``."""
+        lengths = self.lengths[idx]
+        T = int(lengths.max())
+        seq = self.tokens[idx, :T]  # (B, T)
+        x, y = seq[:, :-1], seq[:, 1:].clone()
+        pos = torch.arange(1, T, device=seq.device)[None, :]  # position of each target
+        keep = (pos < lengths[:, None]) & (pos >= self.loss_from[idx][:, None])
+        y[~keep] = IGNORE
+        return x, y
+
+
+def encode_lines(tok: CharTokenizer, lines: list[str]) -> EncodedLines:
+    """Plain text lines; the loss covers every character after the BOS."""
+    return EncodedLines([[0] + tok.encode(line) + [0] for line in lines])
+
+
+def encode_cloze(tok: CharTokenizer, examples: list[ClozeExample]) -> EncodedLines:
+    """Cloze pairs with the loss masked to the answer: only the characters of
+    ``" went\\n"`` are predicted, never the prompt."""
+    seqs, starts = [], []
+    for e in examples:
+        prompt = [0] + tok.encode(cloze_input(e.prompt))
+        answer = tok.encode(" " + e.answer) + [0]
+        seqs.append(prompt + answer)
+        starts.append(len(prompt))  # first target position that is part of the answer
+    return EncodedLines(seqs, starts)

@@ -1,0 +1,162 @@
+"""Evaluation: does the model know the irregular past, and did it forget anything?
+
+* ``irregular_accuracy``: greedy exact match on finetune_test, overall and per verb.
+* ``overregularized_rate``: share of irregular answers that are the over-regularized
+  form ("goed", "they was").
+* ``regular_accuracy``: greedy exact match on regular_cloze_test.
+* ``control_en_ppl`` / ``control_es_ppl``: per-character perplexity of held-out
+  sentences; ``*_drift`` = ppl / base_ppl - 1 (0.03 = 3% higher than the base model).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+
+from .corpus import ClozeExample, Corpus, cloze_input
+from .data import IGNORE, encode_lines
+from .tokenizer import CharTokenizer
+
+MAX_ANSWER_CHARS = 12
+
+
+@torch.no_grad()
+def greedy_answers(model, tok: CharTokenizer, prompts: list[str], max_new: int = MAX_ANSWER_CHARS):
+    """Greedy cloze answers for ``prompts`` ("He __ to school yesterday.").
+
+    Prompts of equal length are generated together (right-padding would shift the
+    generated position; left-padding would shift the learned positions).
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out: list[str] = [""] * len(prompts)
+    groups: dict[int, list[int]] = defaultdict(list)
+    encoded = [[0] + tok.encode(cloze_input(p)) for p in prompts]
+    for i, ids in enumerate(encoded):
+        groups[len(ids)].append(i)
+    for _, idxs in sorted(groups.items()):
+        x = torch.tensor([encoded[i] for i in idxs], device=device)
+        y = model.generate(x, max_new, stop_token=tok.newline_id)
+        for row, i in zip(y[:, x.shape[1] :].tolist(), idxs, strict=True):
+            text = tok.decode(row).split("\n", 1)[0]
+            out[i] = text.strip()
+    model.train(was_training)
+    return out
+
+
+def cloze_metrics(model, tok: CharTokenizer, examples: list[ClozeExample]) -> dict:
+    """Accuracy, per-verb accuracy and over-regularization rate on cloze examples."""
+    answers = greedy_answers(model, tok, [e.prompt for e in examples])
+    per_verb: dict[str, list[int]] = defaultdict(list)
+    over = 0
+    for e, a in zip(examples, answers, strict=True):
+        per_verb[e.verb].append(int(a == e.answer))
+        over += int(e.overregularized is not None and a == e.overregularized)
+    correct = sum(sum(v) for v in per_verb.values())
+    return {
+        "accuracy": correct / len(examples),
+        "per_verb": {v: sum(c) / len(c) for v, c in sorted(per_verb.items())},
+        "overregularized_rate": over / len(examples),
+        "answers": answers,
+    }
+
+
+@torch.no_grad()
+def perplexity(model, tok: CharTokenizer, lines: list[str], batch_size: int = 128) -> float:
+    """Per-character perplexity of ``lines`` (each scored from a fresh BOS, the final
+    newline included)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    enc = encode_lines(tok, lines).to(device)
+    total_nll, total_n = 0.0, 0
+    for s in range(0, len(enc), batch_size):
+        idx = torch.arange(s, min(s + batch_size, len(enc)), device=device)
+        x, y = enc.batch(idx)
+        logits = model(x)
+        nll = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)).float(),
+            y.reshape(-1),
+            ignore_index=IGNORE,
+            reduction="sum",
+        )
+        total_nll += float(nll)
+        total_n += int((y != IGNORE).sum())
+    model.train(was_training)
+    return math.exp(total_nll / total_n)
+
+
+def evaluate(
+    model,
+    tok: CharTokenizer,
+    corpus: Corpus,
+    base_metrics: dict | None = None,
+    sample: int | None = None,
+) -> dict:
+    """The evaluation figures of a model (see the module docstring).
+
+    ``sample`` limits every split to its first ``sample`` items (the periodic, cheaper
+    evaluation during training). ``base_metrics`` (the base model's figures) adds the
+    drift keys.
+    """
+
+    def cut(xs):
+        return xs[:sample] if sample else xs
+
+    irr = cloze_metrics(model, tok, cut(corpus.finetune_test))
+    reg = cloze_metrics(model, tok, cut(corpus.regular_cloze_test))
+    m = {
+        "irregular_accuracy": irr["accuracy"],
+        "irregular_accuracy_per_verb": irr["per_verb"],
+        "overregularized_rate": irr["overregularized_rate"],
+        "regular_accuracy": reg["accuracy"],
+        "control_en_ppl": perplexity(model, tok, cut(corpus.control_en)),
+        "control_es_ppl": perplexity(model, tok, cut(corpus.control_es)),
+    }
+    if base_metrics is not None:
+        m.update(drift(m, base_metrics))
+    return m
+
+
+def drift(metrics: dict, base: dict) -> dict:
+    """control_*_drift: relative perplexity change against the base model."""
+    return {
+        f"control_{lang}_drift": metrics[f"control_{lang}_ppl"] / base[f"control_{lang}_ppl"] - 1.0
+        for lang in ("en", "es")
+    }
+
+
+@torch.no_grad()
+def candidate_logprobs(model, tok: CharTokenizer, prompt: str, candidates: list[str]) -> dict:
+    """log P(answer | prompt) for each candidate answer ("went" against "goed"), summed
+    over the answer's characters and its closing newline. Also returns the
+    probabilities renormalized over the candidates.
+
+    Raises:
+        ValueError: a character outside the vocabulary (the message names it).
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    prefix = [0] + tok.encode(cloze_input(prompt))
+    scores = {}
+    for cand in candidates:
+        ans = tok.encode(" " + cand) + [0]
+        seq = torch.tensor([prefix + ans], device=device)
+        logp = F.log_softmax(model(seq[:, :-1]).float(), dim=-1)  # (1, T, V)
+        tgt = seq[0, len(prefix) :]
+        pos = torch.arange(len(prefix) - 1, seq.shape[1] - 1, device=device)
+        scores[cand] = float(logp[0, pos, tgt].sum())
+    model.train(was_training)
+    z = torch.logsumexp(torch.tensor(list(scores.values())), 0)
+    probs = {c: math.exp(s - float(z)) for c, s in scores.items()}
+    return {"logprobs": scores, "probs": probs}
+
+
+def complete(model, tok: CharTokenizer, prompt: str) -> str:
+    """The greedy answer to one cloze prompt."""
+    return greedy_answers(model, tok, [prompt])[0]

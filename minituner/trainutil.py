@@ -1,0 +1,87 @@
+"""Small pieces shared by pretraining and fine-tuning: device choice, seeding, the
+learning-rate schedule, a text progress bar."""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+
+import torch
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks cuda when present, else cpu.
+
+    Raises:
+        ValueError: an unknown device, or cuda asked for on a machine without it.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for, but no CUDA GPU is available here; use cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda") from None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "CPU"
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int, min_ratio: float = 0.1) -> float:
+    """Linear warm-up for ``warmup`` steps, then cosine decay to ``min_ratio * peak``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+class ProgressBar:
+    """A one-line text progress bar for the CLI (stderr, redrawn at most 10x a second)."""
+
+    def __init__(self, total: int, label: str = "", stream=None, width: int = 30):
+        self.total, self.label, self.width = total, label, width
+        self.stream = stream or sys.stderr
+        self.start = time.perf_counter()
+        self._last = 0.0
+        self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._next_pct = 0
+
+    def update(self, done: int, info: str = "", force: bool = False) -> None:
+        now = time.perf_counter()
+        if not force and now - self._last < 0.1 and done < self.total:
+            return
+        frac = done / self.total if self.total else 1.0
+        if not self._tty:  # a log file: one line per 10%, not a redraw per step
+            if frac * 100 < self._next_pct and not force:
+                return
+            self._next_pct = int(frac * 10) * 10 + 10
+        self._last = now
+        fill = int(self.width * frac)
+        elapsed = now - self.start
+        eta = elapsed / frac - elapsed if frac > 0 else 0.0
+        bar = "#" * fill + "-" * (self.width - fill)
+        end = "\n" if not self._tty else ""
+        self.stream.write(
+            ("\r" if self._tty else "")
+            + f"{self.label} [{bar}] {done}/{self.total} {info} {elapsed:5.1f}s<{eta:4.0f}s " + end
+        )
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self._tty:
+            self.stream.write("\n")
+        self.stream.flush()
