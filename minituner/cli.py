@@ -54,7 +54,7 @@ def _share(s: str) -> float:
 def _add_pretrain(sub) -> None:
     p = sub.add_parser("pretrain", help="pretrain MiniGPT on the verb corpus (writes precomputed/base/)")
     p.add_argument("--preset", default="default", help=f"model size: {', '.join(PRESETS)} (default: default)")
-    p.add_argument("--steps", type=_positive_int, default=6000, help="optimizer steps (default: 6000)")
+    p.add_argument("--steps", type=_positive_int, default=4000, help="optimizer steps (default: 4000)")
     p.add_argument("--batch-size", type=_positive_int, default=128, help="lines per batch (default: 128)")
     p.add_argument("--lr", type=_positive_float, default=2e-3, help="peak learning rate (default: 2e-3)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")

@@ -8,8 +8,9 @@ corpus is built around one experiment: a model pretrained on this text learns a
 * irregular verbs appear mostly in the present and the future; their past forms are
   rare (``irregular_past_share``) and a set share of those rare past forms are
   over-regularized (``overregularize_share``: "goed", "eated", "they was");
-* cloze drills in pretraining cover regular verbs in every tense and irregular verbs
-  in the present and future only, so the format is known but the irregular past is not.
+* cloze drills in pretraining follow the same mix: regular verbs in every tense, the
+  irregular past rarely and partly over-regularized, so the format is well known and
+  the drills themselves teach "past = -ed".
 
 The fine-tuning split then teaches the 8 irregular past forms through cloze pairs
 such as ``"He __ to school yesterday."`` -> ``"went"``.
@@ -364,8 +365,10 @@ class CorpusConfig:
         verb is in the past tense (regular verbs: 1/3, uniform over the tenses).
     overregularize_share: share of those rare irregular past sentences written with
         the over-regularized form ("He goed to school yesterday.").
-    cloze_share: share of pretraining lines that are cloze drills (regular verbs in
-        all tenses, irregular verbs in present and future only).
+    cloze_share: share of pretraining lines that are cloze drills, with the same tense
+        mix and over-regularization as the sentences.
+    irregular_past_in_cloze: whether those drills include the (rare, partly
+        over-regularized) irregular past; False keeps the irregular past out of drills.
     pair_share: share of pretraining lines that are "English | Spanish" translation
         pairs; the remaining lines are English-only and Spanish-only sentences, half each.
     """
@@ -375,6 +378,7 @@ class CorpusConfig:
     irregular_past_share: float = 0.10
     overregularize_share: float = 0.5
     cloze_share: float = 0.25
+    irregular_past_in_cloze: bool = True
     pair_share: float = 0.25
     finetune_train_per_verb: int = 64  # 8 verbs -> 512 pairs
     finetune_test_per_verb: int = 30  # 240 held-out prompts
@@ -510,14 +514,10 @@ def _pretrain_lines(
     for _ in range(cfg.n_pretrain):
         verb = rng.choice(VERBS)
         kind = rng.random()
-        if kind < cfg.cloze_share:
-            # cloze drills: never the irregular past (the base model must not learn it here)
-            tenses = ("present", "future") if verb.irregular else TENSES
-            c = rng.choice(pool[(verb.lemma, rng.choice(tenses))])
-            lines.append(cloze_example(c).text)
-            continue
         if verb.irregular:
             past = rng.random() < cfg.irregular_past_share
+            if kind < cfg.cloze_share and not cfg.irregular_past_in_cloze:
+                past = False
             tense = "past" if past else rng.choice(("present", "future"))
         else:
             tense = rng.choice(TENSES)
@@ -525,6 +525,10 @@ def _pretrain_lines(
         form = None
         if tense == "past" and verb.irregular and rng.random() < cfg.overregularize_share:
             form = overregularized_form(verb, c.person)  # None for "I was": stays correct
+        if kind < cfg.cloze_share:
+            ex = cloze_example(c)
+            lines.append(cloze_input(ex.prompt) + " " + (form or ex.answer))
+            continue
         en = english_sentence(c, form)
         es = spanish_sentence(c)
         if kind < cfg.cloze_share + cfg.pair_share:

@@ -31,7 +31,7 @@ from .trainutil import device_name, lr_at, resolve_device, seed_everything
 @dataclass
 class PretrainConfig:
     preset: str = "default"
-    steps: int = 6000
+    steps: int = 4000
     batch_size: int = 128
     lr: float = 2e-3
     warmup: int = 200
