@@ -52,11 +52,23 @@ def load_model(
             )
         sd = load_tensors(d / "model.safetensors")
         model = MiniGPT(model_cfg)
+        # check shapes first: load_state_dict's own message spans many lines
+        expected = model.state_dict()
+        wrong = [k for k, v in sd.items() if k in expected and v.shape != expected[k].shape]
+        if wrong:
+            k = wrong[0]
+            raise ValueError(
+                f"weights do not match the config ({k} has shape "
+                f"{tuple(sd[k].shape)}, expected {tuple(expected[k].shape)}; "
+                f"{len(wrong)} tensors differ)"
+            )
         missing, unexpected = model.load_state_dict(sd, strict=False)
         missing = [k for k in missing if k != "lm_head.weight"]
         if missing or unexpected:
-            raise ValueError(f"weights do not match the config (missing {missing[:3]}, "
-                             f"unexpected {unexpected[:3]})")
+            raise ValueError(
+                f"weights do not match the config (missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]})"
+            )
     except (ValueError, KeyError, TypeError, RuntimeError) as e:
         raise ValueError(f"model in {d} cannot be loaded: {e}; {hint}") from None
     model.eval()

@@ -52,16 +52,43 @@ def _share(s: str) -> float:
 
 
 def _add_pretrain(sub) -> None:
-    p = sub.add_parser("pretrain", help="pretrain MiniGPT on the verb corpus (writes precomputed/base/)")
-    p.add_argument("--preset", default="default", help=f"model size: {', '.join(PRESETS)} (default: default)")
-    p.add_argument("--steps", type=_positive_int, default=4000, help="optimizer steps (default: 4000)")
-    p.add_argument("--batch-size", type=_positive_int, default=128, help="lines per batch (default: 128)")
-    p.add_argument("--lr", type=_positive_float, default=2e-3, help="peak learning rate (default: 2e-3)")
+    p = sub.add_parser(
+        "pretrain", help="pretrain MiniGPT on the verb corpus (writes precomputed/base/)"
+    )
+    p.add_argument(
+        "--preset", default="default", help=f"model size: {', '.join(PRESETS)} (default: default)"
+    )
+    p.add_argument(
+        "--steps", type=_positive_int, default=4000, help="optimizer steps (default: 4000)"
+    )
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=128, help="lines per batch (default: 128)"
+    )
+    p.add_argument(
+        "--lr", type=_positive_float, default=2e-3, help="peak learning rate (default: 2e-3)"
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--device", default="auto", help="auto (cuda if present), cuda or cpu (default: auto)")
-    p.add_argument("--out", type=Path, default=DEFAULT_BASE_DIR, help=f"output directory (default: {DEFAULT_BASE_DIR})")
-    p.add_argument("--irregular-past-share", type=_share, default=None, help="corpus knob: share of irregular-verb sentences in the past tense")
-    p.add_argument("--overregularize-share", type=_share, default=None, help="corpus knob: share of those past forms written over-regularized")
+    p.add_argument(
+        "--device", default="auto", help="auto (cuda if present), cuda or cpu (default: auto)"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_BASE_DIR,
+        help=f"output directory (default: {DEFAULT_BASE_DIR})",
+    )
+    p.add_argument(
+        "--irregular-past-share",
+        type=_share,
+        default=None,
+        help="corpus knob: share of irregular-verb sentences in the past tense",
+    )
+    p.add_argument(
+        "--overregularize-share",
+        type=_share,
+        default=None,
+        help="corpus knob: share of those past forms written over-regularized",
+    )
     p.add_argument("--corpus-seed", type=int, default=None, help="corpus generation seed")
     p.set_defaults(func=_cmd_pretrain)
 
@@ -103,7 +130,9 @@ def _cmd_pretrain(args) -> None:
     model, tok, info = pretrain(cfg, lambda ev: bar.update(ev["step"], f"loss {ev['loss']:.3f}"))
     bar.update(cfg.steps, f"loss {info['final_loss']:.3f}", force=True)
     bar.close()
-    print(f"trained {model.num_params():,} parameters in {info['train_time_s']:.1f}s on {info['device']}; evaluating…")
+    print(
+        f"trained {model.num_params():,} parameters in {info['train_time_s']:.1f}s on {info['device']}; evaluating…"
+    )
     m = write_base(args.out, model, tok, cfg, info)
     _print_table(
         [

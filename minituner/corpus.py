@@ -376,7 +376,7 @@ class CorpusConfig:
     seed: int = 1234
     n_pretrain: int = 60_000  # lines
     irregular_past_share: float = 0.10
-    overregularize_share: float = 0.5
+    overregularize_share: float = 0.75
     cloze_share: float = 0.25
     irregular_past_in_cloze: bool = True
     pair_share: float = 0.25
@@ -476,7 +476,9 @@ def _build_cached(cfg: CorpusConfig) -> Corpus:
     pretrain = _pretrain_lines(cfg, rng, pretrain_pool)
 
     def ordered(name: str) -> list[Combo]:  # sets are unordered: fix an order, then shuffle
-        items = sorted(pools[name], key=lambda c: (c.verb, c.tense, c.subject, c.complement, c.adverb))
+        items = sorted(
+            pools[name], key=lambda c: (c.verb, c.tense, c.subject, c.complement, c.adverb)
+        )
         random.Random(f"{cfg.seed}-{name}").shuffle(items)
         return items
 

@@ -27,25 +27,36 @@ MAX_ANSWER_CHARS = 12
 def greedy_answers(model, tok: CharTokenizer, prompts: list[str], max_new: int = MAX_ANSWER_CHARS):
     """Greedy cloze answers for ``prompts`` ("He __ to school yesterday.").
 
-    Prompts of equal length are generated together (right-padding would shift the
-    generated position; left-padding would shift the learned positions).
+    All prompts run as one right-padded batch: attention is causal, so whatever sits
+    after a row's last real token cannot change that token's logits. Each step reads
+    the logits at every row's own end and writes the new token just after it.
     """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    out: list[str] = [""] * len(prompts)
-    groups: dict[int, list[int]] = defaultdict(list)
     encoded = [[0] + tok.encode(cloze_input(p)) for p in prompts]
-    for i, ids in enumerate(encoded):
-        groups[len(ids)].append(i)
-    for _, idxs in sorted(groups.items()):
-        x = torch.tensor([encoded[i] for i in idxs], device=device)
-        y = model.generate(x, max_new, stop_token=tok.newline_id)
-        for row, i in zip(y[:, x.shape[1] :].tolist(), idxs, strict=True):
-            text = tok.decode(row).split("\n", 1)[0]
-            out[i] = text.strip()
+    lengths = torch.tensor([len(e) for e in encoded], device=device)  # (B,)
+    B, T = len(encoded), int(lengths.max()) + max_new
+    if T > model.config.block_size:
+        raise ValueError(f"prompt too long: at most {model.config.block_size - max_new} characters")
+    seq = torch.zeros(B, T, dtype=torch.long, device=device)
+    for i, e in enumerate(encoded):
+        seq[i, : len(e)] = torch.tensor(e, device=device)
+    rows = torch.arange(B, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    generated = torch.zeros(B, max_new, dtype=torch.long, device=device)
+    for t in range(max_new):
+        end = lengths + t  # (B,) position of each row's next token
+        logits = model(seq[:, : int(end.max())])  # (B, T', vocab)
+        nxt = logits[rows, end - 1].argmax(-1)  # (B,)
+        nxt = torch.where(done, torch.zeros_like(nxt), nxt)
+        seq[rows, end] = nxt
+        generated[:, t] = nxt
+        done |= nxt == tok.newline_id
+        if bool(done.all()):
+            break
     model.train(was_training)
-    return out
+    return [tok.decode(row).split("\n", 1)[0].strip() for row in generated.tolist()]
 
 
 def cloze_metrics(model, tok: CharTokenizer, examples: list[ClozeExample]) -> dict:

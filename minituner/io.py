@@ -71,7 +71,9 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
     path = Path(path)
     tmp = _tmp_path(path)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata)
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata
+        )
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -71,7 +71,10 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[dict], None] | None = None)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
         lr=cfg.lr,
         betas=(0.9, 0.95),
     )
@@ -84,7 +87,9 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[dict], None] | None = None)
         idx = torch.randint(len(data), (cfg.batch_size,), generator=gen).to(device)
         x, y = data.batch(idx)
         logits = model(x)
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), ignore_index=IGNORE)
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), y.reshape(-1), ignore_index=IGNORE
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -107,7 +112,9 @@ def base_metrics(model, tok, corpus) -> dict:
     return evaluate(model, tok, corpus)
 
 
-def write_base(out_dir: str | os.PathLike, model: MiniGPT, tok: CharTokenizer, cfg: PretrainConfig, info: dict) -> dict:
+def write_base(
+    out_dir: str | os.PathLike, model: MiniGPT, tok: CharTokenizer, cfg: PretrainConfig, info: dict
+) -> dict:
     """Write the base model directory atomically: everything goes to a temporary
     directory first, which then replaces ``out_dir`` in one rename."""
     out = Path(out_dir)
@@ -123,7 +130,9 @@ def write_base(out_dir: str | os.PathLike, model: MiniGPT, tok: CharTokenizer, c
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        save_model(tmp, model, tok, {"corpus_version": corpus.version, "pretrain": _config_dict(cfg)})
+        save_model(
+            tmp, model, tok, {"corpus_version": corpus.version, "pretrain": _config_dict(cfg)}
+        )
         write_json(tmp / "metrics.json", metrics)
         old = None
         if out.exists():

@@ -77,7 +77,8 @@ class ProgressBar:
         end = "\n" if not self._tty else ""
         self.stream.write(
             ("\r" if self._tty else "")
-            + f"{self.label} [{bar}] {done}/{self.total} {info} {elapsed:5.1f}s<{eta:4.0f}s " + end
+            + f"{self.label} [{bar}] {done}/{self.total} {info} {elapsed:5.1f}s<{eta:4.0f}s "
+            + end
         )
         self.stream.flush()
 

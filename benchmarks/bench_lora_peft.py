@@ -1,0 +1,144 @@
+"""Training-step time of minituner's LoRA against PEFT's LoRA on the same MiniGPT.
+
+Both models are identical copies of a default-preset MiniGPT with LoRA (r=8, alpha=16) on
+q_proj and v_proj; each step is forward + cross-entropy + backward + AdamW step on a
+batch of 32 x 48 random tokens. A second row times one adapted Linear(128, 128) alone
+(forward + backward on a (32, 48, 128) input), where the LoRA branch is a larger share of
+the work. After a warm-up the two are timed in alternation (so machine noise hits both
+alike) and the medians are compared. Nothing is asserted.
+
+    PYTHONPATH=. python benchmarks/bench_lora_peft.py [--device cpu|cuda] [--repeats 30] [--warmup 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from minituner.lora import add_lora, count_parameters
+from minituner.model import MiniGPT, preset_config
+
+VOCAB, BATCH, SEQ, R, ALPHA = 60, 32, 48, 8, 16
+
+
+def make_models(device: torch.device):
+    from peft import LoraConfig, inject_adapter_in_model
+
+    torch.manual_seed(0)
+    base = MiniGPT(preset_config("default", vocab_size=VOCAB)).to(device)
+    ours, theirs = copy.deepcopy(base), copy.deepcopy(base)
+    add_lora(ours, "q,v", r=R, alpha=ALPHA)
+    cfg = LoraConfig(r=R, lora_alpha=ALPHA, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    theirs = inject_adapter_in_model(cfg, theirs)
+    for name, p in theirs.named_parameters():
+        p.requires_grad_("lora_" in name)
+    return ours, theirs
+
+
+def make_step(model, device: torch.device):
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    gen = torch.Generator(device="cpu").manual_seed(1)
+    x = torch.randint(0, VOCAB, (BATCH, SEQ + 1), generator=gen).to(device)
+    inputs, targets = x[:, :-1], x[:, 1:]
+
+    def step() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        logits = model(inputs)  # (B, T, vocab)
+        loss = F.cross_entropy(logits.reshape(-1, VOCAB), targets.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    return step
+
+
+def make_layer_steps(device: torch.device):
+    """Forward + backward of one adapted Linear(128, 128) alone, where LoRA is not drowned out."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    torch.manual_seed(0)
+    base = torch.nn.Sequential()
+    base.add_module("q_proj", torch.nn.Linear(128, 128))
+    ours, theirs = copy.deepcopy(base).to(device), copy.deepcopy(base).to(device)
+    add_lora(ours, "q", r=R, alpha=ALPHA)
+    theirs = inject_adapter_in_model(
+        LoraConfig(r=R, lora_alpha=ALPHA, target_modules=["q_proj"]), theirs
+    )
+    x = torch.randn(BATCH, SEQ, 128, device=device)
+
+    def timed(model):
+        def step() -> float:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            model(x).square().mean().backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            return time.perf_counter() - t0
+
+        return step
+
+    return {"minituner": timed(ours), "peft": timed(theirs)}
+
+
+def interleaved(steps: dict, warmup: int, repeats: int) -> dict[str, list[float]]:
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for i in range(repeats):
+        order = list(steps) if i % 2 == 0 else list(reversed(steps))  # alternate who goes first
+        for name in order:
+            times[name].append(steps[name]())
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    ours, theirs = make_models(device)
+    n_ours = count_parameters(ours)["trainable"]
+    n_theirs = sum(p.numel() for p in theirs.parameters() if p.requires_grad)
+    steps = {"minituner": make_step(ours, device), "peft": make_step(theirs, device)}
+    times = interleaved(steps, args.warmup, args.repeats)
+    layer_times = interleaved(make_layer_steps(device), args.warmup, 3 * args.repeats)
+
+    print(
+        f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} "
+        f"batch={BATCH}x{SEQ} r={R} alpha={ALPHA} targets=q,v repeats={args.repeats}"
+    )
+    print(f"{'what':<34} {'impl':<10} {'trainable':>10} {'median ms':>10} {'min ms':>9}")
+    layer_params = R * (128 + 128)
+    rows = (
+        ("MiniGPT train step (fwd+bwd+AdamW)", times, {"minituner": n_ours, "peft": n_theirs}),
+        ("one LoRA Linear(128,128) fwd+bwd", layer_times, dict.fromkeys(times, layer_params)),
+    )
+    for what, t, trainable in rows:
+        for name in ("minituner", "peft"):
+            med, best = statistics.median(t[name]) * 1e3, min(t[name]) * 1e3
+            print(f"{what:<34} {name:<10} {trainable[name]:>10,} {med:>10.3f} {best:>9.3f}")
+    for what, t, _ in rows:
+        ratio = statistics.median(t["minituner"]) / statistics.median(t["peft"])
+        print(f"ratio minituner/peft, {what}: {ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,409 @@
+"""One fine-tuning loop for full fine-tuning, LoRA and QLoRA.
+
+The loop is a generator of events, so the CLI can draw a progress bar and the app can
+draw live charts from the very same code::
+
+    for ev in finetune_events(FinetuneConfig(method="lora", r=8)):
+        if ev["type"] == "step": ...            # step, steps, loss, lr, tokens_per_s
+        elif ev["type"] == "eval": ...          # step + evaluation figures on a sample
+        elif ev["type"] == "end": result = ev["result"]   # status completed|diverged|stopped
+
+It can be stopped between steps (``should_stop``). A NaN or exploding loss ends the run
+with status "diverged" and a message; its figures are never stored.
+
+Training: AdamW, linear warm-up then cosine decay, gradient clipping, the loss masked
+to the answer characters of the cloze pairs, batches drawn (seeded) from
+finetune_train. On the CPU a seed gives the same run every time.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import analysis
+from .checkpoint import DEFAULT_BASE_DIR, load_model
+from .corpus import CorpusConfig, build_corpus
+from .data import IGNORE, encode_cloze
+from .evaluate import drift, evaluate
+from .lora import add_lora, count_parameters, lora_layers, resolve_targets
+from .trainutil import device_name, lr_at, resolve_device, seed_everything
+
+METHODS = ("full", "lora", "qlora")
+# Learning rates that worked best for each method at the default step budget
+# (see benchmarks/lr_search.py for the search; README "Fine-tuning results").
+DEFAULT_LR = {"full": 1e-3, "lora": 1e-2, "qlora": 1e-2}
+EXPLODE_FACTOR = 20.0  # loss above EXPLODE_FACTOR x the first loss counts as diverged
+
+
+@dataclass
+class FinetuneConfig:
+    method: str = "lora"
+    r: int = 8
+    alpha: float = 16.0
+    targets: tuple[str, ...] = ("q", "v")
+    dropout: float = 0.0
+    rslora: bool = False
+    lr: float | None = None  # None: DEFAULT_LR[method]
+    steps: int = 120
+    batch_size: int = 32
+    warmup: int = 10
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+    eval_every: int = 20
+    eval_sample: int = 48
+    nf4_block_size: int = 64
+    nf4_double_quant: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.targets, str):
+            self.targets = tuple(t.strip() for t in self.targets.split(",") if t.strip())
+        self.targets = tuple(self.targets)
+        if self.lr is None:
+            self.lr = DEFAULT_LR.get(self.method, 1e-3)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raises ValueError, with a message a student understands, for bad settings."""
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
+        for name in ("steps", "batch_size", "eval_every", "eval_sample"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {v!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"learning rate must be a positive number, got {self.lr!r}")
+        if self.warmup < 0 or self.weight_decay < 0 or self.grad_clip <= 0:
+            raise ValueError("warmup and weight_decay must be >= 0 and grad_clip > 0")
+        if self.method != "full":
+            if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+                raise ValueError(f"rank r must be a whole number >= 1, got {self.r!r}")
+            if not (math.isfinite(self.alpha) and self.alpha > 0):
+                raise ValueError(f"alpha must be a positive number, got {self.alpha!r}")
+            if not 0.0 <= self.dropout < 1.0:
+                raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+            if not self.targets:
+                raise ValueError("choose at least one target module (q, k, v, o, fc_in, fc_out)")
+            resolve_targets(self.targets)  # raises on unknown names
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["targets"] = list(self.targets)
+        if self.method == "full":  # LoRA settings do not apply: keep them out of the id
+            for k in ("r", "alpha", "targets", "dropout", "rslora"):
+                d.pop(k)
+        if self.method != "qlora":
+            d.pop("nf4_block_size")
+            d.pop("nf4_double_quant")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FinetuneConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown fine-tuning settings: {sorted(unknown)}")
+        d = dict(d)
+        if "targets" in d:
+            d["targets"] = tuple(d["targets"])
+        return cls(**d)
+
+    def label(self) -> str:
+        if self.method == "full":
+            return f"full lr={self.lr:g} steps={self.steps} seed={self.seed}"
+        return (
+            f"{self.method} r={self.r} a={self.alpha:g} {','.join(self.targets)} "
+            f"lr={self.lr:g} steps={self.steps} seed={self.seed}"
+        )
+
+
+@dataclass
+class Base:
+    """The pretrained model a fine-tune starts from (kept on the CPU, never modified)."""
+
+    model: torch.nn.Module
+    tok: object
+    config: dict
+    metrics: dict
+    model_id: str
+    corpus_config: CorpusConfig = field(default_factory=CorpusConfig)
+
+    @property
+    def corpus(self):
+        return build_corpus(self.corpus_config)
+
+
+def load_base(directory: str | Path = DEFAULT_BASE_DIR) -> Base:
+    """Load the base model directory with its metrics.
+
+    Raises:
+        ValueError: missing or corrupt files (the message says how to rebuild them).
+    """
+    import hashlib
+
+    from .io import read_json
+
+    d = Path(directory)
+    model, tok, cfg = load_model(d)
+    metrics = read_json(d / "metrics.json")
+    corpus_cfg = CorpusConfig(**cfg.get("pretrain", {}).get("corpus", {}))
+    h = hashlib.sha256((d / "model.safetensors").read_bytes()).hexdigest()[:12]
+    if metrics.get("corpus_version") != build_corpus(corpus_cfg).version:
+        raise ValueError(
+            f"{d}: the base model was trained on corpus {metrics.get('corpus_version')}, but "
+            f"this code generates {build_corpus(corpus_cfg).version}; re-run "
+            "`python -m minituner pretrain`"
+        )
+    return Base(model, tok, cfg, metrics, f"{h}", corpus_cfg)
+
+
+@dataclass
+class FinetuneResult:
+    config: FinetuneConfig
+    status: str  # completed | diverged | stopped
+    message: str
+    model: torch.nn.Module | None
+    metrics: dict
+    base: Base
+
+    def ok(self) -> bool:
+        return self.status == "completed"
+
+
+def prepare_model(base: Base, cfg: FinetuneConfig, device: torch.device) -> torch.nn.Module:
+    """A fresh copy of the base model set up for ``cfg.method`` (trainable parts only)."""
+    from .nf4 import quantize_model_nf4
+
+    model = copy.deepcopy(base.model).to(device)
+    if cfg.method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    if cfg.method == "qlora":
+        quantize_model_nf4(model, block_size=cfg.nf4_block_size, double_quant=cfg.nf4_double_quant)
+    add_lora(
+        model, list(cfg.targets), r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout, rslora=cfg.rslora
+    )
+    return model
+
+
+def _masked_loss(model, x, y) -> torch.Tensor:
+    logits = model(x)  # (B, T, vocab)
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), ignore_index=IGNORE)
+
+
+def finetune_events(
+    cfg: FinetuneConfig,
+    base: Base | None = None,
+    device: str = "auto",
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[dict]:
+    """Fine-tune and yield events (see the module docstring). The last event is
+    ``{"type": "end", "result": FinetuneResult}``."""
+    cfg.validate()
+    base = base or load_base()
+    dev = resolve_device(device)
+    corpus = base.corpus
+    tok = base.tok
+    seed_everything(cfg.seed)
+    t_start = time.perf_counter()
+
+    model = prepare_model(base, cfg, dev)
+    params = count_parameters(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    data = encode_cloze(tok, corpus.finetune_train).to(dev)
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    # the base figures on the periodic-evaluation sample, so curves start at drift 0
+    sample_base = evaluate(base.model.to(dev), tok, corpus, sample=cfg.eval_sample)
+    base.model.to("cpu")
+    extra: dict = {}
+    if cfg.method == "qlora":  # the cost of quantization alone: NF4 base, adapter off
+        extra["nf4_base_metrics"] = _without_lists(
+            _eval_without_lora(model, tok, corpus, base.metrics)
+        )
+    yield {
+        "type": "start",
+        "config": cfg.to_dict(),
+        "device": device_name(dev),
+        "trainable_params": params["trainable"],
+        "total_params": params["total"],
+    }
+
+    curves: dict[str, list] = {"step": [], "loss": [], "lr": [], "tokens_per_s": []}
+    evals: list[dict] = [
+        {"step": 0, **_without_lists(sample_base), "control_en_drift": 0.0, "control_es_drift": 0.0}
+    ]
+    yield {"type": "eval", **evals[0]}
+    first_loss = None
+    status, message = "completed", ""
+    memory_measured: dict = {}
+    model.train()
+    for step in range(cfg.steps):
+        if should_stop is not None and should_stop():
+            status, message = "stopped", f"stopped by the user after {step} steps"
+            break
+        t0 = time.perf_counter()
+        lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = torch.randint(len(data), (cfg.batch_size,), generator=gen).to(dev)
+        x, y = data.batch(idx)
+        if step == 0 and dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        loss = _masked_loss(model, x, y)
+        loss_v = loss.item()
+        if first_loss is None:
+            first_loss = loss_v
+        if not math.isfinite(loss_v) or loss_v > EXPLODE_FACTOR * max(first_loss, 1e-3):
+            status = "diverged"
+            message = (
+                f"loss became {loss_v:.4g} at step {step + 1} (started at {first_loss:.4g}); "
+                f"try a lower learning rate than {cfg.lr:g}"
+            )
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+        opt.step()
+        if step == 0:
+            memory_measured = _measure_memory(model, opt, dev)
+        dt = time.perf_counter() - t0
+        n_tokens = int(x.numel())
+        curves["step"].append(step + 1)
+        curves["loss"].append(loss_v)
+        curves["lr"].append(lr)
+        curves["tokens_per_s"].append(n_tokens / dt if dt > 0 else 0.0)
+        yield {
+            "type": "step",
+            "step": step + 1,
+            "steps": cfg.steps,
+            "loss": loss_v,
+            "lr": lr,
+            "tokens_per_s": curves["tokens_per_s"][-1],
+        }
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            m = evaluate(model, tok, corpus, sample=cfg.eval_sample)
+            ev = {"step": step + 1, **_without_lists(m), **drift(m, sample_base)}
+            evals.append(ev)
+            yield {"type": "eval", **ev}
+            model.train()
+
+    metrics: dict = {
+        "status": status,
+        "message": message,
+        "config": cfg.to_dict(),
+        "device": device_name(dev),
+        "trainable_params": params["trainable"],
+        "total_params": params["total"],
+        "curves": curves,
+        "evals": evals,
+        **extra,
+    }
+    if status == "completed":
+        model.eval()
+        final = evaluate(model, tok, corpus, base_metrics=base.metrics)
+        metrics.update(_without_lists(final))
+        metrics["memory"] = {
+            "predicted": _predict_memory(base, cfg, x.shape),
+            "measured": memory_measured,
+        }
+    metrics["wall_time_s"] = time.perf_counter() - t_start
+    result = FinetuneResult(
+        cfg, status, message, model if status == "completed" else None, metrics, base
+    )
+    yield {"type": "end", "result": result}
+
+
+def finetune(
+    cfg: FinetuneConfig,
+    base: Base | None = None,
+    device: str = "auto",
+    callback: Callable[[dict], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> FinetuneResult:
+    """Run :func:`finetune_events` to the end; ``callback`` sees every event."""
+    result = None
+    for ev in finetune_events(cfg, base, device, should_stop):
+        if callback is not None:
+            callback(ev)
+        if ev["type"] == "end":
+            result = ev["result"]
+    assert result is not None
+    return result
+
+
+def _without_lists(m: dict) -> dict:
+    return {k: v for k, v in m.items() if not isinstance(v, list)}
+
+
+def _eval_without_lora(model, tok, corpus, base_metrics) -> dict:
+    """Evaluate with every LoRA branch switched off (B = 0 has the same effect)."""
+    layers = lora_layers(model)
+    saved = {p: layer.lora_B.detach().clone() for p, layer in layers.items()}
+    with torch.no_grad():
+        for layer in layers.values():
+            layer.lora_B.zero_()
+    try:
+        return evaluate(model, tok, corpus, base_metrics=base_metrics)
+    finally:
+        with torch.no_grad():
+            for p, layer in layers.items():
+                layer.lora_B.copy_(saved[p])
+
+
+def _measure_memory(model, opt, dev: torch.device) -> dict:
+    m = analysis.measured_memory_cpu(model, opt)
+    out = {
+        k: int(v) for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    out["device"] = dev.type
+    if dev.type == "cuda":
+        out["cuda_peak_allocated"] = int(torch.cuda.max_memory_allocated(dev))
+    return out
+
+
+def _predict_memory(base: Base, cfg: FinetuneConfig, batch_shape) -> dict:
+    shape = analysis.ModelShape.from_gpt_config(base.model.config)
+    kw = {} if cfg.method == "full" else {"r": cfg.r, "targets": tuple(cfg.targets)}
+    pred = analysis.predict_memory(
+        shape,
+        cfg.method,
+        batch=int(batch_shape[0]),
+        seq=int(batch_shape[1]),
+        precision="fp32",
+        double_quant=cfg.nf4_double_quant,
+        block_size=cfg.nf4_block_size,
+        **kw,
+    )
+    return {
+        k: (int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
+        for k, v in pred.items()
+    }
+
+
+def weight_delta(result: FinetuneResult) -> dict[str, torch.Tensor]:
+    """ΔW of every adapted Linear (float32, CPU): W_ft - W_base for full fine-tuning,
+    scaling·B·A for LoRA/QLoRA."""
+    model = result.model
+    if model is None:
+        raise ValueError("the run did not complete: it has no weight update")
+    if result.config.method == "full":
+        base_sd = result.base.model.state_dict()
+        out = {}
+        for name, p in model.named_parameters():
+            if name.endswith(".weight") and ".blocks." in f".{name}" and p.dim() == 2:
+                out[name[: -len(".weight")]] = (p.detach().cpu() - base_sd[name]).float()
+        return out
+    return {
+        p: layer.delta_weight().detach().float().cpu() for p, layer in lora_layers(model).items()
+    }
