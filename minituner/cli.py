@@ -14,6 +14,13 @@ from .checkpoint import DEFAULT_BASE_DIR
 from .model import PRESETS
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one ``error:`` line, like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 class CLIError(Exception):
     """An error to show the user as one line."""
 
@@ -156,9 +163,7 @@ def _print_table(rows: list[tuple[str, object]]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="minituner", description="LoRA and QLoRA from scratch on MiniGPT."
-    )
+    parser = _Parser(prog="minituner", description="LoRA and QLoRA from scratch on MiniGPT.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_pretrain(sub)
     for add in _EXTRA_COMMANDS:
@@ -184,3 +189,221 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted: nothing was written", file=sys.stderr)
         return 130
     return 0
+
+
+# ---------------------------------------------------------------- finetune, runs, complete
+
+
+def _targets(s: str) -> tuple[str, ...]:
+    from .lora import resolve_targets
+
+    t = tuple(x.strip() for x in s.split(",") if x.strip())
+    if not t:
+        raise argparse.ArgumentTypeError("give at least one target, e.g. q,v")
+    try:
+        resolve_targets(list(t))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return t
+
+
+def _add_finetune(sub) -> None:
+    from .train import DEFAULT_LR, FinetuneConfig
+
+    d = FinetuneConfig()
+    p = sub.add_parser(
+        "finetune", help="fine-tune the base model (full | lora | qlora) and store the run"
+    )
+    p.add_argument(
+        "--method", choices=("full", "lora", "qlora"), default="lora", help="default: lora"
+    )
+    p.add_argument(
+        "--rank", "-r", type=_positive_int, default=d.r, help=f"LoRA rank r (default: {d.r})"
+    )
+    p.add_argument(
+        "--alpha",
+        type=_positive_float,
+        default=d.alpha,
+        help=f"LoRA alpha; scaling = alpha/r (default: {d.alpha:g})",
+    )
+    p.add_argument(
+        "--targets",
+        type=_targets,
+        default=d.targets,
+        help="comma list of q,k,v,o,fc_in,fc_out or attn, mlp, all (default: q,v)",
+    )
+    p.add_argument(
+        "--dropout", type=float, default=0.0, help="dropout on the LoRA branch (default: 0)"
+    )
+    p.add_argument(
+        "--rslora", action="store_true", help="scale by alpha/sqrt(r) instead of alpha/r"
+    )
+    p.add_argument(
+        "--steps", type=_positive_int, default=d.steps, help=f"optimizer steps (default: {d.steps})"
+    )
+    p.add_argument(
+        "--lr",
+        type=_positive_float,
+        default=None,
+        help=f"peak learning rate (default: {DEFAULT_LR})",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=d.batch_size,
+        help=f"cloze pairs per batch (default: {d.batch_size})",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--device", default="auto", help="auto (cuda if present), cuda or cpu")
+    p.add_argument("--base", type=Path, default=DEFAULT_BASE_DIR, help="base model directory")
+    p.add_argument("--force", action="store_true", help="train even if the run is already stored")
+    p.add_argument("--no-save", action="store_true", help="do not store the run")
+    p.set_defaults(func=_cmd_finetune)
+
+
+def _final_rows(m: dict) -> list[tuple[str, object]]:
+    keys = ("irregular_accuracy", "overregularized_rate", "regular_accuracy", "control_en_ppl",
+            "control_es_ppl", "control_en_drift", "control_es_drift")  # fmt: skip
+    rows: list[tuple[str, object]] = [(k, m[k]) for k in keys if k in m]
+    rows += [
+        ("trainable_params", f"{m['trainable_params']:,}"),
+        ("total_params", f"{m['total_params']:,}"),
+    ]
+    if "wall_time_s" in m:
+        rows.append(("wall_time_s", f"{m['wall_time_s']:.1f} ({m.get('device', '?')})"))
+    return rows
+
+
+def _cmd_finetune(args) -> None:
+    from .runs import RunStore
+    from .train import FinetuneConfig, finetune, load_base
+    from .trainutil import ProgressBar, resolve_device
+
+    cfg = FinetuneConfig(
+        method=args.method, r=args.rank, alpha=args.alpha, targets=args.targets,
+        dropout=args.dropout, rslora=args.rslora, steps=args.steps, lr=args.lr,
+        batch_size=args.batch_size, seed=args.seed,
+    )  # fmt: skip
+    resolve_device(args.device)
+    base = load_base(args.base)
+    store = RunStore()
+    found = None if args.force else store.lookup(cfg, base)
+    if found is not None:
+        print(f"already stored: run {found.run_id} ({found.path}); use --force to train again")
+        _print_table(_final_rows(found.metrics))
+        return
+    bar = ProgressBar(cfg.steps, cfg.method)
+    state = {"acc": float("nan")}
+
+    def on_event(ev):
+        if ev["type"] == "start":
+            print(
+                f"{cfg.label()} on {ev['device']}: {ev['trainable_params']:,} trainable of {ev['total_params']:,} parameters"
+            )
+        elif ev["type"] == "eval":
+            state["acc"] = ev["irregular_accuracy"]
+        elif ev["type"] == "step":
+            bar.update(ev["step"], f"loss {ev['loss']:.4f} acc {state['acc']:.2f}")
+
+    try:
+        res = finetune(cfg, base, device=args.device, callback=on_event)
+    finally:
+        bar.close()
+    if not res.ok():
+        raise CLIError(f"run {res.status}: {res.message}; nothing was stored")
+    _print_table(_final_rows(res.metrics))
+    if not args.no_save:
+        info = store.save(res)
+        print(f"stored run {info.run_id} in {info.path}")
+
+
+def _add_runs(sub) -> None:
+    p = sub.add_parser("runs", help="list the stored runs (precomputed/ and the user cache)")
+    p.set_defaults(func=_cmd_runs)
+
+
+def _cmd_runs(args) -> None:
+    import warnings
+
+    from .runs import RunStore
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        infos = RunStore().list()
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    if not infos:
+        print("no runs stored yet: `python -m minituner finetune` trains one")
+        return
+    print(f"{'run id':<12}  {'where':<7}  {'config':<48}  {'irr.acc':>7}  {'en drift':>8}")
+    for i in sorted(infos, key=lambda i: i.label()):
+        where = "shipped" if i.shipped else "cache"
+        m = i.metrics
+        label = i.finetune_config().label()
+        print(
+            f"{i.run_id:<12}  {where:<7}  {label:<48}  {m['irregular_accuracy']:7.3f}  {m['control_en_drift']:+8.2%}"
+        )
+
+
+def _add_complete(sub) -> None:
+    p = sub.add_parser("complete", help="base vs fine-tuned answer to a cloze prompt")
+    p.add_argument("prompt", help='a cloze prompt, e.g. "He __ to school yesterday."')
+    p.add_argument("--run", required=True, help="run id (see `python -m minituner runs`)")
+    p.add_argument(
+        "--candidates",
+        default=None,
+        help="comma list of answers to score (default: guessed from the prompt, e.g. went,goed)",
+    )
+    p.add_argument("--base", type=Path, default=DEFAULT_BASE_DIR, help="base model directory")
+    p.set_defaults(func=_cmd_complete)
+
+
+def _cmd_complete(args) -> None:
+    from .corpus import guess_candidates
+    from .evaluate import candidate_logprobs, complete
+    from .runs import RunStore, check_run_id
+    from .train import load_base
+
+    check_run_id(args.run)
+    base = load_base(args.base)
+    base.tok.encode(args.prompt)  # a character outside the vocabulary: one clear line
+    store = RunStore()
+    info = store.get(args.run)
+    tuned = store.load_model(info, base)
+    if args.candidates:
+        cands = [c.strip() for c in args.candidates.split(",") if c.strip()]
+    else:
+        cands = guess_candidates(args.prompt)
+    print(f"prompt: {args.prompt}")
+    print(f"run {info.label()}")
+    for name, model in (("base", base.model), ("fine-tuned", tuned)):
+        ans = complete(model, base.tok, args.prompt)
+        line = f"  {name:<10}  -> {ans!r}"
+        if cands:
+            probs = candidate_logprobs(model, base.tok, args.prompt, cands)["probs"]
+            line += "   " + "  ".join(f"P({c})={p:.3f}" for c, p in probs.items())
+        print(line)
+
+
+def _add_precompute(sub) -> None:
+    p = sub.add_parser(
+        "precompute",
+        help="train the experiments' runs into precomputed/ (resumable) and write the summary",
+    )
+    p.add_argument(
+        "--seeds", type=_positive_int, default=3, help="seeds per configuration (default: 3)"
+    )
+    p.add_argument("--device", default="auto", help="auto (cuda if present), cuda or cpu")
+    p.set_defaults(func=_cmd_precompute)
+
+
+def _cmd_precompute(args) -> None:
+    from .experiments import PRECOMPUTED_README, precompute
+    from .trainutil import resolve_device
+
+    resolve_device(args.device)
+    exp = precompute(seeds=args.seeds, device=args.device, log=lambda s: print(s, flush=True))
+    print(f"wrote {PRECOMPUTED_README}; missing runs: {len(exp['missing'])}")
+
+
+_EXTRA_COMMANDS += [_add_finetune, _add_runs, _add_complete, _add_precompute]

@@ -39,7 +39,7 @@ from .trainutil import device_name, lr_at, resolve_device, seed_everything
 METHODS = ("full", "lora", "qlora")
 # Learning rates that worked best for each method at the default step budget
 # (see benchmarks/lr_search.py for the search; README "Fine-tuning results").
-DEFAULT_LR = {"full": 1e-3, "lora": 1e-2, "qlora": 1e-2}
+DEFAULT_LR = {"full": 3e-4, "lora": 5e-3, "qlora": 5e-3}
 EXPLODE_FACTOR = 20.0  # loss above EXPLODE_FACTOR x the first loss counts as diverged
 
 
@@ -52,13 +52,13 @@ class FinetuneConfig:
     dropout: float = 0.0
     rslora: bool = False
     lr: float | None = None  # None: DEFAULT_LR[method]
-    steps: int = 120
+    steps: int = 40
     batch_size: int = 32
-    warmup: int = 10
+    warmup: int = 5
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     seed: int = 0
-    eval_every: int = 20
+    eval_every: int = 10
     eval_sample: int = 48
     nf4_block_size: int = 64
     nf4_double_quant: bool = True
@@ -391,6 +391,16 @@ def _predict_memory(base: Base, cfg: FinetuneConfig, batch_shape) -> dict:
     }
 
 
+def full_delta(result: FinetuneResult) -> dict[str, torch.Tensor]:
+    """Every parameter's change after full fine-tuning (embeddings and norms too), so
+    the fine-tuned model can be rebuilt from the base model."""
+    base_sd = result.base.model.state_dict()
+    return {
+        name: (p.detach().cpu() - base_sd[name]).float()
+        for name, p in result.model.named_parameters()
+    }
+
+
 def weight_delta(result: FinetuneResult) -> dict[str, torch.Tensor]:
     """ΔW of every adapted Linear (float32, CPU): W_ft - W_base for full fine-tuning,
     scaling·B·A for LoRA/QLoRA."""
@@ -400,9 +410,9 @@ def weight_delta(result: FinetuneResult) -> dict[str, torch.Tensor]:
     if result.config.method == "full":
         base_sd = result.base.model.state_dict()
         out = {}
-        for name, p in model.named_parameters():
-            if name.endswith(".weight") and ".blocks." in f".{name}" and p.dim() == 2:
-                out[name[: -len(".weight")]] = (p.detach().cpu() - base_sd[name]).float()
+        for name, mod in model.named_modules():
+            if isinstance(mod, torch.nn.Linear) and name.startswith("blocks."):
+                out[name] = (mod.weight.detach().cpu() - base_sd[name + ".weight"]).float()
         return out
     return {
         p: layer.delta_weight().detach().float().cpu() for p, layer in lora_layers(model).items()

@@ -1,0 +1,45 @@
+"""Shared fixtures.
+
+``base`` loads the shipped base model (precomputed/base/) once per session; ``corpus`` is
+the default verb corpus (build_corpus is cached, so this costs one build). Both are
+shared: tests that change a model must work on a copy (``copy.deepcopy(base.model)``).
+
+Torch runs single-threaded in tests (override with MINITUNER_TEST_THREADS): the models
+are small, and on a busy 2-core machine two intra-op threads waiting on each other made
+a 20-token generation of the tiny model ~200x slower than one thread did.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+import torch
+
+from minituner.checkpoint import DEFAULT_BASE_DIR, load_model
+from minituner.corpus import Corpus, CorpusConfig, build_corpus
+from minituner.model import MiniGPT
+from minituner.tokenizer import CharTokenizer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+torch.set_num_threads(int(os.environ.get("MINITUNER_TEST_THREADS", "1")))
+
+
+class Base(NamedTuple):
+    model: MiniGPT  # eval mode, on the CPU
+    tok: CharTokenizer
+    cfg: dict  # config.json: {"model": ..., "corpus_version": ..., "pretrain": ...}
+
+
+@pytest.fixture(scope="session")
+def base() -> Base:
+    model, tok, cfg = load_model(DEFAULT_BASE_DIR, device="cpu")
+    return Base(model, tok, cfg)
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Corpus:
+    return build_corpus(CorpusConfig())
