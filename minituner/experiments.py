@@ -275,6 +275,94 @@ def findings_table(exp: dict) -> str:
     return "\n".join(rows)
 
 
+def _run_metrics(run_id: str, root: Path = SHIPPED_RUNS) -> dict:
+    from .io import read_json
+
+    return read_json(root / run_id / "metrics.json")
+
+
+def claims(exp: dict, root: Path = SHIPPED_RUNS) -> list[dict]:
+    """Each claim of the experiment, whether it held, and the figures that say so."""
+    sw = exp["rank_sweep"]["summary"]
+    lora, full = sw["8"], sw.get("full")
+    out = []
+    held = lora["control_en_drift_mean"] <= 0.05 and lora["irregular_accuracy_mean"] >= 0.95
+    out.append({
+        "claim": "LoRA (r=8 on q,v) fixes the irregular verbs and keeps control perplexity within 5%",
+        "held": held,
+        "figures": (
+            f"irregular accuracy {exp['base']['irregular_accuracy']:.3f} -> "
+            f"{lora['irregular_accuracy_mean']:.3f} ± {lora['irregular_accuracy_std']:.3f}; "
+            f"control_en drift {lora['control_en_drift_mean']:+.2%}, control_es drift "
+            f"{lora['control_es_drift_mean']:+.2%}; but regular-verb cloze accuracy falls from "
+            f"{exp['base']['regular_accuracy']:.3f} to {lora['regular_accuracy_mean']:.3f}"
+        ),
+    })  # fmt: skip
+    if full:
+        out.append({
+            "claim": "full fine-tuning drifts",
+            "held": full["control_en_drift_mean"] > 2 * max(lora["control_en_drift_mean"], 0.005),
+            "figures": (
+                f"at its best lr ({exp['full_lr_search']['best_lr']:g}): control_en drift "
+                f"{full['control_en_drift_mean']:+.1%} ± {full['control_en_drift_std']:.1%}, "
+                f"control_es {full['control_es_drift_mean']:+.1%}, regular-verb cloze accuracy "
+                f"{full['regular_accuracy_mean']:.3f} (LoRA: {lora['control_en_drift_mean']:+.2%}, "
+                f"{lora['regular_accuracy_mean']:.3f})"
+            ),
+        })  # fmt: skip
+    tr = exp.get("truncation")
+    if tr:
+        full_acc = tr["irregular_accuracy"][-1]
+        k_ok = next((k for k, a in zip(tr["k"], tr["irregular_accuracy"], strict=True)
+                     if a >= full_acc - 0.02), "full")  # fmt: skip
+        out.append({
+            "claim": "the full fine-tune's ΔW is approximately low-rank",
+            "held": k_ok != "full" and int(k_ok) <= 8,
+            "figures": (
+                f"keeping only the best rank-{k_ok} part of every layer's update gives irregular "
+                f"accuracy {tr['irregular_accuracy'][tr['k'].index(k_ok)]:.3f} against "
+                f"{full_acc:.3f} for the whole update (up to rank 128); mean stable rank of "
+                f"ΔW {full['stable_rank_mean_mean'] if full else float('nan'):.2f}"
+            ),
+        })  # fmt: skip
+    el = exp["rank_sweep"].get("elbow")
+    if el:
+        out.append({
+            "claim": "accuracy saturates at a small rank",
+            "held": el["elbow"] <= 8,
+            "figures": (
+                f"elbow at r = {el['elbow']} (best mean {el['best_mean']:.3f} at r = "
+                f"{el['best_r']}; r=1: {el['mean'][0]:.3f}, r=64: {el['mean'][-1]:.3f})"
+            ),
+        })  # fmt: skip
+    q = exp["forgetting"].get("qlora")
+    if q:
+        lm = _run_metrics(exp["forgetting"]["lora"]["run_ids"][0], root)["memory"]["measured"]
+        qm = _run_metrics(q["run_ids"][0], root)["memory"]["measured"]
+        diff = q["irregular_accuracy_mean"] - lora["irregular_accuracy_mean"]
+        out.append({
+            "claim": "QLoRA (NF4 base) matches LoRA at about a quarter of the base-weight memory",
+            "held": abs(diff) <= 0.02,
+            "figures": (
+                f"irregular accuracy {q['irregular_accuracy_mean']:.3f} vs "
+                f"{lora['irregular_accuracy_mean']:.3f} (difference {diff:+.3f}), control_en "
+                f"drift {q['control_en_drift_mean']:+.2%}; the quantized Linears take "
+                f"{qm['nf4']:,} bytes against {lm['weights'] - qm['weights']:,} in fp32 "
+                f"({qm['nf4'] / (lm['weights'] - qm['weights']):.3f}x; "
+                f"{2 * qm['nf4'] / (lm['weights'] - qm['weights']):.3f}x of bf16); the NF4 base "
+                f"alone, no adapter, scores {q['nf4_base']['irregular_accuracy']:.3f}"
+            ),
+        })  # fmt: skip
+    return out
+
+
+def claims_text(exp: dict, root: Path = SHIPPED_RUNS) -> str:
+    return "\n".join(
+        f"- {'held' if c['held'] else 'did NOT hold'}: {c['claim']} — {c['figures']}."
+        for c in claims(exp, root)
+    )
+
+
 def write_outputs(exp: dict, path: Path = EXPERIMENTS_FILE, readme: Path = PRECOMPUTED_README):
     write_json(path, exp)
     b = exp["base"]
@@ -301,6 +389,10 @@ def write_outputs(exp: dict, path: Path = EXPERIMENTS_FILE, readme: Path = PRECO
         "exact bytes of weights, gradients and optimizer state measured after the first step.",
         "",
         findings_table(exp),
+        "",
+        "The experiment's claims, as measured:",
+        "",
+        claims_text(exp),
         "",
     ]
     if el:

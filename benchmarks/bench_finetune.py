@@ -1,0 +1,60 @@
+"""Wall time of the default fine-tunes on this machine, evaluation included.
+
+Runs the default LoRA config (FinetuneConfig()) and, as its peer in the same run, full
+fine-tuning and QLoRA at the same step budget; prints each one's wall time (training,
+periodic and final evaluation, everything `finetune` does) and the ratio to LoRA.
+Repeats and reports the median, since shared machines are noisy.
+
+    python benchmarks/bench_finetune.py [--device cpu] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from minituner.train import FinetuneConfig, finetune, load_base
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    base = load_base()
+    configs = {
+        "lora (default)": FinetuneConfig(),
+        "full": FinetuneConfig(method="full"),
+        "qlora": FinetuneConfig(method="qlora"),
+    }
+    finetune(FinetuneConfig(steps=2), base, device=args.device)  # warm-up
+    times: dict[str, list[float]] = {k: [] for k in configs}
+    last = {}
+    for _ in range(args.repeats):  # interleaved, so load changes hit every config alike
+        for name, cfg in configs.items():
+            t0 = time.perf_counter()
+            res = finetune(cfg, base, device=args.device)
+            times[name].append(time.perf_counter() - t0)
+            last[name] = res.metrics
+    ref = statistics.median(times["lora (default)"])
+    print(f"device {args.device}, torch threads {torch.get_num_threads()}, {args.repeats} repeats")
+    print(
+        f"{'config':<16} {'median s':>9} {'min s':>7} {'/ lora':>7} {'irr. acc':>9} {'en drift':>9}"
+    )
+    for name, ts in times.items():
+        m = last[name]
+        print(
+            f"{name:<16} {statistics.median(ts):9.2f} {min(ts):7.2f} "
+            f"{statistics.median(ts) / ref:7.2f} {m['irregular_accuracy']:9.3f} "
+            f"{m['control_en_drift']:+9.2%}"
+        )
+
+
+if __name__ == "__main__":
+    main()
