@@ -275,6 +275,7 @@ def _final_rows(m: dict) -> list[tuple[str, object]]:
 
 
 def _cmd_finetune(args) -> None:
+    from .distributed import from_env
     from .runs import RunStore
     from .train import FinetuneConfig, finetune, load_base
     from .trainutil import ProgressBar, resolve_device
@@ -287,6 +288,16 @@ def _cmd_finetune(args) -> None:
     resolve_device(args.device)
     base = load_base(args.base)
     store = RunStore()
+    dist_info = from_env()
+    if dist_info.enabled:  # under torchrun: every rank trains, rank 0 reports and stores
+        res = finetune(cfg, base, device=args.device)
+        if dist_info.is_main:
+            print(f"data-parallel over {dist_info.world} processes")
+            _report_and_store(res, store, args.no_save)
+        import torch.distributed
+
+        torch.distributed.destroy_process_group()
+        return
     found = None if args.force else store.lookup(cfg, base)
     if found is not None:
         print(f"already stored: run {found.run_id} ({found.path}); use --force to train again")
@@ -309,10 +320,14 @@ def _cmd_finetune(args) -> None:
         res = finetune(cfg, base, device=args.device, callback=on_event)
     finally:
         bar.close()
+    _report_and_store(res, store, args.no_save)
+
+
+def _report_and_store(res, store, no_save: bool) -> None:
     if not res.ok():
         raise CLIError(f"run {res.status}: {res.message}; nothing was stored")
     _print_table(_final_rows(res.metrics))
-    if not args.no_save:
+    if not no_save:
         info = store.save(res)
         print(f"stored run {info.run_id} in {info.path}")
 

@@ -208,15 +208,20 @@ def finetune_events(
 ) -> Iterator[dict]:
     """Fine-tune and yield events (see the module docstring). The last event is
     ``{"type": "end", "result": FinetuneResult}``."""
+    from . import distributed
+
     cfg.validate()
     base = base or load_base()
-    dev = resolve_device(device)
+    dist_info = distributed.from_env()
+    dev = distributed.setup(dist_info, resolve_device(device))
+    main = dist_info.is_main
     corpus = base.corpus
     tok = base.tok
     seed_everything(cfg.seed)
     t_start = time.perf_counter()
 
     model = prepare_model(base, cfg, dev)
+    train_model = distributed.wrap(model, dist_info, dev)  # DDP when distributed
     params = count_parameters(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -224,10 +229,10 @@ def finetune_events(
     gen = torch.Generator().manual_seed(cfg.seed)
 
     # the base figures on the periodic-evaluation sample, so curves start at drift 0
-    sample_base = evaluate(base.model.to(dev), tok, corpus, sample=cfg.eval_sample)
+    sample_base = evaluate(base.model.to(dev), tok, corpus, sample=cfg.eval_sample) if main else {}
     base.model.to("cpu")
     extra: dict = {}
-    if cfg.method == "qlora":  # the cost of quantization alone: NF4 base, adapter off
+    if cfg.method == "qlora" and main:  # the cost of quantization alone: NF4 base, adapter off
         extra["nf4_base_metrics"] = _without_lists(
             _eval_without_lora(model, tok, corpus, base.metrics)
         )
@@ -240,10 +245,17 @@ def finetune_events(
     }
 
     curves: dict[str, list] = {"step": [], "loss": [], "lr": [], "tokens_per_s": []}
-    evals: list[dict] = [
-        {"step": 0, **_without_lists(sample_base), "control_en_drift": 0.0, "control_es_drift": 0.0}
-    ]
-    yield {"type": "eval", **evals[0]}
+    evals: list[dict] = []
+    if main:
+        evals.append(
+            {
+                "step": 0,
+                **_without_lists(sample_base),
+                "control_en_drift": 0.0,
+                "control_es_drift": 0.0,
+            }
+        )
+        yield {"type": "eval", **evals[0]}
     first_loss = None
     status, message = "completed", ""
     memory_measured: dict = {}
@@ -257,11 +269,24 @@ def finetune_events(
         for g in opt.param_groups:
             g["lr"] = lr
         idx = torch.randint(len(data), (cfg.batch_size,), generator=gen).to(dev)
-        x, y = data.batch(idx)
         if step == 0 and dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-        loss = _masked_loss(model, x, y)
-        loss_v = loss.item()
+        if dist_info.enabled:  # this rank's share; the loss normalized by the global count
+            n_global = int((data.batch(idx)[1] != IGNORE).sum())
+            x, y = data.batch(idx[dist_info.rank :: dist_info.world])
+            logits = train_model(x)
+            loss_sum = F.cross_entropy(
+                logits.reshape(-1, logits.size(-1)),
+                y.reshape(-1),
+                ignore_index=IGNORE,
+                reduction="sum",
+            )
+            loss = loss_sum * dist_info.world / n_global
+            loss_v = distributed.all_reduce_sum(loss_sum.detach(), dist_info).item() / n_global
+        else:
+            x, y = data.batch(idx)
+            loss = _masked_loss(train_model, x, y)
+            loss_v = loss.item()
         if first_loss is None:
             first_loss = loss_v
         if not math.isfinite(loss_v) or loss_v > EXPLODE_FACTOR * max(first_loss, 1e-3):
@@ -278,7 +303,7 @@ def finetune_events(
         if step == 0:
             memory_measured = _measure_memory(model, opt, dev)
         dt = time.perf_counter() - t0
-        n_tokens = int(x.numel())
+        n_tokens = int(x.numel()) * dist_info.world
         curves["step"].append(step + 1)
         curves["loss"].append(loss_v)
         curves["lr"].append(lr)
@@ -291,7 +316,7 @@ def finetune_events(
             "lr": lr,
             "tokens_per_s": curves["tokens_per_s"][-1],
         }
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+        if main and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
             m = evaluate(model, tok, corpus, sample=cfg.eval_sample)
             ev = {"step": step + 1, **_without_lists(m), **drift(m, sample_base)}
             evals.append(ev)
@@ -309,7 +334,7 @@ def finetune_events(
         "evals": evals,
         **extra,
     }
-    if status == "completed":
+    if status == "completed" and main:
         model.eval()
         final = evaluate(model, tok, corpus, base_metrics=base.metrics)
         metrics.update(_without_lists(final))
