@@ -195,13 +195,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _targets(s: str) -> tuple[str, ...]:
-    from .lora import resolve_targets
+    from .train import FinetuneConfig
 
     t = tuple(x.strip() for x in s.split(",") if x.strip())
     if not t:
         raise argparse.ArgumentTypeError("give at least one target, e.g. q,v")
     try:
-        resolve_targets(list(t))
+        FinetuneConfig(targets=t)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return t

@@ -90,6 +90,12 @@ class RunStore:
 
     # ---------------------------------------------------------------- reading
     def _read(self, path: Path) -> RunInfo:
+        try:
+            return self._read_files(path)
+        except (TypeError, KeyError, AttributeError, OSError) as e:  # foreign JSON shapes
+            raise ValueError(f"{path} is not a readable minituner run ({e})") from None
+
+    def _read_files(self, path: Path) -> RunInfo:
         cfg = read_json(path / "config.json")
         metrics = read_json(path / "metrics.json")
         if "finetune" not in cfg or metrics.get("status") != "completed":

@@ -33,7 +33,14 @@ from .checkpoint import DEFAULT_BASE_DIR, load_model
 from .corpus import CorpusConfig, build_corpus
 from .data import IGNORE, encode_cloze
 from .evaluate import drift, evaluate
-from .lora import add_lora, count_parameters, lora_layers, resolve_targets
+from .lora import (
+    TARGET_ALIASES,
+    TARGET_GROUPS,
+    add_lora,
+    count_parameters,
+    lora_layers,
+    resolve_targets,
+)
 from .trainutil import device_name, lr_at, resolve_device, seed_everything
 
 METHODS = ("full", "lora", "qlora")
@@ -41,6 +48,17 @@ METHODS = ("full", "lora", "qlora")
 # (see benchmarks/lr_search.py for the search; README "Fine-tuning results").
 DEFAULT_LR = {"full": 3e-4, "lora": 5e-3, "qlora": 5e-3}
 EXPLODE_FACTOR = 20.0  # loss above EXPLODE_FACTOR x the first loss counts as diverged
+
+
+def _number(name: str, v, low: float, allow_low: bool = False) -> None:
+    """ValueError unless ``v`` is a finite number above ``low`` (or equal, if allowed)."""
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if not ok or v < low or (v == low and not allow_low):
+        if low == 0.0:
+            bound = "zero or a positive number" if allow_low else "a positive number"
+        else:
+            bound = f"a number {'>=' if allow_low else '>'} {low:g}"
+        raise ValueError(f"{name} must be {bound}, got {v!r}")
 
 
 @dataclass
@@ -64,6 +82,8 @@ class FinetuneConfig:
     nf4_double_quant: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.targets, (str, list, tuple)):
+            raise ValueError(f"targets must be a list of names such as q,v; got {self.targets!r}")
         if isinstance(self.targets, str):
             self.targets = tuple(t.strip() for t in self.targets.split(",") if t.strip())
         self.targets = tuple(self.targets)
@@ -79,20 +99,27 @@ class FinetuneConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a whole number >= 1, got {v!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"learning rate must be a positive number, got {self.lr!r}")
-        if self.warmup < 0 or self.weight_decay < 0 or self.grad_clip <= 0:
-            raise ValueError("warmup and weight_decay must be >= 0 and grad_clip > 0")
+        _number("learning rate", self.lr, low=0.0)
+        _number("warmup", self.warmup, low=0.0, allow_low=True)
+        _number("weight_decay", self.weight_decay, low=0.0, allow_low=True)
+        _number("grad_clip", self.grad_clip, low=0.0)
         if self.method != "full":
             if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
                 raise ValueError(f"rank r must be a whole number >= 1, got {self.r!r}")
-            if not (math.isfinite(self.alpha) and self.alpha > 0):
-                raise ValueError(f"alpha must be a positive number, got {self.alpha!r}")
-            if not 0.0 <= self.dropout < 1.0:
+            _number("alpha", self.alpha, low=0.0)
+            _number("dropout", self.dropout, low=0.0, allow_low=True)
+            if self.dropout >= 1.0:
                 raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
             if not self.targets:
                 raise ValueError("choose at least one target module (q, k, v, o, fc_in, fc_out)")
-            resolve_targets(self.targets)  # raises on unknown names
+            known = set(TARGET_ALIASES.values())
+            bad = [t for t in resolve_targets(self.targets) if t not in known]
+            if bad:
+                raise ValueError(
+                    f"unknown target module {', '.join(map(repr, bad))}; MiniGPT's are "
+                    + ", ".join(f"{k} ({v})" if k != v else k for k, v in TARGET_ALIASES.items())
+                    + f" and the groups {', '.join(TARGET_GROUPS)}"
+                )
 
     def to_dict(self) -> dict:
         d = asdict(self)
