@@ -423,7 +423,10 @@ def _measure_memory(model, opt, dev: torch.device) -> dict:
     }
     out["device"] = dev.type
     if dev.type == "cuda":
-        out["cuda_peak_allocated"] = int(torch.cuda.max_memory_allocated(dev))
+        peak = int(torch.cuda.max_memory_allocated(dev))
+        out["cuda_peak_allocated"] = peak
+        # what the peak holds beyond the tensors counted above: activations and workspace
+        out["activations"] = max(0, peak - out.get("total", 0))
     return out
 
 
