@@ -1,0 +1,1 @@
+"""The Streamlit explorer (never imported by the minituner package)."""

@@ -1,0 +1,241 @@
+"""Everything the pages load, cached so that a rerun does not load it again.
+
+* the base model (``st.cache_resource``: one copy per server, never modified);
+* the run-store index (``st.cache_data`` keyed by a cheap signature of the store's
+  directories, so a new or changed run is picked up at the next rerun and an unchanged
+  store is never re-read);
+* fine-tuned models of stored runs (``st.cache_resource``, a few at a time);
+* ``precomputed/experiments.json`` (the sweeps written by ``python -m minituner precompute``);
+* the live-training worker, one per server.
+
+Broken runs and a missing or unreadable experiments file become warnings on the page
+that needs them; nothing here raises into a page except a missing base model.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+import warnings
+from pathlib import Path
+
+import streamlit as st
+import torch
+
+from app.helpers import distance_to_defaults
+from app.trainer import Trainer
+from minituner.checkpoint import REPO_ROOT
+from minituner.runs import RunInfo, RunStore
+from minituner.train import Base, load_base
+from minituner.trainutil import device_name, resolve_device
+
+EXPERIMENTS_PATH = REPO_ROOT / "precomputed" / "experiments.json"
+PRECOMPUTE_HINT = "run `python -m minituner precompute` to create them"
+
+
+# ---------------------------------------------------------------------- base model
+@st.cache_resource(show_spinner="Loading the base model…")
+def get_base() -> Base:
+    return load_base()
+
+
+def base_or_stop() -> Base:
+    """The base model, or an error box and the end of this page's run."""
+    try:
+        return get_base()
+    except ValueError as e:
+        st.error(f"The base model cannot be loaded: {e}")
+        st.stop()
+
+
+@st.cache_resource
+def device_label() -> str:
+    """The device live training uses: the GPU's name, or CPU."""
+    return device_name(resolve_device("auto"))
+
+
+# ---------------------------------------------------------------------- run store
+def store() -> RunStore:
+    """A RunStore over precomputed/runs and the user cache (read from the environment
+    each time, so tests can point MINITUNER_CACHE somewhere else)."""
+    return RunStore()
+
+
+def _signature(roots: list[Path]) -> tuple:
+    """Changes whenever a run directory appears, disappears or is rewritten."""
+    sig = []
+    for root in roots:
+        entries = []
+        if root.is_dir():
+            for p in sorted(root.iterdir()):
+                try:
+                    m = p / "metrics.json"
+                    entries.append((p.name, m.stat().st_mtime_ns if m.exists() else 0))
+                except OSError:
+                    entries.append((p.name, -1))
+        sig.append((str(root), tuple(entries)))
+    return tuple(sig)
+
+
+@st.cache_data(show_spinner=False)
+def _list_runs(roots: tuple[str, ...], signature: tuple) -> tuple[list[RunInfo], list[str]]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runs = RunStore([Path(r) for r in roots]).list()
+    return runs, [str(w.message) for w in caught]
+
+
+def runs() -> tuple[list[RunInfo], list[str]]:
+    """Every readable finished run, and a warning for each broken one."""
+    roots = store().roots
+    return _list_runs(tuple(str(r) for r in roots), _signature(roots))
+
+
+def runs_with_warnings() -> list[RunInfo]:
+    """:func:`runs`, with its warnings shown on the page (collapsed when many)."""
+    found, problems = runs()
+    if problems:
+        with st.expander(
+            f"{len(problems)} run(s) in the store could not be read", icon=":material/warning:"
+        ):
+            for p in problems:
+                st.warning(p)
+    return found
+
+
+def run_by_id(rid: str) -> RunInfo | None:
+    return next((r for r in runs()[0] if r.run_id == rid), None)
+
+
+@st.cache_resource(max_entries=8, show_spinner="Loading the fine-tuned model…")
+def _run_model(rid: str, path: str, mtime: int) -> torch.nn.Module:
+    info = store().get(rid)
+    return store().load_model(info, get_base())
+
+
+def run_model(info: RunInfo) -> torch.nn.Module | None:
+    """The fine-tuned model of a stored run (cached), or None with a warning."""
+    try:
+        mtime = (info.path / "metrics.json").stat().st_mtime_ns
+        return _run_model(info.run_id, str(info.path), mtime)
+    except (ValueError, OSError, RuntimeError, KeyError) as e:
+        st.warning(f"Run {info.run_id} cannot be loaded: {e}")
+        return None
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _spectrum(rid: str, path: str, mtime: int) -> dict:
+    return json.loads((Path(path) / "spectrum.json").read_text())
+
+
+def spectrum(info: RunInfo) -> dict | None:
+    """The ΔW spectrum of a run ({layer: {...}}), or None with a warning."""
+    try:
+        mtime = (info.path / "spectrum.json").stat().st_mtime_ns
+        return _spectrum(info.run_id, str(info.path), mtime)
+    except (OSError, ValueError) as e:
+        st.warning(f"The spectrum of run {info.run_id} cannot be read: {e}")
+        return None
+
+
+def default_run(found: list[RunInfo]) -> RunInfo | None:
+    """The run a newcomer sees first: FinetuneConfig()'s defaults if stored, else the
+    LoRA run closest to them, else the run closest to its method's defaults."""
+    if not found:
+        return None
+    lora = [r for r in found if r.method == "lora"]
+    return min(lora or found, key=distance_to_defaults)
+
+
+def preferred_run_ids() -> list[str]:
+    """The runs the experiments compare (first seed of each method), for menus' defaults."""
+    exp = load_experiments(quiet=True) or {}
+    forgetting = exp.get("forgetting")
+    if not isinstance(forgetting, dict):
+        return []
+    return [
+        ids[0] for v in forgetting.values() if isinstance(v, dict) and (ids := v.get("run_ids"))
+    ]
+
+
+# ---------------------------------------------------------------------- experiments
+@st.cache_data(show_spinner=False)
+def _read_experiments(path: str, mtime: int) -> dict:
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict):
+        raise ValueError("the file does not hold a JSON object")
+    return data
+
+
+def load_experiments(path: Path | None = None, quiet: bool = False) -> dict | None:
+    """precomputed/experiments.json (or ``path``), or None, with a warning on the page
+    (unless ``quiet``), when it is missing or unreadable."""
+    path = Path(path if path is not None else EXPERIMENTS_PATH)
+    if not path.is_file():
+        if not quiet:
+            st.warning(f"The experiment summaries ({path.name}) are missing: {PRECOMPUTE_HINT}.")
+        return None
+    try:
+        return _read_experiments(str(path), path.stat().st_mtime_ns)
+    except (OSError, ValueError) as e:
+        if not quiet:
+            st.warning(f"{path.name} cannot be read ({e}): {PRECOMPUTE_HINT}.")
+        return None
+
+
+def experiment_section(experiments: dict | None, key: str) -> dict | None:
+    """One section of the experiments file, or None with a warning when it lacks it."""
+    if experiments is None:
+        return None
+    section = experiments.get(key)
+    if not isinstance(section, dict) or not section:
+        st.warning(f"experiments.json has no {key!r} section: {PRECOMPUTE_HINT}.")
+        return None
+    return section
+
+
+# ---------------------------------------------------------------------- sessions
+@st.cache_resource
+def get_trainer() -> Trainer:
+    """The server's single training worker."""
+    return Trainer()
+
+
+def session_id() -> str:
+    if "minituner_session" not in st.session_state:
+        st.session_state["minituner_session"] = uuid.uuid4().hex
+    return st.session_state["minituner_session"]
+
+
+# ---------------------------------------------------------------------- NF4
+def base_linear_names() -> list[str]:
+    """The transformer-layer Linear weights of the base model (what QLoRA quantizes)."""
+    model = get_base().model
+    return [
+        name
+        for name, mod in model.named_modules()
+        if isinstance(mod, torch.nn.Linear) and name.startswith("blocks.")
+    ]
+
+
+def _base_weight(layer: str) -> torch.Tensor:
+    return get_base().model.get_submodule(layer).weight.detach().float().cpu()
+
+
+@st.cache_data(show_spinner="Quantizing…", max_entries=32)
+def quant_errors(layer: str, block_size: int, model_id: str) -> dict:
+    """Per-weight errors of NF4, int4 and FP4 on one base layer (numpy arrays)."""
+    from minituner.nf4 import QUANT_METHODS, quantization_errors
+
+    w = _base_weight(layer)
+    return {m: quantization_errors(w, m, block_size).numpy() for m in QUANT_METHODS}
+
+
+@st.cache_data(show_spinner="Quantizing every layer…", max_entries=8)
+def quant_report(block_size: int, model_id: str) -> list[dict]:
+    """quantization_error_report over every layer Linear of the base model."""
+    from minituner.nf4 import quantization_error_report
+
+    return quantization_error_report(
+        {name: _base_weight(name) for name in base_linear_names()}, block_size
+    )

@@ -1,0 +1,235 @@
+"""Pure helpers for the pages: the Train page's URL parameters, run tables and labels.
+
+No Streamlit here, so these are tested directly (tests/test_app.py).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+from minituner.analysis import breakdown_table, format_bytes
+from minituner.runs import RunInfo
+from minituner.train import DEFAULT_LR, METHODS, FinetuneConfig
+
+TARGETS = ("q", "k", "v", "o", "fc_in", "fc_out")
+METHOD_NAMES = {"full": "Full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}
+MAX_STEPS = 2000
+MAX_R = 256
+
+
+def default_choices() -> dict:
+    d = FinetuneConfig()
+    return {
+        "method": d.method,
+        "r": d.r,
+        "alpha": float(d.alpha),
+        "targets": list(d.targets),
+        "lr": float(DEFAULT_LR[d.method]),
+        "steps": d.steps,
+        "seed": d.seed,
+    }
+
+
+def _first(v):
+    return v[-1] if isinstance(v, (list, tuple)) else v
+
+
+def parse_train_params(qp: Mapping[str, object]) -> tuple[dict, list[str]]:
+    """The Train page's choices from URL query parameters.
+
+    Returns ``(choices, problems)``: only the keys present and valid are in ``choices``;
+    each unusable value gives a message in ``problems`` (the page shows them and uses
+    the default instead), never an exception.
+    """
+    out: dict = {}
+    problems: list[str] = []
+
+    def bad(key, value, why):
+        problems.append(f"URL parameter {key}={value!r} ignored: {why}")
+
+    if "method" in qp:
+        v = str(_first(qp["method"])).strip().lower()
+        if v in METHODS:
+            out["method"] = v
+        else:
+            bad("method", v, f"choose one of {', '.join(METHODS)}")
+    for key, lo, hi in (("r", 1, MAX_R), ("steps", 1, MAX_STEPS), ("seed", 0, 2**31 - 1)):
+        if key in qp:
+            v = _first(qp[key])
+            try:
+                n = int(str(v))
+            except ValueError:
+                bad(key, v, "not a whole number")
+                continue
+            if lo <= n <= hi:
+                out[key] = n
+            else:
+                bad(key, v, f"must be between {lo} and {hi}")
+    for key in ("alpha", "lr"):
+        if key in qp:
+            v = _first(qp[key])
+            try:
+                x = float(str(v))
+            except ValueError:
+                bad(key, v, "not a number")
+                continue
+            if math.isfinite(x) and x > 0:
+                out[key] = x
+            else:
+                bad(key, v, "must be a positive number")
+    if "targets" in qp:
+        v = qp["targets"]
+        items = v if isinstance(v, (list, tuple)) else [v]
+        names = [t.strip() for item in items for t in str(item).split(",") if t.strip()]
+        unknown = [t for t in names if t not in TARGETS]
+        if unknown:
+            bad("targets", ",".join(names), f"unknown {unknown}; choose from {', '.join(TARGETS)}")
+        elif names:
+            out["targets"] = [t for t in TARGETS if t in names]
+        else:
+            bad("targets", "", "empty")
+    return out, problems
+
+
+def choices_to_params(choices: Mapping) -> dict[str, str]:
+    """The URL query parameters for the Train page's choices (what a shared link holds)."""
+    p = {
+        "method": str(choices["method"]),
+        "lr": f"{float(choices['lr']):g}",
+        "steps": str(int(choices["steps"])),
+        "seed": str(int(choices["seed"])),
+    }
+    if choices["method"] != "full":
+        p["r"] = str(int(choices["r"]))
+        p["alpha"] = f"{float(choices['alpha']):g}"
+        p["targets"] = ",".join(choices["targets"])
+    return p
+
+
+def config_from_choices(choices: Mapping) -> FinetuneConfig:
+    """FinetuneConfig for the choices. Raises ValueError (readable) for bad settings."""
+    kw = dict(
+        method=choices["method"],
+        lr=float(choices["lr"]),
+        steps=int(choices["steps"]),
+        seed=int(choices["seed"]),
+    )
+    if choices["method"] != "full":
+        kw.update(
+            r=int(choices["r"]), alpha=float(choices["alpha"]), targets=tuple(choices["targets"])
+        )
+    return FinetuneConfig(**kw)
+
+
+# ---------------------------------------------------------------------- runs
+def run_label(info: RunInfo) -> str:
+    """A short label for menus and legends, starting with the method."""
+    f = info.config["finetune"]
+    if f["method"] == "full":
+        core = "full"
+    else:
+        core = f"{f['method']} r={f['r']} {','.join(f['targets'])}"
+    return f"{core} · {f['steps']} steps · lr {f['lr']:g} · seed {f['seed']} · {info.run_id[:6]}"
+
+
+def pct(x) -> str:
+    return "–" if x is None else f"{100 * float(x):.1f}%"
+
+
+def mean_std(summary: Mapping, key: str, signed: bool = False) -> str:
+    """ "12.3% ± 0.4" from ``summary[key + "_mean"]`` and ``summary[key + "_std"]``."""
+    m = 100 * float(summary[f"{key}_mean"])
+    sd = 100 * float(summary.get(f"{key}_std") or 0.0)
+    return f"{m:+.2f}% ± {sd:.2f}" if signed else f"{m:.1f}% ± {sd:.1f}"
+
+
+def final_figures_rows(runs: Iterable[RunInfo], base_metrics: Mapping | None = None) -> list[dict]:
+    """One row of final figures per run (and the base model first, when given)."""
+    rows = []
+    if base_metrics is not None:
+        rows.append(
+            {
+                "run": "base model (no fine-tuning)",
+                "method": "base",
+                "irregular acc.": pct(base_metrics.get("irregular_accuracy")),
+                "over-regularized": pct(base_metrics.get("overregularized_rate")),
+                "regular acc.": pct(base_metrics.get("regular_accuracy")),
+                "control EN ppl": f"{base_metrics.get('control_en_ppl', math.nan):.4f}",
+                "control ES ppl": f"{base_metrics.get('control_es_ppl', math.nan):.4f}",
+                "EN drift": "0.0%",
+                "ES drift": "0.0%",
+                "trainable params": "–",
+                "final loss": "–",
+                "time (s)": "–",
+                "device": base_metrics.get("device", ""),
+            }
+        )
+    for r in runs:
+        m = r.metrics
+        loss = m.get("curves", {}).get("loss") or [math.nan]
+        rows.append(
+            {
+                "run": run_label(r),
+                "method": r.method,
+                "irregular acc.": pct(m.get("irregular_accuracy")),
+                "over-regularized": pct(m.get("overregularized_rate")),
+                "regular acc.": pct(m.get("regular_accuracy")),
+                "control EN ppl": f"{m.get('control_en_ppl', math.nan):.4f}",
+                "control ES ppl": f"{m.get('control_es_ppl', math.nan):.4f}",
+                "EN drift": f"{100 * m.get('control_en_drift', math.nan):+.2f}%",
+                "ES drift": f"{100 * m.get('control_es_drift', math.nan):+.2f}%",
+                "trainable params": f"{m.get('trainable_params', 0):,}",
+                "final loss": f"{loss[-1]:.4f}",
+                "time (s)": f"{m.get('wall_time_s', math.nan):.1f}",
+                "device": m.get("device", ""),
+            }
+        )
+    return rows
+
+
+def distance_to_defaults(info: RunInfo) -> tuple:
+    """How far a run's settings are from FinetuneConfig's defaults for its method (a
+    sort key: 0s first), so menus open on the run a newcomer would train."""
+    f = info.config["finetune"]
+    want = FinetuneConfig(method=f["method"]).to_dict()
+    keys = ("targets", "r", "alpha", "steps", "seed", "lr")
+    return tuple(int(k in want and f.get(k) != want[k]) for k in keys)
+
+
+def one_per_method(runs: Iterable[RunInfo], preferred: Iterable[str] = ()) -> list[RunInfo]:
+    """A run of each method: the first of ``preferred`` (run ids) of that method, else the
+    one closest to the defaults."""
+    runs = list(runs)
+    by_id = {r.run_id: r for r in runs}
+    chosen: dict[str, RunInfo] = {}
+    for rid in preferred:
+        r = by_id.get(rid)
+        if r is not None and r.method not in chosen:
+            chosen[r.method] = r
+    for r in sorted(runs, key=distance_to_defaults):
+        chosen.setdefault(r.method, r)
+    return [chosen[m] for m in METHODS if m in chosen]
+
+
+def memory_rows(runs: Iterable[RunInfo]) -> list[dict]:
+    """breakdown_table rows for each run's predicted and measured memory, the source
+    renamed "<method> predicted" / "<method> measured"."""
+    rows = []
+    for r in runs:
+        mem = r.metrics.get("memory") or {}
+        for row in breakdown_table(mem.get("predicted"), mem.get("measured")):
+            rows.append({**row, "source": f"{r.method} {row['source']}"})
+    return rows
+
+
+def bytes_table(rows: Iterable[Mapping]) -> list[dict]:
+    """Wide table (one row per source, one column per category) from breakdown rows."""
+    rows = list(rows)
+    table: dict[str, dict] = {}
+    for row in rows:
+        t = table.setdefault(row["source"], {"": row["source"]})
+        t[row["category"]] = format_bytes(row["bytes"])
+    for src, t in table.items():
+        t["total"] = format_bytes(sum(r["bytes"] for r in rows if r["source"] == src))
+    return list(table.values())

@@ -1,0 +1,57 @@
+"""Compare runs: overlaid loss and evaluation curves and a table of final figures."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import charts, data, helpers
+
+st.title("Compare runs")
+base = data.base_or_stop()
+found = data.runs_with_warnings()
+if not found:
+    st.info("No runs in the store yet: train one on the **Train** page.")
+    st.stop()
+
+by_label = {helpers.run_label(r): r for r in found}
+methods = sorted({r.method for r in found})
+c1, c2 = st.columns([1, 3])
+show = c1.multiselect("methods", methods, default=methods, key="compare_methods")
+pool = [label for label, r in by_label.items() if r.method in show]
+default = [
+    helpers.run_label(r)
+    for r in helpers.one_per_method(found, data.preferred_run_ids())
+    if helpers.run_label(r) in pool
+]
+picked = c2.multiselect("runs", pool, default=default, key="compare_runs")
+if not picked:
+    st.info("Pick one or more runs.")
+    st.stop()
+chosen = [by_label[label] for label in picked]
+
+log_y = st.toggle("log-scale loss", value=False, key="compare_log")
+series = {}
+for r in chosen:
+    c = r.metrics.get("curves", {})
+    series[helpers.run_label(r)] = (c.get("step", []), c.get("loss", []))
+st.plotly_chart(charts.loss_curves(series, log_y=log_y), key="compare_loss")
+
+evals = {helpers.run_label(r): r.metrics.get("evals", []) for r in chosen}
+a, b = st.columns(2)
+with a:
+    st.plotly_chart(
+        charts.eval_curves(
+            evals, "irregular_accuracy", "Irregular past accuracy (sample)", "accuracy (%)"
+        ),
+        key="compare_acc",
+    )
+with b:
+    st.plotly_chart(
+        charts.eval_curves(
+            evals, "control_en_drift", "Control English drift (sample)", "drift (%)"
+        ),
+        key="compare_drift",
+    )
+
+st.subheader("Final figures (full held-out splits)")
+st.dataframe(helpers.final_figures_rows(chosen, base.metrics), hide_index=True)

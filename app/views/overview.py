@@ -1,0 +1,141 @@
+"""Overview: what LoRA and QLoRA do, the base model's figures, and a default run to start from."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import charts, data, helpers
+from minituner.evaluate import candidate_logprobs, complete
+
+PROMPT = "He __ to school yesterday."
+
+st.title("LoRA and QLoRA, from scratch, on a tiny GPT")
+
+left, right = st.columns([3, 2], gap="large")
+with left:
+    st.markdown(
+        """
+**The question.** A pretrained model knows a lot; we want to teach it one more thing
+without paying for, or damaging, everything it already knows.
+
+**Full fine-tuning** updates every weight. Each trained weight also needs a gradient and
+two AdamW moments, so the training state is about four times the model, and the update
+can move the whole model, including what it knew before.
+
+**LoRA** freezes the model and learns, next to a chosen weight matrix *W* (out × in), a
+low-rank correction ΔW = (α / r) · B · A with A of shape r × in and B of shape out × r.
+B starts at zero, so training starts exactly from the base model. Only A and B are
+trained: r · (in + out) numbers in place of in · out. The bet is that the change a
+small task needs has few important directions; the **Spectrum** page checks it on the
+update full fine-tuning actually makes.
+
+**QLoRA** stores the frozen base in 4 bits (the NF4 format: 16 levels placed where
+normally distributed weights are dense, one scale per block of 64 weights) and
+dequantizes each layer on the fly; the LoRA matrices stay in full precision. The base
+shrinks by about 8× against fp32, and the adapter learns to work around the rounding.
+"""
+    )
+with right:
+    st.markdown(
+        """
+**The experiment.** MiniGPT, a character-level GPT with under a million parameters,
+was pretrained on generated English and Spanish sentences in which irregular past
+tenses are rare and often wrong ("He goed to school yesterday."). So it prefers "-ed".
+
+A short fine-tune on about 500 cloze pairs (`He __ to school yesterday. = went`)
+teaches the 8 irregular verbs *be, have, do, go, come, see, eat, write*. Held-out
+sentences with 12 regular verbs and Spanish sentences measure what else moved:
+the **control perplexity drift** (0 % = unchanged).
+
+**Where to go next**
+"""
+    )
+    st.page_link(
+        "views/train.py",
+        label="Train a run live (or load it from the store)",
+        icon=":material/model_training:",
+    )
+    st.page_link(
+        "views/completions.py", label="Ask base and fine-tuned models", icon=":material/chat:"
+    )
+    st.page_link("views/spectrum.py", label="Is ΔW really low-rank?", icon=":material/equalizer:")
+    st.page_link("views/memory.py", label="Where the memory goes", icon=":material/memory:")
+
+base = data.base_or_stop()
+bm = base.metrics
+st.header("The base model")
+cols = st.columns(5)
+cols[0].metric("parameters", f"{bm.get('num_params', 0):,}")
+cols[1].metric("irregular past, accuracy", helpers.pct(bm.get("irregular_accuracy")))
+cols[2].metric("over-regularized answers", helpers.pct(bm.get("overregularized_rate")))
+cols[3].metric("regular past, accuracy", helpers.pct(bm.get("regular_accuracy")))
+cols[4].metric("control EN perplexity", f"{bm.get('control_en_ppl', float('nan')):.3f}")
+per_verb = bm.get("irregular_accuracy_per_verb") or {}
+if per_verb:
+    st.caption(
+        "Irregular accuracy per verb: "
+        + ", ".join(f"{v} {100 * a:.0f}%" for v, a in per_verb.items())
+        + f" · corpus {bm.get('corpus_version', '?')}"
+    )
+
+st.header("A run to start from")
+found = data.runs_with_warnings()
+run = data.default_run(found)
+if run is None:
+    st.info(
+        "The run store is empty. Open **Train** and press *Train live* (the default LoRA "
+        "run takes well under a minute on a CPU), or run `python -m minituner precompute`."
+    )
+    st.stop()
+
+m = run.metrics
+st.markdown(f"**{helpers.run_label(run)}** ({'shipped' if run.shipped else 'your cache'})")
+cols = st.columns(5)
+cols[0].metric(
+    "irregular accuracy",
+    helpers.pct(m.get("irregular_accuracy")),
+    delta=f"{100 * (m.get('irregular_accuracy', 0) - bm.get('irregular_accuracy', 0)):+.1f} pts",
+)
+cols[1].metric(
+    "over-regularized",
+    helpers.pct(m.get("overregularized_rate")),
+    delta=f"{100 * (m.get('overregularized_rate', 0) - bm.get('overregularized_rate', 0)):+.1f} pts",
+    delta_color="inverse",
+)
+cols[2].metric("control EN drift", f"{100 * m.get('control_en_drift', 0):+.2f}%")
+cols[3].metric(
+    "trainable parameters",
+    f"{m.get('trainable_params', 0):,}",
+    delta=f"{100 * m.get('trainable_params', 0) / max(1, m.get('total_params', 1)):.2f}% of the model",
+    delta_color="off",
+)
+cols[4].metric(
+    "training time",
+    f"{m.get('wall_time_s', 0):.1f} s",
+    delta=m.get("device", ""),
+    delta_color="off",
+)
+
+c1, c2 = st.columns(2, gap="large")
+with c1:
+    curves = m.get("curves", {})
+    st.plotly_chart(
+        charts.loss_curves(
+            {helpers.run_label(run): (curves.get("step", []), curves.get("loss", []))}
+        ),
+        key="overview_loss",
+    )
+with c2:
+    model = data.run_model(run)
+    if model is not None:
+        st.markdown(f"**{PROMPT}**")
+        before = complete(base.model, base.tok, PROMPT)
+        after = complete(model, base.tok, PROMPT)
+        a, b = st.columns(2)
+        a.metric("base model answers", before)
+        b.metric("fine-tuned answers", after)
+        probs = {
+            "base": candidate_logprobs(base.model, base.tok, PROMPT, ["went", "goed"])["probs"],
+            "fine-tuned": candidate_logprobs(model, base.tok, PROMPT, ["went", "goed"])["probs"],
+        }
+        st.plotly_chart(charts.candidate_bars(probs, "went or goed?"), key="overview_bars")

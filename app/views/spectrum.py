@@ -1,0 +1,116 @@
+"""Spectrum: is the update ΔW low-rank? Full fine-tuning and LoRA side by side."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import charts, data, helpers
+
+st.title("Spectrum of the weight update ΔW")
+st.markdown(
+    "For each adapted matrix, ΔW = W_fine-tuned − W_base (full fine-tuning) or "
+    "(α/r)·B·A (LoRA). Few large singular values followed by a fast drop mean the update "
+    "lives in a few directions: what LoRA assumes. A LoRA update has at most r non-zero "
+    "singular values by construction; full fine-tuning is free to use them all."
+)
+base = data.base_or_stop()
+found = data.runs_with_warnings()
+experiments = data.load_experiments()
+truncation = data.experiment_section(experiments, "truncation")
+
+full_runs = [r for r in found if r.method == "full"]
+lora_runs = [r for r in found if r.method in ("lora", "qlora")]
+if not full_runs and not lora_runs:
+    st.info("No runs in the store yet: train a full and a LoRA run on the **Train** page.")
+    st.stop()
+
+
+def _pick(label: str, pool: list, preferred_id: str | None, key: str):
+    if not pool:
+        st.info(f"No {label} run in the store.")
+        return None
+    labels = [helpers.run_label(r) for r in pool]
+    ids = [r.run_id for r in pool]
+    if preferred_id in ids:
+        index = ids.index(preferred_id)
+    else:
+        best = data.default_run(pool)
+        index = ids.index(best.run_id) if best else 0
+    return pool[labels.index(st.selectbox(label, labels, index=index, key=key))]
+
+
+c1, c2 = st.columns(2)
+with c1:
+    full = _pick("full fine-tuning run", full_runs, (truncation or {}).get("run_id"), "spec_full")
+with c2:
+    lora = _pick("LoRA / QLoRA run", lora_runs, None, "spec_lora")
+
+chosen = [r for r in (full, lora) if r is not None]
+spectra = {}
+for r in chosen:
+    s = data.spectrum(r)
+    if s:
+        spectra[helpers.run_label(r)] = s
+if not spectra:
+    st.stop()
+
+kinds = sorted({layer.rsplit(".", 1)[-1] for s in spectra.values() for layer in s})
+c3, c4 = st.columns([3, 1])
+default_kinds = [k for k in ("q_proj", "v_proj") if k in kinds] or kinds[:1]
+kind_sel = c3.multiselect("matrices", kinds, default=default_kinds, key="spec_kinds")
+normalized = c4.toggle("normalize by σ₁", value=False, key="spec_norm")
+panels = {
+    label: {
+        layer: v["singular_values"]
+        for layer, v in s.items()
+        if layer.rsplit(".", 1)[-1] in kind_sel
+    }
+    for label, s in spectra.items()
+}
+st.plotly_chart(charts.spectrum_side_by_side(panels, normalized=normalized), key="spec_sv")
+
+st.subheader("Stable rank and energy")
+ranks = {label: {layer: v["stable_rank"] for layer, v in s.items()} for label, s in spectra.items()}
+a, b = st.columns([3, 2])
+with a:
+    st.plotly_chart(charts.stable_rank_bars(ranks), key="spec_stable")
+with b:
+    layers = sorted({layer for s in spectra.values() for layer in s})
+    shared = [layer for layer in layers if all(layer in s for s in spectra.values())] or layers
+    layer = st.selectbox("layer", shared, key="spec_layer")
+    energy = {label: s[layer]["cumulative_energy"] for label, s in spectra.items() if layer in s}
+    st.plotly_chart(charts.cumulative_energy(energy), key="spec_energy")
+rows = []
+for label, s in spectra.items():
+    for name, v in s.items():
+        rows.append(
+            {
+                "run": label,
+                "layer": name,
+                "stable rank": round(v["stable_rank"], 2),
+                "rank for 90% energy": v["rank_90"],
+                "‖ΔW‖_F": f"{v.get('frobenius_norm', 0):.4g}",
+                "σ₁": f"{v.get('spectral_norm', 0):.4g}",
+            }
+        )
+with st.expander("per-layer table"):
+    st.dataframe(rows, hide_index=True)
+
+st.subheader("Truncating full fine-tuning's update")
+if truncation is not None:
+    try:
+        st.plotly_chart(
+            charts.truncation_curve(
+                truncation["k"],
+                truncation["irregular_accuracy"],
+                truncation.get("control_en_drift"),
+            ),
+            key="spec_trunc",
+        )
+        st.caption(
+            f"Run {truncation.get('run_id', '?')}: every ΔW of full fine-tuning replaced by its "
+            "best rank-k approximation (Eckart–Young), then the model re-evaluated. If a small "
+            "k recovers the accuracy, the useful part of the update is low-rank."
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        st.warning(f"The truncation summary in experiments.json is malformed ({e}).")

@@ -1,0 +1,232 @@
+"""Train: choose a configuration, see what it costs, then load it from the store or
+train it live.
+
+The choices live in the URL (?method=lora&r=8&alpha=16&targets=q,v&lr=0.005&steps=40&seed=0)
+so a link opens the same configuration. Live training runs in the server's single
+worker thread (app/trainer.py); this page polls it from a fragment every
+``POLL_S`` seconds and never blocks on it.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import charts, data, helpers
+from app.trainer import RUNNING
+from minituner import analysis
+from minituner.analysis import ModelShape, format_bytes
+from minituner.runs import run_id
+from minituner.train import DEFAULT_LR, METHODS
+
+POLL_S = 0.75
+KEYS = {k: f"train_{k}" for k in ("method", "r", "alpha", "lr", "steps", "seed")}
+TARGET_KEYS = {t: f"train_target_{t}" for t in helpers.TARGETS}
+FINISHED_MARK = "Training finished"
+
+st.title("Train")
+base = data.base_or_stop()
+trainer = data.get_trainer()
+me = data.session_id()
+
+# ---------------------------------------------------------------- choices (URL <-> widgets)
+url_choices, url_problems = helpers.parse_train_params(st.query_params.to_dict())
+for p in url_problems:
+    st.warning(p)
+remembered = st.session_state.get("train_choices", {})
+start_from = {**helpers.default_choices(), **remembered}
+if "train_from_url" not in st.session_state:  # a shared link wins on the session's first visit
+    start_from.update(url_choices)
+    if "lr" not in url_choices and "method" in url_choices:
+        start_from["lr"] = DEFAULT_LR[url_choices["method"]]
+    st.session_state["train_from_url"] = True
+for name, key in KEYS.items():
+    if key not in st.session_state:
+        st.session_state[key] = start_from[name]
+for t, key in TARGET_KEYS.items():
+    if key not in st.session_state:
+        st.session_state[key] = t in start_from["targets"]
+
+
+def _method_changed() -> None:
+    st.session_state[KEYS["lr"]] = DEFAULT_LR[st.session_state[KEYS["method"]]]
+
+
+busy = trainer.busy
+with st.container(border=True):
+    c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
+    c1.radio(
+        "method",
+        METHODS,
+        key=KEYS["method"],
+        format_func=lambda m: helpers.METHOD_NAMES[m],
+        horizontal=True,
+        on_change=_method_changed,
+        help="The learning rate resets to the method's default when you switch.",
+    )
+    is_full = st.session_state[KEYS["method"]] == "full"
+    c2.number_input(
+        "rank r", min_value=1, max_value=helpers.MAX_R, step=1, key=KEYS["r"], disabled=is_full
+    )
+    c3.number_input(
+        "alpha", min_value=0.5, max_value=1024.0, step=1.0, key=KEYS["alpha"], disabled=is_full
+    )
+    c4.number_input(
+        "learning rate", min_value=1e-6, max_value=1.0, step=1e-4, format="%.4g", key=KEYS["lr"]
+    )
+    st.markdown(
+        "**target modules** (LoRA / QLoRA): attention q, k, v, o and the MLP's fc_in, fc_out"
+    )
+    tcols = st.columns(len(helpers.TARGETS) + 2)
+    for col, (t, key) in zip(tcols, TARGET_KEYS.items(), strict=False):
+        col.checkbox(t, key=key, disabled=is_full)
+    c5, c6, _ = st.columns([1, 1, 2])
+    c5.number_input("steps", min_value=1, max_value=helpers.MAX_STEPS, step=10, key=KEYS["steps"])
+    c6.number_input("seed", min_value=0, max_value=2**31 - 1, step=1, key=KEYS["seed"])
+
+choices = {name: st.session_state[key] for name, key in KEYS.items()}
+choices["targets"] = [t for t, key in TARGET_KEYS.items() if st.session_state[key]]
+st.session_state["train_choices"] = choices
+st.query_params.from_dict(helpers.choices_to_params(choices))
+
+try:
+    cfg = helpers.config_from_choices(choices)
+except ValueError as e:
+    st.warning(f"This configuration cannot be trained: {e}")
+    st.stop()
+
+# ---------------------------------------------------------------- what it costs
+shape = ModelShape.from_gpt_config(base.model.config)
+kw = {} if cfg.method == "full" else {"r": cfg.r, "targets": cfg.targets}
+trainable = analysis.trainable_params(shape, cfg.method, **kw)
+seq = max(len(e.prompt) + len(e.answer) for e in base.corpus.finetune_train) + 4
+pred = analysis.predict_memory(
+    shape, cfg.method, batch=cfg.batch_size, seq=seq, precision="fp32",
+    double_quant=cfg.nf4_double_quant, block_size=cfg.nf4_block_size, **kw,
+)  # fmt: skip
+total = shape.total_params()
+m1, m2, m3, m4 = st.columns(4)
+m1.metric(
+    "trainable parameters",
+    f"{trainable:,}",
+    delta=f"{100 * trainable / total:.2f}% of {total:,}",
+    delta_color="off",
+)
+m2.metric("predicted memory: model and training state", format_bytes(pred["states_total"]))
+m3.metric(
+    "predicted memory: activations (estimate)",
+    format_bytes(pred["activations"]),
+    delta=f"batch {cfg.batch_size} × ≤{seq} characters",
+    delta_color="off",
+)
+m4.metric("device", data.device_label())
+
+rid = run_id(cfg, base.model_id, base.metrics["corpus_version"])
+stored = data.run_by_id(rid)
+snap = trainer.snapshot()
+mine = snap.owner == me
+
+
+def _draw_live(s) -> None:
+    """Progress, the live chart and the evaluation figures of a snapshot."""
+    frac = min(1.0, s.step / max(1, s.steps))
+    tps = f" · {s.tokens_per_s:,.0f} tokens/s" if s.tokens_per_s else ""
+    loss = f" · loss {s.losses[-1]:.4f}" if s.losses else ""
+    phase = f" · {s.phase}" if s.phase else ""
+    st.progress(frac, text=f"step {s.step}/{s.steps}{loss}{tps} · {s.elapsed_s:.1f} s{phase}")
+    st.plotly_chart(
+        charts.live_training(s.loss_steps, s.losses, s.evals, s.steps), key="train_live_chart"
+    )
+    if s.evals:
+        e = s.evals[-1]
+        a, b, c, d = st.columns(4)
+        a.metric("irregular accuracy (sample)", helpers.pct(e.get("irregular_accuracy")))
+        b.metric("over-regularized (sample)", helpers.pct(e.get("overregularized_rate")))
+        c.metric("control EN drift (sample)", f"{100 * e.get('control_en_drift', 0):+.2f}%")
+        d.metric("running on", s.device or "…")
+
+
+def _stop() -> None:
+    data.get_trainer().stop()
+
+
+@st.fragment(run_every=POLL_S)
+def _live_panel() -> None:
+    s = data.get_trainer().snapshot()
+    if s.owner == data.session_id():
+        st.subheader(f"Training live: {s.label}")
+        st.button(
+            "Stop", icon=":material/stop:", key="train_stop", on_click=_stop, disabled=not s.running
+        )
+    else:
+        st.info(
+            f"Training is busy: another session is training **{s.label}**. "
+            "One run at a time per server; you can watch it here and start yours when it ends."
+        )
+    _draw_live(s)
+    if s.status != RUNNING:  # finished: a full rerun shows the result and the new run
+        st.rerun()
+
+
+def _show_stored(info, heading: str) -> None:
+    st.subheader(heading)
+    m = info.metrics
+    curves = m.get("curves", {})
+    st.plotly_chart(
+        charts.live_training(
+            curves.get("step", []),
+            curves.get("loss", []),
+            m.get("evals", []),
+            info.config["finetune"]["steps"],
+        ),
+        key=f"train_stored_{info.run_id}",
+    )
+    st.dataframe(helpers.final_figures_rows([info], base.metrics), hide_index=True)
+    st.caption(
+        "Curves: loss per step and the periodic evaluation on a sample of each split; the "
+        "table: the final evaluation on the full held-out splits."
+    )
+
+
+# ---------------------------------------------------------------- the run itself
+if snap.running:
+    _live_panel()
+else:
+    if mine and snap.status != "idle" and snap.config == cfg.to_dict():
+        if snap.status == "completed" and snap.run_id:
+            st.success(
+                f"{FINISHED_MARK}: run {snap.run_id} saved to the store ({snap.elapsed_s:.1f} s on {snap.device})."
+            )
+        elif snap.status == "stopped":
+            st.warning(f"Training stopped: {snap.message}. Stopped runs are not stored.")
+        elif snap.status == "diverged":
+            st.warning(f"Training diverged: {snap.message}. Diverged runs are not stored.")
+        elif snap.status == "error":
+            st.error(f"Training failed: {snap.message}")
+    start_label = "Train live"
+    if stored is not None:
+        where = "shipped with the app" if stored.shipped else "in your cache"
+        st.info(
+            f"This configuration is in the store ({where}): run **{stored.run_id}**, loaded below."
+        )
+        start_label = "Train it live anyway"
+    elif mine and snap.status not in ("idle", "completed") and snap.config == cfg.to_dict():
+        _draw_live(snap)
+    if st.button(
+        start_label,
+        icon=":material/play_arrow:",
+        key="train_start",
+        type="primary" if stored is None else "secondary",
+    ):
+        if trainer.start(cfg, base, owner=me, store=data.store()):
+            st.rerun()
+        else:
+            st.info(
+                "Training is busy: another session started a run a moment ago. Try again when it ends."
+            )
+    if stored is not None:
+        _show_stored(stored, "Stored run")
+    elif cfg.method == "qlora" and data.device_label() == "CPU":
+        st.caption(
+            "QLoRA on a CPU is slow: every forward pass dequantizes the 4-bit base; "
+            "try few steps, or load a shipped run."
+        )

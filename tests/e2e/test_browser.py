@@ -1,0 +1,215 @@
+"""The real app in a real browser: `streamlit run app/main.py` driven by Debian's Chromium
+through Playwright (never `playwright install`).
+
+A short live training runs from the Train page to its end (the progress must visibly
+change while it runs), then every page opens without an exception or an error box.
+Screenshots go to tests/e2e/screenshots/ (gitignored) and, when MINITUNER_SCREENSHOTS_DIR
+is set, there too. Without /usr/bin/chromium the tests skip, unless
+MINITUNER_REQUIRE_E2E=1, which makes a missing browser a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = Path(__file__).resolve().parent / "screenshots"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# url path, title shown on the page
+PAGES = [
+    ("", "LoRA and QLoRA, from scratch, on a tiny GPT"),
+    ("compare", "Compare runs"),
+    ("completions", "Completions: before and after"),
+    ("spectrum", "Spectrum of the weight update ΔW"),
+    ("forgetting", "Forgetting"),
+    ("memory", "Memory"),
+    ("rank-sweep", "Rank sweep"),
+    ("nf4", "NF4: 4-bit NormalFloat"),
+]
+TRAIN_QUERY = "method=lora&r=8&alpha=16&targets=q,v&lr=0.005&steps=8&seed=9091"
+
+
+def _require(ok: bool, why: str) -> None:
+    if ok:
+        return
+    if os.environ.get("MINITUNER_REQUIRE_E2E") == "1":
+        pytest.fail(f"{why} (MINITUNER_REQUIRE_E2E=1)")
+    pytest.skip(why)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    _require(CHROMIUM.exists(), f"{CHROMIUM} is missing")
+    tmp = tmp_path_factory.mktemp("e2e")
+    port = _free_port()
+    # one torch thread: on a busy 2-core machine two threads spin against each other
+    env = {
+        **os.environ,
+        "MINITUNER_CACHE": str(tmp / "cache"),
+        "MINITUNER_TORCH_THREADS": os.environ.get("MINITUNER_TORCH_THREADS", "1"),
+        "HOME": str(tmp),
+    }
+    log = open(tmp / "streamlit.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "streamlit", "run", "app/main.py",
+            "--server.headless", "true",
+            "--server.port", str(port),
+            "--server.address", "127.0.0.1",
+            "--browser.gatherUsageStats", "false",
+            "--server.fileWatcherType", "none",
+        ],
+        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.read().decode().strip() == "ok":
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            log.close()
+            pytest.fail("streamlit did not start:\n" + (tmp / "streamlit.log").read_text()[-3000:])
+        time.sleep(0.3)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+    text = (tmp / "streamlit.log").read_text()
+    assert "Traceback" not in text, text[-3000:]
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _require(False, "playwright is not installed")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport=VIEWPORT)
+        pg = context.new_page()
+        pg.set_default_timeout(60_000)
+        yield pg
+        context.close()
+        browser.close()
+
+
+VIEWPORT = {"width": 1600, "height": 1300}
+
+
+def _shot(pg, name: str) -> None:
+    """A screenshot of the whole page: Streamlit scrolls inside its main block, so the
+    window is made as tall as that block first."""
+    SHOTS.mkdir(exist_ok=True)
+    path = SHOTS / f"{name}.png"
+    height = pg.evaluate(
+        "() => { const m = document.querySelector('[data-testid=\"stMain\"]');"
+        " return m ? m.scrollHeight : 0; }"
+    )
+    pg.set_viewport_size(
+        {"width": VIEWPORT["width"], "height": min(max(VIEWPORT["height"], height), 8000)}
+    )
+    pg.wait_for_timeout(700)  # charts re-layout to the new size
+    pg.screenshot(path=str(path), full_page=True)
+    pg.set_viewport_size(VIEWPORT)
+    extra = os.environ.get("MINITUNER_SCREENSHOTS_DIR")
+    if extra:
+        Path(extra).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(extra) / path.name)
+
+
+def _settle(pg, title: str) -> None:
+    """Wait for the page's title, then for the script run to finish."""
+    pg.get_by_role("heading", name=title).first.wait_for()
+    pg.wait_for_timeout(300)
+    pg.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=120_000)
+    pg.wait_for_timeout(500)  # let the charts draw
+
+
+def _assert_no_errors(pg, where: str) -> None:
+    exc = pg.locator('[data-testid="stException"]')
+    err = pg.locator('[data-testid="stAlertContentError"]')
+    assert exc.count() == 0, f"{where}: exception shown: {exc.first.inner_text()}"
+    assert err.count() == 0, f"{where}: error shown: {err.first.inner_text()}"
+    assert page_not_found(pg) == 0, f"{where}: Streamlit says the page does not exist"
+
+
+def page_not_found(pg) -> int:
+    return pg.get_by_text("Page not found").count()
+
+
+def test_live_training_from_the_train_page(server, page):
+    page.goto(f"{server}/train?{TRAIN_QUERY}")
+    _settle(page, "Train")
+    _assert_no_errors(page, "train")
+    assert page.get_by_text("trainable parameters").first.is_visible()
+    start = page.get_by_role("button", name="Train live")
+    start.click()
+
+    progress = page.locator('[data-testid="stProgress"]')
+    progress.first.wait_for(timeout=60_000)
+    seen: list[str] = []
+    shot_taken = False
+    finished = page.get_by_text("Training finished")
+    deadline = time.time() + 150
+    while time.time() < deadline and finished.count() == 0:
+        if progress.count():
+            try:
+                text = progress.first.inner_text(timeout=1000)
+            except Exception:  # noqa: BLE001 - the element is replaced on each poll
+                text = ""
+            if text and (not seen or seen[-1] != text):
+                seen.append(text)
+            if not shot_taken and "step" in text and not text.startswith("step 0/"):
+                _shot(page, "train_live")
+                shot_taken = True
+        _assert_no_errors(page, "train (live)")
+        page.wait_for_timeout(250)
+    finished.first.wait_for(timeout=10_000)
+    distinct = {t.split("·")[0].strip() for t in seen}
+    assert len(distinct) >= 2, f"the progress never moved: {seen}"
+    _settle(page, "Train")
+    _assert_no_errors(page, "train (finished)")
+    _shot(page, "train_finished")
+
+
+@pytest.mark.parametrize(("path", "title"), PAGES, ids=[p[0] or "overview" for p in PAGES])
+def test_every_page_opens_without_errors(server, page, path, title):
+    page.goto(f"{server}/{path}")
+    _settle(page, title)
+    _assert_no_errors(page, path)
+    _shot(page, (path or "overview").replace("-", "_"))
