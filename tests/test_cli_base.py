@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cli_util import run_minituner
 
 from minituner.checkpoint import DEFAULT_BASE_DIR, load_model, save_model
 from minituner.cli import main
@@ -24,15 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "minituner", *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_minituner(*args, timeout=timeout)
 
 
 def snapshot(root: Path) -> dict[str, str]:

@@ -4,14 +4,13 @@ a run, and the shipped store left untouched by all of it."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from cli_util import run_minituner
 
 from minituner.runs import SHIPPED_RUNS, RunStore
 
@@ -55,20 +54,7 @@ def cache(tmp_path_factory, before):
 
 
 def run_cli(cache: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "MINITUNER_CACHE": str(cache),
-        "OMP_NUM_THREADS": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "minituner", *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_minituner(*args, env={"MINITUNER_CACHE": str(cache)}, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
