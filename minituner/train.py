@@ -184,7 +184,10 @@ def load_base(directory: str | Path = DEFAULT_BASE_DIR) -> Base:
     d = Path(directory)
     model, tok, cfg = load_model(d)
     metrics = read_json(d / "metrics.json")
-    corpus_cfg = CorpusConfig(**cfg.get("pretrain", {}).get("corpus", {}))
+    try:
+        corpus_cfg = CorpusConfig(**cfg.get("pretrain", {}).get("corpus", {}))
+    except (TypeError, AttributeError) as e:
+        raise ValueError(f"{d}/config.json has an unreadable corpus config ({e})") from None
     h = hashlib.sha256((d / "model.safetensors").read_bytes()).hexdigest()[:12]
     if metrics.get("corpus_version") != build_corpus(corpus_cfg).version:
         raise ValueError(
@@ -192,7 +195,7 @@ def load_base(directory: str | Path = DEFAULT_BASE_DIR) -> Base:
             f"this code generates {build_corpus(corpus_cfg).version}; re-run "
             "`python -m minituner pretrain`"
         )
-    return Base(model, tok, cfg, metrics, f"{h}", corpus_cfg)
+    return Base(model, tok, cfg, metrics, h, corpus_cfg)
 
 
 @dataclass
@@ -259,8 +262,10 @@ def finetune_events(
     gen = torch.Generator().manual_seed(cfg.seed)
 
     # the base figures on the periodic-evaluation sample, so curves start at drift 0
-    sample_base = evaluate(base.model.to(dev), tok, corpus, sample=cfg.eval_sample) if main else {}
-    base.model.to("cpu")
+    # (on a copy: the shared base model stays on the CPU, untouched, for other users)
+    base_on_dev = copy.deepcopy(base.model).to(dev) if main else None
+    sample_base = evaluate(base_on_dev, tok, corpus, sample=cfg.eval_sample) if main else {}
+    del base_on_dev
     extra: dict = {}
     if cfg.method == "qlora" and main:  # the cost of quantization alone: NF4 base, adapter off
         extra["nf4_base_metrics"] = _without_lists(
