@@ -604,7 +604,7 @@ def targets_bars(summary: Mapping[str, Mapping[str, float]]) -> go.Figure:
 # ---------------------------------------------------------------------- memory
 def memory_stacked(rows: Sequence[Mapping], title: str = "Training memory") -> go.Figure:
     """Stacked bars, one bar per ``row["source"]`` (e.g. "LoRA predicted"), one colour per
-    ``row["category"]``; rows as :func:`minituner.analysis.breakdown_table` gives them."""
+    ``row["category"]``; rows as :func:`minituner.memory.breakdown_table` gives them."""
     sources: list[str] = []
     for row in rows:
         if row["source"] not in sources:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
-from minituner.analysis import breakdown_table, format_bytes
+from minituner.memory import breakdown_table, format_bytes
 from minituner.runs import RunInfo
 from minituner.train import DEFAULT_LR, METHODS, FinetuneConfig
 

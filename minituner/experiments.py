@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from . import analysis
+from . import analysis, memory
 from .checkpoint import REPO_ROOT
 from .evaluate import evaluate
 from .io import atomic_write_text, write_json
@@ -260,7 +260,7 @@ def findings_table(exp: dict) -> str:
             f"| {name} | {method} | {r} | {targets} | {pm(a, 'irregular_accuracy')} "
             f"| {pm(a, 'regular_accuracy')} | {pm(a, 'control_en_drift', True)} "
             f"| {pm(a, 'control_es_drift', True)} | {a['stable_rank_mean_mean']:.2f} "
-            f"| {a['trainable_params']:,} | {analysis.format_bytes(a['measured_state_bytes'])} |"
+            f"| {a['trainable_params']:,} | {memory.format_bytes(a['measured_state_bytes'])} |"
         )
 
     sw = exp["rank_sweep"]["summary"]

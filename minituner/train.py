@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import analysis
+from . import memory
 from .checkpoint import DEFAULT_BASE_DIR, load_model
 from .corpus import CorpusConfig, build_corpus
 from .data import IGNORE, encode_cloze
@@ -422,7 +422,7 @@ def _eval_without_lora(model, tok, corpus, base_metrics) -> dict:
 
 
 def _measure_memory(model, opt, dev: torch.device) -> dict:
-    m = analysis.measured_memory_cpu(model, opt)
+    m = memory.measured_memory_cpu(model, opt)
     out = {
         k: int(v) for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
     }
@@ -436,9 +436,9 @@ def _measure_memory(model, opt, dev: torch.device) -> dict:
 
 
 def _predict_memory(base: Base, cfg: FinetuneConfig, batch_shape) -> dict:
-    shape = analysis.ModelShape.from_gpt_config(base.model.config)
+    shape = memory.ModelShape.from_gpt_config(base.model.config)
     kw = {} if cfg.method == "full" else {"r": cfg.r, "targets": tuple(cfg.targets)}
-    pred = analysis.predict_memory(
+    pred = memory.predict_memory(
         shape,
         cfg.method,
         batch=int(batch_shape[0]),

@@ -1,4 +1,5 @@
-"""Tests for minituner.analysis: spectra, elbow, parameter and memory math, seed figures."""
+"""Tests for minituner.analysis (spectra, elbow) and minituner.memory (parameter and
+memory math, seed figures)."""
 
 from __future__ import annotations
 
@@ -12,27 +13,29 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minituner.analysis import (
+    layer_spectra,
+    lora_deltas,
+    low_rank_approx,
+    mean_std,
+    rank_elbow,
+    spectrum,
+    weight_deltas,
+)
+from minituner.lora import add_lora
+from minituner.memory import (
     SHAPES,
     ModelShape,
     breakdown_table,
     format_bytes,
-    layer_spectra,
     linear_params,
-    lora_deltas,
     lora_params,
-    low_rank_approx,
-    mean_std,
     measure_cuda_step,
     measured_memory_cpu,
     nf4_bits_per_param,
     predict_memory,
-    rank_elbow,
     seed_figures,
-    spectrum,
     trainable_params,
-    weight_deltas,
 )
-from minituner.lora import add_lora
 from minituner.model import MiniGPT, preset_config
 from minituner.nf4 import NF4Linear, quantize_model_nf4
 

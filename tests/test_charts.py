@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app import charts  # noqa: E402
-from minituner.analysis import SHAPES, breakdown_table, predict_memory  # noqa: E402
+from minituner.memory import SHAPES, breakdown_table, predict_memory  # noqa: E402
 from minituner.nf4 import FP4_CODEBOOK, INT4_CODEBOOK, NF4_CODEBOOK  # noqa: E402
 
 EVALS = [

@@ -6,8 +6,8 @@ from __future__ import annotations
 import streamlit as st
 
 from app import charts, data, helpers
-from minituner import analysis
-from minituner.analysis import SHAPES, ModelShape, format_bytes
+from minituner import memory as memmath
+from minituner.memory import SHAPES, ModelShape, format_bytes
 
 st.title("Memory")
 base = data.base_or_stop()
@@ -17,7 +17,7 @@ st.markdown(
     "Training memory is the weights, the gradients of what is trained, the optimizer's "
     "state (AdamW keeps two moments per trained number), the LoRA matrices, the 4-bit "
     "base of QLoRA, and the activations saved for the backward pass. *Predicted* is "
-    "`analysis.predict_memory`'s formula; *measured* counts the live tensors of the real "
+    "`memory.predict_memory`'s formula; *measured* counts the live tensors of the real "
     "training step (activations are not measured on a CPU, so they appear only in the "
     "prediction, as an estimate)."
 )
@@ -90,7 +90,7 @@ r = d1.number_input("rank r", 1, 4096, 8, key="mem_r")
 default_t = [t for t in ("q", "v") if t in targets_all]
 targets = d2.multiselect("LoRA targets", targets_all, default=default_t, key="mem_targets")
 precision = d3.selectbox(
-    "precision", list(analysis.PRECISIONS), index=1, key="mem_prec",
+    "precision", list(memmath.PRECISIONS), index=1, key="mem_prec",
     help="fp32: everything 4 B; mixed: 2 B weights and gradients, fp32 Adam; bf16: all 2 B",
 )  # fmt: skip
 batch = d4.number_input("batch", 1, 4096, 1, key="mem_batch")
@@ -105,12 +105,12 @@ if not targets:
 rows, params = [], {}
 try:
     for method in ("full", "lora", "qlora"):
-        pred = analysis.predict_memory(
+        pred = memmath.predict_memory(
             shape, method, r=int(r), targets=targets, batch=int(batch), seq=int(seq),
             precision=precision, double_quant=dq, activation_checkpointing=ckpt,
         )  # fmt: skip
-        params[method] = analysis.trainable_params(shape, method, int(r), targets)
-        for row in analysis.breakdown_table(pred):
+        params[method] = memmath.trainable_params(shape, method, int(r), targets)
+        for row in memmath.breakdown_table(pred):
             rows.append({**row, "source": helpers.METHOD_NAMES[method]})
 except ValueError as e:
     st.warning(f"This shape cannot be computed: {e}")
@@ -139,7 +139,7 @@ with st.expander("The source chapter's figures, recomputed exactly"):
                 "difference": f"{100 * f['rel_diff']:+.1f}%",
                 "note": f.get("note", ""),
             }
-            for f in analysis.seed_figures().values()
+            for f in memmath.seed_figures().values()
         ],
         hide_index=True,
     )

@@ -8,7 +8,7 @@ import streamlit as st
 import torch
 
 from app import charts, data
-from minituner.analysis import format_bytes
+from minituner.memory import format_bytes
 from minituner.nf4 import (
     FP4_CODEBOOK,
     INT4_CODEBOOK,

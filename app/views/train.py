@@ -13,8 +13,8 @@ import streamlit as st
 
 from app import charts, data, helpers
 from app.trainer import RUNNING
-from minituner import analysis
-from minituner.analysis import ModelShape, format_bytes
+from minituner import memory as memmath
+from minituner.memory import ModelShape, format_bytes
 from minituner.runs import run_id
 from minituner.train import DEFAULT_LR, METHODS
 
@@ -97,9 +97,9 @@ except ValueError as e:
 # ---------------------------------------------------------------- what it costs
 shape = ModelShape.from_gpt_config(base.model.config)
 kw = {} if cfg.method == "full" else {"r": cfg.r, "targets": cfg.targets}
-trainable = analysis.trainable_params(shape, cfg.method, **kw)
+trainable = memmath.trainable_params(shape, cfg.method, **kw)
 seq = max(len(e.prompt) + len(e.answer) for e in base.corpus.finetune_train) + 4
-pred = analysis.predict_memory(
+pred = memmath.predict_memory(
     shape, cfg.method, batch=cfg.batch_size, seq=seq, precision="fp32",
     double_quant=cfg.nf4_double_quant, block_size=cfg.nf4_block_size, **kw,
 )  # fmt: skip
