@@ -27,19 +27,19 @@ Choices worth knowing:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import numbers
 import os
-import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from .io import atomic_write_text, save_tensors
 
 TARGET_ALIASES: dict[str, str] = {
     "q": "q_proj",
@@ -406,18 +406,6 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------------ save / load
 
 
-def _atomic_write(dest: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def save_adapter(path: str | os.PathLike, model: nn.Module, config: dict | None = None) -> Path:
     """Write ``path/adapter.safetensors`` and ``path/adapter_config.json``; return ``path``.
 
@@ -466,8 +454,8 @@ def save_adapter(path: str | os.PathLike, model: nn.Module, config: dict | None 
         raise ValueError(f"cannot save an adapter to {out}: it is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.to("cpu").contiguous() for k, v in lora_state_dict(model).items()}
-    _atomic_write(out / ADAPTER_WEIGHTS, lambda tmp: save_file(tensors, tmp))
-    _atomic_write(out / ADAPTER_CONFIG, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    save_tensors(out / ADAPTER_WEIGHTS, tensors)
+    atomic_write_text(out / ADAPTER_CONFIG, text)
     return out
 
 
