@@ -8,8 +8,6 @@ the held-out splits go into ``metrics.json`` beside the weights.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,7 +20,7 @@ from .checkpoint import save_model
 from .corpus import CorpusConfig, build_corpus
 from .data import IGNORE, encode_lines
 from .evaluate import evaluate
-from .io import write_json
+from .io import atomic_directory, write_json
 from .model import MiniGPT, preset_config
 from .tokenizer import CharTokenizer
 from .trainutil import device_name, lr_at, resolve_device, seed_everything
@@ -127,22 +125,11 @@ def write_base(
         pretrain=_config_dict(cfg),
         **info,
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         save_model(
             tmp, model, tok, {"corpus_version": corpus.version, "pretrain": _config_dict(cfg)}
         )
         write_json(tmp / "metrics.json", metrics)
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return metrics
 
 

@@ -21,8 +21,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +29,7 @@ import torch
 
 from . import analysis
 from .checkpoint import REPO_ROOT
-from .io import load_tensors, read_json, save_tensors, write_json
+from .io import atomic_directory, load_tensors, read_json, save_tensors, write_json
 from .lora import load_adapter, save_adapter
 from .train import Base, FinetuneConfig, FinetuneResult, full_delta, prepare_model, weight_delta
 
@@ -189,9 +187,7 @@ class RunStore:
         base = result.base
         rid = run_id(result.config, base.model_id, base.metrics["corpus_version"])
         final = self.save_root / rid
-        self.save_root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{rid}.", dir=self.save_root))
-        try:
+        with atomic_directory(final) as tmp:
             config = {
                 "run_id": rid,
                 "finetune": result.config.to_dict(),
@@ -212,11 +208,6 @@ class RunStore:
             )
             write_json(tmp / "metrics.json", metrics)
             write_json(tmp / "config.json", config)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return self._read(final)
 
     def spectrum(self, info: RunInfo) -> dict:
