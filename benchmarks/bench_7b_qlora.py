@@ -1,0 +1,413 @@
+"""QLoRA on a LLaMA-7B-shaped model: measured peak memory and step time vs the prediction.
+
+    python benchmarks/bench_7b_qlora.py --device cuda --out bench_7b.json
+    python benchmarks/bench_7b_qlora.py --device cuda --peft --dequant-bw --out b.json
+    python benchmarks/bench_7b_qlora.py --device cpu --shape tiny --steps 2   # smoke test
+
+Builds ``minituner.llama.build_nf4_llama`` once (random seeded weights, NF4 block Linears
+made one at a time), then for every (r, targets) pair adds LoRA, trains ``--warmup`` +
+``--steps`` AdamW steps on random tokens (bf16 compute under autocast, float32 LoRA
+parameters) and records: the median step time, tokens/s, the memory held after the steps
+(weights + LoRA + grads + Adam: compare with ``states_total``) and the peak
+(``torch.cuda.max_memory_allocated``: compare with ``total``), next to
+``memory.predict_memory(..., "qlora", activation_checkpointing=...)`` for precision
+"bf16" (as asked) and "mixed" (float32 LoRA and Adam states, which is what runs here).
+The 7b shape is ``memory.SHAPES["llama-7b"]``. targets ``qv`` are q_proj and v_proj;
+``all`` are the seven Linears of a layer. On CPU no peak is measured (the JSON says so).
+
+``--peft`` repeats each pair with Hugging Face's LlamaForCausalLM, bitsandbytes NF4
+(Linear4bit, double quantization, blocks of 64) and PEFT LoRA, and reports the ratios
+ours / theirs; it only runs where transformers, peft and bitsandbytes import (bitsandbytes' CPU
+backend works for the tiny shape, slowly).
+``--dequant-bw`` times dequantizing one 4096 x 11008 NF4 weight to bf16 against cloning
+the bf16 weight (a device-to-device copy), both as GB/s of bytes read + written.
+Nothing here asserts a number: read the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+from minituner.llama import LLAMA_LINEARS, LlamaConfig, build_nf4_llama  # noqa: E402
+from minituner.lora import add_lora, lora_layers  # noqa: E402
+from minituner.memory import SHAPES, predict_memory  # noqa: E402
+from minituner.nf4 import dequantize_nf4, nf4_storage_bytes, quantize_nf4  # noqa: E402
+
+TARGETS = {"qv": ["q_proj", "v_proj"], "all": list(LLAMA_LINEARS)}
+PREDICT_TARGETS = {"qv": ("q", "v"), "all": "all"}  # memory.ModelShape short names
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+MiB = 1024**2
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--shape", choices=["7b", "tiny"], default="7b")
+    p.add_argument("--r", type=int, nargs="+", default=[8, 16])
+    p.add_argument("--targets", nargs="+", choices=list(TARGETS), default=["qv", "all"])
+    p.add_argument("--alpha", type=float, default=16.0)
+    p.add_argument("--seq", type=int, default=512)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--dtype", choices=list(DTYPES), default="bf16", help="compute dtype")
+    p.add_argument("--no-checkpointing", dest="checkpointing", action="store_false")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--peft", action="store_true", help="also run HF + bitsandbytes + PEFT")
+    p.add_argument("--dequant-bw", action="store_true", help="NF4 dequantize GB/s vs a clone")
+    p.add_argument("--bw-shape", type=int, nargs=2, default=[4096, 11008], metavar=("OUT", "IN"))
+    p.add_argument("--out", type=Path, default=None, help="write the JSON here")
+    return p.parse_args(argv)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _config(shape: str) -> LlamaConfig:
+    return LlamaConfig() if shape == "7b" else LlamaConfig.tiny()
+
+
+def _shape(args, cfg: LlamaConfig):
+    if args.shape == "7b":
+        shape = SHAPES["llama-7b"]
+        assert shape.total_params() == cfg.to_shape().total_params()
+        return shape
+    return cfg.to_shape("llama-tiny")
+
+
+def _mem(device: torch.device) -> dict:
+    if device.type != "cuda":
+        return {}
+    return {
+        "allocated": torch.cuda.memory_allocated(device),
+        "peak": torch.cuda.max_memory_allocated(device),
+    }
+
+
+def _reset_peak(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def remove_lora(model: torch.nn.Module) -> None:
+    """Put every LoRALinear's base back in its place (undo add_lora without merging)."""
+    for path, layer in lora_layers(model).items():
+        parent, _, name = path.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, name, layer.base)
+
+
+def _batches(args, cfg: LlamaConfig, device: torch.device, n: int) -> list:
+    g = torch.Generator().manual_seed(args.seed + 1)
+    toks = torch.randint(0, cfg.vocab_size, (n, args.batch, args.seq + 1), generator=g)
+    return [(t[:, :-1].to(device), t[:, 1:].to(device)) for t in toks]
+
+
+def train_steps(model, params, batches, step_fn, args, device) -> dict:
+    """warmup + timed AdamW steps; memory held after the last step and the peak (CUDA)."""
+    opt = torch.optim.AdamW(params, lr=args.lr)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
+    times, losses = [], []
+    _reset_peak(device)
+    before = _mem(device)
+    for i, (x, y) in enumerate(batches):
+        _sync(device)
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        with amp:
+            loss = step_fn(model, x, y)
+        loss.backward()
+        opt.step()
+        _sync(device)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+        losses.append(loss.item())
+    after = _mem(device)
+    del opt
+    for p in params:
+        p.grad = None
+    step = statistics.median(times)
+    out = {
+        "step_s_median": step,
+        "step_s_all": times,
+        "tokens_per_s": args.batch * args.seq / step,
+        "losses": losses,
+    }
+    if device.type == "cuda":
+        out.update(
+            allocated_before_bytes=before["allocated"],
+            states_after_bytes=after["allocated"],
+            peak_bytes=after["peak"],
+        )
+    else:
+        out["peak_bytes"] = None
+        out["peak_note"] = "not measured on CPU (no allocator statistics); CUDA only"
+    return out
+
+
+def _prediction(shape, r: int, targets: str, args) -> dict:
+    out = {}
+    for precision in ("bf16", "mixed"):
+        out[precision] = predict_memory(
+            shape,
+            "qlora",
+            r=r,
+            targets=PREDICT_TARGETS[targets],
+            batch=args.batch,
+            seq=args.seq,
+            precision=precision,
+            activation_checkpointing=args.checkpointing,
+        )
+    return out
+
+
+def _ratios(measured: dict, predicted: dict) -> dict:
+    out = {}
+    for precision, pred in predicted.items():
+        if measured.get("peak_bytes") is not None:
+            out[f"peak_over_total_{precision}"] = measured["peak_bytes"] / pred["total"]
+        if measured.get("states_after_bytes") is not None:
+            out[f"states_over_states_total_{precision}"] = (
+                measured["states_after_bytes"] / pred["states_total"]
+            )
+    return out
+
+
+def _ours_loss(model, x, y):
+    return model(x, y)
+
+
+def _hf_loss(model, x, y):
+    logits = model(input_ids=x).logits
+    return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.reshape(-1))
+
+
+# ---------------------------------------------------------------------------- PEFT
+
+
+def build_peft_llama(cfg: LlamaConfig, device, r: int, targets: list, args):
+    """HF LlamaForCausalLM, NF4 via bitsandbytes Linear4bit (made one at a time), PEFT LoRA."""
+    import bitsandbytes as bnb
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig as HFLlamaConfig
+    from transformers import LlamaForCausalLM
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    from minituner.llama import _normal
+
+    dtype = DTYPES[args.dtype]
+    hf = HFLlamaConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden,
+        intermediate_size=cfg.intermediate,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_heads,
+        max_position_embeddings=cfg.max_seq,
+        rms_norm_eps=cfg.rms_eps,
+        rope_theta=cfg.rope_theta,
+        tie_word_embeddings=False,
+        use_cache=False,
+    )
+    with torch.device("meta"):
+        model = LlamaForCausalLM(hf)
+    for name, module in list(model.named_modules()):
+        if name.rpartition(".")[2] in LLAMA_LINEARS:
+            lin = bnb.nn.Linear4bit(
+                module.in_features,
+                module.out_features,
+                bias=False,
+                compute_dtype=dtype,
+                compress_statistics=True,
+                quant_type="nf4",
+                device="meta",
+            )
+            w = _normal(tuple(module.weight.shape), device, dtype, args.seed, name)
+            lin.weight = bnb.nn.Params4bit(
+                w, requires_grad=False, blocksize=64, compress_statistics=True, quant_type="nf4"
+            )
+            lin.weight = lin.weight.to(device)  # quantizes
+            del w
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, lin)
+    for name, module in model.named_modules():  # embedding, norms, lm_head: still on meta
+        for pname, p in list(module.named_parameters(recurse=False)):
+            if p.is_meta:
+                data = (
+                    torch.ones(p.shape, device=device, dtype=dtype)
+                    if "norm" in name
+                    else _normal(tuple(p.shape), device, dtype, args.seed, name)
+                )
+                setattr(module, pname, torch.nn.Parameter(data, requires_grad=False))
+    model.model.rotary_emb = LlamaRotaryEmbedding(config=hf).to(device)
+    if args.checkpointing:
+        with warnings.catch_warnings():  # renamed in transformers 5; the old name still works
+            warnings.simplefilter("ignore", FutureWarning)
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+    model.is_loaded_in_4bit = True  # PEFT picks its bitsandbytes LoRA layer only with this
+    lcfg = LoraConfig(
+        r=r, lora_alpha=args.alpha, target_modules=targets, lora_dropout=0.0, bias="none"
+    )
+    model = get_peft_model(model, lcfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return model, params
+
+
+def _peft_layer_type(model) -> str:
+    for name, m in model.named_modules():
+        if name.endswith("q_proj"):
+            return f"{type(m).__module__}.{type(m).__name__}"
+    return "?"
+
+
+def run_peft(cfg, device, args, batches) -> dict:
+    try:
+        import bitsandbytes  # noqa: F401
+        import peft  # noqa: F401
+        import transformers  # noqa: F401
+    except Exception as exc:  # ImportError, or bitsandbytes failing to load its library
+        note = f"--peft skipped: {type(exc).__name__}: {exc}"
+        print(note)
+        return {"skipped": note}
+    runs = {}
+    for r in args.r:
+        for t in args.targets:
+            _reset_peak(device)
+            model, params = build_peft_llama(cfg, device, r, TARGETS[t], args)
+            res = train_steps(model, params, batches, _hf_loss, args, device)
+            res["trainable_params"] = sum(p.numel() for p in params)
+            res["lora_layer_type"] = _peft_layer_type(model)
+            runs[f"r{r}_{t}"] = res
+            del model, params
+    return {"runs": runs}
+
+
+# ---------------------------------------------------------------------------- bandwidth
+
+
+def dequant_bandwidth(device: torch.device, shape, repeats: int = 20) -> dict:
+    """GB/s (read + written) of NF4 dequantize to bf16 vs cloning the bf16 weight."""
+    g = torch.Generator(device=device).manual_seed(0)
+    w = torch.randn(tuple(shape), generator=g, device=device, dtype=torch.bfloat16)
+    q = quantize_nf4(w, block_size=64, double_quant=True)
+
+    def timed(fn) -> float:
+        for _ in range(3):
+            fn()
+        ts = []
+        for _ in range(repeats):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            ts.append(time.perf_counter() - t0)
+        return statistics.median(ts)
+
+    t_deq = timed(lambda: dequantize_nf4(q, torch.bfloat16))
+    t_copy = timed(lambda: w.clone())
+    dense = w.numel() * w.element_size()
+    deq_bytes = nf4_storage_bytes(q) + dense
+    return {
+        "shape": list(shape),
+        "dequant_s": t_deq,
+        "clone_s": t_copy,
+        "dequant_bytes_moved": deq_bytes,
+        "clone_bytes_moved": 2 * dense,
+        "dequant_gbps": deq_bytes / t_deq / 1e9,
+        "clone_gbps": 2 * dense / t_copy / 1e9,
+        "gbps_ratio_dequant_over_clone": (deq_bytes / t_deq) / (2 * dense / t_copy),
+        "time_ratio_dequant_over_clone": t_deq / t_copy,
+    }
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    cfg = _config(args.shape)
+    if args.seq > cfg.max_seq:
+        cfg.max_seq = args.seq
+    shape = _shape(args, cfg)
+    result: dict = {
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "config": cfg.to_dict(),
+        "torch": torch.__version__,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "lora_dtype": "float32",
+        "prediction_shape": shape.name,
+    }
+    _reset_peak(device)
+    t0 = time.perf_counter()
+    model = build_nf4_llama(
+        cfg, device, DTYPES[args.dtype], seed=args.seed, checkpointing=args.checkpointing
+    )
+    _sync(device)
+    result["build"] = {"seconds": time.perf_counter() - t0, **_mem(device)}
+    print(f"built {args.shape} on {device} in {result['build']['seconds']:.1f} s")
+    batches = _batches(args, cfg, device, args.warmup + args.steps)
+    runs = {}
+    for r in args.r:
+        for t in args.targets:
+            remove_lora(model)
+            torch.manual_seed(args.seed)
+            add_lora(model, TARGETS[t], r=r, alpha=args.alpha)
+            params = [p for p in model.parameters() if p.requires_grad]
+            res = train_steps(model, params, batches, _ours_loss, args, device)
+            res["trainable_params"] = sum(p.numel() for p in params)
+            res["predicted"] = _prediction(shape, r, t, args)
+            res["ratios"] = _ratios(res, res["predicted"])
+            runs[f"r{r}_{t}"] = res
+            peak = res["peak_bytes"]
+            print(
+                f"r={r:<3} {t:<4} step {res['step_s_median'] * 1e3:8.1f} ms  "
+                f"peak {'n/a' if peak is None else f'{peak / MiB:.1f} MiB'}  "
+                f"predicted total {res['predicted']['bf16']['total'] / MiB:.1f} MiB (bf16), "
+                f"{res['predicted']['mixed']['total'] / MiB:.1f} MiB (mixed)"
+            )
+    result["runs"] = runs
+    if args.peft:
+        del model, params
+        peft_res = run_peft(cfg, device, args, batches)
+        result["peft"] = peft_res
+        for key, theirs in peft_res.get("runs", {}).items():
+            ours = runs[key]
+            ratio = {"step_time_ours_over_peft": ours["step_s_median"] / theirs["step_s_median"]}
+            if ours.get("peak_bytes") and theirs.get("peak_bytes"):
+                ratio["peak_ours_over_peft"] = ours["peak_bytes"] / theirs["peak_bytes"]
+            theirs["ratios_ours_over_peft"] = ratio
+            print(f"{key}: ours/peft {ratio}")
+    if args.dequant_bw:
+        result["dequant_bw"] = dequant_bandwidth(device, args.bw_shape)
+        print(f"dequant bandwidth: {result['dequant_bw']}")
+    text = json.dumps(result, indent=2)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+        print(f"wrote {args.out}")
+    else:
+        print(text)
+    return result
+
+
+if __name__ == "__main__":
+    main()
