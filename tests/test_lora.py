@@ -84,15 +84,6 @@ class Toy(nn.Module):
         return self.head(torch.tanh(self.v_proj(F.gelu(self.q_proj(x)))))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads; on a busy shared CPU they wait for them."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ------------------------------------------------------------------ identities
 
 
