@@ -6,6 +6,7 @@ import streamlit as st
 
 from app import charts, data, helpers
 from minituner.evaluate import candidate_logprobs, complete
+from minituner.nf4 import bits_per_param
 
 PROMPT = "He __ to school yesterday."
 
@@ -31,9 +32,10 @@ update full fine-tuning actually makes.
 
 **QLoRA** stores the frozen base in 4 bits (the NF4 format: 16 levels placed where
 normally distributed weights are dense, one scale per block of 64 weights) and
-dequantizes each layer on the fly; the LoRA matrices stay in full precision. The base
-shrinks by about 8× against fp32, and the adapter learns to work around the rounding.
-"""
+dequantizes each layer on the fly; the LoRA matrices stay in full precision. A quantized
+weight takes {BITS:.3f} bits instead of 32 (fp32) or 16 (bf16), and the adapter learns to
+work around the rounding.
+""".replace("{BITS:.3f}", f"{bits_per_param(64, double_quant=True):.3f}")
     )
 with right:
     st.markdown(
