@@ -8,11 +8,16 @@ Both implementations run on the same normal tensor, interleaved (ours, bnb, bnb,
 ours / bnb. On CUDA it also measures device-to-device copy bandwidth (a clone of a big
 tensor) and our dequantize's achieved GB/s (bytes read + bytes written) against it.
 Nothing here asserts a time: shared machines are noisy, read the ratios.
+
+Where the fused Triton kernel runs (CUDA with Triton), "ours" is that kernel and an extra
+column, "torch", is our plain PyTorch path (MINITUNER_NF4_KERNEL=torch) on the same data.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import sys
 import time
@@ -23,7 +28,25 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from minituner import nf4_kernels  # noqa: E402
 from minituner.nf4 import dequantize_nf4, quantize_nf4  # noqa: E402
+
+
+def torch_path(fn: Callable[[], object]) -> Callable[[], object]:
+    """fn run with the fused kernel switched off (our plain PyTorch dequantize)."""
+
+    def run() -> object:
+        old = os.environ.get("MINITUNER_NF4_KERNEL")
+        os.environ["MINITUNER_NF4_KERNEL"] = "torch"
+        try:
+            return fn()
+        finally:
+            if old is None:
+                del os.environ["MINITUNER_NF4_KERNEL"]
+            else:
+                os.environ["MINITUNER_NF4_KERNEL"] = old
+
+    return run
 
 
 def _sync(device: torch.device) -> None:
@@ -81,6 +104,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--block-size", type=int, default=64)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument(
+        "--kernel-bytes", type=int, nargs="*", default=[],
+        help="also time the fused kernel with these packed bytes per program (tuning)",
+    )  # fmt: skip
+    ap.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
@@ -100,6 +128,11 @@ def main(argv: list[str] | None = None) -> None:
         "dequantize bf16": {"ours": lambda: dequantize_nf4(q, torch.bfloat16)},
         "dequantize +DQ fp32": {"ours": lambda: dequantize_nf4(q_dq)},
     }
+    kernel = nf4_kernels.available(q.codes, torch.float32)
+    if kernel:
+        for op, impls in pairs.items():
+            if op.startswith("dequantize"):
+                impls["torch"] = torch_path(impls["ours"])
     if bnbF is not None:
         bq, st = bnbF.quantize_4bit(w, blocksize=bs, quant_type="nf4")
         bq_dq, st_dq = bnbF.quantize_4bit(
@@ -124,26 +157,82 @@ def main(argv: list[str] | None = None) -> None:
           f"median of {args.repeats} after {args.warmup} warm-up, interleaved")  # fmt: skip
     if bnbF is None:
         print(f"bitsandbytes comparison skipped ({why_not})")
-    print(f"{'operation':<22}{'ours ms':>10}{'bnb ms':>10}{'ours/bnb':>10}")
+    print(f"our dequantize: {'fused Triton kernel' if kernel else 'PyTorch ops'}")
+    cols = ["ours", "bnb"] + (["torch"] if kernel else [])
+    head = f"{'operation':<22}" + "".join(f"{c + ' ms':>10}" for c in cols)
+    head += f"{'ours/bnb':>10}" + (f"{'torch/bnb':>10}" if kernel else "")
+    print(head)
     for op, d in res.items():
-        ours = d["ours"] * 1e3
-        if "bnb" in d:
-            bnb = d["bnb"] * 1e3
-            print(f"{op:<22}{ours:>10.2f}{bnb:>10.2f}{ours / bnb:>10.2f}")
-        else:
-            print(f"{op:<22}{ours:>10.2f}{'-':>10}{'-':>10}")
+        row = f"{op:<22}" + "".join(
+            f"{d[c] * 1e3:>10.2f}" if c in d else f"{'-':>10}" for c in cols
+        )
+        for c in ["ours"] + (["torch"] if kernel else []):
+            if c == "torch" and c not in d:
+                row += f"{'-':>10}"
+            elif "bnb" in d:
+                row += f"{d[c] / d['bnb']:>10.2f}"
+            else:
+                row += f"{'-':>10}"
+        print(row)
 
+    record = {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "size": args.size,
+        "block_size": bs,
+        "repeats": args.repeats,
+        "fused_kernel": kernel,
+        "bitsandbytes": None if bnbF is None else _bnb_version(),
+        "median_s": res,
+    }
     if device.type == "cuda":
         n = w.numel()
-        moved = q.codes.numel() + 4 * q.absmax.numel() + 4 * n  # read codes + absmax, write fp32
-        ours_gbs = moved / res["dequantize fp32"]["ours"] / 1e9
+        read = q.codes.numel() + 4 * q.absmax.numel()  # codes + absmax
+        moved = {"fp32": read + 4 * n, "bf16": read + 2 * n}  # ... + the output written
         clone_gbs = copy_bandwidth(device, 1 << 30, args.warmup, args.repeats)
         print(f"device copy bandwidth (clone of 1 GiB, read + write): {clone_gbs:8.1f} GB/s")
-        print(f"our fp32 dequantize, bytes read + written / time:     {ours_gbs:8.1f} GB/s "
-              f"({100 * ours_gbs / clone_gbs:.0f}% of copy)")  # fmt: skip
-        if bnbF is not None:
-            bnb_gbs = moved / res["dequantize fp32"]["bnb"] / 1e9
-            print(f"bitsandbytes fp32 dequantize, same accounting:        {bnb_gbs:8.1f} GB/s")
+        gbs: dict = {}
+        for out in ("fp32", "bf16"):
+            for impl, secs in res[f"dequantize {out}"].items():
+                gbs[f"{impl} {out}"] = moved[out] / secs / 1e9
+                print(f"dequantize {out} {impl:<6} bytes read + written / time: "
+                      f"{gbs[f'{impl} {out}']:8.1f} GB/s "
+                      f"({100 * gbs[f'{impl} {out}'] / clone_gbs:.0f}% of copy)")  # fmt: skip
+        record["copy_gbs"] = clone_gbs
+        record["dequantize_gbs"] = gbs
+        if kernel and args.kernel_bytes:
+            record["kernel_bytes_gbs"] = sweep_kernel_bytes(q, args, device, moved, clone_gbs)
+    if args.json:
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def sweep_kernel_bytes(q, args, device, moved: dict, clone_gbs: float) -> dict:
+    """GB/s of the fused kernel for each --kernel-bytes value (the default restored after)."""
+    default = nf4_kernels.BYTES_PER_PROGRAM
+    out: dict = {}
+    try:
+        for nbytes in args.kernel_bytes:
+            nf4_kernels.BYTES_PER_PROGRAM = nbytes
+            pairs = {
+                "fp32": {"k": lambda: dequantize_nf4(q)},
+                "bf16": {"k": lambda: dequantize_nf4(q, torch.bfloat16)},
+            }
+            res = measure(pairs, device, args.warmup, args.repeats)
+            out[nbytes] = {o: moved[o] / res[o]["k"] / 1e9 for o in res}
+            print(f"kernel bytes/program {nbytes:>6}: " + "  ".join(
+                f"{o} {g:7.1f} GB/s ({100 * g / clone_gbs:.0f}%)" for o, g in out[nbytes].items()
+            ))  # fmt: skip
+    finally:
+        nf4_kernels.BYTES_PER_PROGRAM = default
+    return out
+
+
+def _bnb_version() -> str:
+    import bitsandbytes
+
+    return bitsandbytes.__version__
 
 
 if __name__ == "__main__":

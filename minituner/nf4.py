@@ -30,8 +30,9 @@ bitsandbytes (codes in its bit-pattern order). :func:`quantization_error_report`
 
 Everything is vectorized torch (no Python loop over blocks), so it runs on CPU or CUDA.
 Dequantization never unpacks nibbles one by one: on CPU each pair of packed bytes is looked
-up in a 65536-entry table of four values; on a GPU each byte in a 256-entry table of two
-values held as one 8-byte integer, the gather GPUs do fastest. Quantization matches the
+up in a 65536-entry table of four values; on a GPU with Triton one fused kernel
+(:mod:`minituner.nf4_kernels`) reads each byte once, and without Triton each byte is looked
+up in a 256-entry table of two values held as one 8-byte integer, the gather GPUs do fastest. Quantization matches the
 arithmetic of bitsandbytes' CPU path (multiply by 1/absmax, compare with the midpoints
 between codebook values) so the codes agree bit for bit.
 """
@@ -47,6 +48,8 @@ from functools import lru_cache
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from minituner import nf4_kernels
 
 # The published NF4 table (the QLoRA paper's appendix; bitsandbytes' get_4bit_type("nf4")).
 NF4_CODEBOOK: tuple[float, ...] = (
@@ -365,6 +368,15 @@ def dequantize_4bit(q: NF4Tensor, dtype: torch.dtype = torch.float32) -> torch.T
             f"inconsistent NF4Tensor: {q.codes.numel()} code bytes and {q.absmax.numel()} "
             f"absmax values for {q.numel} elements in blocks of {bs}"
         )
+    if nf4_kernels.available(q.codes, dtype):  # one fused Triton kernel on CUDA
+        dq = None
+        if q.double_quant:
+            grids = _dq_tables(q.codes.device)[0]
+            dq = (grids, q.absmax_map, q.absmax_scale, q.absmax_offset)
+        flat = nf4_kernels.dequantize_packed(
+            q.codes, q.absmax, _CODEBOOKS[q.quant_type], bs, q.numel, dtype, dq, DQ_BLOCK_SIZE
+        )
+        return flat.view(q.shape)
     absmax = q.absmax_float()  # (nb,)
     codes = q.codes
     need = 2 * -(-nb * bs // 4)  # bytes, even, covering every (padded) block

@@ -1,0 +1,171 @@
+"""A fused Triton kernel for blockwise 4-bit dequantization on CUDA GPUs.
+
+The PyTorch path in :mod:`minituner.nf4` dequantizes on a GPU in three kernels (widen
+the codes to int32, gather two values per byte from a 256-entry table, scale by absmax),
+plus about seven small ones to decode double-quantized absmax values, and moves about
+four times the bytes it must. This kernel reads each packed byte and each block's
+(possibly 8-bit) absmax once and writes each output element once:
+
+    out[2i]     = codebook[codes[i] >> 4] * absmax[2i // block_size]
+    out[2i + 1] = codebook[codes[i] & 15] * absmax[(2i + 1) // block_size]
+
+computed in float32 and rounded once to the output dtype, the same arithmetic as the
+PyTorch path, so the two agree bit for bit (``tests/test_nf4_kernels.py``; the GPU check
+runs wherever CUDA and Triton are present).
+
+Triton is optional: :func:`available` says whether this path can run for a tensor, and
+:mod:`minituner.nf4` falls back to PyTorch on the CPU, without Triton, or when the
+environment variable ``MINITUNER_NF4_KERNEL=torch`` asks for it (the benchmark compares
+the two that way).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+import torch
+
+try:  # Triton ships with CUDA builds of PyTorch; CPU builds and CI have none
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the install
+    triton = None
+
+BYTES_PER_PROGRAM = 2048  # packed bytes each program dequantizes (4096 output elements)
+_TL_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _wanted() -> bool:
+    return os.environ.get("MINITUNER_NF4_KERNEL", "auto").lower() != "torch"
+
+
+def available(codes: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether :func:`dequantize_packed` can run for ``codes`` on its device into ``dtype``.
+
+    True on a CUDA tensor with Triton importable (or on any device with the Triton
+    interpreter, ``TRITON_INTERPRET=1``), for float32, bfloat16 and float16 output, unless
+    ``MINITUNER_NF4_KERNEL=torch``.
+    """
+    if triton is None or not _wanted() or str(dtype).removeprefix("torch.") not in _TL_DTYPES:
+        return False
+    return codes.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+if triton is not None:
+
+    @triton.jit
+    def _dequant_kernel(
+        codes_ptr,  # uint8 (n_bytes,)
+        absmax_ptr,  # float32 (n_blocks,); or uint8 (n_blocks,) codes under DOUBLE_QUANT
+        table_ptr,  # float32 (16,), the 4-bit codebook
+        dq_grids_ptr,  # float32 (n_maps, 256), the 8-bit absmax grids (DOUBLE_QUANT)
+        dq_map_ptr,  # uint8 (), which grid (DOUBLE_QUANT)
+        dq_scale_ptr,  # float32 (ceil(n_blocks / DQ_BLOCK),) (DOUBLE_QUANT)
+        dq_offset_ptr,  # float32 (), the mean absmax (DOUBLE_QUANT)
+        out_ptr,  # (n_out,), the output dtype
+        n_bytes,
+        n_out,
+        BLOCK: tl.constexpr,  # quantization block size (even)
+        BYTES: tl.constexpr,  # packed bytes per program
+        DOUBLE_QUANT: tl.constexpr,
+        DQ_BLOCK: tl.constexpr,  # absmax values per dq scale
+    ):
+        pid = tl.program_id(0)
+        offs = pid.to(tl.int64) * BYTES + tl.arange(0, BYTES)  # (BYTES,) byte indices
+        mask = offs < n_bytes
+        c = tl.load(codes_ptr + offs, mask=mask, other=0).to(tl.int32)
+        blk = (2 * offs) // BLOCK  # an even block size puts a byte's two elements in one block
+        if DOUBLE_QUANT:  # absmax = grid[k] * scale + offset, as two rounded float32 ops
+            k = tl.load(absmax_ptr + blk, mask=mask, other=0).to(tl.int32)
+            grid = tl.load(dq_map_ptr).to(tl.int32)
+            g = tl.load(dq_grids_ptr + grid * 256 + k)
+            s = tl.load(dq_scale_ptr + blk // DQ_BLOCK, mask=mask, other=0.0)
+            scale = tl.maximum(g * s + tl.load(dq_offset_ptr), 0.0)
+        else:
+            scale = tl.load(absmax_ptr + blk, mask=mask, other=0.0)
+        hi = tl.load(table_ptr + (c >> 4)) * scale  # (BYTES,) float32, first element
+        lo = tl.load(table_ptr + (c & 15)) * scale  # (BYTES,) float32, second element
+        vals = tl.reshape(tl.join(hi, lo), (2 * BYTES,))  # interleaved: hi0 lo0 hi1 lo1 ...
+        out_offs = pid.to(tl.int64) * (2 * BYTES) + tl.arange(0, 2 * BYTES)
+        out = vals.to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
+        tl.store(out_ptr + out_offs, out, mask=out_offs < n_out)
+
+
+@lru_cache(maxsize=32)
+def _table(codebook: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    t = torch.zeros(16, dtype=torch.float32)
+    t[: len(codebook)] = torch.tensor(codebook, dtype=torch.float32)
+    return t.to(device)
+
+
+def dequantize_packed(
+    codes: torch.Tensor,
+    absmax: torch.Tensor,
+    codebook: tuple[float, ...],
+    block_size: int,
+    numel: int,
+    dtype: torch.dtype,
+    double_quant: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    dq_block_size: int = 256,
+) -> torch.Tensor:
+    """Dequantize packed 4-bit codes into a flat ``(numel,)`` tensor of ``dtype``.
+
+    Args:
+        codes: uint8 (ceil(numel / 2),), first element in the high nibble.
+        absmax: float32 (ceil(numel / block_size),), the per-block scales; or, with
+            ``double_quant``, their uint8 codes.
+        codebook: the up-to-16 code values, indexed by the 4-bit code.
+        block_size: elements per absmax block, a positive even number.
+        numel: the number of elements to produce.
+        dtype: float32, bfloat16 or float16.
+        double_quant: ``(grids, map_index, scale, offset)`` when ``absmax`` holds 8-bit
+            codes: grids float32 (n_maps, 256), map_index uint8 0-d, scale float32
+            (ceil(n_blocks / dq_block_size),), offset float32 0-d. Decoded in the kernel
+            as ``max(grids[map_index][code] * scale[block // dq_block_size] + offset, 0)``.
+        dq_block_size: absmax values per ``scale`` entry.
+
+    Raises:
+        RuntimeError: Triton is not installed, or the inputs are not on a device it runs on.
+        ValueError: inconsistent sizes, an odd block size or an unsupported dtype.
+    """
+    if triton is None:
+        raise RuntimeError("the fused NF4 kernel needs Triton, which is not installed")
+    if not available(codes, dtype):
+        raise RuntimeError(f"the fused NF4 kernel cannot run on {codes.device} into {dtype}")
+    if block_size <= 0 or block_size % 2:
+        raise ValueError(f"block_size must be a positive even number, got {block_size}")
+    n_bytes = codes.numel()
+    if n_bytes != -(-numel // 2) or absmax.numel() != -(-numel // block_size):
+        raise ValueError(
+            f"{n_bytes} code bytes and {absmax.numel()} absmax values do not fit {numel} "
+            f"elements in blocks of {block_size}"
+        )
+    codes = codes.contiguous()
+    if double_quant is None:
+        absmax = absmax.to(torch.float32).contiguous()
+        grids = map_index = scale = offset = absmax  # unused by the kernel
+    else:
+        grids, map_index, scale, offset = (t.contiguous() for t in double_quant)
+        if absmax.dtype != torch.uint8 or grids.shape[-1] != 256:
+            raise ValueError("double_quant needs uint8 absmax codes and (n_maps, 256) grids")
+    out = torch.empty(numel, dtype=dtype, device=codes.device)
+    launch = (triton.cdiv(n_bytes, BYTES_PER_PROGRAM),)
+    _dequant_kernel[launch](
+        codes,
+        absmax,
+        _table(tuple(codebook), codes.device),
+        grids,
+        map_index,
+        scale,
+        offset,
+        out,
+        n_bytes,
+        numel,
+        BLOCK=block_size,
+        BYTES=BYTES_PER_PROGRAM,
+        DOUBLE_QUANT=double_quant is not None,
+        DQ_BLOCK=dq_block_size,
+        enable_fp_fusion=False,  # no fused multiply-add: round as the PyTorch path does
+    )
+    return out
