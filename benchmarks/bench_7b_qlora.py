@@ -69,6 +69,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--peft", action="store_true", help="also run HF + bitsandbytes + PEFT")
     p.add_argument("--dequant-bw", action="store_true", help="NF4 dequantize GB/s vs a clone")
     p.add_argument("--bw-shape", type=int, nargs=2, default=[4096, 11008], metavar=("OUT", "IN"))
+    p.add_argument(
+        "--profile", action="store_true",
+        help="profile one more step of each configuration: GPU busy time vs wall time",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="write the JSON here")
     return p.parse_args(argv)
 
@@ -159,6 +163,41 @@ def train_steps(model, params, batches, step_fn, args, device) -> dict:
         out["peak_bytes"] = None
         out["peak_note"] = "not measured on CPU (no allocator statistics); CUDA only"
     return out
+
+
+def profile_step(model, params, batch, step_fn, args, device) -> dict:
+    """One training step under torch.profiler: wall time against the GPU's busy time.
+
+    ``device_busy_s`` sums the self time of every kernel the step ran on the device; when
+    it is far below ``wall_s`` the step waits on the CPU launching work, not on the GPU.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    opt = torch.optim.AdamW(params, lr=args.lr)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
+    x, y = batch
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    _sync(device)
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        with amp:
+            loss = step_fn(model, x, y)
+        loss.backward()
+        opt.step()
+        _sync(device)
+        wall = time.perf_counter() - t0
+    del opt
+    for p in params:
+        p.grad = None
+    events = prof.key_averages()
+
+    def total(attr: str) -> float:
+        return sum(getattr(e, attr, 0.0) or 0.0 for e in events) / 1e6  # us -> s
+
+    if device.type != "cuda":
+        return {"wall_s": wall, "device_busy_s": None, "note": "no device timeline on CPU"}
+    busy = total("self_device_time_total") or total("self_cuda_time_total")
+    return {"wall_s": wall, "device_busy_s": busy, "device_busy_fraction": busy / wall}
 
 
 def _prediction(shape, r: int, targets: str, args) -> dict:
@@ -295,6 +334,8 @@ def run_peft(cfg, device, args, batches) -> dict:
             res = train_steps(model, params, batches, _hf_loss, args, device)
             res["trainable_params"] = sum(p.numel() for p in params)
             res["lora_layer_type"] = _peft_layer_type(model)
+            if args.profile:
+                res["profile"] = profile_step(model, params, batches[-1], _hf_loss, args, device)
             runs[f"r{r}_{t}"] = res
             del model, params
     return {"runs": runs}
@@ -374,6 +415,8 @@ def main(argv=None) -> dict:
             params = [p for p in model.parameters() if p.requires_grad]
             res = train_steps(model, params, batches, _ours_loss, args, device)
             res["trainable_params"] = sum(p.numel() for p in params)
+            if args.profile:
+                res["profile"] = profile_step(model, params, batches[-1], _ours_loss, args, device)
             res["predicted"] = _prediction(shape, r, t, args)
             res["ratios"] = _ratios(res, res["predicted"])
             runs[f"r{r}_{t}"] = res

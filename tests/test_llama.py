@@ -203,7 +203,8 @@ def _load_bench():
 def test_benchmark_tiny_cpu_end_to_end(tmp_path):
     out = tmp_path / "bench.json"
     argv = ["--device", "cpu", "--shape", "tiny", "--steps", "2", "--warmup", "1"]
-    argv += ["--seq", "32", "--dequant-bw", "--bw-shape", "64", "128", "--out", str(out)]
+    argv += ["--seq", "32", "--dequant-bw", "--bw-shape", "64", "128", "--profile"]
+    argv += ["--out", str(out)]
     result = _load_bench().main(argv)
     data = json.loads(out.read_text())
     assert data["runs"].keys() == {"r8_qv", "r8_all", "r16_qv", "r16_all"}
@@ -212,6 +213,7 @@ def test_benchmark_tiny_cpu_end_to_end(tmp_path):
         assert run["step_s_median"] > 0 and len(run["step_s_all"]) == 2
         assert len(run["losses"]) == 3 and all(math.isfinite(v) for v in run["losses"])
         assert run["peak_bytes"] is None and "not measured on CPU" in run["peak_note"]
+        assert run["profile"]["wall_s"] > 0 and run["profile"]["device_busy_s"] is None
         for precision in ("bf16", "mixed"):
             pred = run["predicted"][precision]
             assert pred["total"] > pred["states_total"] > pred["nf4"] > 0
