@@ -633,6 +633,40 @@ def memory_stacked(rows: Sequence[Mapping], title: str = "Training memory") -> g
     return _style(fig, title, height=500)
 
 
+def scaling_bars(
+    rows: Sequence[Mapping], title: str = "7B QLoRA: measured peak vs prediction"
+) -> go.Figure:
+    """Grouped bars in GiB, one group per configuration (``row["label"]``): our measured
+    peak, the prediction (float32 LoRA + Adam) and, when any row has it, the PEFT +
+    bitsandbytes peak; rows as :func:`minituner.scaling.scaling_rows` gives them."""
+    labels = [row["label"] for row in rows]
+    series = [
+        ("measured peak (ours)", "peak_bytes", COLORS["qlora"]),
+        ("predicted (fp32 LoRA + Adam)", "predicted_mixed_bytes", "#9d9da0"),
+    ]
+    if any(row.get("peft_peak_bytes") is not None for row in rows):
+        series.append(("measured peak (PEFT + bitsandbytes)", "peft_peak_bytes", "#ff7f0e"))
+    fig = go.Figure()
+    for name, key, color in series:
+        gib = [row[key] / 2**30 if row.get(key) is not None else math.nan for row in rows]
+        fig.add_trace(
+            go.Bar(
+                x=labels,
+                y=gib,
+                name=name,
+                marker_color=color,
+                text=["" if math.isnan(v) else f"{v:.2f}" for v in gib],
+                textposition="outside",
+                hovertemplate="%{x}<br>" + name + ": %{y:.3f} GiB<extra></extra>",
+            )
+        )
+    fig.update_layout(barmode="group")
+    fig.update_xaxes(title_text="LoRA rank and targets")
+    fig.update_yaxes(title_text="GiB (2³⁰ bytes)", rangemode="tozero")
+    _legend_below(fig)
+    return _style(fig, title, height=500)
+
+
 # ---------------------------------------------------------------------- NF4
 def _normal_pdf(x: float) -> float:
     return math.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)

@@ -9,8 +9,18 @@ ours / bnb. On CUDA it also measures device-to-device copy bandwidth (a clone of
 tensor) and our dequantize's achieved GB/s (bytes read + bytes written) against it.
 Nothing here asserts a time: shared machines are noisy, read the ratios.
 
-Where the fused Triton kernel runs (CUDA with Triton), "ours" is that kernel and an extra
-column, "torch", is our plain PyTorch path (MINITUNER_NF4_KERNEL=torch) on the same data.
+On the CPU, writing fresh memory costs a page fault per 4 KiB, often more than the
+arithmetic, and whether a 64 MiB output lands on fresh pages or on memory freed a moment
+ago is up to glibc's malloc, which moves its mmap threshold as the run goes: run it
+twice and a ratio can flip. Pin the regime with glibc's variables:
+
+    MALLOC_MMAP_THRESHOLD_=131072 python benchmarks/bench_nf4.py    # every output fresh
+    MALLOC_MMAP_THRESHOLD_=4294967295 MALLOC_TRIM_THRESHOLD_=4294967295 \
+        python benchmarks/bench_nf4.py                                # outputs reuse memory
+
+Where a fused dequantize runs (the Triton kernel on CUDA, the C loop of nf4_cpu.py on the
+CPU when a C compiler is there), "ours" is that and an extra column, "torch", is our
+plain PyTorch path (MINITUNER_NF4_KERNEL=torch) on the same data.
 """
 
 from __future__ import annotations
@@ -28,8 +38,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from minituner import nf4_kernels  # noqa: E402
+from minituner import nf4_cpu, nf4_kernels  # noqa: E402
 from minituner.nf4 import dequantize_nf4, quantize_nf4  # noqa: E402
+
+MALLOC_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
 
 def torch_path(fn: Callable[[], object]) -> Callable[[], object]:
@@ -129,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
         "dequantize +DQ fp32": {"ours": lambda: dequantize_nf4(q_dq)},
     }
     kernel = nf4_kernels.available(q.codes, torch.float32)
-    if kernel:
+    c_loop = nf4_cpu.available(q.codes, torch.float32)
+    if kernel or c_loop:
         for op, impls in pairs.items():
             if op.startswith("dequantize"):
                 impls["torch"] = torch_path(impls["ours"])
@@ -157,16 +170,19 @@ def main(argv: list[str] | None = None) -> None:
           f"median of {args.repeats} after {args.warmup} warm-up, interleaved")  # fmt: skip
     if bnbF is None:
         print(f"bitsandbytes comparison skipped ({why_not})")
-    print(f"our dequantize: {'fused Triton kernel' if kernel else 'PyTorch ops'}")
-    cols = ["ours", "bnb"] + (["torch"] if kernel else [])
+    pins = [f"{k}={os.environ[k]}" for k in MALLOC_VARS if k in os.environ]
+    print("malloc: " + (" ".join(pins) or "glibc defaults (dynamic mmap threshold)"))
+    fused = "fused Triton kernel" if kernel else "C loop (nf4_cpu)" if c_loop else ""
+    print(f"our dequantize: {fused or 'PyTorch ops'}")
+    cols = ["ours", "bnb"] + (["torch"] if fused else [])
     head = f"{'operation':<22}" + "".join(f"{c + ' ms':>10}" for c in cols)
-    head += f"{'ours/bnb':>10}" + (f"{'torch/bnb':>10}" if kernel else "")
+    head += f"{'ours/bnb':>10}" + (f"{'torch/bnb':>10}" if fused else "")
     print(head)
     for op, d in res.items():
         row = f"{op:<22}" + "".join(
             f"{d[c] * 1e3:>10.2f}" if c in d else f"{'-':>10}" for c in cols
         )
-        for c in ["ours"] + (["torch"] if kernel else []):
+        for c in ["ours"] + (["torch"] if fused else []):
             if c == "torch" and c not in d:
                 row += f"{'-':>10}"
             elif "bnb" in d:
@@ -184,6 +200,8 @@ def main(argv: list[str] | None = None) -> None:
         "block_size": bs,
         "repeats": args.repeats,
         "fused_kernel": kernel,
+        "c_loop": c_loop,
+        "malloc": {k: os.environ[k] for k in MALLOC_VARS if k in os.environ},
         "bitsandbytes": None if bnbF is None else _bnb_version(),
         "median_s": res,
     }

@@ -29,10 +29,12 @@ bitsandbytes (codes in its bit-pattern order). :func:`quantization_error_report`
 :func:`quantization_errors` measure them side by side.
 
 Everything is vectorized torch (no Python loop over blocks), so it runs on CPU or CUDA.
-Dequantization never unpacks nibbles one by one: on CPU each pair of packed bytes is looked
-up in a 65536-entry table of four values; on a GPU with Triton one fused kernel
-(:mod:`minituner.nf4_kernels`) reads each byte once, and without Triton each byte is looked
-up in a 256-entry table of two values held as one 8-byte integer, the gather GPUs do fastest. Quantization matches the
+Dequantization has fused paths where they can run: a C loop on the CPU
+(:mod:`minituner.nf4_cpu`, built with the system's compiler on first use) and a Triton
+kernel on CUDA (:mod:`minituner.nf4_kernels`), both bit-equal to the PyTorch path here.
+That path never unpacks nibbles one by one: on CPU each pair of packed bytes is looked up
+in a 65536-entry table of four values; on a GPU each byte in a 256-entry table of two
+values held as one 8-byte integer, the gather GPUs do fastest. Quantization matches the
 arithmetic of bitsandbytes' CPU path (multiply by 1/absmax, compare with the midpoints
 between codebook values) so the codes agree bit for bit.
 """
@@ -49,7 +51,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minituner import nf4_kernels
+from minituner import nf4_cpu, nf4_kernels
 
 # The published NF4 table (the QLoRA paper's appendix; bitsandbytes' get_4bit_type("nf4")).
 NF4_CODEBOOK: tuple[float, ...] = (
@@ -378,6 +380,10 @@ def dequantize_4bit(q: NF4Tensor, dtype: torch.dtype = torch.float32) -> torch.T
         )
         return flat.view(q.shape)
     absmax = q.absmax_float()  # (nb,)
+    if nf4_cpu.available(q.codes, dtype):  # one C loop on the CPU
+        return nf4_cpu.dequantize_packed(
+            q.codes, absmax, _CODEBOOKS[q.quant_type], bs, q.numel, dtype
+        ).view(q.shape)
     codes = q.codes
     need = 2 * -(-nb * bs // 4)  # bytes, even, covering every (padded) block
     if codes.numel() < need:

@@ -2,7 +2,8 @@
 
 * ``base-table``: the base model's figures (scripts/base_table.py);
 * ``findings`` and ``claims``: the experiments' table and claims, from
-  precomputed/experiments.json (minituner.experiments).
+  precomputed/experiments.json (minituner.experiments);
+* ``scaling``: the 7B QLoRA measurements, from precomputed/scaling/ (minituner.scaling).
 
     python scripts/update_readme.py          # rewrite README.md
     python scripts/update_readme.py --check  # exit 1 if README.md is stale (used by a test)
@@ -22,12 +23,72 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from base_table import BASE, table  # noqa: E402
 
 from minituner.experiments import EXPERIMENTS_FILE, claims_text, findings_table  # noqa: E402
+from minituner.memory import format_bytes  # noqa: E402
+from minituner.scaling import load_scaling_result, scaling_rows  # noqa: E402
+
+
+def _profile_lines(result: dict) -> list[str]:
+    """GPU busy time of one profiled step (``--profile``), ours against PEFT's, if stored."""
+    ours = {k: r["profile"] for k, r in result["runs"].items() if "profile" in r}
+    peft = {
+        k: r["profile"] for k, r in result.get("peft", {}).get("runs", {}).items() if "profile" in r
+    }
+    both = sorted(ours.keys() & peft.keys())
+    if not both:
+        return []
+    ratio = [ours[k]["device_busy_s"] / peft[k]["device_busy_s"] for k in both]
+    frac = [ours[k]["device_busy_fraction"] for k in both]
+    pfrac = [peft[k]["device_busy_fraction"] for k in both]
+    return [
+        f"In one profiled step of each configuration the GPU was busy {min(frac):.0%}-"
+        f"{max(frac):.0%} of the step's wall time with our code and {min(pfrac):.0%}-"
+        f"{max(pfrac):.0%} with PEFT's; our GPU busy time was {min(ratio):.2f}-"
+        f"{max(ratio):.2f}x PEFT's.",
+        "",
+    ]
+
+
+def scaling_table() -> str:
+    """The 7B measurements as a markdown table (sizes in GiB, ratios as measured)."""
+    result = load_scaling_result()
+    lines = [
+        "| LoRA | trainable | measured peak | predicted | measured / predicted "
+        "| PEFT + bnb peak | ours / PEFT peak | ours / PEFT step time |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in scaling_rows(result):
+        row = (
+            f"| r={r['r']} on {r['targets']} | {r['trainable_params']:,} "
+            f"| {format_bytes(r['peak_bytes'], 2)} "
+            f"| {format_bytes(r['predicted_mixed_bytes'], 2)} | {r['peak_over_mixed']:.3f} "
+        )
+        if r["peft_peak_bytes"] is None:
+            row += "| - | - | - |"
+        else:
+            row += (
+                f"| {format_bytes(r['peft_peak_bytes'], 2)} | {r['peak_ours_over_peft']:.3f} "
+                f"| {r['step_ours_over_peft']:.2f} |"
+            )
+        lines.append(row)
+    lines.append("")
+    lines.extend(_profile_lines(result))
+    lines.append(
+        f"({result['device_name']}; predicted: `memory.predict_memory` with float32 LoRA and "
+        "AdamW state, as the benchmark trains; *qv*: q_proj and v_proj, *all*: the seven "
+        "Linears of every layer.)"
+    )
+    return "\n".join(lines)
 
 
 def blocks() -> dict[str, str]:
     base = json.loads((BASE / "metrics.json").read_text(encoding="utf-8"))
     exp = json.loads(EXPERIMENTS_FILE.read_text(encoding="utf-8"))
-    return {"base-table": table(base), "findings": findings_table(exp), "claims": claims_text(exp)}
+    return {
+        "base-table": table(base),
+        "findings": findings_table(exp),
+        "claims": claims_text(exp),
+        "scaling": scaling_table(),
+    }
 
 
 def render(text: str) -> str:

@@ -22,6 +22,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from app import data, helpers  # noqa: E402
+from minituner import scaling  # noqa: E402
 from minituner.runs import RunStore  # noqa: E402
 from minituner.train import FinetuneConfig, finetune, load_base  # noqa: E402
 
@@ -36,7 +37,7 @@ PAGES = [
     ("completions", "Completions: before and after", 1),
     ("spectrum", "Spectrum of the weight update ΔW", 3),
     ("forgetting", "Forgetting", 1),
-    ("memory", "Memory", 2),
+    ("memory", "Memory", 3),
     ("rank_sweep", "Rank sweep", 0),
     ("nf4", "NF4: 4-bit NormalFloat", 4),
 ]
@@ -227,6 +228,37 @@ def test_experiment_pages_read_the_summaries(cache, tmp_path, monkeypatch):
     at = open_page("rank_sweep")
     assert not at.exception
     assert "cannot be read" in texts(at.warning)
+
+
+# ---------------------------------------------------------------------- Memory page
+SCALING_HEADER = "7B QLoRA, measured on an H200"
+
+
+def test_memory_page_shows_the_7b_measurements(cache, tmp_path, monkeypatch):
+    at = open_page("memory")
+    assert not at.exception and not at.warning, texts(at.warning)
+    assert SCALING_HEADER in [h.value for h in at.header]
+    result = scaling.load_scaling_result()
+    assert [c.value for c in at.code] == [result["command"]]
+    table = next(d.value for d in at.dataframe if "ours / PEFT peak" in d.value.columns)
+    assert list(table["configuration"]) == [r["label"] for r in scaling.scaling_rows(result)]
+    assert "straight into NF4" in texts(at.markdown)
+    assert f"Measured on {result['device_name']}" in texts(at.caption)
+
+    missing = tmp_path / "missing" / "qlora_7b_h200.json"
+    monkeypatch.setattr(scaling, "QLORA_7B_H200", missing)
+    at = open_page("memory")
+    assert not at.exception, [e.value for e in at.exception]
+    assert "bench_7b_qlora.py" in texts(at.info)
+    assert not at.code and charts_of(at) == 2  # the MiniGPT and the calculator charts
+
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({**result, "runs": {"r8_qv": {"peak_bytes": float("nan")}}}))
+    monkeypatch.setattr(scaling, "QLORA_7B_H200", broken)
+    at = open_page("memory")
+    assert not at.exception, [e.value for e in at.exception]
+    assert "not a finite number" in texts(at.warning) and str(broken) in texts(at.warning)
+    assert [t.value for t in at.title] == ["Memory"] and charts_of(at) == 2
 
 
 # ---------------------------------------------------------------------- Train page

@@ -172,6 +172,27 @@ def test_memory_stacked_one_trace_per_category():
     assert fig.data[-1].y[1] == 0  # nothing measured for activations
 
 
+def test_scaling_bars_grouped_in_gib_with_peft_when_present():
+    rows = [
+        {"label": "r=8 qv", "peak_bytes": 2**32, "predicted_mixed_bytes": 2**31,
+         "peft_peak_bytes": 3 * 2**30},
+        {"label": "r=8 all", "peak_bytes": 2**30, "predicted_mixed_bytes": 2**30,
+         "peft_peak_bytes": None},
+    ]  # fmt: skip
+    fig = charts.scaling_bars(rows)
+    assert fig.layout.barmode == "group"
+    assert names(fig) == [
+        "measured peak (ours)",
+        "predicted (fp32 LoRA + Adam)",
+        "measured peak (PEFT + bitsandbytes)",
+    ]
+    assert list(fig.data[0].x) == ["r=8 qv", "r=8 all"]
+    assert list(fig.data[0].y) == pytest.approx([4.0, 1.0])
+    assert fig.data[2].y[0] == pytest.approx(3.0) and np.isnan(fig.data[2].y[1])
+    no_peft = charts.scaling_bars([{**r, "peft_peak_bytes": None} for r in rows])
+    assert len(no_peft.data) == 2
+
+
 def test_nf4_codebook_against_the_normal():
     fig = charts.nf4_codebook(
         {"nf4": NF4_CODEBOOK, "int4": INT4_CODEBOOK, "fp4": FP4_CODEBOOK}, 1.85

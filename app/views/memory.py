@@ -7,6 +7,8 @@ import streamlit as st
 
 from app import charts, data, helpers
 from minituner import memory as memmath
+from minituner import scaling as scaling_mod
+from minituner.checkpoint import REPO_ROOT
 from minituner.memory import SHAPES, ModelShape, format_bytes
 
 st.title("Memory")
@@ -55,6 +57,101 @@ else:
             )
     elif picked:
         st.warning("The chosen runs hold no memory figures.")
+
+st.header("7B QLoRA, measured on an H200")
+
+
+def _ratio(x: float | None, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _ms(seconds: float | None) -> str:
+    return "–" if seconds is None else f"{1000 * seconds:.0f} ms"
+
+
+def _bytes(n: int | None) -> str:
+    return "–" if n is None else format_bytes(n, 2)
+
+
+scaling_path = scaling_mod.QLORA_7B_H200
+try:
+    scaling = scaling_mod.load_scaling_result(scaling_path)
+except ValueError as e:
+    scaling = None
+    if not scaling_path.is_file():
+        st.info(
+            f"The 7B measurements ({scaling_path.name}) are not in this checkout: "
+            "`benchmarks/bench_7b_qlora.py` makes them on a CUDA GPU."
+        )
+    else:
+        st.warning(f"The 7B measurements cannot be shown: {e}")
+if scaling is not None:
+    llama = SHAPES["llama-7b"]
+    setup = scaling["args"]
+    srows = scaling_mod.scaling_rows(scaling)
+    with_peft = any(r["peft_peak_bytes"] is not None for r in srows)
+    lora_dtype = scaling.get("lora_dtype")
+    timed = setup.get("steps", "a few")
+    st.markdown(
+        "The same formula, checked at full size. A model of the LLaMA-7B shape "
+        f"({llama.n_layers} layers, hidden size {llama.d_model:,}, MLP {llama.d_ff:,}, "
+        f"{llama.total_params() / 1e9:.2f} B parameters) is filled with random weights and "
+        "built one layer at a time straight into NF4, so it never exists whole in bf16. "
+        f"Each configuration trains with batch {setup['batch']} × {setup['seq']} tokens, "
+        f"{setup['dtype']} compute"
+        + (", activation checkpointing" if setup["checkpointing"] else "")
+        + (f", LoRA A, B and AdamW's state in {lora_dtype}" if isinstance(lora_dtype, str) else "")
+        + ". *Measured peak* is `torch.cuda.max_memory_allocated` over the training steps "
+        "(weights, LoRA, gradients, optimizer state, activations and temporaries); "
+        "*predicted* is `memory.predict_memory` for the same shape and settings. "
+        + (
+            "The same configurations ran with Hugging Face transformers + bitsandbytes NF4 "
+            "+ PEFT in the same command, on the same GPU. "
+            if with_peft
+            else ""
+        )
+        + f"Step times are medians of {timed} timed steps on a shared GPU and change from "
+        "one run of the command to the next: treat the step ratios as rough. *qv*: LoRA "
+        "on q_proj and v_proj; *all*: on the seven Linears of every layer."
+    )
+    st.plotly_chart(charts.scaling_bars(srows), key="mem_scaling_chart")
+    st.dataframe(
+        [
+            {
+                "configuration": r["label"],
+                "trainable params": f"{r['trainable_params']:,}",
+                "measured peak": _bytes(r["peak_bytes"]),
+                "predicted (fp32 LoRA + Adam)": _bytes(r["predicted_mixed_bytes"]),
+                "predicted (all bf16)": _bytes(r["predicted_bf16_bytes"]),
+                "measured / predicted": _ratio(r["peak_over_mixed"]),
+                "step (median)": _ms(r["step_s"]),
+                "tokens/s": f"{r['tokens_per_s']:,.0f}",
+                "PEFT peak": _bytes(r["peft_peak_bytes"]),
+                "PEFT step": _ms(r["peft_step_s"]),
+                "ours / PEFT peak": _ratio(r["peak_ours_over_peft"]),
+                "ours / PEFT step": _ratio(r["step_ours_over_peft"], 2),
+            }
+            for r in srows
+        ],
+        hide_index=True,
+    )
+    fit = [r["peak_over_mixed"] for r in srows]
+    summary = f"Measured / predicted (fp32 LoRA + Adam): {min(fit):.3f} to {max(fit):.3f}"
+    if with_peft:
+        vs = [r["peak_ours_over_peft"] for r in srows if r["peak_ours_over_peft"] is not None]
+        summary += f"; our peak / PEFT's: {min(vs):.3f} to {max(vs):.3f}"
+    shown = (
+        scaling_path.relative_to(REPO_ROOT)
+        if scaling_path.is_relative_to(REPO_ROOT)
+        else scaling_path
+    )
+    st.caption(
+        f"{summary}. Measured on {scaling['device_name']}"
+        + (f", torch {scaling['torch']}" if isinstance(scaling.get("torch"), str) else "")
+        + (f"; {scaling['measured_on']}" if isinstance(scaling.get("measured_on"), str) else "")
+        + f". `{shown}` was written by:"
+    )
+    st.code(scaling["command"], language="bash")
 
 st.header("Calculator")
 minigpt = ModelShape.from_gpt_config(base.model.config)

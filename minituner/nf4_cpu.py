@@ -1,0 +1,208 @@
+"""A fused C loop for blockwise 4-bit dequantization on the CPU, built when first needed.
+
+The PyTorch path in :mod:`minituner.nf4` dequantizes in separate ops (widen the codes,
+gather four values per pair of bytes, scale by absmax, convert), each a pass over memory.
+On a big tensor most of the time goes to the page faults of writing fresh memory, and a
+single loop that decodes, scales and writes each element once hides its arithmetic behind
+those faults while separate ops add to them. This module compiles such a loop, about
+twenty lines of C, with the system's C compiler (``$CC`` or ``cc``) into a fresh
+temporary directory the first time it is asked for, and calls it through ctypes. With
+OpenMP (``-fopenmp``) the loop splits big tensors over torch's threads, on the OpenMP
+runtime torch itself loaded.
+
+The arithmetic is the PyTorch path's: ``codebook[code] * absmax`` in float32, rounded
+once (to nearest even) to bfloat16 when asked, so the two agree bit for bit
+(``tests/test_nf4_cpu.py``). Nothing is cached on disk. Without a compiler, if the build
+fails, for float16 / float64 output, or with ``MINITUNER_NF4_KERNEL=torch``,
+:func:`available` is False and :mod:`minituner.nf4` uses PyTorch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+_SOURCE = r"""
+#include <stdint.h>
+#include <string.h>
+
+/* Elements [e0, e1) of a blockwise 4-bit tensor into dst[0 .. e1 - e0), e0 even. Two
+   codes per byte, the first element in the high nibble; block_size is even, so a byte's
+   two elements share a block and only an odd numel leaves a single element at the end. */
+static void decode(const uint8_t *codes, const float *absmax, const float *lut, float *dst,
+                   int64_t e0, int64_t e1, int64_t bs) {
+    int64_t e = e0;
+    while (e < e1) {
+        const int64_t b = e / bs;
+        const float s = absmax[b];
+        const int64_t end = (b + 1) * bs < e1 ? (b + 1) * bs : e1;
+        for (; e + 1 < end; e += 2) {
+            const uint8_t c = codes[e >> 1];
+            dst[e - e0] = lut[c >> 4] * s;
+            dst[e - e0 + 1] = lut[c & 15] * s;
+        }
+        if (e < end) {
+            dst[e - e0] = lut[codes[e >> 1] >> 4] * s;
+            e++;
+        }
+    }
+}
+
+/* blocks [b0, b1) of a tensor of n elements, as float32 */
+static void f32_range(const uint8_t *codes, const float *absmax, const float *lut, float *out,
+                      int64_t n, int64_t bs, int64_t b0, int64_t b1) {
+    const int64_t e0 = b0 * bs, e1 = b1 * bs < n ? b1 * bs : n;
+    decode(codes, absmax, lut, out + e0, e0, e1, bs);
+}
+
+#define CHUNK 2048 /* even: chunks start on a byte */
+
+/* the same as bfloat16: float32 in a small buffer, then rounded to nearest even (the
+   values are finite) in a second loop the compiler vectorizes */
+static void bf16_range(const uint8_t *codes, const float *absmax, const float *lut,
+                       uint16_t *out, int64_t n, int64_t bs, int64_t b0, int64_t b1) {
+    float tmp[CHUNK];
+    uint32_t bits[CHUNK];
+    const int64_t end = b1 * bs < n ? b1 * bs : n;
+    for (int64_t e0 = b0 * bs; e0 < end; e0 += CHUNK) {
+        const int64_t e1 = e0 + CHUNK < end ? e0 + CHUNK : end;
+        decode(codes, absmax, lut, tmp, e0, e1, bs);
+        memcpy(bits, tmp, (size_t)(e1 - e0) * 4);
+        for (int64_t i = 0; i < e1 - e0; i++)
+            out[e0 + i] = (uint16_t)((bits[i] + 0x7FFFu + ((bits[i] >> 16) & 1u)) >> 16);
+    }
+}
+
+/* all n elements, the blocks split evenly over `threads` OpenMP threads. Built with
+   -fopenmp this runs on the OpenMP runtime PyTorch already loaded (same soname), so it
+   shares torch's thread pool; built without, the pragma is ignored and one thread works. */
+void dequant(const uint8_t *codes, const float *absmax, const float *lut, void *out,
+             int64_t n, int64_t bs, int64_t bf16, int64_t threads) {
+    const int64_t nb = (n + bs - 1) / bs;
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t t = 0; t < threads; t++) {
+        const int64_t b0 = nb * t / threads, b1 = nb * (t + 1) / threads;
+        if (bf16)
+            bf16_range(codes, absmax, lut, (uint16_t *)out, n, bs, b0, b1);
+        else
+            f32_range(codes, absmax, lut, (float *)out, n, bs, b0, b1);
+    }
+}
+"""
+
+_ARGTYPES = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 4
+_PARALLEL_MIN = 1 << 16  # elements below which one thread does it all
+
+
+def _wanted() -> bool:
+    return os.environ.get("MINITUNER_NF4_KERNEL", "auto").lower() != "torch"
+
+
+def _compile(cmd: list[str]) -> None:
+    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
+
+
+@lru_cache(maxsize=1)
+def _library() -> ctypes.CDLL | None:
+    """Compile and load the C loop once per process; None (with a warning) if that fails."""
+    cc = os.environ.get("CC") or "cc"
+    if shutil.which(cc) is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="minituner-nf4-") as tmp:
+        src, lib = Path(tmp) / "nf4.c", Path(tmp) / "nf4.so"
+        src.write_text(_SOURCE)
+        cmd = [cc, "-O3", "-fPIC", "-shared", "-fno-fast-math", "-o", str(lib), str(src)]
+        try:
+            # built where it runs, so it may use this CPU's vector instructions; OpenMP
+            # when the compiler has it
+            for extra in (["-march=native", "-fopenmp"], ["-fopenmp"], []):
+                try:
+                    _compile(cmd[:2] + extra + cmd[2:])
+                    break
+                except subprocess.CalledProcessError:
+                    if not extra:
+                        raise
+            dll = ctypes.CDLL(str(lib))  # mapped now: the file may go with the directory
+        except (OSError, subprocess.SubprocessError) as exc:
+            detail = getattr(exc, "stderr", None) or exc
+            warnings.warn(f"NF4 C loop not built, using PyTorch ops: {detail}", stacklevel=3)
+            return None
+    dll.dequant.argtypes = _ARGTYPES
+    dll.dequant.restype = None
+    return dll
+
+
+def available(codes: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether :func:`dequantize_packed` runs for ``codes`` into ``dtype``.
+
+    True for CPU tensors and float32 or bfloat16 output once the C loop is built (the
+    first call builds it), unless ``MINITUNER_NF4_KERNEL=torch``.
+    """
+    if codes.device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16):
+        return False
+    return _wanted() and _library() is not None
+
+
+@lru_cache(maxsize=8)
+def _lut(codebook: tuple[float, ...]) -> torch.Tensor:
+    lut = torch.zeros(16, dtype=torch.float32)
+    lut[: len(codebook)] = torch.tensor(codebook, dtype=torch.float32)
+    return lut
+
+
+def dequantize_packed(
+    codes: torch.Tensor,
+    absmax: torch.Tensor,
+    codebook: tuple[float, ...],
+    block_size: int,
+    numel: int,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Dequantize packed 4-bit codes on the CPU into a flat ``(numel,)`` tensor.
+
+    Args:
+        codes: uint8 (ceil(numel / 2),), first element in the high nibble.
+        absmax: float32 (ceil(numel / block_size),), the per-block scales.
+        codebook: the up-to-16 code values, indexed by the 4-bit code.
+        block_size: elements per absmax block, a positive even number.
+        numel: the number of elements to produce.
+        dtype: float32 or bfloat16.
+
+    Raises:
+        RuntimeError: the C loop is not available (see :func:`available`).
+        ValueError: inconsistent sizes or an odd block size.
+    """
+    if not available(codes, dtype):
+        raise RuntimeError(f"the NF4 C loop cannot run on {codes.device} into {dtype}")
+    if block_size <= 0 or block_size % 2:
+        raise ValueError(f"block_size must be a positive even number, got {block_size}")
+    n_blocks = -(-numel // block_size)
+    if codes.numel() != -(-numel // 2) or absmax.numel() != n_blocks:
+        raise ValueError(
+            f"{codes.numel()} code bytes and {absmax.numel()} absmax values do not fit "
+            f"{numel} elements in blocks of {block_size}"
+        )
+    codes = codes.contiguous()
+    absmax = absmax.to(torch.float32).contiguous()
+    lut = _lut(tuple(codebook))
+    out = torch.empty(numel, dtype=dtype)
+    threads = torch.get_num_threads() if numel >= _PARALLEL_MIN else 1
+    _library().dequant(
+        codes.data_ptr(),
+        absmax.data_ptr(),
+        lut.data_ptr(),
+        out.data_ptr(),
+        numel,
+        block_size,
+        int(dtype == torch.bfloat16),
+        max(1, min(threads, n_blocks)),
+    )
+    return out

@@ -1,0 +1,186 @@
+"""Measured at scale: what ``benchmarks/bench_7b_qlora.py`` measured on a GPU.
+
+:data:`QLORA_7B_H200` is QLoRA on a random LLaMA-7B-shaped model on one H200, next to
+Hugging Face + bitsandbytes + PEFT on the same shape and settings, in one command.
+:func:`load_scaling_result` reads and checks such a file (JSON only) and
+:func:`scaling_rows` sets each measured peak beside :func:`minituner.memory.predict_memory`'s
+total (stored in the file by the benchmark) and beside PEFT's.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from minituner.checkpoint import REPO_ROOT
+from minituner.io import read_json
+
+SCALING_DIR = REPO_ROOT / "precomputed" / "scaling"
+# QLoRA on a random LLaMA-7B-shaped model, measured on one NVIDIA H200 by
+# benchmarks/bench_7b_qlora.py (ours and Hugging Face + bitsandbytes + PEFT, one command).
+QLORA_7B_H200 = SCALING_DIR / "qlora_7b_h200.json"
+
+_SCALING_RUN = re.compile(r"^r(\d+)_(\w+)$")  # "r8_qv": rank 8, targets "qv"
+_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "dict": ((dict,), "an object"),
+    "str": ((str,), "a string"),
+    "bool": ((bool,), "true or false"),
+    "int": ((int,), "a whole number"),
+    "number": ((int, float), "a number"),
+}
+
+
+def _first_non_finite(obj, where: str = "") -> tuple[str, float] | None:
+    """The JSON path and value of the first NaN or infinity in ``obj``, or None."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return where or "the top level", obj
+    if isinstance(obj, dict):
+        children = ((f"{where}.{k}", v) for k, v in obj.items())
+    elif isinstance(obj, list):
+        children = ((f"{where}[{i}]", v) for i, v in enumerate(obj))
+    else:
+        return None
+    for at, v in children:
+        found = _first_non_finite(v, at)
+        if found:
+            return found
+    return None
+
+
+def _field(d: Mapping, key: str, kind: str, source: str, where: str, positive: bool = False):
+    """``d[key]`` checked to be of ``kind`` (a key of ``_TYPES``), > 0 when ``positive``."""
+    at = f"{where}.{key}" if where else key
+    if key not in d:
+        raise ValueError(f"{source}: missing key {at!r}")
+    v = d[key]
+    types, name = _TYPES[kind]
+    if not isinstance(v, types) or (kind != "bool" and isinstance(v, bool)):
+        raise ValueError(f"{source}: {at} should be {name}, got {type(v).__name__} {v!r:.60}")
+    if positive and not v > 0:
+        raise ValueError(f"{source}: {at} should be > 0, got {v!r}")
+    return v
+
+
+def validate_scaling_result(result, source: str = "scaling result") -> dict:
+    """Check a scaling benchmark result (see :func:`load_scaling_result`) and return it.
+
+    Raises ValueError naming ``source`` and the first problem: a missing key, a value of
+    the wrong type, a NaN or infinity anywhere, a run name not of the form
+    ``r<rank>_<targets>``, or a size or time that is not positive.
+    """
+    if not isinstance(result, dict):
+        raise ValueError(f"{source}: should hold a JSON object, got {type(result).__name__}")
+    bad = _first_non_finite(result)
+    if bad:
+        raise ValueError(f"{source}: {bad[0].lstrip('.')} is not a finite number ({bad[1]})")
+    _field(result, "command", "str", source, "")
+    _field(result, "device_name", "str", source, "")
+    args = _field(result, "args", "dict", source, "")
+    _field(args, "batch", "int", source, "args", positive=True)
+    _field(args, "seq", "int", source, "args", positive=True)
+    _field(args, "dtype", "str", source, "args")
+    _field(args, "checkpointing", "bool", source, "args")
+    runs = _field(result, "runs", "dict", source, "")
+    if not runs:
+        raise ValueError(f"{source}: 'runs' is empty")
+    for key, run in runs.items():
+        if not _SCALING_RUN.match(key):
+            raise ValueError(f"{source}: run name {key!r} is not of the form r<rank>_<targets>")
+        where = f"runs.{key}"
+        if not isinstance(run, dict):
+            raise ValueError(f"{source}: {where} should be an object")
+        if run.get("peak_bytes", 0) is None:
+            note = run.get("peak_note", "no peak measured")
+            raise ValueError(f"{source}: {where}.peak_bytes is null ({note})")
+        _field(run, "peak_bytes", "int", source, where, positive=True)
+        _field(run, "step_s_median", "number", source, where, positive=True)
+        _field(run, "tokens_per_s", "number", source, where, positive=True)
+        _field(run, "trainable_params", "int", source, where, positive=True)
+        predicted = _field(run, "predicted", "dict", source, where)
+        for precision in ("mixed", "bf16"):
+            p = _field(predicted, precision, "dict", source, f"{where}.predicted")
+            _field(p, "total", "int", source, f"{where}.predicted.{precision}", positive=True)
+    if "peft" in result:
+        peft = _field(result, "peft", "dict", source, "")
+        peft_runs = _field(peft, "runs", "dict", source, "peft") if "runs" in peft else {}
+        for key, run in peft_runs.items():
+            where = f"peft.runs.{key}"
+            if not isinstance(run, dict):
+                raise ValueError(f"{source}: {where} should be an object")
+            _field(run, "peak_bytes", "int", source, where, positive=True)
+            _field(run, "step_s_median", "number", source, where, positive=True)
+    return result
+
+
+def load_scaling_result(path: str | os.PathLike = QLORA_7B_H200) -> dict:
+    """Read and check a result of ``benchmarks/bench_7b_qlora.py`` (JSON, never pickle).
+
+    The file holds ``command`` (the command line that made it), ``device_name``, ``args``
+    (``batch``, ``seq``, ``dtype``, ``checkpointing``, ...), ``runs`` -- one entry per
+    configuration named ``r<rank>_<targets>`` (``r8_qv``) with ``peak_bytes``
+    (``torch.cuda.max_memory_allocated`` over the training steps), ``step_s_median``,
+    ``tokens_per_s``, ``trainable_params`` and ``predicted`` (:func:`predict_memory` for
+    precision ``"mixed"`` and ``"bf16"``, each with ``total``) -- and optionally
+    ``peft.runs``, the same configurations run with Hugging Face + bitsandbytes + PEFT
+    (``peak_bytes``, ``step_s_median``).
+
+    Raises:
+        ValueError: a missing file, invalid JSON, a missing key, a wrong type or a
+            non-finite number; the message names the file and the problem.
+    """
+    path = Path(path)
+    return validate_scaling_result(read_json(path), source=str(path))
+
+
+def scaling_rows(result: Mapping) -> list[dict]:
+    """One row per configuration of a scaling result, in the file's order.
+
+    Each row: ``config`` (``"r8_qv"``), ``r``, ``targets`` (``"qv"``, ``"all"``),
+    ``label`` (``"r=8 qv"``), ``trainable_params``, ``peak_bytes`` (measured),
+    ``predicted_mixed_bytes`` and ``predicted_bf16_bytes`` (the ``total`` of
+    :func:`predict_memory` with float32 LoRA and Adam -- what the benchmark runs -- and with
+    everything in bf16), ``peak_over_mixed`` and ``peak_over_bf16`` (measured / predicted),
+    ``step_s`` (median step time), ``tokens_per_s``, and from the PEFT run of the same
+    configuration, when there is one (else None): ``peft_peak_bytes``, ``peft_step_s``,
+    ``peak_ours_over_peft`` and ``step_ours_over_peft``.
+
+    Raises ValueError as :func:`validate_scaling_result` does.
+    """
+    result = validate_scaling_result(result)
+    peft = result.get("peft", {}).get("runs", {})
+    rows = []
+    for key, run in result["runs"].items():
+        m = _SCALING_RUN.match(key)
+        r, targets = int(m[1]), m[2]
+        mixed = run["predicted"]["mixed"]["total"]
+        bf16 = run["predicted"]["bf16"]["total"]
+        peak, step = run["peak_bytes"], float(run["step_s_median"])
+        row = {
+            "config": key,
+            "r": r,
+            "targets": targets,
+            "label": f"r={r} {targets}",
+            "trainable_params": run["trainable_params"],
+            "peak_bytes": peak,
+            "predicted_mixed_bytes": mixed,
+            "predicted_bf16_bytes": bf16,
+            "peak_over_mixed": peak / mixed,
+            "peak_over_bf16": peak / bf16,
+            "step_s": step,
+            "tokens_per_s": float(run["tokens_per_s"]),
+            "peft_peak_bytes": None,
+            "peft_step_s": None,
+            "peak_ours_over_peft": None,
+            "step_ours_over_peft": None,
+        }
+        theirs = peft.get(key)
+        if theirs is not None:
+            row["peft_peak_bytes"] = theirs["peak_bytes"]
+            row["peft_step_s"] = float(theirs["step_s_median"])
+            row["peak_ours_over_peft"] = peak / theirs["peak_bytes"]
+            row["step_ours_over_peft"] = step / row["peft_step_s"]
+        rows.append(row)
+    return rows
