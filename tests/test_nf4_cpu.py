@@ -46,6 +46,21 @@ def test_c_loop_equals_pytorch_path(shape, block_size, double_quant, dtype, monk
 
 
 @needs_cc
+def test_portable_build_equals_pytorch_path(monkeypatch):
+    """Built without -march=native (no vector path) the loop gives the same values."""
+    monkeypatch.setattr(nf4_cpu, "_TRY_FLAGS", (["-fopenmp"], []))
+    nf4_cpu._library.cache_clear()
+    try:
+        assert nf4_cpu._library() is not None
+        for shape, bs in [((257, 1025), 64), ((7,), 2), ((333, 65), 6)]:
+            q = quantize_nf4(torch.randn(shape), bs, double_quant=True)
+            for dtype in (torch.float32, torch.bfloat16):
+                assert torch.equal(dequantize_nf4(q, dtype), _torch_path(q, dtype, monkeypatch))
+    finally:
+        nf4_cpu._library.cache_clear()
+
+
+@needs_cc
 @pytest.mark.parametrize("quantize", [quantize_int4_absmax, quantize_fp4])
 def test_c_loop_other_formats(quantize, monkeypatch):
     q = quantize(torch.randn(333, 65), 64)
@@ -103,3 +118,17 @@ def test_no_compiler_or_a_failing_build_falls_back(cc, monkeypatch):
         assert torch.equal(dequantize_nf4(q), want)  # the PyTorch path, same values
     finally:
         nf4_cpu._library.cache_clear()  # the next caller builds again, with CC restored
+
+
+@needs_cc
+def test_c_loop_tiny_and_huge_scales(monkeypatch):
+    """Blocks whose products are subnormal, or near float32's top, round as torch does."""
+    torch.manual_seed(1)
+    w = torch.randn(4, 256)
+    w[0] *= 1e-39  # subnormal float32 values
+    w[1] *= 1e-30
+    w[2] *= 1e37
+    w[3, :64] = 0.0  # an all-zero block
+    q = quantize_nf4(w, 64)
+    for dtype in (torch.float32, torch.bfloat16):
+        assert torch.equal(dequantize_nf4(q, dtype), _torch_path(q, dtype, monkeypatch))
