@@ -379,11 +379,15 @@ def dequantize_4bit(q: NF4Tensor, dtype: torch.dtype = torch.float32) -> torch.T
             q.codes, q.absmax, _CODEBOOKS[q.quant_type], bs, q.numel, dtype, dq, DQ_BLOCK_SIZE
         )
         return flat.view(q.shape)
-    absmax = q.absmax_float()  # (nb,)
     if nf4_cpu.available(q.codes, dtype):  # one C loop on the CPU
-        return nf4_cpu.dequantize_packed(
-            q.codes, absmax, _CODEBOOKS[q.quant_type], bs, q.numel, dtype
-        ).view(q.shape)
+        dq = None
+        if q.double_quant:
+            dq = (_dq_tables(q.codes.device)[0], q.absmax_map, q.absmax_scale, q.absmax_offset)
+        flat = nf4_cpu.dequantize_packed(
+            q.codes, q.absmax, _CODEBOOKS[q.quant_type], bs, q.numel, dtype, dq, DQ_BLOCK_SIZE
+        )
+        return flat.view(q.shape)
+    absmax = q.absmax_float()  # (nb,)
     codes = q.codes
     need = 2 * -(-nb * bs // 4)  # bytes, even, covering every (padded) block
     if codes.numel() < need:

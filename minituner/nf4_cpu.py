@@ -37,6 +37,22 @@ _SOURCE = r"""
 #include <immintrin.h>
 #endif
 
+/* the per-block scales: float32 absmax values, or (grid set) double-quantized 8-bit codes
+   decoded as max(grid[code] * scale[block / dq_block] + offset, 0), rounding after the
+   multiply and after the add as the PyTorch path does (built with -ffp-contract=off) */
+typedef struct {
+    const void *absmax;
+    const float *grid, *scale, *offset;
+    int64_t dq_block;
+} scales_t;
+
+static inline float block_scale(const scales_t *S, int64_t b) {
+    if (!S->grid) return ((const float *)S->absmax)[b];
+    float a = S->grid[((const uint8_t *)S->absmax)[b]] * S->scale[b / S->dq_block];
+    a = a + *S->offset;
+    return a < 0.0f ? 0.0f : a;
+}
+
 static inline uint16_t to_bf16(float f) { /* round to nearest even; the values are finite */
     uint32_t u;
     memcpy(&u, &f, 4);
@@ -47,12 +63,12 @@ static inline uint16_t to_bf16(float f) { /* round to nearest even; the values a
    when dst16 is given, into dst16[...] as bfloat16. e0 is even. Two codes per byte, the
    first element in the high nibble; block_size is even, so a byte's two elements share a
    block and only an odd numel leaves a single element at the end. */
-static void decode(const uint8_t *codes, const float *absmax, const float *lut, float *dst,
+static void decode(const uint8_t *codes, const scales_t *S, const float *lut, float *dst,
                    uint16_t *dst16, int64_t e0, int64_t e1, int64_t bs) {
     int64_t e = e0;
     while (e < e1) {
         const int64_t b = e / bs;
-        const float s = absmax[b];
+        const float s = block_scale(S, b);
         const int64_t end = (b + 1) * bs < e1 ? (b + 1) * bs : e1;
 #ifdef __AVX512F__
         /* 32 elements (16 bytes) at a time: the 16 code values sit in one register and
@@ -115,27 +131,27 @@ static void decode(const uint8_t *codes, const float *absmax, const float *lut, 
 }
 
 /* blocks [b0, b1) of a tensor of n elements, as float32 */
-static void f32_range(const uint8_t *codes, const float *absmax, const float *lut, float *out,
+static void f32_range(const uint8_t *codes, const scales_t *S, const float *lut, float *out,
                       int64_t n, int64_t bs, int64_t b0, int64_t b1) {
     const int64_t e0 = b0 * bs, e1 = b1 * bs < n ? b1 * bs : n;
-    decode(codes, absmax, lut, out + e0, 0, e0, e1, bs);
+    decode(codes, S, lut, out + e0, 0, e0, e1, bs);
 }
 
 #define CHUNK 2048 /* even: chunks start on a byte */
 
 /* the same as bfloat16. With AVX-512 in one pass; otherwise float32 in a small buffer,
    then rounded in a second loop that the compiler vectorizes */
-static void bf16_range(const uint8_t *codes, const float *absmax, const float *lut,
+static void bf16_range(const uint8_t *codes, const scales_t *S, const float *lut,
                        uint16_t *out, int64_t n, int64_t bs, int64_t b0, int64_t b1) {
     const int64_t end = b1 * bs < n ? b1 * bs : n;
 #ifdef __AVX512F__
-    decode(codes, absmax, lut, 0, out + b0 * bs, b0 * bs, end, bs);
+    decode(codes, S, lut, 0, out + b0 * bs, b0 * bs, end, bs);
 #else
     float tmp[CHUNK];
     uint32_t bits[CHUNK];
     for (int64_t e0 = b0 * bs; e0 < end; e0 += CHUNK) {
         const int64_t e1 = e0 + CHUNK < end ? e0 + CHUNK : end;
-        decode(codes, absmax, lut, tmp, 0, e0, e1, bs);
+        decode(codes, S, lut, tmp, 0, e0, e1, bs);
         memcpy(bits, tmp, (size_t)(e1 - e0) * 4);
         for (int64_t i = 0; i < e1 - e0; i++)
             out[e0 + i] = (uint16_t)((bits[i] + 0x7FFFu + ((bits[i] >> 16) & 1u)) >> 16);
@@ -146,16 +162,18 @@ static void bf16_range(const uint8_t *codes, const float *absmax, const float *l
 /* all n elements, the blocks split evenly over `threads` OpenMP threads. Built with
    -fopenmp this runs on the OpenMP runtime PyTorch already loaded (same soname), so it
    shares torch's thread pool; built without, the pragma is ignored and one thread works. */
-void dequant(const uint8_t *codes, const float *absmax, const float *lut, void *out,
-             int64_t n, int64_t bs, int64_t bf16, int64_t threads) {
+void dequant(const uint8_t *codes, const void *absmax, const float *lut, void *out,
+             int64_t n, int64_t bs, int64_t bf16, int64_t threads, const float *grid,
+             const float *scale, const float *offset, int64_t dq_block) {
     const int64_t nb = (n + bs - 1) / bs;
+    const scales_t scales = {absmax, grid, scale, offset, dq_block}, *S = &scales;
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t t = 0; t < threads; t++) {
         const int64_t b0 = nb * t / threads, b1 = nb * (t + 1) / threads;
         if (bf16)
-            bf16_range(codes, absmax, lut, (uint16_t *)out, n, bs, b0, b1);
+            bf16_range(codes, S, lut, (uint16_t *)out, n, bs, b0, b1);
         else
-            f32_range(codes, absmax, lut, (float *)out, n, bs, b0, b1);
+            f32_range(codes, S, lut, (float *)out, n, bs, b0, b1);
     }
 }
 """
@@ -163,7 +181,7 @@ void dequant(const uint8_t *codes, const float *absmax, const float *lut, void *
 # compiler flags tried in turn: this CPU's vector instructions (AVX-512 takes the vector
 # path in the C source) and OpenMP, then OpenMP alone, then neither
 _TRY_FLAGS: tuple[list[str], ...] = (["-march=native", "-fopenmp"], ["-fopenmp"], [])
-_ARGTYPES = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 4
+_ARGTYPES = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 4 + [ctypes.c_void_p] * 3 + [ctypes.c_int64]
 _PARALLEL_MIN = 1 << 16  # elements below which one thread does it all
 
 
@@ -184,7 +202,17 @@ def _library() -> ctypes.CDLL | None:
     with tempfile.TemporaryDirectory(prefix="minituner-nf4-") as tmp:
         src, lib = Path(tmp) / "nf4.c", Path(tmp) / "nf4.so"
         src.write_text(_SOURCE)
-        cmd = [cc, "-O3", "-fPIC", "-shared", "-fno-fast-math", "-o", str(lib), str(src)]
+        cmd = [
+            cc,
+            "-O3",
+            "-fPIC",
+            "-shared",
+            "-fno-fast-math",
+            "-ffp-contract=off",
+            "-o",
+            str(lib),
+            str(src),
+        ]
         try:
             # built where it runs, so it may use this CPU's vector instructions; OpenMP
             # when the compiler has it
@@ -230,16 +258,22 @@ def dequantize_packed(
     block_size: int,
     numel: int,
     dtype: torch.dtype,
+    double_quant: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    dq_block_size: int = 256,
 ) -> torch.Tensor:
     """Dequantize packed 4-bit codes on the CPU into a flat ``(numel,)`` tensor.
 
     Args:
         codes: uint8 (ceil(numel / 2),), first element in the high nibble.
-        absmax: float32 (ceil(numel / block_size),), the per-block scales.
+        absmax: float32 (ceil(numel / block_size),), the per-block scales; or, with
+            ``double_quant``, their uint8 codes.
         codebook: the up-to-16 code values, indexed by the 4-bit code.
         block_size: elements per absmax block, a positive even number.
         numel: the number of elements to produce.
         dtype: float32 or bfloat16.
+        double_quant: ``(grids, map_index, scale, offset)`` as
+            :func:`minituner.nf4_kernels.dequantize_packed` takes them, decoded in the loop.
+        dq_block_size: absmax values per ``scale`` entry.
 
     Raises:
         RuntimeError: the C loop is not available (see :func:`available`).
@@ -256,7 +290,20 @@ def dequantize_packed(
             f"{numel} elements in blocks of {block_size}"
         )
     codes = codes.contiguous()
-    absmax = absmax.to(torch.float32).contiguous()
+    dq_ptrs = [None, None, None]
+    if double_quant is None:
+        absmax = absmax.to(torch.float32).contiguous()
+    else:
+        grids, map_index, scale, offset = double_quant
+        if absmax.dtype != torch.uint8 or grids.shape[-1] != 256:
+            raise ValueError("double_quant needs uint8 absmax codes and (n_maps, 256) grids")
+        if scale.numel() != -(-n_blocks // dq_block_size):
+            raise ValueError(f"{scale.numel()} dq scales do not fit {n_blocks} absmax values")
+        absmax = absmax.contiguous()
+        grid = grids[int(map_index)].to(torch.float32).contiguous()  # (256,)
+        scale = scale.to(torch.float32).contiguous()
+        offset = offset.to(torch.float32).reshape(1).contiguous()
+        dq_ptrs = [grid.data_ptr(), scale.data_ptr(), offset.data_ptr()]
     lut = _lut(tuple(codebook))
     out = torch.empty(numel, dtype=dtype)
     threads = torch.get_num_threads() if numel >= _PARALLEL_MIN else 1
@@ -269,5 +316,7 @@ def dequantize_packed(
         block_size,
         int(dtype == torch.bfloat16),
         max(1, min(threads, n_blocks)),
+        *dq_ptrs,
+        dq_block_size,
     )
     return out

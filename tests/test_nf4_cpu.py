@@ -93,6 +93,13 @@ def test_c_loop_rejects_bad_input():
         nf4_cpu.dequantize_packed(codes, torch.ones(3), NF4_CODEBOOK, 4, 8, torch.float32)
     with pytest.raises(RuntimeError, match="cannot run"):
         nf4_cpu.dequantize_packed(codes, torch.ones(2), NF4_CODEBOOK, 4, 8, torch.float16)
+    dq = (torch.zeros(2, 256), torch.tensor(0, dtype=torch.uint8), torch.ones(1), torch.zeros(()))
+    with pytest.raises(ValueError, match="uint8 absmax codes"):  # float absmax with dq
+        nf4_cpu.dequantize_packed(codes, torch.ones(2), NF4_CODEBOOK, 4, 8, torch.float32, dq)
+    with pytest.raises(ValueError, match="dq scales"):
+        bad = (*dq[:2], torch.ones(3), dq[3])
+        k = torch.zeros(2, dtype=torch.uint8)
+        nf4_cpu.dequantize_packed(codes, k, NF4_CODEBOOK, 4, 8, torch.float32, bad)
 
 
 def test_other_dtypes_use_the_pytorch_path():
