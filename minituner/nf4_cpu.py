@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from minituner.nf4_kernels import check_packed, code_table
+
 _SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
@@ -244,13 +246,6 @@ def available(codes: torch.Tensor, dtype: torch.dtype) -> bool:
     return _wanted() and _library() is not None
 
 
-@lru_cache(maxsize=8)
-def _lut(codebook: tuple[float, ...]) -> torch.Tensor:
-    lut = torch.zeros(16, dtype=torch.float32)
-    lut[: len(codebook)] = torch.tensor(codebook, dtype=torch.float32)
-    return lut
-
-
 def dequantize_packed(
     codes: torch.Tensor,
     absmax: torch.Tensor,
@@ -263,48 +258,28 @@ def dequantize_packed(
 ) -> torch.Tensor:
     """Dequantize packed 4-bit codes on the CPU into a flat ``(numel,)`` tensor.
 
-    Args:
-        codes: uint8 (ceil(numel / 2),), first element in the high nibble.
-        absmax: float32 (ceil(numel / block_size),), the per-block scales; or, with
-            ``double_quant``, their uint8 codes.
-        codebook: the up-to-16 code values, indexed by the 4-bit code.
-        block_size: elements per absmax block, a positive even number.
-        numel: the number of elements to produce.
-        dtype: float32 or bfloat16.
-        double_quant: ``(grids, map_index, scale, offset)`` as
-            :func:`minituner.nf4_kernels.dequantize_packed` takes them, decoded in the loop.
-        dq_block_size: absmax values per ``scale`` entry.
+    The arguments are those of :func:`minituner.nf4_kernels.dequantize_packed` (which
+    documents them), with ``dtype`` float32 or bfloat16.
 
     Raises:
         RuntimeError: the C loop is not available (see :func:`available`).
-        ValueError: inconsistent sizes or an odd block size.
+        ValueError: as :func:`minituner.nf4_kernels.check_packed`.
     """
     if not available(codes, dtype):
         raise RuntimeError(f"the NF4 C loop cannot run on {codes.device} into {dtype}")
-    if block_size <= 0 or block_size % 2:
-        raise ValueError(f"block_size must be a positive even number, got {block_size}")
-    n_blocks = -(-numel // block_size)
-    if codes.numel() != -(-numel // 2) or absmax.numel() != n_blocks:
-        raise ValueError(
-            f"{codes.numel()} code bytes and {absmax.numel()} absmax values do not fit "
-            f"{numel} elements in blocks of {block_size}"
-        )
+    n_blocks = check_packed(codes, absmax, block_size, numel, double_quant, dq_block_size)
     codes = codes.contiguous()
     dq_ptrs = [None, None, None]
     if double_quant is None:
         absmax = absmax.to(torch.float32).contiguous()
     else:
         grids, map_index, scale, offset = double_quant
-        if absmax.dtype != torch.uint8 or grids.shape[-1] != 256:
-            raise ValueError("double_quant needs uint8 absmax codes and (n_maps, 256) grids")
-        if scale.numel() != -(-n_blocks // dq_block_size):
-            raise ValueError(f"{scale.numel()} dq scales do not fit {n_blocks} absmax values")
         absmax = absmax.contiguous()
         grid = grids[int(map_index)].to(torch.float32).contiguous()  # (256,)
         scale = scale.to(torch.float32).contiguous()
         offset = offset.to(torch.float32).reshape(1).contiguous()
         dq_ptrs = [grid.data_ptr(), scale.data_ptr(), offset.data_ptr()]
-    lut = _lut(tuple(codebook))
+    lut = code_table(tuple(codebook), codes.device)
     out = torch.empty(numel, dtype=dtype)
     threads = torch.get_num_threads() if numel >= _PARALLEL_MIN else 1
     _library().dequant(

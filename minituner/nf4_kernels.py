@@ -93,10 +93,45 @@ if triton is not None:
 
 
 @lru_cache(maxsize=32)
-def _table(codebook: tuple[float, ...], device: torch.device) -> torch.Tensor:
+def code_table(codebook: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """The codebook as float32 (16,) on ``device``, zero-padded (int4 has 15 values)."""
     t = torch.zeros(16, dtype=torch.float32)
     t[: len(codebook)] = torch.tensor(codebook, dtype=torch.float32)
     return t.to(device)
+
+
+def check_packed(
+    codes: torch.Tensor,
+    absmax: torch.Tensor,
+    block_size: int,
+    numel: int,
+    double_quant: tuple | None,
+    dq_block_size: int,
+) -> int:
+    """Check the inputs of a ``dequantize_packed`` (this module's or nf4_cpu's).
+
+    Returns:
+        The number of absmax blocks.
+
+    Raises:
+        ValueError: an odd or non-positive block size, code bytes or absmax values that
+            do not fit ``numel``, or double-quantization parts that do not fit.
+    """
+    if block_size <= 0 or block_size % 2:
+        raise ValueError(f"block_size must be a positive even number, got {block_size}")
+    n_blocks = -(-numel // block_size)
+    if codes.numel() != -(-numel // 2) or absmax.numel() != n_blocks:
+        raise ValueError(
+            f"{codes.numel()} code bytes and {absmax.numel()} absmax values do not fit "
+            f"{numel} elements in blocks of {block_size}"
+        )
+    if double_quant is not None:
+        grids, _, scale, _ = double_quant
+        if absmax.dtype != torch.uint8 or grids.shape[-1] != 256:
+            raise ValueError("double_quant needs uint8 absmax codes and (n_maps, 256) grids")
+        if scale.numel() != -(-n_blocks // dq_block_size):
+            raise ValueError(f"{scale.numel()} dq scales do not fit {n_blocks} absmax values")
+    return n_blocks
 
 
 def dequantize_packed(
@@ -133,28 +168,20 @@ def dequantize_packed(
         raise RuntimeError("the fused NF4 kernel needs Triton, which is not installed")
     if not available(codes, dtype):
         raise RuntimeError(f"the fused NF4 kernel cannot run on {codes.device} into {dtype}")
-    if block_size <= 0 or block_size % 2:
-        raise ValueError(f"block_size must be a positive even number, got {block_size}")
+    check_packed(codes, absmax, block_size, numel, double_quant, dq_block_size)
     n_bytes = codes.numel()
-    if n_bytes != -(-numel // 2) or absmax.numel() != -(-numel // block_size):
-        raise ValueError(
-            f"{n_bytes} code bytes and {absmax.numel()} absmax values do not fit {numel} "
-            f"elements in blocks of {block_size}"
-        )
     codes = codes.contiguous()
     if double_quant is None:
         absmax = absmax.to(torch.float32).contiguous()
         grids = map_index = scale = offset = absmax  # unused by the kernel
     else:
         grids, map_index, scale, offset = (t.contiguous() for t in double_quant)
-        if absmax.dtype != torch.uint8 or grids.shape[-1] != 256:
-            raise ValueError("double_quant needs uint8 absmax codes and (n_maps, 256) grids")
     out = torch.empty(numel, dtype=dtype, device=codes.device)
     launch = (triton.cdiv(n_bytes, BYTES_PER_PROGRAM),)
     _dequant_kernel[launch](
         codes,
         absmax,
-        _table(tuple(codebook), codes.device),
+        code_table(tuple(codebook), codes.device),
         grids,
         map_index,
         scale,
