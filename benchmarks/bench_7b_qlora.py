@@ -166,37 +166,23 @@ def train_steps(model, params, batches, step_fn, args, device) -> dict:
 
 
 def profile_step(model, params, batch, step_fn, args, device) -> dict:
-    """One training step under torch.profiler: wall time against the GPU's busy time.
+    """One more training step (``train_steps``, no warm-up) under torch.profiler: its wall
+    time against the GPU's busy time.
 
     ``device_busy_s`` sums the self time of every kernel the step ran on the device; when
     it is far below ``wall_s`` the step waits on the CPU launching work, not on the GPU.
     """
     from torch.profiler import ProfilerActivity, profile
 
-    opt = torch.optim.AdamW(params, lr=args.lr)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
-    x, y = batch
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    _sync(device)
+    cuda = device.type == "cuda"
+    one = argparse.Namespace(**{**vars(args), "warmup": 0})
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
-        t0 = time.perf_counter()
-        with amp:
-            loss = step_fn(model, x, y)
-        loss.backward()
-        opt.step()
-        _sync(device)
-        wall = time.perf_counter() - t0
-    del opt
-    for p in params:
-        p.grad = None
-    events = prof.key_averages()
-
-    def total(attr: str) -> float:
-        return sum(getattr(e, attr, 0.0) or 0.0 for e in events) / 1e6  # us -> s
-
-    if device.type != "cuda":
+        wall = train_steps(model, params, [batch], step_fn, one, device)["step_s_median"]
+    if not cuda:
         return {"wall_s": wall, "device_busy_s": None, "note": "no device timeline on CPU"}
-    busy = total("self_device_time_total") or total("self_cuda_time_total")
+    events = prof.key_averages()
+    busy = sum(getattr(e, "self_device_time_total", 0.0) for e in events) / 1e6  # us -> s
     return {"wall_s": wall, "device_busy_s": busy, "device_busy_fraction": busy / wall}
 
 

@@ -235,8 +235,7 @@ def _dq_tables(device: torch.device):
 @lru_cache(maxsize=32)
 def _byte_table(quant_type: str, device: torch.device) -> torch.Tensor:
     """(256,) int64: the bit patterns of the two float32 values each packed byte encodes."""
-    code = torch.zeros(16, dtype=torch.float32)
-    code[: len(_CODEBOOKS[quant_type])] = torch.tensor(_CODEBOOKS[quant_type])
+    code = nf4_kernels.code_table(_CODEBOOKS[quant_type], torch.device("cpu"))
     b = torch.arange(256)
     return (
         torch.stack([code[b >> 4], code[b & 15]], dim=1)
@@ -253,8 +252,7 @@ def _pair_table(quant_type: str, device: torch.device) -> torch.Tensor:
 
     Indexed by the two bytes read as one native-endian 16-bit integer.
     """
-    code = torch.zeros(16, dtype=torch.float32)
-    code[: len(_CODEBOOKS[quant_type])] = torch.tensor(_CODEBOOKS[quant_type])
+    code = nf4_kernels.code_table(_CODEBOOKS[quant_type], torch.device("cpu"))
     v = torch.arange(65536)
     first, second = (v & 0xFF, v >> 8) if sys.byteorder == "little" else (v >> 8, v & 0xFF)
     nibbles = [first >> 4, first & 15, second >> 4, second & 15]
@@ -370,20 +368,13 @@ def dequantize_4bit(q: NF4Tensor, dtype: torch.dtype = torch.float32) -> torch.T
             f"inconsistent NF4Tensor: {q.codes.numel()} code bytes and {q.absmax.numel()} "
             f"absmax values for {q.numel} elements in blocks of {bs}"
         )
-    if nf4_kernels.available(q.codes, dtype):  # one fused Triton kernel on CUDA
-        dq = None
-        if q.double_quant:
-            grids = _dq_tables(q.codes.device)[0]
-            dq = (grids, q.absmax_map, q.absmax_scale, q.absmax_offset)
-        flat = nf4_kernels.dequantize_packed(
-            q.codes, q.absmax, _CODEBOOKS[q.quant_type], bs, q.numel, dtype, dq, DQ_BLOCK_SIZE
-        )
-        return flat.view(q.shape)
-    if nf4_cpu.available(q.codes, dtype):  # one C loop on the CPU
+    # one fused pass where it can run: Triton on CUDA, the C loop on the CPU
+    fused = next((m for m in (nf4_kernels, nf4_cpu) if m.available(q.codes, dtype)), None)
+    if fused is not None:
         dq = None
         if q.double_quant:
             dq = (_dq_tables(q.codes.device)[0], q.absmax_map, q.absmax_scale, q.absmax_offset)
-        flat = nf4_cpu.dequantize_packed(
+        flat = fused.dequantize_packed(
             q.codes, q.absmax, _CODEBOOKS[q.quant_type], bs, q.numel, dtype, dq, DQ_BLOCK_SIZE
         )
         return flat.view(q.shape)

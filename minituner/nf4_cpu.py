@@ -4,9 +4,10 @@ The PyTorch path in :mod:`minituner.nf4` dequantizes in separate ops (widen the 
 gather four values per pair of bytes, scale by absmax, convert), each a pass over memory.
 On a big tensor most of the time goes to the page faults of writing fresh memory, and a
 single loop that decodes, scales and writes each element once hides its arithmetic behind
-those faults while separate ops add to them. This module compiles such a loop, about
-twenty lines of C, with the system's C compiler (``$CC`` or ``cc``) into a fresh
-temporary directory the first time it is asked for, and calls it through ctypes. With
+those faults while separate ops add to them. This module compiles such a loop (plain C,
+with an AVX-512 version of its inner loop where the compiler targets it) with the
+system's C compiler (``$CC`` or ``cc``) into a fresh temporary directory the first time
+it is asked for, and calls it through ctypes. With
 OpenMP (``-fopenmp``) the loop splits big tensors over torch's threads, on the OpenMP
 runtime torch itself loaded.
 
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from minituner.nf4_kernels import check_packed, code_table
+from minituner.nf4_kernels import check_packed, code_table, fused_wanted
 
 _SOURCE = r"""
 #include <stdint.h>
@@ -187,10 +188,6 @@ _ARGTYPES = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 4 + [ctypes.c_void_p] * 3
 _PARALLEL_MIN = 1 << 16  # elements below which one thread does it all
 
 
-def _wanted() -> bool:
-    return os.environ.get("MINITUNER_NF4_KERNEL", "auto").lower() != "torch"
-
-
 def _compile(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
 
@@ -243,7 +240,7 @@ def available(codes: torch.Tensor, dtype: torch.dtype) -> bool:
     """
     if codes.device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16):
         return False
-    return _wanted() and _library() is not None
+    return fused_wanted() and _library() is not None
 
 
 def dequantize_packed(

@@ -36,7 +36,8 @@ BYTES_PER_PROGRAM = 2048  # packed bytes each program dequantizes (4096 output e
 _TL_DTYPES = ("float32", "bfloat16", "float16")
 
 
-def _wanted() -> bool:
+def fused_wanted() -> bool:
+    """False when ``MINITUNER_NF4_KERNEL=torch`` asks for the PyTorch path everywhere."""
     return os.environ.get("MINITUNER_NF4_KERNEL", "auto").lower() != "torch"
 
 
@@ -47,7 +48,7 @@ def available(codes: torch.Tensor, dtype: torch.dtype) -> bool:
     interpreter, ``TRITON_INTERPRET=1``), for float32, bfloat16 and float16 output, unless
     ``MINITUNER_NF4_KERNEL=torch``.
     """
-    if triton is None or not _wanted() or str(dtype).removeprefix("torch.") not in _TL_DTYPES:
+    if triton is None or not fused_wanted() or str(dtype).removeprefix("torch.") not in _TL_DTYPES:
         return False
     return codes.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
 

@@ -110,7 +110,7 @@ if scaling is not None:
             if with_peft
             else ""
         )
-        + f"Step times are medians of {timed} timed steps on a shared GPU and change from "
+        + f"Step times are medians of {timed} timed steps and change from "
         "one run of the command to the next: treat the step ratios as rough. *qv*: LoRA "
         "on q_proj and v_proj; *all*: on the seven Linears of every layer."
     )
