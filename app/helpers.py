@@ -8,9 +8,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
+from minituner.config import DEFAULT_LR, METHODS, FinetuneConfig
 from minituner.memory import breakdown_table, format_bytes
 from minituner.runs import RunInfo
-from minituner.train import DEFAULT_LR, METHODS, FinetuneConfig
 
 TARGETS = ("q", "k", "v", "o", "fc_in", "fc_out")
 METHOD_NAMES = {"full": "Full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}

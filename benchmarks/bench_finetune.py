@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from minituner.train import FinetuneConfig, finetune, load_base
+from minituner.config import FinetuneConfig
+from minituner.train import finetune, load_base
 
 
 def main() -> None:

@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _targets(s: str) -> tuple[str, ...]:
-    from .train import FinetuneConfig
+    from .config import FinetuneConfig
 
     t = tuple(x.strip() for x in s.split(",") if x.strip())
     if not t:
@@ -208,7 +208,7 @@ def _targets(s: str) -> tuple[str, ...]:
 
 
 def _add_finetune(sub) -> None:
-    from .train import DEFAULT_LR, FinetuneConfig
+    from .config import DEFAULT_LR, FinetuneConfig
 
     d = FinetuneConfig()
     p = sub.add_parser(

@@ -20,10 +20,11 @@ import torch
 
 from . import analysis, memory
 from .checkpoint import REPO_ROOT
+from .config import FinetuneConfig
 from .evaluate import evaluate
 from .io import atomic_write_text, write_json
 from .runs import SHIPPED_RUNS, RunInfo, RunStore
-from .train import Base, FinetuneConfig, finetune
+from .train import Base, finetune
 
 RANKS = (1, 2, 4, 8, 16, 32, 64)
 TARGET_SETS = {"q,v": ("q", "v"), "q,k,v,o": ("q", "k", "v", "o"), "mlp": ("mlp",), "all": ("all",)}

@@ -29,9 +29,10 @@ import torch
 
 from . import analysis
 from .checkpoint import REPO_ROOT
+from .config import FinetuneConfig
 from .io import atomic_directory, load_tensors, read_json, save_tensors, write_json
 from .lora import load_adapter, save_adapter
-from .train import Base, FinetuneConfig, FinetuneResult, full_delta, prepare_model, weight_delta
+from .train import Base, FinetuneResult, full_delta, prepare_model, weight_delta
 
 SHIPPED_RUNS = REPO_ROOT / "precomputed" / "runs"
 RUN_ID_RE = re.compile(r"^[0-9a-f]{12}$")

@@ -23,8 +23,9 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from app import data, helpers  # noqa: E402
 from minituner import scaling  # noqa: E402
+from minituner.config import FinetuneConfig  # noqa: E402
 from minituner.runs import RunStore  # noqa: E402
-from minituner.train import FinetuneConfig, finetune, load_base  # noqa: E402
+from minituner.train import finetune, load_base  # noqa: E402
 
 MAIN = str(REPO_ROOT / "app" / "main.py")
 TIMEOUT = 180  # seconds per script run: generous for a loaded 2-core machine

@@ -11,9 +11,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from minituner.config import FinetuneConfig
 from minituner.io import load_tensors, save_tensors
 from minituner.lora import lora_state_dict
-from minituner.train import FinetuneConfig, finetune, load_base
+from minituner.train import finetune, load_base
 
 CFG = dict(method="lora", r=4, alpha=8, targets=("q", "v"), steps=4, batch_size=8,
            eval_every=1000, eval_sample=4, lr=5e-3)  # fmt: skip

@@ -11,11 +11,12 @@ import torch
 import torch.nn as nn
 
 from minituner import train
+from minituner.config import FinetuneConfig
 from minituner.data import encode_lines
 from minituner.experiments import EXPERIMENTS_FILE
 from minituner.lora import LoRALinear, lora_layers, merge_lora
 from minituner.nf4 import NF4Linear
-from minituner.train import FinetuneConfig, finetune, load_base
+from minituner.train import finetune, load_base
 
 EVAL_CAP = 4
 TARGETED = ("q_proj", "v_proj")

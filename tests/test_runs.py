@@ -15,9 +15,10 @@ import torch
 
 from minituner import runs, train
 from minituner.checkpoint import REPO_ROOT
+from minituner.config import FinetuneConfig
 from minituner.data import encode_lines
 from minituner.runs import SHIPPED_RUNS, RunStore, check_run_id, run_id
-from minituner.train import FinetuneConfig, finetune, load_base
+from minituner.train import finetune, load_base
 
 EVAL_CAP = 4
 SMALL = dict(steps=3, batch_size=8, eval_every=100, eval_sample=4)

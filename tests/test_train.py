@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from minituner import train
+from minituner.config import FinetuneConfig
 from minituner.lora import LoRALinear, lora_layers
 from minituner.runs import RunStore
-from minituner.train import EXPLODE_FACTOR, FinetuneConfig, finetune, load_base
+from minituner.train import EXPLODE_FACTOR, finetune, load_base
 
 EVAL_CAP = 4  # items per split in the cheap evaluation
 SMALL = dict(steps=4, batch_size=8, eval_every=2, eval_sample=4)

@@ -14,9 +14,9 @@ import streamlit as st
 from app import charts, data, helpers
 from app.trainer import RUNNING
 from minituner import memory as memmath
+from minituner.config import DEFAULT_LR, METHODS
 from minituner.memory import ModelShape, format_bytes
 from minituner.runs import run_id
-from minituner.train import DEFAULT_LR, METHODS
 
 POLL_S = 0.75
 KEYS = {k: f"train_{k}" for k in ("method", "r", "alpha", "lr", "steps", "seed")}
