@@ -1,6 +1,6 @@
 """The minituner explorer: `streamlit run app/main.py`.
 
-One module per page under app/views/; the charts are in app/charts.py, the cached
+One module per page under app/views/; the charts in app/charts/ (one per page), the cached
 loading in app/data.py, the live-training worker in app/trainer.py. Pages only arrange
 what the minituner package computes.
 """

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import charts, data, helpers
+from app import data, helpers
+from app.charts import compare as charts
 
 st.title("Compare runs")
 base = data.base_or_stop()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import charts, data, helpers
+from app import data, helpers
+from app.charts import completions as charts
 from minituner.evaluate import candidate_logprobs, complete, greedy_answers
 
 DEFAULT_PROMPT = "He __ to school yesterday."

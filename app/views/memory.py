@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import charts, data, helpers
+from app import data, helpers
+from app.charts import memory as charts
 from minituner import memory as memmath
 from minituner import scaling as scaling_mod
 from minituner.checkpoint import REPO_ROOT

@@ -7,7 +7,8 @@ import math
 import streamlit as st
 import torch
 
-from app import charts, data
+from app import data
+from app.charts import nf4 as charts
 from minituner.memory import format_bytes
 from minituner.nf4 import (
     FP4_CODEBOOK,

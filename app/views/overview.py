@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import charts, data, helpers
+from app import data, helpers
+from app.charts.compare import loss_curves
+from app.charts.completions import candidate_bars
 from minituner.evaluate import candidate_logprobs, complete
 from minituner.nf4 import bits_per_param
 
@@ -122,9 +124,7 @@ c1, c2 = st.columns(2, gap="large")
 with c1:
     curves = m.get("curves", {})
     st.plotly_chart(
-        charts.loss_curves(
-            {helpers.run_label(run): (curves.get("step", []), curves.get("loss", []))}
-        ),
+        loss_curves({helpers.run_label(run): (curves.get("step", []), curves.get("loss", []))}),
         key="overview_loss",
     )
 with c2:
@@ -140,4 +140,4 @@ with c2:
             "base": candidate_logprobs(base.model, base.tok, PROMPT, ["went", "goed"])["probs"],
             "fine-tuned": candidate_logprobs(model, base.tok, PROMPT, ["went", "goed"])["probs"],
         }
-        st.plotly_chart(charts.candidate_bars(probs, "went or goed?"), key="overview_bars")
+        st.plotly_chart(candidate_bars(probs, "went or goed?"), key="overview_bars")

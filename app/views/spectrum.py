@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import charts, data, helpers
+from app import data, helpers
+from app.charts import spectrum as charts
 
 st.title("Spectrum of the weight update ΔW")
 st.markdown(

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import charts, data, helpers
+from app import data, helpers
+from app.charts import train as charts
 from app.trainer import RUNNING
 from minituner import memory as memmath
 from minituner.config import DEFAULT_LR, METHODS

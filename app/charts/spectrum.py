@@ -1,0 +1,142 @@
+"""Charts of the Spectrum page: singular values, energy and stable rank of ΔW."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from app.charts.common import COLORS, PALETTE, legend_below, series_colors, short_layer, style
+
+NUMERICAL_ZERO = 1e-6  # singular values below this share of σ₁ are rounding noise
+
+
+def spectrum_side_by_side(
+    panels: Mapping[str, Mapping[str, Sequence[float]]],
+    normalized: bool = False,
+    floor: float = NUMERICAL_ZERO,
+) -> go.Figure:
+    """Singular values of ΔW on a log scale, one panel per run (e.g. full | LoRA), one
+    line per layer: ``panels[run_label][layer] = singular values``.
+
+    Values at or below ``floor`` × σ₁ are float32 rounding of an exactly low-rank product
+    (a rank-r LoRA update has only r non-zero singular values) and are not drawn."""
+    labels = list(panels) or [""]
+    fig = make_subplots(
+        rows=1,
+        cols=len(labels),
+        subplot_titles=labels,
+        shared_yaxes=True,
+        horizontal_spacing=0.06,
+    )
+    layers = sorted({layer for p in panels.values() for layer in p})
+    colors = {layer: PALETTE[i % len(PALETTE)] for i, layer in enumerate(layers)}
+    for col, label in enumerate(labels, start=1):
+        for layer, sv in panels.get(label, {}).items():
+            y = [float(s) for s in sv]
+            top = y[0] if y else 0.0
+            if normalized and top > 0:
+                y = [s / top for s in y]
+                top = 1.0
+            # a log axis cannot show 0; rounding noise is not a direction of the update
+            pts = [(i + 1, s) for i, s in enumerate(y) if s > 0 and s > floor * top]
+            fig.add_trace(
+                go.Scatter(
+                    x=[p[0] for p in pts],
+                    y=[p[1] for p in pts],
+                    mode="lines",
+                    name=short_layer(layer),
+                    legendgroup=layer,
+                    showlegend=col == 1 or layer not in panels.get(labels[0], {}),
+                    line=dict(width=2.5, color=colors[layer]),
+                ),
+                row=1,
+                col=col,
+            )
+    fig.update_yaxes(type="log", exponentformat="power")
+    fig.update_yaxes(title_text="σᵢ / σ₁" if normalized else "singular value σᵢ", row=1, col=1)
+    fig.update_xaxes(title_text="index i", type="log")
+    return style(fig, "Singular values of ΔW per layer", height=520)
+
+
+def cumulative_energy(series: Mapping[str, Sequence[float]], max_k: int | None = None) -> go.Figure:
+    """Share of ‖ΔW‖²_F held by the top-k singular values: ``series[label] = energies``."""
+    fig = go.Figure()
+    colors = series_colors(list(series))
+    for label, energy in series.items():
+        e = [float(v) for v in energy][: max_k or None]
+        fig.add_trace(
+            go.Scatter(
+                x=list(range(1, len(e) + 1)),
+                y=[100 * v for v in e],
+                mode="lines+markers",
+                name=label,
+                line=dict(width=3, color=colors[label]),
+                marker=dict(size=6),
+            )
+        )
+    fig.add_hline(y=90, line_dash="dash", line_color="#555", annotation_text="90% of the energy")
+    fig.update_xaxes(title_text="top-k singular values", type="log")
+    fig.update_yaxes(title_text="cumulative energy (%)", range=[0, 102])
+    legend_below(fig)
+    return style(fig, "Cumulative energy of ΔW", height=520)
+
+
+def stable_rank_bars(ranks: Mapping[str, Mapping[str, float]]) -> go.Figure:
+    """Stable rank per layer, one bar group per run: ``ranks[run_label][layer] = value``."""
+    fig = go.Figure()
+    colors = series_colors(list(ranks))
+    for label, per_layer in ranks.items():
+        layers = list(per_layer)
+        fig.add_trace(
+            go.Bar(
+                x=[short_layer(x) for x in layers],
+                y=[float(per_layer[x]) for x in layers],
+                name=label,
+                marker_color=colors[label],
+            )
+        )
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(title_text="stable rank ‖ΔW‖²_F / ‖ΔW‖²₂")
+    fig.update_xaxes(tickangle=-45)
+    legend_below(fig, y=-0.35)
+    return style(fig, "Stable rank of ΔW per layer", height=560)
+
+
+def truncation_curve(
+    k: Sequence[int | str],
+    accuracy: Sequence[float],
+    drift: Sequence[float] | None = None,
+) -> go.Figure:
+    """Accuracy (and drift) when full fine-tuning's ΔW is cut to its top-k singular
+    directions; ``k`` may end with "full"."""
+    xs = [str(v) for v in k]
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(
+        go.Scatter(
+            x=xs,
+            y=[100 * float(a) for a in accuracy],
+            mode="lines+markers",
+            name="irregular accuracy (%)",
+            line=dict(width=3, color=COLORS["qlora"]),
+            marker=dict(size=10),
+        ),
+        secondary_y=False,
+    )
+    if drift is not None:
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=[100 * float(d) for d in drift],
+                mode="lines+markers",
+                name="control EN drift (%)",
+                line=dict(width=3, dash="dot", color=COLORS["full"]),
+                marker=dict(size=10),
+            ),
+            secondary_y=True,
+        )
+    fig.update_xaxes(title_text="rank k kept of full fine-tuning's ΔW", type="category")
+    fig.update_yaxes(title_text="accuracy (%)", range=[0, 101], secondary_y=False)
+    fig.update_yaxes(title_text="drift (%)", tickformat=".1f", secondary_y=True, showgrid=False)
+    return style(fig, "Truncating full fine-tuning's update to rank k")
