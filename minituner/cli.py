@@ -97,6 +97,11 @@ def _add_pretrain(sub) -> None:
         help="corpus knob: share of those past forms written over-regularized",
     )
     p.add_argument("--corpus-seed", type=int, default=None, help="corpus generation seed")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out even if it holds something (the shipped base model included)",
+    )
     p.set_defaults(func=_cmd_pretrain)
 
 
@@ -104,7 +109,7 @@ def _cmd_pretrain(args) -> None:
     import dataclasses
 
     from .corpus import CorpusConfig
-    from .pretrain import PretrainConfig, pretrain, write_base
+    from .pretrain import PretrainConfig, check_out_dir, pretrain, write_base
     from .trainutil import ProgressBar
 
     if args.preset not in PRESETS:
@@ -131,6 +136,7 @@ def _cmd_pretrain(args) -> None:
         from .trainutil import resolve_device
 
         resolve_device(cfg.device)
+        check_out_dir(args.out, args.force, shipped=args.out == DEFAULT_BASE_DIR)
     except ValueError as e:
         raise CLIError(str(e)) from None
     bar = ProgressBar(cfg.steps, "pretrain")
@@ -140,7 +146,7 @@ def _cmd_pretrain(args) -> None:
     print(
         f"trained {model.num_params():,} parameters in {info['train_time_s']:.1f}s on {info['device']}; evaluating…"
     )
-    m = write_base(args.out, model, tok, cfg, info)
+    m = write_base(args.out, model, tok, cfg, info, force=args.force)
     _print_table(
         [
             ("irregular_accuracy", m["irregular_accuracy"]),

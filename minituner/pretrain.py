@@ -3,6 +3,11 @@
 The base model must really hold the corpus' regular-form prior: on the irregular
 past it over-regularizes ("goed") while it handles regular verbs well. Its figures on
 the held-out splits go into ``metrics.json`` beside the weights.
+
+Writing a base model never deletes what the user did not ask to delete: a folder that
+already holds something (the shipped base model included, which every shipped run was
+trained from) is replaced only with ``force=True`` (the CLI's ``--force``);
+:func:`check_out_dir` says so before any training starts.
 """
 
 from __future__ import annotations
@@ -110,12 +115,52 @@ def base_metrics(model, tok, corpus) -> dict:
     return evaluate(model, tok, corpus)
 
 
+def check_out_dir(out_dir: str | os.PathLike, force: bool = False, shipped: bool = False) -> Path:
+    """``out_dir`` as a Path, if a base model may be written there.
+
+    ``shipped`` marks the data folder's own base model (the default output), named as such
+    in the message.
+
+    Raises:
+        ValueError: ``out_dir`` (or a folder above it) is a file; or, without ``force``,
+            ``out_dir`` is a folder that already holds something.
+    """
+    out = Path(out_dir)
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file" if p == out else f"cannot be made: {p} is a file"
+                raise ValueError(f"--out {out} {what}, not a folder")
+            break
+    if force or not out.is_dir() or not any(out.iterdir()):
+        return out
+    if shipped:
+        raise ValueError(
+            f"pretrain would replace the shipped base model in {out}, which every shipped run "
+            "was trained from; write to a new folder with --out DIR, or pass --force to "
+            "replace it"
+        )
+    raise ValueError(
+        f"--out {out} is not empty; pretrain would delete what it holds: choose a new or "
+        "empty folder, or pass --force to replace it"
+    )
+
+
 def write_base(
-    out_dir: str | os.PathLike, model: MiniGPT, tok: CharTokenizer, cfg: PretrainConfig, info: dict
+    out_dir: str | os.PathLike,
+    model: MiniGPT,
+    tok: CharTokenizer,
+    cfg: PretrainConfig,
+    info: dict,
+    force: bool = False,
 ) -> dict:
     """Write the base model directory atomically: everything goes to a temporary
-    directory first, which then replaces ``out_dir`` in one rename."""
-    out = Path(out_dir)
+    directory first, which then replaces ``out_dir`` in one rename.
+
+    Raises:
+        ValueError: as :func:`check_out_dir` (a non-empty ``out_dir`` needs ``force``).
+    """
+    out = check_out_dir(out_dir, force)
     corpus = build_corpus(cfg.corpus)
     model = model.to("cpu").eval()
     metrics = base_metrics(model, tok, corpus)
