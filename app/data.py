@@ -24,12 +24,12 @@ import torch
 
 from app.helpers import distance_to_defaults
 from app.trainer import Trainer
-from minituner.checkpoint import REPO_ROOT
+from minituner.paths import experiments_file
 from minituner.runs import RunInfo, RunStore
 from minituner.train import Base, load_base
 from minituner.trainutil import device_name, resolve_device
 
-EXPERIMENTS_PATH = REPO_ROOT / "precomputed" / "experiments.json"
+EXPERIMENTS_PATH: Path | None = None  # None: the data folder's experiments.json
 PRECOMPUTE_HINT = "run `python -m minituner precompute` to create them"
 
 
@@ -170,7 +170,7 @@ def _read_experiments(path: str, mtime: int) -> dict:
 def load_experiments(path: Path | None = None, quiet: bool = False) -> dict | None:
     """precomputed/experiments.json (or ``path``), or None, with a warning on the page
     (unless ``quiet``), when it is missing or unreadable."""
-    path = Path(path if path is not None else EXPERIMENTS_PATH)
+    path = Path(path or EXPERIMENTS_PATH or experiments_file())
     if not path.is_file():
         if not quiet:
             st.warning(f"The experiment summaries ({path.name}) are missing: {PRECOMPUTE_HINT}.")

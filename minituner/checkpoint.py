@@ -12,10 +12,8 @@ import torch
 
 from .io import load_tensors, read_json, save_tensors, write_json
 from .model import GPTConfig, MiniGPT
+from .paths import base_dir
 from .tokenizer import CharTokenizer
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_BASE_DIR = REPO_ROOT / "precomputed" / "base"
 
 
 def save_model(directory: str | os.PathLike, model: MiniGPT, tok: CharTokenizer, extra=None):
@@ -29,16 +27,17 @@ def save_model(directory: str | os.PathLike, model: MiniGPT, tok: CharTokenizer,
 
 
 def load_model(
-    directory: str | os.PathLike = DEFAULT_BASE_DIR, device: str | torch.device = "cpu"
+    directory: str | os.PathLike | None = None, device: str | torch.device = "cpu"
 ) -> tuple[MiniGPT, CharTokenizer, dict]:
-    """Load a model directory written by :func:`save_model`.
+    """Load a model directory written by :func:`save_model` (default: the shipped base
+    model, :func:`minituner.paths.base_dir`).
 
     Returns (model in eval mode, tokenizer, config.json contents).
 
     Raises:
-        ValueError: a missing or corrupt file, with what to do about it.
+        ValueError: a missing or corrupt file, with what to do about it; no data folder.
     """
-    d = Path(directory)
+    d = Path(directory) if directory is not None else base_dir()
     hint = "run `python -m minituner pretrain` to rebuild it (or restore it with git)"
     if not d.is_dir():
         raise ValueError(f"no model directory at {d}: {hint}")

@@ -2,6 +2,9 @@
 
 Every error a user can cause (bad flag values, missing or corrupt files, unknown run
 ids) prints one line starting with ``error:`` and exits with status 2; no traceback.
+The data (base model, shipped runs, experiments) is found as :mod:`minituner.paths`
+says: ``--data DIR`` before the command, else ``$MINITUNER_DATA``, else the checkout's
+precomputed/.
 """
 
 from __future__ import annotations
@@ -10,8 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .checkpoint import DEFAULT_BASE_DIR
 from .model import PRESETS
+from .paths import base_dir, using_data_dir
 
 
 class _Parser(argparse.ArgumentParser):
@@ -60,7 +63,7 @@ def _share(s: str) -> float:
 
 def _add_pretrain(sub) -> None:
     p = sub.add_parser(
-        "pretrain", help="pretrain MiniGPT on the verb corpus (writes precomputed/base/)"
+        "pretrain", help="pretrain MiniGPT on the verb corpus (writes base/ of the data folder)"
     )
     p.add_argument(
         "--preset", default="default", help=f"model size: {', '.join(PRESETS)} (default: default)"
@@ -81,8 +84,8 @@ def _add_pretrain(sub) -> None:
     p.add_argument(
         "--out",
         type=Path,
-        default=DEFAULT_BASE_DIR,
-        help=f"output directory (default: {DEFAULT_BASE_DIR})",
+        default=None,
+        help="output directory (default: base/ of the data folder)",
     )
     p.add_argument(
         "--irregular-past-share",
@@ -114,6 +117,7 @@ def _cmd_pretrain(args) -> None:
 
     if args.preset not in PRESETS:
         raise CLIError(f"unknown preset {args.preset!r}; choose one of: {', '.join(PRESETS)}")
+    out = args.out if args.out is not None else base_dir()  # no data folder: fail before training
     knobs = {
         k: v
         for k, v in {
@@ -136,7 +140,7 @@ def _cmd_pretrain(args) -> None:
         from .trainutil import resolve_device
 
         resolve_device(cfg.device)
-        check_out_dir(args.out, args.force, shipped=args.out == DEFAULT_BASE_DIR)
+        check_out_dir(out, args.force, shipped=args.out is None)  # before any training
     except ValueError as e:
         raise CLIError(str(e)) from None
     bar = ProgressBar(cfg.steps, "pretrain")
@@ -146,7 +150,7 @@ def _cmd_pretrain(args) -> None:
     print(
         f"trained {model.num_params():,} parameters in {info['train_time_s']:.1f}s on {info['device']}; evaluating…"
     )
-    m = write_base(args.out, model, tok, cfg, info, force=args.force)
+    m = write_base(out, model, tok, cfg, info, force=args.force)
     _print_table(
         [
             ("irregular_accuracy", m["irregular_accuracy"]),
@@ -156,7 +160,7 @@ def _cmd_pretrain(args) -> None:
             ("control_es_ppl", m["control_es_ppl"]),
         ]
     )
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
 
 
 def _print_table(rows: list[tuple[str, object]]) -> None:
@@ -170,6 +174,14 @@ def _print_table(rows: list[tuple[str, object]]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="minituner", description="LoRA and QLoRA from scratch on MiniGPT.")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="data folder holding base/ and runs/ (default: $MINITUNER_DATA, else the "
+        "checkout's precomputed/)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_pretrain(sub)
     for add in _EXTRA_COMMANDS:
@@ -184,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        with using_data_dir(args.data):
+            args.func(args)
     except CLIError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -261,7 +274,9 @@ def _add_finetune(sub) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cuda or cpu")
-    p.add_argument("--base", type=Path, default=DEFAULT_BASE_DIR, help="base model directory")
+    p.add_argument(
+        "--base", type=Path, default=None, help="base model directory (default: base/ of the data)"
+    )
     p.add_argument("--force", action="store_true", help="train even if the run is already stored")
     p.add_argument("--no-save", action="store_true", help="do not store the run")
     p.set_defaults(func=_cmd_finetune)
@@ -339,7 +354,7 @@ def _report_and_store(res, store, no_save: bool) -> None:
 
 
 def _add_runs(sub) -> None:
-    p = sub.add_parser("runs", help="list the stored runs (precomputed/ and the user cache)")
+    p = sub.add_parser("runs", help="list the stored runs (the data folder's and the user cache)")
     p.set_defaults(func=_cmd_runs)
 
 
@@ -375,7 +390,9 @@ def _add_complete(sub) -> None:
         default=None,
         help="comma list of answers to score (default: guessed from the prompt, e.g. went,goed)",
     )
-    p.add_argument("--base", type=Path, default=DEFAULT_BASE_DIR, help="base model directory")
+    p.add_argument(
+        "--base", type=Path, default=None, help="base model directory (default: base/ of the data)"
+    )
     p.set_defaults(func=_cmd_complete)
 
 
@@ -419,12 +436,13 @@ def _add_precompute(sub) -> None:
 
 
 def _cmd_precompute(args) -> None:
-    from .experiments import PRECOMPUTED_README, precompute
+    from .experiments import precompute
+    from .paths import experiments_readme
     from .trainutil import resolve_device
 
     resolve_device(args.device)
     exp = precompute(seeds=args.seeds, device=args.device, log=lambda s: print(s, flush=True))
-    print(f"wrote {PRECOMPUTED_README}; missing runs: {len(exp['missing'])}")
+    print(f"wrote {experiments_readme()}; missing runs: {len(exp['missing'])}")
 
 
 _EXTRA_COMMANDS += [_add_finetune, _add_runs, _add_complete, _add_precompute]

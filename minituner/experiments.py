@@ -19,19 +19,17 @@ from pathlib import Path
 import torch
 
 from . import analysis, memory
-from .checkpoint import REPO_ROOT
 from .config import FinetuneConfig
 from .evaluate import evaluate
 from .io import atomic_write_text, write_json
-from .runs import SHIPPED_RUNS, RunInfo, RunStore
+from .paths import experiments_file, experiments_readme, runs_dir
+from .runs import RunInfo, RunStore
 from .train import Base, finetune
 
 RANKS = (1, 2, 4, 8, 16, 32, 64)
 TARGET_SETS = {"q,v": ("q", "v"), "q,k,v,o": ("q", "k", "v", "o"), "mlp": ("mlp",), "all": ("all",)}
 TRUNCATION_K = (1, 2, 4, 8, 16, 32)
 FULL_LRS = (1e-4, 3e-4, 1e-3, 3e-3)  # full fine-tuning's own learning-rate search (seed 0)
-EXPERIMENTS_FILE = REPO_ROOT / "precomputed" / "experiments.json"
-PRECOMPUTED_README = REPO_ROOT / "precomputed" / "README.md"
 REGENERATE = "python -m minituner precompute"
 
 
@@ -276,13 +274,13 @@ def findings_table(exp: dict) -> str:
     return "\n".join(rows)
 
 
-def _run_metrics(run_id: str, root: Path = SHIPPED_RUNS) -> dict:
+def _run_metrics(run_id: str, root: Path | None = None) -> dict:
     from .io import read_json
 
-    return read_json(root / run_id / "metrics.json")
+    return read_json((root or runs_dir()) / run_id / "metrics.json")
 
 
-def claims(exp: dict, root: Path = SHIPPED_RUNS) -> list[dict]:
+def claims(exp: dict, root: Path | None = None) -> list[dict]:
     """Each claim of the experiment, whether it held, and the figures that say so."""
     sw = exp["rank_sweep"]["summary"]
     lora, full = sw["8"], sw.get("full")
@@ -357,15 +355,16 @@ def claims(exp: dict, root: Path = SHIPPED_RUNS) -> list[dict]:
     return out
 
 
-def claims_text(exp: dict, root: Path = SHIPPED_RUNS) -> str:
+def claims_text(exp: dict, root: Path | None = None) -> str:
     return "\n".join(
         f"- {'held' if c['held'] else 'did NOT hold'}: {c['claim']} — {c['figures']}."
         for c in claims(exp, root)
     )
 
 
-def write_outputs(exp: dict, path: Path = EXPERIMENTS_FILE, readme: Path = PRECOMPUTED_README):
-    write_json(path, exp)
+def write_outputs(exp: dict, path: Path | None = None, readme: Path | None = None):
+    """experiments.json and its README.md (default: in the data folder)."""
+    write_json(path or experiments_file(), exp)
     b = exp["base"]
     el = exp["rank_sweep"].get("elbow") or {}
     lines = [
@@ -430,19 +429,21 @@ def write_outputs(exp: dict, path: Path = EXPERIMENTS_FILE, readme: Path = PRECO
     if exp.get("missing"):
         lines.append(f"Missing runs (not yet computed): {len(exp['missing'])}.")
         lines.append("")
-    atomic_write_text(readme, "\n".join(lines))
+    atomic_write_text(readme or experiments_readme(), "\n".join(lines))
 
 
 def precompute(
     seeds: int = 3,
     device: str = "auto",
     log: Callable[[str], None] = print,
-    root: Path = SHIPPED_RUNS,
+    root: Path | None = None,
 ) -> dict:
-    """Train what is missing into ``root``, then write experiments.json and README.md."""
+    """Train what is missing into ``root`` (default: the shipped runs), then write
+    experiments.json and README.md."""
     from .train import load_base
 
     base = load_base()
+    root = root or runs_dir()
     store = RunStore([root], save_root=root)
     run_all(store, base, seeds, device, log)
     full0 = store.lookup(FinetuneConfig(method="full", lr=best_full_lr(store, base), seed=0), base)

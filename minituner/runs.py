@@ -8,7 +8,8 @@ A run directory ``<root>/<run_id>/`` holds
   ``delta.safetensors`` (full fine-tuning: every parameter's change, in fp16);
 * ``spectrum.json`` — the ΔW singular values per adapted layer.
 
-Roots are searched in order: ``precomputed/runs`` (shipped with the repo), then the user
+Roots are searched in order: the shipped runs (``runs/`` of the data folder,
+:func:`minituner.paths.runs_dir`), then the user
 cache (``$MINITUNER_CACHE`` or ``~/.cache/minituner/runs``), where new runs are saved.
 A run is written into a temporary directory and renamed into place as the last step,
 so an interrupted save never looks finished. A corrupt or foreign directory is skipped
@@ -28,13 +29,12 @@ from pathlib import Path
 import torch
 
 from . import analysis
-from .checkpoint import REPO_ROOT
 from .config import FinetuneConfig
 from .io import atomic_directory, load_tensors, read_json, save_tensors, write_json
 from .lora import load_adapter, save_adapter
+from .paths import is_shipped, runs_dir
 from .train import Base, FinetuneResult, full_delta, prepare_model, weight_delta
 
-SHIPPED_RUNS = REPO_ROOT / "precomputed" / "runs"
 RUN_ID_RE = re.compile(r"^[0-9a-f]{12}$")
 RUN_FILES = ("config.json", "metrics.json", "spectrum.json")
 
@@ -84,7 +84,7 @@ class RunInfo:
 
 class RunStore:
     def __init__(self, roots: list[Path] | None = None, save_root: Path | None = None):
-        self.roots = [Path(r) for r in (roots or [SHIPPED_RUNS, default_cache_dir()])]
+        self.roots = [Path(r) for r in (roots or [runs_dir(), default_cache_dir()])]
         self.save_root = Path(save_root) if save_root else self.roots[-1]
 
     # ---------------------------------------------------------------- reading
@@ -105,7 +105,7 @@ class RunStore:
         for f in weights:
             if not (path / f).is_file():
                 raise ValueError(f"{path} lacks {f}")
-        return RunInfo(path.name, path, cfg, metrics, path.parent == SHIPPED_RUNS)
+        return RunInfo(path.name, path, cfg, metrics, is_shipped(path))
 
     def list(self) -> list[RunInfo]:
         """Every readable finished run; broken entries are skipped with a warning."""

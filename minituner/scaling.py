@@ -1,6 +1,6 @@
 """Measured at scale: what ``benchmarks/bench_7b_qlora.py`` measured on a GPU.
 
-:data:`QLORA_7B_H200` is QLoRA on a random LLaMA-7B-shaped model on one H200, next to
+:func:`qlora_7b_h200` is QLoRA on a random LLaMA-7B-shaped model on one H200, next to
 Hugging Face + bitsandbytes + PEFT on the same shape and settings, in one command.
 :func:`load_scaling_result` reads and checks such a file (JSON only) and
 :func:`scaling_rows` sets each measured peak beside :func:`minituner.memory.predict_memory`'s
@@ -15,13 +15,20 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from minituner.checkpoint import REPO_ROOT
 from minituner.io import read_json
+from minituner.paths import scaling_dir
 
-SCALING_DIR = REPO_ROOT / "precomputed" / "scaling"
-# QLoRA on a random LLaMA-7B-shaped model, measured on one NVIDIA H200 by
-# benchmarks/bench_7b_qlora.py (ours and Hugging Face + bitsandbytes + PEFT, one command).
-QLORA_7B_H200 = SCALING_DIR / "qlora_7b_h200.json"
+
+def qlora_7b_h200() -> Path:
+    """QLoRA on a random LLaMA-7B-shaped model, measured on one NVIDIA H200 by
+    benchmarks/bench_7b_qlora.py (ours and Hugging Face + bitsandbytes + PEFT, one command):
+    ``<data>/scaling/qlora_7b_h200.json``.
+
+    Raises:
+        ValueError: no data folder (see :func:`minituner.paths.data_dir`).
+    """
+    return scaling_dir() / "qlora_7b_h200.json"
+
 
 _SCALING_RUN = re.compile(r"^r(\d+)_(\w+)$")  # "r8_qv": rank 8, targets "qv"
 _TYPES: dict[str, tuple[tuple[type, ...], str]] = {
@@ -115,8 +122,9 @@ def validate_scaling_result(result, source: str = "scaling result") -> dict:
     return result
 
 
-def load_scaling_result(path: str | os.PathLike = QLORA_7B_H200) -> dict:
-    """Read and check a result of ``benchmarks/bench_7b_qlora.py`` (JSON, never pickle).
+def load_scaling_result(path: str | os.PathLike | None = None) -> dict:
+    """Read and check a result of ``benchmarks/bench_7b_qlora.py`` (JSON, never pickle;
+    default: :func:`qlora_7b_h200`).
 
     The file holds ``command`` (the command line that made it), ``device_name``, ``args``
     (``batch``, ``seq``, ``dtype``, ``checkpointing``, ...), ``runs`` -- one entry per
@@ -129,9 +137,10 @@ def load_scaling_result(path: str | os.PathLike = QLORA_7B_H200) -> dict:
 
     Raises:
         ValueError: a missing file, invalid JSON, a missing key, a wrong type or a
-            non-finite number; the message names the file and the problem.
+            non-finite number; the message names the file and the problem. No data
+            folder (default path only).
     """
-    path = Path(path)
+    path = Path(path) if path is not None else qlora_7b_h200()
     return validate_scaling_result(read_json(path), source=str(path))
 
 

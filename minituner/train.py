@@ -29,12 +29,13 @@ import torch
 import torch.nn.functional as F
 
 from . import memory
-from .checkpoint import DEFAULT_BASE_DIR, load_model
+from .checkpoint import load_model
 from .config import FinetuneConfig
 from .corpus import CorpusConfig, build_corpus
 from .data import IGNORE, encode_cloze
 from .evaluate import drift, evaluate
 from .lora import add_lora, count_parameters, lora_layers
+from .paths import base_dir
 from .trainutil import device_name, lr_at, resolve_device, seed_everything
 
 EXPLODE_FACTOR = 20.0  # loss above EXPLODE_FACTOR x the first loss counts as diverged
@@ -56,8 +57,9 @@ class Base:
         return build_corpus(self.corpus_config)
 
 
-def load_base(directory: str | Path = DEFAULT_BASE_DIR) -> Base:
-    """Load the base model directory with its metrics.
+def load_base(directory: str | Path | None = None) -> Base:
+    """Load the base model directory with its metrics (default: the shipped one,
+    :func:`minituner.paths.base_dir`).
 
     Raises:
         ValueError: missing or corrupt files (the message says how to rebuild them).
@@ -66,7 +68,7 @@ def load_base(directory: str | Path = DEFAULT_BASE_DIR) -> Base:
 
     from .io import read_json
 
-    d = Path(directory)
+    d = Path(directory) if directory is not None else base_dir()
     model, tok, cfg = load_model(d)
     metrics = read_json(d / "metrics.json")
     try:

@@ -22,8 +22,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from base_table import BASE, table  # noqa: E402
 
-from minituner.experiments import EXPERIMENTS_FILE, claims_text, findings_table  # noqa: E402
+from minituner.experiments import claims_text, findings_table  # noqa: E402
 from minituner.memory import format_bytes  # noqa: E402
+from minituner.paths import experiments_file  # noqa: E402
 from minituner.scaling import load_scaling_result, scaling_rows  # noqa: E402
 
 
@@ -82,7 +83,7 @@ def scaling_table() -> str:
 
 def blocks() -> dict[str, str]:
     base = json.loads((BASE / "metrics.json").read_text(encoding="utf-8"))
-    exp = json.loads(EXPERIMENTS_FILE.read_text(encoding="utf-8"))
+    exp = json.loads(experiments_file().read_text(encoding="utf-8"))
     return {
         "base-table": table(base),
         "findings": findings_table(exp),

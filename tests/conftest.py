@@ -18,9 +18,10 @@ from typing import NamedTuple
 import pytest
 import torch
 
-from minituner.checkpoint import DEFAULT_BASE_DIR, load_model
+from minituner.checkpoint import load_model
 from minituner.corpus import Corpus, CorpusConfig, build_corpus
 from minituner.model import MiniGPT
+from minituner.paths import base_dir
 from minituner.tokenizer import CharTokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +37,7 @@ class Base(NamedTuple):
 
 @pytest.fixture(scope="session")
 def base() -> Base:
-    model, tok, cfg = load_model(DEFAULT_BASE_DIR, device="cpu")
+    model, tok, cfg = load_model(base_dir(), device="cpu")
     return Base(model, tok, cfg)
 
 

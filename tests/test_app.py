@@ -247,7 +247,7 @@ def test_memory_page_shows_the_7b_measurements(cache, tmp_path, monkeypatch):
     assert f"Measured on {result['device_name']}" in texts(at.caption)
 
     missing = tmp_path / "missing" / "qlora_7b_h200.json"
-    monkeypatch.setattr(scaling, "QLORA_7B_H200", missing)
+    monkeypatch.setattr(scaling, "qlora_7b_h200", lambda: missing)
     at = open_page("memory")
     assert not at.exception, [e.value for e in at.exception]
     assert "bench_7b_qlora.py" in texts(at.info)
@@ -255,7 +255,7 @@ def test_memory_page_shows_the_7b_measurements(cache, tmp_path, monkeypatch):
 
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps({**result, "runs": {"r8_qv": {"peak_bytes": float("nan")}}}))
-    monkeypatch.setattr(scaling, "QLORA_7B_H200", broken)
+    monkeypatch.setattr(scaling, "qlora_7b_h200", lambda: broken)
     at = open_page("memory")
     assert not at.exception, [e.value for e in at.exception]
     assert "not a finite number" in texts(at.warning) and str(broken) in texts(at.warning)

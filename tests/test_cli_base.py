@@ -14,10 +14,11 @@ import pytest
 import torch
 from cli_util import run_minituner
 
-from minituner.checkpoint import DEFAULT_BASE_DIR, load_model, save_model
+from minituner.checkpoint import load_model, save_model
 from minituner.cli import main
 from minituner.io import save_tensors
 from minituner.model import MiniGPT, preset_config
+from minituner.paths import base_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,7 +51,7 @@ def assert_user_error(r: subprocess.CompletedProcess, *needles: str) -> None:
 def base_copy(tmp_path) -> Path:
     """A copy of the shipped base directory for --out, so nothing real can be overwritten."""
     out = tmp_path / "base"
-    shutil.copytree(DEFAULT_BASE_DIR, out)
+    shutil.copytree(base_dir(), out)
     return out
 
 

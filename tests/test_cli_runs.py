@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from cli_util import run_minituner
 
-from minituner.runs import SHIPPED_RUNS, RunStore
+from minituner.paths import runs_dir
+from minituner.runs import RunStore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PRECOMPUTED = REPO_ROOT / "precomputed"
@@ -69,12 +70,12 @@ def test_runs_lists_the_shipped_runs(cache):
     r = run_cli(cache, "runs")
     assert r.returncode == 0, r.stderr
     assert "warning" not in r.stderr and "Traceback" not in r.stderr
-    shipped = sorted(p.name for p in SHIPPED_RUNS.iterdir() if not p.name.startswith("."))
+    shipped = sorted(p.name for p in runs_dir().iterdir() if not p.name.startswith("."))
     listed = re.findall(r"^([0-9a-f]{12})\s+shipped\s", r.stdout, flags=re.M)
     assert sorted(listed) == shipped
     line = next(ln for ln in r.stdout.splitlines() if ln.startswith("0e9eca154689"))
     assert "lora r=8 a=16 q,v lr=0.005 steps=40 seed=0" in line
-    m = RunStore([SHIPPED_RUNS], save_root=SHIPPED_RUNS).get("0e9eca154689").metrics
+    m = RunStore([runs_dir()], save_root=runs_dir()).get("0e9eca154689").metrics
     assert f"{m['irregular_accuracy']:.3f}" in line
     assert f"{m['control_en_drift']:+.2%}" in line
 

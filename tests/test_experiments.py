@@ -13,9 +13,7 @@ import torch
 from minituner import analysis
 from minituner.evaluate import cloze_metrics, perplexity
 from minituner.experiments import (
-    EXPERIMENTS_FILE,
     FULL_LRS,
-    PRECOMPUTED_README,
     RANKS,
     REGENERATE,
     TARGET_SETS,
@@ -27,7 +25,8 @@ from minituner.experiments import (
     summarize,
     write_outputs,
 )
-from minituner.runs import SHIPPED_RUNS, RunStore
+from minituner.paths import experiments_file, experiments_readme, runs_dir
+from minituner.runs import RunStore
 from minituner.train import load_base
 
 
@@ -38,12 +37,12 @@ def fbase():
 
 @pytest.fixture(scope="module")
 def store():
-    return RunStore([SHIPPED_RUNS], save_root=SHIPPED_RUNS)
+    return RunStore([runs_dir()], save_root=runs_dir())
 
 
 @pytest.fixture(scope="module")
 def shipped():
-    return json.loads(EXPERIMENTS_FILE.read_text(encoding="utf-8"))
+    return json.loads(experiments_file().read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +93,7 @@ def test_best_full_lr_is_the_searched_one(store, fbase, shipped):
 
 
 def test_readme_is_the_output_of_write_outputs(summary, shipped, tmp_path):
-    readme = PRECOMPUTED_README.read_text(encoding="utf-8")
+    readme = experiments_readme().read_text(encoding="utf-8")
     assert findings_table(shipped) in readme
     assert findings_table(summary) in readme
     assert REGENERATE in readme

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from minituner.checkpoint import DEFAULT_BASE_DIR, load_model
+from minituner.checkpoint import load_model
 from minituner.corpus import CorpusConfig, build_corpus
 from minituner.evaluate import evaluate
+from minituner.paths import base_dir
 from minituner.pretrain import PretrainConfig, pretrain, write_base
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -110,7 +111,7 @@ def test_write_base_round_trip(run0, tmp_path):
 
 @pytest.fixture(scope="module")
 def shipped():
-    metrics = json.loads((DEFAULT_BASE_DIR / "metrics.json").read_text(encoding="utf-8"))
+    metrics = json.loads((base_dir() / "metrics.json").read_text(encoding="utf-8"))
     return metrics
 
 

@@ -13,9 +13,9 @@ import torch.nn as nn
 from minituner import train
 from minituner.config import FinetuneConfig
 from minituner.data import encode_lines
-from minituner.experiments import EXPERIMENTS_FILE
 from minituner.lora import LoRALinear, lora_layers, merge_lora
 from minituner.nf4 import NF4Linear
+from minituner.paths import experiments_file
 from minituner.train import finetune, load_base
 
 EVAL_CAP = 4
@@ -30,7 +30,7 @@ def fbase():
 
 @pytest.fixture(scope="module")
 def shipped():
-    return json.loads(EXPERIMENTS_FILE.read_text(encoding="utf-8"))
+    return json.loads(experiments_file().read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from minituner import runs, train
-from minituner.checkpoint import REPO_ROOT
 from minituner.config import FinetuneConfig
 from minituner.data import encode_lines
-from minituner.runs import SHIPPED_RUNS, RunStore, check_run_id, run_id
+from minituner.paths import data_dir, runs_dir
+from minituner.runs import RunStore, check_run_id, run_id
 from minituner.train import finetune, load_base
 
 EVAL_CAP = 4
@@ -182,7 +182,7 @@ def test_run_id_changes_with_base_corpus_and_nf4_settings():
 
 
 def test_shipped_run_ids_are_the_hash_of_their_config():
-    store = RunStore([SHIPPED_RUNS], save_root=SHIPPED_RUNS)
+    store = RunStore([runs_dir()], save_root=runs_dir())
     infos = store.list()
     assert infos
     for info in infos:
@@ -215,7 +215,7 @@ def test_check_run_id_accepts_a_run_id():
 
 def _copy_shipped(root: Path, name: str) -> Path:
     dest = root / name
-    shutil.copytree(SHIPPED_RUNS / SHIPPED_LORA, dest)
+    shutil.copytree(runs_dir() / SHIPPED_LORA, dest)
     return dest
 
 
@@ -325,8 +325,8 @@ def test_unfinished_result_is_refused(lora_result, tmp_path):
 
 
 def test_every_shipped_run_lists_and_loads(fbase):
-    store = RunStore([SHIPPED_RUNS], save_root=SHIPPED_RUNS)
-    dirs = sorted(p.name for p in SHIPPED_RUNS.iterdir() if not p.name.startswith("."))
+    store = RunStore([runs_dir()], save_root=runs_dir())
+    dirs = sorted(p.name for p in runs_dir().iterdir() if not p.name.startswith("."))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         infos = store.list()
@@ -341,12 +341,12 @@ def test_every_shipped_run_lists_and_loads(fbase):
 
 
 def test_shipped_lookup_finds_the_lora_run(fbase):
-    store = RunStore([SHIPPED_RUNS], save_root=SHIPPED_RUNS)
+    store = RunStore([runs_dir()], save_root=runs_dir())
     info = store.lookup(FinetuneConfig(method="lora", r=8, seed=0), fbase)
     assert info is not None and info.run_id == SHIPPED_LORA
 
 
 def test_precomputed_is_small():
-    root = REPO_ROOT / "precomputed"
+    root = data_dir()
     size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     assert 0 < size < 50 * 1024 * 1024, size

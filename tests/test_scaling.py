@@ -15,8 +15,8 @@ import pytest
 
 from minituner.memory import SHAPES, predict_memory, trainable_params
 from minituner.scaling import (
-    QLORA_7B_H200,
     load_scaling_result,
+    qlora_7b_h200,
     scaling_rows,
     validate_scaling_result,
 )
@@ -26,7 +26,7 @@ PREDICT_TARGETS = {"qv": ("q", "v"), "all": "all"}  # the benchmark's names -> M
 
 @pytest.fixture(scope="module")
 def shipped() -> dict:
-    return load_scaling_result(QLORA_7B_H200)
+    return load_scaling_result(qlora_7b_h200())
 
 
 def write(tmp_path, obj, text: str | None = None):
@@ -36,9 +36,9 @@ def write(tmp_path, obj, text: str | None = None):
 
 
 def test_the_default_path_is_in_precomputed_scaling():
-    assert QLORA_7B_H200.parts[-3:] == ("precomputed", "scaling", "qlora_7b_h200.json")
-    assert QLORA_7B_H200.is_file()
-    assert load_scaling_result() == load_scaling_result(QLORA_7B_H200)
+    assert qlora_7b_h200().parts[-3:] == ("precomputed", "scaling", "qlora_7b_h200.json")
+    assert qlora_7b_h200().is_file()
+    assert load_scaling_result() == load_scaling_result(qlora_7b_h200())
 
 
 def test_one_row_per_configuration_with_ratios(shipped):

@@ -9,8 +9,8 @@ from app import data, helpers
 from app.charts import memory as charts
 from minituner import memory as memmath
 from minituner import scaling as scaling_mod
-from minituner.checkpoint import REPO_ROOT
 from minituner.memory import SHAPES, ModelShape, format_bytes
+from minituner.paths import data_dir
 
 st.title("Memory")
 base = data.base_or_stop()
@@ -74,7 +74,7 @@ def _bytes(n: int | None) -> str:
     return "–" if n is None else format_bytes(n, 2)
 
 
-scaling_path = scaling_mod.QLORA_7B_H200
+scaling_path = scaling_mod.qlora_7b_h200()
 try:
     scaling = scaling_mod.load_scaling_result(scaling_path)
 except ValueError as e:
@@ -142,8 +142,8 @@ if scaling is not None:
         vs = [r["peak_ours_over_peft"] for r in srows if r["peak_ours_over_peft"] is not None]
         summary += f"; our peak / PEFT's: {min(vs):.3f} to {max(vs):.3f}"
     shown = (
-        scaling_path.relative_to(REPO_ROOT)
-        if scaling_path.is_relative_to(REPO_ROOT)
+        scaling_path.relative_to(data_dir().parent)
+        if scaling_path.is_relative_to(data_dir().parent)
         else scaling_path
     )
     st.caption(
