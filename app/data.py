@@ -25,7 +25,8 @@ import torch
 from app.helpers import distance_to_defaults
 from app.trainer import Trainer
 from minituner.paths import experiments_file
-from minituner.runs import RunInfo, RunStore
+from minituner.records import SpectrumRecord
+from minituner.runs import RUN_FILES, RunInfo, RunStore
 from minituner.train import Base, load_base
 from minituner.trainutil import device_name, resolve_device
 
@@ -61,24 +62,33 @@ def store() -> RunStore:
     return RunStore()
 
 
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        st_ = path.stat()
+        return (st_.st_mtime_ns, st_.st_size)
+    except OSError:
+        return (-1, -1)
+
+
 def _signature(roots: list[Path]) -> tuple:
-    """Changes whenever a run directory appears, disappears or is rewritten."""
+    """Changes whenever a run directory appears, disappears or one of its records is
+    rewritten."""
     sig = []
     for root in roots:
         entries = []
-        if root.is_dir():
-            for p in sorted(root.iterdir()):
-                try:
-                    m = p / "metrics.json"
-                    entries.append((p.name, m.stat().st_mtime_ns if m.exists() else 0))
-                except OSError:
-                    entries.append((p.name, -1))
+        try:
+            paths = sorted(root.iterdir()) if root.is_dir() else []
+        except OSError:
+            paths = []
+        for p in paths:
+            entries.append((p.name, *(_stamp(p / f) for f in RUN_FILES)))
         sig.append((str(root), tuple(entries)))
     return tuple(sig)
 
 
-@st.cache_data(show_spinner=False)
+@st.cache_resource(show_spinner=False, max_entries=4)
 def _list_runs(roots: tuple[str, ...], signature: tuple) -> tuple[list[RunInfo], list[str]]:
+    # a resource, not data: the (frozen) records are shared, never copied or re-read
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         runs = RunStore([Path(r) for r in roots]).list()
@@ -88,7 +98,8 @@ def _list_runs(roots: tuple[str, ...], signature: tuple) -> tuple[list[RunInfo],
 def runs() -> tuple[list[RunInfo], list[str]]:
     """Every readable finished run, and a warning for each broken one."""
     roots = store().roots
-    return _list_runs(tuple(str(r) for r in roots), _signature(roots))
+    found, problems = _list_runs(tuple(str(r) for r in roots), _signature(roots))
+    return list(found), list(problems)
 
 
 def runs_with_warnings() -> list[RunInfo]:
@@ -123,19 +134,9 @@ def run_model(info: RunInfo) -> torch.nn.Module | None:
         return None
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def _spectrum(rid: str, path: str, mtime: int) -> dict:
-    return json.loads((Path(path) / "spectrum.json").read_text())
-
-
-def spectrum(info: RunInfo) -> dict | None:
-    """The ΔW spectrum of a run ({layer: {...}}), or None with a warning."""
-    try:
-        mtime = (info.path / "spectrum.json").stat().st_mtime_ns
-        return _spectrum(info.run_id, str(info.path), mtime)
-    except (OSError, ValueError) as e:
-        st.warning(f"The spectrum of run {info.run_id} cannot be read: {e}")
-        return None
+def spectrum(info: RunInfo) -> SpectrumRecord:
+    """The ΔW spectrum of a run (validated with the run when the store was listed)."""
+    return info.spectrum
 
 
 def default_run(found: list[RunInfo]) -> RunInfo | None:

@@ -125,12 +125,9 @@ def config_from_choices(choices: Mapping) -> FinetuneConfig:
 # ---------------------------------------------------------------------- runs
 def run_label(info: RunInfo) -> str:
     """A short label for menus and legends, starting with the method."""
-    f = info.config["finetune"]
-    if f["method"] == "full":
-        core = "full"
-    else:
-        core = f"{f['method']} r={f['r']} {','.join(f['targets'])}"
-    return f"{core} · {f['steps']} steps · lr {f['lr']:g} · seed {f['seed']} · {info.run_id[:6]}"
+    f = info.finetune_config()
+    core = "full" if f.method == "full" else f"{f.method} r={f.r} {','.join(f.targets)}"
+    return f"{core} · {f.steps} steps · lr {f.lr:g} · seed {f.seed} · {info.run_id[:6]}"
 
 
 def pct(x) -> str:
@@ -166,23 +163,22 @@ def final_figures_rows(runs: Iterable[RunInfo], base_metrics: Mapping | None = N
             }
         )
     for r in runs:
-        m = r.metrics
-        loss = m.get("curves", {}).get("loss") or [math.nan]
+        m, f = r.metrics, r.final
         rows.append(
             {
                 "run": run_label(r),
                 "method": r.method,
-                "irregular acc.": pct(m.get("irregular_accuracy")),
-                "over-regularized": pct(m.get("overregularized_rate")),
-                "regular acc.": pct(m.get("regular_accuracy")),
-                "control EN ppl": f"{m.get('control_en_ppl', math.nan):.4f}",
-                "control ES ppl": f"{m.get('control_es_ppl', math.nan):.4f}",
-                "EN drift": f"{100 * m.get('control_en_drift', math.nan):+.2f}%",
-                "ES drift": f"{100 * m.get('control_es_drift', math.nan):+.2f}%",
-                "trainable params": f"{m.get('trainable_params', 0):,}",
-                "final loss": f"{loss[-1]:.4f}",
-                "time (s)": f"{m.get('wall_time_s', math.nan):.1f}",
-                "device": m.get("device", ""),
+                "irregular acc.": pct(f.irregular_accuracy),
+                "over-regularized": pct(f.overregularized_rate),
+                "regular acc.": pct(f.regular_accuracy),
+                "control EN ppl": f"{f.control_en_ppl:.4f}",
+                "control ES ppl": f"{f.control_es_ppl:.4f}",
+                "EN drift": f"{100 * f.control_en_drift:+.2f}%",
+                "ES drift": f"{100 * f.control_es_drift:+.2f}%",
+                "trainable params": f"{m.trainable_params:,}",
+                "final loss": f"{m.curves.loss[-1]:.4f}",
+                "time (s)": f"{m.wall_time_s:.1f}",
+                "device": m.device,
             }
         )
     return rows
@@ -191,7 +187,7 @@ def final_figures_rows(runs: Iterable[RunInfo], base_metrics: Mapping | None = N
 def distance_to_defaults(info: RunInfo) -> tuple:
     """How far a run's settings are from FinetuneConfig's defaults for its method (a
     sort key: 0s first), so menus open on the run a newcomer would train."""
-    f = info.config["finetune"]
+    f = info.finetune_config().to_dict()
     want = FinetuneConfig(method=f["method"]).to_dict()
     keys = ("targets", "r", "alpha", "steps", "seed", "lr")
     return tuple(int(k in want and f.get(k) != want[k]) for k in keys)
@@ -217,8 +213,10 @@ def memory_rows(runs: Iterable[RunInfo]) -> list[dict]:
     renamed "<method> predicted" / "<method> measured"."""
     rows = []
     for r in runs:
-        mem = r.metrics.get("memory") or {}
-        for row in breakdown_table(mem.get("predicted"), mem.get("measured")):
+        mem = r.metrics.memory
+        if mem is None:
+            continue
+        for row in breakdown_table(mem.predicted, mem.measured):
             rows.append({**row, "source": f"{r.method} {row['source']}"})
     return rows
 

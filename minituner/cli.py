@@ -282,16 +282,18 @@ def _add_finetune(sub) -> None:
     p.set_defaults(func=_cmd_finetune)
 
 
-def _final_rows(m: dict) -> list[tuple[str, object]]:
-    keys = ("irregular_accuracy", "overregularized_rate", "regular_accuracy", "control_en_ppl",
-            "control_es_ppl", "control_en_drift", "control_es_drift")  # fmt: skip
-    rows: list[tuple[str, object]] = [(k, m[k]) for k in keys if k in m]
+def _final_rows(metrics) -> list[tuple[str, object]]:
+    """The final figures of a completed run (a MetricsRecord, or train's metrics dict)."""
+    from .runs import as_metrics_record
+
+    m = as_metrics_record(metrics)
+    figures = m.final.figures_json() if m.final is not None else {}
+    rows: list[tuple[str, object]] = [(k, v) for k, v in figures.items() if isinstance(v, float)]
     rows += [
-        ("trainable_params", f"{m['trainable_params']:,}"),
-        ("total_params", f"{m['total_params']:,}"),
+        ("trainable_params", f"{m.trainable_params:,}"),
+        ("total_params", f"{m.total_params:,}"),
+        ("wall_time_s", f"{m.wall_time_s:.1f} ({m.device})"),
     ]
-    if "wall_time_s" in m:
-        rows.append(("wall_time_s", f"{m['wall_time_s']:.1f} ({m.get('device', '?')})"))
     return rows
 
 
@@ -374,10 +376,10 @@ def _cmd_runs(args) -> None:
     print(f"{'run id':<12}  {'where':<7}  {'config':<48}  {'irr.acc':>7}  {'en drift':>8}")
     for i in sorted(infos, key=lambda i: i.label()):
         where = "shipped" if i.shipped else "cache"
-        m = i.metrics
-        label = i.finetune_config().label()
+        f, label = i.final, i.finetune_config().label()
         print(
-            f"{i.run_id:<12}  {where:<7}  {label:<48}  {m['irregular_accuracy']:7.3f}  {m['control_en_drift']:+8.2%}"
+            f"{i.run_id:<12}  {where:<7}  {label:<48}  {f.irregular_accuracy:7.3f}  "
+            f"{f.control_en_drift:+8.2%}"
         )
 
 

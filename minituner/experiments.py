@@ -18,11 +18,12 @@ from pathlib import Path
 
 import torch
 
-from . import analysis, memory
+from . import analysis
 from .config import FinetuneConfig
 from .evaluate import evaluate
 from .io import atomic_write_text, write_json
 from .paths import experiments_file, experiments_readme, runs_dir
+from .records import MetricsRecord, read_record
 from .runs import RunInfo, RunStore
 from .train import Base, finetune
 
@@ -44,9 +45,8 @@ def best_full_lr(store: RunStore, base: Base) -> float | None:
     found = [(lr, i) for lr, i in found if i is not None]
     if not found:
         return None
-    return max(
-        found, key=lambda x: (x[1].metrics["irregular_accuracy"], -x[1].metrics["control_en_drift"])
-    )[0]
+    best = max(found, key=lambda x: (x[1].final.irregular_accuracy, -x[1].final.control_en_drift))
+    return best[0]
 
 
 def plan(seeds: int = 3, full_lr: float | None = None) -> dict[str, list[FinetuneConfig]]:
@@ -104,10 +104,10 @@ def _train_or_get(store, base, cfg, device, log, tag) -> RunInfo | None:
         log(f"{tag} {res.status}: {cfg.label()}: {res.message}")
         return None
     info = store.save(res)
-    m = info.metrics
+    f = info.final
     log(
-        f"{tag} trained  {info.label()}  acc={m['irregular_accuracy']:.3f} "
-        f"en_drift={m['control_en_drift']:+.4f}  {m['wall_time_s']:.1f}s"
+        f"{tag} trained  {info.label()}  acc={f.irregular_accuracy:.3f} "
+        f"en_drift={f.control_en_drift:+.4f}  {info.metrics.wall_time_s:.1f}s"
     )
     return info
 
@@ -117,23 +117,21 @@ def _get(store: RunStore, base: Base, cfg: FinetuneConfig) -> RunInfo | None:
 
 
 def _agg(infos: list[RunInfo]) -> dict:
-    def ms(key):
-        return analysis.mean_std([i.metrics[key] for i in infos])
+    def ms(values):
+        return analysis.mean_std(list(values))
 
     out = {"run_ids": [i.run_id for i in infos], "n": len(infos)}
-    for key in (
-        "irregular_accuracy",
-        "regular_accuracy",
-        "control_en_drift",
-        "control_es_drift",
-        "stable_rank_mean",
-    ):
-        out[f"{key}_mean"], out[f"{key}_std"] = ms(key)
-    losses = [sum(i.metrics["curves"]["loss"][-5:]) / 5 for i in infos]
+    for key in ("irregular_accuracy", "regular_accuracy", "control_en_drift", "control_es_drift"):
+        out[f"{key}_mean"], out[f"{key}_std"] = ms(getattr(i.final, key) for i in infos)
+    out["stable_rank_mean_mean"], out["stable_rank_mean_std"] = ms(
+        i.metrics.stable_rank_mean for i in infos
+    )
+    losses = [sum(i.metrics.curves.loss[-5:]) / 5 for i in infos]
     out["final_loss_mean"], out["final_loss_std"] = analysis.mean_std(losses)
-    out["trainable_params"] = infos[0].metrics["trainable_params"]
-    mem = infos[0].metrics.get("memory", {}).get("measured", {})
-    out["measured_state_bytes"] = mem.get("total", 0)  # weights, LoRA, NF4, grads, AdamW
+    out["trainable_params"] = infos[0].metrics.trainable_params
+    mem = infos[0].metrics.memory
+    # weights, LoRA, NF4, grads, AdamW
+    out["measured_state_bytes"] = mem.measured.get("total", 0) if mem else 0
     return out
 
 
@@ -154,16 +152,16 @@ def summarize(store: RunStore, base: Base, seeds: int = 3, truncation: dict | No
     for c in lr_search_plan():
         info = _get(store, base, c)
         if info:
-            m = info.metrics
+            f = info.final
             lr_search.append({"lr": c.lr, "run_id": info.run_id, **{
-                k: m[k] for k in ("irregular_accuracy", "regular_accuracy", "control_en_drift",
-                                  "control_es_drift")}})  # fmt: skip
+                k: getattr(f, k) for k in ("irregular_accuracy", "regular_accuracy",
+                                           "control_en_drift", "control_es_drift")}})  # fmt: skip
     sweep_runs = {r: runs([FinetuneConfig(method="lora", r=r, seed=k) for k in s]) for r in RANKS}
     full_runs = runs([FinetuneConfig(method="full", lr=full_lr, seed=k) for k in s])
     summary = {str(r): _agg(v) for r, v in sweep_runs.items() if v}
     if full_runs:
         summary["full"] = _agg(full_runs)
-    acc = {r: [i.metrics["irregular_accuracy"] for i in v] for r, v in sweep_runs.items() if v}
+    acc = {r: [i.final.irregular_accuracy for i in v] for r, v in sweep_runs.items() if v}
     out: dict = {
         "base": {
             "model_id": base.model_id,
@@ -200,9 +198,9 @@ def summarize(store: RunStore, base: Base, seeds: int = 3, truncation: dict | No
         if v:
             out["forgetting"][method] = _agg(v)
             if method == "qlora":
-                nf4 = [i.metrics["nf4_base_metrics"] for i in v if "nf4_base_metrics" in i.metrics]
+                nf4 = [i.metrics.nf4_base_metrics for i in v if i.metrics.nf4_base_metrics]
                 if nf4:
-                    out["forgetting"][method]["nf4_base"] = nf4[0]
+                    out["forgetting"][method]["nf4_base"] = nf4[0].figures_json()
     if truncation is not None:
         out["truncation"] = truncation
     out["missing"] = sorted(set(missing))
@@ -259,7 +257,7 @@ def findings_table(exp: dict) -> str:
             f"| {name} | {method} | {r} | {targets} | {pm(a, 'irregular_accuracy')} "
             f"| {pm(a, 'regular_accuracy')} | {pm(a, 'control_en_drift', True)} "
             f"| {pm(a, 'control_es_drift', True)} | {a['stable_rank_mean_mean']:.2f} "
-            f"| {a['trainable_params']:,} | {memory.format_bytes(a['measured_state_bytes'])} |"
+            f"| {a['trainable_params']:,} | {a['measured_state_bytes'] / 2**20:.1f} MiB |"
         )
 
     sw = exp["rank_sweep"]["summary"]
@@ -274,10 +272,16 @@ def findings_table(exp: dict) -> str:
     return "\n".join(rows)
 
 
-def _run_metrics(run_id: str, root: Path | None = None) -> dict:
-    from .io import read_json
+def _measured_memory(run_id: str, root: Path | None = None) -> dict[str, int]:
+    """The measured memory of a stored run, by category (bytes).
 
-    return read_json((root or runs_dir()) / run_id / "metrics.json")
+    Raises:
+        ValueError: a missing or invalid metrics.json (naming it).
+    """
+    m = read_record((root or runs_dir()) / run_id / MetricsRecord.FILE, MetricsRecord)
+    if m.memory is None:
+        raise ValueError(f"run {run_id} has no memory figures")
+    return m.memory.measured
 
 
 def claims(exp: dict, root: Path | None = None) -> list[dict]:
@@ -336,8 +340,8 @@ def claims(exp: dict, root: Path | None = None) -> list[dict]:
         })  # fmt: skip
     q = exp["forgetting"].get("qlora")
     if q:
-        lm = _run_metrics(exp["forgetting"]["lora"]["run_ids"][0], root)["memory"]["measured"]
-        qm = _run_metrics(q["run_ids"][0], root)["memory"]["measured"]
+        lm = _measured_memory(exp["forgetting"]["lora"]["run_ids"][0], root)
+        qm = _measured_memory(q["run_ids"][0], root)
         diff = q["irregular_accuracy_mean"] - lora["irregular_accuracy_mean"]
         out.append({
             "claim": "QLoRA (NF4 base) matches LoRA at about a quarter of the base-weight memory",

@@ -6,11 +6,14 @@ interrupted write never leaves a half-written file under the final name.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,28 +40,135 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+# ------------------------------------------------------------------ atomic directories
+# A directory is replaced in three renames, each atomic, under a lock on its parent
+# directory (flock: released by the kernel when a process dies):
+#   A  final -> .<name>.old-<pid>      (only when final exists)
+#   B  .<name>.tmp-<pid>-<x> -> final  (the new directory, built beforehand)
+#   C  .<name>.old-<pid> -> .<name>.trash-<pid>, then removed
+# A crash between A and B leaves final missing and the complete old directory under
+# .old: the next save or read puts it back (recover_directory). A crash at any other
+# point leaves final complete (old or new). ``.old`` is only ever a complete directory;
+# a deletion cut short happens under ``.trash`` or ``.tmp``, removed by the next save.
+LEFTOVER_RE = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old|trash)-(?P<pid>\d+)(?:-.*)?")
+STALE_S = 24 * 3600.0  # a temporary directory this old is a leftover whatever its pid says
+
+
+@contextmanager
+def _parent_lock(parent: Path) -> Iterator[None]:
+    fd = os.open(parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _discard(parent: Path, entry: Path, name: str) -> None:
+    """Remove a complete directory: renamed to .trash first, so a removal cut short
+    never leaves a partial directory under a name that could be restored."""
+    trash = parent / f".{name}.trash-{os.getpid()}"
+    _remove(trash)
+    os.replace(entry, trash)
+    _remove(trash)
+
+
+def _exists(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def _clean(parent: Path, only: str | None = None) -> None:
+    """Under the parent's lock: put back a lone .old directory, remove the other
+    leftovers of saves that can no longer finish (their process died, or long ago)."""
+    for entry in sorted(parent.iterdir()):
+        m = LEFTOVER_RE.fullmatch(entry.name)
+        if m is None or (only is not None and m["name"] != only):
+            continue
+        final, kind, pid = parent / m["name"], m["kind"], int(m["pid"])
+        if kind == "old":
+            if _exists(final):
+                _discard(parent, entry, m["name"])
+            else:
+                os.replace(entry, final)  # the save died between its renames: undo it
+        elif kind == "trash":
+            _remove(entry)
+        elif only is None:
+            try:
+                age = time.time() - entry.lstat().st_mtime
+            except FileNotFoundError:
+                continue
+            if not _pid_alive(pid) or age > STALE_S:
+                _remove(entry)
+
+
+def recover_directory(final: str | os.PathLike) -> bool:
+    """Put back ``final`` if a save died between its two renames (``final`` missing,
+    its ``.old`` present); waits for a save in progress. Returns whether ``final``
+    exists afterwards. A read-only parent is left as it is.
+    """
+    final = Path(final)
+    if _exists(final):
+        return True
+    parent = final.parent
+    try:
+        if not any(
+            (m := LEFTOVER_RE.fullmatch(p.name)) and m["name"] == final.name and m["kind"] == "old"
+            for p in parent.iterdir()
+        ):
+            return False
+        with _parent_lock(parent):
+            _clean(parent, only=final.name)
+    except OSError:
+        pass
+    return _exists(final)
+
+
 @contextmanager
 def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
     """Build a directory in a temporary sibling, then put it in place of ``final``.
 
-    The old directory (if any) is renamed aside first and removed only once the new one
-    is in place, so a crash leaves either the old or the new directory under ``final``,
-    never a half-written one; an exception inside the block leaves ``final`` untouched.
+    Crash-safe at every point and safe against concurrent saves of the same ``final``
+    (see the comment above): ``final`` always holds the old or the new directory,
+    complete, or will again at the next save or :func:`recover_directory`. An exception
+    inside the block leaves ``final`` untouched. Leftovers of killed saves in the same
+    parent are removed by the next save. Linux and macOS (``fcntl.flock``).
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    parent = final.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=parent))
     try:
         yield tmp
-        old = None
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        with _parent_lock(parent):
+            _clean(parent)
+            old = parent / f".{final.name}.old-{os.getpid()}"
+            if _exists(final):
+                os.replace(final, old)  # A
+            os.replace(tmp, final)  # B
+            if _exists(old):
+                _discard(parent, old, final.name)  # C
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if _exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _json_safe(obj):

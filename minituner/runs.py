@@ -21,8 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,12 +30,19 @@ import torch
 
 from . import analysis
 from .config import FinetuneConfig
-from .io import atomic_directory, load_tensors, read_json, save_tensors, write_json
+from .io import (
+    LEFTOVER_RE,
+    atomic_directory,
+    load_tensors,
+    recover_directory,
+    save_tensors,
+    write_json,
+)
 from .lora import load_adapter, save_adapter
 from .paths import is_shipped, runs_dir
+from .records import RUN_ID_RE, Figures, MetricsRecord, RunConfig, SpectrumRecord, read_record
 from .train import Base, FinetuneResult, full_delta, prepare_model, weight_delta
 
-RUN_ID_RE = re.compile(r"^[0-9a-f]{12}$")
 RUN_FILES = ("config.json", "metrics.json", "spectrum.json")
 
 
@@ -56,27 +63,37 @@ def run_id(cfg: FinetuneConfig, base_model_id: str, corpus_version: str) -> str:
 
 
 def check_run_id(rid: str) -> str:
-    """Raises ValueError unless ``rid`` is a run id (12 hex digits): a path such as
-    ``../x`` can never name a directory outside the store."""
-    if not isinstance(rid, str) or not RUN_ID_RE.match(rid):
+    """Raises ValueError unless ``rid`` is a run id (12 hex digits, nothing after them):
+    a path such as ``../x`` can never name a directory outside the store."""
+    if not isinstance(rid, str) or not RUN_ID_RE.fullmatch(rid):
         raise ValueError(f"{rid!r} is not a run id (12 hex digits, as `minituner runs` lists)")
     return rid
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunInfo:
+    """A stored, completed run: its directory and its three records, each validated when
+    read (``metrics.final`` and ``metrics.memory`` are always set)."""
+
     run_id: str
     path: Path
-    config: dict
-    metrics: dict
+    config: RunConfig
+    metrics: MetricsRecord
+    spectrum: SpectrumRecord
     shipped: bool
 
     @property
     def method(self) -> str:
-        return self.config["finetune"]["method"]
+        return self.config.finetune.method
+
+    @property
+    def final(self) -> Figures:
+        """The final figures on the full held-out splits."""
+        assert self.metrics.final is not None  # a stored run is completed
+        return self.metrics.final
 
     def finetune_config(self) -> FinetuneConfig:
-        return FinetuneConfig.from_dict(self.config["finetune"])
+        return self.config.finetune
 
     def label(self) -> str:
         return f"{self.run_id} {self.finetune_config().label()}"
@@ -89,50 +106,82 @@ class RunStore:
 
     # ---------------------------------------------------------------- reading
     def _read(self, path: Path) -> RunInfo:
-        try:
-            return self._read_files(path)
-        except (TypeError, KeyError, AttributeError, OSError) as e:  # foreign JSON shapes
-            raise ValueError(f"{path} is not a readable minituner run ({e})") from None
+        """The run in ``path``, every record validated.
 
-    def _read_files(self, path: Path) -> RunInfo:
-        cfg = read_json(path / "config.json")
-        metrics = read_json(path / "metrics.json")
-        if "finetune" not in cfg or metrics.get("status") != "completed":
-            raise ValueError(f"{path} is not a finished minituner run")
-        FinetuneConfig.from_dict(cfg["finetune"])  # validates
-        weights = ("delta.safetensors",) if cfg["finetune"]["method"] == "full" else (
-            "adapter.safetensors", "adapter_config.json")  # fmt: skip
-        for f in weights:
-            if not (path / f).is_file():
-                raise ValueError(f"{path} lacks {f}")
-        return RunInfo(path.name, path, cfg, metrics, is_shipped(path))
+        Raises:
+            ValueError: a missing, unreadable or invalid file (the message names it).
+        """
+        try:
+            config = read_record(path / RunConfig.FILE, RunConfig)
+            if config.run_id != path.name:
+                raise ValueError(
+                    f"{path / RunConfig.FILE}: run_id {config.run_id} does not match its "
+                    f"directory {path.name}"
+                )
+            metrics = read_record(path / MetricsRecord.FILE, MetricsRecord)
+            if not metrics.completed:
+                raise ValueError(f"{path / MetricsRecord.FILE}: the run {metrics.status}")
+            if metrics.stable_rank_mean is None:
+                raise ValueError(f"{path / MetricsRecord.FILE}: stable_rank_mean is missing")
+            spectrum = read_record(path / SpectrumRecord.FILE, SpectrumRecord)
+            for f in weight_files(config.finetune.method):
+                if not (path / f).is_file():
+                    raise ValueError(f"{path / f} is missing")
+        except OSError as e:  # a file that is a directory, unreadable permissions
+            raise ValueError(f"{path} cannot be read ({e})") from None
+        return RunInfo(path.name, path, config, metrics, spectrum, is_shipped(path))
+
+    def _candidates(self, rid: str) -> Iterator[Path]:
+        """The directories that may hold run ``rid``, root by root (a save that died
+        between its two renames is put back first)."""
+        for root in self.roots:
+            path = root / rid
+            if path.is_dir() or (recover_directory(path) and path.is_dir()):
+                yield path
 
     def list(self) -> list[RunInfo]:
-        """Every readable finished run; broken entries are skipped with a warning."""
+        """Every readable finished run, each id once (the first root that holds a valid
+        copy wins); each broken entry is skipped with one warning naming its file."""
         seen: dict[str, RunInfo] = {}
         for root in self.roots:
-            if not root.is_dir():
+            try:
+                entries = sorted(root.iterdir()) if root.is_dir() else []
+            except OSError as e:
+                warnings.warn(f"skipping {root}: {e}", stacklevel=2)
                 continue
-            for path in sorted(root.iterdir()):
-                if path.name.startswith(".") or not path.is_dir() or path.name in seen:
+            names = {p.name for p in entries}
+            for name in sorted(_lost_runs(entries) - names):  # died between two renames
+                if recover_directory(root / name):
+                    entries.append(root / name)
+            for path in sorted(entries):
+                if path.name.startswith(".") or path.name in seen or not path.is_dir():
                     continue
-                if not RUN_ID_RE.match(path.name):
+                if not RUN_ID_RE.fullmatch(path.name):
                     warnings.warn(f"skipping {path}: not a run directory", stacklevel=2)
                     continue
                 try:
                     seen[path.name] = self._read(path)
                 except ValueError as e:
-                    warnings.warn(f"skipping broken run {path.name}: {e}", stacklevel=2)
+                    warnings.warn(f"skipping run {path.name}: {e}", stacklevel=2)
         return list(seen.values())
 
     def find(self, rid: str) -> RunInfo | None:
-        """The run with id ``rid``, or None. Raises ValueError for a malformed id or a
-        run whose files are broken."""
+        """The run with id ``rid``, or None. A broken copy does not hide a valid one in
+        a later root.
+
+        Raises:
+            ValueError: a malformed id, or every copy of the run is broken (the first
+                problem, naming its file).
+        """
         check_run_id(rid)
-        for root in self.roots:
-            path = root / rid
-            if path.is_dir():
+        problem = None
+        for path in self._candidates(rid):
+            try:
                 return self._read(path)
+            except ValueError as e:
+                problem = problem or e
+        if problem is not None:
+            raise problem
         return None
 
     def get(self, rid: str) -> RunInfo:
@@ -156,9 +205,9 @@ class RunStore:
         Raises:
             ValueError: files that do not fit the base model.
         """
-        if info.config.get("base_model_id") != base.model_id:
+        if info.config.base_model_id != base.model_id:
             raise ValueError(
-                f"run {info.run_id} was trained from base model {info.config.get('base_model_id')}, "
+                f"run {info.run_id} was trained from base model {info.config.base_model_id}, "
                 f"not from the current one ({base.model_id})"
             )
         cfg = info.finetune_config()
@@ -177,39 +226,63 @@ class RunStore:
 
     # ---------------------------------------------------------------- writing
     def save(self, result: FinetuneResult) -> RunInfo:
-        """Store a completed run (atomically) and return it.
+        """Store a completed run and return it. The save is atomic against a crash at
+        any point and against a concurrent save of the same run (io.atomic_directory):
+        the store shows the old run or the new one, complete.
 
         Raises:
             ValueError: a run that did not complete (diverged or stopped runs, and any
-                NaN, never reach the store).
+                NaN, never reach the store), or metrics that are not a valid record.
         """
         if not result.ok():
             raise ValueError(f"run {result.status}: {result.message}; nothing was stored")
         base = result.base
         rid = run_id(result.config, base.model_id, base.metrics["corpus_version"])
-        final = self.save_root / rid
-        with atomic_directory(final) as tmp:
-            config = {
-                "run_id": rid,
-                "finetune": result.config.to_dict(),
-                "base_model_id": base.model_id,
-                "corpus_version": base.metrics["corpus_version"],
-            }
-            deltas = weight_delta(result)
+        config = RunConfig(rid, result.config, base.model_id, base.metrics["corpus_version"])
+        deltas = weight_delta(result)
+        spectrum = SpectrumRecord.from_spectra(analysis.layer_spectra(deltas))
+        metrics = as_metrics_record(result.metrics)
+        metrics = metrics.replace(stable_rank_mean=spectrum.stable_rank_mean())
+        if not metrics.completed:
+            raise ValueError(f"run {metrics.status}: {metrics.message}; nothing was stored")
+        with atomic_directory(self.save_root / rid) as tmp:
             if result.config.method == "full":
                 full = {k: v.half() for k, v in full_delta(result).items()}
                 save_tensors(tmp / "delta.safetensors", full)
             else:
                 save_adapter(tmp, result.model, {"run_id": rid})
-            spec = analysis.layer_spectra(deltas)
-            write_json(tmp / "spectrum.json", spec)
-            metrics = dict(result.metrics)
-            metrics["stable_rank_mean"] = sum(s["stable_rank"] for s in spec.values()) / max(
-                1, len(spec)
-            )
-            write_json(tmp / "metrics.json", metrics)
-            write_json(tmp / "config.json", config)
-        return self._read(final)
+            write_json(tmp / SpectrumRecord.FILE, spectrum.to_json())
+            write_json(tmp / MetricsRecord.FILE, metrics.to_json())
+            write_json(tmp / RunConfig.FILE, config.to_json())
+        return self._read(self.save_root / rid)
 
-    def spectrum(self, info: RunInfo) -> dict:
-        return read_json(info.path / "spectrum.json")
+    def spectrum(self, info: RunInfo) -> SpectrumRecord:
+        return info.spectrum
+
+
+def weight_files(method: str) -> tuple[str, ...]:
+    """The weight files a run of ``method`` holds."""
+    if method == "full":
+        return ("delta.safetensors",)
+    return ("adapter.safetensors", "adapter_config.json")
+
+
+def as_metrics_record(metrics: MetricsRecord | dict) -> MetricsRecord:
+    """A training result's metrics as a record (validated when given as a dict).
+
+    Raises:
+        ValueError: an invalid field (the message names it).
+    """
+    if isinstance(metrics, MetricsRecord):
+        return metrics
+    return MetricsRecord.from_json(metrics, "the run's metrics")
+
+
+def _lost_runs(entries: list[Path]) -> set[str]:
+    """Run ids whose directory only exists as a save's ``.old`` copy."""
+    out = set()
+    for p in entries:
+        m = LEFTOVER_RE.fullmatch(p.name)
+        if m and m["kind"] == "old" and RUN_ID_RE.fullmatch(m["name"]):
+            out.add(m["name"])
+    return out

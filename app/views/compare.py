@@ -33,11 +33,10 @@ chosen = [by_label[label] for label in picked]
 log_y = st.toggle("log-scale loss", value=False, key="compare_log")
 series = {}
 for r in chosen:
-    c = r.metrics.get("curves", {})
-    series[helpers.run_label(r)] = (c.get("step", []), c.get("loss", []))
+    series[helpers.run_label(r)] = (r.metrics.curves.step, r.metrics.curves.loss)
 st.plotly_chart(charts.loss_curves(series, log_y=log_y), key="compare_loss")
 
-evals = {helpers.run_label(r): r.metrics.get("evals", []) for r in chosen}
+evals = {helpers.run_label(r): [e.to_json() for e in r.metrics.evals] for r in chosen}
 a, b = st.columns(2)
 with a:
     st.plotly_chart(

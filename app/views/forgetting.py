@@ -70,7 +70,7 @@ chosen = [by_label[label] for label in picked]
 if chosen:
     st.plotly_chart(
         charts.perplexity_over_steps(
-            {helpers.run_label(r): r.metrics.get("evals", []) for r in chosen}
+            {helpers.run_label(r): [e.to_json() for e in r.metrics.evals] for r in chosen}
         ),
         key="forget_ppl",
     )
@@ -84,10 +84,10 @@ if chosen:
         [
             {
                 "run": helpers.run_label(r),
-                "EN drift": f"{100 * r.metrics.get('control_en_drift', 0):+.2f}%",
-                "ES drift": f"{100 * r.metrics.get('control_es_drift', 0):+.2f}%",
-                "regular acc.": helpers.pct(r.metrics.get("regular_accuracy")),
-                "irregular acc.": helpers.pct(r.metrics.get("irregular_accuracy")),
+                "EN drift": f"{100 * r.final.control_en_drift:+.2f}%",
+                "ES drift": f"{100 * r.final.control_es_drift:+.2f}%",
+                "regular acc.": helpers.pct(r.final.regular_accuracy),
+                "irregular acc.": helpers.pct(r.final.irregular_accuracy),
             }
             for r in chosen
         ],

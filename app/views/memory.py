@@ -44,13 +44,11 @@ else:
         )
         st.dataframe(helpers.bytes_table(rows), hide_index=True)
         cuda = {
-            label: by_label[label]
-            .metrics.get("memory", {})
-            .get("measured", {})
-            .get("cuda_peak_allocated")
+            label: mem.measured.get("cuda_peak_allocated")
             for label in picked
         }
         cuda = {k: v for k, v in cuda.items() if v}
+            if (mem := by_label[label].metrics.memory) is not None
         if cuda:
             st.caption(
                 "CUDA peak allocated during the first step: "

@@ -8,7 +8,7 @@ from app import data, helpers
 from app.charts.compare import loss_curves
 from app.charts.completions import candidate_bars
 from minituner.evaluate import candidate_logprobs, complete
-from minituner.nf4 import bits_per_param
+from minituner.nf4_storage import bits_per_param
 
 PROMPT = "He __ to school yesterday."
 
@@ -92,39 +92,38 @@ if run is None:
     )
     st.stop()
 
-m = run.metrics
+m, f = run.metrics, run.final
 st.markdown(f"**{helpers.run_label(run)}** ({'shipped' if run.shipped else 'your cache'})")
 cols = st.columns(5)
 cols[0].metric(
     "irregular accuracy",
-    helpers.pct(m.get("irregular_accuracy")),
-    delta=f"{100 * (m.get('irregular_accuracy', 0) - bm.get('irregular_accuracy', 0)):+.1f} pts",
+    helpers.pct(f.irregular_accuracy),
+    delta=f"{100 * (f.irregular_accuracy - bm.get('irregular_accuracy', 0)):+.1f} pts",
 )
 cols[1].metric(
     "over-regularized",
-    helpers.pct(m.get("overregularized_rate")),
-    delta=f"{100 * (m.get('overregularized_rate', 0) - bm.get('overregularized_rate', 0)):+.1f} pts",
+    helpers.pct(f.overregularized_rate),
+    delta=f"{100 * (f.overregularized_rate - bm.get('overregularized_rate', 0)):+.1f} pts",
     delta_color="inverse",
 )
-cols[2].metric("control EN drift", f"{100 * m.get('control_en_drift', 0):+.2f}%")
+cols[2].metric("control EN drift", f"{100 * f.control_en_drift:+.2f}%")
 cols[3].metric(
     "trainable parameters",
-    f"{m.get('trainable_params', 0):,}",
-    delta=f"{100 * m.get('trainable_params', 0) / max(1, m.get('total_params', 1)):.2f}% of the model",
+    f"{m.trainable_params:,}",
+    delta=f"{100 * m.trainable_params / m.total_params:.2f}% of the model",
     delta_color="off",
 )
 cols[4].metric(
     "training time",
-    f"{m.get('wall_time_s', 0):.1f} s",
-    delta=m.get("device", ""),
+    f"{m.wall_time_s:.1f} s",
+    delta=m.device,
     delta_color="off",
 )
 
 c1, c2 = st.columns(2, gap="large")
 with c1:
-    curves = m.get("curves", {})
     st.plotly_chart(
-        loss_curves({helpers.run_label(run): (curves.get("step", []), curves.get("loss", []))}),
+        loss_curves({helpers.run_label(run): (m.curves.step, m.curves.loss)}),
         key="overview_loss",
     )
 with c2:

@@ -47,11 +47,7 @@ with c2:
     lora = _pick("LoRA / QLoRA run", lora_runs, None, "spec_lora")
 
 chosen = [r for r in (full, lora) if r is not None]
-spectra = {}
-for r in chosen:
-    s = data.spectrum(r)
-    if s:
-        spectra[helpers.run_label(r)] = s
+spectra = {helpers.run_label(r): data.spectrum(r).layers for r in chosen}
 if not spectra:
     st.stop()
 
@@ -62,16 +58,14 @@ kind_sel = c3.multiselect("matrices", kinds, default=default_kinds, key="spec_ki
 normalized = c4.toggle("normalize by σ₁", value=False, key="spec_norm")
 panels = {
     label: {
-        layer: v["singular_values"]
-        for layer, v in s.items()
-        if layer.rsplit(".", 1)[-1] in kind_sel
+        layer: v.singular_values for layer, v in s.items() if layer.rsplit(".", 1)[-1] in kind_sel
     }
     for label, s in spectra.items()
 }
 st.plotly_chart(charts.spectrum_side_by_side(panels, normalized=normalized), key="spec_sv")
 
 st.subheader("Stable rank and energy")
-ranks = {label: {layer: v["stable_rank"] for layer, v in s.items()} for label, s in spectra.items()}
+ranks = {label: {layer: v.stable_rank for layer, v in s.items()} for label, s in spectra.items()}
 a, b = st.columns([3, 2])
 with a:
     st.plotly_chart(charts.stable_rank_bars(ranks), key="spec_stable")
@@ -79,7 +73,7 @@ with b:
     layers = sorted({layer for s in spectra.values() for layer in s})
     shared = [layer for layer in layers if all(layer in s for s in spectra.values())] or layers
     layer = st.selectbox("layer", shared, key="spec_layer")
-    energy = {label: s[layer]["cumulative_energy"] for label, s in spectra.items() if layer in s}
+    energy = {label: s[layer].cumulative_energy for label, s in spectra.items() if layer in s}
     st.plotly_chart(charts.cumulative_energy(energy), key="spec_energy")
 rows = []
 for label, s in spectra.items():
@@ -88,10 +82,10 @@ for label, s in spectra.items():
             {
                 "run": label,
                 "layer": name,
-                "stable rank": round(v["stable_rank"], 2),
-                "rank for 90% energy": v["rank_90"],
-                "‖ΔW‖_F": f"{v.get('frobenius_norm', 0):.4g}",
-                "σ₁": f"{v.get('spectral_norm', 0):.4g}",
+                "stable rank": round(v.stable_rank, 2),
+                "rank for 90% energy": v.rank_90,
+                "‖ΔW‖_F": f"{v.frobenius_norm:.4g}",
+                "σ₁": f"{v.spectral_norm:.4g}",
             }
         )
 with st.expander("per-layer table"):
