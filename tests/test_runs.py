@@ -79,7 +79,8 @@ def test_lora_run_round_trip_is_exact(lora_result, fbase, x, tmp_path):
     assert not info.shipped
     for f in ("config.json", "metrics.json", "spectrum.json", "adapter.safetensors"):
         assert (info.path / f).is_file(), f
-    assert info.metrics["irregular_accuracy"] == lora_result.metrics["irregular_accuracy"]
+    want = runs.as_metrics_record(lora_result.metrics).final
+    assert info.final.irregular_accuracy == want.irregular_accuracy
     assert info.finetune_config() == lora_result.config
     loaded = store.load_model(info, fbase)
     assert not loaded.training
@@ -187,18 +188,18 @@ def test_shipped_run_ids_are_the_hash_of_their_config():
     assert infos
     for info in infos:
         cfg = info.finetune_config()
-        assert run_id(cfg, info.config["base_model_id"], info.config["corpus_version"]) == (
-            info.run_id
-        )
-        assert info.config["run_id"] == info.run_id
+        assert run_id(cfg, info.config.base_model_id, info.config.corpus_version) == (info.run_id)
+        assert info.config.run_id == info.run_id
 
 
 # ------------------------------------------------------------------ path safety
 
 
 @pytest.mark.parametrize(
-    "bad", ["../x", "/etc/passwd", "abc", "0e9eca154689/..", "", "0E9ECA154689", "0e9eca15468g"]
-)
+    "bad",
+    ["../x", "/etc/passwd", "abc", "0e9eca154689/..", "", "0E9ECA154689", "0e9eca15468g",
+     "0e9eca154689\n", " 0e9eca154689", "0e9eca1546890"],
+)  # fmt: skip
 def test_check_run_id_rejects(bad, tmp_path):
     with pytest.raises(ValueError, match="not a run id"):
         check_run_id(bad)
@@ -270,6 +271,27 @@ def test_foreign_entries_are_skipped(tmp_path):
     assert "notes.txt" not in text and ".hidden" not in text
 
 
+def test_a_broken_copy_does_not_hide_a_valid_one_in_a_later_root(tmp_path):
+    shipped, cache = tmp_path / "shipped", tmp_path / "cache"
+    broken = _copy_shipped(shipped, SHIPPED_LORA)
+    (broken / "metrics.json").write_text('{"status": "completed"}')
+    good = _copy_shipped(cache, SHIPPED_LORA)
+    store = RunStore([shipped, cache], save_root=cache)
+    with pytest.warns(UserWarning) as caught:
+        infos = store.list()
+    assert [i.path for i in infos] == [good]
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and str(broken / "metrics.json") in messages[0], messages
+    assert store.find(SHIPPED_LORA).path == good
+    assert store.get(SHIPPED_LORA).path == good
+
+
+def test_a_run_under_another_id_is_refused(tmp_path):
+    _copy_shipped(tmp_path, "aaaaaaaaaaaa")  # config.json still says 0e9eca154689
+    with pytest.raises(ValueError, match="does not match its directory"):
+        _store(tmp_path).get("aaaaaaaaaaaa")
+
+
 def test_missing_roots_and_unknown_ids(tmp_path):
     store = RunStore([tmp_path / "nope"], save_root=tmp_path / "nope")
     assert store.list() == []
@@ -332,7 +354,7 @@ def test_every_shipped_run_lists_and_loads(fbase):
         infos = store.list()
     assert sorted(i.run_id for i in infos) == dirs
     assert len(dirs) >= 30
-    assert all(i.shipped and i.metrics["status"] == "completed" for i in infos)
+    assert all(i.shipped and i.metrics.status == "completed" for i in infos)
     methods = {i.method for i in infos}
     assert methods == {"full", "lora", "qlora"}
     for info in infos:
