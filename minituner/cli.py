@@ -10,11 +10,11 @@ precomputed/.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from .model import PRESETS
-from .paths import base_dir, using_data_dir
+from .paths import base_dir, using_data_dir  # no torch at import: Ctrl-C lands in main()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,6 +62,8 @@ def _share(s: str) -> float:
 
 
 def _add_pretrain(sub) -> None:
+    from .model import PRESETS
+
     p = sub.add_parser(
         "pretrain", help="pretrain MiniGPT on the verb corpus (writes base/ of the data folder)"
     )
@@ -112,6 +114,7 @@ def _cmd_pretrain(args) -> None:
     import dataclasses
 
     from .corpus import CorpusConfig
+    from .model import PRESETS
     from .pretrain import PretrainConfig, check_out_dir, pretrain, write_base
     from .trainutil import ProgressBar
 
@@ -192,22 +195,65 @@ def build_parser() -> argparse.ArgumentParser:
 _EXTRA_COMMANDS: list = []
 
 
+THREADS_ENV = "MINITUNER_TORCH_THREADS"
+DEBUG_ENV = "MINITUNER_DEBUG"  # set to 1: an unexpected error shows its traceback
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit status (0, 2 for an error, 130 for Ctrl-C).
+
+    Every failure is one ``error:`` line on stderr: a Ctrl-C at any point (start-up
+    included) as well as user errors and failing files.
+    """
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        lead = "\n" if sys.stderr.isatty() else ""  # end a progress bar's line first
+        print(f"{lead}error: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _torch_threads()
         with using_data_dir(args.data):
             args.func(args)
-    except CLIError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (CLIError, ValueError, OSError) as e:  # library errors carry user-facing messages
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except ValueError as e:  # library errors carry user-facing messages
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:  # a bug: still one line, the traceback on request
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(
+            f"error: unexpected {type(e).__name__}: {_one_line(e)} "
+            f"(set {DEBUG_ENV}=1 to see the traceback)",
+            file=sys.stderr,
+        )
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: nothing was written", file=sys.stderr)
-        return 130
     return 0
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _torch_threads() -> None:
+    """Honour $MINITUNER_TORCH_THREADS (a whole number, 1 to 1024) for every command.
+
+    Raises:
+        CLIError: any other value.
+    """
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if not raw:
+        return
+    n = int(raw) if raw.isdigit() else 0
+    if not 1 <= n <= 1024:
+        raise CLIError(f"{THREADS_ENV} must be a whole number from 1 to 1024, got {raw!r}")
+    import torch
+
+    torch.set_num_threads(n)
 
 
 # ---------------------------------------------------------------- finetune, runs, complete
@@ -311,6 +357,8 @@ def _cmd_finetune(args) -> None:
     resolve_device(args.device)
     base = load_base(args.base)
     store = RunStore()
+    if not args.no_save:  # a cache that cannot take the run: say so before training
+        _check_writable(store.save_root)
     dist_info = from_env()
     if dist_info.enabled:  # under torchrun: every rank trains, rank 0 reports and stores
         res = finetune(cfg, base, device=args.device)
@@ -344,6 +392,18 @@ def _cmd_finetune(args) -> None:
     finally:
         bar.close()
     _report_and_store(res, store, args.no_save)
+
+
+def _check_writable(root: Path) -> None:
+    """Raises CLIError unless runs can be saved under ``root`` (made if missing)."""
+    where = f"the run cache {root} ($MINITUNER_CACHE, default ~/.cache/minituner/runs)"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        why = "it is a file" if root.is_file() else (e.strerror or str(e))
+        raise CLIError(f"cannot store runs in {where}: {why}") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise CLIError(f"cannot store runs in {where}: it is not writable")
 
 
 def _report_and_store(res, store, no_save: bool) -> None:

@@ -5,26 +5,40 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import sys
 import time
 
 import torch
 
+_DEVICE_RE = re.compile(r"(cpu|cuda)(?::(\d+))?")
+
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` picks cuda when present, else cpu.
+    """``auto`` picks cuda when present, else cpu; otherwise ``cpu``, ``cuda`` or
+    ``cuda:N``. Other torch device types (``meta``, ``mps``, ``xla``, …) cannot train
+    this code, so they are refused here rather than failing deep inside training.
 
     Raises:
-        ValueError: an unknown device, or cuda asked for on a machine without it.
+        ValueError: an unknown device, cuda asked for on a machine without it, or a GPU
+            index the machine does not have.
     """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' asked for, but no CUDA GPU is available here; use cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda") from None
+    m = _DEVICE_RE.fullmatch(device) if isinstance(device, str) else None
+    if m is None or (m[1] == "cpu" and m[2] not in (None, "0")):
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+    if m[1] == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {device!r} asked for, but no CUDA GPU is available here; use cpu"
+            )
+        n = torch.cuda.device_count()
+        if m[2] is not None and int(m[2]) >= n:
+            raise ValueError(
+                f"device {device!r}: this machine has {n} CUDA GPU(s), cuda:0 to cuda:{n - 1}"
+            )
+    return torch.device(device)
 
 
 def device_name(device: torch.device) -> str:
