@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
+from app.format import breakdown_table, format_bytes
 from minituner.config import DEFAULT_LR, METHODS, FinetuneConfig
-from minituner.memory import breakdown_table, format_bytes
 from minituner.runs import RunInfo
 
 TARGETS = ("q", "k", "v", "o", "fc_in", "fc_out")

@@ -12,7 +12,7 @@ parameters) and records: the median step time, tokens/s, the memory held after t
 (``torch.cuda.max_memory_allocated``: compare with ``total``), next to
 ``memory.predict_memory(..., "qlora", activation_checkpointing=...)`` for precision
 "bf16" (as asked) and "mixed" (float32 LoRA and Adam states, which is what runs here).
-The 7b shape is ``memory.SHAPES["llama-7b"]``. targets ``qv`` are q_proj and v_proj;
+The 7b shape is ``shapes.SHAPES["llama-7b"]``. targets ``qv`` are q_proj and v_proj;
 ``all`` are the seven Linears of a layer. On CPU no peak is measured (the JSON says so).
 
 ``--peft`` repeats each pair with Hugging Face's LlamaForCausalLM, bitsandbytes NF4
@@ -42,11 +42,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from minituner.llama import LLAMA_LINEARS, LlamaConfig, build_nf4_llama  # noqa: E402
 from minituner.lora import add_lora, lora_layers  # noqa: E402
-from minituner.memory import SHAPES, predict_memory  # noqa: E402
+from minituner.memory import predict_memory  # noqa: E402
 from minituner.nf4 import dequantize_nf4, nf4_storage_bytes, quantize_nf4  # noqa: E402
+from minituner.shapes import SHAPES  # noqa: E402
 
 TARGETS = {"qv": ["q_proj", "v_proj"], "all": list(LLAMA_LINEARS)}
-PREDICT_TARGETS = {"qv": ("q", "v"), "all": "all"}  # memory.ModelShape short names
+PREDICT_TARGETS = {"qv": ("q", "v"), "all": "all"}  # ModelShape short names
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 MiB = 1024**2
 

@@ -96,8 +96,8 @@ class LlamaConfig:
         return asdict(self)
 
     def to_shape(self, name: str = "llama"):
-        """The :class:`minituner.memory.ModelShape` for memory and parameter math."""
-        from minituner.memory import ModelShape
+        """The :class:`minituner.shapes.ModelShape` for memory and parameter math."""
+        from minituner.shapes import ModelShape
 
         return ModelShape(
             name=name,

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import memory
+from . import measure, memory, shapes
 from .checkpoint import load_model
 from .config import FinetuneConfig
 from .corpus import CorpusConfig, build_corpus
@@ -309,7 +309,7 @@ def _eval_without_lora(model, tok, corpus, base_metrics) -> dict:
 
 
 def _measure_memory(model, opt, dev: torch.device) -> dict:
-    m = memory.measured_memory_cpu(model, opt)
+    m = measure.measured_memory_cpu(model, opt)
     out = {
         k: int(v) for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
     }
@@ -323,7 +323,7 @@ def _measure_memory(model, opt, dev: torch.device) -> dict:
 
 
 def _predict_memory(base: Base, cfg: FinetuneConfig, batch_shape) -> dict:
-    shape = memory.ModelShape.from_gpt_config(base.model.config)
+    shape = shapes.ModelShape.from_gpt_config(base.model.config)
     kw = {} if cfg.method == "full" else {"r": cfg.r, "targets": tuple(cfg.targets)}
     pred = memory.predict_memory(
         shape,

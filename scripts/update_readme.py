@@ -23,7 +23,6 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from base_table import BASE, table  # noqa: E402
 
 from minituner.experiments import claims_text, findings_table  # noqa: E402
-from minituner.memory import format_bytes  # noqa: E402
 from minituner.paths import experiments_file  # noqa: E402
 from minituner.scaling import load_scaling_result, scaling_rows  # noqa: E402
 
@@ -49,6 +48,10 @@ def _profile_lines(result: dict) -> list[str]:
     ]
 
 
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
 def scaling_table() -> str:
     """The 7B measurements as a markdown table (sizes in GiB, ratios as measured)."""
     result = load_scaling_result()
@@ -60,14 +63,14 @@ def scaling_table() -> str:
     for r in scaling_rows(result):
         row = (
             f"| r={r['r']} on {r['targets']} | {r['trainable_params']:,} "
-            f"| {format_bytes(r['peak_bytes'], 2)} "
-            f"| {format_bytes(r['predicted_mixed_bytes'], 2)} | {r['peak_over_mixed']:.3f} "
+            f"| {_gib(r['peak_bytes'])} "
+            f"| {_gib(r['predicted_mixed_bytes'])} | {r['peak_over_mixed']:.3f} "
         )
         if r["peft_peak_bytes"] is None:
             row += "| - | - | - |"
         else:
             row += (
-                f"| {format_bytes(r['peft_peak_bytes'], 2)} | {r['peak_ours_over_peft']:.3f} "
+                f"| {_gib(r['peft_peak_bytes'])} | {r['peak_ours_over_peft']:.3f} "
                 f"| {r['step_ours_over_peft']:.2f} |"
             )
         lines.append(row)

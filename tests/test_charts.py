@@ -23,8 +23,10 @@ from app.charts import (  # noqa: E402
     spectrum,
     train,
 )
-from minituner.memory import SHAPES, breakdown_table, predict_memory  # noqa: E402
+from app.format import breakdown_table  # noqa: E402
+from minituner.memory import predict_memory  # noqa: E402
 from minituner.nf4 import FP4_CODEBOOK, INT4_CODEBOOK, NF4_CODEBOOK  # noqa: E402
+from minituner.shapes import SHAPES  # noqa: E402
 
 EVALS = [
     {"step": 0, "irregular_accuracy": 0.2, "control_en_drift": 0.0, "control_en_ppl": 1.36,

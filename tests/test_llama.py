@@ -67,7 +67,7 @@ def test_config_defaults_are_llama_7b_and_validate():
         32,
     )
     assert c.head_dim == 128 and c.max_seq == 512 and c.rms_eps == 1e-5
-    # 6,738,415,616 parameters, as memory.SHAPES["llama-7b"]
+    # 6,738,415,616 parameters, as shapes.SHAPES["llama-7b"]
     assert c.to_shape().total_params() == 6_738_415_616
     with pytest.raises(ValueError, match="heads"):
         LlamaConfig(hidden=60, n_heads=4)  # head size 15 is odd

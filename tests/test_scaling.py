@@ -13,13 +13,14 @@ import math
 
 import pytest
 
-from minituner.memory import SHAPES, predict_memory, trainable_params
+from minituner.memory import predict_memory, trainable_params
 from minituner.scaling import (
     load_scaling_result,
     qlora_7b_h200,
     scaling_rows,
     validate_scaling_result,
 )
+from minituner.shapes import SHAPES
 
 PREDICT_TARGETS = {"qv": ("q", "v"), "all": "all"}  # the benchmark's names -> ModelShape's
 

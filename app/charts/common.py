@@ -32,6 +32,7 @@ PALETTE = (
 
 
 def style(fig: go.Figure, title: str = "", height: int = 460) -> go.Figure:
+    """The layout every chart ends with: large fonts, a white template, the title."""
     fig.update_layout(
         title=dict(text=title, font=dict(size=FONT_SIZE + 4)) if title else None,
         font=dict(size=FONT_SIZE),

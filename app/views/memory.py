@@ -7,10 +7,12 @@ import streamlit as st
 
 from app import data, helpers
 from app.charts import memory as charts
+from app.format import breakdown_table, format_bytes
 from minituner import memory as memmath
 from minituner import scaling as scaling_mod
-from minituner.memory import SHAPES, ModelShape, format_bytes
+from minituner.chapter import seed_figures
 from minituner.paths import data_dir
+from minituner.shapes import SHAPES, ModelShape
 
 st.title("Memory")
 base = data.base_or_stop()
@@ -46,9 +48,9 @@ else:
         cuda = {
             label: mem.measured.get("cuda_peak_allocated")
             for label in picked
+            if (mem := by_label[label].metrics.memory) is not None
         }
         cuda = {k: v for k, v in cuda.items() if v}
-            if (mem := by_label[label].metrics.memory) is not None
         if cuda:
             st.caption(
                 "CUDA peak allocated during the first step: "
@@ -206,7 +208,7 @@ try:
             precision=precision, double_quant=dq, activation_checkpointing=ckpt,
         )  # fmt: skip
         params[method] = memmath.trainable_params(shape, method, int(r), targets)
-        for row in memmath.breakdown_table(pred):
+        for row in breakdown_table(pred):
             rows.append({**row, "source": helpers.METHOD_NAMES[method]})
 except ValueError as e:
     st.warning(f"This shape cannot be computed: {e}")
@@ -235,7 +237,7 @@ with st.expander("The source chapter's figures, recomputed exactly"):
                 "difference": f"{100 * f['rel_diff']:+.1f}%",
                 "note": f.get("note", ""),
             }
-            for f in memmath.seed_figures().values()
+            for f in seed_figures().values()
         ],
         hide_index=True,
     )

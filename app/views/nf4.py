@@ -9,7 +9,7 @@ import torch
 
 from app import data
 from app.charts import nf4 as charts
-from minituner.memory import format_bytes
+from app.format import format_bytes
 from minituner.nf4 import (
     FP4_CODEBOOK,
     INT4_CODEBOOK,

@@ -13,11 +13,12 @@ import streamlit as st
 
 from app import data, helpers
 from app.charts import train as charts
+from app.format import format_bytes
 from app.trainer import RUNNING
 from minituner import memory as memmath
 from minituner.config import DEFAULT_LR, METHODS
-from minituner.memory import ModelShape, format_bytes
 from minituner.runs import run_id
+from minituner.shapes import ModelShape
 
 POLL_S = 0.75
 KEYS = {k: f"train_{k}" for k in ("method", "r", "alpha", "lr", "steps", "seed")}
