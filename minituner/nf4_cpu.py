@@ -28,10 +28,14 @@ import tempfile
 import warnings
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from minituner.nf4_kernels import check_packed, code_table, fused_wanted
+from minituner.nf4_kernels import code_table, fused_wanted
+
+if TYPE_CHECKING:  # nf4 imports this module: the container is only named here
+    from minituner.nf4 import NF4Tensor
 
 _SOURCE = r"""
 #include <stdint.h>
@@ -243,40 +247,29 @@ def available(codes: torch.Tensor, dtype: torch.dtype) -> bool:
     return fused_wanted() and _library() is not None
 
 
-def dequantize_packed(
-    codes: torch.Tensor,
-    absmax: torch.Tensor,
-    codebook: tuple[float, ...],
-    block_size: int,
-    numel: int,
-    dtype: torch.dtype,
-    double_quant: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-    dq_block_size: int = 256,
-) -> torch.Tensor:
-    """Dequantize packed 4-bit codes on the CPU into a flat ``(numel,)`` tensor.
+def dequantize_packed(q: NF4Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Dequantize ``q`` on the CPU into a flat ``(q.numel,)`` tensor of ``dtype``.
 
-    The arguments are those of :func:`minituner.nf4_kernels.dequantize_packed` (which
-    documents them), with ``dtype`` float32 or bfloat16.
+    As :func:`minituner.nf4_kernels.dequantize_packed` (which documents how ``q`` is read),
+    with ``dtype`` float32 or bfloat16.
 
     Raises:
         RuntimeError: the C loop is not available (see :func:`available`).
-        ValueError: as :func:`minituner.nf4_kernels.check_packed`.
     """
-    if not available(codes, dtype):
-        raise RuntimeError(f"the NF4 C loop cannot run on {codes.device} into {dtype}")
-    n_blocks = check_packed(codes, absmax, block_size, numel, double_quant, dq_block_size)
-    codes = codes.contiguous()
+    if not available(q.codes, dtype):
+        raise RuntimeError(f"the NF4 C loop cannot run on {q.device} into {dtype}")
+    codes = q.codes.contiguous()
     dq_ptrs = [None, None, None]
-    if double_quant is None:
-        absmax = absmax.to(torch.float32).contiguous()
+    if not q.double_quant:
+        absmax = q.absmax.to(torch.float32).contiguous()
     else:
-        grids, map_index, scale, offset = double_quant
-        absmax = absmax.contiguous()
-        grid = grids[int(map_index)].to(torch.float32).contiguous()  # (256,)
-        scale = scale.to(torch.float32).contiguous()
-        offset = offset.to(torch.float32).reshape(1).contiguous()
+        absmax = q.absmax.contiguous()
+        grid = q.dq_grids()[int(q.absmax_map)].to(torch.float32).contiguous()  # (256,)
+        scale = q.absmax_scale.to(torch.float32).contiguous()
+        offset = q.absmax_offset.to(torch.float32).reshape(1).contiguous()
         dq_ptrs = [grid.data_ptr(), scale.data_ptr(), offset.data_ptr()]
-    lut = code_table(tuple(codebook), codes.device)
+    lut = code_table(q.codebook, codes.device)
+    numel = q.numel
     out = torch.empty(numel, dtype=dtype)
     threads = torch.get_num_threads() if numel >= _PARALLEL_MIN else 1
     _library().dequant(
@@ -285,10 +278,10 @@ def dequantize_packed(
         lut.data_ptr(),
         out.data_ptr(),
         numel,
-        block_size,
+        q.block_size,
         int(dtype == torch.bfloat16),
-        max(1, min(threads, n_blocks)),
+        max(1, min(threads, q.n_blocks)),
         *dq_ptrs,
-        dq_block_size,
+        q.dq_block_size,
     )
     return out

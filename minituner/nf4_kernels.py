@@ -23,8 +23,12 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:  # nf4 imports this module: the container is only named here
+    from minituner.nf4 import NF4Tensor
 
 try:  # Triton ships with CUDA builds of PyTorch; CPU builds and CI have none
     import triton
@@ -101,88 +105,37 @@ def code_table(codebook: tuple[float, ...], device: torch.device) -> torch.Tenso
     return t.to(device)
 
 
-def check_packed(
-    codes: torch.Tensor,
-    absmax: torch.Tensor,
-    block_size: int,
-    numel: int,
-    double_quant: tuple | None,
-    dq_block_size: int,
-) -> int:
-    """Check the inputs of a ``dequantize_packed`` (this module's or nf4_cpu's).
+def dequantize_packed(q: NF4Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Dequantize ``q`` into a flat ``(q.numel,)`` tensor of ``dtype`` in one kernel.
 
-    Returns:
-        The number of absmax blocks.
+    ``q`` is an :class:`~minituner.nf4.NF4Tensor` (checked when it was made): its packed
+    codes, its absmax (float32, or 8-bit codes decoded in the kernel as
+    ``max(grids[absmax_map][code] * absmax_scale[block // dq_block_size] + absmax_offset, 0)``)
+    and its codebook are read as they are stored.
 
     Raises:
-        ValueError: an odd or non-positive block size, code bytes or absmax values that
-            do not fit ``numel``, or double-quantization parts that do not fit.
-    """
-    if block_size <= 0 or block_size % 2:
-        raise ValueError(f"block_size must be a positive even number, got {block_size}")
-    n_blocks = -(-numel // block_size)
-    if codes.numel() != -(-numel // 2) or absmax.numel() != n_blocks:
-        raise ValueError(
-            f"{codes.numel()} code bytes and {absmax.numel()} absmax values do not fit "
-            f"{numel} elements in blocks of {block_size}"
-        )
-    if double_quant is not None:
-        grids, _, scale, _ = double_quant
-        if absmax.dtype != torch.uint8 or grids.shape[-1] != 256:
-            raise ValueError("double_quant needs uint8 absmax codes and (n_maps, 256) grids")
-        if scale.numel() != -(-n_blocks // dq_block_size):
-            raise ValueError(f"{scale.numel()} dq scales do not fit {n_blocks} absmax values")
-    return n_blocks
-
-
-def dequantize_packed(
-    codes: torch.Tensor,
-    absmax: torch.Tensor,
-    codebook: tuple[float, ...],
-    block_size: int,
-    numel: int,
-    dtype: torch.dtype,
-    double_quant: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-    dq_block_size: int = 256,
-) -> torch.Tensor:
-    """Dequantize packed 4-bit codes into a flat ``(numel,)`` tensor of ``dtype``.
-
-    Args:
-        codes: uint8 (ceil(numel / 2),), first element in the high nibble.
-        absmax: float32 (ceil(numel / block_size),), the per-block scales; or, with
-            ``double_quant``, their uint8 codes.
-        codebook: the up-to-16 code values, indexed by the 4-bit code.
-        block_size: elements per absmax block, a positive even number.
-        numel: the number of elements to produce.
-        dtype: float32, bfloat16 or float16.
-        double_quant: ``(grids, map_index, scale, offset)`` when ``absmax`` holds 8-bit
-            codes: grids float32 (n_maps, 256), map_index uint8 0-d, scale float32
-            (ceil(n_blocks / dq_block_size),), offset float32 0-d. Decoded in the kernel
-            as ``max(grids[map_index][code] * scale[block // dq_block_size] + offset, 0)``.
-        dq_block_size: absmax values per ``scale`` entry.
-
-    Raises:
-        RuntimeError: Triton is not installed, or the inputs are not on a device it runs on.
-        ValueError: inconsistent sizes, an odd block size or an unsupported dtype.
+        RuntimeError: Triton is not installed, or ``q`` is not on a device it runs on, or
+            ``dtype`` is not float32, bfloat16 or float16.
     """
     if triton is None:
         raise RuntimeError("the fused NF4 kernel needs Triton, which is not installed")
-    if not available(codes, dtype):
-        raise RuntimeError(f"the fused NF4 kernel cannot run on {codes.device} into {dtype}")
-    check_packed(codes, absmax, block_size, numel, double_quant, dq_block_size)
-    n_bytes = codes.numel()
-    codes = codes.contiguous()
-    if double_quant is None:
-        absmax = absmax.to(torch.float32).contiguous()
-        grids = map_index = scale = offset = absmax  # unused by the kernel
+    if not available(q.codes, dtype):
+        raise RuntimeError(f"the fused NF4 kernel cannot run on {q.device} into {dtype}")
+    codes = q.codes.contiguous()
+    n_bytes, numel = codes.numel(), q.numel
+    if q.double_quant:
+        absmax = q.absmax.contiguous()
+        grids, map_index = q.dq_grids(), q.absmax_map
+        scale, offset = q.absmax_scale.contiguous(), q.absmax_offset
     else:
-        grids, map_index, scale, offset = (t.contiguous() for t in double_quant)
+        absmax = q.absmax.to(torch.float32).contiguous()
+        grids = map_index = scale = offset = absmax  # unused by the kernel
     out = torch.empty(numel, dtype=dtype, device=codes.device)
     launch = (triton.cdiv(n_bytes, BYTES_PER_PROGRAM),)
     _dequant_kernel[launch](
         codes,
         absmax,
-        code_table(tuple(codebook), codes.device),
+        code_table(q.codebook, codes.device),
         grids,
         map_index,
         scale,
@@ -190,10 +143,10 @@ def dequantize_packed(
         out,
         n_bytes,
         numel,
-        BLOCK=block_size,
+        BLOCK=q.block_size,
         BYTES=BYTES_PER_PROGRAM,
-        DOUBLE_QUANT=double_quant is not None,
-        DQ_BLOCK=dq_block_size,
+        DOUBLE_QUANT=q.double_quant,
+        DQ_BLOCK=q.dq_block_size,
         enable_fp_fusion=False,  # no fused multiply-add: round as the PyTorch path does
     )
     return out

@@ -23,7 +23,7 @@ from minituner.llama import (
     rotary_tables,
 )
 from minituner.lora import add_lora
-from minituner.nf4 import NF4Linear
+from minituner.nf4_linear import NF4Linear
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_7b_qlora.py"
 CFG = LlamaConfig.tiny()

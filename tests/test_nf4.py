@@ -6,6 +6,7 @@ bitsandbytes' quantize_4bit defaults to FP4: every call here passes quant_type e
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,32 +15,34 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import minituner.nf4 as nf4_module
+from minituner import nf4_torch
 from minituner.nf4 import (
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_DOUBLE_QUANT,
     DQ_MAPS,
     FP4_CODEBOOK,
     INT4_CODEBOOK,
     NF4_CODEBOOK,
-    NF4Linear,
     NF4Tensor,
-    bits_per_param,
     dequantize_4bit,
-    dequantize_fp4,
-    dequantize_int4_absmax,
     dequantize_nf4,
     dynamic_map_8bit,
-    gaussian_weights,
     nf4_codebook_from_normal,
+    quantize_4bit,
+    quantize_nf4,
+)
+from minituner.nf4_linear import NF4Linear, quantize_model_nf4
+from minituner.nf4_storage import (
+    bits_per_param,
     nf4_model_bytes,
     nf4_numel_bytes,
     nf4_storage_bytes,
+)
+from minituner.quant_compare import (
     quantization_error_report,
     quantization_errors,
     quantize_fp4,
     quantize_int4_absmax,
-    quantize_model_nf4,
-    quantize_nf4,
-    unpack_codes,
 )
 
 try:
@@ -63,6 +66,11 @@ def _student_t3(*shape, seed=0):
     z = torch.randn(*shape, generator=g)
     chi2 = torch.randn(3, *shape, generator=g).square().sum(0)
     return z / (chi2 / 3).sqrt()
+
+
+def _codes(q: NF4Tensor) -> torch.Tensor:
+    """The 4-bit code of every element, int64 (numel,), read from the packed bytes."""
+    return torch.stack([q.codes >> 4, q.codes & 15], dim=1).view(-1)[: q.numel].long()
 
 
 def _bnb_nf4(w, **kw):
@@ -109,11 +117,8 @@ def _assert_codes_match(w, ours: NF4Tensor, theirs_packed, absmax, boundary_tol=
     bitsandbytes may round an element that sits within float error of the midpoint
     between two codebook values to the other neighbour; allow exactly that.
     """
-    theirs = NF4Tensor(
-        codes=theirs_packed.reshape(-1), absmax=absmax, shape=w.shape, dtype=w.dtype,
-        block_size=64, numel=w.numel(),
-    )  # fmt: skip
-    a, b = unpack_codes(ours).long(), unpack_codes(theirs).long()
+    theirs = NF4Tensor(theirs_packed.reshape(-1), absmax, w.shape, w.dtype, block_size=64)
+    a, b = _codes(ours), _codes(theirs)
     bad = (a != b).nonzero().view(-1)
     if boundary_tol is None or bad.numel() == 0:
         assert bad.numel() == 0, f"{bad.numel()} codes differ"
@@ -155,7 +160,7 @@ def test_first_element_is_in_the_high_nibble():
     w = torch.tensor([1.0, -1.0, 0.0, NF4_CODEBOOK[8]])
     q = quantize_nf4(w, block_size=4)
     assert q.codes.tolist() == [0xF0, 0x78]
-    assert unpack_codes(q).tolist() == [15, 0, 7, 8]
+    assert _codes(q).tolist() == [15, 0, 7, 8]
     odd = quantize_nf4(torch.tensor([1.0, -1.0, 0.5]), block_size=4)
     assert odd.codes.numel() == 2 and odd.codes[1] & 0xF == 7  # padding codes a zero
 
@@ -179,7 +184,9 @@ def test_dequantize_equals_bitsandbytes(shape, out_dtype):
 def test_fp4_dequantized_values_equal_bitsandbytes():
     w = _randn(96, 64, seed=3)
     packed, state = bnbF.quantize_4bit(w, blocksize=64, quant_type="fp4")
-    torch.testing.assert_close(dequantize_fp4(quantize_fp4(w)), bnbF.dequantize_4bit(packed, state))
+    torch.testing.assert_close(
+        dequantize_4bit(quantize_fp4(w)), bnbF.dequantize_4bit(packed, state)
+    )
 
 
 @needs_bnb
@@ -255,7 +262,7 @@ def test_double_quant_error_is_bounded(values, exponent):
     w = torch.tensor(values, dtype=torch.float32) * 10.0**exponent
     exact = quantize_nf4(w, block_size=4)
     dq = quantize_nf4(w, block_size=4, double_quant=True)
-    assert torch.equal(unpack_codes(dq), unpack_codes(exact))  # only the scales change
+    assert torch.equal(_codes(dq), _codes(exact))  # only the scales change
     blocks = torch.arange(w.numel()) // 4
     a, a_dq = exact.absmax[blocks], dq.absmax_float()[blocks]
     scale = dq.absmax_scale.max()
@@ -288,7 +295,7 @@ def test_chunked_half_precision_dequantize_equals_one_pass(monkeypatch, block_si
     w = _randn(37, 29)
     q = quantize_nf4(w, block_size)
     full = dequantize_nf4(q)  # float32 output is built in one pass
-    monkeypatch.setattr(nf4_module, "_CPU_CHUNK", 100)  # force many chunks
+    monkeypatch.setattr(nf4_torch, "_CPU_CHUNK", 100)  # force many chunks
     for dtype in (torch.bfloat16, torch.float16):
         assert torch.equal(dequantize_nf4(q, dtype), full.to(dtype))
 
@@ -371,15 +378,45 @@ def test_rejects_unsupported_dequantize_dtype(dtype):
         dequantize_nf4(quantize_nf4(torch.ones(64)), dtype)
 
 
-def test_rejects_the_wrong_format_and_a_corrupt_tensor():
-    with pytest.raises(ValueError):
-        dequantize_nf4(quantize_fp4(torch.ones(64)))
-    with pytest.raises(ValueError):
-        dequantize_int4_absmax(quantize_nf4(torch.ones(64)))
+def test_rejects_the_wrong_format():
+    for q in (quantize_fp4(torch.ones(64)), quantize_int4_absmax(torch.ones(64))):
+        with pytest.raises(ValueError, match="expected an nf4 tensor"):
+            dequantize_nf4(q)
+    with pytest.raises(TypeError, match="NF4Tensor"):
+        dequantize_4bit(torch.ones(4))
+    with pytest.raises(ValueError, match="quant_type"):
+        quantize_4bit(torch.ones(64), "nf3")
+
+
+def test_an_inconsistent_nf4tensor_cannot_be_made():
+    """Every path that reads an NF4Tensor (C loop, Triton, PyTorch) trusts its fields."""
     q = quantize_nf4(torch.ones(128))
-    q.codes = q.codes[:10]
-    with pytest.raises(ValueError, match="inconsistent"):
-        dequantize_nf4(q)
+    dq = quantize_nf4(torch.ones(128), double_quant=True)
+    with pytest.raises(ValueError, match="inconsistent.*code bytes"):
+        replace(q, codes=q.codes[:10])
+    with pytest.raises(ValueError, match="inconsistent.*code bytes"):
+        replace(q, codes=q.codes.to(torch.int8))
+    with pytest.raises(ValueError, match="inconsistent.*3 absmax values"):
+        replace(q, absmax=torch.ones(3))
+    with pytest.raises(ValueError, match="inconsistent.*float32 absmax codes"):
+        replace(dq, absmax=q.absmax)
+    with pytest.raises(ValueError, match="inconsistent.*uint8 absmax without"):
+        replace(q, absmax=dq.absmax)
+    with pytest.raises(ValueError, match="inconsistent.*3 double-quantization scales"):
+        replace(dq, absmax_scale=torch.ones(3))
+    with pytest.raises(ValueError, match="inconsistent.*part of the double"):
+        replace(dq, absmax_map=None)
+    with pytest.raises(ValueError, match="block_size"):
+        replace(q, block_size=7)
+    with pytest.raises(ValueError, match="quant_type"):
+        replace(q, quant_type="nf3")
+    with pytest.raises(ValueError, match="inconsistent.*code bytes"):
+        replace(q, shape=(129,))  # the shape decides numel
+    for t in (q, dq):
+        z = NF4Tensor.zeros(t.shape, t.dtype, t.block_size, t.double_quant)
+        assert {k: v.shape for k, v in z.tensors().items()} == {
+            k: v.shape for k, v in t.tensors().items()
+        }
 
 
 # ---------------------------------------------------------------------------- NF4Linear
@@ -411,7 +448,7 @@ def test_nf4linear_forward_is_linear_with_the_dequantized_weight(
 
 def test_nf4linear_is_frozen_and_keeps_the_bias():
     lin = nn.Linear(96, 40)
-    m = NF4Linear.from_linear(lin)
+    m = NF4Linear.from_linear(lin, double_quant=True)
     assert (m.in_features, m.out_features) == (96, 40)
     assert not any(p.requires_grad for p in m.parameters())
     assert torch.equal(m.bias, lin.bias) and m.bias.dtype == torch.float32
@@ -452,6 +489,78 @@ def test_nf4linear_state_dict_round_trips_through_safetensors(tmp_path, double_q
     assert torch.equal(fresh.dequantize_weight(), m.dequantize_weight())
     x = torch.randn(5, 70)
     assert torch.equal(fresh(x), m(x))
+
+
+def test_nf4linear_holds_one_nf4tensor_and_forward_makes_none(monkeypatch):
+    lin = nn.Linear(70, 30)
+    m = NF4Linear.from_linear(lin, double_quant=True)
+    q = m.quantized_weight
+    assert isinstance(q, NF4Tensor) and q.shape == (30, 70)
+    assert torch.equal(m.dequantize_weight(), dequantize_nf4(quantize_nf4(lin.weight, 64, True)))
+    buffers = dict(m.named_buffers())
+    assert all(buffers[f"weight_{k}"] is t for k, t in q.tensors().items())  # no copies
+    made = []
+    init = NF4Tensor.__init__
+
+    def counting_init(self, *args, **kwargs):
+        made.append(1)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(NF4Tensor, "__init__", counting_init)
+    x = torch.randn(4, 70)
+    y = m(x)
+    m.dequantize_weight()
+    assert made == [] and m.quantized_weight is q  # nothing re-packed per call
+    assert torch.equal(y, F.linear(x, dequantize_nf4(q), lin.bias))
+
+
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_nf4linear_weight_follows_its_buffers(double_quant):
+    """Moves, casts, loads (in place or assigned) and assignments keep the NF4Tensor and
+    the buffers the same tensors."""
+
+    def same(m):
+        q, buffers = m.quantized_weight, dict(m.named_buffers())
+        assert buffers.keys() == {f"weight_{k}" for k in q.tensors()}
+        return all(buffers[f"weight_{k}"] is t for k, t in q.tensors().items())
+
+    src = NF4Linear.from_linear(nn.Linear(70, 30), double_quant=double_quant)
+    x = torch.randn(3, 70)
+    want = src(x)
+    m = NF4Linear(70, 30, double_quant=double_quant)
+    m.load_state_dict(src.state_dict())
+    assert same(m) and torch.equal(m(x), want)
+    m = NF4Linear(70, 30, double_quant=double_quant)
+    m.load_state_dict(src.state_dict(), assign=True)
+    assert same(m) and torch.equal(m(x), want)
+    m.to(torch.bfloat16)
+    assert same(m) and m.quantized_weight.dtype == torch.bfloat16
+    assert torch.equal(m(x.bfloat16()), F.linear(x.bfloat16(), src.dequantize_weight(
+        torch.bfloat16), src.bias.bfloat16()))  # fmt: skip
+    m.weight_codes = src.weight_codes.clone()
+    assert same(m)
+    with pytest.raises(ValueError, match="inconsistent"):
+        m.weight_codes = src.weight_codes[:-1]
+    with pytest.raises(ValueError, match="shape"):
+        m.quantized_weight = quantize_nf4(torch.randn(30, 71))
+
+
+def test_layers_and_the_codec_share_one_default():
+    w = nn.Linear(70, 30)
+    q = quantize_nf4(w.weight)
+    assert (q.block_size, q.double_quant) == (DEFAULT_BLOCK_SIZE, DEFAULT_DOUBLE_QUANT)
+    for m in (NF4Linear(70, 30), NF4Linear.from_linear(w)):
+        assert (m.block_size, m.double_quant) == (DEFAULT_BLOCK_SIZE, DEFAULT_DOUBLE_QUANT)
+    model = nn.Sequential(nn.Linear(8, 8))
+    quantize_model_nf4(model)
+    assert model[0].double_quant == DEFAULT_DOUBLE_QUANT
+    n = 96 * 40
+    assert (
+        nf4_model_bytes([(96, 40)])["nf4"]
+        == nf4_numel_bytes(n)
+        == nf4_storage_bytes(quantize_nf4(torch.randn(96, 40)))
+    )
+    assert bits_per_param() == bits_per_param(DEFAULT_BLOCK_SIZE, DEFAULT_DOUBLE_QUANT)
 
 
 # ---------------------------------------------------------------------------- whole models
@@ -500,8 +609,7 @@ def test_quantize_model_generic_filter_and_ties():
 
 
 def test_error_report_rows_and_ordering_on_gaussian_weights():
-    weights = gaussian_weights({"q": (128, 128), "fc": (64, 256)}, std=0.02, seed=1)
-    assert torch.equal(weights["q"], gaussian_weights({"q": (128, 128)}, std=0.02, seed=1)["q"])
+    weights = {"q": _randn(128, 128, seed=1) * 0.02, "fc": _randn(64, 256, seed=2) * 0.02}
     rows = quantization_error_report(weights)
     assert [(r["layer"], r["method"]) for r in rows] == [
         (n, m) for n in ("q", "fc") for m in ("nf4", "int4", "fp4")
@@ -545,6 +653,7 @@ def test_cuda_matches_cpu():
             else:
                 assert torch.equal(ours, ref)
         fp4 = quantize_fp4(w)
-        assert torch.equal(dequantize_fp4(fp4.to("cuda")).cpu(), dequantize_fp4(fp4))
+        assert torch.equal(dequantize_4bit(fp4.to("cuda")).cpu(), dequantize_4bit(fp4))
     m = NF4Linear.from_linear(nn.Linear(70, 30)).cuda()
     assert m.weight_codes.is_cuda and m(torch.randn(2, 70, device="cuda")).is_cuda
+    assert m.quantized_weight.codes is m.weight_codes

@@ -8,14 +8,8 @@ import pytest
 import torch
 
 from minituner import nf4_cpu
-from minituner.nf4 import (
-    NF4_CODEBOOK,
-    dequantize_4bit,
-    dequantize_nf4,
-    quantize_fp4,
-    quantize_int4_absmax,
-    quantize_nf4,
-)
+from minituner.nf4 import dequantize_4bit, dequantize_nf4, quantize_nf4
+from minituner.quant_compare import quantize_fp4, quantize_int4_absmax
 
 HAS_CC = nf4_cpu._library() is not None
 needs_cc = pytest.mark.skipif(not HAS_CC, reason="no working C compiler here")
@@ -85,21 +79,14 @@ def test_c_loop_any_thread_count(threads, monkeypatch):
 
 
 @needs_cc
-def test_c_loop_rejects_bad_input():
-    codes = torch.zeros(4, dtype=torch.uint8)
-    with pytest.raises(ValueError, match="positive even"):
-        nf4_cpu.dequantize_packed(codes, torch.ones(1), NF4_CODEBOOK, 7, 8, torch.float32)
-    with pytest.raises(ValueError, match="do not fit"):
-        nf4_cpu.dequantize_packed(codes, torch.ones(3), NF4_CODEBOOK, 4, 8, torch.float32)
+def test_c_loop_refuses_what_it_cannot_run():
+    """Its input is an NF4Tensor, checked when made (tests/test_nf4.py); only the device
+    and the output dtype are left to refuse."""
+    q = quantize_nf4(torch.randn(8), 4)
     with pytest.raises(RuntimeError, match="cannot run"):
-        nf4_cpu.dequantize_packed(codes, torch.ones(2), NF4_CODEBOOK, 4, 8, torch.float16)
-    dq = (torch.zeros(2, 256), torch.tensor(0, dtype=torch.uint8), torch.ones(1), torch.zeros(()))
-    with pytest.raises(ValueError, match="uint8 absmax codes"):  # float absmax with dq
-        nf4_cpu.dequantize_packed(codes, torch.ones(2), NF4_CODEBOOK, 4, 8, torch.float32, dq)
-    with pytest.raises(ValueError, match="dq scales"):
-        bad = (*dq[:2], torch.ones(3), dq[3])
-        k = torch.zeros(2, dtype=torch.uint8)
-        nf4_cpu.dequantize_packed(codes, k, NF4_CODEBOOK, 4, 8, torch.float32, bad)
+        nf4_cpu.dequantize_packed(q, torch.float16)
+    with pytest.raises(RuntimeError, match="cannot run"):
+        nf4_cpu.dequantize_packed(q, torch.float64)
 
 
 def test_other_dtypes_use_the_pytorch_path():

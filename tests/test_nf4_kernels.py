@@ -20,13 +20,8 @@ import pytest
 import torch
 
 from minituner import nf4_kernels
-from minituner.nf4 import (
-    dequantize_4bit,
-    dequantize_nf4,
-    quantize_fp4,
-    quantize_int4_absmax,
-    quantize_nf4,
-)
+from minituner.nf4 import dequantize_4bit, dequantize_nf4, quantize_nf4
+from minituner.quant_compare import quantize_fp4, quantize_int4_absmax
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -43,10 +38,10 @@ def _torch_path(q, dtype, monkeypatch):
 
 def test_cpu_tensors_use_the_pytorch_path(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    codes = torch.zeros(4, dtype=torch.uint8)
-    assert not nf4_kernels.available(codes, torch.float32)
+    q = quantize_nf4(torch.randn(8))
+    assert not nf4_kernels.available(q.codes, torch.float32)
     with pytest.raises(RuntimeError, match="cannot run on cpu|needs Triton"):
-        nf4_kernels.dequantize_packed(codes, torch.ones(1), (0.0,) * 16, 64, 8, torch.float32)
+        nf4_kernels.dequantize_packed(q, torch.float32)
 
 
 def test_float64_and_the_switch_use_the_pytorch_path(monkeypatch):
@@ -97,7 +92,8 @@ def test_interpreted_kernel_equals_pytorch_path():
         f"""
         import os, torch
         from minituner import nf4_kernels
-        from minituner.nf4 import dequantize_4bit, quantize_nf4, quantize_fp4
+        from minituner.nf4 import dequantize_4bit, quantize_nf4
+        from minituner.quant_compare import quantize_fp4
         torch.manual_seed(0)
         for shape, bs in {CASES!r}:
             for quantize, kw in ((quantize_nf4, {{"double_quant": True}}), (quantize_fp4, {{}})):
