@@ -43,7 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from minituner.llama import LLAMA_LINEARS, LlamaConfig, build_nf4_llama  # noqa: E402
 from minituner.lora import add_lora, lora_layers  # noqa: E402
 from minituner.memory import predict_memory  # noqa: E402
-from minituner.nf4 import dequantize_nf4, nf4_storage_bytes, quantize_nf4  # noqa: E402
+from minituner.nf4 import QLORA_DOUBLE_QUANT, dequantize_nf4, quantize_nf4  # noqa: E402
+from minituner.nf4_storage import nf4_storage_bytes  # noqa: E402
 from minituner.shapes import SHAPES  # noqa: E402
 
 TARGETS = {"qv": ["q_proj", "v_proj"], "all": list(LLAMA_LINEARS)}
@@ -335,7 +336,7 @@ def dequant_bandwidth(device: torch.device, shape, repeats: int = 20) -> dict:
     """GB/s (read + written) of NF4 dequantize to bf16 vs cloning the bf16 weight."""
     g = torch.Generator(device=device).manual_seed(0)
     w = torch.randn(tuple(shape), generator=g, device=device, dtype=torch.bfloat16)
-    q = quantize_nf4(w, block_size=64, double_quant=True)
+    q = quantize_nf4(w, double_quant=QLORA_DOUBLE_QUANT)  # as build_nf4_llama stores it
 
     def timed(fn) -> float:
         for _ in range(3):

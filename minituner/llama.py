@@ -50,7 +50,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from minituner.nf4 import NF4Linear
+from minituner.nf4 import DEFAULT_BLOCK_SIZE, QLORA_DOUBLE_QUANT
+from minituner.nf4_linear import NF4Linear
 
 LLAMA_ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 LLAMA_MLP = ("gate_proj", "up_proj", "down_proj")
@@ -302,8 +303,8 @@ def build_nf4_llama(
     cfg: LlamaConfig,
     device: torch.device | str = "cpu",
     compute_dtype: torch.dtype = torch.bfloat16,
-    block_size: int = 64,
-    double_quant: bool = True,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    double_quant: bool = QLORA_DOUBLE_QUANT,
     seed: int = 0,
     checkpointing: bool = False,
     low_mem_backward: bool = True,

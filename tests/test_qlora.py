@@ -14,7 +14,7 @@ from minituner import train
 from minituner.config import FinetuneConfig
 from minituner.data import encode_lines
 from minituner.lora import LoRALinear, lora_layers, merge_lora
-from minituner.nf4 import NF4Linear
+from minituner.nf4_linear import NF4Linear
 from minituner.paths import experiments_file
 from minituner.train import finetune, load_base
 

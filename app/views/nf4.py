@@ -10,14 +10,8 @@ import torch
 from app import data
 from app.charts import nf4 as charts
 from app.format import format_bytes
-from minituner.nf4 import (
-    FP4_CODEBOOK,
-    INT4_CODEBOOK,
-    NF4_CODEBOOK,
-    NF4_OFFSET,
-    bits_per_param,
-    nf4_model_bytes,
-)
+from minituner.nf4 import DEFAULT_BLOCK_SIZE, FP4_CODEBOOK, INT4_CODEBOOK, NF4_CODEBOOK, NF4_OFFSET
+from minituner.nf4_storage import bits_per_param, nf4_model_bytes
 
 st.title("NF4: 4-bit NormalFloat")
 st.markdown(
@@ -43,7 +37,9 @@ st.header("Error on the base model's weights")
 layers = data.base_linear_names()
 c1, c2 = st.columns([3, 1])
 layer = c1.selectbox("layer", layers, index=0, key="nf4_layer")
-block = c2.select_slider("block size", [16, 32, 64, 128, 256], value=64, key="nf4_block")
+block = c2.select_slider(
+    "block size", [16, 32, 64, 128, 256], value=DEFAULT_BLOCK_SIZE, key="nf4_block"
+)
 errors = data.quant_errors(layer, int(block), base.model_id)
 a, b = st.columns([3, 2])
 with a:
