@@ -226,7 +226,7 @@ def _base_weight(layer: str) -> torch.Tensor:
 @st.cache_data(show_spinner="Quantizing…", max_entries=32)
 def quant_errors(layer: str, block_size: int, model_id: str) -> dict:
     """Per-weight errors of NF4, int4 and FP4 on one base layer (numpy arrays)."""
-    from minituner.nf4 import QUANT_METHODS, quantization_errors
+    from minituner.quant_compare import QUANT_METHODS, quantization_errors
 
     w = _base_weight(layer)
     return {m: quantization_errors(w, m, block_size).numpy() for m in QUANT_METHODS}
@@ -235,7 +235,7 @@ def quant_errors(layer: str, block_size: int, model_id: str) -> dict:
 @st.cache_data(show_spinner="Quantizing every layer…", max_entries=8)
 def quant_report(block_size: int, model_id: str) -> list[dict]:
     """quantization_error_report over every layer Linear of the base model."""
-    from minituner.nf4 import quantization_error_report
+    from minituner.quant_compare import quantization_error_report
 
     return quantization_error_report(
         {name: _base_weight(name) for name in base_linear_names()}, block_size

@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from .lora import TARGET_ALIASES, TARGET_GROUPS, resolve_targets
+from .nf4 import DEFAULT_BLOCK_SIZE, QLORA_DOUBLE_QUANT
 
 METHODS = ("full", "lora", "qlora")
 # Default learning rates at the default 40-step budget. LoRA/QLoRA: 5e-3, picked by hand
@@ -49,8 +50,8 @@ class FinetuneConfig:
     seed: int = 0
     eval_every: int = 10
     eval_sample: int = 48
-    nf4_block_size: int = 64
-    nf4_double_quant: bool = True
+    nf4_block_size: int = DEFAULT_BLOCK_SIZE
+    nf4_double_quant: bool = QLORA_DOUBLE_QUANT
 
     def __post_init__(self) -> None:
         if not isinstance(self.targets, (str, list, tuple)):

@@ -100,7 +100,7 @@ class FinetuneResult:
 
 def prepare_model(base: Base, cfg: FinetuneConfig, device: torch.device) -> torch.nn.Module:
     """A fresh copy of the base model set up for ``cfg.method`` (trainable parts only)."""
-    from .nf4 import quantize_model_nf4
+    from .nf4_linear import quantize_model_nf4
 
     model = copy.deepcopy(base.model).to(device)
     if cfg.method == "full":
