@@ -15,6 +15,7 @@ that needs them; nothing here raises into a page except a missing base model.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 import warnings
 from pathlib import Path
@@ -198,8 +199,29 @@ def experiment_section(experiments: dict | None, key: str) -> dict | None:
 # ---------------------------------------------------------------------- sessions
 @st.cache_resource
 def get_trainer() -> Trainer:
-    """The server's single training worker."""
+    """The server's single live run (its training runs in a child process)."""
     return Trainer()
+
+
+def cache_dir() -> str:
+    """Where live runs are saved: the store's save root (the user cache)."""
+    return str(store().save_root)
+
+
+def eval_limit() -> int | None:
+    """``MINITUNER_EVAL_LIMIT`` caps every evaluation of a live run at that many items
+    per split (quick demos and tests); unset: the full held-out splits at the end."""
+    v = os.environ.get("MINITUNER_EVAL_LIMIT", "").strip()
+    if not v:
+        return None
+    try:
+        n = int(v)
+    except ValueError:
+        n = 0
+    if n < 1:
+        st.warning(f"MINITUNER_EVAL_LIMIT={v!r} ignored: it must be a whole number >= 1")
+        return None
+    return n
 
 
 def session_id() -> str:

@@ -1,38 +1,39 @@
-"""The live-training worker: one fine-tuning run at a time, in a background thread.
+"""The server's one live run: a training child process and the state every tab reads.
 
-The thread never calls Streamlit. It runs :func:`minituner.train.finetune_events` and
-copies each event into a :class:`TrainState` under a lock; the Train page polls
-:meth:`Trainer.snapshot` from an ``st.fragment(run_every=...)`` and draws what it sees.
-``Trainer.stop()`` sets a flag that ``finetune_events`` checks between steps. A finished
-run is saved to the run store by the thread itself, so it is kept even when the browser
-tab that started it has been closed.
+Training never happens in the Streamlit server's interpreter. :class:`Trainer` (one per
+server, ``st.cache_resource``) starts a :class:`minituner.worker.TrainingProcess`; its
+reader thread folds each typed event into a :class:`LiveState` under a lock and bumps
+``version``. Sessions only read: ``snapshot()`` is a cheap copy, and the Train page
+redraws only when ``version`` moved. The child saves a completed run to the store itself,
+so the run is kept when every tab has been closed; a killed server takes its child with
+it (the child exits when its stdin pipe closes).
 
-The app holds one :class:`Trainer` per server (``st.cache_resource``): a second session
-that asks for a run while one is going is told so (``start`` returns False).
+Nothing here calls Streamlit.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import threading
 import time
-import traceback
 from dataclasses import dataclass, field
 
-from minituner.runs import RunStore
-from minituner.train import Base, FinetuneConfig, finetune_events
+from minituner import events as ev
+from minituner.config import FinetuneConfig
+from minituner.worker import TrainingProcess
 
 RUNNING = "running"
-FINISHED = ("completed", "stopped", "diverged", "error")
+# the status a terminal event leaves behind
+END_STATUS = {ev.Finished: "completed", ev.Stopped: "stopped", ev.Diverged: "diverged"}
 
 
-@dataclass
-class TrainState:
-    """What the page shows about the current (or last) live run."""
+@dataclass(frozen=True)
+class LiveState:
+    """What every tab shows about the current (or last) live run."""
 
+    version: int = 0  # bumped by every event: a tab redraws only when it changed
     status: str = "idle"  # idle | running | completed | stopped | diverged | error
-    owner: str = ""  # the session that started it
+    owner: str = ""  # the session that started it (only it gets the Stop button)
     config: dict = field(default_factory=dict)
     label: str = ""
     device: str = ""
@@ -40,133 +41,120 @@ class TrainState:
     steps: int = 0
     trainable_params: int = 0
     total_params: int = 0
-    loss_steps: list = field(default_factory=list)
-    losses: list = field(default_factory=list)
-    evals: list = field(default_factory=list)
+    loss_steps: tuple[int, ...] = ()
+    losses: tuple[float, ...] = ()
+    evals: tuple[ev.Evaluation, ...] = ()
     tokens_per_s: float = 0.0
     message: str = ""
     run_id: str = ""  # set once the finished run is in the store
     started_at: float = 0.0
     elapsed_s: float = 0.0
-    phase: str = ""  # what the worker is doing now (preparing, training, evaluating, saving)
+    phase: str = ""  # what the child is doing now
+    pid: int = 0
 
     @property
     def running(self) -> bool:
         return self.status == RUNNING
 
 
+def fold(s: LiveState, e: ev.Event) -> LiveState:
+    """The state after one event (pure: the reader thread and the tests use it)."""
+    r = dataclasses.replace
+    match e:
+        case ev.Phase(name=name):
+            s = r(s, phase=name)
+        case ev.Started():
+            s = r(s, device=e.device, trainable_params=e.trainable_params,
+                  total_params=e.total_params, steps=e.steps, label=e.label)  # fmt: skip
+        case ev.Step():
+            s = r(s, step=e.step, loss_steps=(*s.loss_steps, e.step),
+                  losses=(*s.losses, e.loss), tokens_per_s=e.tokens_per_s)  # fmt: skip
+        case ev.Evaluation():
+            s = r(s, evals=(*s.evals, e))
+        case ev.Finished():
+            s = r(s, status="completed", run_id=e.run_id, phase="")
+        case ev.Stopped() | ev.Diverged():
+            s = r(s, status=END_STATUS[type(e)], message=e.message, phase="")
+        case ev.Failed():
+            s = r(s, status="error", message=e.message, phase="")
+    return r(s, version=s.version + 1, elapsed_s=time.perf_counter() - s.started_at)
+
+
 class Trainer:
-    """A single background fine-tuning worker (thread-safe)."""
+    """The server's single live run (thread-safe)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._state = TrainState()
+        self._state = LiveState()
+        self._proc: TrainingProcess | None = None
 
     # ------------------------------------------------------------------ queries
-    def snapshot(self) -> TrainState:
-        """A copy of the state, safe to read while the worker runs."""
+    def snapshot(self) -> LiveState:
+        """The current state (immutable; the elapsed time is brought up to now)."""
         with self._lock:
             s = self._state
-            if s.running:
-                s.elapsed_s = time.perf_counter() - s.started_at
-            return copy.deepcopy(s)
+        if s.running:
+            s = dataclasses.replace(s, elapsed_s=time.perf_counter() - s.started_at)
+        return s
+
+    @property
+    def version(self) -> int:
+        return self._state.version
 
     @property
     def busy(self) -> bool:
-        with self._lock:
-            return self._state.running
+        return self._state.running
 
     # ------------------------------------------------------------------ control
     def start(
         self,
         cfg: FinetuneConfig,
-        base: Base,
         owner: str,
         device: str = "auto",
-        store: RunStore | None = None,
+        cache: str | None = None,
+        eval_limit: int | None = None,
     ) -> bool:
-        """Start training ``cfg`` in the background. False when a run is already going."""
+        """Start training ``cfg`` in a child process. False when a run is already going."""
         with self._lock:
             if self._state.running:
                 return False
-            self._stop.clear()
-            self._state = TrainState(
+            self._state = LiveState(
+                version=self._state.version + 1,
                 status=RUNNING,
                 owner=owner,
                 config=cfg.to_dict(),
                 label=cfg.label(),
                 steps=cfg.steps,
                 started_at=time.perf_counter(),
-                phase="preparing (copying the base model, evaluating it)",
+                phase="starting the training process",
             )
-            # the worker moves its model between devices: give it its own copy, so
-            # pages that read the shared base model are never disturbed
-            own = dataclasses.replace(base, model=copy.deepcopy(base.model))
-            self._thread = threading.Thread(
-                target=self._run,
-                args=(cfg, own, device, store),
-                name="minituner-train",
-                daemon=True,
-            )
-            self._thread.start()
+            try:
+                self._proc = TrainingProcess(
+                    cfg.to_dict(), self._on_event, device, cache=cache, eval_limit=eval_limit
+                )
+            except OSError as e:
+                self._state = fold(self._state, ev.Failed(f"cannot start training: {e}"))
+                return True
+            self._state = dataclasses.replace(self._state, pid=self._proc.pid)
             return True
 
     def stop(self) -> None:
-        """Ask the worker to stop after the current step."""
-        self._stop.set()
+        """Ask the child to stop after the current step."""
+        p = self._proc
+        if p is not None:
+            p.stop()
 
-    def join(self, timeout: float | None = None) -> None:
-        t = self._thread
-        if t is not None:
-            t.join(timeout)
+    def kill(self) -> None:
+        """End the child now (server shutdown, tests)."""
+        p = self._proc
+        if p is not None:
+            p.kill()
 
-    # ------------------------------------------------------------------ worker
-    def _update(self, **kw) -> None:
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until the run has ended (its terminal event is in the state)."""
+        p = self._proc
+        return True if p is None else p.join(timeout)
+
+    def _on_event(self, e: ev.Event) -> None:
         with self._lock:
-            for k, v in kw.items():
-                setattr(self._state, k, v)
-            self._state.elapsed_s = time.perf_counter() - self._state.started_at
-
-    def _run(self, cfg: FinetuneConfig, base: Base, device: str, store: RunStore | None):
-        try:
-            result = None
-            for ev in finetune_events(cfg, base, device, should_stop=self._stop.is_set):
-                kind = ev["type"]
-                if kind == "start":
-                    self._update(
-                        device=ev["device"],
-                        trainable_params=ev["trainable_params"],
-                        total_params=ev["total_params"],
-                        phase="training",
-                    )
-                elif kind == "step":
-                    with self._lock:
-                        s = self._state
-                        s.step = ev["step"]
-                        s.loss_steps = [*s.loss_steps, ev["step"]]
-                        s.losses = [*s.losses, ev["loss"]]
-                        s.tokens_per_s = ev["tokens_per_s"]
-                        last = ev["step"] == ev["steps"]
-                        s.phase = "final evaluation" if last else "training"
-                elif kind == "eval":
-                    ev = {k: v for k, v in ev.items() if k != "type"}
-                    with self._lock:
-                        self._state.evals = [*self._state.evals, ev]
-                elif kind == "end":
-                    result = ev["result"]
-            if result is None:  # pragma: no cover - finetune_events always ends
-                raise RuntimeError("training ended without a result")
-            if result.ok():
-                self._update(phase="saving to the run store")
-                info = (store or RunStore()).save(result)
-                self._update(run_id=info.run_id)
-            self._update(status=result.status, message=result.message, phase="")
-        except Exception as e:  # noqa: BLE001 - the page shows it; the server lives on
-            self._update(
-                status="error",
-                message=f"{type(e).__name__}: {e}",
-                phase="",
-            )
-            traceback.print_exc()
+            self._state = fold(self._state, e)

@@ -344,9 +344,11 @@ def _final_rows(metrics) -> list[tuple[str, object]]:
 
 
 def _cmd_finetune(args) -> None:
+    from .config import FinetuneConfig, check_rank
     from .distributed import from_env
+    from .events import Evaluation, Event, Started, Step
     from .runs import RunStore
-    from .train import FinetuneConfig, finetune, load_base
+    from .train import finetune, load_base
     from .trainutil import ProgressBar, resolve_device
 
     cfg = FinetuneConfig(
@@ -356,6 +358,7 @@ def _cmd_finetune(args) -> None:
     )  # fmt: skip
     resolve_device(args.device)
     base = load_base(args.base)
+    check_rank(cfg, base.model.config)  # a rank the model cannot take: one line, no training
     store = RunStore()
     if not args.no_save:  # a cache that cannot take the run: say so before training
         _check_writable(store.save_root)
@@ -377,15 +380,17 @@ def _cmd_finetune(args) -> None:
     bar = ProgressBar(cfg.steps, cfg.method)
     state = {"acc": float("nan")}
 
-    def on_event(ev):
-        if ev["type"] == "start":
-            print(
-                f"{cfg.label()} on {ev['device']}: {ev['trainable_params']:,} trainable of {ev['total_params']:,} parameters"
-            )
-        elif ev["type"] == "eval":
-            state["acc"] = ev["irregular_accuracy"]
-        elif ev["type"] == "step":
-            bar.update(ev["step"], f"loss {ev['loss']:.4f} acc {state['acc']:.2f}")
+    def on_event(e: Event) -> None:
+        match e:
+            case Started():
+                print(
+                    f"{e.label} on {e.device}: {e.trainable_params:,} trainable of "
+                    f"{e.total_params:,} parameters"
+                )
+            case Evaluation():
+                state["acc"] = e.irregular_accuracy
+            case Step():
+                bar.update(e.step, f"loss {e.loss:.4f} acc {state['acc']:.2f}")
 
     try:
         res = finetune(cfg, base, device=args.device, callback=on_event)

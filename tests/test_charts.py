@@ -3,6 +3,7 @@ from small synthetic data (no browser, no Streamlit)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -50,13 +51,20 @@ def test_loss_curves_one_line_per_run():
 
 
 def test_live_training_loss_and_evaluation_panels():
-    fig = train.live_training([1, 2, 3], [2.0, 1.5, 1.0], EVALS, total_steps=40)
-    assert names(fig) == ["loss", "irregular accuracy (%)", "control EN drift (%)"]
-    assert list(fig.data[1].y) == pytest.approx([20.0, 90.0])
-    assert list(fig.data[2].y) == pytest.approx([0.0, 1.0])
-    assert tuple(fig.layout.xaxis.range)[1] >= 40  # the x axis spans the whole run
+    from types import SimpleNamespace
+
+    evals = [SimpleNamespace(**e) for e in EVALS]
+    spec = train.live_training([1, 2, 3], [2.0, 1.5, 1.0], evals, total_steps=40)
+    loss, evaluation = spec["hconcat"]
+    assert [r["loss"] for r in loss["data"]["values"]] == [2.0, 1.5, 1.0]
+    rows = evaluation["data"]["values"]
+    acc = [r["value"] for r in rows if r["figure"] == "irregular accuracy (%)"]
+    drift = [r["value"] for r in rows if r["figure"] == "control EN drift (%)"]
+    assert acc == pytest.approx([20.0, 90.0]) and drift == pytest.approx([0.0, 1.0])
+    assert loss["encoding"]["x"]["scale"]["domain"] == [0, 40]  # the x axis spans the run
+    json.dumps(spec)  # plain JSON, nothing for Streamlit to convert
     empty = train.live_training([], [], [], total_steps=5)
-    assert len(empty.data) == 3 and len(empty.data[0].x) == 0
+    assert [len(p["data"]["values"]) for p in empty["hconcat"]] == [0, 0]
 
 
 def test_eval_curves_and_perplexity_over_steps():

@@ -2,14 +2,17 @@
 train it live.
 
 The choices live in the URL (?method=lora&r=8&alpha=16&targets=q,v&lr=0.005&steps=40&seed=0)
-so a link opens the same configuration. Live training runs in the server's single
-worker thread (app/trainer.py); this page polls it from a fragment every
-``POLL_S`` seconds and never blocks on it.
+so a link opens the same configuration. Live training runs in a child process of the
+server (app/trainer.py, minituner/worker.py); every tab draws the one shared live state,
+and its live panel redraws only when a new event arrived (at most twice a second).
 """
 
 from __future__ import annotations
 
+import time
+
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from app import data, helpers
 from app.charts import train as charts
@@ -20,7 +23,10 @@ from minituner.config import DEFAULT_LR, METHODS
 from minituner.runs import run_id
 from minituner.shapes import ModelShape
 
-POLL_S = 0.75
+POLL_S = 0.5  # a watching tab asks for news this often (the first time)...
+MIN_REDRAW_S = 0.5  # ...and redraws at most this often, only when an event arrived
+TICK_S = 0.1
+MAX_WAIT_S = 60.0
 KEYS = {k: f"train_{k}" for k in ("method", "r", "alpha", "lr", "steps", "seed")}
 TARGET_KEYS = {t: f"train_target_{t}" for t in helpers.TARGETS}
 FINISHED_MARK = "Training finished"
@@ -135,15 +141,17 @@ def _draw_live(s) -> None:
     loss = f" · loss {s.losses[-1]:.4f}" if s.losses else ""
     phase = f" · {s.phase}" if s.phase else ""
     st.progress(frac, text=f"step {s.step}/{s.steps}{loss}{tps} · {s.elapsed_s:.1f} s{phase}")
-    st.plotly_chart(
-        charts.live_training(s.loss_steps, s.losses, s.evals, s.steps), key="train_live_chart"
+    st.vega_lite_chart(
+        charts.live_training(s.loss_steps, s.losses, s.evals, s.steps),
+        key="train_live_chart",
+        use_container_width=False,
     )
     if s.evals:
         e = s.evals[-1]
         a, b, c, d = st.columns(4)
-        a.metric("irregular accuracy (sample)", helpers.pct(e.get("irregular_accuracy")))
-        b.metric("over-regularized (sample)", helpers.pct(e.get("overregularized_rate")))
-        c.metric("control EN drift (sample)", f"{100 * e.get('control_en_drift', 0):+.2f}%")
+        a.metric("irregular accuracy (sample)", helpers.pct(e.irregular_accuracy))
+        b.metric("over-regularized (sample)", helpers.pct(e.overregularized_rate))
+        c.metric("control EN drift (sample)", f"{100 * e.control_en_drift:+.2f}%")
         d.metric("running on", s.device or "…")
 
 
@@ -151,36 +159,50 @@ def _stop() -> None:
     data.get_trainer().stop()
 
 
+def _wait_for_news(version: int) -> None:
+    """Hold this fragment run until the live state moves on, then redraw it.
+
+    Only in a fragment run (the first draw comes with the whole page): the elements
+    drawn stay on screen while this waits, so a tab costs nothing between events, and
+    redraws come at most every ``MIN_REDRAW_S``. The tick gives Streamlit a point to
+    act on a click, a page change or a closed tab.
+    """
+    ctx = get_script_run_ctx()
+    if ctx is None or not ctx.fragment_ids_this_run:
+        return
+    t_draw = time.monotonic()
+    tick = st.empty()
+    while time.monotonic() - t_draw < MAX_WAIT_S:
+        time.sleep(TICK_S)
+        tick.empty()
+        if trainer.version != version and time.monotonic() - t_draw >= MIN_REDRAW_S:
+            st.rerun(scope="fragment")
+
+
 @st.fragment(run_every=POLL_S)
 def _live_panel() -> None:
     s = data.get_trainer().snapshot()
+    if s.status != RUNNING:  # finished: a full rerun shows the result and the new run
+        st.rerun()
     if s.owner == data.session_id():
         st.subheader(f"Training live: {s.label}")
-        st.button(
-            "Stop", icon=":material/stop:", key="train_stop", on_click=_stop, disabled=not s.running
-        )
+        st.button("Stop", icon=":material/stop:", key="train_stop", on_click=_stop)
     else:
         st.info(
             f"Training is busy: another session is training **{s.label}**. "
             "One run at a time per server; you can watch it here and start yours when it ends."
         )
     _draw_live(s)
-    if s.status != RUNNING:  # finished: a full rerun shows the result and the new run
-        st.rerun()
+    _wait_for_news(s.version)
 
 
 def _show_stored(info, heading: str) -> None:
     st.subheader(heading)
     m = info.metrics
-    curves = m.get("curves", {})
-    st.plotly_chart(
-        charts.live_training(
-            curves.get("step", []),
-            curves.get("loss", []),
-            m.get("evals", []),
-            info.config["finetune"]["steps"],
-        ),
+    st.vega_lite_chart(
+        charts.live_training(m.curves.step, m.curves.loss, m.evals, info.finetune_config().steps),
         key=f"train_stored_{info.run_id}",
+        use_container_width=False,
     )
     st.dataframe(helpers.final_figures_rows([info], base.metrics), hide_index=True)
     st.caption(
@@ -191,12 +213,15 @@ def _show_stored(info, heading: str) -> None:
 
 # ---------------------------------------------------------------- the run itself
 if snap.running:
+    # a fragment waiting for news counts as "running": keep the corner indicator quiet
+    st.html("<style>[data-testid='stStatusWidget']{visibility:hidden}</style>")
     _live_panel()
 else:
     if mine and snap.status != "idle" and snap.config == cfg.to_dict():
         if snap.status == "completed" and snap.run_id:
             st.success(
-                f"{FINISHED_MARK}: run {snap.run_id} saved to the store ({snap.elapsed_s:.1f} s on {snap.device})."
+                f"{FINISHED_MARK}: run {snap.run_id} saved to the store "
+                f"({snap.elapsed_s:.1f} s on {snap.device})."
             )
         elif snap.status == "stopped":
             st.warning(f"Training stopped: {snap.message}. Stopped runs are not stored.")
@@ -219,12 +244,14 @@ else:
         key="train_start",
         type="primary" if stored is None else "secondary",
     ):
-        if trainer.start(cfg, base, owner=me, store=data.store()):
+        if trainer.start(cfg, owner=me, cache=data.cache_dir(), eval_limit=data.eval_limit()):
             st.rerun()
         else:
             st.info(
-                "Training is busy: another session started a run a moment ago. Try again when it ends."
+                "Training is busy: another session started a run a moment ago. "
+                "It is shown here; start yours when it ends."
             )
+            st.rerun()
     if stored is not None:
         _show_stored(stored, "Stored run")
     elif cfg.method == "qlora" and data.device_label() == "CPU":
