@@ -3,14 +3,24 @@
 :class:`FinetuneConfig` owns every fine-tuning setting (method, rank, alpha, targets,
 optimizer, schedule, evaluation, NF4 storage); everything else (the CLI, the app, the
 run store) builds one and trusts it.
+
+Targets are normalised when a config is made: groups expanded (``attn`` = q,k,v,o,
+``mlp`` = fc_in,fc_out, ``all`` = both), attribute names shortened (``q_proj`` = q),
+repeats dropped, and the canonical order q, k, v, o, fc_in, fc_out kept. So ``v,q``,
+``q,q,v`` and ``q,v`` are one config with one run id (the run id hashes ``to_dict()``).
+
+The largest rank a model takes depends on the model, not the config: :func:`max_rank`
+(min(in, out) of the targeted Linears) and :func:`check_rank` are that one rule, used by
+the CLI and the app before training.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
-from .lora import TARGET_ALIASES, TARGET_GROUPS, resolve_targets
+from .lora import TARGET_ALIASES, TARGET_GROUPS
 from .nf4 import DEFAULT_BLOCK_SIZE, QLORA_DOUBLE_QUANT
 
 METHODS = ("full", "lora", "qlora")
@@ -20,6 +30,75 @@ METHODS = ("full", "lora", "qlora")
 # fine-tuning: 1e-3, the best of `precompute`'s search over 1e-4..3e-3 (its table is in
 # precomputed/README.md), so the default full run is the shipped one.
 DEFAULT_LR = {"full": 1e-3, "lora": 5e-3, "qlora": 5e-3}
+
+
+TARGETS = tuple(TARGET_ALIASES)  # the canonical order: q, k, v, o, fc_in, fc_out
+_SHORT = {attr: short for short, attr in TARGET_ALIASES.items()}  # q_proj -> q
+MAX_SEED = 2**64 - 1  # the largest seed torch.manual_seed takes
+
+
+def normalize_targets(targets: str | Iterable[str]) -> tuple[str, ...]:
+    """MiniGPT's target names in the canonical order (q, k, v, o, fc_in, fc_out), each once.
+
+    Groups are expanded (attn, mlp, all) and attribute names shortened (q_proj -> q).
+    Names that are none of MiniGPT's are kept after them, in the order given, so that
+    :meth:`FinetuneConfig.validate` can name them.
+
+    Raises:
+        ValueError: ``targets`` is not a string or a list of strings.
+    """
+    if isinstance(targets, str):
+        targets = [targets]
+    if not isinstance(targets, (list, tuple)):
+        raise ValueError(f"targets must be a list of names such as q,v; got {targets!r}")
+    wanted: list[str] = []
+    for item in targets:
+        if not isinstance(item, str):
+            raise ValueError(f"target names must be strings, got {item!r}")
+        for name in filter(None, (part.strip() for part in item.split(","))):
+            for t in TARGET_GROUPS.get(name, [name]):
+                wanted.append(_SHORT.get(t, t))
+    others = [t for t in dict.fromkeys(wanted) if t not in TARGETS]
+    return tuple(t for t in TARGETS if t in wanted) + tuple(others)
+
+
+def targets_label(targets: Iterable[str]) -> str:
+    """``all``, ``attn`` or ``mlp`` when the targets are exactly that group, else ``q,v``."""
+    t = normalize_targets(list(targets))
+    for group, names in TARGET_GROUPS.items():
+        if t == tuple(names):
+            return group
+    return ",".join(t)
+
+
+def layer_shapes(model_config) -> dict[str, tuple[int, int]]:
+    """(in_features, out_features) of each target Linear of a MiniGPT (a GPTConfig)."""
+    c = model_config.n_embd
+    h = model_config.mlp_ratio * c
+    return {"q": (c, c), "k": (c, c), "v": (c, c), "o": (c, c), "fc_in": (c, h), "fc_out": (h, c)}
+
+
+def max_rank(model_config, targets: str | Iterable[str] = TARGETS) -> int:
+    """The largest LoRA rank every targeted Linear of the model takes: the smallest
+    min(in_features, out_features) among them (a rank-r update of an (out, in) matrix
+    needs r <= min(in, out)). ``targets`` defaults to all of them."""
+    shapes = layer_shapes(model_config)
+    names = [t for t in normalize_targets(targets) if t in shapes] or list(shapes)
+    return min(min(shapes[t]) for t in names)
+
+
+def check_rank(cfg: FinetuneConfig, model_config) -> None:
+    """Raises ValueError when ``cfg.r`` is larger than :func:`max_rank` allows for its
+    targets in a model of ``model_config`` (nothing to check for full fine-tuning)."""
+    if cfg.method == "full":
+        return
+    limit = max_rank(model_config, cfg.targets)
+    if cfg.r > limit:
+        raise ValueError(
+            f"rank r={cfg.r} is too large for this model: the targeted layers "
+            f"({targets_label(cfg.targets)}) are {limit} wide on their narrower side, so r "
+            f"must be between 1 and {limit}"
+        )
 
 
 def _number(name: str, v, low: float, allow_low: bool = False) -> None:
@@ -54,11 +133,7 @@ class FinetuneConfig:
     nf4_double_quant: bool = QLORA_DOUBLE_QUANT
 
     def __post_init__(self) -> None:
-        if not isinstance(self.targets, (str, list, tuple)):
-            raise ValueError(f"targets must be a list of names such as q,v; got {self.targets!r}")
-        if isinstance(self.targets, str):
-            self.targets = tuple(t.strip() for t in self.targets.split(",") if t.strip())
-        self.targets = tuple(self.targets)
+        self.targets = normalize_targets(self.targets)  # one config, one run id
         if self.lr is None:
             self.lr = DEFAULT_LR.get(self.method, 1e-3)
         self.validate()
@@ -71,6 +146,15 @@ class FinetuneConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a whole number >= 1, got {v!r}")
+        s = self.seed
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
+            raise ValueError(f"seed must be a whole number from 0 to 2**64 - 1, got {s!r}")
+        for name in ("rslora", "nf4_double_quant"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        b = self.nf4_block_size  # what nf4.quantize_nf4 takes
+        if isinstance(b, bool) or not isinstance(b, int) or b < 2 or b % 2:
+            raise ValueError(f"nf4_block_size must be a positive even whole number, got {b!r}")
         _number("learning rate", self.lr, low=0.0)
         _number("warmup", self.warmup, low=0.0, allow_low=True)
         _number("weight_decay", self.weight_decay, low=0.0, allow_low=True)
@@ -84,8 +168,7 @@ class FinetuneConfig:
                 raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
             if not self.targets:
                 raise ValueError("choose at least one target module (q, k, v, o, fc_in, fc_out)")
-            known = set(TARGET_ALIASES.values())
-            bad = [t for t in resolve_targets(self.targets) if t not in known]
+            bad = [t for t in self.targets if t not in TARGETS]
             if bad:
                 raise ValueError(
                     f"unknown target module {', '.join(map(repr, bad))}; MiniGPT's are "
@@ -94,6 +177,8 @@ class FinetuneConfig:
                 )
 
     def to_dict(self) -> dict:
+        """The JSON form (targets normalised), without the settings that do not apply to
+        the method: this is what a run id hashes."""
         d = asdict(self)
         d["targets"] = list(self.targets)
         if self.method == "full":  # LoRA settings do not apply: keep them out of the id
@@ -110,15 +195,12 @@ class FinetuneConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown fine-tuning settings: {sorted(unknown)}")
-        d = dict(d)
-        if "targets" in d:
-            d["targets"] = tuple(d["targets"])
         return cls(**d)
 
     def label(self) -> str:
         if self.method == "full":
             return f"full lr={self.lr:g} steps={self.steps} seed={self.seed}"
         return (
-            f"{self.method} r={self.r} a={self.alpha:g} {','.join(self.targets)} "
+            f"{self.method} r={self.r} a={self.alpha:g} {targets_label(self.targets)} "
             f"lr={self.lr:g} steps={self.steps} seed={self.seed}"
         )

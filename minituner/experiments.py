@@ -28,7 +28,13 @@ from .runs import RunInfo, RunStore
 from .train import Base, finetune
 
 RANKS = (1, 2, 4, 8, 16, 32, 64)
-TARGET_SETS = {"q,v": ("q", "v"), "q,k,v,o": ("q", "k", "v", "o"), "mlp": ("mlp",), "all": ("all",)}
+# by name; the values are normalised (FinetuneConfig expands mlp and all the same way)
+TARGET_SETS = {
+    "q,v": ("q", "v"),
+    "q,k,v,o": ("q", "k", "v", "o"),
+    "mlp": ("fc_in", "fc_out"),
+    "all": ("q", "k", "v", "o", "fc_in", "fc_out"),
+}
 TRUNCATION_K = (1, 2, 4, 8, 16, 32)
 FULL_LRS = (1e-4, 3e-4, 1e-3, 3e-3)  # full fine-tuning's own learning-rate search (seed 0)
 REGENERATE = "python -m minituner precompute"
