@@ -19,13 +19,45 @@ base model and the shipped runs) is found in ``$MINITUNER_DATA`` or, in a checko
 ``python -m minituner`` (or ``minituner``).
 """
 
-from .config import FinetuneConfig
-from .lora import LoRALinear, add_lora, load_adapter, merge_lora, save_adapter
-from .model import GPTConfig, MiniGPT
-from .nf4 import dequantize_nf4, quantize_nf4
-from .nf4_linear import NF4Linear
-from .runs import RunStore
-from .train import finetune, load_base
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import FinetuneConfig
+    from .lora import LoRALinear, add_lora, load_adapter, merge_lora, save_adapter
+    from .model import GPTConfig, MiniGPT
+    from .nf4 import dequantize_nf4, quantize_nf4
+    from .nf4_linear import NF4Linear
+    from .runs import RunStore
+    from .train import finetune, load_base
+
+# Imported on first use (PEP 562), so ``import minituner`` does not import torch: the
+# command line starts fast and a Ctrl-C while torch loads lands in its main().
+_HOME = {
+    "FinetuneConfig": "config",
+    "LoRALinear": "lora", "add_lora": "lora", "load_adapter": "lora", "merge_lora": "lora",
+    "save_adapter": "lora",
+    "GPTConfig": "model", "MiniGPT": "model",
+    "dequantize_nf4": "nf4", "quantize_nf4": "nf4",
+    "NF4Linear": "nf4_linear",
+    "RunStore": "runs",
+    "finetune": "train", "load_base": "train",
+}  # fmt: skip
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module 'minituner' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOME})
+
 
 __all__ = [
     "FinetuneConfig",
