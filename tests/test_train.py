@@ -3,8 +3,8 @@ determinism, stopping, divergence, config validation, full fine-tuning and the m
 (with predicted = measured memory for fp32 training).
 
 A full evaluation costs several seconds here, so only ``lora_run`` pays for the real
-final evaluation; the other runs replace ``minituner.train.evaluate`` by the same
-function on a small sample of every split (``cheap_eval``), which does not touch training.
+final evaluation; the other runs cap every evaluation at ``EVAL_CAP`` items per split
+with ``finetune(..., eval_limit=...)``, which does not touch training.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ import math
 import pytest
 import torch
 
+from minituner import events as ev
 from minituner import train
 from minituner.config import FinetuneConfig
 from minituner.lora import LoRALinear, lora_layers
 from minituner.runs import RunStore
-from minituner.train import EXPLODE_FACTOR, finetune, load_base
+from minituner.train import LOSS_FACTOR, Training, evaluation_collapse, finetune, load_base
 
 EVAL_CAP = 4  # items per split in the cheap evaluation
 SMALL = dict(steps=4, batch_size=8, eval_every=2, eval_sample=4)
@@ -35,27 +36,12 @@ def base_state(fbase):
     return {k: v.detach().clone() for k, v in fbase.model.state_dict().items()}
 
 
-def _patch_cheap_eval(mp: pytest.MonkeyPatch) -> None:
-    real = train.evaluate
-
-    def small(model, tok, corpus, base_metrics=None, sample=None):
-        n = min(sample or EVAL_CAP, EVAL_CAP)
-        return real(model, tok, corpus, base_metrics=base_metrics, sample=n)
-
-    mp.setattr(train, "evaluate", small)
-
-
-@pytest.fixture
-def cheap_eval(monkeypatch):
-    _patch_cheap_eval(monkeypatch)
-
-
 @pytest.fixture(scope="module")
 def lora_run(fbase, base_state):
     """One LoRA fine-tune with the real (full) final evaluation, and its events."""
     flags = {n: p.requires_grad for n, p in fbase.model.named_parameters()}
     training = fbase.model.training
-    events: list[dict] = []
+    events: list[ev.Event] = []
     res = finetune(
         FinetuneConfig(method="lora", seed=0, **SMALL), fbase, device="cpu", callback=events.append
     )
@@ -64,7 +50,7 @@ def lora_run(fbase, base_state):
 
 def _cheap_run(fbase, **kw):
     cfg = {**SMALL, **kw}
-    return finetune(FinetuneConfig(**cfg), fbase, device="cpu")
+    return finetune(FinetuneConfig(**cfg), fbase, device="cpu", eval_limit=EVAL_CAP)
 
 
 # ------------------------------------------------------------------ frozen base
@@ -126,45 +112,80 @@ def test_only_lora_parameters_are_trainable(lora_run):
 
 def test_events_come_in_order(lora_run):
     _, events, _, _ = lora_run
-    kinds = [(e["type"], e.get("step")) for e in events]
+    kinds = [(type(e).__name__, getattr(e, "step", getattr(e, "name", None))) for e in events]
     assert kinds == [
-        ("start", None),
-        ("eval", 0),
-        ("step", 1),
-        ("step", 2),
-        ("eval", 2),
-        ("step", 3),
-        ("step", 4),
-        ("eval", 4),
-        ("end", None),
+        ("Phase", "preparing"),
+        ("Started", None),
+        ("Evaluation", 0),
+        ("Phase", "training"),
+        ("Step", 1),
+        ("Step", 2),
+        ("Evaluation", 2),
+        ("Step", 3),
+        ("Step", 4),
+        ("Evaluation", 4),
+        ("Phase", "final evaluation"),
+        ("Finished", None),
     ]
-    start = events[0]
-    assert start["device"] == "CPU"
-    assert start["config"]["method"] == "lora" and start["config"]["steps"] == 4
-    assert start["trainable_params"] == 16384
-    steps = [e for e in events if e["type"] == "step"]
-    assert all(e["steps"] == 4 for e in steps)
-    assert all(math.isfinite(e["loss"]) and e["loss"] > 0 for e in steps)
-    assert all(e["lr"] > 0 and e["tokens_per_s"] > 0 for e in steps)
-    assert events[1]["control_en_drift"] == 0.0 and events[1]["control_es_drift"] == 0.0
-    assert events[-1]["result"] is lora_run[0]
+    start = events[1]
+    assert start.device == "CPU" and start.steps == 4
+    assert start.label == FinetuneConfig(method="lora", seed=0, **SMALL).label()
+    assert start.trainable_params == 16384
+    steps = [e for e in events if isinstance(e, ev.Step)]
+    assert all(e.steps == 4 for e in steps)
+    assert all(math.isfinite(e.loss) and e.loss > 0 for e in steps)
+    assert all(e.lr > 0 and e.tokens_per_s > 0 for e in steps)
+    assert events[2].control_en_drift == 0.0 and events[2].control_es_drift == 0.0
+    end = events[-1]
+    assert end.irregular_accuracy == lora_run[0].metrics["irregular_accuracy"]
+    assert end.run_id == ""  # in-process runs are not stored by the loop
+
+
+def test_every_event_survives_its_json_form(lora_run):
+    for e in lora_run[1]:
+        assert ev.loads(ev.dumps(e)) == e
 
 
 def test_curves_and_evals_match_the_events(lora_run):
     res, events, _, _ = lora_run
-    steps = [e for e in events if e["type"] == "step"]
+    steps = [e for e in events if isinstance(e, ev.Step)]
     c = res.metrics["curves"]
     assert c["step"] == [1, 2, 3, 4]
-    assert c["loss"] == [e["loss"] for e in steps]
-    assert c["lr"] == [e["lr"] for e in steps]
+    assert c["loss"] == [e.loss for e in steps]
+    assert c["lr"] == [e.lr for e in steps]
     assert len(c["tokens_per_s"]) == 4
+    evals = [e for e in events if isinstance(e, ev.Evaluation)]
+    assert res.metrics["evals"] == [e.as_record() for e in evals]
     assert [e["step"] for e in res.metrics["evals"]] == [0, 2, 4]
+
+
+def test_training_object_holds_the_result(fbase):
+    run = Training(FinetuneConfig(**SMALL), fbase, "cpu", eval_limit=EVAL_CAP)
+    assert run.result is None
+    last = list(run)[-1]
+    assert isinstance(last, ev.Finished) and run.result.ok()
+    with pytest.raises(ValueError, match="eval_limit"):
+        Training(FinetuneConfig(**SMALL), fbase, "cpu", eval_limit=0)
+
+
+def test_eval_limit_caps_every_evaluation(fbase, monkeypatch):
+    seen = []
+    real = train.evaluate
+
+    def spy(model, tok, corpus, base_metrics=None, sample=None):
+        seen.append(sample)
+        return real(model, tok, corpus, base_metrics=base_metrics, sample=sample)
+
+    monkeypatch.setattr(train, "evaluate", spy)
+    res = _cheap_run(fbase)
+    assert res.ok() and seen and all(s == EVAL_CAP for s in seen)
+    assert res.metrics["eval_limit"] == EVAL_CAP
 
 
 # ------------------------------------------------------------------ determinism
 
 
-def test_same_seed_gives_identical_runs(fbase, cheap_eval):
+def test_same_seed_gives_identical_runs(fbase):
     kw = dict(method="lora", dropout=0.1, seed=3)  # dropout draws from the seeded RNG too
     a = _cheap_run(fbase, **kw)
     b = _cheap_run(fbase, **kw)
@@ -184,28 +205,28 @@ def test_same_seed_gives_identical_runs(fbase, cheap_eval):
 # ------------------------------------------------------------------ stop, diverge
 
 
-def test_should_stop_stops_between_steps(fbase, cheap_eval):
+def test_should_stop_stops_between_steps(fbase):
     calls = []
 
     def stop():
         calls.append(1)
         return len(calls) > 2  # allow two steps, then stop
 
-    events: list[dict] = []
+    events: list[ev.Event] = []
     res = finetune(
-        FinetuneConfig(**SMALL), fbase, device="cpu", callback=events.append, should_stop=stop
+        FinetuneConfig(**SMALL), fbase, "cpu", events.append, should_stop=stop, eval_limit=EVAL_CAP
     )
     assert res.status == "stopped"
     assert not res.ok()
     assert res.model is None
     assert "after 2 steps" in res.message
     assert res.metrics["curves"]["step"] == [1, 2]
-    assert [e["step"] for e in events if e["type"] == "step"] == [1, 2]
-    assert events[-1]["type"] == "end"
+    assert [e.step for e in events if isinstance(e, ev.Step)] == [1, 2]
+    assert events[-1] == ev.Stopped(res.message, 2)
     assert "irregular_accuracy" not in res.metrics  # no final evaluation of a stopped run
 
 
-def test_nan_loss_diverges_and_is_never_stored(fbase, cheap_eval, monkeypatch, tmp_path):
+def test_nan_loss_diverges_and_is_never_stored(fbase, monkeypatch, tmp_path):
     def nan_loss(model, x, y):
         return model(x).sum() * float("nan")  # a NaN with a graph, as a real blow-up gives
 
@@ -222,20 +243,61 @@ def test_nan_loss_diverges_and_is_never_stored(fbase, cheap_eval, monkeypatch, t
     assert store.list() == []
 
 
-def test_exploding_loss_diverges(fbase, cheap_eval, monkeypatch):
+def test_exploding_loss_diverges(fbase, monkeypatch):
     real = train._masked_loss
     calls = []
 
     def exploding(model, x, y):
         calls.append(1)
         loss = real(model, x, y)
-        return loss * (1.0 if len(calls) < 3 else 10 * EXPLODE_FACTOR)
+        return loss * (1.0 if len(calls) < 3 else 2 * LOSS_FACTOR)
 
     monkeypatch.setattr(train, "_masked_loss", exploding)
     res = _cheap_run(fbase)
     assert res.status == "diverged"
     assert "at step 3" in res.message
     assert res.metrics["curves"]["step"] == [1, 2]
+
+
+@pytest.mark.parametrize("lr", [10.0, 100.0])
+def test_a_huge_learning_rate_diverges_and_is_not_stored(fbase, lr, tmp_path):
+    """Issue 13: LoRA at lr 10 or 100 was stored as "completed" with accuracy 0."""
+    res = _cheap_run(fbase, lr=lr)
+    assert res.status == "diverged", res.metrics.get("control_en_drift")
+    assert "learning rate" in res.message
+    with pytest.raises(ValueError, match="diverged"):
+        RunStore([tmp_path], save_root=tmp_path).save(res)
+
+
+def _evaluation(drift_en: float, drift_es: float = 0.0) -> ev.Evaluation:
+    return ev.Evaluation(10, 0.5, 0.1, 0.9, 1.4, 1.3, drift_en, drift_es)
+
+
+def test_evaluation_collapse_is_judged_on_control_perplexity():
+    assert evaluation_collapse(_evaluation(0.09)) is None  # full FT's usual drift
+    assert evaluation_collapse(_evaluation(0.49, 0.49)) is None
+    msg = evaluation_collapse(_evaluation(0.0, 0.6))
+    assert msg and "Spanish" in msg and "1.6x" in msg
+    assert evaluation_collapse(_evaluation(float("inf"))) is not None
+
+
+def test_a_collapsed_evaluation_ends_the_run_as_diverged(fbase, monkeypatch):
+    real = train.evaluate
+    calls = []
+
+    def collapsing(model, tok, corpus, base_metrics=None, sample=None):
+        m = real(model, tok, corpus, base_metrics=base_metrics, sample=sample)
+        calls.append(1)
+        if len(calls) > 1:  # after the base model's: English perplexity tripled
+            m = {**m, "control_en_ppl": 3 * m["control_en_ppl"]}
+        return m
+
+    monkeypatch.setattr(train, "evaluate", collapsing)
+    events: list[ev.Event] = []
+    res = finetune(FinetuneConfig(**SMALL), fbase, "cpu", events.append, eval_limit=EVAL_CAP)
+    assert res.status == "diverged" and res.model is None
+    assert "collapsed" in res.message and "at step 2" in res.message
+    assert isinstance(events[-1], ev.Diverged) and events[-1].step == 2
 
 
 # ------------------------------------------------------------------ validation
@@ -305,9 +367,7 @@ def test_unknown_target_is_rejected_before_training(fbase, monkeypatch):
 
 @pytest.fixture(scope="module")
 def full_run(fbase, base_state):
-    with pytest.MonkeyPatch.context() as mp:
-        _patch_cheap_eval(mp)
-        return _cheap_run(fbase, method="full", lr=1e-3, warmup=0)
+    return _cheap_run(fbase, method="full", lr=1e-3, warmup=0)
 
 
 def test_full_finetuning_updates_every_parameter(full_run, fbase, base_state):
