@@ -22,9 +22,10 @@ from minituner import cli
 from minituner import pretrain as pretrain_mod
 from minituner.checkpoint import load_model
 from minituner.cli import main
+from minituner.paths import base_dir
 from minituner.trainutil import resolve_device
 
-SHIPPED_BASE = REPO_ROOT / "precomputed" / "base"
+SHIPPED_BASE = base_dir()
 
 
 def snapshot(root: Path) -> dict[str, str]:
