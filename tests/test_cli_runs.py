@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 from cli_util import run_minituner
 
-from minituner.paths import runs_dir
+from minituner.paths import data_dir, runs_dir
 from minituner.runs import RunStore
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-PRECOMPUTED = REPO_ROOT / "precomputed"
+PRECOMPUTED = data_dir()
 PROMPT = "He __ to school yesterday."
 ERROR_CASES = {
     "path as run id": (["complete", "--run", "../x", PROMPT], ["'../x'", "not a run id"]),
