@@ -50,18 +50,31 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 # .old: the next save or read puts it back (recover_directory). A crash at any other
 # point leaves final complete (old or new). ``.old`` is only ever a complete directory;
 # a deletion cut short happens under ``.trash`` or ``.tmp``, removed by the next save.
+# Readers hold the same lock shared while they read an entry's files (directory_lock),
+# so they never see a directory half-way through a swap.
 LEFTOVER_RE = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old|trash)-(?P<pid>\d+)(?:-.*)?")
 STALE_S = 24 * 3600.0  # a temporary directory this old is a leftover whatever its pid says
 
 
 @contextmanager
-def _parent_lock(parent: Path) -> Iterator[None]:
-    fd = os.open(parent, os.O_RDONLY)
+def directory_lock(parent: str | os.PathLike, shared: bool = False) -> Iterator[None]:
+    """Hold the lock of a folder whose entries are replaced by :func:`atomic_directory`:
+    exclusive for a swap, shared for reading an entry's files (no swap happens
+    meanwhile). A folder that cannot be opened or locked is used without the lock."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fd = os.open(parent, os.O_RDONLY)
+    except OSError:
+        fd = None
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            except OSError:  # a filesystem without flock
+                pass
         yield
     finally:
-        os.close(fd)  # releases the lock
+        if fd is not None:
+            os.close(fd)  # releases the lock
 
 
 def _pid_alive(pid: int) -> bool:
@@ -130,13 +143,12 @@ def recover_directory(final: str | os.PathLike) -> bool:
         return True
     parent = final.parent
     try:
-        if not any(
+        if any(
             (m := LEFTOVER_RE.fullmatch(p.name)) and m["name"] == final.name and m["kind"] == "old"
             for p in parent.iterdir()
         ):
-            return False
-        with _parent_lock(parent):
-            _clean(parent, only=final.name)
+            with directory_lock(parent):
+                _clean(parent, only=final.name)
     except OSError:
         pass
     return _exists(final)
@@ -158,7 +170,7 @@ def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=parent))
     try:
         yield tmp
-        with _parent_lock(parent):
+        with directory_lock(parent):
             _clean(parent)
             old = parent / f".{final.name}.old-{os.getpid()}"
             if _exists(final):

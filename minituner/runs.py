@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from .config import FinetuneConfig
 from .io import (
     LEFTOVER_RE,
     atomic_directory,
+    directory_lock,
     load_tensors,
     recover_directory,
     save_tensors,
@@ -131,13 +131,21 @@ class RunStore:
             raise ValueError(f"{path} cannot be read ({e})") from None
         return RunInfo(path.name, path, config, metrics, spectrum, is_shipped(path))
 
-    def _candidates(self, rid: str) -> Iterator[Path]:
-        """The directories that may hold run ``rid``, root by root (a save that died
-        between its two renames is put back first)."""
-        for root in self.roots:
-            path = root / rid
-            if path.is_dir() or (recover_directory(path) and path.is_dir()):
-                yield path
+    def _read_locked(self, path: Path) -> RunInfo | None:
+        """:meth:`_read` under the folder's shared lock, so that no save swaps the run
+        while its files are read; None when there is no such directory (a save that
+        died between its renames is put back first).
+
+        Raises:
+            ValueError: the run is broken (the message names the file).
+        """
+        for attempt in (0, 1):
+            with directory_lock(path.parent, shared=True):
+                if path.is_dir():
+                    return self._read(path)
+            if attempt or not recover_directory(path):
+                return None
+        return None
 
     def list(self) -> list[RunInfo]:
         """Every readable finished run, each id once (the first root that holds a valid
@@ -160,9 +168,12 @@ class RunStore:
                     warnings.warn(f"skipping {path}: not a run directory", stacklevel=2)
                     continue
                 try:
-                    seen[path.name] = self._read(path)
+                    info = self._read_locked(path)
                 except ValueError as e:
                     warnings.warn(f"skipping run {path.name}: {e}", stacklevel=2)
+                    continue
+                if info is not None:
+                    seen[path.name] = info
         return list(seen.values())
 
     def find(self, rid: str) -> RunInfo | None:
@@ -175,11 +186,14 @@ class RunStore:
         """
         check_run_id(rid)
         problem = None
-        for path in self._candidates(rid):
+        for root in self.roots:
             try:
-                return self._read(path)
+                info = self._read_locked(root / rid)
             except ValueError as e:
                 problem = problem or e
+                continue
+            if info is not None:
+                return info
         if problem is not None:
             raise problem
         return None
@@ -254,7 +268,9 @@ class RunStore:
             write_json(tmp / SpectrumRecord.FILE, spectrum.to_json())
             write_json(tmp / MetricsRecord.FILE, metrics.to_json())
             write_json(tmp / RunConfig.FILE, config.to_json())
-        return self._read(self.save_root / rid)
+        # the records just written, not read back: another save may already replace them
+        final = self.save_root / rid
+        return RunInfo(rid, final, config, metrics, spectrum, is_shipped(final))
 
     def spectrum(self, info: RunInfo) -> SpectrumRecord:
         return info.spectrum
