@@ -1,4 +1,4 @@
-"""A non-editable install works away from the checkout: ``pip install`` of the package into a
+"""Where the data is found (minituner.paths), and a non-editable install that works away from the checkout: ``pip install`` of the package into a
 fresh virtual environment, then ``minituner runs`` and ``minituner complete`` from another
 directory, with MINITUNER_DATA (or --data) pointing at the checkout's precomputed/, and
 without it: one ``error:`` line, exit status 2.
@@ -24,7 +24,11 @@ import pytest
 import safetensors
 import torch
 
-pytestmark = pytest.mark.slow  # a venv, a pip install and a few CLI runs: about a minute
+from minituner import paths
+from minituner.cli import main
+from minituner.runs import RunStore
+
+slow = pytest.mark.slow  # a venv, a pip install and a few CLI runs: a minute or two
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "precomputed"
@@ -91,6 +95,7 @@ def one_error_line(r) -> str:
     return lines[0]
 
 
+@slow
 def test_the_installed_copy_is_imported(venv, elsewhere):
     code = (
         "import minituner, minituner.paths as p; "
@@ -108,6 +113,7 @@ def test_the_installed_copy_is_imported(venv, elsewhere):
     assert exports == "True"
 
 
+@slow
 def test_runs_lists_the_shipped_runs_with_minituner_data(venv, elsewhere):
     r = run(venv, elsewhere, "runs", data=str(DATA))
     assert r.returncode == 0, r.stderr
@@ -117,6 +123,7 @@ def test_runs_lists_the_shipped_runs_with_minituner_data(venv, elsewhere):
     assert r.stdout.count(" shipped ") == len(shipped)
 
 
+@slow
 def test_complete_with_minituner_data(venv, elsewhere):
     r = run(venv, elsewhere, "complete", "--run", SHIPPED_RUN, PROMPT, data=str(DATA))
     assert r.returncode == 0, r.stderr
@@ -125,12 +132,14 @@ def test_complete_with_minituner_data(venv, elsewhere):
     assert "-> 'went'" in tuned and "P(went)=" in tuned, r.stdout
 
 
+@slow
 def test_the_data_option_of_python_m_minituner(venv, elsewhere):
     r = run(venv, elsewhere, "--data", str(DATA), "runs", module=True)
     assert r.returncode == 0, r.stderr
     assert SHIPPED_RUN in r.stdout
 
 
+@slow
 @pytest.mark.parametrize(
     "args", [("runs",), ("complete", "--run", SHIPPED_RUN, PROMPT)], ids=["runs", "complete"]
 )
@@ -139,9 +148,70 @@ def test_without_data_one_error_line(venv, elsewhere, args):
     assert "MINITUNER_DATA" in line and "--data" in line, line
 
 
+@slow
 def test_a_data_folder_that_is_not_there_is_named(venv, elsewhere):
     missing = elsewhere / "no-such-folder"
     line = one_error_line(run(venv, elsewhere, "runs", data=str(missing)))
     assert "MINITUNER_DATA" in line and str(missing) in line, line
     line = one_error_line(run(venv, elsewhere, "--data", str(missing), "runs"))
     assert "--data" in line and str(missing) in line, line
+
+
+# ---------------------------------------------------------------- the rules, in process
+@pytest.fixture
+def no_data_env(monkeypatch):
+    monkeypatch.delenv(paths.ENV_VAR, raising=False)
+
+
+def test_the_checkout_is_the_default(no_data_env):
+    assert paths.data_dir() == DATA == paths.CHECKOUT_DATA
+    assert paths.runs_dir() == DATA / "runs" and paths.base_dir() == DATA / "base"
+    assert paths.experiments_file() == DATA / "experiments.json"
+    assert paths.scaling_dir() == DATA / "scaling"
+
+
+def test_the_env_var_beats_the_checkout_and_is_read_at_call_time(
+    no_data_env, monkeypatch, tmp_path
+):
+    store_before = RunStore()
+    monkeypatch.setenv(paths.ENV_VAR, str(tmp_path))
+    assert paths.data_dir() == tmp_path.resolve()
+    assert RunStore().roots[0] == tmp_path.resolve() / "runs"
+    assert store_before.roots[0] == DATA / "runs"
+
+
+def test_the_cli_choice_beats_the_env_var_for_the_length_of_the_block(monkeypatch, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.setenv(paths.ENV_VAR, str(tmp_path / "a"))
+    with paths.using_data_dir(tmp_path / "b"):
+        assert paths.data_dir() == (tmp_path / "b").resolve()
+        with paths.using_data_dir(None):  # None changes nothing
+            assert paths.data_dir() == (tmp_path / "b").resolve()
+    assert paths.data_dir() == (tmp_path / "a").resolve()
+
+
+def test_no_data_folder_is_a_clear_error(no_data_env, monkeypatch, tmp_path):
+    monkeypatch.setattr(paths, "CHECKOUT_DATA", tmp_path / "site-packages" / "precomputed")
+    with pytest.raises(ValueError, match="set MINITUNER_DATA or pass --data"):
+        paths.data_dir()
+    with pytest.raises(ValueError, match="MINITUNER_DATA"):
+        RunStore()
+    assert RunStore([tmp_path]).list() == []  # explicit roots need no data folder
+    assert not paths.is_shipped(DATA / "runs" / SHIPPED_RUN)
+
+
+def test_a_missing_folder_is_named(monkeypatch, tmp_path):
+    monkeypatch.setenv(paths.ENV_VAR, str(tmp_path / "nope"))
+    with pytest.raises(ValueError, match=r"MINITUNER_DATA names .*nope, which is not a directory"):
+        paths.data_dir()
+
+
+def test_the_data_option_in_process(no_data_env, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("MINITUNER_CACHE", str(tmp_path / "cache"))
+    assert main(["--data", str(tmp_path / "nope"), "runs"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --data names "), err
+    assert paths.data_dir() == DATA  # the option lasted for that command only
+    assert main(["--data", str(DATA), "runs"]) == 0
+    assert SHIPPED_RUN in capsys.readouterr().out
