@@ -5,17 +5,44 @@ No Streamlit here, so these are tested directly (tests/test_app.py).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping
 
 from app.format import breakdown_table, format_bytes
-from minituner.config import DEFAULT_LR, METHODS, FinetuneConfig
+from minituner.config import DEFAULT_LR, METHODS, FinetuneConfig, check_rank, max_rank
 from minituner.runs import RunInfo
 
 TARGETS = ("q", "k", "v", "o", "fc_in", "fc_out")
 METHOD_NAMES = {"full": "Full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}
 MAX_STEPS = 2000
-MAX_R = 256
+MAX_R = 256  # the most the Train page offers; a smaller model caps it (rank_limit)
+# The Train page's number ranges: a URL value outside them is reported and the default
+# is used instead (never clamped silently).
+RANGES = {"r": (1, MAX_R), "steps": (1, MAX_STEPS), "seed": (0, 2**31 - 1),
+          "alpha": (0.5, 1024.0), "lr": (1e-6, 1.0)}  # fmt: skip
+
+
+def base_model_config():
+    """The GPTConfig of the data folder's base model, or None when it cannot be read
+    (the page that needs the model reports that)."""
+    from minituner.model import GPTConfig
+    from minituner.paths import base_dir
+
+    try:
+        return GPTConfig.from_dict(json.loads((base_dir() / "config.json").read_text())["model"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def rank_limit(model_config=None) -> int:
+    """The largest rank r the Train page offers: what every targetable layer of the model
+    takes (minituner.config.max_rank), at most MAX_R. ``model_config``: the base model's
+    GPTConfig (default: read from the data folder)."""
+    model_config = model_config if model_config is not None else base_model_config()
+    if model_config is None:
+        return MAX_R
+    return min(MAX_R, max_rank(model_config))
 
 
 def default_choices() -> dict:
@@ -35,18 +62,22 @@ def _first(v):
     return v[-1] if isinstance(v, (list, tuple)) else v
 
 
-def parse_train_params(qp: Mapping[str, object]) -> tuple[dict, list[str]]:
+def parse_train_params(
+    qp: Mapping[str, object], max_r: int | None = None
+) -> tuple[dict, list[str]]:
     """The Train page's choices from URL query parameters.
 
     Returns ``(choices, problems)``: only the keys present and valid are in ``choices``;
-    each unusable value gives a message in ``problems`` (the page shows them and uses
-    the default instead), never an exception.
+    each unusable value (not a number, or outside the page's range: RANGES, and for r
+    ``max_r``, default :func:`rank_limit`) gives a message in ``problems`` (the page
+    shows them and uses the default instead), never an exception.
     """
     out: dict = {}
     problems: list[str] = []
+    ranges = {**RANGES, "r": (1, max_r if max_r is not None else rank_limit())}
 
     def bad(key, value, why):
-        problems.append(f"URL parameter {key}={value!r} ignored: {why}")
+        problems.append(f"URL parameter {key}={value!r} ignored (the default is used): {why}")
 
     if "method" in qp:
         v = str(_first(qp["method"])).strip().lower()
@@ -54,7 +85,8 @@ def parse_train_params(qp: Mapping[str, object]) -> tuple[dict, list[str]]:
             out["method"] = v
         else:
             bad("method", v, f"choose one of {', '.join(METHODS)}")
-    for key, lo, hi in (("r", 1, MAX_R), ("steps", 1, MAX_STEPS), ("seed", 0, 2**31 - 1)):
+    for key in ("r", "steps", "seed"):
+        lo, hi = ranges[key]
         if key in qp:
             v = _first(qp[key])
             try:
@@ -74,10 +106,11 @@ def parse_train_params(qp: Mapping[str, object]) -> tuple[dict, list[str]]:
             except ValueError:
                 bad(key, v, "not a number")
                 continue
-            if math.isfinite(x) and x > 0:
+            lo, hi = ranges[key]
+            if math.isfinite(x) and lo <= x <= hi:
                 out[key] = x
             else:
-                bad(key, v, "must be a positive number")
+                bad(key, v, f"must be between {lo:g} and {hi:g}")
     if "targets" in qp:
         v = qp["targets"]
         items = v if isinstance(v, (list, tuple)) else [v]
@@ -107,8 +140,13 @@ def choices_to_params(choices: Mapping) -> dict[str, str]:
     return p
 
 
-def config_from_choices(choices: Mapping) -> FinetuneConfig:
-    """FinetuneConfig for the choices. Raises ValueError (readable) for bad settings."""
+def config_from_choices(choices: Mapping, model_config=None) -> FinetuneConfig:
+    """FinetuneConfig for the choices, checked against the base model too (a rank its
+    layers cannot take; ``model_config`` default: the data folder's base model).
+
+    Raises:
+        ValueError: (readable) for bad settings.
+    """
     kw = dict(
         method=choices["method"],
         lr=float(choices["lr"]),
@@ -119,7 +157,11 @@ def config_from_choices(choices: Mapping) -> FinetuneConfig:
         kw.update(
             r=int(choices["r"]), alpha=float(choices["alpha"]), targets=tuple(choices["targets"])
         )
-    return FinetuneConfig(**kw)
+    cfg = FinetuneConfig(**kw)
+    model_config = model_config if model_config is not None else base_model_config()
+    if model_config is not None:
+        check_rank(cfg, model_config)
+    return cfg
 
 
 # ---------------------------------------------------------------------- runs

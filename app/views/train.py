@@ -73,7 +73,12 @@ with st.container(border=True):
     )
     is_full = st.session_state[KEYS["method"]] == "full"
     c2.number_input(
-        "rank r", min_value=1, max_value=helpers.MAX_R, step=1, key=KEYS["r"], disabled=is_full
+        "rank r",
+        min_value=1,
+        max_value=helpers.rank_limit(base.model.config),
+        step=1,
+        key=KEYS["r"],
+        disabled=is_full,
     )
     c3.number_input(
         "alpha", min_value=0.5, max_value=1024.0, step=1.0, key=KEYS["alpha"], disabled=is_full
@@ -144,7 +149,7 @@ def _draw_live(s) -> None:
     st.vega_lite_chart(
         charts.live_training(s.loss_steps, s.losses, s.evals, s.steps),
         key="train_live_chart",
-        use_container_width=False,
+        width="content",
     )
     if s.evals:
         e = s.evals[-1]
@@ -202,7 +207,7 @@ def _show_stored(info, heading: str) -> None:
     st.vega_lite_chart(
         charts.live_training(m.curves.step, m.curves.loss, m.evals, info.finetune_config().steps),
         key=f"train_stored_{info.run_id}",
-        use_container_width=False,
+        width="content",
     )
     st.dataframe(helpers.final_figures_rows([info], base.metrics), hide_index=True)
     st.caption(
