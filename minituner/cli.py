@@ -465,20 +465,21 @@ def _add_complete(sub) -> None:
 
 def _cmd_complete(args) -> None:
     from .corpus import guess_candidates
-    from .evaluate import candidate_logprobs, complete
+    from .evaluate import candidate_logprobs, check_prompt, complete
     from .runs import RunStore, check_run_id
     from .train import load_base
 
     check_run_id(args.run)
     base = load_base(args.base)
-    base.tok.encode(args.prompt)  # a character outside the vocabulary: one clear line
-    store = RunStore()
-    info = store.get(args.run)
-    tuned = store.load_model(info, base)
     if args.candidates:
         cands = [c.strip() for c in args.candidates.split(",") if c.strip()]
     else:
         cands = guess_candidates(args.prompt)
+    # empty, no blank, unknown characters, too long: one line before any output
+    check_prompt(base.tok, args.prompt, base.model.config.block_size, cands)
+    store = RunStore()
+    info = store.get(args.run)
+    tuned = store.load_model(info, base)
     print(f"prompt: {args.prompt}")
     print(f"run {info.label()}")
     for name, model in (("base", base.model), ("fine-tuned", tuned)):

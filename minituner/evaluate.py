@@ -16,7 +16,7 @@ from collections import defaultdict
 import torch
 import torch.nn.functional as F
 
-from .corpus import ClozeExample, Corpus, cloze_input
+from .corpus import CLOZE_BLANK, CLOZE_SEP, ClozeExample, Corpus, cloze_input
 from .data import IGNORE, encode_lines
 from .tokenizer import CharTokenizer
 
@@ -148,8 +148,10 @@ def candidate_logprobs(model, tok: CharTokenizer, prompt: str, candidates: list[
     probabilities renormalized over the candidates.
 
     Raises:
-        ValueError: a character outside the vocabulary (the message names it).
+        ValueError: a prompt or candidate the model cannot read (:func:`check_prompt`;
+            a character outside the vocabulary is named).
     """
+    check_prompt(tok, prompt, model.config.block_size, candidates)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -168,6 +170,49 @@ def candidate_logprobs(model, tok: CharTokenizer, prompt: str, candidates: list[
     return {"logprobs": scores, "probs": probs}
 
 
+def check_prompt(
+    tok: CharTokenizer, prompt: str, block_size: int, candidates: list[str] | tuple = ()
+) -> str:
+    """``prompt`` itself, if a model with ``block_size`` can answer it and score each of
+    ``candidates``; checked before anything is computed or printed.
+
+    Raises:
+        ValueError: an empty prompt, a prompt without exactly one blank ``__``, a character
+            outside the vocabulary (prompt or candidate), or a prompt (with its longest
+            candidate) longer than the model reads.
+    """
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError('the prompt is empty: write a sentence with __ for the blank, e.g. '
+                         '"He __ to school yesterday."')  # fmt: skip
+    blanks = prompt.count(CLOZE_BLANK)
+    if blanks != 1:
+        what = "has no blank" if blanks == 0 else f"has {blanks} blanks"
+        raise ValueError(
+            f"the prompt {what}: write __ once, where the answer goes "
+            '(e.g. "He __ to school yesterday.")'
+        )
+    tok.encode(prompt)  # names a character outside the vocabulary
+    for c in candidates:
+        tok.encode(" " + c)
+    # greedy: BOS + prompt + separator + up to MAX_ANSWER_CHARS answer characters
+    room = block_size - 1 - len(CLOZE_SEP) - MAX_ANSWER_CHARS
+    # a candidate: BOS + prompt + separator + " " + candidate (its newline is predicted)
+    longest = max((len(c) for c in candidates), default=0)
+    room = min(room, block_size - 2 - len(CLOZE_SEP) - longest)
+    if len(prompt) > room:
+        with_cands = " with the longest candidate" if longest > MAX_ANSWER_CHARS - 1 else ""
+        raise ValueError(
+            f"the prompt is too long: {len(prompt)} characters, the model reads at most "
+            f"{max(room, 0)}{with_cands}"
+        )
+    return prompt
+
+
 def complete(model, tok: CharTokenizer, prompt: str) -> str:
-    """The greedy answer to one cloze prompt."""
+    """The greedy answer to one cloze prompt.
+
+    Raises:
+        ValueError: a prompt the model cannot answer (:func:`check_prompt`).
+    """
+    check_prompt(tok, prompt, model.config.block_size)
     return greedy_answers(model, tok, [prompt])[0]

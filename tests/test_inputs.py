@@ -16,7 +16,9 @@ sys.path.insert(0, str(REPO_ROOT))
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from app import helpers  # noqa: E402
+from minituner.cli import main  # noqa: E402
 from minituner.config import DEFAULT_LR, FinetuneConfig  # noqa: E402
+from minituner.evaluate import candidate_logprobs, complete  # noqa: E402
 from minituner.model import preset_config  # noqa: E402
 from minituner.train import load_base  # noqa: E402
 
@@ -83,3 +85,69 @@ def test_a_link_with_out_of_range_values_opens_with_warnings_and_defaults(tmp_pa
     assert r.value == FinetuneConfig().r
     assert r.max == 128  # no rank the 128-wide layers cannot take
     assert at.number_input(key="train_alpha").value == 16.0
+
+
+# ---------------------------------------------------------------- cloze prompts
+
+ROOM = 128 - 1 - len(" =") - 12  # block size - BOS - separator - the longest answer
+
+
+@pytest.mark.parametrize(
+    ("prompt", "needle"),
+    [("", "empty"), ("   ", "empty"), ("He went to school yesterday.", "no blank"),
+     ("He __ to __ yesterday.", "2 blanks"), ("He __ to ß.", "'ß'"),
+     ("He __ " + "a" * ROOM, "too long")],
+)  # fmt: skip
+def test_prompts_the_model_cannot_answer_are_refused(fbase, prompt, needle):
+    with pytest.raises(ValueError, match=needle):
+        complete(fbase.model, fbase.tok, prompt)
+    with pytest.raises(ValueError, match=needle):
+        candidate_logprobs(fbase.model, fbase.tok, prompt, ["went"])
+
+
+def test_the_longest_prompt_the_model_reads_is_answered(fbase):
+    prompt = "He __ to school" + "." * (ROOM - len("He __ to school"))
+    assert len(prompt) == ROOM
+    assert isinstance(complete(fbase.model, fbase.tok, prompt), str)
+    with pytest.raises(ValueError, match="too long"):
+        complete(fbase.model, fbase.tok, prompt + ".")
+
+
+def test_a_candidate_too_long_for_the_model_is_refused(fbase):
+    prompt = "He __ to school yesterday."
+    fits = "w" * (128 - 2 - len(" =") - len(prompt))
+    candidate_logprobs(fbase.model, fbase.tok, prompt, [fits])
+    with pytest.raises(ValueError, match="too long"):
+        candidate_logprobs(fbase.model, fbase.tok, prompt, [fits + "w"])
+
+
+def shipped_run_id() -> str:
+    return sorted(p.name for p in (REPO_ROOT / "precomputed" / "runs").iterdir())[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [([""], "empty"), (["He went to school yesterday."], "no blank"),
+     (["He __ to school " + "x" * 120], "too long"),
+     (["He __ to school yesterday.", "--candidates", "went," + "w" * 120], "too long"),
+     (["He __ to school yesterday.", "--candidates", "went,gøed"], "'ø'")],
+)  # fmt: skip
+def test_complete_refuses_a_bad_prompt_before_any_output(capsys, args, needle):
+    code = main(["complete", *args, "--run", shipped_run_id()])
+    out, err = capsys.readouterr()
+    assert (code, out) == (2, ""), (code, out, err)
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert needle in err
+
+
+@pytest.mark.parametrize(("prompt", "needle"), [("He went home.", "no blank"), ("", "empty")])
+def test_the_completions_page_refuses_a_bad_prompt(tmp_path, monkeypatch, prompt, needle):
+    monkeypatch.setenv("MINITUNER_CACHE", str(tmp_path / "cache"))
+    at = AppTest.from_file(MAIN, default_timeout=180)
+    at.run()
+    at.switch_page("views/completions.py")
+    at.run()
+    at.text_input(key="compl_prompt").set_value(prompt).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert needle in "\n".join(str(e.value) for e in at.error)
+    assert not at.metric  # no answer shown

@@ -6,7 +6,7 @@ import streamlit as st
 
 from app import data, helpers
 from app.charts import completions as charts
-from minituner.evaluate import candidate_logprobs, complete, greedy_answers
+from minituner.evaluate import candidate_logprobs, check_prompt, complete, greedy_answers
 
 DEFAULT_PROMPT = "He __ to school yesterday."
 DEFAULT_CANDIDATES = "went, goed"
@@ -60,11 +60,8 @@ st.selectbox(
 
 prompt = st.session_state["compl_prompt"].strip()
 cands = [c.strip() for c in st.session_state["compl_cands"].split(",") if c.strip()]
-if not prompt:
-    st.info("Type a prompt.")
-    st.stop()
-
-try:
+try:  # empty, no blank __, unknown characters, too long: refused before any answer
+    check_prompt(base.tok, prompt, base.model.config.block_size, cands)
     before = complete(base.model, base.tok, prompt)
     after = complete(model, base.tok, prompt)
     probs = None
@@ -75,8 +72,8 @@ try:
                 "probs"
             ],
         }
-except ValueError as e:  # characters outside the vocabulary, or a prompt too long
-    st.warning(f"The model cannot read this prompt: {e}")
+except ValueError as e:
+    st.error(f"The model cannot answer this prompt: {e}")
     st.stop()
 
 a, b = st.columns(2)
