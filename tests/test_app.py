@@ -10,6 +10,7 @@ MINITUNER_CACHE directories, never into the user's cache or precomputed/.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -76,14 +77,18 @@ def no_experiments(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def idle_trainer():
-    """The server's training worker, left idle after the test (whatever happened)."""
+def idle_trainer(monkeypatch):
+    """The server's live run, left idle after the test (whatever happened); live runs
+    evaluate a few items per split (MINITUNER_EVAL_LIMIT reaches the training child)."""
+    monkeypatch.setenv("MINITUNER_EVAL_LIMIT", "4")
     trainer = data.get_trainer()
     trainer.stop()
     trainer.join(TIMEOUT)
     yield trainer
     trainer.stop()
-    trainer.join(TIMEOUT)
+    if not trainer.join(TIMEOUT):
+        trainer.kill()
+        trainer.join(TIMEOUT)
 
 
 def open_page(page: str, query: dict | None = None) -> AppTest:
@@ -278,15 +283,15 @@ def test_train_page_trains_a_tiny_run_live(empty_cache, idle_trainer):
     start.click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert "Training live" in texts(at.subheader)
-    assert len(at.get("progress")) == 1 and charts_of(at) == 1
+    assert len(at.get("progress")) == 1 and len(at.get("vega_lite_chart")) == 1
+    pid = idle_trainer.snapshot().pid
+    assert pid and pid != os.getpid()  # the run trains in a child process, not the server
 
     wait_for(at, idle_trainer)
     assert not at.exception, [e.value for e in at.exception]
     assert "Training finished" in texts(at.success), texts(at.warning) + texts(at.error)
     runs = RunStore().list()
-    assert [
-        r.config["finetune"]["steps"] for r in runs if r.config["finetune"]["seed"] == 4242
-    ] == [3]
+    assert [r.config.finetune.steps for r in runs if r.config.finetune.seed == 4242] == [3]
     assert all(not str(r.path).startswith(str(REPO_ROOT)) for r in runs if not r.shipped)
     # the stored run loads at once from now on
     at.run()
@@ -304,7 +309,7 @@ def test_second_session_is_told_training_is_busy_and_stop_stops(empty_cache, idl
     assert not b.exception, [e.value for e in b.exception]
     assert "Training is busy" in texts(b.info)
     assert not [x for x in b.button if x.key in ("train_start", "train_stop")]
-    assert idle_trainer.start(FinetuneConfig(steps=1), load_base(), owner="someone") is False
+    assert idle_trainer.start(FinetuneConfig(steps=1), owner="someone") is False
 
     deadline = time.time() + TIMEOUT  # let it take a step or two, then stop it
     while idle_trainer.snapshot().step < 1 and time.time() < deadline:
@@ -316,7 +321,7 @@ def test_second_session_is_told_training_is_busy_and_stop_stops(empty_cache, idl
     assert "Training stopped" in texts(a.warning)
     snap = idle_trainer.snapshot()
     assert snap.status == "stopped" and snap.step < 2000
-    assert not [r for r in RunStore().list() if r.config["finetune"]["seed"] == 4343]
+    assert not [r for r in RunStore().list() if r.config.finetune.seed == 4343]
 
 
 def test_train_choices_live_in_the_url(empty_cache):
