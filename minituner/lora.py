@@ -508,8 +508,9 @@ def load_adapter(path: str | os.PathLike, model: nn.Module) -> dict:
     same shapes, alpha and rslora. Returns the saved JSON config (user config under "config").
 
     Raises:
-        ValueError: for a missing or corrupt file, or a model that does not match; the
-            message says what differs. The model is unchanged when this is raised.
+        ValueError: for a missing or corrupt file, a tensor holding NaN, inf or no floats
+            (the message names the file and the tensor), or a model that does not match;
+            the message says what differs. The model is unchanged when this is raised.
     """
     folder = Path(path)
     meta = _read_meta(folder)
@@ -526,6 +527,17 @@ def load_adapter(path: str | os.PathLike, model: nn.Module) -> dict:
                 raise ValueError(
                     f"{folder}: {ADAPTER_WEIGHTS} does not match {ADAPTER_CONFIG}: "
                     f"{p}.{key} is {got}, the config says {_shape(shape)}"
+                )
+            if not t.is_floating_point():
+                raise ValueError(
+                    f"{folder / ADAPTER_WEIGHTS}: tensor {p}.{key} holds {t.dtype} values, "
+                    "not floating point"
+                )
+            if not bool(torch.isfinite(t).all()):  # a diverged or damaged adapter
+                bad = int((~torch.isfinite(t)).sum())
+                raise ValueError(
+                    f"{folder / ADAPTER_WEIGHTS}: tensor {p}.{key} holds {bad} NaN or infinite "
+                    "values; the adapter is unusable"
                 )
 
     plain, lora = _layers(model)

@@ -151,3 +151,33 @@ def test_the_completions_page_refuses_a_bad_prompt(tmp_path, monkeypatch, prompt
     assert not at.exception, [e.value for e in at.exception]
     assert needle in "\n".join(str(e.value) for e in at.error)
     assert not at.metric  # no answer shown
+
+
+# ---------------------------------------------------------------- adapter weights
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("key", ["lora_A", "lora_B"])
+def test_an_adapter_with_non_finite_weights_is_refused(tmp_path, bad, key):
+    import torch
+
+    from minituner.io import load_tensors, save_tensors
+    from minituner.lora import ADAPTER_WEIGHTS, add_lora, load_adapter, lora_layers, save_adapter
+    from minituner.model import MiniGPT
+
+    model = MiniGPT(preset_config("tiny", vocab_size=8))
+    add_lora(model, ["q", "v"], r=2, alpha=4.0)
+    save_adapter(tmp_path, model)
+    file = tmp_path / ADAPTER_WEIGHTS
+    tensors = load_tensors(file)
+    name = f"blocks.1.attn.v_proj.{key}"
+    tensors[name][0, 1] = bad
+    save_tensors(file, tensors)
+    fresh = MiniGPT(preset_config("tiny", vocab_size=8))
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(ValueError) as exc:
+        load_adapter(tmp_path, fresh)
+    assert str(file) in str(exc.value) and name in str(exc.value)
+    assert "NaN or infinite" in str(exc.value)
+    assert not lora_layers(fresh)  # the model is unchanged
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
