@@ -195,7 +195,6 @@ def build_parser() -> argparse.ArgumentParser:
 _EXTRA_COMMANDS: list = []
 
 
-THREADS_ENV = "MINITUNER_TORCH_THREADS"
 DEBUG_ENV = "MINITUNER_DEBUG"  # set to 1: an unexpected error shows its traceback
 
 
@@ -245,15 +244,12 @@ def _torch_threads() -> None:
     Raises:
         CLIError: any other value.
     """
-    raw = os.environ.get(THREADS_ENV, "").strip()
-    if not raw:
-        return
-    n = int(raw) if raw.isdigit() else 0
-    if not 1 <= n <= 1024:
-        raise CLIError(f"{THREADS_ENV} must be a whole number from 1 to 1024, got {raw!r}")
-    import torch
+    from .trainutil import torch_threads_from_env
 
-    torch.set_num_threads(n)
+    try:
+        torch_threads_from_env()
+    except ValueError as e:
+        raise CLIError(str(e)) from None
 
 
 # ---------------------------------------------------------------- finetune, runs, complete

@@ -4,6 +4,7 @@ learning-rate schedule, a text progress bar."""
 from __future__ import annotations
 
 import math
+import os
 import random
 import re
 import sys
@@ -100,3 +101,23 @@ class ProgressBar:
         if self._tty:
             self.stream.write("\n")
         self.stream.flush()
+
+
+THREADS_ENV = "MINITUNER_TORCH_THREADS"
+
+
+def torch_threads_from_env() -> int | None:
+    """Apply ``$MINITUNER_TORCH_THREADS`` (a whole number, 1 to 1024) to torch's CPU
+    threads; returns it, or None when unset.
+
+    Raises:
+        ValueError: any other value.
+    """
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if not raw:
+        return None
+    n = int(raw) if raw.isdigit() else 0
+    if not 1 <= n <= 1024:
+        raise ValueError(f"{THREADS_ENV} must be a whole number from 1 to 1024, got {raw!r}")
+    torch.set_num_threads(n)
+    return n

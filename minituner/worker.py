@@ -61,7 +61,9 @@ def child_main(job_text: str) -> int:
         from .config import FinetuneConfig
         from .runs import RunStore
         from .train import Training
+        from .trainutil import torch_threads_from_env
 
+        torch_threads_from_env()
         job = json.loads(job_text)
         cfg = FinetuneConfig.from_dict(job["config"])
         run = Training(cfg, None, job.get("device", "auto"), stop.is_set, job.get("eval_limit"))

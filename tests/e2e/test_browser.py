@@ -47,6 +47,8 @@ PAGES = [
     ("nf4", "NF4: 4-bit NormalFloat"),
 ]
 TRAIN_QUERY = "method=lora&r=8&alpha=16&targets=q,v&lr=0.005&steps=8&seed=9091"
+LONG_QUERY = "method=lora&r=4&alpha=8&targets=q,v&lr=0.005&steps=2000&seed=9092"
+SERVER_CACHE: dict[str, str] = {}  # the server's run cache: it names its training children
 
 
 def _require(ok: bool, why: str) -> None:
@@ -101,6 +103,7 @@ def server(tmp_path_factory):
             log.close()
             pytest.fail("streamlit did not start:\n" + (tmp / "streamlit.log").read_text()[-3000:])
         time.sleep(0.3)
+    SERVER_CACHE["path"] = str(tmp / "cache")
     yield url
     proc.terminate()
     try:
@@ -113,19 +116,24 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def browser(server):
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         _require(False, "playwright is not installed")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport=VIEWPORT)
-        pg = context.new_page()
-        pg.set_default_timeout(60_000)
-        yield pg
-        context.close()
-        browser.close()
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser):
+    context = browser.new_context(viewport=VIEWPORT)
+    pg = context.new_page()
+    pg.set_default_timeout(60_000)
+    yield pg
+    context.close()
 
 
 VIEWPORT = {"width": 1600, "height": 1300}
@@ -213,3 +221,67 @@ def test_every_page_opens_without_errors(server, page, path, title):
     _settle(page, title)
     _assert_no_errors(page, path)
     _shot(page, (path or "overview").replace("-", "_"))
+
+
+def _training_children() -> list[int]:
+    """Live (not zombie) training processes started by this test's server."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (d / "stat").read_text().split()[2]
+        except OSError:
+            continue
+        if "minituner.worker" in cmd and SERVER_CACHE["path"] in cmd and state != "Z":
+            pids.append(int(d.name))
+    return pids
+
+
+def _progress_step(pg) -> int:
+    """The step number the page's progress bar shows (-1 when there is none)."""
+    bar = pg.locator('[data-testid="stProgress"]')
+    try:
+        text = bar.first.inner_text(timeout=2000) if bar.count() else ""
+    except Exception:  # noqa: BLE001 - the element is replaced when a new event arrives
+        return -1
+    words = text.split()
+    return int(words[1].split("/")[0]) if len(words) > 1 and words[0] == "step" else -1
+
+
+def test_a_second_tab_watches_and_stop_ends_the_child(server, browser):
+    """Two browser contexts: one trains, the other sees the progress advance; Stop from
+    the first ends the run, and no training process is left."""
+    a = browser.new_context(viewport=VIEWPORT).new_page()
+    b = browser.new_context(viewport=VIEWPORT).new_page()
+    try:
+        a.goto(f"{server}/train?{LONG_QUERY}")
+        _settle(a, "Train")
+        a.get_by_role("button", name="Train live").click()
+        a.locator('[data-testid="stProgress"]').first.wait_for(timeout=60_000)
+        assert len(_training_children()) == 1
+
+        b.goto(f"{server}/train?{LONG_QUERY}")
+        b.get_by_text("Training is busy").first.wait_for(timeout=60_000)
+        assert b.locator(".st-key-train_stop").count() == 0  # only the owner can stop it
+        seen = []
+        deadline = time.time() + 120
+        while time.time() < deadline and len({s for s in seen if s > 0}) < 3:
+            seen.append(_progress_step(b))
+            b.wait_for_timeout(400)
+        steps = [s for s in seen if s > 0]
+        assert len(set(steps)) >= 3 and steps == sorted(steps), f"the watcher saw {seen}"
+        _assert_no_errors(b, "train (watching)")
+
+        a.locator(".st-key-train_stop button").click()
+        a.get_by_text("Training stopped").first.wait_for(timeout=60_000)
+        _assert_no_errors(a, "train (stopped)")
+        deadline = time.time() + 30
+        while _training_children() and time.time() < deadline:
+            time.sleep(0.2)
+        assert _training_children() == [], "a training process outlived Stop"
+        b.get_by_role("button", name="Train live").wait_for(timeout=60_000)  # free again
+    finally:
+        a.context.close()
+        b.context.close()
