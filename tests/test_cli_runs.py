@@ -74,9 +74,9 @@ def test_runs_lists_the_shipped_runs(cache):
     assert sorted(listed) == shipped
     line = next(ln for ln in r.stdout.splitlines() if ln.startswith("0e9eca154689"))
     assert "lora r=8 a=16 q,v lr=0.005 steps=40 seed=0" in line
-    m = RunStore([runs_dir()], save_root=runs_dir()).get("0e9eca154689").metrics
-    assert f"{m['irregular_accuracy']:.3f}" in line
-    assert f"{m['control_en_drift']:+.2%}" in line
+    f = RunStore([runs_dir()], save_root=runs_dir()).get("0e9eca154689").final
+    assert f"{f.irregular_accuracy:.3f}" in line
+    assert f"{f.control_en_drift:+.2%}" in line
 
 
 def test_complete_shows_base_and_finetuned_answers(cache):
@@ -120,7 +120,7 @@ def test_finetune_stores_a_run_once(cache):
     assert Path(m.group(2)) == cache / rid
     assert sorted(p.name for p in cache.iterdir()) == [rid]  # no temporary leftovers
     info = RunStore([cache], save_root=cache).get(rid)
-    assert info.metrics["curves"]["step"] == [1, 2]
+    assert info.metrics.curves.step == [1, 2]
     assert info.finetune_config().steps == 2 and info.finetune_config().batch_size == 4
     assert "irregular_accuracy" in r.stdout
     again = run_cli(cache, *args)

@@ -159,9 +159,9 @@ def test_truncation_figures_are_consistent(shipped, store):
     assert acc[-1] > acc[0]
     assert min(acc[TRUNCATION_K.index(8) :]) >= 0.95
     # the untruncated update is the run itself (its delta stored in fp16)
-    m = store.get(tr["run_id"]).metrics
-    assert acc[-1] == pytest.approx(m["irregular_accuracy"], abs=1 / 240)
-    assert tr["control_en_drift"][-1] == pytest.approx(m["control_en_drift"], abs=1e-4)
+    f = store.get(tr["run_id"]).final
+    assert acc[-1] == pytest.approx(f.irregular_accuracy, abs=1 / 240)
+    assert tr["control_en_drift"][-1] == pytest.approx(f.control_en_drift, abs=1e-4)
 
 
 @torch.no_grad()
