@@ -2,18 +2,24 @@
 
 A run directory ``<root>/<run_id>/`` holds
 
-* ``config.json``  — the full FinetuneConfig, the base model id and the corpus version;
-* ``metrics.json`` — curves, periodic evaluations, final figures, memory, status;
+* ``config.json``  — :class:`~minituner.records.RunConfig`: the FinetuneConfig, the base
+  model id and the corpus version;
+* ``metrics.json`` — :class:`~minituner.records.MetricsRecord`: status, curves, periodic
+  evaluations, final figures, memory;
 * ``adapter.safetensors`` + ``adapter_config.json`` (LoRA, QLoRA) or
   ``delta.safetensors`` (full fine-tuning: every parameter's change, in fp16);
-* ``spectrum.json`` — the ΔW singular values per adapted layer.
+* ``spectrum.json`` — :class:`~minituner.records.SpectrumRecord`: the ΔW singular values
+  per adapted layer.
 
 Roots are searched in order: the shipped runs (``runs/`` of the data folder,
 :func:`minituner.paths.runs_dir`), then the user
 cache (``$MINITUNER_CACHE`` or ``~/.cache/minituner/runs``), where new runs are saved.
-A run is written into a temporary directory and renamed into place as the last step,
-so an interrupted save never looks finished. A corrupt or foreign directory is skipped
-with a warning, never a crash.
+Every record is validated when a run is read; a run with a missing, corrupt or invalid
+file is skipped with one warning naming the file, and a broken copy in one root does
+not hide a valid copy in a later one. A run is written into a temporary directory and
+swapped into place by io.atomic_directory: a crash at any point, or a concurrent save of
+the same run, leaves the old run or the new one, complete; readers hold the root's lock
+shared while they read a run, so they never see it half-swapped.
 """
 
 from __future__ import annotations
