@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import save_model
+from .config import MAX_SEED
 from .corpus import CorpusConfig, build_corpus
 from .data import IGNORE, encode_lines
 from .evaluate import evaluate
@@ -53,6 +54,9 @@ class PretrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+        s = self.seed
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
+            raise ValueError(f"seed must be a whole number from 0 to 2**64 - 1, got {s!r}")
 
 
 def pretrain(cfg: PretrainConfig, on_step: Callable[[dict], None] | None = None):

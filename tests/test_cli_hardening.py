@@ -100,6 +100,12 @@ def test_pretrain_out_that_is_a_file(tmp_path, capsys, no_training, where):
     assert f.read_text(encoding="utf-8") == "keep"
 
 
+@pytest.mark.parametrize("seed", ["-1", str(2**64)])
+def test_pretrain_seed_out_of_range(tmp_path, capsys, no_training, seed):
+    r = run_main(capsys, "pretrain", "--seed", seed, "--out", str(tmp_path / "b"))
+    assert_user_error(r, "seed", seed)
+
+
 def test_write_base_refuses_a_non_empty_folder(tmp_path):
     (tmp_path / "keep.txt").write_text("x", encoding="utf-8")
     with pytest.raises(ValueError, match="not empty"):

@@ -85,7 +85,7 @@ def test_write_base_round_trip(run0, tmp_path):
     out = tmp_path / "base"
     out.mkdir()
     (out / "stale.txt").write_text("from an older run")
-    metrics = write_base(out, model, tok, cfg, info)
+    metrics = write_base(out, model, tok, cfg, info, force=True)  # replaces what was there
     assert sorted(p.name for p in out.iterdir()) == [
         "config.json",
         "metrics.json",
