@@ -75,6 +75,6 @@ with st.sidebar:
     trainer = data.get_trainer()
     snap = trainer.snapshot()
     if snap.running:
-        st.caption(f"Training now: {snap.label} (step {snap.step}/{snap.steps})")
+        st.caption(f"Training now: {snap.label} (the Train page shows it live)")
 
 page.run()

@@ -146,10 +146,8 @@ def _draw_live(s) -> None:
     loss = f" · loss {s.losses[-1]:.4f}" if s.losses else ""
     phase = f" · {s.phase}" if s.phase else ""
     st.progress(frac, text=f"step {s.step}/{s.steps}{loss}{tps} · {s.elapsed_s:.1f} s{phase}")
-    st.vega_lite_chart(
-        charts.live_training(s.loss_steps, s.losses, s.evals, s.steps),
-        key="train_live_chart",
-        width="content",
+    st.markdown(
+        charts.live_training(s.loss_steps, s.losses, s.evals, s.steps), unsafe_allow_html=True
     )
     if s.evals:
         e = s.evals[-1]
@@ -204,11 +202,8 @@ def _live_panel() -> None:
 def _show_stored(info, heading: str) -> None:
     st.subheader(heading)
     m = info.metrics
-    st.vega_lite_chart(
-        charts.live_training(m.curves.step, m.curves.loss, m.evals, info.finetune_config().steps),
-        key=f"train_stored_{info.run_id}",
-        width="content",
-    )
+    svg = charts.live_training(m.curves.step, m.curves.loss, m.evals, info.finetune_config().steps)
+    st.markdown(svg, unsafe_allow_html=True)
     st.dataframe(helpers.final_figures_rows([info], base.metrics), hide_index=True)
     st.caption(
         "Curves: loss per step and the periodic evaluation on a sample of each split; the "
@@ -219,7 +214,7 @@ def _show_stored(info, heading: str) -> None:
 # ---------------------------------------------------------------- the run itself
 if snap.running:
     # a fragment waiting for news counts as "running": keep the corner indicator quiet
-    st.html("<style>[data-testid='stStatusWidget']{visibility:hidden}</style>")
+    st.html("<style>[data-testid='stStatusWidget']{display:none}</style>")
     _live_panel()
 else:
     if mine and snap.status != "idle" and snap.config == cfg.to_dict():
