@@ -24,7 +24,7 @@ from minituner.runs import run_id
 from minituner.shapes import ModelShape
 
 POLL_S = 0.5  # a watching tab asks for news this often (the first time)...
-MIN_REDRAW_S = 0.5  # ...and redraws at most this often, only when an event arrived
+MIN_REDRAW_S = 1.0  # ...and redraws at most this often, only when an event arrived
 TICK_S = 0.1
 MAX_WAIT_S = 60.0
 KEYS = {k: f"train_{k}" for k in ("method", "r", "alpha", "lr", "steps", "seed")}
@@ -140,22 +140,24 @@ mine = snap.owner == me
 
 
 def _draw_live(s) -> None:
-    """Progress, the live chart and the evaluation figures of a snapshot."""
+    """Progress, the live chart and the latest evaluation of a snapshot: two elements,
+    so a redraw is cheap for every watching browser."""
     frac = min(1.0, s.step / max(1, s.steps))
     tps = f" · {s.tokens_per_s:,.0f} tokens/s" if s.tokens_per_s else ""
     loss = f" · loss {s.losses[-1]:.4f}" if s.losses else ""
     phase = f" · {s.phase}" if s.phase else ""
     st.progress(frac, text=f"step {s.step}/{s.steps}{loss}{tps} · {s.elapsed_s:.1f} s{phase}")
-    st.markdown(
-        charts.live_training(s.loss_steps, s.losses, s.evals, s.steps), unsafe_allow_html=True
-    )
+    figures = ""
     if s.evals:
         e = s.evals[-1]
-        a, b, c, d = st.columns(4)
-        a.metric("irregular accuracy (sample)", helpers.pct(e.irregular_accuracy))
-        b.metric("over-regularized (sample)", helpers.pct(e.overregularized_rate))
-        c.metric("control EN drift (sample)", f"{100 * e.control_en_drift:+.2f}%")
-        d.metric("running on", s.device or "…")
+        figures = (
+            f"<p style='font-size:1.5rem'>on a sample at step {e.step}: irregular accuracy "
+            f"<b>{helpers.pct(e.irregular_accuracy)}</b> · over-regularized "
+            f"<b>{helpers.pct(e.overregularized_rate)}</b> · control EN drift "
+            f"<b>{100 * e.control_en_drift:+.2f}%</b> · on {s.device or '…'}</p>"
+        )
+    chart = charts.live_training(s.loss_steps, s.losses, s.evals, s.steps)
+    st.markdown(chart + figures, unsafe_allow_html=True)
 
 
 def _stop() -> None:
@@ -167,8 +169,8 @@ def _wait_for_news(version: int) -> None:
 
     Only in a fragment run (the first draw comes with the whole page): the elements
     drawn stay on screen while this waits, so a tab costs nothing between events, and
-    redraws come at most every ``MIN_REDRAW_S``. The tick gives Streamlit a point to
-    act on a click, a page change or a closed tab.
+    redraws come at most every ``MIN_REDRAW_S``. Nothing is sent while it waits, unless
+    Streamlit has a click, a page change or a closed tab to act on.
     """
     ctx = get_script_run_ctx()
     if ctx is None or not ctx.fragment_ids_this_run:
@@ -177,9 +179,26 @@ def _wait_for_news(version: int) -> None:
     tick = st.empty()
     while time.monotonic() - t_draw < MAX_WAIT_S:
         time.sleep(TICK_S)
-        tick.empty()
+        if _request_pending(ctx):
+            tick.empty()  # an st call: Streamlit stops or reruns this run here
         if trainer.version != version and time.monotonic() - t_draw >= MIN_REDRAW_S:
             st.rerun(scope="fragment")
+
+
+def _request_pending(ctx) -> bool:
+    """Whether Streamlit wants this run to stop or rerun now (a click, a page change, a
+    closed tab). Streamlit has no public accessor for this, so it peeks at the runner's
+    requests; the poll timer's own fragment reruns wait for this run and do not count.
+    Should those internals change, every tick counts (a tiny message each ``TICK_S``)."""
+    try:
+        req = ctx.script_requests
+        state = req._state.name
+        if state == "RERUN":
+            queued = req._rerun_data
+            return not queued.fragment_id_queue or queued.is_fragment_scoped_rerun
+        return state != "CONTINUE"
+    except AttributeError:
+        return True
 
 
 @st.fragment(run_every=POLL_S)
@@ -187,6 +206,13 @@ def _live_panel() -> None:
     s = data.get_trainer().snapshot()
     if s.status != RUNNING:  # finished: a full rerun shows the result and the new run
         st.rerun()
+    _draw_live(s)
+    _wait_for_news(s.version)
+
+
+def _live_header(s) -> None:
+    """What stays put during a run: its name and Stop for the tab that started it, a
+    note for every other tab."""
     if s.owner == data.session_id():
         st.subheader(f"Training live: {s.label}")
         st.button("Stop", icon=":material/stop:", key="train_stop", on_click=_stop)
@@ -195,8 +221,6 @@ def _live_panel() -> None:
             f"Training is busy: another session is training **{s.label}**. "
             "One run at a time per server; you can watch it here and start yours when it ends."
         )
-    _draw_live(s)
-    _wait_for_news(s.version)
 
 
 def _show_stored(info, heading: str) -> None:
@@ -214,7 +238,10 @@ def _show_stored(info, heading: str) -> None:
 # ---------------------------------------------------------------- the run itself
 if snap.running:
     # a fragment waiting for news counts as "running": keep the corner indicator quiet
-    st.html("<style>[data-testid='stStatusWidget']{display:none}</style>")
+    st.html(
+        "<style>[data-testid='stStatusWidget'],[data-testid='stDecoration']{display:none}</style>"
+    )
+    _live_header(snap)
     _live_panel()
 else:
     if mine and snap.status != "idle" and snap.config == cfg.to_dict():
