@@ -299,6 +299,24 @@ def test_train_page_trains_a_tiny_run_live(empty_cache, idle_trainer):
     assert at.button(key="train_start").label == "Train it live anyway"
 
 
+def test_a_training_child_that_fails_shows_its_one_line_error(
+    empty_cache, idle_trainer, tmp_path, monkeypatch
+):
+    """The child cannot find the base model (its data folder is empty): the page shows
+    the child's error in one line, in an error box, and the server lives on."""
+    query = {"method": "lora", "r": "2", "steps": "3", "seed": "4545"}
+    at = open_page("train", query)
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("MINITUNER_DATA", str(tmp_path / "empty"))  # the child reads this
+    at.button(key="train_start").click().run()
+    wait_for(at, idle_trainer)
+    assert not at.exception, [e.value for e in at.exception]
+    errors = texts(at.error)
+    assert errors.startswith("Training failed: ValueError:"), errors
+    assert "\n" not in errors and "Traceback" not in errors
+    assert idle_trainer.snapshot().status == "error"
+
+
 def test_second_session_is_told_training_is_busy_and_stop_stops(empty_cache, idle_trainer):
     query = {"method": "lora", "r": "2", "steps": "2000", "seed": "4343"}
     a = open_page("train", query)
