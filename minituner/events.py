@@ -19,8 +19,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
+
+from .records import EvalPoint
 
 
 @dataclass(frozen=True)
@@ -57,20 +59,12 @@ class Step:
 
 
 @dataclass(frozen=True)
-class Evaluation:
+class Evaluation(EvalPoint):
     """The periodic evaluation on ``eval_sample`` items of each split; drift is relative
-    to the base model on the same sample (step 0 is the base model itself)."""
+    to the base model on the same sample (step 0 is the base model itself). The same
+    fields as the stored record (:class:`minituner.records.EvalPoint`)."""
 
     tag: ClassVar[str] = "evaluation"
-    step: int
-    irregular_accuracy: float
-    overregularized_rate: float
-    regular_accuracy: float
-    control_en_ppl: float
-    control_es_ppl: float
-    control_en_drift: float
-    control_es_drift: float
-    per_verb: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_metrics(cls, step: int, m: dict, drift: dict) -> Evaluation:
@@ -78,20 +72,14 @@ class Evaluation:
         return cls(
             step=step,
             irregular_accuracy=m["irregular_accuracy"],
+            irregular_accuracy_per_verb=dict(m.get("irregular_accuracy_per_verb", {})),
             overregularized_rate=m["overregularized_rate"],
             regular_accuracy=m["regular_accuracy"],
             control_en_ppl=m["control_en_ppl"],
             control_es_ppl=m["control_es_ppl"],
             control_en_drift=drift["control_en_drift"],
             control_es_drift=drift["control_es_drift"],
-            per_verb=dict(m.get("irregular_accuracy_per_verb", {})),
         )
-
-    def as_record(self) -> dict:
-        """The stored form in metrics.json's ``evals`` list."""
-        d = dataclasses.asdict(self)
-        d["irregular_accuracy_per_verb"] = d.pop("per_verb")
-        return d
 
 
 @dataclass(frozen=True)

@@ -246,6 +246,11 @@ def _elbow(acc: dict) -> dict | None:
     return el
 
 
+def _size(n: float) -> str:
+    """Bytes as the tables write them: MiB from 1 MiB up, KiB below."""
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+
+
 def findings_table(exp: dict) -> str:
     """The markdown findings table of precomputed/README.md."""
     rows = [
@@ -263,7 +268,7 @@ def findings_table(exp: dict) -> str:
             f"| {name} | {method} | {r} | {targets} | {pm(a, 'irregular_accuracy')} "
             f"| {pm(a, 'regular_accuracy')} | {pm(a, 'control_en_drift', True)} "
             f"| {pm(a, 'control_es_drift', True)} | {a['stable_rank_mean_mean']:.2f} "
-            f"| {a['trainable_params']:,} | {a['measured_state_bytes'] / 2**20:.1f} MiB |"
+            f"| {a['trainable_params']:,} | {_size(a['measured_state_bytes'])} |"
         )
 
     sw = exp["rank_sweep"]["summary"]

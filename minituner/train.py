@@ -241,12 +241,11 @@ class Training:
                 loop.model.train()
 
         metrics: dict = {
-            "config": cfg.to_dict(),
             "device": device_name(loop.dev),
             "trainable_params": params["trainable"],
             "total_params": params["total"],
             "curves": curves,
-            "evals": [e.as_record() for e in evals],
+            "evals": [e.to_json() for e in evals],
             **extra,
         }
         if end is None and main:
@@ -385,17 +384,6 @@ def evaluation_collapse(e: ev.Evaluation) -> str | None:
                 f"the model collapsed: {lang} control perplexity is {d + 1.0:.3g}x the base model's"
             )
     return None
-
-
-def finetune_events(
-    cfg: FinetuneConfig,
-    base: Base | None = None,
-    device: str = "auto",
-    should_stop: Callable[[], bool] | None = None,
-    eval_limit: int | None = None,
-) -> Training:
-    """The run as an iterable of events; its ``result`` once they are all read."""
-    return Training(cfg, base, device, should_stop, eval_limit)
 
 
 def finetune(

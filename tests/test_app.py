@@ -381,8 +381,8 @@ def test_completions_before_and_after_and_unknown_characters(cache):
 
     at.text_input(key="compl_prompt").set_value("He __ to school ¤ yesterday.").run()
     assert not at.exception
-    assert "not in the model's vocabulary" in texts(at.warning)
-    assert "'¤'" in texts(at.warning)
+    assert "not in the model's vocabulary" in texts(at.error)  # bad input: an error box
+    assert "'¤'" in texts(at.error)
 
 
 # ---------------------------------------------------------------------- caching

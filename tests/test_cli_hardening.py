@@ -168,7 +168,7 @@ def no_finetune(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("fine-tuning started although it must be refused first")
 
-    for name in ("finetune", "finetune_events"):
+    for name in ("finetune", "Training"):
         monkeypatch.setattr(train, name, boom, raising=False)
 
 

@@ -143,7 +143,7 @@ def test_the_cli_refuses_a_rank_the_model_cannot_take_before_training(
     def boom(*a, **k):
         raise AssertionError("fine-tuning started")
 
-    for name in ("finetune", "finetune_events"):
+    for name in ("finetune", "Training"):
         monkeypatch.setattr(train, name, boom, raising=False)
     monkeypatch.setenv("MINITUNER_CACHE", str(tmp_path))
     limit = max_rank(load_base().model.config)

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from minituner import events as ev
+from minituner.records import EvalPoint
 
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
 text = st.text(max_size=40)
@@ -22,16 +23,16 @@ EVENTS = st.one_of(
     st.builds(ev.Step, count, count, finite, finite, finite),
     st.builds(
         ev.Evaluation,
-        count,
-        finite,
-        finite,
-        finite,
-        finite,
-        finite,
-        finite,
-        finite,
-        st.dictionaries(text, finite, max_size=8),
-    ),  # fmt: skip
+        irregular_accuracy=finite,
+        irregular_accuracy_per_verb=st.dictionaries(text, finite, max_size=8),
+        overregularized_rate=finite,
+        regular_accuracy=finite,
+        control_en_ppl=finite,
+        control_es_ppl=finite,
+        control_en_drift=finite,
+        control_es_drift=finite,
+        step=count,
+    ),
     st.builds(ev.Finished, finite, finite, finite, text),
     st.builds(ev.Stopped, text, count),
     st.builds(ev.Diverged, text, count),
@@ -98,9 +99,10 @@ def test_evaluation_from_metrics_and_its_stored_form():
         "control_en_ppl": 1.4, "control_es_ppl": 1.3, "irregular_accuracy_per_verb": {"go": 1.0},
     }  # fmt: skip
     e = ev.Evaluation.from_metrics(10, m, {"control_en_drift": 0.01, "control_es_drift": -0.02})
-    assert e.step == 10 and e.per_verb == {"go": 1.0} and e.control_es_drift == -0.02
-    rec = e.as_record()
-    assert rec["irregular_accuracy_per_verb"] == {"go": 1.0} and "per_verb" not in rec
+    assert e.step == 10 and e.irregular_accuracy_per_verb == {"go": 1.0}
+    assert e.control_es_drift == -0.02
+    rec = e.to_json()  # the stored form: the run record's evaluation point
+    assert EvalPoint.from_json(rec, "metrics.json") == EvalPoint(**vars(e))
     assert rec["step"] == 10 and math.isclose(rec["control_en_ppl"], 1.4)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from minituner import runs, train
+from minituner import runs
 from minituner.config import FinetuneConfig
 from minituner.data import encode_lines
 from minituner.paths import data_dir, runs_dir
@@ -27,15 +27,7 @@ SHIPPED_LORA = "0e9eca154689"  # lora r=8 q,v seed 0
 
 def _cheap_finetune(base, **kw):
     """finetune() with every evaluation cut to a small sample (training is unaffected)."""
-    real = train.evaluate
-
-    def small(model, tok, corpus, base_metrics=None, sample=None):
-        n = min(sample or EVAL_CAP, EVAL_CAP)
-        return real(model, tok, corpus, base_metrics=base_metrics, sample=n)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(train, "evaluate", small)
-        res = finetune(FinetuneConfig(**{**SMALL, **kw}), base, device="cpu")
+    res = finetune(FinetuneConfig(**{**SMALL, **kw}), base, device="cpu", eval_limit=EVAL_CAP)
     assert res.ok(), res.message
     return res
 

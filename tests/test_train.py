@@ -155,7 +155,7 @@ def test_curves_and_evals_match_the_events(lora_run):
     assert c["lr"] == [e.lr for e in steps]
     assert len(c["tokens_per_s"]) == 4
     evals = [e for e in events if isinstance(e, ev.Evaluation)]
-    assert res.metrics["evals"] == [e.as_record() for e in evals]
+    assert res.metrics["evals"] == [e.to_json() for e in evals]
     assert [e["step"] for e in res.metrics["evals"]] == [0, 2, 4]
 
 
@@ -270,7 +270,11 @@ def test_a_huge_learning_rate_diverges_and_is_not_stored(fbase, lr, tmp_path):
 
 
 def _evaluation(drift_en: float, drift_es: float = 0.0) -> ev.Evaluation:
-    return ev.Evaluation(10, 0.5, 0.1, 0.9, 1.4, 1.3, drift_en, drift_es)
+    return ev.Evaluation(
+        irregular_accuracy=0.5, irregular_accuracy_per_verb={}, overregularized_rate=0.1,
+        regular_accuracy=0.9, control_en_ppl=1.4, control_es_ppl=1.3,
+        control_en_drift=drift_en, control_es_drift=drift_es, step=10,
+    )  # fmt: skip
 
 
 def test_evaluation_collapse_is_judged_on_control_perplexity():

@@ -161,7 +161,17 @@ def test_fold_builds_the_live_state_and_bumps_the_version():
     evs = [
         ev.Phase("preparing"),
         ev.Started("lora r=8", "CPU", 10, 100, 2),
-        ev.Evaluation(0, 0.2, 0.8, 1.0, 1.36, 1.31, 0.0, 0.0),
+        ev.Evaluation(
+            irregular_accuracy=0.2,
+            irregular_accuracy_per_verb={},
+            overregularized_rate=0.8,
+            regular_accuracy=1.0,
+            control_en_ppl=1.36,
+            control_es_ppl=1.31,
+            control_en_drift=0.0,
+            control_es_drift=0.0,
+            step=0,
+        ),  # fmt: skip
         ev.Step(1, 2, 0.5, 1e-3, 100.0),
         ev.Step(2, 2, 0.4, 1e-3, 120.0),
         ev.Finished(3.0, 0.9, 0.01, "0123456789ab"),
