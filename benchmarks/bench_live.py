@@ -10,8 +10,10 @@ Debian's Chromium through Playwright, and times, interleaved and repeated:
           evaluation and the save;
 * app+0:  the Train page, from pressing the train button to "Training finished" (the
           child process starts, trains, evaluates and saves), no other tab open;
-* app+N:  the same with N more tabs opened on the Train page right after the press,
-          watching the live run to its end.
+* app+N after:  the same with N more tabs opened on the Train page right after the
+          press (each loads the app while the run goes), watching it to its end;
+* app+N before: N more tabs already open on the Train page when the run starts (the
+          classroom: students open the page, then the lecturer presses the button).
 
 It prints the median of each and its ratio to the CLI's median, plus the CPU seconds the
 Streamlit server and Chromium used during the app runs. Timings are ratios within one run
@@ -106,19 +108,31 @@ class App:
         self.log.close()
 
 
-def run_app(app: App, browser, query: str, watchers: int, chromium_pid: int) -> dict:
-    """Press the train button, open ``watchers`` more tabs, wait for the end."""
+def run_app(
+    app: App, browser, query: str, watchers: int, chromium_pid: int, before: bool = False
+) -> dict:
+    """Press the train button with ``watchers`` more tabs open on the Train page, opened
+    right after the press (``before=False``: each tab loads while the run goes) or
+    before it (the tabs are loaded and idle when it starts); wait for the end."""
     contexts = [browser.new_context(viewport={"width": 1500, "height": 1100})]
     page = contexts[0].new_page()
     page.set_default_timeout(600_000)
     page.goto(f"{app.url}/train?{query}")
     button = page.locator(".st-key-train_start button")
     button.wait_for()
-    page.wait_for_timeout(1500)  # the page has settled: nothing else is running
+    if before:
+        for _ in range(watchers):
+            ctx = browser.new_context(viewport={"width": 1500, "height": 1100})
+            contexts.append(ctx)
+            w = ctx.new_page()
+            w.set_default_timeout(600_000)
+            w.goto(f"{app.url}/train?{query}")
+            w.locator(".st-key-train_start button").wait_for()
+    page.wait_for_timeout(1500)  # the pages have settled: nothing else is running
     cpu0 = (_cpu_seconds(app.proc.pid, descendants=False), _cpu_seconds(chromium_pid))
     t0 = time.perf_counter()
     button.click()
-    for _ in range(watchers):
+    for _ in range(0 if before else watchers):
         ctx = browser.new_context(viewport={"width": 1500, "height": 1100})
         contexts.append(ctx)
         ctx.new_page().goto(f"{app.url}/train?{query}", wait_until="commit")
@@ -152,7 +166,9 @@ def main() -> None:
     print(f"bench_live: default LoRA config, {args.steps} steps, {cores} CPU cores, "
           f"{args.repeats} repeats interleaved")  # fmt: skip
     app = App(env)
-    times: dict[str, list[float]] = {"cli": [], "app+0": [], f"app+{args.watchers}": []}
+    n = args.watchers
+    modes = {"app+0": (0, False), f"app+{n} after": (n, False), f"app+{n} before": (n, True)}
+    times: dict[str, list[float]] = {"cli": [], **{k: [] for k in modes}}
     cpu: dict[str, list[tuple[float, float]]] = {k: [] for k in times if k != "cli"}
     try:
         with sync_playwright() as pw:
@@ -161,10 +177,10 @@ def main() -> None:
             run_app(app, browser, query, 0, chromium_pid)  # warm-up: imports, page caches
             for i in range(args.repeats):
                 times["cli"].append(run_cli(env, args.steps))
-                for w in (0, args.watchers):
-                    r = run_app(app, browser, query, w, chromium_pid)
-                    times[f"app+{w}"].append(r["wall"])
-                    cpu[f"app+{w}"].append((r["server_cpu"], r["browser_cpu"]))
+                for k, (w, before) in modes.items():
+                    r = run_app(app, browser, query, w, chromium_pid, before)
+                    times[k].append(r["wall"])
+                    cpu[k].append((r["server_cpu"], r["browser_cpu"]))
                 print(f"  repeat {i + 1}: " + ", ".join(
                     f"{k} {v[-1]:.1f} s" for k, v in times.items()))  # fmt: skip
             browser.close()
@@ -179,7 +195,11 @@ def main() -> None:
         med = statistics.median(times[k])
         s_cpu = statistics.median(c[0] for c in cpu[k])
         b_cpu = statistics.median(c[1] for c in cpu[k])
-        tabs = "no other tab" if k == "app+0" else f"{args.watchers} more tabs watching"
+        tabs = {
+            "app+0": "no other tab",
+            f"app+{n} after": f"{n} more tabs opened right after the press",
+            f"app+{n} before": f"{n} more tabs open before the press",
+        }[k]
         print(f"| app, Train live, {tabs} | {med:.1f} | {med / cli:.2f} | {s_cpu:.1f} | "
               f"{b_cpu:.1f} |")  # fmt: skip
 
