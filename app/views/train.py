@@ -164,8 +164,9 @@ def _stop() -> None:
     data.get_trainer().stop()
 
 
-def _wait_for_news(version: int) -> None:
-    """Hold this fragment run until the live state moves on, then redraw it.
+def _wait_for_news(version: int, scope: str = "fragment") -> None:
+    """Hold this fragment run until the live state moves on, then redraw the fragment
+    (``scope="fragment"``) or the whole page (``"app"``).
 
     Only in a fragment run (the first draw comes with the whole page): the elements
     drawn stay on screen while this waits, so a tab costs nothing between events, and
@@ -182,7 +183,7 @@ def _wait_for_news(version: int) -> None:
         if _request_pending(ctx):
             tick.empty()  # an st call: Streamlit stops or reruns this run here
         if trainer.version != version and time.monotonic() - t_draw >= MIN_REDRAW_S:
-            st.rerun(scope="fragment")
+            st.rerun(scope=scope)
 
 
 def _request_pending(ctx) -> bool:
@@ -208,6 +209,15 @@ def _live_panel() -> None:
         st.rerun()
     _draw_live(s)
     _wait_for_news(s.version)
+
+
+@st.fragment(run_every=POLL_S)
+def _watch_for_a_run(version: int) -> None:
+    """An idle Train page notices a run that another tab starts: it waits, sending
+    nothing, until the live state moves on, then redraws the whole page (live)."""
+    if data.get_trainer().version != version:
+        st.rerun()
+    _wait_for_news(version, scope="app")
 
 
 def _live_header(s) -> None:
@@ -236,11 +246,9 @@ def _show_stored(info, heading: str) -> None:
 
 
 # ---------------------------------------------------------------- the run itself
+# a fragment waiting for news counts as "running": keep the corner indicator quiet
+st.html("<style>[data-testid='stStatusWidget'],[data-testid='stDecoration']{display:none}</style>")
 if snap.running:
-    # a fragment waiting for news counts as "running": keep the corner indicator quiet
-    st.html(
-        "<style>[data-testid='stStatusWidget'],[data-testid='stDecoration']{display:none}</style>"
-    )
     _live_header(snap)
     _live_panel()
 else:
@@ -286,3 +294,4 @@ else:
             "QLoRA on a CPU is slow: every forward pass dequantizes the 4-bit base; "
             "try few steps, or load a shipped run."
         )
+    _watch_for_a_run(snap.version)
