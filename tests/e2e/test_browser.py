@@ -251,19 +251,21 @@ def _progress_step(pg) -> int:
 
 
 def test_a_second_tab_watches_and_stop_ends_the_child(server, browser):
-    """Two browser contexts: one trains, the other sees the progress advance; Stop from
-    the first ends the run, and no training process is left."""
+    """Two browser contexts on the Train page: one trains, the other (open before the
+    run started) sees the progress advance; Stop from the first ends the run, and no
+    training process is left."""
     a = browser.new_context(viewport=VIEWPORT).new_page()
     b = browser.new_context(viewport=VIEWPORT).new_page()
     try:
         a.goto(f"{server}/train?{LONG_QUERY}")
         _settle(a, "Train")
+        b.goto(f"{server}/train?{LONG_QUERY}")  # open and idle before the run starts
+        _settle(b, "Train")
         a.get_by_role("button", name="Train live").click()
         a.locator('[data-testid="stProgress"]').first.wait_for(timeout=60_000)
         assert len(_training_children()) == 1
 
-        b.goto(f"{server}/train?{LONG_QUERY}")
-        b.get_by_text("Training is busy").first.wait_for(timeout=60_000)
+        b.get_by_text("Training is busy").first.wait_for(timeout=60_000)  # b noticed it
         assert b.locator(".st-key-train_stop").count() == 0  # only the owner can stop it
         seen = []
         deadline = time.time() + 120
