@@ -23,8 +23,6 @@ from minituner.config import FinetuneConfig
 from minituner.worker import TrainingProcess
 
 RUNNING = "running"
-# the status a terminal event leaves behind
-END_STATUS = {ev.Finished: "completed", ev.Stopped: "stopped", ev.Diverged: "diverged"}
 
 
 @dataclass(frozen=True)
@@ -72,11 +70,9 @@ def fold(s: LiveState, e: ev.Event) -> LiveState:
         case ev.Evaluation():
             s = r(s, evals=(*s.evals, e))
         case ev.Finished():
-            s = r(s, status="completed", run_id=e.run_id, phase="")
-        case ev.Stopped() | ev.Diverged():
-            s = r(s, status=END_STATUS[type(e)], message=e.message, phase="")
-        case ev.Failed():
-            s = r(s, status="error", message=e.message, phase="")
+            s = r(s, status=ev.STATUS[type(e)], run_id=e.run_id, phase="")
+        case ev.Stopped() | ev.Diverged() | ev.Failed():
+            s = r(s, status=ev.STATUS[type(e)], message=e.message, phase="")
     return r(s, version=s.version + 1, elapsed_s=time.perf_counter() - s.started_at)
 
 

@@ -122,6 +122,8 @@ class Failed:
 Event = Started | Phase | Step | Evaluation | Finished | Stopped | Diverged | Failed
 Terminal = Finished | Stopped | Diverged | Failed
 TERMINAL = (Finished, Stopped, Diverged, Failed)
+# the status a terminal event gives a run (metrics.json's "status", the app's live state)
+STATUS = {Finished: "completed", Stopped: "stopped", Diverged: "diverged", Failed: "error"}
 EVENT_TYPES: dict[str, type] = {
     t.tag: t for t in (Started, Phase, Step, Evaluation, Finished, Stopped, Diverged, Failed)
 }

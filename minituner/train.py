@@ -265,8 +265,7 @@ class Training:
             end = ev.Finished(
                 wall, metrics.get("irregular_accuracy", 0.0), metrics.get("control_en_drift", 0.0)
             )
-        status = {ev.Finished: "completed", ev.Stopped: "stopped", ev.Diverged: "diverged"}
-        metrics["status"] = status[type(end)]
+        metrics["status"] = ev.STATUS[type(end)]
         metrics["message"] = getattr(end, "message", "")
         metrics["wall_time_s"] = wall
         if self.eval_limit is not None:
@@ -327,7 +326,7 @@ class Training:
             loss = _masked_loss(loop.train_model, x, y)
             loss_v = loss.item()
         loop.batch_shape = (int(x.shape[0]), int(x.shape[1]))
-        if loss_divergence(loss_v, loss_v) is None:  # never step on a NaN
+        if math.isfinite(loss_v):  # never step on a NaN
             loop.opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(loop.trainable, cfg.grad_clip)
