@@ -268,6 +268,22 @@ def _targets(s: str) -> tuple[str, ...]:
     return t
 
 
+def _replay_share(s: str) -> float:
+    v = _share(s)
+    if v >= 1.0:
+        raise argparse.ArgumentTypeError(f"must be below 1 (1 = nothing but replay), got {s}")
+    return v
+
+
+def _teach(s: str) -> str:
+    from .teach import TeachVerb
+
+    try:
+        return str(TeachVerb.parse(s))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _add_finetune(sub) -> None:
     from .config import DEFAULT_LR, FinetuneConfig
 
@@ -315,6 +331,20 @@ def _add_finetune(sub) -> None:
         help=f"cloze pairs per batch (default: {d.batch_size})",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument(
+        "--replay",
+        type=_replay_share,
+        default=0.0,
+        help="share of the training pairs that are replayed regular-verb pairs, 0 <= s < 1 "
+        "(default: 0)",
+    )
+    p.add_argument(
+        "--teach",
+        type=_teach,
+        default="",
+        help='teach a verb of your own, "lemma:past" (e.g. swim:swam): trains on its cloze '
+        "pairs (and as many irregular ones), reports its held-out accuracy",
+    )
     p.add_argument("--device", default="auto", help="auto (cuda if present), cuda or cpu")
     p.add_argument(
         "--base", type=Path, default=None, help="base model directory (default: base/ of the data)"
@@ -331,6 +361,8 @@ def _final_rows(metrics) -> list[tuple[str, object]]:
     m = as_metrics_record(metrics)
     figures = m.final.figures_json() if m.final is not None else {}
     rows: list[tuple[str, object]] = [(k, v) for k, v in figures.items() if isinstance(v, float)]
+    taught = figures.get("taught_accuracy", {})
+    rows += [(f"taught_accuracy ({verb})", v) for verb, v in taught.items()]
     rows += [
         ("trainable_params", f"{m.trainable_params:,}"),
         ("total_params", f"{m.total_params:,}"),
@@ -350,11 +382,15 @@ def _cmd_finetune(args) -> None:
     cfg = FinetuneConfig(
         method=args.method, r=args.rank, alpha=args.alpha, targets=args.targets,
         dropout=args.dropout, rslora=args.rslora, steps=args.steps, lr=args.lr,
-        batch_size=args.batch_size, seed=args.seed,
+        batch_size=args.batch_size, seed=args.seed, replay=args.replay, teach=args.teach,
     )  # fmt: skip
     resolve_device(args.device)
     base = load_base(args.base)
     check_rank(cfg, base.model.config)  # a rank the model cannot take: one line, no training
+    if cfg.teach:  # a character the model cannot read: one line, no training
+        from .teach import TeachVerb, check_teach
+
+        check_teach(TeachVerb.parse(cfg.teach), base.tok)
     store = RunStore()
     if not args.no_save:  # a cache that cannot take the run: say so before training
         _check_writable(store.save_root)
@@ -383,8 +419,8 @@ def _cmd_finetune(args) -> None:
                     f"{e.label} on {e.device}: {e.trainable_params:,} trainable of "
                     f"{e.total_params:,} parameters"
                 )
-            case Evaluation():
-                state["acc"] = e.irregular_accuracy
+            case Evaluation():  # a teach run: the taught verb's held-out accuracy
+                state["acc"] = next(iter(e.taught_accuracy.values()), e.irregular_accuracy)
             case Step():
                 bar.update(e.step, f"loss {e.loss:.4f} acc {state['acc']:.2f}")
 
@@ -496,7 +532,46 @@ def _add_precompute(sub) -> None:
         "--seeds", type=_positive_int, default=3, help="seeds per configuration (default: 3)"
     )
     p.add_argument("--device", default="auto", help="auto (cuda if present), cuda or cpu")
+    p.add_argument(
+        "--only",
+        type=_experiment_names,
+        default=None,
+        help="train only these experiments, comma-separated: rank_sweep, targets, forgetting, "
+        "frontier, replay (default: all; the summary always covers every stored run)",
+    )
+    p.add_argument(
+        "--shard",
+        type=_shard,
+        default=None,
+        metavar="K/N",
+        help="train only the K-th of every N planned runs (0 <= K < N) and write no summary, "
+        "so N processes can share a device; run again without --shard to write the summary",
+    )
     p.set_defaults(func=_cmd_precompute)
+
+
+def _experiment_names(s: str) -> tuple[str, ...]:
+    from .experiments import EXPERIMENTS
+
+    names = tuple(n.strip() for n in s.split(",") if n.strip())
+    bad = [n for n in names if n not in EXPERIMENTS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown experiment {', '.join(map(repr, bad)) or '(none given)'}; choose from "
+            + ", ".join(EXPERIMENTS)
+        )
+    return names
+
+
+def _shard(s: str) -> tuple[int, int]:
+    k, _, n = s.partition("/")
+    try:
+        k_, n_ = int(k), int(n)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K/N such as 0/4, got {s!r}") from None
+    if not (n_ >= 1 and 0 <= k_ < n_):
+        raise argparse.ArgumentTypeError(f"expected K/N with 0 <= K < N, got {s!r}")
+    return k_, n_
 
 
 def _cmd_precompute(args) -> None:
@@ -505,8 +580,62 @@ def _cmd_precompute(args) -> None:
     from .trainutil import resolve_device
 
     resolve_device(args.device)
-    exp = precompute(seeds=args.seeds, device=args.device, log=lambda s: print(s, flush=True))
-    print(f"wrote {experiments_readme()}; missing runs: {len(exp['missing'])}")
+    exp = precompute(
+        seeds=args.seeds,
+        device=args.device,
+        log=lambda s: print(s, flush=True),
+        only=args.only,
+        shard=args.shard,
+    )
+    if exp is None:
+        print(f"shard {args.shard[0]}/{args.shard[1]} trained; no summary written")
+    else:
+        print(f"wrote {experiments_readme()}; missing runs: {len(exp['missing'])}")
 
 
 _EXTRA_COMMANDS += [_add_finetune, _add_runs, _add_complete, _add_precompute]
+
+
+# ---------------------------------------------------------------- subspace
+
+
+def _add_subspace(sub) -> None:
+    p = sub.add_parser(
+        "subspace",
+        help="subspace similarity of stored updates (LoRA r=8 vs r=64, LoRA vs full) "
+        "into subspace.json of the data folder",
+    )
+    p.add_argument("--max-i", type=_positive_int, default=8, help="top-i of A (default: 8)")
+    p.add_argument("--max-j", type=_positive_int, default=64, help="top-j of B (default: 64)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="output file (default: <data>/subspace.json)"
+    )
+    p.set_defaults(func=_cmd_subspace)
+
+
+def _cmd_subspace(args) -> None:
+    from .io import read_json
+    from .paths import experiments_file, runs_dir
+    from .runs import RunStore
+    from .subspace import compute_from_store, summary_rows, write_subspace
+    from .train import load_base
+
+    base = load_base()
+    store = RunStore([runs_dir()], save_root=runs_dir())
+    record = compute_from_store(
+        store, base, read_json(experiments_file()), args.max_i, args.max_j, log=print
+    )
+    path = write_subspace(record, args.out)
+    print(
+        f"{'pair':<34}  {'layers':<6}  {'i':>2}  {'j':>2}  {'phi(1,1)':>8}  {'phi(i,i)':>8}  "
+        f"{'phi(i,j)':>8}  {'random(1,1)':>11}  {'random(i,j)':>11}"
+    )
+    for r in summary_rows(record):
+        print(
+            f"{r['pair']:<34}  {r['layers']:<6}  {r['i']:>2}  {r['j']:>2}  {r['phi_11']:8.3f}  "
+            f"{r['phi_ii']:8.3f}  {r['phi_ij']:8.3f}  {r['random_11']:11.4f}  {r['random_ij']:11.4f}"
+        )
+    print(f"wrote {path}")
+
+
+_EXTRA_COMMANDS += [_add_subspace]

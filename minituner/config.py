@@ -12,6 +12,14 @@ repeats dropped, and the canonical order q, k, v, o, fc_in, fc_out kept. So ``v,
 The largest rank a model takes depends on the model, not the config: :func:`max_rank`
 (min(in, out) of the targeted Linears) and :func:`check_rank` are that one rule, used by
 the CLI and the app before training.
+
+Two settings change the training data, and stay out of the run id at their defaults
+(so every run stored before they existed keeps its id):
+
+* ``replay`` (0 <= replay < 1): the share of the training pairs that are regular-verb
+  cloze pairs replayed from pretraining (:func:`minituner.data.training_examples`);
+* ``teach`` ("swim:swam"): teach a verb of the user's own (:mod:`minituner.teach`);
+  normalised to ``lemma:past`` ("Swim / swam" and "swim:swam" are one run id).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from dataclasses import asdict, dataclass
 
 from .lora import TARGET_ALIASES, TARGET_GROUPS
 from .nf4 import DEFAULT_BLOCK_SIZE, QLORA_DOUBLE_QUANT
+from .teach import TeachVerb
 
 METHODS = ("full", "lora", "qlora")
 # Default learning rates at the default 40-step budget. LoRA/QLoRA: 5e-3, picked by hand
@@ -101,6 +110,10 @@ def check_rank(cfg: FinetuneConfig, model_config) -> None:
         )
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _number(name: str, v, low: float, allow_low: bool = False) -> None:
     """ValueError unless ``v`` is a finite number above ``low`` (or equal, if allowed)."""
     ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -131,9 +144,15 @@ class FinetuneConfig:
     eval_sample: int = 48
     nf4_block_size: int = DEFAULT_BLOCK_SIZE
     nf4_double_quant: bool = QLORA_DOUBLE_QUANT
+    replay: float = 0.0  # share of replayed regular-verb cloze pairs in the training data
+    teach: str = ""  # "lemma:past": teach this verb (minituner.teach); "" = the 8 irregulars
 
     def __post_init__(self) -> None:
         self.targets = normalize_targets(self.targets)  # one config, one run id
+        if isinstance(self.teach, str):  # one verb, one run id
+            self.teach = str(TeachVerb.parse(self.teach)) if self.teach.strip() else ""
+        if _is_number(self.replay):
+            self.replay = float(self.replay)
         if self.lr is None:
             self.lr = DEFAULT_LR.get(self.method, 1e-3)
         self.validate()
@@ -155,6 +174,14 @@ class FinetuneConfig:
         b = self.nf4_block_size  # what nf4.quantize_nf4 takes
         if isinstance(b, bool) or not isinstance(b, int) or b < 2 or b % 2:
             raise ValueError(f"nf4_block_size must be a positive even whole number, got {b!r}")
+        if not _is_number(self.replay) or not 0.0 <= self.replay < 1.0:
+            raise ValueError(
+                f"replay must be a share from 0 (no replay) up to, not including, 1 "
+                f"(0.1 = 10% of the training pairs are regular verbs), got {self.replay!r}"
+            )
+        if not isinstance(self.teach, str):
+            raise ValueError(f'teach must be a verb and its past such as "swim:swam", '
+                             f"got {self.teach!r}")  # fmt: skip
         _number("learning rate", self.lr, low=0.0)
         _number("warmup", self.warmup, low=0.0, allow_low=True)
         _number("weight_decay", self.weight_decay, low=0.0, allow_low=True)
@@ -187,6 +214,10 @@ class FinetuneConfig:
         if self.method != "qlora":
             d.pop("nf4_block_size")
             d.pop("nf4_double_quant")
+        if self.replay == 0.0:  # the defaults of later settings: the ids of older runs hold
+            d.pop("replay")
+        if not self.teach:
+            d.pop("teach")
         return d
 
     @classmethod
@@ -198,9 +229,12 @@ class FinetuneConfig:
         return cls(**d)
 
     def label(self) -> str:
+        extra = (f" replay={self.replay:g}" if self.replay else "") + (
+            f" teach={self.teach}" if self.teach else ""
+        )
         if self.method == "full":
-            return f"full lr={self.lr:g} steps={self.steps} seed={self.seed}"
+            return f"full lr={self.lr:g} steps={self.steps} seed={self.seed}{extra}"
         return (
             f"{self.method} r={self.r} a={self.alpha:g} {targets_label(self.targets)} "
-            f"lr={self.lr:g} steps={self.steps} seed={self.seed}"
+            f"lr={self.lr:g} steps={self.steps} seed={self.seed}{extra}"
         )

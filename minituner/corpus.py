@@ -287,9 +287,10 @@ def _capitalize(s: str) -> str:
     return s[0].upper() + s[1:]
 
 
-def english_sentence(c: Combo, form: str | None = None) -> str:
-    """``He went to school yesterday.``; ``form`` overrides the verb form."""
-    verb = VERB_BY_LEMMA[c.verb]
+def english_sentence(c: Combo, form: str | None = None, verb: Verb | None = None) -> str:
+    """``He went to school yesterday.``; ``form`` overrides the verb form; ``verb``
+    is a verb outside the corpus (minituner.teach), else ``c.verb`` is looked up."""
+    verb = verb or VERB_BY_LEMMA[c.verb]
     form = form if form is not None else english_form(verb, c.tense, c.person)
     comp = verb.complements[c.complement][0]
     adv = ADVERBS[c.tense][c.adverb][0]
@@ -330,12 +331,13 @@ def cloze_input(prompt: str) -> str:
     return prompt + CLOZE_SEP
 
 
-def cloze_example(c: Combo) -> ClozeExample:
-    verb = VERB_BY_LEMMA[c.verb]
+def cloze_example(c: Combo, verb: Verb | None = None) -> ClozeExample:
+    """The cloze pair of a combination (``verb``: a verb outside the corpus)."""
+    verb = verb or VERB_BY_LEMMA[c.verb]
     answer = english_form(verb, c.tense, c.person)
     over = overregularized_form(verb, c.person) if c.tense == "past" else None
     return ClozeExample(
-        prompt=english_sentence(c, form=CLOZE_BLANK),
+        prompt=english_sentence(c, form=CLOZE_BLANK, verb=verb),
         answer=answer,
         verb=c.verb,
         tense=c.tense,
@@ -344,8 +346,9 @@ def cloze_example(c: Combo) -> ClozeExample:
     )
 
 
-def all_combos(verb: str, tense: str) -> list[Combo]:
-    v = VERB_BY_LEMMA[verb]
+def all_combos(verb: str, tense: str, v: Verb | None = None) -> list[Combo]:
+    """Every combination of a verb in a tense (``v``: a verb outside the corpus)."""
+    v = v or VERB_BY_LEMMA[verb]
     return [
         Combo(verb, s, k, tense, a)
         for s in range(len(SUBJECTS))
@@ -494,6 +497,18 @@ def _build_cached(cfg: CorpusConfig) -> Corpus:
     )
     corpus.version = _hash_text(corpus)
     return corpus
+
+
+def replay_pool(corpus: Corpus) -> list[ClozeExample]:
+    """Regular-verb past-tense cloze pairs of sentences from the pretraining pool, in a
+    fixed order: what replay mixes into fine-tuning. None of them is a
+    regular_cloze_test or control_en combination (the pools are disjoint), so replay
+    never trains on what measures forgetting."""
+    combos = sorted(
+        (c for c in corpus.pools["pretrain"] if c.tense == "past" and c.verb in REGULAR_VERBS),
+        key=lambda c: (c.verb, c.subject, c.complement, c.adverb),
+    )
+    return [cloze_example(c) for c in combos]
 
 
 class _Taker:

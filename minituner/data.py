@@ -3,13 +3,19 @@
 Every sequence is ``"\\n" + text + "\\n"`` (the newline doubles as BOS and EOS). Batches
 are right-padded: causal attention means padding after a sequence cannot change the
 logits inside it, and padded targets are IGNORE so the loss skips them.
+
+:func:`training_examples` is what a fine-tuning config trains on: the corpus's
+irregular cloze pairs, or a taught verb's (:mod:`minituner.teach`), plus the replayed
+regular-verb pairs its ``replay`` share asks for.
 """
 
 from __future__ import annotations
 
+import random
+
 import torch
 
-from .corpus import ClozeExample, cloze_input
+from .corpus import ClozeExample, Corpus, cloze_input, replay_pool
 from .tokenizer import CharTokenizer
 
 IGNORE = -100
@@ -69,3 +75,35 @@ def encode_cloze(tok: CharTokenizer, examples: list[ClozeExample]) -> EncodedLin
         seqs.append(prompt + answer)
         starts.append(len(prompt))  # first target position that is part of the answer
     return EncodedLines(seqs, starts)
+
+
+def replay_count(n_main: int, share: float) -> int:
+    """How many replayed pairs make ``share`` of ``n_main`` + them (rounded)."""
+    return round(n_main * share / (1.0 - share))
+
+
+def training_examples(corpus: Corpus, cfg) -> list[ClozeExample]:
+    """The cloze pairs a fine-tuning config (a FinetuneConfig) trains on, in a fixed
+    order (batches are drawn from it at random, seeded).
+
+    The main pairs are ``corpus.finetune_train`` (the 8 irregular verbs), or for
+    ``cfg.teach`` the taught verb's pairs plus as many irregular ones
+    (:func:`minituner.teach.teach_examples`). With ``cfg.replay`` = s > 0, regular-verb
+    pairs from the pretraining pool (:func:`minituner.corpus.replay_pool`, disjoint from
+    regular_cloze_test and control_en) are added until they are a share s of the whole
+    (rounded): a seeded sample (seed ``cfg.seed``) without repeats while the pool lasts
+    (2,640 pairs: s up to 0.83 with the 512 irregular pairs), then cycling through it.
+    """
+    if cfg.teach:
+        from .teach import TeachVerb, teach_examples, teach_split
+
+        split = teach_split(TeachVerb.parse(cfg.teach), corpus.config)
+        main = teach_examples(split, corpus, cfg.seed)
+    else:
+        main = list(corpus.finetune_train)
+    n = replay_count(len(main), cfg.replay) if cfg.replay else 0
+    if n == 0:
+        return main
+    pool = replay_pool(corpus)
+    random.Random(f"replay-{cfg.seed}").shuffle(pool)
+    return main + [pool[i % len(pool)] for i in range(n)]

@@ -1,6 +1,9 @@
 """Evaluation: does the model know the irregular past, and did it forget anything?
 
-* ``irregular_accuracy``: greedy exact match on finetune_test, overall and per verb.
+* ``irregular_accuracy``: greedy exact match on finetune_test, overall and per verb
+  (``irregular_accuracy_per_verb``, by lemma).
+* ``taught_accuracy``: for a teach run (minituner.teach), greedy exact match on the
+  taught verb's held-out prompts, by its lemma ({lemma: accuracy}).
 * ``overregularized_rate``: share of irregular answers that are the over-regularized
   form ("goed", "they was").
 * ``regular_accuracy``: greedy exact match on regular_cloze_test.
@@ -107,12 +110,14 @@ def evaluate(
     corpus: Corpus,
     base_metrics: dict | None = None,
     sample: int | None = None,
+    taught: list[ClozeExample] | None = None,
 ) -> dict:
     """The evaluation figures of a model (see the module docstring).
 
     ``sample`` limits every split to its first ``sample`` items (the periodic, cheaper
     evaluation during training). ``base_metrics`` (the base model's figures) adds the
-    drift keys.
+    drift keys. ``taught`` (a taught verb's held-out cloze pairs, also cut to
+    ``sample``) adds ``taught_accuracy``.
     """
 
     def cut(xs):
@@ -128,6 +133,8 @@ def evaluate(
         "control_en_ppl": perplexity(model, tok, cut(corpus.control_en)),
         "control_es_ppl": perplexity(model, tok, cut(corpus.control_es)),
     }
+    if taught:
+        m["taught_accuracy"] = cloze_metrics(model, tok, cut(taught))["per_verb"]
     if base_metrics is not None:
         m.update(drift(m, base_metrics))
     return m

@@ -6,12 +6,14 @@ charts and the pipe from a training child process (``minituner.worker``) all rea
     Started      the model is ready: device, trainable and total parameter counts
     Phase        what the run is doing now (preparing, training, final evaluation, saving)
     Step         one optimizer step: loss, learning rate, tokens/s
-    Evaluation   the periodic evaluation on a sample of each held-out split
+    Evaluation   the periodic evaluation on a sample of each held-out split, with
+                 accuracy by verb (``verb_accuracy``: the irregular verbs, a taught one)
     Finished | Stopped | Diverged | Failed     exactly one, last
 
 ``to_json`` / ``event_from_json`` round-trip every event through a plain JSON object with
 a ``"event"`` tag; an unknown tag or a malformed field raises ValueError, so a reader never
-acts on half-understood input. Consumers dispatch with ``isinstance`` or ``match``.
+acts on half-understood input; an evaluation is held to the ranges of its stored form
+(:class:`minituner.records.EvalPoint`). Consumers dispatch with ``isinstance`` or ``match``.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class Evaluation(EvalPoint):
             step=step,
             irregular_accuracy=m["irregular_accuracy"],
             irregular_accuracy_per_verb=dict(m.get("irregular_accuracy_per_verb", {})),
+            taught_accuracy=dict(m.get("taught_accuracy", {})),
             overregularized_rate=m["overregularized_rate"],
             regular_accuracy=m["regular_accuracy"],
             control_en_ppl=m["control_en_ppl"],
@@ -179,6 +182,8 @@ def event_from_json(obj: object) -> Event:
             raise ValueError(f"{tag} event: field {name!r} has a bad value {v!r}")
         if kind == "float":
             given[name] = float(v)
+    if cls is Evaluation:  # the ranges a stored evaluation keeps: accuracies in [0, 1] ...
+        EvalPoint.from_json(given, f"{tag} event")
     return cls(**given)
 
 

@@ -220,10 +220,23 @@ class RunConfig:
 
 
 # --------------------------------------------------------------------------- metrics.json
+def _accuracies(o: _Obj, key: str, optional: bool = False) -> dict[str, float]:
+    """An object of accuracies by verb lemma (each a number in [0, 1]); {} when an
+    optional one is missing."""
+    d = o.obj(key, optional)
+    return {} if d is _MISSING else {v: d.number(v, 0.0, 1.0) for v in list(d.data)}
+
+
 @dataclass(frozen=True)
 class Figures:
     """The evaluation figures of a model (minituner.evaluate): accuracies and rates in
-    [0, 1], per-character perplexities, drift = ppl / base ppl − 1."""
+    [0, 1], per-character perplexities, drift = ppl / base ppl − 1.
+
+    ``irregular_accuracy_per_verb``: accuracy on the irregular cloze examples evaluated,
+    by verb lemma. ``taught_accuracy``: a teach run's held-out accuracy on its taught
+    verb, under its lemma (minituner.teach); {} otherwise, and then left out of the JSON
+    (records written before it existed read as {}). ``verb_accuracy`` is both in one
+    dict."""
 
     irregular_accuracy: float
     irregular_accuracy_per_verb: dict[str, float]
@@ -233,12 +246,18 @@ class Figures:
     control_es_ppl: float
     control_en_drift: float
     control_es_drift: float
+    taught_accuracy: dict[str, float] = field(default_factory=dict, kw_only=True)
+
+    @property
+    def verb_accuracy(self) -> dict[str, float]:
+        """Accuracy by verb lemma: the irregular verbs evaluated, and a taught verb."""
+        return {**self.irregular_accuracy_per_verb, **self.taught_accuracy}
 
     @classmethod
     def _fields_from(cls, o: _Obj) -> dict:
-        per_verb = o.obj("irregular_accuracy_per_verb")
-        verbs = {v: per_verb.number(v, 0.0, 1.0) for v in list(per_verb.data)}
+        verbs = _accuracies(o, "irregular_accuracy_per_verb")
         return {
+            "taught_accuracy": _accuracies(o, "taught_accuracy", optional=True),
             "irregular_accuracy": o.number("irregular_accuracy", 0.0, 1.0),
             "irregular_accuracy_per_verb": verbs,
             "overregularized_rate": o.number("overregularized_rate", 0.0, 1.0),
@@ -258,10 +277,13 @@ class Figures:
         return rec
 
     def figures_json(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(Figures)}
+        out = {f.name: getattr(self, f.name) for f in fields(Figures)}
+        if not self.taught_accuracy:
+            del out["taught_accuracy"]
+        return out
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return self.figures_json()
 
 
 @dataclass(frozen=True)
@@ -374,6 +396,9 @@ class MetricsRecord:
     stable_rank_mean: float | None = None
     nf4_base_metrics: Figures | None = None
     eval_limit: int | None = None  # evaluations capped to this many items (cheap test runs)
+    # False: the store kept this run's records only, no adapter/delta and no spectrum.json
+    # (the frontier and replay grids: many runs, read for their figures alone)
+    weights_saved: bool = True
 
     @property
     def completed(self) -> bool:
@@ -392,13 +417,15 @@ class MetricsRecord:
         if not isinstance(evals, list):
             raise o.error("evals", f"must be a list, not {_kind(evals)}")
         has_final = status == "completed" or "irregular_accuracy" in o.data
-        final = Figures.from_json(
-            {k.name: o.get(k.name) for k in fields(Figures)}, source
-        ) if has_final else None  # fmt: skip
+        final = None
+        if has_final:  # taught_accuracy: only in a teach run's file
+            got = {f.name: o.get(f.name, f.name == "taught_accuracy") for f in fields(Figures)}
+            final = Figures.from_json({k: v for k, v in got.items() if v is not _MISSING}, source)
         memory = o.get("memory", optional=status != "completed")
         nf4 = o.get("nf4_base_metrics", optional=True)
         srm = o.number("stable_rank_mean", 0.0, optional=True)
         limit = o.get("eval_limit", optional=True)
+        weights_saved = o.boolean("weights_saved", optional=True)
         rec = cls(
             status=status,
             message=o.string("message"),
@@ -415,6 +442,7 @@ class MetricsRecord:
             if nf4 is _MISSING
             else Figures.from_json(nf4, source, "nf4_base_metrics"),
             eval_limit=None if limit is _MISSING else _integer(limit, o, "eval_limit", low=1),
+            weights_saved=True if weights_saved is _MISSING else weights_saved,
         )
         o.finish()
         if rec.trainable_params > rec.total_params:
@@ -446,6 +474,8 @@ class MetricsRecord:
             out["nf4_base_metrics"] = self.nf4_base_metrics.figures_json()
         if self.eval_limit is not None:
             out["eval_limit"] = self.eval_limit
+        if not self.weights_saved:
+            out["weights_saved"] = False
         return out
 
     def replace(self, **changes) -> MetricsRecord:

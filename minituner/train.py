@@ -18,7 +18,10 @@ model's, or when an evaluation shows control perplexity far above the base model
 
 Training: AdamW, linear warm-up then cosine decay, gradient clipping, the loss masked
 to the answer characters of the cloze pairs, batches drawn (seeded) from
-finetune_train. On the CPU a seed gives the same run every time.
+:func:`minituner.data.training_examples` (finetune_train, or a taught verb's pairs, plus
+the config's share of replayed regular-verb pairs). A teach run checks the taught verb
+against the vocabulary before anything trains and evaluates its held-out prompts
+(``taught_accuracy``). On the CPU a seed gives the same run every time.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from . import measure, memory, shapes
 from .checkpoint import load_model
 from .config import FinetuneConfig
 from .corpus import CorpusConfig, build_corpus
-from .data import IGNORE, encode_cloze
+from .data import IGNORE, encode_cloze, training_examples
 from .evaluate import drift, evaluate
 from .lora import add_lora, count_parameters, lora_layers
 from .paths import base_dir
@@ -177,6 +180,7 @@ class Training:
         self.should_stop = should_stop or (lambda: False)
         self.eval_limit = eval_limit
         self.result: FinetuneResult | None = None
+        self.taught = None  # a teach run's held-out cloze pairs (set up with the model)
 
     def __iter__(self) -> Iterator[ev.Event]:
         return self._run()
@@ -282,6 +286,11 @@ class Training:
         from . import distributed
 
         cfg = self.cfg
+        if cfg.teach:  # a character the model cannot read: one line, before any work
+            from .teach import TeachVerb, check_teach, teach_split
+
+            verb = check_teach(TeachVerb.parse(cfg.teach), base.tok)
+            self.taught = teach_split(verb, base.corpus_config).held_out
         dist_info = distributed.from_env()
         dev = distributed.setup(dist_info, resolve_device(self.device))
         seed_everything(cfg.seed)
@@ -292,7 +301,7 @@ class Training:
             train_model=distributed.wrap(model, dist_info, dev),  # DDP when distributed
             opt=torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay),
             trainable=trainable,
-            data=encode_cloze(base.tok, base.corpus.finetune_train).to(dev),
+            data=encode_cloze(base.tok, training_examples(base.corpus, cfg)).to(dev),
             gen=torch.Generator().manual_seed(cfg.seed),
             dev=dev,
             dist=dist_info,
@@ -339,7 +348,10 @@ class Training:
         if self.eval_limit is not None:
             limit = min(limit or self.eval_limit, self.eval_limit)
         corpus = self.base.corpus
-        return evaluate(model, self.base.tok, corpus, base_metrics=base_metrics, sample=limit)
+        return evaluate(
+            model, self.base.tok, corpus, base_metrics=base_metrics, sample=limit,
+            taught=self.taught,
+        )  # fmt: skip
 
     def _eval_without_lora(self, model) -> dict:
         """Evaluate with every LoRA branch switched off (B = 0 has the same effect)."""

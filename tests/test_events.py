@@ -16,6 +16,10 @@ from minituner.records import EvalPoint
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
 text = st.text(max_size=40)
 count = st.integers(min_value=0, max_value=10**9)
+# an evaluation's ranges (those of its stored form, records.EvalPoint)
+share = st.floats(min_value=0.0, max_value=1.0)
+ppl = st.floats(min_value=0.0, exclude_min=True, allow_infinity=False)
+drift = st.floats(min_value=-1.0, exclude_min=True, allow_infinity=False)
 
 EVENTS = st.one_of(
     st.builds(ev.Started, text, text, count, count, count),
@@ -23,15 +27,16 @@ EVENTS = st.one_of(
     st.builds(ev.Step, count, count, finite, finite, finite),
     st.builds(
         ev.Evaluation,
-        irregular_accuracy=finite,
-        irregular_accuracy_per_verb=st.dictionaries(text, finite, max_size=8),
-        overregularized_rate=finite,
-        regular_accuracy=finite,
-        control_en_ppl=finite,
-        control_es_ppl=finite,
-        control_en_drift=finite,
-        control_es_drift=finite,
+        irregular_accuracy=share,
+        irregular_accuracy_per_verb=st.dictionaries(text, share, max_size=8),
+        overregularized_rate=share,
+        regular_accuracy=share,
+        control_en_ppl=ppl,
+        control_es_ppl=ppl,
+        control_en_drift=drift,
+        control_es_drift=drift,
         step=count,
+        taught_accuracy=st.dictionaries(text, share, max_size=2),
     ),
     st.builds(ev.Finished, finite, finite, finite, text),
     st.builds(ev.Stopped, text, count),
