@@ -617,7 +617,7 @@ def _cmd_subspace(args) -> None:
     from .io import read_json
     from .paths import experiments_file, runs_dir
     from .runs import RunStore
-    from .subspace import compute_from_store, summary_rows, write_subspace
+    from .subspace import compute_from_store, conclusion, summary_rows, write_subspace
     from .train import load_base
 
     base = load_base()
@@ -635,6 +635,7 @@ def _cmd_subspace(args) -> None:
             f"{r['pair']:<34}  {r['layers']:<6}  {r['i']:>2}  {r['j']:>2}  {r['phi_11']:8.3f}  "
             f"{r['phi_ii']:8.3f}  {r['phi_ij']:8.3f}  {r['random_11']:11.4f}  {r['random_ij']:11.4f}"
         )
+    print(conclusion(record) or "")
     print(f"wrote {path}")
 
 
