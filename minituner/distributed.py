@@ -74,4 +74,7 @@ def wrap(model: torch.nn.Module, info: DistInfo, device: torch.device) -> torch.
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [device.index] if device.type == "cuda" else None
-    return DDP(model, device_ids=ids)
+    # Buffers (NF4 codes and scales, rotary tables) never change while training and are
+    # equal on every rank (seeded): broadcasting them before each forward, DDP's default,
+    # would send a 7B model's whole NF4 weight every step.
+    return DDP(model, device_ids=ids, broadcast_buffers=False)
