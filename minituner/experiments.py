@@ -3,7 +3,16 @@
 * rank sweep: LoRA r in {1, 2, 4, 8, 16, 32, 64} on q,v and full fine-tuning, over seeds;
 * target modules at r=8: q,v / q,k,v,o / mlp / all;
 * forgetting: full, LoRA and QLoRA with their control perplexity over the steps;
-* truncation: W + ΔW_k (best rank-k part of a full fine-tune's update) for k = 1…32, full.
+* truncation: W + ΔW_k (best rank-k part of a full fine-tune's update) for k = 1…32, full;
+* frontier: full fine-tuning over learning rates x step budgets, LoRA (q,v) over ranks x
+  learning rates, QLoRA at its defaults; each config's learning (irregular accuracy)
+  against its forgetting (control drift, regular-verb accuracy), with each method's Pareto
+  front and LoRA against full fine-tuning at matched learning (minituner.frontier);
+* replay: a share of regular-verb cloze pairs mixed into the training data (0 … 25%), for
+  LoRA and full fine-tuning at their defaults.
+
+The frontier and replay runs are stored metrics-only (no adapter, delta or spectrum:
+RunStore.save(weights=False)); a run that another experiment also needs keeps its weights.
 
 Each run goes through the run store, so ``precompute`` is resumable: a run already
 stored is skipped. ``summarize`` reads the stored runs (it trains nothing) and produces
@@ -13,15 +22,16 @@ stored is skipped. ``summarize`` reads the stored runs (it trains nothing) and p
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from . import analysis
+from . import analysis, frontier
 from .config import FinetuneConfig
 from .evaluate import evaluate
-from .io import atomic_write_text, write_json
+from .io import atomic_write_text, read_json, write_json
 from .paths import experiments_file, experiments_readme, runs_dir
 from .records import MetricsRecord, read_record
 from .runs import RunInfo, RunStore
@@ -38,6 +48,16 @@ TARGET_SETS = {
 TRUNCATION_K = (1, 2, 4, 8, 16, 32)
 FULL_LRS = (1e-4, 3e-4, 1e-3, 3e-3)  # full fine-tuning's own learning-rate search (seed 0)
 REGENERATE = "python -m minituner precompute"
+FRONTIER_FULL_LRS = (1e-4, 3e-4, 1e-3)
+FRONTIER_STEPS = (20, 40, 80)
+FRONTIER_RANKS = (2, 8, 32)
+FRONTIER_LORA_LRS = (1e-3, 5e-3, 2e-2)
+REPLAY_SHARES = (0.0, 0.05, 0.10, 0.25)
+METRICS_ONLY = ("frontier", "replay")  # experiments whose runs are stored without weights
+EXPERIMENTS = ("rank_sweep", "targets", "forgetting", "frontier", "replay")
+# the forgetting measures of the frontier: lower is better?
+FRONTIER_MEASURES = {"control_en_drift": True, "control_es_drift": True, "regular_accuracy": False}
+_FIGURES = ("irregular_accuracy", "regular_accuracy", "control_en_drift", "control_es_drift")
 
 
 def lr_search_plan() -> list[FinetuneConfig]:
@@ -66,7 +86,34 @@ def plan(seeds: int = 3, full_lr: float | None = None) -> dict[str, list[Finetun
         for k in s
     ]
     qlora = [FinetuneConfig(method="qlora", seed=k) for k in s]
-    return {"rank_sweep": sweep + full, "targets": targets, "forgetting": qlora}
+    return {
+        "rank_sweep": sweep + full,
+        "targets": targets,
+        "forgetting": qlora,
+        "frontier": [c for g in frontier_grid() for c in _seeded(g, seeds)],
+        "replay": [c for g in replay_grid() for c in _seeded(g, seeds)],
+    }
+
+
+def frontier_grid() -> list[FinetuneConfig]:
+    """The frontier's configs (seed 0): full fine-tuning lr x steps, LoRA (q,v) r x lr at
+    the default steps, QLoRA at its defaults."""
+    full = [FinetuneConfig(method="full", lr=lr, steps=n)
+            for lr in FRONTIER_FULL_LRS for n in FRONTIER_STEPS]  # fmt: skip
+    lora = [FinetuneConfig(method="lora", r=r, lr=lr)
+            for r in FRONTIER_RANKS for lr in FRONTIER_LORA_LRS]  # fmt: skip
+    return full + lora + [FinetuneConfig(method="qlora")]
+
+
+def replay_grid() -> list[FinetuneConfig]:
+    """The replay sweep's configs (seed 0): LoRA and full fine-tuning at their defaults,
+    each replay share."""
+    return [FinetuneConfig(method=m, replay=share)
+            for m in ("lora", "full") for share in REPLAY_SHARES]  # fmt: skip
+
+
+def _seeded(cfg: FinetuneConfig, seeds: int) -> list[FinetuneConfig]:
+    return [dataclasses.replace(cfg, seed=k) for k in range(seeds)]
 
 
 def run_all(
@@ -75,8 +122,22 @@ def run_all(
     seeds: int = 3,
     device: str = "auto",
     log: Callable[[str], None] = print,
+    only: tuple[str, ...] | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> list[RunInfo]:
-    """Train every planned run that is not in the store yet (resumable)."""
+    """Train every planned run that is not in the store yet (resumable).
+
+    ``only``: the experiments to train (default: all; full fine-tuning's learning-rate
+    search always comes first). ``shard=(k, n)``: train only the runs at positions
+    k, k+n, k+2n, … of the plan, so n processes can share one device.
+
+    Raises:
+        ValueError: an unknown experiment name or a bad shard.
+    """
+    only = check_only(only)
+    k, n = shard
+    if not (n >= 1 and 0 <= k < n):
+        raise ValueError(f"shard must be k/n with 0 <= k < n, got {k}/{n}")
     todo: dict[str, FinetuneConfig] = {}
     for c in lr_search_plan():  # first, so the full runs below can use its result
         todo.setdefault(c.label(), c)
@@ -90,26 +151,50 @@ def run_all(
     full_lr = best_full_lr(store, base)
     log(f"full fine-tuning: best learning rate {full_lr}")
     todo = {}
-    for cfgs in plan(seeds, full_lr).values():
+    weights: dict[str, bool] = {}  # a run keeps its weights if any experiment needs them
+    for name, cfgs in plan(seeds, full_lr).items():
+        if name not in only:
+            continue
         for c in cfgs:
             todo.setdefault(c.label(), c)
-    for i, cfg in enumerate(todo.values(), 1):
-        info = _train_or_get(store, base, cfg, device, log, f"[{i}/{len(todo)}]")
+            weights[c.label()] = weights.get(c.label(), False) or name not in METRICS_ONLY
+    for i, (label, cfg) in enumerate(todo.items(), 1):
+        if (i - 1) % n != k:
+            continue
+        tag = f"[{i}/{len(todo)}]"
+        info = _train_or_get(store, base, cfg, device, log, tag, weights[label])
         if info:
             out.append(info)
     return out
 
 
-def _train_or_get(store, base, cfg, device, log, tag) -> RunInfo | None:
+def check_only(only) -> tuple[str, ...]:
+    """The experiment names to run (all when None).
+
+    Raises:
+        ValueError: a name that is not one of EXPERIMENTS.
+    """
+    if only is None:
+        return EXPERIMENTS
+    bad = [e for e in only if e not in EXPERIMENTS]
+    if bad or not only:
+        raise ValueError(
+            f"unknown experiment {', '.join(map(repr, bad)) or '(none given)'}; choose from "
+            + ", ".join(EXPERIMENTS)
+        )
+    return tuple(only)
+
+
+def _train_or_get(store, base, cfg, device, log, tag, weights: bool = True) -> RunInfo | None:
     found = store.lookup(cfg, base)
-    if found is not None:
+    if found is not None and (found.has_weights or not weights):
         log(f"{tag} stored   {found.label()}")
         return found
     res = finetune(cfg, base, device=device)
     if not res.ok():
         log(f"{tag} {res.status}: {cfg.label()}: {res.message}")
         return None
-    info = store.save(res)
+    info = store.save(res, weights=weights)
     f = info.final
     log(
         f"{tag} trained  {info.label()}  acc={f.irregular_accuracy:.3f} "
@@ -207,9 +292,107 @@ def summarize(store: RunStore, base: Base, seeds: int = 3, truncation: dict | No
                 nf4 = [i.metrics.nf4_base_metrics for i in v if i.metrics.nf4_base_metrics]
                 if nf4:
                     out["forgetting"][method]["nf4_base"] = nf4[0].figures_json()
+    grid = {c.label(): runs(_seeded(c, seeds)) for c in frontier_grid()}
+    out["frontier"] = frontier_summary(grid)
+    out["replay"] = replay_summary({c.label(): runs(_seeded(c, seeds)) for c in replay_grid()})
     if truncation is not None:
         out["truncation"] = truncation
     out["missing"] = sorted(set(missing))
+    return out
+
+
+def _config_entry(infos: list[RunInfo]) -> dict:
+    """One grid config: its settings, :func:`_agg` over its seeds, and each seed's
+    figures (``per_seed[figure]``, in the order of ``seeds``)."""
+    c = infos[0].finetune_config()
+    entry = {"method": c.method, "lr": c.lr, "steps": c.steps, "replay": c.replay}
+    if c.method != "full":
+        entry["r"] = c.r
+    entry["label"] = dataclasses.replace(c, seed=0).label().replace(" seed=0", "")
+    entry.update(_agg(infos))
+    entry["seeds"] = [i.finetune_config().seed for i in infos]
+    entry["per_seed"] = {k: [getattr(i.final, k) for i in infos] for k in _FIGURES}
+    return entry
+
+
+def frontier_summary(grid: dict[str, list[RunInfo]]) -> dict:
+    """The frontier section of experiments.json from the grid's stored runs (by config).
+
+    ``configs``: one entry per config with runs (:func:`_config_entry`); ``fronts[measure]
+    [method]``: the indices into ``configs`` of the method's Pareto front of the means, by
+    increasing learning; ``matched[measure]``: LoRA's front against full fine-tuning's at
+    matched irregular accuracy (:func:`minituner.frontier.compare`, a = LoRA, b = full),
+    for the means and for each seed's own fronts (``per_seed_advantage``)."""
+    configs = [_config_entry(v) for v in grid.values() if v]
+    out: dict = {
+        "learning": "irregular_accuracy",
+        "measures": {
+            k: f"{'lower' if low else 'higher'} is better" for k, low in FRONTIER_MEASURES.items()
+        },
+        "configs": configs,
+        "fronts": {},
+        "matched": {},
+    }
+    methods = sorted({c["method"] for c in configs})
+    for measure, low in FRONTIER_MEASURES.items():
+        out["fronts"][measure] = {}
+        for m in methods:
+            idx = [i for i, c in enumerate(configs) if c["method"] == m]
+            pts = [(configs[i]["irregular_accuracy_mean"], configs[i][f"{measure}_mean"])
+                   for i in idx]  # fmt: skip
+            out["fronts"][measure][m] = [idx[j] for j in frontier.pareto_front(pts, low)]
+        out["matched"][measure] = _matched(configs, measure, low)
+    return out
+
+
+def _matched(configs: list[dict], measure: str, low: bool) -> dict:
+    """LoRA against full fine-tuning at matched learning (:func:`frontier.compare`, LoRA
+    as ``a``), on the config means and on each seed's own runs."""
+
+    def points(method, seed=None):
+        pts = []
+        for c in configs:
+            if c["method"] != method:
+                continue
+            if seed is None:
+                pts.append((c["irregular_accuracy_mean"], c[f"{measure}_mean"]))
+            elif seed in c["seeds"]:
+                j = c["seeds"].index(seed)
+                pts.append((c["per_seed"]["irregular_accuracy"][j], c["per_seed"][measure][j]))
+        return pts
+
+    lora, full = points("lora"), points("full")
+    if not lora or not full:
+        return {"levels": [], "lora": [], "full": [], "advantage": [], "mean_advantage": None,
+                "wins": 0, "per_seed_advantage": {}}  # fmt: skip
+    cmp = frontier.compare(lora, full, low)
+    seeds = sorted({s for c in configs for s in c["seeds"]})
+    per_seed = {}
+    for s in seeds:
+        a, b = points("lora", s), points("full", s)
+        if a and b:
+            per_seed[str(s)] = frontier.compare(a, b, low)["mean_advantage"]
+    return {
+        "levels": cmp["levels"],
+        "lora": cmp["a"],
+        "full": cmp["b"],
+        "advantage": cmp["advantage"],
+        "mean_advantage": cmp["mean_advantage"],
+        "wins": cmp["wins"],
+        "per_seed_advantage": per_seed,
+    }
+
+
+def replay_summary(grid: dict[str, list[RunInfo]]) -> dict:
+    """The replay section of experiments.json: ``shares`` and, per method, one
+    :func:`_config_entry` per replay share with runs (by increasing share)."""
+    out: dict = {"shares": list(REPLAY_SHARES), "lora": [], "full": []}
+    for v in grid.values():
+        if v:
+            e = _config_entry(v)
+            out[e["method"]].append(e)
+    for m in ("lora", "full"):
+        out[m].sort(key=lambda e: e["replay"])
     return out
 
 
@@ -236,6 +419,18 @@ def truncation_test(store: RunStore, base: Base, info: RunInfo) -> dict:
         res["control_en_drift"].append(m["control_en_drift"])
         res["control_es_drift"].append(m["control_es_drift"])
     return res
+
+
+def _stored_truncation(info: RunInfo) -> dict | None:
+    """The truncation test already in experiments.json, if it was made from this run
+    (the test is deterministic: its run's weights and the base model fix it)."""
+    try:
+        tr = read_json(experiments_file()).get("truncation")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(tr, dict) and tr.get("run_id") == info.run_id and tr.get("k"):
+        return tr
+    return None
 
 
 def _elbow(acc: dict) -> dict | None:
@@ -367,7 +562,60 @@ def claims(exp: dict, root: Path | None = None) -> list[dict]:
                 f"alone, no adapter, scores {q['nf4_base']['irregular_accuracy']:.3f}"
             ),
         })  # fmt: skip
+    fc = frontier_claim(exp.get("frontier"))
+    if fc:
+        out.append(fc)
     return out
+
+
+def _spread(per_seed: dict, scale: float, unit: str) -> str:
+    """Per-seed mean advantages as 'mean ± std over n seeds (seed s: v, …)'."""
+    vals = [v for v in per_seed.values() if v is not None]
+    if not vals:
+        return "no seed's fronts overlap"
+    m, sd = analysis.mean_std(vals)
+    each = ", ".join(f"{s}: {scale * v:+.2f}{unit}" if v is not None else f"{s}: no overlap"
+                     for s, v in per_seed.items())  # fmt: skip
+    return f"per-seed fronts {scale * m:+.2f}{unit} ± {scale * sd:.2f}{unit} over {len(vals)} seeds ({each})"
+
+
+def frontier_claim(fr: dict | None) -> dict | None:
+    """The claim "at matched learning, LoRA forgets less than full fine-tuning": the best
+    control_en drift and the best regular-verb accuracy each method reaches with at least
+    a given irregular accuracy (its Pareto front of the config means), at the matched
+    levels. Held when LoRA forgets less on both, on average over the levels. None
+    without both methods' runs."""
+    if not fr or not fr.get("configs"):
+        return None
+    d, r = fr["matched"].get("control_en_drift"), fr["matched"].get("regular_accuracy")
+    methods = {c["method"] for c in fr["configs"]}
+    if not d or not r or not {"lora", "full"} <= methods:
+        return None
+    claim = "at matched learning (irregular accuracy), LoRA forgets less than full fine-tuning"
+    if d["mean_advantage"] is None or r["mean_advantage"] is None:
+        return {"claim": claim, "held": False,
+                "figures": "the two methods' irregular accuracies do not overlap, so they "
+                           "cannot be compared at matched learning"}  # fmt: skip
+    lv, k = d["levels"], len(d["levels"])
+    n = max(c["n"] for c in fr["configs"])
+
+    def at(i):
+        return (
+            f"at {lv[i]:.3f}: drift {d['lora'][i]:+.2%} (LoRA) vs {d['full'][i]:+.2%} (full), "
+            f"regular accuracy {r['lora'][i]:.3f} vs {r['full'][i]:.3f}"
+        )
+
+    figures = (
+        f"the best each method reaches with at least a given irregular accuracy (Pareto fronts "
+        f"of the config means, {n} seeds per config), at {k} levels from {lv[0]:.3f} to "
+        f"{lv[-1]:.3f}: LoRA's control_en drift is lower at {d['wins']} of {k}, by "
+        f"{100 * d['mean_advantage']:+.2f} points on average (full minus LoRA; "
+        f"{_spread(d['per_seed_advantage'], 100, ' pts')}); its regular-verb accuracy is "
+        f"higher at {r['wins']} of {k}, by {r['mean_advantage']:+.3f} on average "
+        f"({_spread(r['per_seed_advantage'], 1, '')}); {at(0)}; {at(k - 1)}"
+    )
+    held = d["mean_advantage"] > 0 and r["mean_advantage"] > 0
+    return {"claim": claim, "held": held, "figures": figures}
 
 
 def claims_text(exp: dict, root: Path | None = None) -> str:
@@ -441,10 +689,63 @@ def write_outputs(exp: dict, path: Path | None = None, readme: Path | None = Non
             "| control_en drift | " + " | ".join(f"{v:+.1%}" for v in tr["control_en_drift"]) + " |"
         )
         lines.append("")
+    lines.extend(frontier_lines(exp.get("frontier")))
+    lines.extend(replay_lines(exp.get("replay")))
     if exp.get("missing"):
         lines.append(f"Missing runs (not yet computed): {len(exp['missing'])}.")
         lines.append("")
     atomic_write_text(readme or experiments_readme(), "\n".join(lines))
+
+
+def _pm(e: dict, key: str, pct: bool = False) -> str:
+    m, s = e[f"{key}_mean"], e[f"{key}_std"]
+    return f"{m:+.1%} ± {s:.1%}" if pct else f"{m:.3f} ± {s:.3f}"
+
+
+def frontier_lines(fr: dict | None) -> list[str]:
+    """The frontier's table for precomputed/README.md (empty without runs)."""
+    if not fr or not fr.get("configs"):
+        return []
+    on_front = {i for m in fr["fronts"]["control_en_drift"].values() for i in m}
+    on_reg = {i for m in fr["fronts"]["regular_accuracy"].values() for i in m}
+    lines = [
+        "Learning-forgetting frontier (`" + REGENERATE + " --only frontier`): each config's "
+        "mean ± std over seeds; *front*: on its method's Pareto front of irregular accuracy "
+        "against control_en drift (d) and against regular-verb accuracy (r).",
+        "",
+        "| config | irregular acc. | regular acc. | control_en drift | control_es drift | front |",
+        "|---|---|---|---|---|---|",
+    ]
+    for i, c in enumerate(fr["configs"]):
+        tag = ",".join(t for t, s in (("d", on_front), ("r", on_reg)) if i in s) or "-"
+        lines.append(
+            f"| {c['label']} | {_pm(c, 'irregular_accuracy')} | {_pm(c, 'regular_accuracy')} "
+            f"| {_pm(c, 'control_en_drift', True)} | {_pm(c, 'control_es_drift', True)} | {tag} |"
+        )
+    lines.append("")
+    return lines
+
+
+def replay_lines(rp: dict | None) -> list[str]:
+    """The replay sweep's table for precomputed/README.md (empty without runs)."""
+    if not rp or not (rp.get("lora") or rp.get("full")):
+        return []
+    lines = [
+        "Replay of regular-verb cloze pairs (`" + REGENERATE + " --only replay`): the share of "
+        "the training pairs that are regular-verb pairs; mean ± std over seeds.",
+        "",
+        "| method | replay | irregular acc. | regular acc. | control_en drift | control_es drift |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in ("lora", "full"):
+        for e in rp.get(m, []):
+            lines.append(
+                f"| {e['label']} | {e['replay']:.0%} | {_pm(e, 'irregular_accuracy')} "
+                f"| {_pm(e, 'regular_accuracy')} | {_pm(e, 'control_en_drift', True)} "
+                f"| {_pm(e, 'control_es_drift', True)} |"
+            )
+    lines.append("")
+    return lines
 
 
 def precompute(
@@ -452,17 +753,30 @@ def precompute(
     device: str = "auto",
     log: Callable[[str], None] = print,
     root: Path | None = None,
-) -> dict:
+    only: tuple[str, ...] | None = None,
+    shard: tuple[int, int] | None = None,
+) -> dict | None:
     """Train what is missing into ``root`` (default: the shipped runs), then write
-    experiments.json and README.md."""
+    experiments.json and README.md. ``only``: train these experiments alone (the
+    summary still covers every stored run). ``shard=(k, n)``: train the k-th of every n
+    planned runs and write no summary (n such processes share one device; run once
+    without a shard afterwards to write it); returns None then.
+
+    Raises:
+        ValueError: an unknown experiment or a bad shard.
+    """
     from .train import load_base
 
     base = load_base()
     root = root or runs_dir()
     store = RunStore([root], save_root=root)
-    run_all(store, base, seeds, device, log)
+    run_all(store, base, seeds, device, log, only, shard or (0, 1))
+    if shard is not None:
+        return None
     full0 = store.lookup(FinetuneConfig(method="full", lr=best_full_lr(store, base), seed=0), base)
-    trunc = truncation_test(store, base, full0) if full0 else None
+    trunc = _stored_truncation(full0) if full0 else None
+    if full0 and trunc is None:
+        trunc = truncation_test(store, base, full0)
     exp = summarize(store, base, seeds, trunc)
     write_outputs(exp)
     return exp

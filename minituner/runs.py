@@ -11,6 +11,14 @@ A run directory ``<root>/<run_id>/`` holds
 * ``spectrum.json`` — :class:`~minituner.records.SpectrumRecord`: the ΔW singular values
   per adapted layer.
 
+A run saved with ``weights=False`` (the frontier and replay grids of minituner.experiments:
+many runs read for their figures alone) holds ``config.json`` and ``metrics.json`` only,
+with ``weights_saved: false`` in its metrics (``stable_rank_mean`` still computed from its
+ΔW before it is dropped). :meth:`RunStore.find` and :meth:`RunStore.lookup` return such a
+run (``RunInfo.has_weights`` is False, ``spectrum`` None) unless a copy with weights exists
+in any root; :meth:`RunStore.list` leaves them out unless asked, so the pages that load a
+model or a spectrum never see one; :meth:`RunStore.load_model` refuses one.
+
 Roots are searched in order: the shipped runs (``runs/`` of the data folder,
 :func:`minituner.paths.runs_dir`), then the user
 cache (``$MINITUNER_CACHE`` or ``~/.cache/minituner/runs``), where new runs are saved.
@@ -85,8 +93,13 @@ class RunInfo:
     path: Path
     config: RunConfig
     metrics: MetricsRecord
-    spectrum: SpectrumRecord
+    spectrum: SpectrumRecord | None  # None: a metrics-only run (has_weights False)
     shipped: bool
+
+    @property
+    def has_weights(self) -> bool:
+        """Whether the run's adapter or delta and its spectrum are stored."""
+        return self.metrics.weights_saved
 
     @property
     def method(self) -> str:
@@ -129,6 +142,8 @@ class RunStore:
                 raise ValueError(f"{path / MetricsRecord.FILE}: the run {metrics.status}")
             if metrics.stable_rank_mean is None:
                 raise ValueError(f"{path / MetricsRecord.FILE}: stable_rank_mean is missing")
+            if not metrics.weights_saved:  # a metrics-only run: nothing else to read
+                return RunInfo(path.name, path, config, metrics, None, is_shipped(path))
             spectrum = read_record(path / SpectrumRecord.FILE, SpectrumRecord)
             for f in weight_files(config.finetune.method):
                 if not (path / f).is_file():
@@ -153,10 +168,13 @@ class RunStore:
                 return None
         return None
 
-    def list(self) -> list[RunInfo]:
-        """Every readable finished run, each id once (the first root that holds a valid
-        copy wins); each broken entry is skipped with one warning naming its file."""
+    def list(self, metrics_only: bool = False) -> list[RunInfo]:
+        """Every readable finished run with weights, each id once (the first root that
+        holds a valid copy wins); each broken entry is skipped with one warning naming its
+        file. ``metrics_only``: also the runs stored without weights (where no copy with
+        weights exists)."""
         seen: dict[str, RunInfo] = {}
+        lean: dict[str, RunInfo] = {}  # metrics-only copies: a later copy with weights wins
         for root in self.roots:
             try:
                 entries = sorted(root.iterdir()) if root.is_dir() else []
@@ -178,28 +196,35 @@ class RunStore:
                 except ValueError as e:
                     warnings.warn(f"skipping run {path.name}: {e}", stacklevel=2)
                     continue
-                if info is not None:
+                if info is not None and info.has_weights:
                     seen[path.name] = info
+                elif info is not None:
+                    lean.setdefault(path.name, info)
+        if metrics_only:
+            seen.update({rid: i for rid, i in lean.items() if rid not in seen})
         return list(seen.values())
 
     def find(self, rid: str) -> RunInfo | None:
         """The run with id ``rid``, or None. A broken copy does not hide a valid one in
-        a later root.
+        a later root, nor a metrics-only copy one with weights.
 
         Raises:
             ValueError: a malformed id, or every copy of the run is broken (the first
                 problem, naming its file).
         """
         check_run_id(rid)
-        problem = None
+        problem, lean = None, None
         for root in self.roots:
             try:
                 info = self._read_locked(root / rid)
             except ValueError as e:
                 problem = problem or e
                 continue
-            if info is not None:
+            if info is not None and info.has_weights:
                 return info
+            lean = lean or info
+        if lean is not None:
+            return lean
         if problem is not None:
             raise problem
         return None
@@ -225,6 +250,11 @@ class RunStore:
         Raises:
             ValueError: files that do not fit the base model.
         """
+        if not info.has_weights:
+            raise ValueError(
+                f"run {info.run_id} was stored with its figures only (no adapter or delta); "
+                "train it again to get its model"
+            )
         if info.config.base_model_id != base.model_id:
             raise ValueError(
                 f"run {info.run_id} was trained from base model {info.config.base_model_id}, "
@@ -245,10 +275,11 @@ class RunStore:
         return model.eval()
 
     # ---------------------------------------------------------------- writing
-    def save(self, result: FinetuneResult) -> RunInfo:
+    def save(self, result: FinetuneResult, weights: bool = True) -> RunInfo:
         """Store a completed run and return it. The save is atomic against a crash at
         any point and against a concurrent save of the same run (io.atomic_directory):
-        the store shows the old run or the new one, complete.
+        the store shows the old run or the new one, complete. ``weights=False`` keeps
+        config.json and metrics.json only (a metrics-only run, see the module docstring).
 
         Raises:
             ValueError: a run that did not complete (diverged or stopped runs, and any
@@ -262,23 +293,27 @@ class RunStore:
         deltas = weight_delta(result)
         spectrum = SpectrumRecord.from_spectra(analysis.layer_spectra(deltas))
         metrics = as_metrics_record(result.metrics)
-        metrics = metrics.replace(stable_rank_mean=spectrum.stable_rank_mean())
+        metrics = metrics.replace(
+            stable_rank_mean=spectrum.stable_rank_mean(), weights_saved=weights
+        )
         if not metrics.completed:
             raise ValueError(f"run {metrics.status}: {metrics.message}; nothing was stored")
         with atomic_directory(self.save_root / rid) as tmp:
-            if result.config.method == "full":
+            if weights and result.config.method == "full":
                 full = {k: v.half() for k, v in full_delta(result).items()}
                 save_tensors(tmp / "delta.safetensors", full)
-            else:
+            elif weights:
                 save_adapter(tmp, result.model, {"run_id": rid})
-            write_json(tmp / SpectrumRecord.FILE, spectrum.to_json())
+            if weights:
+                write_json(tmp / SpectrumRecord.FILE, spectrum.to_json())
             write_json(tmp / MetricsRecord.FILE, metrics.to_json())
             write_json(tmp / RunConfig.FILE, config.to_json())
         # the records just written, not read back: another save may already replace them
         final = self.save_root / rid
-        return RunInfo(rid, final, config, metrics, spectrum, is_shipped(final))
+        kept = spectrum if weights else None
+        return RunInfo(rid, final, config, metrics, kept, is_shipped(final))
 
-    def spectrum(self, info: RunInfo) -> SpectrumRecord:
+    def spectrum(self, info: RunInfo) -> SpectrumRecord | None:
         return info.spectrum
 
 

@@ -57,7 +57,7 @@ def summary(store, fbase, shipped):
 
 def test_plan_covers_ranks_seeds_and_targets():
     p = plan(seeds=3, full_lr=1e-3)
-    assert set(p) == {"rank_sweep", "targets", "forgetting"}
+    assert set(p) == {"rank_sweep", "targets", "forgetting", "frontier", "replay"}
     sweep = [(c.method, c.r, tuple(c.targets), c.seed) for c in p["rank_sweep"]]
     lora = {(r, s) for m, r, t, s in sweep if m == "lora" and t == ("q", "v")}
     assert lora == {(r, s) for r in (1, 2, 4, 8, 16, 32, 64) for s in range(3)}

@@ -42,8 +42,13 @@ def test_every_shipped_record_loads_and_round_trips(cls):
     dirs = _shipped_dirs()
     assert len(dirs) >= 30
     for d in dirs:
+        metrics = json.loads((d / MetricsRecord.FILE).read_text(encoding="utf-8"))
+        if cls is SpectrumRecord and metrics.get("weights_saved") is False:
+            assert not (d / cls.FILE).exists()  # a metrics-only run (frontier, replay)
+            continue
         raw = json.loads((d / cls.FILE).read_text(encoding="utf-8"))
-        assert "schema_version" not in raw  # written before the version was: version 1
+        # the first runs were written before the version was (version 1), later ones with it
+        assert raw.pop("schema_version", 1) == 1
         rec = read_record(d / cls.FILE, cls)
         out = rec.to_json()
         assert out.pop("schema_version") == SCHEMA_VERSION == 1
@@ -131,6 +136,16 @@ MALFORMED = {
                                  "irregular_accuracy_per_verb"),
     "metrics: per-verb value": (MetricsRecord, _set(["irregular_accuracy_per_verb", "go"], "x"),
                                 "irregular_accuracy_per_verb.go"),
+    "metrics: taught above 1": (MetricsRecord, _set(["taught_accuracy"], {"swim": 1.5}),
+                                "taught_accuracy.swim"),
+    "metrics: taught a number": (MetricsRecord, _set(["taught_accuracy"], 0.5),
+                                 "taught_accuracy"),
+    "metrics: eval taught bool": (MetricsRecord, _set(["evals", 1, "taught_accuracy"],
+                                                      {"swim": True}), "evals[1].taught_accuracy.swim"),
+    "metrics: eval taught NaN": (MetricsRecord, _set(["evals", 0, "taught_accuracy"],
+                                                     {"swim": math.nan}), "evals[0].taught_accuracy"),
+    "metrics: eval per-verb key": (MetricsRecord, _set(["evals", 0, "irregular_accuracy_per_verb",
+                                                        "go"], -0.1), "evals[0].irregular_accuracy_per_verb.go"),
     "metrics: no curves": (MetricsRecord, _set(["curves"], DELETE), "curves"),
     "metrics: loss NaN": (MetricsRecord, _set(["curves", "loss", 3], math.nan), "curves.loss[3]"),
     "metrics: short lr": (MetricsRecord, lambda d: d["curves"]["lr"].pop(), "curves.lr"),
@@ -196,3 +211,26 @@ def test_unfinished_runs_need_no_final_figures():
     assert not rec.completed and rec.final is None and rec.memory is None
     with pytest.raises(ValueError, match="m.json: irregular_accuracy is missing"):
         MetricsRecord.from_json({**stopped, "status": "completed"}, "m.json")
+
+
+def test_accuracy_by_verb_reads_old_records_and_keeps_a_taught_verb():
+    data = _load(SHIPPED_LORA, MetricsRecord)
+    old = MetricsRecord.from_json(data, "m.json")  # written before taught_accuracy existed
+    assert old.final.taught_accuracy == {} and all(e.taught_accuracy == {} for e in old.evals)
+    assert old.final.verb_accuracy == data["irregular_accuracy_per_verb"]
+    assert old.evals[1].verb_accuracy == data["evals"][1]["irregular_accuracy_per_verb"]
+    assert set(old.final.verb_accuracy) == {"be", "have", "do", "go", "come", "see", "eat", "write"}
+    assert (
+        "taught_accuracy" not in old.to_json() and "taught_accuracy" not in old.evals[0].to_json()
+    )
+    taught = copy.deepcopy(data)
+    taught["taught_accuracy"] = {"swim": 0.5}
+    for i, e in enumerate(taught["evals"]):
+        e["taught_accuracy"] = {"swim": i / len(taught["evals"])}
+    rec = MetricsRecord.from_json(taught, "m.json")
+    assert rec.final.taught_accuracy == {"swim": 0.5}
+    assert rec.final.verb_accuracy == {**data["irregular_accuracy_per_verb"], "swim": 0.5}
+    assert [e.verb_accuracy["swim"] for e in rec.evals] == [
+        i / len(data["evals"]) for i in range(len(data["evals"]))
+    ]
+    assert MetricsRecord.from_json(json.loads(json.dumps(rec.to_json())), "again") == rec
