@@ -1,4 +1,5 @@
-"""Compare runs: overlaid loss and evaluation curves and a table of final figures."""
+"""Compare runs: overlaid loss and evaluation curves, the accuracy per irregular verb of one
+run over its steps (which verb is learned first, which last), and a table of final figures."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import streamlit as st
 
 from app import data, helpers
 from app.charts import compare as charts
+from app.charts import verbs as verb_charts
 
 st.title("Compare runs")
 base = data.base_or_stop()
@@ -52,6 +54,20 @@ with b:
         ),
         key="compare_drift",
     )
+
+st.subheader("Accuracy per irregular verb")
+verb_label = st.selectbox("run", picked, key="compare_verb_run")
+verb_run = by_label[verb_label]
+points = verb_charts.per_verb_points(verb_run.metrics.evals)
+taught = verb_run.finetune_config().teach.split(":")[0]
+if points:
+    st.plotly_chart(
+        verb_charts.verb_curves(points, f"Per-verb accuracy (sample): {verb_label}", taught),
+        key="compare_verbs",
+    )
+    st.markdown(verb_charts.order_sentence(points, verb_run.finetune_config().steps))
+else:
+    st.info(verb_charts.order_sentence(points, verb_run.finetune_config().steps))
 
 st.subheader("Final figures (full held-out splits)")
 st.dataframe(helpers.final_figures_rows(chosen, base.metrics), hide_index=True)

@@ -16,6 +16,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from app import data, helpers
 from app.charts import train as charts
+from app.charts import verbs as verb_charts
 from app.format import format_bytes
 from app.trainer import RUNNING
 from minituner import memory as memmath
@@ -157,6 +158,8 @@ def _draw_live(s) -> None:
             f"<b>{100 * e.control_en_drift:+.2f}%</b> · on {s.device or '…'}</p>"
         )
     chart = charts.live_training(s.loss_steps, s.losses, s.evals, s.steps)
+    taught = s.config.get("teach", "").split(":")[0]  # a teach run: its verb drawn bold
+    chart += verb_charts.live_verbs(verb_charts.per_verb_points(s.evals), s.steps, taught)
     st.markdown(chart + figures, unsafe_allow_html=True)
 
 

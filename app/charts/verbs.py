@@ -1,0 +1,221 @@
+"""Per-verb accuracy over the training steps: which irregular verb is learned first, and
+which last.
+
+The figures are the periodic evaluations of a run (records or live events): each holds
+the cloze accuracy of every verb on the evaluation sample (a few prompts per verb, so
+one prompt moves a verb's accuracy by a large step). Two drawings of the same series:
+:func:`live_verbs`, a small inline SVG for the Train page's live panel (no chart
+library, as :func:`app.charts.train.live_training`), and :func:`verb_curves`, a plotly
+figure for stored runs (the Compare page). :func:`learning_order` and
+:func:`order_sentence` say, as measured, when each verb was learned.
+
+A verb counts as *learned* at the first evaluation from which its accuracy stays at or
+above ``LEARNED`` (80%) at every later evaluation of the run, so a verb that reaches
+the bar once and falls back is not learned there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from html import escape
+
+import plotly.graph_objects as go
+
+from app.charts.common import FONT_SIZE, PALETTE, legend_below, style
+from minituner.corpus import IRREGULAR_VERBS
+
+LEARNED = 0.8  # the accuracy a verb must keep from some evaluation on to count as learned
+W, H = 1120, 330  # the SVG, in px: as wide as the live loss/evaluation chart
+PAD = dict(left=70, right=190, top=40, bottom=50)
+NO_DATA = "no per-verb accuracy in this run's evaluations (it was stored before they were kept)"
+
+Points = Sequence[tuple[int, Mapping[str, float]]]  # (step, {verb: accuracy in [0, 1]})
+
+
+def per_verb_points(evals: Sequence) -> list[tuple[int, dict[str, float]]]:
+    """(step, {verb: accuracy}) of each evaluation (records or events) that has per-verb
+    figures; evaluations without any are left out."""
+    out = []
+    for e in evals:
+        acc = dict(e.verb_accuracy)
+        if acc:
+            out.append((int(e.step), acc))
+    return out
+
+
+def verb_order(points: Points, highlight: str | None = None) -> list[str]:
+    """The verbs of a run: the highlighted (taught) verb first, then the corpus's
+    irregular verbs in their order, then any others alphabetically."""
+    seen = {v for _, acc in points for v in acc}
+    known = [v for v in IRREGULAR_VERBS if v in seen]
+    rest = sorted(seen - set(known))
+    verbs = known + rest
+    if highlight in verbs:
+        verbs.remove(highlight)
+        verbs.insert(0, highlight)
+    return verbs
+
+
+def verb_colors(verbs: Sequence[str]) -> dict[str, str]:
+    """A fixed colour per verb: a corpus verb keeps its colour from run to run."""
+    extra = [v for v in verbs if v not in IRREGULAR_VERBS]
+    index = {v: i for i, v in enumerate((*IRREGULAR_VERBS, *extra))}
+    return {v: PALETTE[index[v] % len(PALETTE)] for v in verbs}
+
+
+@dataclass(frozen=True)
+class Learning:
+    """When one verb was learned: ``step`` (None: not within the run), ``known`` (already
+    at the bar at the first evaluation and never below it later), its last accuracy."""
+
+    verb: str
+    step: int | None
+    known: bool
+    final: float
+
+
+def learning_order(points: Points, threshold: float = LEARNED) -> list[Learning]:
+    """Each verb's :class:`Learning`, ordered: known before training, then by the step
+    it was learned at, then the verbs not learned (highest final accuracy first)."""
+    out = []
+    for verb in verb_order(points):
+        series = [(s, acc[verb]) for s, acc in points if verb in acc]
+        step = None
+        for i, (s, _) in enumerate(series):
+            if all(a >= threshold for _, a in series[i:]):
+                step = s
+                break
+        known = step is not None and step == series[0][0] == points[0][0]
+        out.append(Learning(verb, step, known, series[-1][1]))
+    return sorted(
+        out,
+        key=lambda x: (not x.known, x.step is None, x.step or 0, -x.final),
+    )
+
+
+def _names(items: Sequence[Learning]) -> str:
+    names = [f"**{x.verb}**" for x in items]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def order_sentence(points: Points, total_steps: int, threshold: float = LEARNED) -> str:
+    """Which verb was learned first and which last, in words (Markdown), from the
+    measured series; :data:`NO_DATA` when there is none."""
+    if not points:
+        return f"Per-verb curves: {NO_DATA}."
+    order = learning_order(points, threshold)
+    bar = f"{100 * threshold:.0f}%"
+    known = [x for x in order if x.known]
+    learned = [x for x in order if x.step is not None and not x.known]
+    missed = [x for x in order if x.step is None]
+    parts = []
+    if learned:
+        first = [x for x in learned if x.step == learned[0].step]
+        last = [x for x in learned if x.step == learned[-1].step]
+        if learned[0].step == learned[-1].step:
+            parts.append(f"Learned together at step {first[0].step}: {_names(first)}.")
+        else:
+            parts.append(
+                f"Learned first: {_names(first)} (step {first[0].step}); "
+                f"learned last: {_names(last)} (step {last[0].step})."
+            )
+    if known:
+        parts.append(f"Already at {bar} before training: {_names(known)}.")
+    if missed:
+        finals = ", ".join(f"{x.verb} {100 * x.final:.0f}%" for x in missed)
+        parts.append(f"Not learned within {total_steps} steps: {_names(missed)} (last: {finals}).")
+    rule = (
+        f"(learned: at least {bar} of its evaluation prompts right from that step to the "
+        "end of the run)"
+    )
+    return " ".join(parts) + " " + rule
+
+
+# ---------------------------------------------------------------------- plotly (stored runs)
+def verb_curves(points: Points, title: str, highlight: str | None = None) -> go.Figure:
+    """One line per verb: accuracy (%) over the steps; ``highlight`` drawn thicker."""
+    fig = go.Figure()
+    verbs = verb_order(points, highlight)
+    colors = verb_colors(verbs)
+    for verb in verbs:
+        pts = [(s, 100 * acc[verb]) for s, acc in points if verb in acc]
+        fig.add_trace(
+            go.Scatter(
+                x=[p[0] for p in pts],
+                y=[p[1] for p in pts],
+                mode="lines+markers",
+                name=verb,
+                line=dict(width=6 if verb == highlight else 3, color=colors[verb]),
+                marker=dict(size=8),
+            )
+        )
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(title_text="accuracy (%)", range=[-3, 103])
+    legend_below(fig)
+    return style(fig, title, height=480)
+
+
+# ---------------------------------------------------------------------- SVG (live)
+def live_verbs(points: Points, total_steps: int, highlight: str | None = None) -> str:
+    """Per-verb accuracy (%) over the steps as a small inline SVG: one line per verb, the
+    x axis fixed to the whole run so the lines grow, a legend on the right (each entry
+    gives the verb's latest accuracy). Says so in the chart when there is no data."""
+    x_max = max(1, int(total_steps))
+    x0, x1 = PAD["left"], W - PAD["right"]
+    y0, y1 = H - PAD["bottom"], PAD["top"]
+
+    def sx(x: float) -> float:
+        return x0 + (x1 - x0) * min(x, x_max) / x_max
+
+    def sy(y: float) -> float:
+        return y0 - (y0 - y1) * y / 100.0
+
+    out = [
+        f'<text x="{(x0 + x1) / 2}" y="{PAD["top"] - 14}" text-anchor="middle" '
+        f'font-size="{FONT_SIZE}">accuracy per irregular verb (evaluation sample, %)</text>',
+        f'<line x1="{x0}" y1="{y0}" x2="{x1}" y2="{y0}" stroke="#444"/>',
+        f'<line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y1}" stroke="#444"/>',
+        f'<text x="{(x0 + x1) / 2}" y="{y0 + 40}" text-anchor="middle">step</text>',
+    ]
+    for i in range(5):
+        xv, yv = x_max * i / 4, 25.0 * i
+        out.append(f'<text x="{sx(xv):.1f}" y="{y0 + 20}" text-anchor="middle">{xv:.0f}</text>')
+        out.append(
+            f'<text x="{x0 - 6}" y="{sy(yv) + 5:.1f}" text-anchor="end">{yv:.0f}</text>'
+            f'<line x1="{x0}" y1="{sy(yv):.1f}" x2="{x1}" y2="{sy(yv):.1f}" stroke="#eee"/>'
+        )
+    verbs = verb_order(points, highlight)
+    if not verbs:
+        out.append(
+            f'<text x="{(x0 + x1) / 2}" y="{(y0 + y1) / 2}" text-anchor="middle" '
+            f'fill="#666">{escape(NO_DATA)}</text>'
+        )
+    colors = verb_colors(verbs)
+    for k, verb in enumerate(verbs):
+        pts = [(float(s), 100 * float(acc[verb])) for s, acc in points if verb in acc]
+        pts = [(x, y) for x, y in pts if math.isfinite(y)]
+        width = 6 if verb == highlight else 3
+        xy = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
+        out.append(
+            f'<polyline class="verb" data-name="{escape(verb)}" data-points="{len(pts)}" '
+            f'fill="none" stroke="{colors[verb]}" stroke-width="{width}" points="{xy}"/>'
+        )
+        out += [
+            f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="4" fill="{colors[verb]}"/>'
+            for x, y in pts
+        ]
+        ly = PAD["top"] + 8 + 26 * k
+        last = f" {pts[-1][1]:.0f}%" if pts else ""
+        weight = ' font-weight="bold"' if verb == highlight else ""
+        out.append(
+            f'<line x1="{x1 + 20}" y1="{ly}" x2="{x1 + 50}" y2="{ly}" stroke="{colors[verb]}" '
+            f'stroke-width="{width}"/><text x="{x1 + 58}" y="{ly + 5}"{weight}>'
+            f"{escape(verb)}{last}</text>"
+        )
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" '
+        f'viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="{FONT_SIZE - 4}">'
+        f'<rect width="{W}" height="{H}" fill="white"/>{"".join(out)}</svg>'
+    )

@@ -1,0 +1,266 @@
+"""Teach your own verb: type a verb and its past form (swim / swam, or a made-up one), see
+the cloze prompts the corpus's templates make of it, fine-tune live, compare before and
+after.
+
+Everything shown is computed by minituner.teach (the prompts, the vocabulary check) and
+minituner.evaluate (the answers); the run is an ordinary fine-tune with
+``FinetuneConfig.teach`` set, trained by the server's one live run (app/trainer.py, a
+child process), so the Train page shows it live too and the store keeps it. A character
+the model cannot read is named, with a hint, before anything runs.
+
+The live panel redraws once a second while the run lasts (one progress bar and one
+markup element: the loss/evaluation chart and the per-verb chart as inline SVG); it
+is the Train page's drawing without its wait-for-news machinery, since a teach run is
+short.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+import streamlit as st
+
+from app import data, helpers
+from app.charts import train as train_charts
+from app.charts import verbs as verb_charts
+from app.trainer import RUNNING
+from minituner.config import DEFAULT_LR, FinetuneConfig
+from minituner.evaluate import cloze_metrics
+from minituner.runs import run_id
+from minituner.teach import TeachVerb, check_teach, check_vocab, teach_examples, teach_split
+
+DEFAULT_LEMMA, DEFAULT_PAST = "swim", "swam"
+DEFAULT_STEPS = 20  # swim:swam, LoRA r=8: held-out accuracy 93% at step 10 of 30 (CPU)
+EVAL_EVERY = 5  # a point of the per-verb curves every 5 steps
+LIVE_REDRAW_S = 1.0
+TEACH_METHODS = ("lora", "full")
+FINISHED_MARK = "Teaching finished"
+
+st.title("Teach your own verb")
+st.markdown(
+    "Can the model learn a verb it has never seen? Type a verb and its past form "
+    "(*swim / swam*, *drink / drank*, or one you make up). The app puts it into the "
+    "corpus's sentence templates (subject, verb, a complement of its own, a past-time "
+    "adverb) and fine-tunes on some of those cloze prompts, mixed with as many of the "
+    "eight irregular verbs' prompts, so the model has to read the sentence and not "
+    "answer the new verb everywhere. The held-out prompts are never trained on: they "
+    "show whether it learned the verb."
+)
+base = data.base_or_stop()
+trainer = data.get_trainer()
+me = data.session_id()
+
+st.session_state.setdefault("teach_lemma", DEFAULT_LEMMA)
+st.session_state.setdefault("teach_past", DEFAULT_PAST)
+with st.container(border=True):
+    c1, c2, c3, c4, c5 = st.columns([2, 2, 2, 1, 1])
+    c1.text_input("verb", key="teach_lemma", help="the plain form, as in “to swim”")
+    c2.text_input("its past form", key="teach_past", help="as in “yesterday she swam”")
+    method = c3.radio(
+        "method",
+        TEACH_METHODS,
+        format_func=lambda m: helpers.METHOD_NAMES[m],
+        horizontal=True,
+        key="teach_method",
+        help="LoRA r=8 on q, v (the app's default), or full fine-tuning, each at its "
+        "default learning rate",
+    )
+    steps = c4.number_input(
+        "steps", min_value=1, max_value=helpers.MAX_STEPS, value=DEFAULT_STEPS, step=5,
+        key="teach_steps",
+    )  # fmt: skip
+    seed = c5.number_input("seed", min_value=0, max_value=2**31 - 1, value=0, key="teach_seed")
+
+# ---------------------------------------------------------------- checked before anything runs
+lemma_in = st.session_state["teach_lemma"].strip()
+past_in = st.session_state["teach_past"].strip()
+try:  # every character the model cannot read is named first, with a hint where one exists
+    check_vocab(f"{lemma_in} {past_in}".lower(), base.tok)
+    verb = check_teach(TeachVerb.parse(f"{lemma_in}:{past_in}"), base.tok)
+except ValueError as e:
+    st.error(f"This verb cannot be taught: {e}")
+    st.stop()
+
+split = teach_split(verb, base.corpus_config)
+cfg = FinetuneConfig(
+    method=method, lr=DEFAULT_LR[method], steps=int(steps), seed=int(seed),
+    eval_every=min(EVAL_EVERY, int(steps)), teach=str(verb),
+)  # fmt: skip
+n_train = len(teach_examples(split, base.corpus, cfg.seed))
+
+
+@st.cache_data(show_spinner="The base model answers…", max_entries=16)
+def _base_answers(taught: str, model_id: str) -> dict:
+    """The base model's greedy answers and accuracy on a verb's held-out prompts."""
+    held_out = teach_split(TeachVerb.parse(taught), base.corpus_config).held_out
+    m = cloze_metrics(base.model, base.tok, held_out)
+    return {"answers": m["answers"], "accuracy": m["accuracy"]}
+
+
+def _mark(answer: str, correct: str) -> str:
+    return f"{'✓' if answer == correct else '✗'} {answer}"
+
+
+before = _base_answers(str(verb), base.model_id)
+st.subheader(f"The prompts for “{verb.lemma} / {verb.past}”")
+st.caption(
+    f"{len(split.train)} training prompts and {len(split.held_out)} held-out prompts, from "
+    f"the same split for every run of this verb; a run trains on the {len(split.train)} "
+    f"plus {n_train - len(split.train)} prompts of the eight irregular verbs. The base "
+    f"model gets {helpers.pct(before['accuracy'])} of the held-out prompts right."
+)
+a, b = st.columns(2)
+with a:
+    st.markdown(f"**Training prompts** ({len(split.train)})")
+    st.dataframe(
+        [{"prompt": e.prompt, "answer": e.answer} for e in split.train],
+        hide_index=True, height=250,
+    )  # fmt: skip
+with b:
+    st.markdown(f"**Held-out prompts** ({len(split.held_out)}) and the base model's answers")
+    st.dataframe(
+        [
+            {"prompt": e.prompt, "answer": e.answer, "base model": _mark(x, e.answer)}
+            for e, x in zip(split.held_out, before["answers"], strict=True)
+        ],
+        hide_index=True, height=250,
+    )  # fmt: skip
+
+rid = run_id(cfg, base.model_id, base.metrics["corpus_version"])
+stored = data.run_by_id(rid)
+snap = trainer.snapshot()
+
+
+# ---------------------------------------------------------------- live
+def _draw_live(s, lemma: str) -> None:
+    """Progress and one markup element: the loss/evaluation chart and the per-verb chart."""
+    frac = min(1.0, s.step / max(1, s.steps))
+    loss = f" · loss {s.losses[-1]:.4f}" if s.losses else ""
+    phase = f" · {s.phase}" if s.phase else ""
+    st.progress(frac, text=f"step {s.step}/{s.steps}{loss} · {s.elapsed_s:.1f} s{phase}")
+    figures = ""
+    if s.evals:
+        e = s.evals[-1]
+        taught = e.taught_accuracy.get(lemma)
+        figures = (
+            f"<p style='font-size:1.5rem'>on a sample at step {e.step}: <b>{escape(lemma)}</b> "
+            f"held-out accuracy <b>{helpers.pct(taught)}</b> · irregular accuracy "
+            f"<b>{helpers.pct(e.irregular_accuracy)}</b> · control EN drift "
+            f"<b>{100 * e.control_en_drift:+.2f}%</b></p>"
+        )
+    chart = train_charts.live_training(s.loss_steps, s.losses, s.evals, s.steps)
+    chart += verb_charts.live_verbs(verb_charts.per_verb_points(s.evals), s.steps, lemma)
+    st.markdown(figures + chart, unsafe_allow_html=True)
+
+
+@st.fragment(run_every=LIVE_REDRAW_S)
+def _live_panel(lemma: str) -> None:
+    s = data.get_trainer().snapshot()
+    if s.status != RUNNING:  # ended: a full rerun shows the result
+        st.rerun()
+    _draw_live(s, lemma)
+
+
+def _stop() -> None:
+    data.get_trainer().stop()
+
+
+def _show_result(info) -> None:
+    """Before and after on the held-out prompts, the figures, the per-verb curves."""
+    model = data.run_model(info)
+    if model is None:
+        return
+    after = cloze_metrics(model, base.tok, split.held_out)
+    f, bm = info.final, base.metrics
+    st.subheader(f"Before and after: run {info.run_id}")
+    m1, m2, m3, m4 = st.columns(4)
+    m1.metric(
+        f"“{verb.lemma}”: held-out accuracy",
+        helpers.pct(after["accuracy"]),
+        delta=f"base model {helpers.pct(before['accuracy'])}",
+        delta_color="off",
+    )
+    m2.metric(
+        "the eight irregular verbs",
+        helpers.pct(f.irregular_accuracy),
+        delta=f"base model {helpers.pct(bm.get('irregular_accuracy'))}",
+        delta_color="off",
+    )
+    m3.metric(
+        "regular verbs (cloze)",
+        helpers.pct(f.regular_accuracy),
+        delta=f"base model {helpers.pct(bm.get('regular_accuracy'))}",
+        delta_color="off",
+    )
+    m4.metric("control English drift", f"{100 * f.control_en_drift:+.2f}%")
+    st.dataframe(
+        [
+            {
+                "held-out prompt": e.prompt,
+                "correct": e.answer,
+                "before (base model)": _mark(x, e.answer),
+                "after (fine-tuned)": _mark(y, e.answer),
+            }
+            for e, x, y in zip(split.held_out, before["answers"], after["answers"], strict=True)
+        ],
+        hide_index=True,
+    )
+    points = verb_charts.per_verb_points(info.metrics.evals)
+    if points:
+        st.plotly_chart(
+            verb_charts.verb_curves(points, "Accuracy per verb during the lesson", verb.lemma),
+            key="teach_verb_curves",
+        )
+    st.markdown(verb_charts.order_sentence(points, info.finetune_config().steps))
+    limited = f" (capped at {info.metrics.eval_limit} per split)" if info.metrics.eval_limit else ""
+    st.caption(
+        "The table and the first metric: every held-out prompt of the verb. Irregular, "
+        f"regular and drift figures: the run's final evaluation{limited}. The curves: the "
+        "periodic evaluation on a sample, a few prompts per verb."
+    )
+
+
+# ---------------------------------------------------------------- the run
+st.html("<style>[data-testid='stStatusWidget'],[data-testid='stDecoration']{display:none}</style>")
+if snap.running:
+    taught = snap.config.get("teach", "")
+    if snap.owner == me and taught:
+        st.subheader(f"Teaching live: {snap.label}")
+        st.button("Stop", icon=":material/stop:", key="teach_stop", on_click=_stop)
+    else:
+        st.info(
+            f"Training is busy: **{snap.label}** is training. One run at a time per server; "
+            "it is shown here and on the Train page; teach yours when it ends."
+        )
+    _live_panel(taught.split(":")[0] if taught else "")
+    st.stop()
+
+if snap.owner == me and snap.config == cfg.to_dict():
+    if snap.status == "completed" and snap.run_id:
+        st.success(
+            f"{FINISHED_MARK}: run {snap.run_id} saved to the store "
+            f"({snap.elapsed_s:.1f} s on {snap.device})."
+        )
+    elif snap.status == "stopped":
+        st.warning(f"Training stopped: {snap.message}. Stopped runs are not stored.")
+    elif snap.status == "diverged":
+        st.warning(f"Training diverged: {snap.message}. Diverged runs are not stored.")
+    elif snap.status == "error":
+        st.error(f"Training failed: {snap.message}")
+label = "Teach it live"
+if stored is not None:
+    where = "shipped with the app" if stored.shipped else "in your cache"
+    st.info(f"This lesson is in the store ({where}): run **{stored.run_id}**, shown below.")
+    label = "Teach it live anyway"
+st.caption(f"{cfg.label()} · an evaluation every {cfg.eval_every} steps · on {data.device_label()}")
+if st.button(
+    label,
+    icon=":material/school:",
+    key="teach_start",
+    type="primary" if stored is None else "secondary",
+):
+    if not trainer.start(cfg, owner=me, cache=data.cache_dir(), eval_limit=data.eval_limit()):
+        st.info("Training is busy: another session started a run a moment ago.")
+    st.rerun()
+if stored is not None:
+    _show_result(stored)
