@@ -228,7 +228,7 @@ def test_experiment_pages_read_the_summaries(cache, tmp_path, monkeypatch):
     assert charts_of(at) == 2  # final drift bars and perplexity over steps
     at = open_page("spectrum")
     assert not at.exception and not at.warning, texts(at.warning)
-    assert charts_of(at) == 4  # spectra, stable rank, energy, truncation
+    assert charts_of(at) == 5  # spectra, stable rank, energy, truncation, subspace heatmaps
 
     path.write_text("[1, 2")  # a corrupt file: a warning, the page still runs
     at = open_page("rank_sweep")

@@ -140,3 +140,39 @@ def truncation_curve(
     fig.update_yaxes(title_text="accuracy (%)", range=[0, 101], secondary_y=False)
     fig.update_yaxes(title_text="drift (%)", tickformat=".1f", secondary_y=True, showgrid=False)
     return style(fig, "Truncating full fine-tuning's update to rank k")
+
+
+def subspace_heatmaps(grids: Mapping[str, Sequence[Sequence[float]]], layer: str) -> go.Figure:
+    """φ(i, j) of one layer as heatmaps, one row per comparison:
+    ``grids[label][i-1][j-1] = φ(A, B, i, j)``, i the top-i directions of A (rows), j those
+    of B (columns). One colour scale, 0 (orthogonal) to 1 (contained), for every panel."""
+    labels = list(grids) or [""]
+    fig = make_subplots(
+        rows=len(labels), cols=1, subplot_titles=labels, vertical_spacing=0.5 / len(labels)
+    )
+    for row, label in enumerate(labels, start=1):
+        z = [[float(v) for v in r] for r in grids.get(label, [])]
+        fig.add_trace(
+            go.Heatmap(
+                z=z,
+                x=list(range(1, len(z[0]) + 1)) if z else [],
+                y=list(range(1, len(z) + 1)),
+                zmin=0.0,
+                zmax=1.0,
+                colorscale="Viridis",
+                coloraxis="coloraxis",
+                hovertemplate="i=%{y}, j=%{x}: φ=%{z:.3f}<extra></extra>",
+                name=label,
+            ),
+            row=row,
+            col=1,
+        )
+        fig.update_yaxes(title_text="i (A)", autorange="reversed", dtick=1, row=row, col=1)
+    fig.update_xaxes(title_text="j (B)", row=len(labels), col=1)
+    fig.update_layout(
+        coloraxis=dict(
+            colorscale="Viridis", cmin=0.0, cmax=1.0, colorbar=dict(title=dict(text="φ"))
+        )
+    )
+    title = f"Subspace similarity φ(i, j), {short_layer(layer)}"
+    return style(fig, title, height=170 + 230 * len(labels))

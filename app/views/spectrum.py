@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from app import data, helpers
 from app.charts import spectrum as charts
+from minituner import subspace
 
 st.title("Spectrum of the weight update ΔW")
 st.markdown(
@@ -109,3 +112,63 @@ if truncation is not None:
         )
     except (KeyError, TypeError, ValueError) as e:
         st.warning(f"The truncation summary in experiments.json is malformed ({e}).")
+
+st.subheader("Subspace similarity: do two updates use the same directions?")
+st.markdown(
+    "As in section 7 of the LoRA paper: for two updates A and B of one layer, take the top-i "
+    "right singular vectors of ΔW_A and the top-j of ΔW_B (directions in the layer's *input* "
+    "space) and measure φ(i, j) = ‖V_Aᵢᵀ V_Bⱼ‖²_F / min(i, j): 1 when the smaller set of "
+    "directions lies inside the larger, 0 when they are orthogonal. Random directions are "
+    "not 0: two random subspaces of dimensions i and j in d dimensions give max(i, j)/d."
+)
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _subspace_record(path: str, mtime: int) -> subspace.SubspaceRecord:
+    return subspace.read_subspace(path)
+
+
+def _load_subspace() -> subspace.SubspaceRecord | None:
+    """The precomputed comparisons, or None with a note (missing) or a warning (broken)."""
+    try:
+        path = Path(subspace.subspace_file())
+    except ValueError as e:
+        st.warning(str(e))
+        return None
+    if not path.is_file():
+        st.info(f"No subspace similarity computed yet: run `{subspace.COMMAND}`.")
+        return None
+    try:
+        return _subspace_record(str(path), path.stat().st_mtime_ns)
+    except (OSError, ValueError) as e:
+        st.warning(f"{path.name} cannot be read ({e}): run `{subspace.COMMAND}` again.")
+        return None
+
+
+record = _load_subspace()
+if record is not None:
+    verdict = subspace.conclusion(record)
+    if verdict:
+        st.markdown(f"**What the numbers say.** {verdict}")
+    labels = {p.label: p for p in record.pairs}
+    c5, c6 = st.columns([3, 2])
+    picked = c5.multiselect(
+        "comparisons", list(labels), default=list(labels)[:3], key="spec_sub_pairs"
+    )
+    layers = sorted({name for p in record.pairs for name in p.layers})
+    sub_layer = c6.selectbox("layer", layers, key="spec_sub_layer")
+    shown = {
+        label: labels[label].layers[sub_layer].phi
+        for label in picked
+        if sub_layer in labels[label].layers
+    }
+    if shown:
+        st.plotly_chart(charts.subspace_heatmaps(shown, sub_layer), key="spec_subspace")
+    for label in picked:
+        st.caption(subspace.headline(labels[label]))
+    with st.expander("means over layers, every comparison"):
+        st.dataframe(subspace.summary_rows(record), hide_index=True)
+    st.caption(
+        f"Runs: {'; '.join(f'{p.label}: {p.a.run_id} vs {p.b.run_id}' for p in record.pairs)}. "
+        f"Made by `{record.command}` from the stored adapters and deltas."
+    )
