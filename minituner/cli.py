@@ -278,6 +278,8 @@ def _replay_share(s: str) -> float:
 def _teach(s: str) -> str:
     from .teach import TeachVerb
 
+    if not s.strip():  # the default: no verb to teach
+        return ""
     try:
         return str(TeachVerb.parse(s))
     except ValueError as e:
@@ -637,6 +639,12 @@ def _cmd_subspace(args) -> None:
         )
     print(conclusion(record) or "")
     print(f"wrote {path}")
+    if args.out is None:
+        from .paths import experiments_readme
+        from .subspace import update_readme
+
+        update_readme(experiments_readme())
+        print(f"updated {experiments_readme()}")
 
 
 _EXTRA_COMMANDS += [_add_subspace]

@@ -612,3 +612,73 @@ def compute_from_store(
         ref_a, ref_b = RunRef(a.run_id, _describe(a)), RunRef(b.run_id, _describe(b))
         pairs.append(Pair(name, label, ref_a, ref_b, i, j, grids))
     return SubspaceRecord(base_model_id=base.model_id, pairs=tuple(pairs))
+
+
+# ---------------------------------------------------------------------------------------
+# precompute and the data folder's README
+# ---------------------------------------------------------------------------------------
+
+README_BEGIN = "<!-- subspace: written by `python -m minituner subspace` -->"
+README_END = "<!-- /subspace -->"
+
+
+def refresh(
+    store: RunStore, base: Base, experiments: Mapping, log: Callable[[str], None] = print
+) -> SubspaceRecord | None:
+    """Recompute and write ``<data>/subspace.json`` (what ``precompute`` calls after its
+    summary); a missing run is one log line, not an error: None then."""
+    try:
+        record = compute_from_store(store, base, experiments)
+    except ValueError as e:
+        log(f"subspace similarity not computed: {e}")
+        return None
+    log(f"wrote {write_subspace(record)}")
+    return record
+
+
+def readme_lines(path: str | Path | None = None) -> list[str]:
+    """The data folder README's section on subspace similarity, from subspace.json
+    (between markers, so :func:`update_readme` can replace it); [] when there is none."""
+    try:
+        path = Path(path) if path is not None else subspace_file()
+    except ValueError:
+        return []
+    if not path.is_file():
+        return []
+    lines = [README_BEGIN, ""]
+    try:
+        record = read_subspace(path)
+    except ValueError as e:
+        return [*lines, f"subspace.json cannot be read ({e}); run `{COMMAND}`.", "", README_END]
+    lines += [
+        f"Subspace similarity of the updates ΔW (LoRA paper, section 7), in `{path.name}`; "
+        f"regenerate it with `{record.command}` (no training: it reads the stored runs). "
+        f"Definition: {record.definition}. Means over the layers of each kind; random "
+        "subspaces give max(i, j)/d.",
+        "",
+        "| comparison | layers | φ(1,1) | φ(i,i) | φ(i,j) | i, j | random φ(1,1) | random φ(i,j) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summary_rows(record):
+        lines.append(
+            f"| {r['pair']} | {r['layers']} | {r['phi_11']:.3f} | {r['phi_ii']:.3f} | "
+            f"{r['phi_ij']:.3f} | {r['i']}, {r['j']} | {r['random_11']:.4f} | "
+            f"{r['random_ij']:.4f} |"
+        )
+    verdict = conclusion(record)
+    lines += ["", *([verdict, ""] if verdict else []), README_END, ""]
+    return lines
+
+
+def update_readme(readme: str | Path, path: str | Path | None = None) -> None:
+    """Replace the subspace section of ``readme`` (or append it) from subspace.json."""
+    readme = Path(readme)
+    text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
+    block = "\n".join(readme_lines(path))
+    if README_BEGIN in text and README_END in text:
+        head, rest = text.split(README_BEGIN, 1)
+        tail = rest.split(README_END, 1)[1].lstrip("\n")
+        text = head + block + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    atomic_write_text(readme, text)

@@ -294,3 +294,21 @@ def test_shipped_file_is_valid_and_agrees_with_its_definition():
         # block sums of squared overlaps only grow (up to the file's 4 decimals)
         assert (np.diff(mass, axis=0) >= -1e-3).all() and (np.diff(mass, axis=1) >= -1e-3).all()
         assert math.isclose(grid.at(1, 1), phi[0, 0])
+
+
+def test_readme_section_is_replaced_not_repeated(tmp_path):
+    path = S.write_subspace(record(), tmp_path / "subspace.json")
+    readme = tmp_path / "README.md"
+    readme.write_text("# data\n\nsome findings\n")
+    S.update_readme(readme, path)
+    once = readme.read_text()
+    assert once.startswith("# data\n\nsome findings\n\n" + S.README_BEGIN)
+    assert "| LoRA r=2 vs LoRA r=3 | q_proj | 0.500 | 0.500 | 0.500 | 2, 3 |" in once
+    S.write_subspace(record(phi_a=0.05), path)
+    S.update_readme(readme, path)
+    twice = readme.read_text()
+    assert twice.count(S.README_BEGIN) == 1 and "| v_proj | 0.050 |" in twice
+    assert twice.startswith("# data\n\nsome findings\n\n")
+    path.write_text("[]")
+    assert "cannot be read" in "\n".join(S.readme_lines(path))
+    assert S.readme_lines(tmp_path / "none.json") == []
