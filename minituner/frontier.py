@@ -94,7 +94,8 @@ def matched_levels(a: Sequence[Point], b: Sequence[Point], n: int = 5) -> list[f
         return [float(lo)]
     if n == 1:
         return [float((lo + hi) / 2)]
-    return [lo + (hi - lo) * k / (n - 1) for k in range(n)]
+    # the last level is hi itself: lo + (hi - lo) could round above the highest learning
+    return [lo + (hi - lo) * k / (n - 1) for k in range(n - 1)] + [float(hi)]
 
 
 def front_points(points: Sequence[Point], lower_is_better: bool = True) -> list[Point]:

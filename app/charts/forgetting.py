@@ -1,4 +1,5 @@
-"""Charts of the Forgetting page: control perplexity and drift."""
+"""Charts of the Forgetting page: control perplexity and drift, the learning-forgetting
+frontier and the replay sweep."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Mapping, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from app.charts.common import COLORS, PALETTE, series_colors, style
+from app.charts.common import COLORS, PALETTE, legend_below, series_colors, style
 
 
 def perplexity_over_steps(series: Mapping[str, Sequence[Mapping]]) -> go.Figure:
@@ -98,3 +99,96 @@ def metric_bars(
     )
     fig.update_yaxes(title_text=y_title, range=[0, 110] if percent else None)
     return style(fig, title)
+
+
+# ---------------------------------------------------------------- frontier and replay
+FRONTIER_PANELS = (
+    ("control_en_drift", "control English drift (%)", 100.0),
+    ("regular_accuracy", "regular-verb accuracy (%)", 100.0),
+)
+
+
+def frontier(section: Mapping, measure: str, y_title: str, scale: float = 100.0) -> go.Figure:
+    """Learning (irregular accuracy, x) against one forgetting measure (y) of every grid
+    config: its mean over seeds with ± std bars on both axes, one colour per method, and
+    each method's Pareto front drawn as the step it is (``section`` is experiments.json's
+    ``frontier``: ``configs`` and ``fronts[measure][method]``, indices into configs).
+
+    The step goes up first: with at least learning x a method reaches the forgetting of
+    its next front point at or above x."""
+    configs = list(section.get("configs", []))
+    fronts = section.get("fronts", {}).get(measure, {})
+    fig = go.Figure()
+    methods = list(dict.fromkeys(c["method"] for c in configs))
+    for i, m in enumerate(methods):
+        color = COLORS.get(m, PALETTE[i % len(PALETTE)])
+        pts = [c for c in configs if c["method"] == m]
+        fig.add_trace(
+            go.Scatter(
+                x=[100 * c["irregular_accuracy_mean"] for c in pts],
+                y=[scale * c[f"{measure}_mean"] for c in pts],
+                error_x=dict(type="data", array=[100 * c["irregular_accuracy_std"] for c in pts]),
+                error_y=dict(type="data", array=[scale * c[f"{measure}_std"] for c in pts]),
+                mode="markers",
+                name=m,
+                legendgroup=m,
+                marker=dict(size=11, color=color, opacity=0.8),
+                text=[c["label"] for c in pts],
+                hovertemplate="%{text}<br>irregular %{x:.1f}%<br>%{y:.2f}<extra></extra>",
+            )
+        )
+        front = [configs[j] for j in fronts.get(m, [])]
+        if len(front) > 1:
+            fig.add_trace(
+                go.Scatter(
+                    x=[100 * c["irregular_accuracy_mean"] for c in front],
+                    y=[scale * c[f"{measure}_mean"] for c in front],
+                    mode="lines",
+                    line=dict(color=color, width=3, shape="vh"),
+                    name=f"{m} front",
+                    legendgroup=m,
+                    hoverinfo="skip",
+                )
+            )
+    fig.update_xaxes(title_text="irregular-verb accuracy (%) — learning")
+    fig.update_yaxes(title_text=y_title)
+    legend_below(fig)
+    return style(fig, f"Learning vs forgetting: {y_title.split(' (')[0]}", height=520)
+
+
+REPLAY_PANELS = (
+    ("irregular_accuracy", "irregular accuracy (%)"),
+    ("regular_accuracy", "regular accuracy (%)"),
+    ("control_en_drift", "control English drift (%)"),
+)
+
+
+def replay(section: Mapping) -> go.Figure:
+    """Irregular accuracy, regular accuracy and control drift against the replay share,
+    one line per method (mean over seeds, ± std bars); ``section`` is experiments.json's
+    ``replay``: ``{method: [{replay, <figure>_mean, <figure>_std, …}, …]}``."""
+    fig = make_subplots(rows=1, cols=len(REPLAY_PANELS),
+                        subplot_titles=[t for _, t in REPLAY_PANELS])  # fmt: skip
+    for m in ("lora", "full"):
+        entries = list(section.get(m, []))
+        if not entries:
+            continue
+        for col, (key, _) in enumerate(REPLAY_PANELS, 1):
+            fig.add_trace(
+                go.Scatter(
+                    x=[100 * e["replay"] for e in entries],
+                    y=[100 * e[f"{key}_mean"] for e in entries],
+                    error_y=dict(type="data", array=[100 * e[f"{key}_std"] for e in entries]),
+                    mode="lines+markers",
+                    name=m,
+                    legendgroup=m,
+                    showlegend=col == 1,
+                    line=dict(width=3, color=COLORS.get(m, PALETTE[0])),
+                    marker=dict(size=9),
+                ),
+                row=1,
+                col=col,
+            )
+    fig.update_xaxes(title_text="replay share (%)")
+    legend_below(fig, y=-0.25)
+    return style(fig, "Replaying regular-verb pairs", height=480)

@@ -1,4 +1,5 @@
-"""Forgetting: control perplexity over steps and the final drift per method."""
+"""Forgetting: the final drift per method, the learning-forgetting frontier, the replay
+sweep, and control perplexity over steps."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import streamlit as st
 
 from app import data, helpers
 from app.charts import forgetting as charts
+from minituner.experiments import REGENERATE, frontier_claim
 
 st.title("Forgetting")
 st.markdown(
@@ -57,6 +59,102 @@ if forgetting is not None:
         )
     except (KeyError, TypeError, ValueError) as e:
         st.warning(f"The forgetting summary in experiments.json is malformed ({e}).")
+
+
+def _optional_section(key: str, command: str) -> dict | None:
+    """A section of experiments.json that older files lack: None, with a hint, then."""
+    if experiments is None:
+        return None
+    section = experiments.get(key)
+    if not isinstance(section, dict) or not section:
+        st.info(f"experiments.json has no {key} results yet: `{command}` computes them.")
+        return None
+    return section
+
+
+st.subheader("Learning vs forgetting: the frontier")
+st.markdown(
+    "One setting per method says little: a smaller learning rate or fewer steps forget "
+    "less and learn less. Here every configuration of a grid is a point, its learning "
+    "(irregular-verb accuracy) against its forgetting (control drift; regular-verb "
+    "accuracy), the mean over seeds with ± one standard deviation as bars. The line is "
+    "each method's Pareto front: the least forgetting it reaches with at least that much "
+    "learning."
+)
+FRONTIER_CMD = f"{REGENERATE} --only frontier"
+frontier = _optional_section("frontier", FRONTIER_CMD)
+if frontier is not None:
+    try:
+        cols = st.columns(len(charts.FRONTIER_PANELS))
+        for col, (measure, y_title, scale) in zip(cols, charts.FRONTIER_PANELS, strict=True):
+            with col:
+                st.plotly_chart(
+                    charts.frontier(frontier, measure, y_title, scale), key=f"frontier_{measure}"
+                )
+        claim = frontier_claim(frontier)
+        if claim is not None:
+            answer = "Yes" if claim["held"] else "No"
+            st.markdown(
+                f"**At matched learning, does LoRA forget less than full fine-tuning?** "
+                f"{answer}, as measured: {claim['figures']}."
+            )
+        d = frontier["matched"]["control_en_drift"]
+        r = frontier["matched"]["regular_accuracy"]
+        if d["levels"]:
+            st.dataframe(
+                [
+                    {
+                        "irregular acc. at least": helpers.pct(x),
+                        "LoRA: EN drift": f"{100 * d['lora'][i]:+.2f}%",
+                        "full: EN drift": f"{100 * d['full'][i]:+.2f}%",
+                        "LoRA: regular acc.": helpers.pct(r["lora"][i]),
+                        "full: regular acc.": helpers.pct(r["full"][i]),
+                    }
+                    for i, x in enumerate(d["levels"])
+                ],
+                hide_index=True,
+                key="frontier_matched",
+            )
+        grid = sorted({c["label"] for c in frontier["configs"]})
+        st.caption(
+            f"{len(grid)} configurations, {sum(c['n'] for c in frontier['configs'])} runs "
+            f"(full fine-tuning: lr × steps; LoRA on q,v: r × lr; QLoRA at its defaults). "
+            f"Reproduce: `{FRONTIER_CMD}`."
+        )
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        st.warning(f"The frontier summary in experiments.json is malformed ({e}).")
+
+st.subheader("Replay: mixing regular verbs back in")
+st.markdown(
+    "The classic remedy for forgetting: replay some of the old task. A share of the "
+    "training pairs is swapped for regular-verb cloze pairs (the verbs the base model "
+    "already knew); LoRA and full fine-tuning at their defaults, over seeds."
+)
+REPLAY_CMD = f"{REGENERATE} --only replay"
+replay = _optional_section("replay", REPLAY_CMD)
+if replay is not None:
+    try:
+        st.plotly_chart(charts.replay(replay), key="replay_chart")
+        st.dataframe(
+            [
+                {
+                    "method": m,
+                    "replay": f"{100 * e['replay']:.0f}%",
+                    "runs": e["n"],
+                    "irregular acc.": helpers.mean_std(e, "irregular_accuracy"),
+                    "regular acc.": helpers.mean_std(e, "regular_accuracy"),
+                    "EN drift": helpers.mean_std(e, "control_en_drift", signed=True),
+                    "ES drift": helpers.mean_std(e, "control_es_drift", signed=True),
+                }
+                for m in ("lora", "full")
+                for e in replay.get(m, [])
+            ],
+            hide_index=True,
+            key="replay_table",
+        )
+        st.caption(f"Mean ± standard deviation over seeds. Reproduce: `{REPLAY_CMD}`.")
+    except (KeyError, TypeError, ValueError) as e:
+        st.warning(f"The replay summary in experiments.json is malformed ({e}).")
 
 st.subheader("Control perplexity during training")
 if not found:
