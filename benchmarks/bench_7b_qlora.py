@@ -19,6 +19,14 @@ The 7b shape is ``shapes.SHAPES["llama-7b"]``. targets ``qv`` are q_proj and v_p
 (Linear4bit, double quantization, blocks of 64) and PEFT LoRA, and reports the ratios
 ours / theirs; it only runs where transformers, peft and bitsandbytes import (bitsandbytes' CPU
 backend works for the tiny shape, slowly).
+On CUDA our step runs as a CUDA graph (``minituner.graphs.CapturedTrainStep``: warm-up
+eager, captured once, then replayed; AdamW with ``capturable=True``); ``--no-graph`` runs it
+eagerly, ``--eager-too`` runs it both ways and stores the eager figures as ``runs_eager``.
+PEFT always runs eagerly (as its users run it).
+``--profile`` runs one more step of each configuration under torch.profiler and stores the
+step's wall time, the time the GPU was busy in it (the union of kernel, memcpy and memset
+intervals of the trace, so overlapping streams count once) and the kernels taking the most
+time, grouped by name.
 ``--dequant-bw`` times dequantizing one 4096 x 11008 NF4 weight to bf16 against cloning
 the bf16 weight (a device-to-device copy), both as GB/s of bytes read + written.
 Nothing here asserts a number: read the JSON.
@@ -29,8 +37,10 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import shlex
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -40,6 +50,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+from minituner.graphs import CapturedTrainStep  # noqa: E402
 from minituner.llama import LLAMA_LINEARS, LlamaConfig, build_nf4_llama  # noqa: E402
 from minituner.lora import add_lora, lora_layers  # noqa: E402
 from minituner.memory import predict_memory  # noqa: E402
@@ -67,6 +78,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--dtype", choices=list(DTYPES), default="bf16", help="compute dtype")
     p.add_argument("--no-checkpointing", dest="checkpointing", action="store_false")
+    p.add_argument(
+        "--no-graph", dest="graph", action="store_false",
+        help="run our step eagerly (default on CUDA: captured in a CUDA graph and replayed)",
+    )  # fmt: skip
+    p.add_argument("--eager-too", action="store_true", help="also time our eager step")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--peft", action="store_true", help="also run HF + bitsandbytes + PEFT")
     p.add_argument("--dequant-bw", action="store_true", help="NF4 dequantize GB/s vs a clone")
@@ -106,8 +122,17 @@ def _mem(device: torch.device) -> dict:
 
 
 def _reset_peak(device: torch.device) -> None:
+    """Free what the last configuration left and restart the peak from what is allocated.
+
+    cuBLAS keeps a workspace per stream in the caching allocator for the life of the
+    process; they are freed here too, so that each configuration's peak counts its own
+    workspaces and not those of the ones before it.
+    """
     gc.collect()
     if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        if hasattr(torch._C, "_cuda_clearCublasWorkspaces"):
+            torch._C._cuda_clearCublasWorkspaces()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -125,35 +150,65 @@ def _batches(args, cfg: LlamaConfig, device: torch.device, n: int) -> list:
     return [(t[:, :-1].to(device), t[:, 1:].to(device)) for t in toks]
 
 
-def train_steps(model, params, batches, step_fn, args, device) -> dict:
-    """warmup + timed AdamW steps; memory held after the last step and the peak (CUDA)."""
-    opt = torch.optim.AdamW(params, lr=args.lr)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
+def _optimizer(params, args, graph: bool) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=args.lr, capturable=graph)
+
+
+def _amp(args, device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
+
+
+def _eager_runner(model, opt, step_fn, args, device):
+    amp = _amp(args, device)
+
+    def run(x, y):
+        opt.zero_grad(set_to_none=True)
+        with amp:
+            loss = step_fn(model, x, y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return run
+
+
+def train_steps(model, params, batches, step_fn, args, device, graph: bool = False) -> dict:
+    """warmup + timed AdamW steps; memory held after the last step and the peak (CUDA).
+
+    With ``graph`` (CUDA only) the steps go through a :class:`CapturedTrainStep`: the
+    first ``warmup - 1`` are eager, the last warm-up step captures the graph (and replays
+    it), the timed steps are replays. With ``args.profile``, one more step runs under the
+    profiler (:func:`profile_step`).
+    """
+    if graph and args.warmup < 1:
+        raise ValueError("a captured step needs --warmup >= 1 (the capture is a warm-up step)")
+    opt = _optimizer(params, args, graph)
+    if graph:
+        bf16 = torch.bfloat16 if args.dtype == "bf16" else None
+        run = CapturedTrainStep(
+            model, opt, step_fn, warmup=max(1, args.warmup - 1), autocast_dtype=bf16
+        )
+    else:
+        run = _eager_runner(model, opt, step_fn, args, device)
     times, losses = [], []
     _reset_peak(device)
     before = _mem(device)
     for i, (x, y) in enumerate(batches):
         _sync(device)
         t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        with amp:
-            loss = step_fn(model, x, y)
-        loss.backward()
-        opt.step()
+        loss = run(x, y)
         _sync(device)
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
         losses.append(loss.item())
     after = _mem(device)
-    del opt
-    for p in params:
-        p.grad = None
     step = statistics.median(times)
     out = {
         "step_s_median": step,
         "step_s_all": times,
         "tokens_per_s": args.batch * args.seq / step,
         "losses": losses,
+        "step_mode": "cuda_graph" if graph else "eager",
     }
     if device.type == "cuda":
         out.update(
@@ -164,28 +219,99 @@ def train_steps(model, params, batches, step_fn, args, device) -> dict:
     else:
         out["peak_bytes"] = None
         out["peak_note"] = "not measured on CPU (no allocator statistics); CUDA only"
+    if args.profile:
+        out["profile"] = profile_step(run, batches[-1], device)
+    del run, opt
+    for p in params:
+        p.grad = None
     return out
 
 
-def profile_step(model, params, batch, step_fn, args, device) -> dict:
-    """One more training step (``train_steps``, no warm-up) under torch.profiler: its wall
-    time against the GPU's busy time.
+def busy_time(intervals) -> float:
+    """Length of the union of (start, end) intervals: time covered by at least one."""
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b <= end:
+            continue
+        total += b - max(a, end)
+        end = b
+    return total
 
-    ``device_busy_s`` sums the self time of every kernel the step ran on the device; when
-    it is far below ``wall_s`` the step waits on the CPU launching work, not on the GPU.
+
+_DEVICE_CATS = ("kernel", "gpu_memcpy", "gpu_memset")
+
+
+def trace_summary(trace: dict, top: int = 12) -> dict:
+    """Device activity of a chrome trace (``prof.export_chrome_trace``), times in seconds:
+    ``device_busy_s`` (union of kernel, memcpy and memset intervals), ``device_span_s``
+    (first start to last end), ``kernels`` (how many ran) and ``top_kernels`` (the ``top``
+    names by summed time: name cut to 90 characters, count, seconds, share of busy time)."""
+    events = [
+        e
+        for e in trace.get("traceEvents", [])
+        if e.get("ph") == "X" and e.get("cat") in _DEVICE_CATS and "dur" in e
+    ]
+    spans = [(float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in events]
+    busy = busy_time(spans) / 1e6  # us -> s
+    by_name: dict[str, list] = {}
+    for e in events:
+        entry = by_name.setdefault(str(e.get("name", "?"))[:90], [0, 0.0])
+        entry[0] += 1
+        entry[1] += float(e["dur"]) / 1e6
+    ranked = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:top]
+    return {
+        "device_busy_s": busy,
+        "device_span_s": (max(b for _, b in spans) - min(a for a, _ in spans)) / 1e6
+        if spans
+        else 0.0,
+        "kernels": sum(e.get("cat") == "kernel" for e in events),
+        "top_kernels": [
+            {"name": n, "count": c, "seconds": t, "share_of_busy": t / busy if busy else 0.0}
+            for n, (c, t) in ranked
+        ],
+    }
+
+
+def _print_top_kernels(res: dict, n: int = 8) -> None:
+    prof = res.get("profile", {})
+    if not prof.get("top_kernels"):
+        return
+    print(
+        f"    profiled step: wall {prof['wall_s'] * 1e3:.1f} ms, GPU busy "
+        f"{prof['device_busy_s'] * 1e3:.1f} ms, {prof['kernels']} kernels; by time:"
+    )
+    for k in prof["top_kernels"][:n]:
+        print(
+            f"    {k['seconds'] * 1e3:8.2f} ms {k['share_of_busy']:6.1%} x{k['count']:<5} "
+            f"{k['name'][:70]}"
+        )
+
+
+def profile_step(run, batch, device) -> dict:
+    """One more training step (``run(x, y)``, warmed up) under torch.profiler: its wall
+    time against the time the GPU was busy (:func:`trace_summary`).
+
+    When ``device_busy_fraction`` is far below 1 the step waits on the CPU launching work,
+    not on the GPU.
     """
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
-    one = argparse.Namespace(**{**vars(args), "warmup": 0})
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    x, y = batch
     with profile(activities=activities) as prof:
-        wall = train_steps(model, params, [batch], step_fn, one, device)["step_s_median"]
+        _sync(device)
+        t0 = time.perf_counter()
+        run(x, y).item()
+        _sync(device)
+        wall = time.perf_counter() - t0
     if not cuda:
         return {"wall_s": wall, "device_busy_s": None, "note": "no device timeline on CPU"}
-    events = prof.key_averages()
-    busy = sum(getattr(e, "self_device_time_total", 0.0) for e in events) / 1e6  # us -> s
-    return {"wall_s": wall, "device_busy_s": busy, "device_busy_fraction": busy / wall}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        summary = trace_summary(json.loads(path.read_text()))
+    return {"wall_s": wall, **summary, "device_busy_fraction": summary["device_busy_s"] / wall}
 
 
 def _prediction(shape, r: int, targets: str, args) -> dict:
@@ -322,8 +448,13 @@ def run_peft(cfg, device, args, batches) -> dict:
             res = train_steps(model, params, batches, _hf_loss, args, device)
             res["trainable_params"] = sum(p.numel() for p in params)
             res["lora_layer_type"] = _peft_layer_type(model)
-            if args.profile:
-                res["profile"] = profile_step(model, params, batches[-1], _hf_loss, args, device)
+            busy = res.get("profile", {}).get("device_busy_fraction")
+            print(
+                f"peft r={r:<3} {t:<4} step {res['step_s_median'] * 1e3:8.1f} ms  "
+                f"peak {res['peak_bytes'] / MiB if res['peak_bytes'] else float('nan'):.1f} MiB"
+                + ("" if busy is None else f"  GPU busy {busy:.0%}")
+            )
+            _print_top_kernels(res)
             runs[f"r{r}_{t}"] = res
             del model, params
     return {"runs": runs}
@@ -378,6 +509,9 @@ def main(argv=None) -> dict:
         cfg.max_seq = args.seq
     shape = _shape(args, cfg)
     result: dict = {
+        "command": shlex.join(["python", "benchmarks/bench_7b_qlora.py", *sys.argv[1:]])
+        if argv is None
+        else shlex.join(["python", "benchmarks/bench_7b_qlora.py", *argv]),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "config": cfg.to_dict(),
         "torch": torch.__version__,
@@ -394,28 +528,35 @@ def main(argv=None) -> dict:
     result["build"] = {"seconds": time.perf_counter() - t0, **_mem(device)}
     print(f"built {args.shape} on {device} in {result['build']['seconds']:.1f} s")
     batches = _batches(args, cfg, device, args.warmup + args.steps)
-    runs = {}
+    graph = args.graph and device.type == "cuda"
+    modes = [graph] + ([False] if args.eager_too and graph else [])
+    runs, runs_eager = {}, {}
     for r in args.r:
         for t in args.targets:
-            remove_lora(model)
-            torch.manual_seed(args.seed)
-            add_lora(model, TARGETS[t], r=r, alpha=args.alpha)
-            params = [p for p in model.parameters() if p.requires_grad]
-            res = train_steps(model, params, batches, _ours_loss, args, device)
-            res["trainable_params"] = sum(p.numel() for p in params)
-            if args.profile:
-                res["profile"] = profile_step(model, params, batches[-1], _ours_loss, args, device)
-            res["predicted"] = _prediction(shape, r, t, args)
-            res["ratios"] = _ratios(res, res["predicted"])
-            runs[f"r{r}_{t}"] = res
-            peak = res["peak_bytes"]
-            print(
-                f"r={r:<3} {t:<4} step {res['step_s_median'] * 1e3:8.1f} ms  "
-                f"peak {'n/a' if peak is None else f'{peak / MiB:.1f} MiB'}  "
-                f"predicted total {res['predicted']['bf16']['total'] / MiB:.1f} MiB (bf16), "
-                f"{res['predicted']['mixed']['total'] / MiB:.1f} MiB (mixed)"
-            )
+            for mode in modes:
+                remove_lora(model)
+                torch.manual_seed(args.seed)
+                add_lora(model, TARGETS[t], r=r, alpha=args.alpha)
+                params = [p for p in model.parameters() if p.requires_grad]
+                res = train_steps(model, params, batches, _ours_loss, args, device, graph=mode)
+                res["trainable_params"] = sum(p.numel() for p in params)
+                res["predicted"] = _prediction(shape, r, t, args)
+                res["ratios"] = _ratios(res, res["predicted"])
+                (runs if mode == graph else runs_eager)[f"r{r}_{t}"] = res
+                peak = res["peak_bytes"]
+                busy = res.get("profile", {}).get("device_busy_fraction")
+                print(
+                    f"r={r:<3} {t:<4} {res['step_mode']:<10} step "
+                    f"{res['step_s_median'] * 1e3:8.1f} ms  "
+                    f"peak {'n/a' if peak is None else f'{peak / MiB:.1f} MiB'}  "
+                    f"predicted total {res['predicted']['bf16']['total'] / MiB:.1f} MiB (bf16), "
+                    f"{res['predicted']['mixed']['total'] / MiB:.1f} MiB (mixed)"
+                    + ("" if busy is None else f"  GPU busy {busy:.0%}")
+                )
+                _print_top_kernels(res)
     result["runs"] = runs
+    if runs_eager:
+        result["runs_eager"] = runs_eager
     if args.peft:
         del model, params
         peft_res = run_peft(cfg, device, args, batches)
@@ -425,6 +566,11 @@ def main(argv=None) -> dict:
             ratio = {"step_time_ours_over_peft": ours["step_s_median"] / theirs["step_s_median"]}
             if ours.get("peak_bytes") and theirs.get("peak_bytes"):
                 ratio["peak_ours_over_peft"] = ours["peak_bytes"] / theirs["peak_bytes"]
+            if "device_busy_fraction" in ours.get("profile", {}):
+                ratio["ours_device_busy_fraction"] = ours["profile"]["device_busy_fraction"]
+            if key in runs_eager:
+                eager = runs_eager[key]["step_s_median"]
+                ratio["eager_step_time_ours_over_peft"] = eager / theirs["step_s_median"]
             theirs["ratios_ours_over_peft"] = ratio
             print(f"{key}: ours/peft {ratio}")
     if args.dequant_bw:

@@ -466,7 +466,7 @@ def _cmd_runs(args) -> None:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        infos = RunStore().list()
+        infos = RunStore().list(metrics_only=True)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     if not infos:
@@ -476,6 +476,8 @@ def _cmd_runs(args) -> None:
     for i in sorted(infos, key=lambda i: i.label()):
         where = "shipped" if i.shipped else "cache"
         f, label = i.final, i.finetune_config().label()
+        if not i.has_weights:  # a frontier/replay grid run: its figures, no model to load
+            label += " (figures only)"
         print(
             f"{i.run_id:<12}  {where:<7}  {label:<48}  {f.irregular_accuracy:7.3f}  "
             f"{f.control_en_drift:+8.2%}"

@@ -34,10 +34,18 @@ Choices worth knowing:
   (``LoRALinear``'s default, as the QLoRA paper keeps adapters in higher precision); the
   LoRA branch runs in bf16 under autocast.
 - ``checkpointing=True`` recomputes each decoder layer in the backward pass
-  (``torch.utils.checkpoint``, ``use_reentrant=False``): only layer inputs are kept.
+  (``torch.utils.checkpoint``, ``use_reentrant=False``): only layer inputs are kept. The
+  RNG state is saved for the recompute only for a layer that draws random numbers
+  (:func:`draws_random_numbers`), so a dropout-free step can be captured in a CUDA graph
+  (``minituner.graphs``), where reading the generator state is not allowed.
 - ``forward(idx, labels=None)`` returns logits (B, T, vocab); with ``labels`` (B, T),
   already aligned (``labels[:, t]`` is the target for position t; -100 is ignored) it
-  returns the mean cross-entropy, computed in float32.
+  returns the mean cross-entropy, computed in float32 (the sum over positions divided by
+  the number of labelled ones; all labels -100 gives NaN, as ``F.cross_entropy`` does).
+  With checkpointing the final norm, lm_head and loss also run in chunks of
+  ``loss_chunk`` positions (128), each recomputed in the backward pass: the float32 logits
+  of 512 positions x 32000 words (64 MiB, and as much again for their gradient) never
+  exist whole.
 """
 
 from __future__ import annotations
@@ -57,6 +65,7 @@ LLAMA_ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 LLAMA_MLP = ("gate_proj", "up_proj", "down_proj")
 LLAMA_LINEARS = LLAMA_ATTN + LLAMA_MLP
 INIT_STD = 0.02
+LOSS_CHUNK = 128  # positions per chunk of the checkpointed head + loss (LlamaQLoRA.loss_chunk)
 
 
 @dataclass
@@ -146,14 +155,17 @@ class NF4LinearLowMem(NF4Linear):
 
 
 class RMSNorm(nn.Module):
+    """y = weight * (x / sqrt(mean(x²) + eps)), normalized in float32 (no bias)."""
+
     def __init__(self, dim: int, eps: float, device=None, dtype=None):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        # x * rsqrt(mean(x²) + eps) in float32 (one fused kernel on CUDA, forward and
+        # backward), rounded to x's dtype, then scaled: Hugging Face's LlamaRMSNorm order
+        h = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         return self.weight * h.to(x.dtype)
 
 
@@ -227,6 +239,20 @@ class LlamaDecoderLayer(nn.Module):
 # ---------------------------------------------------------------------------- model
 
 
+def draws_random_numbers(module: nn.Module) -> bool:
+    """Whether ``module`` (in training mode) draws random numbers in its forward pass:
+    an active ``nn.Dropout`` or a LoRA layer with ``dropout`` > 0 inside it."""
+    if not module.training:
+        return False
+    for m in module.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
+            return True
+        rate = getattr(m, "dropout", None)
+        if isinstance(rate, float) and rate > 0:
+            return True
+    return False
+
+
 def _generator(device: torch.device, seed: int, path: str) -> torch.Generator:
     """A generator seeded by (seed, module path): each weight has its own stream."""
     g = torch.Generator(device=device)
@@ -259,6 +285,7 @@ class LlamaQLoRA(nn.Module):
         super().__init__()
         device = torch.device(device or "cpu")
         self.config, self.checkpointing = cfg, checkpointing
+        self.loss_chunk = LOSS_CHUNK
         emb = _normal((cfg.vocab_size, cfg.hidden), device, dtype, seed, "embed_tokens")
         self.embed_tokens = nn.Embedding.from_pretrained(emb, freeze=True)
         self.layers = nn.ModuleList(
@@ -285,14 +312,31 @@ class LlamaQLoRA(nn.Module):
         x = self.embed_tokens(idx)  # (B, T, C)
         for layer in self.layers:
             if self.checkpointing and torch.is_grad_enabled():
-                x = checkpoint(layer, x, cos, sin, use_reentrant=False)
+                # RNG state is saved (and restored for the recompute) only where the layer
+                # draws random numbers: reading it is not allowed while a CUDA graph captures
+                rng = draws_random_numbers(layer)
+                x = checkpoint(layer, x, cos, sin, use_reentrant=False, preserve_rng_state=rng)
             else:
                 x = layer(x, cos, sin)
-        logits = self.lm_head(self.norm(x))  # (B, T, V)
         if labels is None:
-            return logits
+            return self.lm_head(self.norm(x))  # (B, T, V)
+        if not (self.checkpointing and torch.is_grad_enabled()):
+            return self._loss_sum(x, labels) / (labels != -100).sum()
+        # the head in chunks of loss_chunk positions, each recomputed in the backward pass:
+        # only one chunk's float32 logits and their gradient exist at a time
+        total = x.new_zeros((), dtype=torch.float32)
+        chunks = zip(x.split(self.loss_chunk, 1), labels.split(self.loss_chunk, 1), strict=True)
+        for xs, ys in chunks:
+            total = total + checkpoint(
+                self._loss_sum, xs, ys, use_reentrant=False, preserve_rng_state=False
+            )
+        return total / (labels != -100).sum()
+
+    def _loss_sum(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Summed cross-entropy (float32) of the head's logits for x (B, t, C), labels (B, t)."""
+        logits = self.lm_head(self.norm(x))  # (B, t, V)
         return F.cross_entropy(
-            logits.float().view(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
+            logits.float().flatten(0, 1), labels.reshape(-1), ignore_index=-100, reduction="sum"
         )
 
     def nf4_linears(self) -> dict[str, NF4Linear]:

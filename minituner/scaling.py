@@ -71,12 +71,30 @@ def _field(d: Mapping, key: str, kind: str, source: str, where: str, positive: b
     return v
 
 
+STEP_MODES = ("eager", "cuda_graph")  # how the benchmark ran our step
+
+
+def _check_profile(run: Mapping, source: str, where: str) -> None:
+    """A profiled step (``--profile`` on CUDA) holds its wall time, the GPU's busy time
+    and their ratio, which cannot exceed 1 by more than the clocks' disagreement."""
+    if not isinstance(run.get("profile"), dict) or run["profile"].get("device_busy_s") is None:
+        return
+    prof = run["profile"]
+    at = f"{where}.profile"
+    _field(prof, "wall_s", "number", source, at, positive=True)
+    _field(prof, "device_busy_s", "number", source, at, positive=True)
+    frac = _field(prof, "device_busy_fraction", "number", source, at, positive=True)
+    if frac > 1.05:
+        raise ValueError(f"{source}: {at}.device_busy_fraction is {frac}, above 1")
+
+
 def validate_scaling_result(result, source: str = "scaling result") -> dict:
     """Check a scaling benchmark result (see :func:`load_scaling_result`) and return it.
 
     Raises ValueError naming ``source`` and the first problem: a missing key, a value of
     the wrong type, a NaN or infinity anywhere, a run name not of the form
-    ``r<rank>_<targets>``, or a size or time that is not positive.
+    ``r<rank>_<targets>``, a size or time that is not positive, an unknown ``step_mode``,
+    or a profiled GPU busy fraction above 1.
     """
     if not isinstance(result, dict):
         raise ValueError(f"{source}: should hold a JSON object, got {type(result).__name__}")
@@ -110,6 +128,11 @@ def validate_scaling_result(result, source: str = "scaling result") -> dict:
         for precision in ("mixed", "bf16"):
             p = _field(predicted, precision, "dict", source, f"{where}.predicted")
             _field(p, "total", "int", source, f"{where}.predicted.{precision}", positive=True)
+        if "step_mode" in run:
+            mode = _field(run, "step_mode", "str", source, where)
+            if mode not in STEP_MODES:
+                raise ValueError(f"{source}: {where}.step_mode should be one of {STEP_MODES}")
+        _check_profile(run, source, where)
     if "peft" in result:
         peft = _field(result, "peft", "dict", source, "")
         peft_runs = _field(peft, "runs", "dict", source, "peft") if "runs" in peft else {}
@@ -119,6 +142,7 @@ def validate_scaling_result(result, source: str = "scaling result") -> dict:
                 raise ValueError(f"{source}: {where} should be an object")
             _field(run, "peak_bytes", "int", source, where, positive=True)
             _field(run, "step_s_median", "number", source, where, positive=True)
+            _check_profile(run, source, where)
     return result
 
 
@@ -131,9 +155,12 @@ def load_scaling_result(path: str | os.PathLike | None = None) -> dict:
     configuration named ``r<rank>_<targets>`` (``r8_qv``) with ``peak_bytes``
     (``torch.cuda.max_memory_allocated`` over the training steps), ``step_s_median``,
     ``tokens_per_s``, ``trainable_params`` and ``predicted`` (:func:`predict_memory` for
-    precision ``"mixed"`` and ``"bf16"``, each with ``total``) -- and optionally
-    ``peft.runs``, the same configurations run with Hugging Face + bitsandbytes + PEFT
-    (``peak_bytes``, ``step_s_median``).
+    precision ``"mixed"`` and ``"bf16"``, each with ``total``), optionally ``step_mode``
+    (``"cuda_graph"``: the step was captured once and replayed, ``"eager"``; absent in
+    older files: eager) and ``profile`` (one profiled step: ``wall_s``, ``device_busy_s``,
+    ``device_busy_fraction``) -- and optionally ``peft.runs``, the same configurations
+    run with Hugging Face + bitsandbytes + PEFT (``peak_bytes``, ``step_s_median``,
+    ``profile``), and ``runs_eager``, our step run eagerly (not checked here).
 
     Raises:
         ValueError: a missing file, invalid JSON, a missing key, a wrong type or a
@@ -144,6 +171,12 @@ def load_scaling_result(path: str | os.PathLike | None = None) -> dict:
     return validate_scaling_result(read_json(path), source=str(path))
 
 
+def _busy(run: Mapping) -> float | None:
+    prof = run.get("profile")
+    frac = prof.get("device_busy_fraction") if isinstance(prof, dict) else None
+    return None if frac is None else float(frac)
+
+
 def scaling_rows(result: Mapping) -> list[dict]:
     """One row per configuration of a scaling result, in the file's order.
 
@@ -152,9 +185,11 @@ def scaling_rows(result: Mapping) -> list[dict]:
     ``predicted_mixed_bytes`` and ``predicted_bf16_bytes`` (the ``total`` of
     :func:`predict_memory` with float32 LoRA and Adam -- what the benchmark runs -- and with
     everything in bf16), ``peak_over_mixed`` and ``peak_over_bf16`` (measured / predicted),
-    ``step_s`` (median step time), ``tokens_per_s``, and from the PEFT run of the same
-    configuration, when there is one (else None): ``peft_peak_bytes``, ``peft_step_s``,
-    ``peak_ours_over_peft`` and ``step_ours_over_peft``.
+    ``step_s`` (median step time), ``tokens_per_s``, ``step_mode`` (``"eager"`` when the
+    file does not say), ``busy_fraction`` (the GPU's busy time over the profiled step's
+    wall time, None without a profile), and from the PEFT run of the same configuration,
+    when there is one (else None): ``peft_peak_bytes``, ``peft_step_s``,
+    ``peft_busy_fraction``, ``peak_ours_over_peft`` and ``step_ours_over_peft``.
 
     Raises ValueError as :func:`validate_scaling_result` does.
     """
@@ -180,8 +215,11 @@ def scaling_rows(result: Mapping) -> list[dict]:
             "peak_over_bf16": peak / bf16,
             "step_s": step,
             "tokens_per_s": float(run["tokens_per_s"]),
+            "step_mode": run.get("step_mode", "eager"),
+            "busy_fraction": _busy(run),
             "peft_peak_bytes": None,
             "peft_step_s": None,
+            "peft_busy_fraction": None,
             "peak_ours_over_peft": None,
             "step_ours_over_peft": None,
         }
@@ -189,6 +227,7 @@ def scaling_rows(result: Mapping) -> list[dict]:
         if theirs is not None:
             row["peft_peak_bytes"] = theirs["peak_bytes"]
             row["peft_step_s"] = float(theirs["step_s_median"])
+            row["peft_busy_fraction"] = _busy(theirs)
             row["peak_ours_over_peft"] = peak / theirs["peak_bytes"]
             row["step_ours_over_peft"] = step / row["peft_step_s"]
         rows.append(row)

@@ -17,9 +17,11 @@ from minituner.llama import (
     LlamaConfig,
     LlamaQLoRA,
     NF4LinearLowMem,
+    RMSNorm,
     _normal,
     apply_rotary,
     build_nf4_llama,
+    draws_random_numbers,
     rotary_tables,
 )
 from minituner.lora import add_lora
@@ -141,8 +143,10 @@ def test_logits_shape_and_causality():
         model(torch.zeros(1, CFG.max_seq + 1, dtype=torch.long))
 
 
-def test_checkpointing_gives_the_same_loss_and_gradients():
+@pytest.mark.parametrize("loss_chunk", [128, 5])  # one chunk of 12 positions; 5 + 5 + 2
+def test_checkpointing_gives_the_same_loss_and_gradients(loss_chunk):
     model = _build()
+    model.loss_chunk = loss_chunk
     _with_lora(model, list(LLAMA_LINEARS))
     loss_off, grads_off = _loss_and_grads(model)
     model.checkpointing = True
@@ -151,6 +155,67 @@ def test_checkpointing_gives_the_same_loss_and_gradients():
     assert grads_on.keys() == grads_off.keys()
     for k in grads_off:
         torch.testing.assert_close(grads_on[k], grads_off[k], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_loss_is_the_mean_cross_entropy_over_labelled_positions(checkpointing):
+    model = _build(checkpointing=checkpointing)
+    model.loss_chunk = 5
+    _with_lora(model, "q,v")
+    x, y = _tokens()
+    y = y.clone()
+    y[0, :7] = -100  # ignored positions span two chunks
+    with torch.no_grad():
+        logits = model(x).double()
+    ref = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.reshape(-1), ignore_index=-100)
+    loss = model(x, y)
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=0)
+    loss.backward()  # and it is differentiable in the chunked form
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert torch.isnan(model(x, torch.full_like(y, -100)))  # nothing labelled: NaN
+
+
+def test_checkpointing_saves_rng_state_only_for_layers_that_draw_random_numbers():
+    model = _build()
+    _with_lora(model, "q,v")
+    assert not any(draws_random_numbers(layer) for layer in model.layers)
+    model = _build(checkpointing=True)
+    torch.manual_seed(0)
+    add_lora(model, "q,v", r=4, alpha=8, dropout=0.3)
+    assert all(draws_random_numbers(layer) for layer in model.layers)
+    assert not draws_random_numbers(model.eval()) and draws_random_numbers(model.train())
+    for layer in model.layers:  # B = 0 would leave lora_A's gradient zero
+        for proj in (layer.self_attn.q_proj, layer.self_attn.v_proj):
+            nn.init.normal_(proj.lora_B, 0, 0.1)
+    runs = []
+    for on in (False, True):  # the recompute must see the forward's dropout masks
+        model.checkpointing = on
+        torch.manual_seed(7)
+        runs.append(_loss_and_grads(model))
+    (loss_off, grads_off), (loss_on, grads_on) = runs
+    torch.testing.assert_close(loss_on, loss_off)
+    for k in grads_off:
+        torch.testing.assert_close(grads_on[k], grads_off[k], rtol=1e-5, atol=1e-7)
+
+
+def test_rmsnorm_matches_float64_reference():
+    g = torch.Generator().manual_seed(3)
+    norm = RMSNorm(48, 1e-5, dtype=torch.bfloat16)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(48, generator=g) + 0.5)
+    x = (torch.randn(2, 5, 48, generator=g) * 3).to(torch.bfloat16)
+    got = norm(x)
+    h = x.double()
+    ref = norm.weight.double() * (h / torch.sqrt(h.pow(2).mean(-1, keepdim=True) + 1e-5))
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.double(), ref, rtol=2e-2, atol=1e-2)  # two bf16 roundings
+    # the backward agrees with the float64 reference's
+    xr = x.float().requires_grad_()
+    xd = x.double().requires_grad_()
+    up = torch.randn(2, 5, 48, generator=g)
+    (RMSNorm(48, 1e-5)(xr) * up).sum().backward()
+    (xd / torch.sqrt(xd.pow(2).mean(-1, keepdim=True) + 1e-5) * up.double()).sum().backward()
+    torch.testing.assert_close(xr.grad.double(), xd.grad, rtol=1e-5, atol=1e-6)
 
 
 def test_low_memory_nf4_backward_matches_plain_nf4linear():
@@ -226,6 +291,27 @@ def test_benchmark_tiny_cpu_end_to_end(tmp_path):
     )
     bw = data["dequant_bw"]
     assert bw["dequant_gbps"] > 0 and bw["clone_gbps"] > 0 and bw["shape"] == [64, 128]
+
+
+def test_busy_time_counts_overlapping_intervals_once():
+    bench = _load_bench()
+    assert bench.busy_time([]) == 0.0
+    assert bench.busy_time([(0, 2), (1, 3), (5, 6), (5.5, 5.8)]) == pytest.approx(4.0)
+    trace = {
+        "traceEvents": [
+            {"ph": "X", "cat": "kernel", "name": "gemm", "ts": 10.0, "dur": 30.0},
+            {"ph": "X", "cat": "kernel", "name": "gemm", "ts": 20.0, "dur": 30.0},
+            {"ph": "X", "cat": "gpu_memcpy", "name": "copy", "ts": 100.0, "dur": 5.0},
+            {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0.0, "dur": 500.0},
+        ]
+    }
+    s = bench.trace_summary(trace)
+    assert s["device_busy_s"] == pytest.approx(45e-6)  # 10..50 and 100..105
+    assert s["device_span_s"] == pytest.approx(95e-6)
+    assert s["kernels"] == 2
+    top = s["top_kernels"]
+    assert [t["name"] for t in top] == ["gemm", "copy"] and top[0]["count"] == 2
+    assert top[0]["seconds"] == pytest.approx(60e-6)
 
 
 def test_benchmark_peft_path_tiny_cpu(tmp_path):

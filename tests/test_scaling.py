@@ -90,6 +90,24 @@ def test_stored_predictions_match_the_formula_today(shipped):
             )
 
 
+def test_step_mode_and_busy_fraction_come_from_the_file(shipped):
+    rows = scaling_rows(shipped)
+    for row in rows:
+        run = shipped["runs"][row["config"]]
+        assert row["step_mode"] == run.get("step_mode", "eager")
+        prof = run.get("profile", {})
+        assert row["busy_fraction"] == prof.get("device_busy_fraction")
+        peft = shipped["peft"]["runs"][row["config"]].get("profile", {})
+        assert row["peft_busy_fraction"] == peft.get("device_busy_fraction")
+    older = copy.deepcopy(shipped)  # a file from before step_mode and profiles
+    for run in older["runs"].values():
+        run.pop("step_mode", None)
+        run.pop("profile", None)
+    assert all(
+        r["step_mode"] == "eager" and r["busy_fraction"] is None for r in scaling_rows(older)
+    )
+
+
 def test_peft_figures_are_optional(shipped):
     result = copy.deepcopy(shipped)
     del result["peft"]
@@ -134,6 +152,17 @@ BROKEN = [
     (lambda d: d.update(runs={}), "'runs' is empty"),
     (lambda d: d["runs"].update(big={}), "'big' is not of the form"),
     (lambda d: d["peft"]["runs"]["r8_qv"].pop("peak_bytes"), "'peft.runs.r8_qv.peak_bytes'"),
+    (lambda d: d["runs"]["r8_qv"].update(step_mode="jit"), "step_mode should be one of"),
+    (
+        lambda d: d["runs"]["r8_qv"].update(profile={"wall_s": 0.1, "device_busy_s": 0.2}),
+        "missing key 'runs.r8_qv.profile.device_busy_fraction'",
+    ),
+    (
+        lambda d: d["runs"]["r8_qv"].update(
+            profile={"wall_s": 0.1, "device_busy_s": 0.2, "device_busy_fraction": 2.0}
+        ),
+        "device_busy_fraction is 2.0, above 1",
+    ),
 ]
 
 
