@@ -118,12 +118,7 @@ FAKE = [
 
 
 def _template() -> dict:
-    lean = next(
-        p for p in sorted(runs_dir().iterdir())
-        if (p / "metrics.json").is_file()
-        and json.loads((p / "metrics.json").read_text()).get("weights_saved") is False
-    )  # fmt: skip
-    return json.loads((lean / "metrics.json").read_text())
+    return json.loads((runs_dir() / _lean_ids()[0] / "metrics.json").read_text())
 
 
 def _write_run(root: Path, base, cfg: FinetuneConfig, irr: float, drift: float, reg: float):
@@ -265,3 +260,38 @@ def test_save_without_weights_keeps_the_records_only(tmp_path):
     assert again.final == info.final
     with_weights = store.save(res)  # saving it again with weights replaces it
     assert store.find(info.run_id).has_weights and with_weights.spectrum is not None
+
+
+def test_cli_lists_metrics_only_runs_and_refuses_to_load_one(tmp_path):
+    from cli_util import run_minituner
+
+    lean = sorted(_lean_ids())[0]
+    env = {"MINITUNER_CACHE": str(tmp_path / "cache")}
+    r = run_minituner("runs", env=env)
+    assert r.returncode == 0, r.stderr
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith(lean))
+    assert "(figures only)" in line
+    assert "(figures only)" not in next(
+        ln for ln in r.stdout.splitlines() if ln.startswith(SHIPPED_LORA)
+    )
+    r = run_minituner("complete", "--run", lean, "He __ to school yesterday.", env=env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1 and "figures only" in r.stderr
+
+
+def test_precompute_refuses_unknown_experiments_and_bad_shards():
+    from cli_util import run_minituner
+
+    r = run_minituner("precompute", "--only", "frontier,nope")
+    assert r.returncode == 2 and "unknown experiment 'nope'" in r.stderr
+    r = run_minituner("precompute", "--shard", "4/4")
+    assert r.returncode == 2 and "0 <= K < N" in r.stderr
+
+
+def _lean_ids() -> list[str]:
+    return [
+        p.name
+        for p in sorted(runs_dir().iterdir())
+        if (p / "metrics.json").is_file()
+        and json.loads((p / "metrics.json").read_text()).get("weights_saved") is False
+    ]
