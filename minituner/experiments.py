@@ -565,7 +565,47 @@ def claims(exp: dict, root: Path | None = None) -> list[dict]:
     fc = frontier_claim(exp.get("frontier"))
     if fc:
         out.append(fc)
+    rc = replay_claim(exp.get("replay"))
+    if rc:
+        out.append(rc)
     return out
+
+
+def replay_claim(rp: dict | None) -> dict | None:
+    """The claim "replaying regular-verb pairs brings regular-verb accuracy back without
+    losing the irregular verbs": for LoRA and full fine-tuning, the largest replay share
+    against none. Held when, for both, regular accuracy rises by at least 0.1 and
+    irregular accuracy falls by at most 0.02. None without both ends for both methods."""
+    if not rp:
+        return None
+    ends = {}
+    for m in ("lora", "full"):
+        es = rp.get(m) or []
+        if len(es) < 2 or es[0]["replay"] != 0.0:
+            return None
+        ends[m] = (es[0], es[-1])
+    held = all(
+        b["regular_accuracy_mean"] - a["regular_accuracy_mean"] >= 0.1
+        and a["irregular_accuracy_mean"] - b["irregular_accuracy_mean"] <= 0.02
+        for a, b in ends.values()
+    )
+
+    def one(m):
+        a, b = ends[m]
+        return (
+            f"{m}: regular-verb accuracy {_pm(a, 'regular_accuracy')} -> "
+            f"{_pm(b, 'regular_accuracy')} at {b['replay']:.0%} replay, irregular "
+            f"{_pm(a, 'irregular_accuracy')} -> {_pm(b, 'irregular_accuracy')}, control_en "
+            f"drift {a['control_en_drift_mean']:+.1%} -> {b['control_en_drift_mean']:+.1%}"
+        )
+
+    n = max(e["n"] for m in ends for e in ends[m])
+    return {
+        "claim": "replaying regular-verb pairs brings regular-verb accuracy back without losing "
+        "the irregular verbs",
+        "held": held,
+        "figures": f"{one('lora')}; {one('full')} (mean ± std over {n} seeds)",
+    }
 
 
 def _spread(per_seed: dict, scale: float, unit: str) -> str:

@@ -126,12 +126,16 @@ def test_what_cannot_be_taught_is_named_before_anything_runs(
     assert idle_trainer.snapshot().status == "idle" or not idle_trainer.busy
 
 
-def test_a_teach_run_trains_live_and_shows_before_and_after(empty_cache, idle_trainer):
-    at = open_page("teach")
+def _lesson(at: AppTest) -> AppTest:
+    """The lesson of the live test: blick / black, 2 steps, seed 5151."""
     at.text_input(key="teach_lemma").set_value("blick").run()
     at.text_input(key="teach_past").set_value("black").run()
     at.number_input(key="teach_steps").set_value(2).run()
-    at.number_input(key="teach_seed").set_value(5151).run()
+    return at.number_input(key="teach_seed").set_value(5151).run()
+
+
+def test_a_teach_run_trains_live_and_shows_before_and_after(empty_cache, idle_trainer):
+    at = _lesson(open_page("teach"))
     at.button(key="teach_start").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert "Teaching live" in texts(at.subheader)
@@ -154,9 +158,13 @@ def test_a_teach_run_trains_live_and_shows_before_and_after(empty_cache, idle_tr
     assert run.config.finetune.teach == "blick:black" and run.config.finetune.steps == 2
     assert "blick" in run.final.taught_accuracy
     assert "Learned" in texts(at.markdown) or "Not learned" in texts(at.markdown)
-    at.run()  # from now on the lesson loads from the store
-    assert "This lesson is in the store" in texts(at.info)
     assert at.button(key="teach_start").label == "Teach it live anyway"
+    held = next(m for m in at.metric if m.label == "“blick”: held-out accuracy")
+    assert held.proto.delta_description.startswith("base model ")
+
+    other = _lesson(open_page("teach"))  # another session: the lesson loads from the store
+    assert not other.exception and "This lesson is in the store" in texts(other.info)
+    assert len(frame(other, "after (fine-tuned)")) == 30
 
 
 # ---------------------------------------------------------------------- per-verb curves

@@ -174,14 +174,15 @@ def live_verbs(points: Points, total_steps: int, highlight: str | None = None) -
 
     out = [
         f'<text x="{(x0 + x1) / 2}" y="{PAD["top"] - 14}" text-anchor="middle" '
-        f'font-size="{FONT_SIZE}">accuracy per irregular verb (evaluation sample, %)</text>',
+        f'font-size="{FONT_SIZE}">accuracy per verb (evaluation sample, %)</text>',
         f'<line x1="{x0}" y1="{y0}" x2="{x1}" y2="{y0}" stroke="#444"/>',
         f'<line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y1}" stroke="#444"/>',
         f'<text x="{(x0 + x1) / 2}" y="{y0 + 40}" text-anchor="middle">step</text>',
     ]
+    for xv in sorted({round(x_max * i / 4) for i in range(5)}):  # whole steps, where they are
+        out.append(f'<text x="{sx(xv):.1f}" y="{y0 + 20}" text-anchor="middle">{xv}</text>')
     for i in range(5):
-        xv, yv = x_max * i / 4, 25.0 * i
-        out.append(f'<text x="{sx(xv):.1f}" y="{y0 + 20}" text-anchor="middle">{xv:.0f}</text>')
+        yv = 25.0 * i
         out.append(
             f'<text x="{x0 - 6}" y="{sy(yv) + 5:.1f}" text-anchor="end">{yv:.0f}</text>'
             f'<line x1="{x0}" y1="{sy(yv):.1f}" x2="{x1}" y2="{sy(yv):.1f}" stroke="#eee"/>'

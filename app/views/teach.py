@@ -174,24 +174,18 @@ def _show_result(info) -> None:
     f, bm = info.final, base.metrics
     st.subheader(f"Before and after: run {info.run_id}")
     m1, m2, m3, m4 = st.columns(4)
-    m1.metric(
-        f"“{verb.lemma}”: held-out accuracy",
-        helpers.pct(after["accuracy"]),
-        delta=f"base model {helpers.pct(before['accuracy'])}",
-        delta_color="off",
-    )
-    m2.metric(
-        "the eight irregular verbs",
-        helpers.pct(f.irregular_accuracy),
-        delta=f"base model {helpers.pct(bm.get('irregular_accuracy'))}",
-        delta_color="off",
-    )
-    m3.metric(
-        "regular verbs (cloze)",
-        helpers.pct(f.regular_accuracy),
-        delta=f"base model {helpers.pct(bm.get('regular_accuracy'))}",
-        delta_color="off",
-    )
+    rows = [
+        (m1, f"“{verb.lemma}”: held-out accuracy", after["accuracy"], before["accuracy"]),
+        (m2, "the eight irregular verbs", f.irregular_accuracy, bm.get("irregular_accuracy")),
+        (m3, "regular verbs (cloze)", f.regular_accuracy, bm.get("regular_accuracy")),
+    ]
+    for col, name, now, then in rows:
+        col.metric(
+            name,
+            helpers.pct(now),
+            delta=None if then is None else f"{100 * (now - then):+.1f} points",
+            delta_description=None if then is None else f"base model {helpers.pct(then)}",
+        )
     m4.metric("control English drift", f"{100 * f.control_en_drift:+.2f}%")
     st.dataframe(
         [
@@ -235,6 +229,7 @@ if snap.running:
     _live_panel(taught.split(":")[0] if taught else "")
     st.stop()
 
+just_finished = False
 if snap.owner == me and snap.config == cfg.to_dict():
     if snap.status == "completed" and snap.run_id:
         st.success(
@@ -247,10 +242,12 @@ if snap.owner == me and snap.config == cfg.to_dict():
         st.warning(f"Training diverged: {snap.message}. Diverged runs are not stored.")
     elif snap.status == "error":
         st.error(f"Training failed: {snap.message}")
+    just_finished = snap.status == "completed"
 label = "Teach it live"
-if stored is not None:
+if stored is not None and not just_finished:
     where = "shipped with the app" if stored.shipped else "in your cache"
     st.info(f"This lesson is in the store ({where}): run **{stored.run_id}**, shown below.")
+if stored is not None:
     label = "Teach it live anyway"
 st.caption(f"{cfg.label()} · an evaluation every {cfg.eval_every} steps · on {data.device_label()}")
 if st.button(
