@@ -295,3 +295,14 @@ def _lean_ids() -> list[str]:
         if (p / "metrics.json").is_file()
         and json.loads((p / "metrics.json").read_text()).get("weights_saved") is False
     ]
+
+
+def test_replay_claim_compares_the_largest_share_with_none(fake_summary):
+    rp = fake_summary["replay"]
+    assert ex.replay_claim(rp) is None  # full fine-tuning has no replay run here
+    lora = rp["lora"]  # regular 0.70 -> 0.98, irregular 0.97 -> 0.96
+    c = ex.replay_claim({**rp, "full": lora})
+    assert c["held"] is True
+    assert "regular-verb accuracy 0.700 ± 0.000 -> 0.980 ± 0.014 at 25% replay" in c["figures"]
+    worse = {**lora[1], "irregular_accuracy_mean": 0.9}  # loses 0.07 of the irregular verbs
+    assert ex.replay_claim({**rp, "full": [lora[0], worse]})["held"] is False
