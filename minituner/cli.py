@@ -621,7 +621,8 @@ def _cmd_subspace(args) -> None:
     from .io import read_json
     from .paths import experiments_file, runs_dir
     from .runs import RunStore
-    from .subspace import compute_from_store, conclusion, summary_rows, write_subspace
+    from .subspace_record import conclusion, summary_rows, write_subspace
+    from .subspace_runs import compute_from_store
     from .train import load_base
 
     base = load_base()
@@ -643,7 +644,7 @@ def _cmd_subspace(args) -> None:
     print(f"wrote {path}")
     if args.out is None:
         from .paths import experiments_readme
-        from .subspace import update_readme
+        from .subspace_record import update_readme
 
         update_readme(experiments_readme())
         print(f"updated {experiments_readme()}")

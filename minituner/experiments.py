@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from . import analysis, frontier, subspace
+from . import analysis, frontier, subspace_record, subspace_runs
 from .config import FinetuneConfig
 from .evaluate import evaluate
 from .io import atomic_write_text, read_json, write_json
@@ -731,7 +731,7 @@ def write_outputs(exp: dict, path: Path | None = None, readme: Path | None = Non
         lines.append("")
     lines.extend(frontier_lines(exp.get("frontier")))
     lines.extend(replay_lines(exp.get("replay")))
-    lines.extend(subspace.readme_lines())  # from subspace.json, when there is one
+    lines.extend(subspace_record.readme_lines())  # from subspace.json, when there is one
     if exp.get("missing"):
         lines.append(f"Missing runs (not yet computed): {len(exp['missing'])}.")
         lines.append("")
@@ -819,6 +819,6 @@ def precompute(
     if full0 and trunc is None:
         trunc = truncation_test(store, base, full0)
     exp = summarize(store, base, seeds, trunc)
-    subspace.refresh(store, base, exp, log)  # no training: reads the stored updates
+    subspace_runs.refresh(store, base, exp, log)  # no training: reads the stored updates
     write_outputs(exp)
     return exp

@@ -16,7 +16,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from minituner import subspace  # noqa: E402
+from minituner import subspace_record  # noqa: E402
 
 MAIN = str(REPO_ROOT / "app" / "main.py")
 TIMEOUT = 180
@@ -47,7 +47,7 @@ def texts(elements) -> str:
     return "\n".join(str(e.value) for e in elements)
 
 
-def excess(pair: subspace.Pair, i: int, j: int) -> float:
+def excess(pair: subspace_record.Pair, i: int, j: int) -> float:
     """Mean over kinds of (mean over layers of φ(i, j)) − max(i, j)/d, from the raw grids."""
     out = []
     for kind in sorted({n.rsplit(".", 1)[-1] for n in pair.layers}):
@@ -59,7 +59,7 @@ def excess(pair: subspace.Pair, i: int, j: int) -> float:
 
 
 def test_spectrum_page_shows_the_shipped_heatmaps_and_what_they_say(empty_cache):
-    record = subspace.read_subspace()
+    record = subspace_record.read_subspace()
     at = spectrum_page()
     figs = heatmaps(at)
     assert len(figs) == 1
@@ -91,16 +91,16 @@ def test_spectrum_page_shows_the_shipped_heatmaps_and_what_they_say(empty_cache)
 
 def test_the_sentence_follows_the_data(empty_cache, tmp_path, monkeypatch):
     """A file where another seed keeps the overlap: the page says so (not a fixed text)."""
-    record = subspace.read_subspace()
+    record = subspace_record.read_subspace()
     same = record.pair("r8_vs_r64")
-    other = subspace.Pair(
+    other = subspace_record.Pair(
         "r8_vs_r64_other_seed", "other seed, same grids", same.a, same.b, same.max_i,
         same.max_j, same.layers,
     )  # fmt: skip
-    path = subspace.write_subspace(
-        subspace.SubspaceRecord(record.base_model_id, (same, other)), tmp_path / "s.json"
+    path = subspace_record.write_subspace(
+        subspace_record.SubspaceRecord(record.base_model_id, (same, other)), tmp_path / "s.json"
     )
-    monkeypatch.setattr(subspace, "subspace_file", lambda: path)
+    monkeypatch.setattr(subspace_record, "subspace_file", lambda: path)
     at = spectrum_page()
     said = texts(at.markdown)
     assert "survives a change of seed" in said and "goes away" not in said
@@ -109,12 +109,12 @@ def test_the_sentence_follows_the_data(empty_cache, tmp_path, monkeypatch):
 
 def test_missing_or_malformed_file_is_a_note_not_a_crash(empty_cache, tmp_path, monkeypatch):
     path = tmp_path / "subspace.json"
-    monkeypatch.setattr(subspace, "subspace_file", lambda: path)
+    monkeypatch.setattr(subspace_record, "subspace_file", lambda: path)
     at = spectrum_page()
-    assert subspace.COMMAND in texts(at.info)
+    assert subspace_record.COMMAND in texts(at.info)
     assert not heatmaps(at)
 
-    data = subspace.read_subspace(REPO_ROOT / "precomputed" / "subspace.json").to_json()
+    data = subspace_record.read_subspace(REPO_ROOT / "precomputed" / "subspace.json").to_json()
     data["pairs"][0]["layers"]["blocks.0.attn.q_proj"]["phi"][0][0] = 7.0
     path.write_text(json.dumps(data))
     at = spectrum_page()

@@ -1,4 +1,4 @@
-"""Subspace similarity φ(A, B, i, j) (minituner.subspace) against a float64 numpy
+"""Subspace similarity φ(A, B, i, j) (minituner.subspace, subspace_record) against a float64 numpy
 recomputation, its invariants (hypothesis), the subspace.json record and the shipped file."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minituner import subspace as S
+from minituner import subspace_record as R
 
 
 # ---------------------------------------------------------------------- reference
@@ -197,32 +198,32 @@ def test_float32_input_is_computed_in_float64():
 
 
 # ---------------------------------------------------------------------- the record
-def record(phi_a=0.25) -> S.SubspaceRecord:
+def record(phi_a=0.25) -> R.SubspaceRecord:
     grid = ((phi_a, 0.5, 0.75), (0.5, 0.6, 0.9))
     layers = {
-        "blocks.0.attn.q_proj": S.LayerGrid(16, grid),
-        "blocks.1.attn.q_proj": S.LayerGrid(
+        "blocks.0.attn.q_proj": R.LayerGrid(16, grid),
+        "blocks.1.attn.q_proj": R.LayerGrid(
             16, tuple(tuple(round(1.0 - v, 4) for v in r) for r in grid)
         ),
-        "blocks.0.attn.v_proj": S.LayerGrid(16, grid),
+        "blocks.0.attn.v_proj": R.LayerGrid(16, grid),
     }
-    pair = S.Pair(
-        "p", "LoRA r=2 vs LoRA r=3", S.RunRef("a" * 12, "A"), S.RunRef("b" * 12, "B"), 2, 3, layers
+    pair = R.Pair(
+        "p", "LoRA r=2 vs LoRA r=3", R.RunRef("a" * 12, "A"), R.RunRef("b" * 12, "B"), 2, 3, layers
     )
-    return S.SubspaceRecord(base_model_id="m", pairs=(pair,))
+    return R.SubspaceRecord(base_model_id="m", pairs=(pair,))
 
 
 def test_record_round_trip_and_means(tmp_path):
     rec = record()
-    path = S.write_subspace(rec, tmp_path / "subspace.json")
-    back = S.read_subspace(path)
+    path = R.write_subspace(rec, tmp_path / "subspace.json")
+    back = R.read_subspace(path)
     assert back == rec
     pair = back.pair("p")
     assert pair.kinds() == ["q_proj", "v_proj"]
     assert pair.mean_phi("q_proj", 1, 1) == pytest.approx((0.25 + 0.75) / 2)
     assert pair.mean_phi("v_proj", 2, 3) == pytest.approx(0.9)
     assert pair.mean_chance("q_proj", 2, 3) == pytest.approx(3 / 16)
-    text = S.headline(pair)
+    text = R.headline(pair)
     assert "φ(1,1) = 0.50 and 0.25 on q_proj and v_proj (random directions: 0.062)" in text
     assert "φ(2,3) = 0.50 and 0.90 on q_proj and v_proj (random subspaces: 0.19)" in text
     with pytest.raises(ValueError, match="no k_proj"):
@@ -266,23 +267,23 @@ def test_a_malformed_file_is_one_clear_error(tmp_path, change, message):
     path = tmp_path / "subspace.json"
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match=message) as e:
-        S.read_subspace(path)
+        R.read_subspace(path)
     assert str(path) in str(e.value)
 
 
 def test_missing_or_invalid_json_names_the_file(tmp_path):
     with pytest.raises(ValueError, match="not found"):
-        S.read_subspace(tmp_path / "none.json")
+        R.read_subspace(tmp_path / "none.json")
     bad = tmp_path / "bad.json"
     bad.write_text("{oops")
     with pytest.raises(ValueError, match="bad.json is not valid JSON"):
-        S.read_subspace(bad)
+        R.read_subspace(bad)
 
 
 # ---------------------------------------------------------------------- the shipped file
 def test_shipped_file_is_valid_and_agrees_with_its_definition():
-    rec = S.read_subspace()  # precomputed/subspace.json, validated
-    assert rec.command == S.COMMAND
+    rec = R.read_subspace()  # precomputed/subspace.json, validated
+    assert rec.command == R.COMMAND
     names = {p.name for p in rec.pairs}
     assert {"r8_vs_r64", "r8_vs_full"} <= names
     fig3 = rec.pair("r8_vs_r64")
@@ -297,18 +298,18 @@ def test_shipped_file_is_valid_and_agrees_with_its_definition():
 
 
 def test_readme_section_is_replaced_not_repeated(tmp_path):
-    path = S.write_subspace(record(), tmp_path / "subspace.json")
+    path = R.write_subspace(record(), tmp_path / "subspace.json")
     readme = tmp_path / "README.md"
     readme.write_text("# data\n\nsome findings\n")
-    S.update_readme(readme, path)
+    R.update_readme(readme, path)
     once = readme.read_text()
-    assert once.startswith("# data\n\nsome findings\n\n" + S.README_BEGIN)
+    assert once.startswith("# data\n\nsome findings\n\n" + R.README_BEGIN)
     assert "| LoRA r=2 vs LoRA r=3 | q_proj | 0.500 | 0.500 | 0.500 | 2, 3 |" in once
-    S.write_subspace(record(phi_a=0.05), path)
-    S.update_readme(readme, path)
+    R.write_subspace(record(phi_a=0.05), path)
+    R.update_readme(readme, path)
     twice = readme.read_text()
-    assert twice.count(S.README_BEGIN) == 1 and "| v_proj | 0.050 |" in twice
+    assert twice.count(R.README_BEGIN) == 1 and "| v_proj | 0.050 |" in twice
     assert twice.startswith("# data\n\nsome findings\n\n")
     path.write_text("[]")
-    assert "cannot be read" in "\n".join(S.readme_lines(path))
-    assert S.readme_lines(tmp_path / "none.json") == []
+    assert "cannot be read" in "\n".join(R.readme_lines(path))
+    assert R.readme_lines(tmp_path / "none.json") == []

@@ -8,7 +8,7 @@ import streamlit as st
 
 from app import data, helpers
 from app.charts import spectrum as charts
-from minituner import subspace
+from minituner import subspace_record
 
 st.title("Spectrum of the weight update ΔW")
 st.markdown(
@@ -124,30 +124,30 @@ st.markdown(
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
-def _subspace_record(path: str, mtime: int) -> subspace.SubspaceRecord:
-    return subspace.read_subspace(path)
+def _subspace_record(path: str, mtime: int) -> subspace_record.SubspaceRecord:
+    return subspace_record.read_subspace(path)
 
 
-def _load_subspace() -> subspace.SubspaceRecord | None:
+def _load_subspace() -> subspace_record.SubspaceRecord | None:
     """The precomputed comparisons, or None with a note (missing) or a warning (broken)."""
     try:
-        path = Path(subspace.subspace_file())
+        path = Path(subspace_record.subspace_file())
     except ValueError as e:
         st.warning(str(e))
         return None
     if not path.is_file():
-        st.info(f"No subspace similarity computed yet: run `{subspace.COMMAND}`.")
+        st.info(f"No subspace similarity computed yet: run `{subspace_record.COMMAND}`.")
         return None
     try:
         return _subspace_record(str(path), path.stat().st_mtime_ns)
     except (OSError, ValueError) as e:
-        st.warning(f"{path.name} cannot be read ({e}): run `{subspace.COMMAND}` again.")
+        st.warning(f"{path.name} cannot be read ({e}): run `{subspace_record.COMMAND}` again.")
         return None
 
 
 record = _load_subspace()
 if record is not None:
-    verdict = subspace.conclusion(record)
+    verdict = subspace_record.conclusion(record)
     if verdict:
         st.markdown(f"**What the numbers say.** {verdict}")
     labels = {p.label: p for p in record.pairs}
@@ -165,9 +165,9 @@ if record is not None:
     if shown:
         st.plotly_chart(charts.subspace_heatmaps(shown, sub_layer), key="spec_subspace")
     for label in picked:
-        st.caption(subspace.headline(labels[label]))
+        st.caption(subspace_record.headline(labels[label]))
     with st.expander("means over layers, every comparison"):
-        st.dataframe(subspace.summary_rows(record), hide_index=True)
+        st.dataframe(subspace_record.summary_rows(record), hide_index=True)
     st.caption(
         f"Runs: {'; '.join(f'{p.label}: {p.a.run_id} vs {p.b.run_id}' for p in record.pairs)}. "
         f"Made by `{record.command}` from the stored adapters and deltas."
