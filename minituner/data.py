@@ -92,7 +92,7 @@ def training_examples(corpus: Corpus, cfg) -> list[ClozeExample]:
     pairs from the pretraining pool (:func:`minituner.corpus.replay_pool`, disjoint from
     regular_cloze_test and control_en) are added until they are a share s of the whole
     (rounded): a seeded sample (seed ``cfg.seed``) without repeats while the pool lasts
-    (2,640 pairs: s up to 0.83 with the 512 irregular pairs), then cycling through it.
+    (2,580 pairs: s up to 0.83 with the 512 irregular pairs), then cycling through it.
     """
     if cfg.teach:
         from .teach import TeachVerb, teach_examples, teach_split

@@ -348,10 +348,10 @@ class Training:
         if self.eval_limit is not None:
             limit = min(limit or self.eval_limit, self.eval_limit)
         corpus = self.base.corpus
+        taught = {"taught": self.taught} if self.taught else {}  # a teach run's held-out
         return evaluate(
-            model, self.base.tok, corpus, base_metrics=base_metrics, sample=limit,
-            taught=self.taught,
-        )  # fmt: skip
+            model, self.base.tok, corpus, base_metrics=base_metrics, sample=limit, **taught
+        )
 
     def _eval_without_lora(self, model) -> dict:
         """Evaluate with every LoRA branch switched off (B = 0 has the same effect)."""

@@ -232,3 +232,14 @@ def test_an_interrupted_migration_is_finished_by_the_next(old_data):
     assert migrate(data).returncode == 0
     assert sorted(p.name for p in (data / "runs").iterdir()) == [new]
     assert new in (data / "experiments.json").read_text()
+
+
+# ---------------------------------------------------------------- replay and teach (issue 15)
+def test_replay_and_teach_are_normalised_and_kept_out_of_old_ids():
+    cfg = FinetuneConfig.from_dict({"method": "lora", "teach": " Swim/Swam ", "replay": 0})
+    assert cfg.teach == "swim:swam" and cfg.replay == 0.0 and isinstance(cfg.replay, float)
+    assert cfg.to_dict()["teach"] == "swim:swam" and "replay" not in cfg.to_dict()
+    assert FinetuneConfig.from_dict(cfg.to_dict()) == cfg
+    for rid, info in {i.run_id: i for i in RunStore().list() if i.shipped}.items():
+        assert info.config.finetune.replay == 0.0 and info.config.finetune.teach == ""
+        assert "replay" not in info.config.finetune.to_dict(), rid

@@ -137,6 +137,8 @@ VARIANTS = {
     "seed": 1,
     "eval_every": 5,
     "eval_sample": 24,
+    "replay": 0.1,
+    "teach": "swim:swam",
 }
 
 
