@@ -106,3 +106,29 @@ def test_old_or_malformed_summaries_do_not_break_the_page(empty_cache, tmp_path,
     warned = texts(at.warning)
     assert "frontier summary in experiments.json is malformed" in warned
     assert "replay summary in experiments.json is malformed" in warned
+
+
+def test_frontier_chart_draws_every_config_and_each_front_as_a_step():
+    from app.charts import forgetting as charts
+
+    exp = json.loads(experiments_file().read_text(encoding="utf-8"))["frontier"]
+    fig = charts.frontier(exp, "control_en_drift", "control English drift (%)")
+    by_name = {t.name: t for t in fig.data}
+    for method in ("full", "lora", "qlora"):
+        configs = [c for c in exp["configs"] if c["method"] == method]
+        assert len(by_name[method].x) == len(configs)
+        front = [exp["configs"][i] for i in exp["fronts"]["control_en_drift"][method]]
+        if len(front) > 1:
+            line = by_name[f"{method} front"]
+            assert line.line.shape == "vh"
+            assert list(line.x) == pytest.approx(
+                [100 * c["irregular_accuracy_mean"] for c in front]
+            )
+            assert list(line.y) == pytest.approx([100 * c["control_en_drift_mean"] for c in front])
+    replay = json.loads(experiments_file().read_text(encoding="utf-8"))["replay"]
+    fig = charts.replay(replay)
+    lora = [t for t in fig.data if t.name == "lora"]
+    assert len(lora) == 3 and list(lora[1].x) == [0.0, 5.0, 10.0, 25.0]
+    assert list(lora[1].y) == pytest.approx(
+        [100 * e["regular_accuracy_mean"] for e in replay["lora"]]
+    )
