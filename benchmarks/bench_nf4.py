@@ -5,9 +5,14 @@
 
 Both implementations run on the same normal tensor, interleaved (ours, bnb, bnb, ours,
 ...) after a warm-up, and the table prints the median of the repeats and the ratio
-ours / bnb. On CUDA it also measures device-to-device copy bandwidth (a clone of a big
-tensor) and our dequantize's achieved GB/s (bytes read + bytes written) against it.
-Nothing here asserts a time: shared machines are noisy, read the ratios.
+ours / bnb. On the CPU each call is timed by the host clock; on CUDA by a pair of CUDA
+events around the second of two calls issued back to back, with no host synchronization
+between them: the time per call in a stream of calls (host work that keeps the GPU
+waiting, such as Python and launch costs larger than the kernel's time or a sync inside
+the call, stays inside the pair). On CUDA it also measures device-to-device copy bandwidth (a
+clone of a 1 GiB tensor, timed the same way) and our dequantize's achieved GB/s (bytes
+read + bytes written) against it. Nothing here asserts a time: shared machines are
+noisy, read the ratios.
 
 On the CPU, writing fresh memory costs a page fault per 4 KiB, often more than the
 arithmetic, and whether a 64 MiB output lands on fresh pages or on memory freed a moment
@@ -38,7 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from minituner import nf4_cpu, nf4_kernels  # noqa: E402
+from minituner import nf4_cpu, nf4_kernels, nf4_quant_kernels  # noqa: E402
 from minituner.nf4 import dequantize_nf4, quantize_nf4  # noqa: E402
 
 MALLOC_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
@@ -74,9 +79,27 @@ def _time_once(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def _timer(fn: Callable[[], object], device: torch.device) -> Callable[[], float]:
+    """Run fn now; the returned function gives its seconds (on CUDA: after a sync).
+
+    On CUDA fn runs twice and the second call is timed: the first keeps the device busy
+    while the host issues the second, so the window holds the device's time per call in a
+    stream of calls, or the host's where that is longer (as in a training step).
+    """
+    if device.type != "cuda":
+        secs = _time_once(fn, device)
+        return lambda: secs
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    fn()
+    start.record()
+    fn()
+    end.record()
+    return lambda: start.elapsed_time(end) / 1e3
+
+
 def measure(pairs: dict, device: torch.device, warmup: int, repeats: int) -> dict:
     """pairs: {op: {impl: fn}} -> {op: {impl: median seconds}}, implementations interleaved."""
-    times: dict = {op: {impl: [] for impl in impls} for op, impls in pairs.items()}
+    timers: dict = {op: {impl: [] for impl in impls} for op, impls in pairs.items()}
     for _ in range(warmup):
         for impls in pairs.values():
             for fn in impls.values():
@@ -85,16 +108,17 @@ def measure(pairs: dict, device: torch.device, warmup: int, repeats: int) -> dic
         for op, impls in pairs.items():
             names = list(impls)
             for impl in names if r % 2 == 0 else reversed(names):
-                times[op][impl].append(_time_once(impls[impl], device))
-    return {op: {k: statistics.median(v) for k, v in d.items()} for op, d in times.items()}
+                timers[op][impl].append(_timer(impls[impl], device))
+    _sync(device)
+    return {
+        op: {k: statistics.median(t() for t in v) for k, v in d.items()} for op, d in timers.items()
+    }
 
 
 def copy_bandwidth(device: torch.device, nbytes: int, warmup: int, repeats: int) -> float:
-    """GB/s of a device-to-device clone (read + write counted)."""
+    """GB/s of a device-to-device clone (read + write counted), timed as :func:`measure`."""
     big = torch.empty(nbytes // 4, dtype=torch.float32, device=device).normal_()
-    for _ in range(warmup):
-        big.clone()
-    secs = statistics.median(_time_once(big.clone, device) for _ in range(repeats))
+    secs = measure({"copy": {"clone": big.clone}}, device, warmup, repeats)["copy"]["clone"]
     return 2 * nbytes / secs / 1e9
 
 
@@ -117,8 +141,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument(
-        "--kernel-bytes", type=int, nargs="*", default=[],
-        help="also time the fused kernel with these packed bytes per program (tuning)",
+        "--kernel-configs", nargs="*", default=[], metavar="BYTES:WARPS",
+        help="also time the dequantize kernel with these packed bytes per program and warps",
+    )  # fmt: skip
+    ap.add_argument(
+        "--quant-configs", nargs="*", default=[], metavar="ELEMS:WARPS",
+        help="also time the quantize kernel with these elements per program and warps",
     )  # fmt: skip
     ap.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
@@ -142,9 +170,10 @@ def main(argv: list[str] | None = None) -> None:
     }
     kernel = nf4_kernels.available(q.codes, torch.float32)
     c_loop = nf4_cpu.available(q.codes, torch.float32)
+    quant_kernel = nf4_quant_kernels.available(w.view(-1), bs)
     if kernel or c_loop:
         for op, impls in pairs.items():
-            if op.startswith("dequantize"):
+            if op.startswith("dequantize") or quant_kernel:
                 impls["torch"] = torch_path(impls["ours"])
     if bnbF is not None:
         bq, st = bnbF.quantize_4bit(w, blocksize=bs, quant_type="nf4")
@@ -173,7 +202,8 @@ def main(argv: list[str] | None = None) -> None:
     pins = [f"{k}={os.environ[k]}" for k in MALLOC_VARS if k in os.environ]
     print("malloc: " + (" ".join(pins) or "glibc defaults (dynamic mmap threshold)"))
     fused = "fused Triton kernel" if kernel else "C loop (nf4_cpu)" if c_loop else ""
-    print(f"our dequantize: {fused or 'PyTorch ops'}")
+    print(f"our dequantize: {fused or 'PyTorch ops'}; our quantize: "
+          f"{'fused Triton kernel' if quant_kernel else 'PyTorch ops'}")  # fmt: skip
     cols = ["ours", "bnb"] + (["torch"] if fused else [])
     head = f"{'operation':<22}" + "".join(f"{c + ' ms':>10}" for c in cols)
     head += f"{'ours/bnb':>10}" + (f"{'torch/bnb':>10}" if fused else "")
@@ -200,10 +230,13 @@ def main(argv: list[str] | None = None) -> None:
         "block_size": bs,
         "repeats": args.repeats,
         "fused_kernel": kernel,
+        "quantize_kernel": quant_kernel,
+        "timing": "cuda events, calls back to back" if device.type == "cuda" else "host clock",
         "c_loop": c_loop,
         "malloc": {k: os.environ[k] for k in MALLOC_VARS if k in os.environ},
         "bitsandbytes": None if bnbF is None else _bnb_version(),
         "median_s": res,
+        "ours_over_bnb": {op: d["ours"] / d["bnb"] for op, d in res.items() if "bnb" in d},
     }
     if device.type == "cuda":
         n = w.numel()
@@ -220,30 +253,61 @@ def main(argv: list[str] | None = None) -> None:
                       f"({100 * gbs[f'{impl} {out}'] / clone_gbs:.0f}% of copy)")  # fmt: skip
         record["copy_gbs"] = clone_gbs
         record["dequantize_gbs"] = gbs
-        if kernel and args.kernel_bytes:
-            record["kernel_bytes_gbs"] = sweep_kernel_bytes(q, args, device, moved, clone_gbs)
+        record["copy_fraction"] = {k: g / clone_gbs for k, g in gbs.items()}
+        if kernel and args.kernel_configs:
+            record["kernel_configs_gbs"] = sweep_kernel(q, args, device, moved, clone_gbs)
+        if quant_kernel and args.quant_configs:
+            record["quant_configs_s"] = sweep_quant(w, args, device)
     if args.json:
         args.json.write_text(json.dumps(record, indent=2) + "\n")
 
 
-def sweep_kernel_bytes(q, args, device, moved: dict, clone_gbs: float) -> dict:
-    """GB/s of the fused kernel for each --kernel-bytes value (the default restored after)."""
-    default = nf4_kernels.BYTES_PER_PROGRAM
+def _configs(specs: list[str]) -> list[tuple[int, int]]:
+    return [tuple(int(v) for v in spec.split(":")) for spec in specs]
+
+
+def sweep_kernel(q, args, device, moved: dict, clone_gbs: float) -> dict:
+    """GB/s of the dequantize kernel for each --kernel-configs value (defaults restored)."""
+    default = nf4_kernels.BYTES_PER_PROGRAM, nf4_kernels.NUM_WARPS
     out: dict = {}
     try:
-        for nbytes in args.kernel_bytes:
-            nf4_kernels.BYTES_PER_PROGRAM = nbytes
+        for nbytes, warps in _configs(args.kernel_configs):
+            nf4_kernels.BYTES_PER_PROGRAM, nf4_kernels.NUM_WARPS = nbytes, warps
             pairs = {
                 "fp32": {"k": lambda: dequantize_nf4(q)},
                 "bf16": {"k": lambda: dequantize_nf4(q, torch.bfloat16)},
             }
             res = measure(pairs, device, args.warmup, args.repeats)
-            out[nbytes] = {o: moved[o] / res[o]["k"] / 1e9 for o in res}
-            print(f"kernel bytes/program {nbytes:>6}: " + "  ".join(
-                f"{o} {g:7.1f} GB/s ({100 * g / clone_gbs:.0f}%)" for o, g in out[nbytes].items()
+            key = f"{nbytes}:{warps}"
+            out[key] = {o: moved[o] / res[o]["k"] / 1e9 for o in res}
+            print(f"dequantize kernel bytes:warps {key:>8}: " + "  ".join(
+                f"{o} {g:7.1f} GB/s ({100 * g / clone_gbs:.0f}%)" for o, g in out[key].items()
             ))  # fmt: skip
     finally:
-        nf4_kernels.BYTES_PER_PROGRAM = default
+        nf4_kernels.BYTES_PER_PROGRAM, nf4_kernels.NUM_WARPS = default
+    return out
+
+
+def sweep_quant(w, args, device) -> dict:
+    """Median seconds of quantize (plain, +DQ) for each --quant-configs value."""
+    default = nf4_quant_kernels.ELEMS_PER_PROGRAM, nf4_quant_kernels.NUM_WARPS
+    bs = args.block_size
+    out: dict = {}
+    try:
+        for elems, warps in _configs(args.quant_configs):
+            nf4_quant_kernels.ELEMS_PER_PROGRAM, nf4_quant_kernels.NUM_WARPS = elems, warps
+            pairs = {
+                "quantize": {"k": lambda: quantize_nf4(w, bs)},
+                "quantize +DQ": {"k": lambda: quantize_nf4(w, bs, double_quant=True)},
+            }
+            res = measure(pairs, device, args.warmup, args.repeats)
+            key = f"{elems}:{warps}"
+            out[key] = {o: d["k"] for o, d in res.items()}
+            print(f"quantize kernel elems:warps {key:>8}: " + "  ".join(
+                f"{o} {t * 1e3:6.3f} ms" for o, t in out[key].items()
+            ))  # fmt: skip
+    finally:
+        nf4_quant_kernels.ELEMS_PER_PROGRAM, nf4_quant_kernels.NUM_WARPS = default
     return out
 
 

@@ -37,7 +37,9 @@ Everything is vectorized torch (no Python loop over blocks), so it runs on CPU o
 kernel on CUDA (:mod:`minituner.nf4_kernels`), and otherwise PyTorch ops
 (:mod:`minituner.nf4_torch`); the three agree bit for bit. Quantization matches the
 arithmetic of bitsandbytes' CPU path (multiply by 1/absmax, compare with the midpoints
-between codebook values) so the codes agree bit for bit.
+between codebook values) so the codes agree bit for bit; on CUDA :func:`quantize_4bit`
+runs it as one Triton kernel (:mod:`minituner.nf4_quant_kernels`, same arithmetic,
+``MINITUNER_NF4_KERNEL=torch`` switches both kernels off).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from minituner import nf4_cpu, nf4_kernels, nf4_torch
+from minituner import nf4_cpu, nf4_kernels, nf4_quant_kernels, nf4_torch
 
 DEFAULT_BLOCK_SIZE = 64  # elements per absmax block, everywhere a block size has a default
 DEFAULT_DOUBLE_QUANT = False  # the codec and its layers: float32 absmax unless asked for
@@ -328,7 +330,14 @@ def quantize_4bit(
     _check_weight(w)
     if quant_type not in CODEBOOKS:
         raise ValueError(f"unknown quant_type {quant_type!r}; choose one of {list(CODEBOOKS)}")
-    flat = w.detach().reshape(-1).float()
+    flat = w.detach().reshape(-1)
+    if nf4_quant_kernels.available(flat, block_size):  # one Triton kernel on CUDA
+        mids, order = _quantize_tables(quant_type, flat.device)
+        codes, absmax = nf4_quant_kernels.quantize_packed(flat, block_size, mids, order)
+        if not bool(torch.isfinite(absmax).all()):
+            raise ValueError("cannot quantize a tensor containing NaN or inf")
+        return NF4Tensor(codes, absmax, w.shape, w.dtype, block_size, quant_type=quant_type)
+    flat = flat.float()
     n = flat.numel()
     n_blocks = -(-n // block_size)
     pad = n_blocks * block_size - n
@@ -336,7 +345,9 @@ def quantize_4bit(
         flat = F.pad(flat, (0, pad))
     blocks = flat.view(n_blocks, block_size)
     lo, hi = torch.aminmax(blocks, dim=1)
-    absmax = torch.maximum(hi, -lo)  # (n_blocks,); NaN and inf propagate into it
+    # (n_blocks,); NaN and inf propagate into it; + 0.0 makes an all-zero block's absmax +0.0
+    # (max(+0.0, -0.0) is either, by vector or scalar code), as the GPU kernel stores it
+    absmax = torch.maximum(hi, -lo) + 0.0
     if not bool(torch.isfinite(absmax).all()):
         raise ValueError("cannot quantize a tensor containing NaN or inf")
     safe = absmax.clamp(min=_TINY)
@@ -356,6 +367,9 @@ def quantize_4bit(
 def _quantize_absmax(absmax: torch.Tensor) -> dict[str, torch.Tensor]:
     """Double quantization: the NF4Tensor fields absmax (uint8 codes), absmax_scale (one
     float32 per 256), absmax_offset (the float32 mean) and absmax_map (the grid index)."""
+    if nf4_quant_kernels.dq_available(absmax):  # a Triton kernel on CUDA, the same values
+        grids, mids = _dq_tables(absmax.device)
+        return nf4_quant_kernels.quantize_absmax(absmax, grids, mids, DQ_BLOCK_SIZE)
     offset = absmax.double().mean().float()  # float64 sum: the same on every device
     centered = absmax - offset
     nb = centered.numel()

@@ -36,7 +36,8 @@ try:  # Triton ships with CUDA builds of PyTorch; CPU builds and CI have none
 except ImportError:  # pragma: no cover - depends on the install
     triton = None
 
-BYTES_PER_PROGRAM = 2048  # packed bytes each program dequantizes (4096 output elements)
+BYTES_PER_PROGRAM = 4096  # packed bytes each program dequantizes (8192 output elements)
+NUM_WARPS = 4  # warps per program (benchmarks/bench_nf4.py --kernel-configs sweeps both)
 _TL_DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -96,6 +97,54 @@ if triton is not None:
         out = vals.to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
         tl.store(out_ptr + out_offs, out, mask=out_offs < n_out)
 
+    @triton.jit
+    def _dequant_rows_kernel(
+        codes_ptr,  # uint8 (n_bytes,)
+        absmax_ptr,  # float32 (n_blocks,); or uint8 (n_blocks,) codes under DOUBLE_QUANT
+        table_ptr,  # float32 (16,), the 4-bit codebook
+        dq_grids_ptr,  # float32 (n_maps, 256), the 8-bit absmax grids (DOUBLE_QUANT)
+        dq_map_ptr,  # uint8 (), which grid (DOUBLE_QUANT)
+        dq_scale_ptr,  # float32 (ceil(n_blocks / DQ_BLOCK),) (DOUBLE_QUANT)
+        dq_offset_ptr,  # float32 (), the mean absmax (DOUBLE_QUANT)
+        out_ptr,  # (n_out,), the output dtype
+        n_bytes,
+        n_out,
+        n_blocks,
+        HALF: tl.constexpr,  # packed bytes per quantization block (a power of two)
+        ROWS: tl.constexpr,  # quantization blocks per program (a power of two)
+        DOUBLE_QUANT: tl.constexpr,
+        DQ_BLOCK: tl.constexpr,  # absmax values per dq scale
+        EVEN: tl.constexpr,  # every program is full and n_out == 2 * n_bytes: no masks
+    ):
+        # One quantization block per row of a (ROWS, HALF) tile: contiguous 16-byte loads
+        # of the codes, one absmax (and dq scale) load per block, and a (ROWS, 2 * HALF)
+        # output tile written contiguously.
+        pid = tl.program_id(0)
+        rows = pid.to(tl.int64) * ROWS + tl.arange(0, ROWS)  # (ROWS,) block indices
+        offs = rows[:, None] * HALF + tl.arange(0, HALF)[None, :]  # (ROWS, HALF) bytes
+        out_offs = rows[:, None] * (2 * HALF) + tl.arange(0, 2 * HALF)[None, :]
+        if EVEN:
+            c = tl.load(codes_ptr + offs).to(tl.int32)
+            a = tl.load(absmax_ptr + rows)
+        else:
+            c = tl.load(codes_ptr + offs, mask=offs < n_bytes, other=0).to(tl.int32)
+            a = tl.load(absmax_ptr + rows, mask=rows < n_blocks, other=0)
+        if DOUBLE_QUANT:  # absmax = grid[k] * scale + offset, as two rounded float32 ops
+            grid = tl.load(dq_map_ptr).to(tl.int32)
+            g = tl.load(dq_grids_ptr + grid * 256 + a.to(tl.int32))
+            s = tl.load(dq_scale_ptr + rows // DQ_BLOCK, mask=rows < n_blocks, other=0.0)
+            scale = tl.maximum(g * s + tl.load(dq_offset_ptr), 0.0)  # (ROWS,)
+        else:
+            scale = a
+        hi = tl.load(table_ptr + (c >> 4)) * scale[:, None]  # (ROWS, HALF) first elements
+        lo = tl.load(table_ptr + (c & 15)) * scale[:, None]  # (ROWS, HALF) second elements
+        vals = tl.reshape(tl.join(hi, lo), (ROWS, 2 * HALF))  # hi0 lo0 hi1 lo1 ... per row
+        out = vals.to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
+        if EVEN:
+            tl.store(out_ptr + out_offs, out)
+        else:
+            tl.store(out_ptr + out_offs, out, mask=out_offs < n_out)
+
 
 @lru_cache(maxsize=32)
 def code_table(codebook: tuple[float, ...], device: torch.device) -> torch.Tensor:
@@ -131,22 +180,23 @@ def dequantize_packed(q: NF4Tensor, dtype: torch.dtype) -> torch.Tensor:
         absmax = q.absmax.to(torch.float32).contiguous()
         grids = map_index = scale = offset = absmax  # unused by the kernel
     out = torch.empty(numel, dtype=dtype, device=codes.device)
-    launch = (triton.cdiv(n_bytes, BYTES_PER_PROGRAM),)
-    _dequant_kernel[launch](
-        codes,
-        absmax,
-        code_table(q.codebook, codes.device),
-        grids,
-        map_index,
-        scale,
-        offset,
-        out,
-        n_bytes,
-        numel,
-        BLOCK=q.block_size,
-        BYTES=BYTES_PER_PROGRAM,
-        DOUBLE_QUANT=q.double_quant,
-        DQ_BLOCK=q.dq_block_size,
-        enable_fp_fusion=False,  # no fused multiply-add: round as the PyTorch path does
-    )
+    table = code_table(q.codebook, codes.device)
+    half = q.block_size // 2
+    if half & (half - 1) == 0 and half <= BYTES_PER_PROGRAM:  # one quant block per tile row
+        rows = max(1, BYTES_PER_PROGRAM // half)
+        n_blocks = q.n_blocks
+        even = n_bytes % (rows * half) == 0 and numel == 2 * n_bytes
+        _dequant_rows_kernel[(triton.cdiv(n_blocks, rows),)](
+            codes, absmax, table, grids, map_index, scale, offset, out,
+            n_bytes, numel, n_blocks,
+            HALF=half, ROWS=rows, DOUBLE_QUANT=q.double_quant, DQ_BLOCK=q.dq_block_size,
+            EVEN=even, num_warps=NUM_WARPS,
+            enable_fp_fusion=False,  # no fused multiply-add: round as the PyTorch path does
+        )  # fmt: skip
+        return out
+    _dequant_kernel[(triton.cdiv(n_bytes, BYTES_PER_PROGRAM),)](
+        codes, absmax, table, grids, map_index, scale, offset, out, n_bytes, numel,
+        BLOCK=q.block_size, BYTES=BYTES_PER_PROGRAM, DOUBLE_QUANT=q.double_quant,
+        DQ_BLOCK=q.dq_block_size, num_warps=NUM_WARPS, enable_fp_fusion=False,
+    )  # fmt: skip
     return out
