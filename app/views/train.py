@@ -3,8 +3,9 @@ train it live.
 
 The choices live in the URL (?method=lora&r=8&alpha=16&targets=q,v&lr=0.005&steps=40&seed=0)
 so a link opens the same configuration. Live training runs in a child process of the
-server (app/trainer.py, minituner/worker.py); every tab draws the one shared live state,
-and its live panel redraws only when a new event arrived (at most twice a second).
+server (app/trainer.py, minituner/worker.py); every tab draws the one shared live state
+in one fragment (the run area) that redraws only when a new event arrived, at most once a
+second, and never reruns the whole page when a run starts or ends.
 """
 
 from __future__ import annotations
@@ -18,13 +19,12 @@ from app import data, helpers
 from app.charts import train as charts
 from app.charts import verbs as verb_charts
 from app.format import format_bytes
-from app.trainer import RUNNING
 from minituner import memory as memmath
 from minituner.config import DEFAULT_LR, METHODS
 from minituner.runs import run_id
 from minituner.shapes import ModelShape
 
-POLL_S = 0.5  # a watching tab asks for news this often (the first time)...
+POLL_S = 1.0  # a watching tab asks for news this often (the first time)...
 MIN_REDRAW_S = 1.0  # ...and redraws at most this often, only when an event arrived
 TICK_S = 0.1
 MAX_WAIT_S = 60.0
@@ -35,7 +35,6 @@ FINISHED_MARK = "Training finished"
 st.title("Train")
 base = data.base_or_stop()
 trainer = data.get_trainer()
-me = data.session_id()
 
 # ---------------------------------------------------------------- choices (URL <-> widgets)
 url_choices, url_problems = helpers.parse_train_params(st.query_params.to_dict())
@@ -60,7 +59,6 @@ def _method_changed() -> None:
     st.session_state[KEYS["lr"]] = DEFAULT_LR[st.session_state[KEYS["method"]]]
 
 
-busy = trainer.busy
 with st.container(border=True):
     c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
     c1.radio(
@@ -134,11 +132,6 @@ m3.metric(
 )
 m4.metric("device", data.device_label())
 
-rid = run_id(cfg, base.model_id, base.metrics["corpus_version"])
-stored = data.run_by_id(rid)
-snap = trainer.snapshot()
-mine = snap.owner == me
-
 
 def _draw_live(s) -> None:
     """Progress, the live chart and the latest evaluation of a snapshot: two elements,
@@ -165,6 +158,15 @@ def _draw_live(s) -> None:
 
 def _stop() -> None:
     data.get_trainer().stop()
+
+
+def _start(cfg) -> None:
+    """The train button's callback: it runs before the rerun it causes, so that rerun
+    already draws the live view (or says the server is busy)."""
+    started = data.get_trainer().start(
+        cfg, owner=data.session_id(), cache=data.cache_dir(), eval_limit=data.eval_limit()
+    )
+    st.session_state["train_refused"] = not started
 
 
 def _wait_for_news(version: int, scope: str = "fragment") -> None:
@@ -205,27 +207,8 @@ def _request_pending(ctx) -> bool:
         return True
 
 
-@st.fragment(run_every=POLL_S)
-def _live_panel() -> None:
-    s = data.get_trainer().snapshot()
-    if s.status != RUNNING:  # finished: a full rerun shows the result and the new run
-        st.rerun()
-    _draw_live(s)
-    _wait_for_news(s.version)
-
-
-@st.fragment(run_every=POLL_S)
-def _watch_for_a_run(version: int) -> None:
-    """An idle Train page notices a run that another tab starts: it waits, sending
-    nothing, until the live state moves on, then redraws the whole page (live)."""
-    if data.get_trainer().version != version:
-        st.rerun()
-    _wait_for_news(version, scope="app")
-
-
 def _live_header(s) -> None:
-    """What stays put during a run: its name and Stop for the tab that started it, a
-    note for every other tab."""
+    """The run's name and Stop for the tab that started it, a note for every other tab."""
     if s.owner == data.session_id():
         st.subheader(f"Training live: {s.label}")
         st.button("Stop", icon=":material/stop:", key="train_stop", on_click=_stop)
@@ -236,37 +219,58 @@ def _live_header(s) -> None:
         )
 
 
+def _outcome(s, cfg) -> None:
+    """How this tab's last run of this configuration ended (nothing for other tabs)."""
+    if s.owner != data.session_id() or s.status == "idle" or s.config != cfg.to_dict():
+        return
+    if s.status == "completed" and s.run_id:
+        st.success(
+            f"{FINISHED_MARK}: run {s.run_id} saved to the store "
+            f"({s.elapsed_s:.1f} s on {s.device})."
+        )
+    elif s.status == "stopped":
+        st.warning(f"Training stopped: {s.message}. Stopped runs are not stored.")
+    elif s.status == "diverged":
+        st.warning(f"Training diverged: {s.message}. Diverged runs are not stored.")
+    elif s.status == "error":
+        st.error(f"Training failed: {s.message}")
+
+
 def _show_stored(info, heading: str) -> None:
     st.subheader(heading)
     m = info.metrics
     svg = charts.live_training(m.curves.step, m.curves.loss, m.evals, info.finetune_config().steps)
     st.markdown(svg, unsafe_allow_html=True)
-    st.dataframe(helpers.final_figures_rows([info], base.metrics), hide_index=True)
+    # a static table: a data grid costs every tab a canvas redraw
+    st.table(helpers.final_figures_rows([info], base.metrics))
     st.caption(
         "Curves: loss per step and the periodic evaluation on a sample of each split; the "
         "table: the final evaluation on the full held-out splits."
     )
 
 
-# ---------------------------------------------------------------- the run itself
-# a fragment waiting for news counts as "running": keep the corner indicator quiet
-st.html("<style>[data-testid='stStatusWidget'],[data-testid='stDecoration']{display:none}</style>")
-if snap.running:
-    _live_header(snap)
-    _live_panel()
-else:
-    if mine and snap.status != "idle" and snap.config == cfg.to_dict():
-        if snap.status == "completed" and snap.run_id:
-            st.success(
-                f"{FINISHED_MARK}: run {snap.run_id} saved to the store "
-                f"({snap.elapsed_s:.1f} s on {snap.device})."
-            )
-        elif snap.status == "stopped":
-            st.warning(f"Training stopped: {snap.message}. Stopped runs are not stored.")
-        elif snap.status == "diverged":
-            st.warning(f"Training diverged: {snap.message}. Diverged runs are not stored.")
-        elif snap.status == "error":
-            st.error(f"Training failed: {snap.message}")
+@st.fragment(run_every=POLL_S)
+def _run_area(cfg, rid: str) -> None:
+    """Everything a run changes, in one fragment: the train button and the stored run
+    while idle, the live view while a run goes (in every tab), the outcome when it ends.
+
+    A run starting or ending redraws this fragment, never the whole page (the choices
+    above stay as they are), and between events the fragment waits server-side, sending
+    nothing, so an idle or watching tab costs the browser almost nothing."""
+    s = data.get_trainer().snapshot()
+    if s.running:
+        _live_header(s)
+        _draw_live(s)
+        _wait_for_news(s.version)
+        return
+    _outcome(s, cfg)
+    stored = data.run_by_id(rid)
+    mine = s.owner == data.session_id() and s.config == cfg.to_dict()
+    if st.session_state.pop("train_refused", False):
+        st.info(
+            "Training is busy: another session started a run a moment ago. "
+            "Start yours when it ends."
+        )
     start_label = "Train live"
     if stored is not None:
         where = "shipped with the app" if stored.shipped else "in your cache"
@@ -274,22 +278,16 @@ else:
             f"This configuration is in the store ({where}): run **{stored.run_id}**, loaded below."
         )
         start_label = "Train it live anyway"
-    elif mine and snap.status not in ("idle", "completed") and snap.config == cfg.to_dict():
-        _draw_live(snap)
-    if st.button(
+    elif mine and s.status not in ("idle", "completed"):
+        _draw_live(s)  # how far the stopped, diverged or failed run got
+    st.button(
         start_label,
         icon=":material/play_arrow:",
         key="train_start",
         type="primary" if stored is None else "secondary",
-    ):
-        if trainer.start(cfg, owner=me, cache=data.cache_dir(), eval_limit=data.eval_limit()):
-            st.rerun()
-        else:
-            st.info(
-                "Training is busy: another session started a run a moment ago. "
-                "It is shown here; start yours when it ends."
-            )
-            st.rerun()
+        on_click=_start,
+        args=(cfg,),
+    )
     if stored is not None:
         _show_stored(stored, "Stored run")
     elif cfg.method == "qlora" and data.device_label() == "CPU":
@@ -297,4 +295,10 @@ else:
             "QLoRA on a CPU is slow: every forward pass dequantizes the 4-bit base; "
             "try few steps, or load a shipped run."
         )
-    _watch_for_a_run(snap.version)
+    _wait_for_news(s.version)
+
+
+# ---------------------------------------------------------------- the run itself
+# a fragment waiting for news counts as "running": keep the corner indicator quiet
+st.html("<style>[data-testid='stStatusWidget'],[data-testid='stDecoration']{display:none}</style>")
+_run_area(cfg, run_id(cfg, base.model_id, base.metrics["corpus_version"]))
