@@ -289,9 +289,15 @@ def _excess(pair: Pair, i: int, j: int) -> float:
     ) / len(pair.kinds())
 
 
+NEAR_CHANCE = 0.1  # φ within this of the random level reads as "about as random subspaces"
+
+
 def conclusion(record: SubspaceRecord) -> str | None:
-    """What the r=8 vs r=64 comparison says, from the data: does the overlap above chance
-    of the top-8 in the top-64 survive a change of seed? None without both pairs."""
+    """What the comparisons say, in words chosen by the data: whether the overlap above
+    chance of r=8's top-8 in r=64's top-64 survives a change of seed (it "goes away" when
+    less than half of it is left), and whether LoRA r=8's directions lie in full
+    fine-tuning's more than random ones would (more than ``NEAR_CHANCE`` above chance).
+    None without the two r=8 vs r=64 pairs."""
     same, other = record.pair("r8_vs_r64"), record.pair("r8_vs_r64_other_seed")
     if same is None or other is None or (same.max_i, same.max_j) != (other.max_i, other.max_j):
         return None
@@ -308,11 +314,27 @@ def conclusion(record: SubspaceRecord) -> str | None:
         )
     else:
         verdict = "the overlap above chance survives a change of seed: it comes with the task"
-    return (
+    text = (
         f"Top {i} of r=8 inside the top {j} of r=64: φ above chance by {e_same:+.2f} with the "
         f"same seed, {e_other:+.2f} with another; so {verdict}. The top direction alone: "
         f"{e1_same:+.2f} and {e1_other:+.2f} above chance."
     )
+    full = record.pair("r8_vs_full")
+    if full is not None:
+        fi, fj = full.max_i, full.max_j
+        e_full, e1_full = _excess(full, fi, fj), _excess(full, 1, 1)
+        near = e_full < NEAR_CHANCE
+        text += (
+            f" LoRA r=8 against full fine-tuning: top {fi} inside the top {fj} "
+            f"{e_full:+.2f} above chance, top direction {e1_full:+.2f}: "
+            + (
+                "about as much as random subspaces, so the two methods change these layers "
+                "along mostly different input directions."
+                if near
+                else "more than random subspaces, so the two methods share input directions."
+            )
+        )
+    return text
 
 
 def summary_rows(record: SubspaceRecord) -> list[dict]:

@@ -75,6 +75,8 @@ def test_spectrum_page_shows_the_shipped_heatmaps_and_what_they_say(empty_cache)
     assert "What the numbers say" in said
     assert f"by {excess(same, 8, 64):+.2f} with the same seed" in said
     assert f"{excess(other, 8, 64):+.2f} with another" in said
+    vs_full = record.pair("r8_vs_full")
+    assert f"top 8 inside the top 64 {excess(vs_full, 8, 64):+.2f} above chance" in said
     captions = texts(at.caption)
     q = np.mean([g.at(1, 1) for n, g in same.layers.items() if n.endswith("q_proj")])
     assert f"{same.label}: the top direction overlaps with mean φ(1,1) = {q:.2f}" in captions

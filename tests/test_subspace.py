@@ -313,3 +313,34 @@ def test_readme_section_is_replaced_not_repeated(tmp_path):
     path.write_text("[]")
     assert "cannot be read" in "\n".join(R.readme_lines(path))
     assert R.readme_lines(tmp_path / "none.json") == []
+
+
+def constant_pair(name: str, value: float, d: int = 16) -> R.Pair:
+    grid = tuple(tuple(value for _ in range(3)) for _ in range(2))
+    layers = {f"blocks.{k}.attn.{kind}": R.LayerGrid(d, grid) for k in (0, 1) for kind in "qv"}
+    return R.Pair(name, name, R.RunRef("a" * 12, "A"), R.RunRef("b" * 12, "B"), 2, 3, layers)
+
+
+@pytest.mark.parametrize(
+    ("same", "other", "full", "words"),
+    [
+        (0.9, 0.25, 0.2, ["+0.71 with the same seed, +0.06 with another", "goes away", "about as"]),
+        (
+            0.9,
+            0.8,
+            0.6,
+            ["+0.71 with the same seed, +0.61 with another", "survives", "share input"],
+        ),
+        (0.1, 0.1, 0.2, ["share no more than random", "about as much as random"]),
+    ],
+)
+def test_conclusion_is_chosen_by_the_numbers(same, other, full, words):
+    pairs = (
+        constant_pair("r8_vs_r64", same),
+        constant_pair("r8_vs_r64_other_seed", other),
+        constant_pair("r8_vs_full", full),
+    )
+    text = R.conclusion(R.SubspaceRecord("m", pairs))
+    for w in words:
+        assert w in text
+    assert R.conclusion(R.SubspaceRecord("m", pairs[:1])) is None
