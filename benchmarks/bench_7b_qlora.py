@@ -22,6 +22,8 @@ backend works for the tiny shape, slowly).
 On CUDA our step runs as a CUDA graph (``minituner.graphs.CapturedTrainStep``: warm-up
 eager, captured once, then replayed; AdamW with ``capturable=True``); ``--no-graph`` runs it
 eagerly, ``--eager-too`` runs it both ways and stores the eager figures as ``runs_eager``.
+Each LoRA-wrapped NF4 Linear runs as one fused autograd node (``minituner.fused_qlora``);
+``--no-fused-lora`` calls the LoRA modules instead.
 PEFT always runs eagerly (as its users run it).
 ``--profile`` runs one more step of each configuration under torch.profiler and stores the
 step's wall time, the time the GPU was busy in it (the union of kernel, memcpy and memset
@@ -83,6 +85,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="run our step eagerly (default on CUDA: captured in a CUDA graph and replayed)",
     )  # fmt: skip
     p.add_argument("--eager-too", action="store_true", help="also time our eager step")
+    p.add_argument(
+        "--no-fused-lora", dest="fused_lora", action="store_false",
+        help="call the LoRA modules instead of the fused QLoRA node (minituner.fused_qlora)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--peft", action="store_true", help="also run HF + bitsandbytes + PEFT")
     p.add_argument("--dequant-bw", action="store_true", help="NF4 dequantize GB/s vs a clone")
@@ -501,6 +507,19 @@ def dequant_bandwidth(device: torch.device, shape, repeats: int = 20) -> dict:
 # ---------------------------------------------------------------------------- main
 
 
+def _measured_on(device_name: str) -> str:
+    """The device, the library versions that ran and the UTC date, in one line."""
+    from importlib import metadata
+
+    parts = [device_name, f"torch {torch.__version__}"]
+    for name in ("bitsandbytes", "peft", "transformers"):
+        try:
+            parts.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return ", ".join(parts) + time.strftime(", %Y-%m-%d", time.gmtime())
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -524,6 +543,7 @@ def main(argv=None) -> dict:
     model = build_nf4_llama(
         cfg, device, DTYPES[args.dtype], seed=args.seed, checkpointing=args.checkpointing
     )
+    model.use_fused_lora(args.fused_lora)
     _sync(device)
     result["build"] = {"seconds": time.perf_counter() - t0, **_mem(device)}
     print(f"built {args.shape} on {device} in {result['build']['seconds']:.1f} s")
@@ -573,6 +593,7 @@ def main(argv=None) -> dict:
                 ratio["eager_step_time_ours_over_peft"] = eager / theirs["step_s_median"]
             theirs["ratios_ours_over_peft"] = ratio
             print(f"{key}: ours/peft {ratio}")
+    result["measured_on"] = _measured_on(result["device_name"])
     if args.dequant_bw:
         result["dequant_bw"] = dequant_bandwidth(device, args.bw_shape)
         print(f"dequant bandwidth: {result['dequant_bw']}")

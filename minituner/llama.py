@@ -28,6 +28,9 @@ Choices worth knowing:
   (as bitsandbytes' 4-bit matmul does). Plain ``F.linear`` on a dequantized weight would
   keep every layer's dense weight alive until its backward -- the whole dense model again
   without activation checkpointing. ``low_mem_backward=False`` gives the plain NF4Linear.
+- A LoRA-wrapped NF4 Linear is evaluated as one autograd node (``minituner.fused_qlora``:
+  the scaling and the add inside the GEMMs, six kernels forward instead of about eleven);
+  ``use_fused_lora(False)`` calls the LoRA modules instead (same function, more roundings).
 - LoRA comes from ``minituner.lora.add_lora``; short names ``q,v`` map to ``q_proj`` and
   ``v_proj``. For every Linear pass :data:`LLAMA_LINEARS` (the ``all`` group of lora.py
   names MiniGPT's fc_in/fc_out, which this model lacks). LoRA parameters are float32
@@ -58,6 +61,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from minituner.fused_qlora import qlora_linear
 from minituner.nf4 import DEFAULT_BLOCK_SIZE, QLORA_DOUBLE_QUANT
 from minituner.nf4_linear import NF4Linear
 
@@ -190,6 +194,8 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class LlamaAttention(nn.Module):
+    fused_lora = True  # LoRA-wrapped NF4 Linears through minituner.fused_qlora
+
     def __init__(self, cfg: LlamaConfig, make_linear):
         super().__init__()
         C = cfg.hidden
@@ -205,14 +211,17 @@ class LlamaAttention(nn.Module):
         def heads(t: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, H, T, D)
             return t.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
 
-        q = apply_rotary(heads(self.q_proj(x)), cos, sin)
-        k = apply_rotary(heads(self.k_proj(x)), cos, sin)
-        v = heads(self.v_proj(x))
+        f = self.fused_lora
+        q = apply_rotary(heads(qlora_linear(self.q_proj, x, f)), cos, sin)
+        k = apply_rotary(heads(qlora_linear(self.k_proj, x, f)), cos, sin)
+        v = heads(qlora_linear(self.v_proj, x, f))
         y = F.scaled_dot_product_attention(q, k, v.to(q.dtype), is_causal=True)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, C))
+        return qlora_linear(self.o_proj, y.transpose(1, 2).reshape(B, T, C), f)
 
 
 class LlamaMLP(nn.Module):
+    fused_lora = True  # as LlamaAttention
+
     def __init__(self, cfg: LlamaConfig, make_linear):
         super().__init__()
         self.gate_proj = make_linear("gate_proj", cfg.hidden, cfg.intermediate)
@@ -220,7 +229,9 @@ class LlamaMLP(nn.Module):
         self.down_proj = make_linear("down_proj", cfg.intermediate, cfg.hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        f = self.fused_lora
+        h = F.silu(qlora_linear(self.gate_proj, x, f)) * qlora_linear(self.up_proj, x, f)
+        return qlora_linear(self.down_proj, h, f)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -338,6 +349,14 @@ class LlamaQLoRA(nn.Module):
         return F.cross_entropy(
             logits.float().flatten(0, 1), labels.reshape(-1), ignore_index=-100, reduction="sum"
         )
+
+    def use_fused_lora(self, on: bool = True) -> LlamaQLoRA:
+        """Evaluate LoRA-wrapped NF4 Linears as one fused autograd node each (default) or
+        module by module (``minituner.fused_qlora``)."""
+        for m in self.modules():
+            if isinstance(m, LlamaAttention | LlamaMLP):
+                m.fused_lora = bool(on)
+        return self
 
     def nf4_linears(self) -> dict[str, NF4Linear]:
         return {n: m for n, m in self.named_modules() if isinstance(m, NF4Linear)}

@@ -94,6 +94,24 @@ def test_capturable_adamw_trains_as_the_default_adamw():
 
 
 @needs_cuda
+def test_fused_qlora_on_cuda_agrees_with_the_lora_modules():
+    x, y = _batches("cuda", 1)[0]
+    model, params = _model("cuda")
+    runs = []
+    for fused in (True, False):
+        model.use_fused_lora(fused)
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = _loss(model, x, y)
+        loss.backward()
+        runs.append((loss.item(), [p.grad.clone() for p in params]))
+    (loss_f, grads_f), (loss_m, grads_m) = runs
+    assert loss_f == pytest.approx(loss_m, rel=1e-2)
+    for a, b in zip(grads_f, grads_m, strict=True):
+        assert ((a - b).norm() / b.norm()).item() < 3e-2
+
+
+@needs_cuda
 def test_captured_step_refuses_another_shape():
     model, params = _model("cuda", targets=("q_proj", "v_proj"))
     step = CapturedTrainStep(
