@@ -64,7 +64,7 @@ def test_spectrum_page_shows_the_shipped_heatmaps_and_what_they_say(empty_cache)
     figs = heatmaps(at)
     assert len(figs) == 1
     traces = [t for t in figs[0]["data"] if t["type"] == "heatmap"]
-    pairs = [record.pair(n) for n in ("r8_vs_r64", "r8_vs_r64_other_seed", "r8_seed0_vs_seed1")]
+    pairs = [record.pair(n) for n in ("r8_vs_r64", "r8_vs_r64_other_seed", "r8_vs_full")]
     assert [t["name"] for t in traces] == [p.label for p in pairs]  # the default comparisons
     layer = sorted({n for p in record.pairs for n in p.layers})[0]
     assert np.allclose(traces[0]["z"], pairs[0].layers[layer].phi)
@@ -82,13 +82,14 @@ def test_spectrum_page_shows_the_shipped_heatmaps_and_what_they_say(empty_cache)
     assert f"{same.label}: the top direction overlaps with mean φ(1,1) = {q:.2f}" in captions
 
     at.selectbox(key="spec_sub_layer").set_value("blocks.3.attn.v_proj").run()
-    at.multiselect(key="spec_sub_pairs").set_value(["LoRA r=8 vs full fine-tuning"]).run()
+    seeds = record.pair("r8_seed0_vs_seed1")
+    at.multiselect(key="spec_sub_pairs").set_value([seeds.label]).run()
     assert not at.exception
     (fig,) = heatmaps(at)
     (trace,) = fig["data"]
-    full = record.pair("r8_vs_full")
-    assert trace["name"] == full.label
-    assert np.allclose(trace["z"], full.layers["blocks.3.attn.v_proj"].phi)
+    assert trace["name"] == seeds.label
+    assert np.array(trace["z"]).shape == (8, 8)  # two rank-8 updates
+    assert np.allclose(trace["z"], seeds.layers["blocks.3.attn.v_proj"].phi)
 
 
 def test_the_sentence_follows_the_data(empty_cache, tmp_path, monkeypatch):

@@ -145,16 +145,17 @@ def _load_subspace() -> subspace_record.SubspaceRecord | None:
         return None
 
 
+# the paper's Figure 3 with the same seed and another, and LoRA against full fine-tuning
+DEFAULT_PAIRS = ("r8_vs_r64", "r8_vs_r64_other_seed", "r8_vs_full")
 record = _load_subspace()
 if record is not None:
     verdict = subspace_record.conclusion(record)
     if verdict:
         st.markdown(f"**What the numbers say.** {verdict}")
     labels = {p.label: p for p in record.pairs}
+    first = [p.label for p in record.pairs if p.name in DEFAULT_PAIRS] or list(labels)[:3]
     c5, c6 = st.columns([3, 2])
-    picked = c5.multiselect(
-        "comparisons", list(labels), default=list(labels)[:3], key="spec_sub_pairs"
-    )
+    picked = c5.multiselect("comparisons", list(labels), default=first, key="spec_sub_pairs")
     layers = sorted({name for p in record.pairs for name in p.layers})
     sub_layer = c6.selectbox("layer", layers, key="spec_sub_layer")
     shown = {
