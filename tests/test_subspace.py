@@ -344,3 +344,39 @@ def test_conclusion_is_chosen_by_the_numbers(same, other, full, words):
     for w in words:
         assert w in text
     assert R.conclusion(R.SubspaceRecord("m", pairs[:1])) is None
+
+
+def test_the_cli_command_reproduces_the_shipped_file(tmp_path):
+    """`python -m minituner subspace` recomputes precomputed/subspace.json from the stored
+    runs (no training) and prints the figures the README and the page quote."""
+    from cli_util import run_minituner
+
+    out = tmp_path / "subspace.json"
+    proc = run_minituner("subspace", "--out", str(out), timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    got, shipped = R.read_subspace(out), R.read_subspace()
+    assert [p.name for p in got.pairs] == [p.name for p in shipped.pairs]
+    for a, b in zip(got.pairs, shipped.pairs, strict=True):
+        assert (a.a, a.b, a.max_i, a.max_j, list(a.layers)) == (
+            b.a,
+            b.b,
+            b.max_i,
+            b.max_j,
+            list(b.layers),
+        )
+        for name in a.layers:
+            assert np.allclose(a.layers[name].phi, b.layers[name].phi, atol=2e-4), (a.name, name)
+    row = R.summary_rows(got)[0]
+    assert f"{row['pair']:<34}  {row['layers']:<6}" in proc.stdout
+    assert f"{row['phi_11']:8.3f}" in proc.stdout
+    assert R.conclusion(got) in proc.stdout
+    assert "updated" not in proc.stdout  # --out: the data folder's README is left alone
+
+
+def test_the_cli_command_without_runs_is_one_error_line(tmp_path):
+    from cli_util import run_minituner
+
+    proc = run_minituner("--data", str(tmp_path), "subspace")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "subspace.json").exists()
