@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
         "repeats": args.repeats,
         "fused_kernel": kernel,
         "quantize_kernel": quant_kernel,
-        "timing": "cuda events, calls back to back" if device.type == "cuda" else "host clock",
+        "timing": "cuda events, 2nd of 2 calls" if device.type == "cuda" else "host clock",
         "c_loop": c_loop,
         "malloc": {k: os.environ[k] for k in MALLOC_VARS if k in os.environ},
         "bitsandbytes": None if bnbF is None else _bnb_version(),

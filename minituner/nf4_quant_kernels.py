@@ -32,7 +32,7 @@ from minituner.nf4_kernels import fused_wanted, triton
 if triton is not None:
     import triton.language as tl
 
-ELEMS_PER_PROGRAM = 4096  # input elements each program quantizes
+ELEMS_PER_PROGRAM = 2048  # input elements each program quantizes (bench_nf4 --quant-configs)
 NUM_WARPS = 4
 _IN_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 TINY = 1e-38  # as minituner.nf4: the floor under absmax (an all-zero block)

@@ -3,7 +3,9 @@
 * ``base-table``: the base model's figures (scripts/base_table.py);
 * ``findings`` and ``claims``: the experiments' table and claims, from
   precomputed/experiments.json (minituner.experiments);
-* ``scaling``: the 7B QLoRA measurements, from precomputed/scaling/ (minituner.scaling).
+* ``scaling``: the 7B QLoRA measurements, from precomputed/scaling/ (minituner.scaling);
+* ``nf4-gpu``: NF4 quantize/dequantize on the GPU against bitsandbytes, from
+  benchmarks/results/nf4_h200_*.json (benchmarks/bench_nf4.py --device cuda).
 
     python scripts/update_readme.py          # rewrite README.md
     python scripts/update_readme.py --check  # exit 1 if README.md is stale (used by a test)
@@ -84,6 +86,41 @@ def scaling_table() -> str:
     return "\n".join(lines)
 
 
+NF4_GPU_SIZES = (16384, 4096)  # benchmarks/results/nf4_h200_{size}.json
+
+
+def nf4_gpu_table() -> str:
+    """bench_nf4.py's CUDA figures: ms, ratio to bitsandbytes, dequantize GB/s vs copy."""
+    runs = [
+        json.loads((ROOT / "benchmarks" / "results" / f"nf4_h200_{n}.json").read_text("utf-8"))
+        for n in NF4_GPU_SIZES
+    ]
+    lines = [
+        "| size | operation | ours ms | bitsandbytes ms | ours / bnb | ours, % of copy "
+        "| bnb, % of copy |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        for op, d in r["median_s"].items():
+            out = {"dequantize fp32": "fp32", "dequantize bf16": "bf16"}.get(op, "")
+            frac = r.get("copy_fraction", {})
+            pct = [f"{100 * frac[f'{i} {out}']:.0f}%" if out else "" for i in ("ours", "bnb")]
+            lines.append(
+                f"| {r['size']}x{r['size']} | {op} | {1e3 * d['ours']:.3f} | "
+                f"{1e3 * d['bnb']:.3f} | {d['ours'] / d['bnb']:.2f} | {pct[0]} | {pct[1]} |"
+            )
+    copy = ", ".join(f"{r['copy_gbs'] / 1e3:.2f} TB/s" for r in runs)
+    lines += [
+        "",
+        f"({runs[0]['device_name']}, torch {runs[0]['torch']}, bitsandbytes "
+        f"{runs[0]['bitsandbytes']}; CUDA events around a call issued right behind another "
+        f"(bench_nf4.py's docstring); median of {runs[0]['repeats']}; "
+        f"block {runs[0]['block_size']}; % of copy: bytes read + written over time, against a "
+        f"1 GiB device-to-device clone timed the same way in the same run ({copy}).)",
+    ]
+    return "\n".join(lines)
+
+
 def blocks() -> dict[str, str]:
     base = json.loads((BASE / "metrics.json").read_text(encoding="utf-8"))
     exp = json.loads(experiments_file().read_text(encoding="utf-8"))
@@ -92,6 +129,7 @@ def blocks() -> dict[str, str]:
         "findings": findings_table(exp),
         "claims": claims_text(exp),
         "scaling": scaling_table(),
+        "nf4-gpu": nf4_gpu_table(),
     }
 
 
