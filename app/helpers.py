@@ -169,7 +169,8 @@ def run_label(info: RunInfo) -> str:
     """A short label for menus and legends, starting with the method."""
     f = info.finetune_config()
     core = "full" if f.method == "full" else f"{f.method} r={f.r} {','.join(f.targets)}"
-    return f"{core} · {f.steps} steps · lr {f.lr:g} · seed {f.seed} · {info.run_id[:6]}"
+    taught = f" · teach {f.teach}" if f.teach else ""  # a lesson of the Teach page
+    return f"{core}{taught} · {f.steps} steps · lr {f.lr:g} · seed {f.seed} · {info.run_id[:6]}"
 
 
 def pct(x) -> str:

@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from app import data  # noqa: E402
+from app import data, helpers  # noqa: E402
 from app.charts import verbs  # noqa: E402
 from minituner.config import FinetuneConfig  # noqa: E402
 from minituner.corpus import IRREGULAR_VERBS  # noqa: E402
@@ -157,6 +157,7 @@ def test_a_teach_run_trains_live_and_shows_before_and_after(empty_cache, idle_tr
     (run,) = [r for r in RunStore().list() if r.config.finetune.seed == 5151]
     assert run.config.finetune.teach == "blick:black" and run.config.finetune.steps == 2
     assert "blick" in run.final.taught_accuracy
+    assert " · teach blick:black · 2 steps" in helpers.run_label(run)  # menus name the lesson
     assert "Learned" in texts(at.markdown) or "Not learned" in texts(at.markdown)
     assert at.button(key="teach_start").label == "Teach it live anyway"
     held = next(m for m in at.metric if m.label == "“blick”: held-out accuracy")

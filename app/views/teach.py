@@ -30,7 +30,9 @@ from minituner.runs import run_id
 from minituner.teach import TeachVerb, check_teach, check_vocab, teach_examples, teach_split
 
 DEFAULT_LEMMA, DEFAULT_PAST = "swim", "swam"
-DEFAULT_STEPS = 20  # swim:swam, LoRA r=8: held-out accuracy 93% at step 10 of 30 (CPU)
+# LoRA r=8, 20 steps: held-out accuracy swim 96.7%, drink 100% (`python -m minituner
+# finetune --teach swim:swam --steps 20 --no-save`), about 3.5 minutes on a busy 2-core CPU
+DEFAULT_STEPS = 20
 EVAL_EVERY = 5  # a point of the per-verb curves every 5 steps
 LIVE_REDRAW_S = 1.0
 TEACH_METHODS = ("lora", "full")
