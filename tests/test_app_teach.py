@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from xml.etree import ElementTree
@@ -142,7 +143,7 @@ def test_a_teach_run_trains_live_and_shows_before_and_after(empty_cache, idle_tr
     snap = idle_trainer.snapshot()
     assert snap.config["teach"] == "blick:black" and snap.pid and snap.pid != os.getpid()
     assert len(at.get("progress")) == 1
-    assert 'class="verb"' in texts(at.markdown) or "no per-verb accuracy" in texts(at.markdown)
+    assert 'class="verb"' in texts(at.markdown) or verbs.NOT_YET in texts(at.markdown)
 
     idle_trainer.join(TIMEOUT)
     assert not idle_trainer.busy, "training did not end in time"
@@ -209,9 +210,10 @@ def test_live_verbs_svg_one_line_per_verb_and_the_taught_one_first():
     assert lines[0].get("stroke-width") == "6" and lines[1].get("stroke-width") == "3"
     legend = [e.text for e in root.iter() if e.tag.endswith("text") and e.text]
     assert "swim 100%" in legend and "eat 60%" in legend
-    empty = ElementTree.fromstring(verbs.live_verbs([], 40))
-    assert not [e for e in empty.iter() if e.get("class") == "verb"]
-    assert any(verbs.NO_DATA in (e.text or "") for e in empty.iter())
+    for message in (verbs.NOT_YET, verbs.NO_DATA):
+        empty = ElementTree.fromstring(verbs.live_verbs([], 40, empty=message))
+        assert not [e for e in empty.iter() if e.get("class") == "verb"]
+        assert any(message in (e.text or "") for e in empty.iter())
 
 
 def test_verb_curves_plotly_one_trace_per_verb_in_percent():
@@ -245,3 +247,31 @@ def test_compare_page_says_when_a_run_has_no_per_verb_figures(seeded_cache, tmp_
     at = open_page("compare")
     assert not [c for c in at.get("plotly_chart") if "compare_verbs" in c.proto.id]
     assert "no per-verb accuracy" in texts(at.info)
+
+
+def test_train_page_live_panel_draws_the_per_verb_chart(empty_cache, idle_trainer):
+    """Under the Train page's live chart: one line per verb once the base model's
+    evaluation (step 0) has arrived; then Stop."""
+    at = AppTest.from_file(MAIN, default_timeout=TIMEOUT)
+    at.run()
+    at.query_params.update({"method": "lora", "r": "2", "steps": "2000", "seed": "5252"})
+    at.switch_page("views/train.py")
+    at.run()
+    at.button(key="train_start").click().run()
+    assert verbs.NOT_YET in texts(at.markdown) or 'class="verb"' in texts(at.markdown)
+    deadline = time.time() + TIMEOUT
+    while not idle_trainer.snapshot().evals and time.time() < deadline:
+        time.sleep(0.2)
+    evals = idle_trainer.snapshot().evals
+    assert evals and idle_trainer.busy
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    svg = next(m.value for m in at.markdown if 'class="verb"' in str(m.value))
+    want = verbs.verb_order(verbs.per_verb_points(evals[:1]))
+    start = svg.rindex("<svg")  # the per-verb chart follows the loss/evaluation chart
+    root = ElementTree.fromstring(svg[start : svg.index("</svg>", start) + 6])
+    drawn = [e.get("data-name") for e in root.iter() if e.get("class") == "verb"]
+    assert drawn == want and want
+    at.button(key="train_stop").click().run()
+    idle_trainer.join(TIMEOUT)
+    assert idle_trainer.snapshot().status == "stopped"

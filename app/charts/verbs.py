@@ -30,6 +30,7 @@ LEARNED = 0.8  # the accuracy a verb must keep from some evaluation on to count 
 W, H = 1120, 330  # the SVG, in px: as wide as the live loss/evaluation chart
 PAD = dict(left=70, right=190, top=40, bottom=50)
 NO_DATA = "no per-verb accuracy in this run's evaluations (it was stored before they were kept)"
+NOT_YET = "the per-verb accuracy appears with the first evaluation"
 
 Points = Sequence[tuple[int, Mapping[str, float]]]  # (step, {verb: accuracy in [0, 1]})
 
@@ -158,10 +159,12 @@ def verb_curves(points: Points, title: str, highlight: str | None = None) -> go.
 
 
 # ---------------------------------------------------------------------- SVG (live)
-def live_verbs(points: Points, total_steps: int, highlight: str | None = None) -> str:
+def live_verbs(
+    points: Points, total_steps: int, highlight: str | None = None, empty: str = NOT_YET
+) -> str:
     """Per-verb accuracy (%) over the steps as a small inline SVG: one line per verb, the
     x axis fixed to the whole run so the lines grow, a legend on the right (each entry
-    gives the verb's latest accuracy). Says so in the chart when there is no data."""
+    gives the verb's latest accuracy). ``empty``: what the chart says without data."""
     x_max = max(1, int(total_steps))
     x0, x1 = PAD["left"], W - PAD["right"]
     y0, y1 = H - PAD["bottom"], PAD["top"]
@@ -191,7 +194,7 @@ def live_verbs(points: Points, total_steps: int, highlight: str | None = None) -
     if not verbs:
         out.append(
             f'<text x="{(x0 + x1) / 2}" y="{(y0 + y1) / 2}" text-anchor="middle" '
-            f'fill="#666">{escape(NO_DATA)}</text>'
+            f'fill="#666">{escape(empty)}</text>'
         )
     colors = verb_colors(verbs)
     for k, verb in enumerate(verbs):
