@@ -251,7 +251,7 @@ def test_compare_page_says_when_a_run_has_no_per_verb_figures(seeded_cache, tmp_
 
 def test_train_page_live_panel_draws_the_per_verb_chart(empty_cache, idle_trainer):
     """Under the Train page's live chart: one line per verb once the base model's
-    evaluation (step 0) has arrived; then Stop."""
+    evaluation (step 0) has arrived; the Teach page shows that run too; then Stop."""
     at = AppTest.from_file(MAIN, default_timeout=TIMEOUT)
     at.run()
     at.query_params.update({"method": "lora", "r": "2", "steps": "2000", "seed": "5252"})
@@ -272,6 +272,12 @@ def test_train_page_live_panel_draws_the_per_verb_chart(empty_cache, idle_traine
     root = ElementTree.fromstring(svg[start : svg.index("</svg>", start) + 6])
     drawn = [e.get("data-name") for e in root.iter() if e.get("class") == "verb"]
     assert drawn == want and want
+
+    teach = open_page("teach")  # the Teach page shows the run, and offers no second one
+    assert "Training is busy" in texts(teach.info)
+    assert not [b for b in teach.button if b.key == "teach_start"]
+    live = next(m.value for m in teach.markdown if 'class="verb"' in str(m.value))
+    assert "held-out accuracy" not in live and "irregular accuracy" in live
     at.button(key="train_stop").click().run()
     idle_trainer.join(TIMEOUT)
     assert idle_trainer.snapshot().status == "stopped"

@@ -143,11 +143,15 @@ def _draw_live(s, lemma: str) -> None:
     figures = ""
     if s.evals:
         e = s.evals[-1]
-        taught = e.taught_accuracy.get(lemma)
+        taught = (
+            f"<b>{escape(lemma)}</b> held-out accuracy "
+            f"<b>{helpers.pct(e.taught_accuracy.get(lemma))}</b> · "
+            if lemma  # not a lesson: a run another tab started on the Train page
+            else ""
+        )
         figures = (
-            f"<p style='font-size:1.5rem'>on a sample at step {e.step}: <b>{escape(lemma)}</b> "
-            f"held-out accuracy <b>{helpers.pct(taught)}</b> · irregular accuracy "
-            f"<b>{helpers.pct(e.irregular_accuracy)}</b> · control EN drift "
+            f"<p style='font-size:1.5rem'>on a sample at step {e.step}: {taught}irregular "
+            f"accuracy <b>{helpers.pct(e.irregular_accuracy)}</b> · control EN drift "
             f"<b>{100 * e.control_en_drift:+.2f}%</b></p>"
         )
     chart = train_charts.live_training(s.loss_steps, s.losses, s.evals, s.steps)
