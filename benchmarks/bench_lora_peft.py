@@ -7,7 +7,12 @@ batch of 32 x 48 random tokens. A second row times one adapted Linear(128, 128) 
 the work. After a warm-up the two are timed in alternation (so machine noise hits both
 alike) and the medians are compared. Nothing is asserted.
 
+With ``--profile N`` it then records N more steps of each under torch.profiler and prints,
+per implementation, the operator counts per step (and CUDA kernels per step on a GPU) and
+the table of where the step's time goes.
+
     PYTHONPATH=. python benchmarks/bench_lora_peft.py [--device cpu|cuda] [--repeats 30] [--warmup 5]
+        [--threads N] [--profile N]
 """
 
 from __future__ import annotations
@@ -103,12 +108,35 @@ def interleaved(steps: dict, warmup: int, repeats: int) -> dict[str, list[float]
     return times
 
 
+def profile(steps: dict, device: torch.device, n: int, rows: int = 18) -> None:
+    """Per implementation: aten ops (and CUDA kernels) per step, then the profiler table."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    for name, step in steps.items():
+        step()
+        with torch_profile(activities=acts) as prof:
+            for _ in range(n):
+                step()
+        events = prof.key_averages()
+        aten = sum(e.count for e in events if e.key.startswith("aten::")) / n
+        kernels = sum(
+            e.count for e in events if e.device_type == torch.autograd.DeviceType.CUDA
+        )  # launched kernels and copies
+        more = f", CUDA kernels per step {kernels / n:.0f}" if device.type == "cuda" else ""
+        print(f"\n== profile {name}: {n} steps, aten ops per step {aten:.0f}{more}")
+        print(events.table(sort_by=sort, row_limit=rows, max_name_column_width=40))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    ap.add_argument("--profile", type=int, default=0, help="profile N steps of each (0: no)")
     args = ap.parse_args()
     device = torch.device(args.device)
     if args.threads:
@@ -138,6 +166,8 @@ def main() -> None:
     for what, t, _ in rows:
         ratio = statistics.median(t["minituner"]) / statistics.median(t["peft"])
         print(f"ratio minituner/peft, {what}: {ratio:.3f}")
+    if args.profile:
+        profile(steps, device, args.profile)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import minituner.lora as lora_mod
 from minituner.lora import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -279,8 +280,26 @@ def test_matches_peft_and_float64_reference_on_toy(r, alpha, rslora):
     torch.testing.assert_close(gx32.double(), ref_grads[-1], atol=1e-5, rtol=1e-4)
 
 
+@pytest.fixture(params=["factored", "folded"])
+def lora_path(request, monkeypatch):
+    """Run a test through both forms of LoRALinear's fast path, whatever the device.
+
+    "folded" (one Linear with W + s·B·A) is what small layers take on a GPU; "factored"
+    (y = x Wᵀ + b, then y += s·(x Aᵀ) Bᵀ) is everything else.
+    """
+    monkeypatch.setattr(lora_mod, "_fold_delta", lambda x, w: request.param == "folded")
+    return request.param
+
+
+def minigpt_grads(model: nn.Module, x: torch.Tensor, up: torch.Tensor):
+    out = model(x)
+    (out * up.to(out.dtype)).sum().backward()
+    grads = {n.replace(".default.weight", ""): p.grad for n, p in model.named_parameters()}
+    return out, {n: g for n, g in grads.items() if g is not None}
+
+
 @pytest.mark.parametrize("rslora", [False, True])
-def test_matches_peft_on_minigpt(rslora):
+def test_matches_peft_on_minigpt(rslora, lora_path):
     base = tiny()
     ours = copy.deepcopy(base)
     add_lora(ours, "all", r=4, alpha=16, rslora=rslora)
@@ -288,17 +307,134 @@ def test_matches_peft_on_minigpt(rslora):
     theirs = peft_copy(base, ALL_NAMES, 4, 16, rslora)
     copy_adapters_into_peft(ours, theirs)
     x = tokens()
-    out_ours, out_peft = ours(x), theirs(x)
-    assert not torch.allclose(out_ours, base(x), atol=1e-3)
-    torch.testing.assert_close(out_ours, out_peft, atol=1e-5, rtol=1e-5)
-    up = torch.randn_like(out_ours)
-    (out_ours * up).sum().backward()
-    (out_peft * up).sum().backward()
-    theirs_params = dict(theirs.named_parameters())
-    for name, p in ours.named_parameters():
-        if "lora_" in name:
-            ref = theirs_params[f"{name}.default.weight"].grad
-            torch.testing.assert_close(p.grad, ref, atol=1e-6, rtol=1e-4)
+    up = torch.randn(3, 12, VOCAB, generator=torch.Generator().manual_seed(3))
+    # float64: the same function, so only rounding at 1e-16 can differ
+    out64, g64 = minigpt_grads(copy.deepcopy(ours).double(), x, up)
+    out_p64, g_p64 = minigpt_grads(copy.deepcopy(theirs).double(), x, up)
+    assert not torch.allclose(out64, base.double()(x), atol=1e-3)
+    torch.testing.assert_close(out64, out_p64, atol=1e-12, rtol=1e-12)
+    assert set(g64) == set(g_p64) and len(g64) == 2 * 6 * 2
+    for name, g in g64.items():
+        torch.testing.assert_close(g, g_p64[name], atol=1e-12, rtol=1e-10)
+    # float32: ours is as close to the float64 result as PEFT is (the rounding order differs)
+    out32, g32 = minigpt_grads(ours, x, up)
+    out_p32, g_p32 = minigpt_grads(theirs, x, up)
+    torch.testing.assert_close(out32, out_p32, atol=1e-5, rtol=1e-5)
+    for name, g in g32.items():
+        err, err_peft = (g.double() - g64[name]).abs().max(), (g_p32[name] - g64[name]).abs().max()
+        scale = g64[name].abs().max()
+        # within a few float32 roundings of the gradient's size, as PEFT is
+        assert err <= max(2 * err_peft, 5e-6 * scale), (name, float(err), float(err_peft))
+        torch.testing.assert_close(g, g_p32[name], atol=1e-5 * scale, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(3, 4), (2, 3, 4), (4,), (3, 0, 4)])
+def test_fast_path_gradients_with_unfrozen_base(bias, shape, lora_path):
+    """Every gradient, the base's too once unfrozen: finite differences and the formula."""
+    torch.manual_seed(0)
+    f64 = torch.float64
+    layer = LoRALinear(nn.Linear(4, 5, bias=bias, dtype=f64), r=2, alpha=3.0, dtype=f64)
+    names = ["lora_A", "lora_B", "base.weight"] + (["base.bias"] if bias else [])
+    values = [torch.randn(layer.get_parameter(n).shape, dtype=f64) for n in names]
+    values = [v.requires_grad_() for v in values]
+    x = torch.randn(*shape, dtype=f64, requires_grad=True)
+
+    def ours(x, *vals):
+        return torch.func.functional_call(layer, dict(zip(names, vals, strict=True)), (x,))
+
+    def formula(x, a, b, w, *bias_):
+        y = x @ w.T + (bias_[0] if bias_ else 0.0)
+        return y + layer.scaling * (x @ a.T) @ b.T
+
+    assert torch.autograd.gradcheck(ours, (x, *values))
+    out, ref = ours(x, *values), formula(x, *values)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
+    up = torch.randn_like(out)
+    got = torch.autograd.grad((out * up).sum(), [x, *values])
+    want = torch.autograd.grad((ref * up).sum(), [x, *values])
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-12, rtol=1e-12)
+
+
+def test_dropout_in_training_matches_peft_draw_for_draw():
+    torch.manual_seed(0)
+    base = Toy()
+    ours = copy.deepcopy(base)
+    add_lora(ours, ["q_proj", "v_proj"], r=3, alpha=6.0, dropout=0.4)
+    randomize_lora(ours, scale=0.3)
+    from peft import LoraConfig, inject_adapter_in_model
+
+    cfg = LoraConfig(r=3, lora_alpha=6.0, target_modules=["q_proj", "v_proj"], lora_dropout=0.4)
+    theirs = inject_adapter_in_model(cfg, copy.deepcopy(base))
+    copy_adapters_into_peft(ours, theirs)
+    ours.train()
+    theirs.train()
+    x = torch.randn(4, 7, 16, dtype=torch.float64, requires_grad=True)
+    up = torch.randn(4, 7, 5, dtype=torch.float64)
+    ours64, theirs64 = ours.double(), theirs.double()
+    torch.manual_seed(5)
+    out = ours64(x)
+    torch.manual_seed(5)
+    out_peft = theirs64(x)
+    torch.manual_seed(6)
+    assert not torch.allclose(out, ours64(x))  # the dropout really drops
+    torch.testing.assert_close(out, out_peft, atol=1e-12, rtol=1e-12)
+    g, gx = grads_of(ours64, out, up, x)
+    g_peft, gx_peft = grads_of(theirs64, out_peft, up, x)
+    torch.testing.assert_close(gx, gx_peft, atol=1e-12, rtol=1e-12)
+    for name, t in g.items():
+        torch.testing.assert_close(t, g_peft[f"{name}.default.weight"], atol=1e-12, rtol=1e-12)
+
+
+def test_mixed_dtypes_and_autocast_take_the_general_path_like_peft():
+    torch.manual_seed(0)
+    base = Toy()
+    ours = copy.deepcopy(base)
+    add_lora(ours, ["q_proj", "v_proj"], r=2, alpha=4.0)
+    randomize_lora(ours, scale=0.3)
+    theirs = peft_copy(base, ["q_proj", "v_proj"], 2, 4.0, False)
+    copy_adapters_into_peft(ours, theirs)
+    x = torch.randn(3, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, out_peft = ours(x), theirs(x)
+    assert out.dtype == out_peft.dtype == torch.bfloat16
+    torch.testing.assert_close(out, out_peft)
+    ours.q_proj.base.to(torch.float64)  # a float64 base, float32 adapters: the cast path
+    y = ours.q_proj(x.double())
+    assert y.dtype == torch.float64
+    ref = ours.q_proj.base(x.double()) + ours.q_proj.scaling * (
+        x.double() @ ours.q_proj.lora_A.double().T @ ours.q_proj.lora_B.double().T
+    )
+    torch.testing.assert_close(y, ref, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("n_embd", [32, 1024])  # small: W + s·B·A folded; large: factored
+def test_matches_peft_on_cuda(n_embd):
+    base = tiny(n_embd=n_embd, n_head=2).cuda()
+    ours = copy.deepcopy(base)
+    add_lora(ours, "all", r=4, alpha=16)
+    randomize_lora(ours, scale=0.2)
+    theirs = peft_copy(base, ALL_NAMES, 4, 16, False)
+    copy_adapters_into_peft(ours, theirs)
+    x = tokens(batch=8, length=64).cuda()
+    layer = ours.blocks[0].attn.q_proj
+    assert lora_mod._fold_delta(torch.empty(8, 64, n_embd, device="cuda"), layer.base.weight) == (
+        n_embd == 32
+    )
+    up = torch.randn(8, 64, VOCAB, device="cuda", dtype=torch.float64)
+    out64, g64 = minigpt_grads(copy.deepcopy(ours).double(), x, up)
+    out_p64, g_p64 = minigpt_grads(copy.deepcopy(theirs).double(), x, up)
+    torch.testing.assert_close(out64, out_p64, atol=1e-12, rtol=1e-12)
+    for name, g in g64.items():
+        torch.testing.assert_close(g, g_p64[name], atol=1e-12, rtol=1e-10)
+    out32, g32 = minigpt_grads(ours, x, up)
+    out_p32, g_p32 = minigpt_grads(theirs, x, up)
+    torch.testing.assert_close(out32, out_p32, atol=1e-5, rtol=1e-5)
+    for name, g in g32.items():
+        err, err_peft = (g.double() - g64[name]).abs().max(), (g_p32[name] - g64[name]).abs().max()
+        assert err <= max(2 * err_peft, 5e-6 * g64[name].abs().max()), (name, float(err))
 
 
 # ---------------------------------------------------------------- merge_lora
