@@ -35,6 +35,7 @@ TIMEOUT = 180  # seconds per script run: generous for a loaded 2-core machine
 PAGES = [
     ("overview", "LoRA and QLoRA, from scratch, on a tiny GPT", 2),
     ("train", "Train", 0),
+    ("teach", "Teach your own verb", 0),
     ("compare", "Compare runs", 3),
     ("completions", "Completions: before and after", 1),
     ("spectrum", "Spectrum of the weight update ΔW", 3),

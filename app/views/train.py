@@ -186,25 +186,39 @@ def _wait_for_news(version: int, scope: str = "fragment") -> None:
     while time.monotonic() - t_draw < MAX_WAIT_S:
         time.sleep(TICK_S)
         if _request_pending(ctx):
-            tick.empty()  # an st call: Streamlit stops or reruns this run here
+            tick.empty()  # an st call: Streamlit stops here for a page-wide request...
+            return  # ...and a click inside this fragment waits for this run to end
         if trainer.version != version and time.monotonic() - t_draw >= MIN_REDRAW_S:
             st.rerun(scope=scope)
 
 
 def _request_pending(ctx) -> bool:
-    """Whether Streamlit wants this run to stop or rerun now (a click, a page change, a
-    closed tab). Streamlit has no public accessor for this, so it peeks at the runner's
-    requests; the poll timer's own fragment reruns wait for this run and do not count.
-    Should those internals change, every tick counts (a tiny message each ``TICK_S``)."""
+    """Whether Streamlit wants this run to stop or rerun now: a click (Train live and Stop
+    are inside the fragment), a change of the choices above, a page change, a closed tab.
+    Streamlit has no public accessor for this, so it peeks at the runner's requests; the
+    poll timer's own reruns of this fragment (``is_auto_rerun``) wait for this run and do
+    not count, unless a click was folded into one. Should those internals change, every
+    tick counts (a tiny message each ``TICK_S``)."""
     try:
         req = ctx.script_requests
         state = req._state.name
-        if state == "RERUN":
-            queued = req._rerun_data
-            return not queued.fragment_id_queue or queued.is_fragment_scoped_rerun
-        return state != "CONTINUE"
+        if state != "RERUN":
+            return state != "CONTINUE"
+        queued = req._rerun_data
+        if not queued.fragment_id_queue or queued.is_fragment_scoped_rerun:
+            return True  # the whole page, or an explicit st.rerun
+        return not queued.is_auto_rerun or _clicked(queued.widget_states)
     except AttributeError:
         return True
+
+
+def _clicked(widget_states) -> bool:
+    """Whether pending widget states carry a pressed button (a trigger value)."""
+    if widget_states is None:
+        return False
+    return any(
+        w.WhichOneof("value") == "trigger_value" and w.trigger_value for w in widget_states.widgets
+    )
 
 
 def _live_header(s) -> None:

@@ -38,6 +38,7 @@ CHROMIUM_ARGS = [
 # url path, title shown on the page
 PAGES = [
     ("", "LoRA and QLoRA, from scratch, on a tiny GPT"),
+    ("teach", "Teach your own verb"),
     ("compare", "Compare runs"),
     ("completions", "Completions: before and after"),
     ("spectrum", "Spectrum of the weight update ΔW"),
