@@ -284,7 +284,7 @@ def test_train_page_trains_a_tiny_run_live(empty_cache, idle_trainer):
     start.click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert "Training live" in texts(at.subheader)
-    assert len(at.get("progress")) == 1 and "<svg" in texts(at.markdown)  # the live chart
+    assert len(at.get("progress")) == 1 and "<svg" in texts(at.get("html"))  # the live chart
     pid = idle_trainer.snapshot().pid
     assert pid and pid != os.getpid()  # the run trains in a child process, not the server
 

@@ -258,7 +258,8 @@ def test_train_page_live_panel_draws_the_per_verb_chart(empty_cache, idle_traine
     at.switch_page("views/train.py")
     at.run()
     at.button(key="train_start").click().run()
-    assert verbs.NOT_YET in texts(at.markdown) or 'class="verb"' in texts(at.markdown)
+    drawn = texts([*at.markdown, *at.get("html")])  # the live panel is one html element
+    assert verbs.NOT_YET in drawn or 'class="verb"' in drawn
     deadline = time.time() + TIMEOUT
     while not idle_trainer.snapshot().evals and time.time() < deadline:
         time.sleep(0.2)
@@ -266,7 +267,7 @@ def test_train_page_live_panel_draws_the_per_verb_chart(empty_cache, idle_traine
     assert evals and idle_trainer.busy
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    svg = next(m.value for m in at.markdown if 'class="verb"' in str(m.value))
+    svg = next(m.value for m in at.get("html") if 'class="verb"' in str(m.value))
     want = verbs.verb_order(verbs.per_verb_points(evals[:1]))
     start = svg.rindex("<svg")  # the per-verb chart follows the loss/evaluation chart
     root = ElementTree.fromstring(svg[start : svg.index("</svg>", start) + 6])

@@ -25,7 +25,7 @@ from minituner.runs import run_id
 from minituner.shapes import ModelShape
 
 POLL_S = 1.0  # a watching tab asks for news this often (the first time)...
-MIN_REDRAW_S = 1.0  # ...and redraws at most this often, only when an event arrived
+MIN_REDRAW_S = 2.0  # ...and redraws at most this often, only when an event arrived
 TICK_S = 0.1
 MAX_WAIT_S = 60.0
 KEYS = {k: f"train_{k}" for k in ("method", "r", "alpha", "lr", "steps", "seed")}
@@ -153,7 +153,7 @@ def _draw_live(s) -> None:
     chart = charts.live_training(s.loss_steps, s.losses, s.evals, s.steps)
     taught = s.config.get("teach", "").split(":")[0]  # a teach run: its verb drawn bold
     chart += verb_charts.live_verbs(verb_charts.per_verb_points(s.evals), s.steps, taught)
-    st.markdown(chart + figures, unsafe_allow_html=True)
+    st.html(chart + figures)
 
 
 def _stop() -> None:
