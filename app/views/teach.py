@@ -8,10 +8,9 @@ minituner.evaluate (the answers); the run is an ordinary fine-tune with
 child process), so the Train page shows it live too and the store keeps it. A character
 the model cannot read is named, with a hint, before anything runs.
 
-The live panel redraws once a second while the run lasts (one progress bar and one
-markup element: the loss/evaluation chart and the per-verb chart as inline SVG); it
-is the Train page's drawing without its wait-for-news machinery, since a teach run is
-short.
+The live panel (one progress bar and one markup element: the loss/evaluation chart and
+the per-verb chart as inline SVG) waits for news like the Train page's (app/live.py) and
+redraws at most every ``live.MIN_REDRAW_S``.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from html import escape
 
 import streamlit as st
 
-from app import data, helpers
+from app import data, helpers, live
 from app.charts import train as train_charts
 from app.charts import verbs as verb_charts
 from app.trainer import RUNNING
@@ -34,7 +33,6 @@ DEFAULT_LEMMA, DEFAULT_PAST = "swim", "swam"
 # finetune --teach swim:swam --steps 20 --no-save`), about 3.5 minutes on a busy 2-core CPU
 DEFAULT_STEPS = 20
 EVAL_EVERY = 5  # a point of the per-verb curves every 5 steps
-LIVE_REDRAW_S = 1.0
 TEACH_METHODS = ("lora", "full")
 FINISHED_MARK = "Teaching finished"
 
@@ -159,12 +157,13 @@ def _draw_live(s, lemma: str) -> None:
     st.markdown(figures + chart, unsafe_allow_html=True)
 
 
-@st.fragment(run_every=LIVE_REDRAW_S)
+@st.fragment(run_every=live.POLL_S)
 def _live_panel(lemma: str) -> None:
     s = data.get_trainer().snapshot()
     if s.status != RUNNING:  # ended: a full rerun shows the result
         st.rerun()
     _draw_live(s, lemma)
+    live.wait_for_news(s.version)
 
 
 def _stop() -> None:
@@ -221,7 +220,7 @@ def _show_result(info) -> None:
 
 
 # ---------------------------------------------------------------- the run
-st.html("<style>[data-testid='stStatusWidget'],[data-testid='stDecoration']{display:none}</style>")
+st.html(live.HIDE_STATUS)
 if snap.running:
     taught = snap.config.get("teach", "")
     if snap.owner == me and taught:
@@ -235,20 +234,7 @@ if snap.running:
     _live_panel(taught.split(":")[0] if taught else "")
     st.stop()
 
-just_finished = False
-if snap.owner == me and snap.config == cfg.to_dict():
-    if snap.status == "completed" and snap.run_id:
-        st.success(
-            f"{FINISHED_MARK}: run {snap.run_id} saved to the store "
-            f"({snap.elapsed_s:.1f} s on {snap.device})."
-        )
-    elif snap.status == "stopped":
-        st.warning(f"Training stopped: {snap.message}. Stopped runs are not stored.")
-    elif snap.status == "diverged":
-        st.warning(f"Training diverged: {snap.message}. Diverged runs are not stored.")
-    elif snap.status == "error":
-        st.error(f"Training failed: {snap.message}")
-    just_finished = snap.status == "completed"
+just_finished = live.show_outcome(snap, cfg, FINISHED_MARK) == "completed"
 label = "Teach it live"
 if stored is not None and not just_finished:
     where = "shipped with the app" if stored.shipped else "in your cache"

@@ -10,12 +10,9 @@ second, and never reruns the whole page when a run starts or ends.
 
 from __future__ import annotations
 
-import time
-
 import streamlit as st
-from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from app import data, helpers
+from app import data, helpers, live
 from app.charts import train as charts
 from app.charts import verbs as verb_charts
 from app.format import format_bytes
@@ -24,10 +21,6 @@ from minituner.config import DEFAULT_LR, METHODS
 from minituner.runs import run_id
 from minituner.shapes import ModelShape
 
-POLL_S = 1.0  # a watching tab asks for news this often (the first time)...
-MIN_REDRAW_S = 2.0  # ...and redraws at most this often, only when an event arrived
-TICK_S = 0.1
-MAX_WAIT_S = 60.0
 KEYS = {k: f"train_{k}" for k in ("method", "r", "alpha", "lr", "steps", "seed")}
 TARGET_KEYS = {t: f"train_target_{t}" for t in helpers.TARGETS}
 FINISHED_MARK = "Training finished"
@@ -169,58 +162,6 @@ def _start(cfg) -> None:
     st.session_state["train_refused"] = not started
 
 
-def _wait_for_news(version: int, scope: str = "fragment") -> None:
-    """Hold this fragment run until the live state moves on, then redraw the fragment
-    (``scope="fragment"``) or the whole page (``"app"``).
-
-    Only in a fragment run (the first draw comes with the whole page): the elements
-    drawn stay on screen while this waits, so a tab costs nothing between events, and
-    redraws come at most every ``MIN_REDRAW_S``. Nothing is sent while it waits, unless
-    Streamlit has a click, a page change or a closed tab to act on.
-    """
-    ctx = get_script_run_ctx()
-    if ctx is None or not ctx.fragment_ids_this_run:
-        return
-    t_draw = time.monotonic()
-    tick = st.empty()
-    while time.monotonic() - t_draw < MAX_WAIT_S:
-        time.sleep(TICK_S)
-        if _request_pending(ctx):
-            tick.empty()  # an st call: Streamlit stops here for a page-wide request...
-            return  # ...and a click inside this fragment waits for this run to end
-        if trainer.version != version and time.monotonic() - t_draw >= MIN_REDRAW_S:
-            st.rerun(scope=scope)
-
-
-def _request_pending(ctx) -> bool:
-    """Whether Streamlit wants this run to stop or rerun now: a click (Train live and Stop
-    are inside the fragment), a change of the choices above, a page change, a closed tab.
-    Streamlit has no public accessor for this, so it peeks at the runner's requests; the
-    poll timer's own reruns of this fragment (``is_auto_rerun``) wait for this run and do
-    not count, unless a click was folded into one. Should those internals change, every
-    tick counts (a tiny message each ``TICK_S``)."""
-    try:
-        req = ctx.script_requests
-        state = req._state.name
-        if state != "RERUN":
-            return state != "CONTINUE"
-        queued = req._rerun_data
-        if not queued.fragment_id_queue or queued.is_fragment_scoped_rerun:
-            return True  # the whole page, or an explicit st.rerun
-        return not queued.is_auto_rerun or _clicked(queued.widget_states)
-    except AttributeError:
-        return True
-
-
-def _clicked(widget_states) -> bool:
-    """Whether pending widget states carry a pressed button (a trigger value)."""
-    if widget_states is None:
-        return False
-    return any(
-        w.WhichOneof("value") == "trigger_value" and w.trigger_value for w in widget_states.widgets
-    )
-
-
 def _live_header(s) -> None:
     """The run's name and Stop for the tab that started it, a note for every other tab."""
     if s.owner == data.session_id():
@@ -231,23 +172,6 @@ def _live_header(s) -> None:
             f"Training is busy: another session is training **{s.label}**. "
             "One run at a time per server; you can watch it here and start yours when it ends."
         )
-
-
-def _outcome(s, cfg) -> None:
-    """How this tab's last run of this configuration ended (nothing for other tabs)."""
-    if s.owner != data.session_id() or s.status == "idle" or s.config != cfg.to_dict():
-        return
-    if s.status == "completed" and s.run_id:
-        st.success(
-            f"{FINISHED_MARK}: run {s.run_id} saved to the store "
-            f"({s.elapsed_s:.1f} s on {s.device})."
-        )
-    elif s.status == "stopped":
-        st.warning(f"Training stopped: {s.message}. Stopped runs are not stored.")
-    elif s.status == "diverged":
-        st.warning(f"Training diverged: {s.message}. Diverged runs are not stored.")
-    elif s.status == "error":
-        st.error(f"Training failed: {s.message}")
 
 
 def _show_stored(info, heading: str) -> None:
@@ -263,7 +187,7 @@ def _show_stored(info, heading: str) -> None:
     )
 
 
-@st.fragment(run_every=POLL_S)
+@st.fragment(run_every=live.POLL_S)
 def _run_area(cfg, rid: str) -> None:
     """Everything a run changes, in one fragment: the train button and the stored run
     while idle, the live view while a run goes (in every tab), the outcome when it ends.
@@ -275,9 +199,9 @@ def _run_area(cfg, rid: str) -> None:
     if s.running:
         _live_header(s)
         _draw_live(s)
-        _wait_for_news(s.version)
+        live.wait_for_news(s.version)
         return
-    _outcome(s, cfg)
+    live.show_outcome(s, cfg, FINISHED_MARK)
     stored = data.run_by_id(rid)
     mine = s.owner == data.session_id() and s.config == cfg.to_dict()
     if st.session_state.pop("train_refused", False):
@@ -309,10 +233,9 @@ def _run_area(cfg, rid: str) -> None:
             "QLoRA on a CPU is slow: every forward pass dequantizes the 4-bit base; "
             "try few steps, or load a shipped run."
         )
-    _wait_for_news(s.version)
+    live.wait_for_news(s.version)
 
 
 # ---------------------------------------------------------------- the run itself
-# a fragment waiting for news counts as "running": keep the corner indicator quiet
-st.html("<style>[data-testid='stStatusWidget'],[data-testid='stDecoration']{display:none}</style>")
+st.html(live.HIDE_STATUS)
 _run_area(cfg, run_id(cfg, base.model_id, base.metrics["corpus_version"]))
