@@ -44,3 +44,32 @@ def base() -> Base:
 @pytest.fixture(scope="session")
 def corpus() -> Corpus:
     return build_corpus(CorpusConfig())
+
+
+# ---------------------------------------------------------------- app tests (AppTest)
+APP_TIMEOUT = 180  # seconds: a live run on a loaded 2-core machine
+
+
+@pytest.fixture
+def empty_cache(tmp_path, monkeypatch) -> Path:
+    """Only the shipped runs in the store; the user cache is a fresh, empty folder."""
+    d = tmp_path / "cache"
+    monkeypatch.setenv("MINITUNER_CACHE", str(d))
+    return d
+
+
+@pytest.fixture
+def idle_trainer(monkeypatch):
+    """The app server's live run, left idle after the test (whatever happened); live runs
+    evaluate a few items per split (MINITUNER_EVAL_LIMIT reaches the training child)."""
+    from app import data  # Streamlit is imported only by the tests that use the app
+
+    monkeypatch.setenv("MINITUNER_EVAL_LIMIT", "4")
+    trainer = data.get_trainer()
+    trainer.stop()
+    trainer.join(APP_TIMEOUT)
+    yield trainer
+    trainer.stop()
+    if not trainer.join(APP_TIMEOUT):
+        trainer.kill()
+        trainer.join(APP_TIMEOUT)

@@ -66,30 +66,8 @@ def cache(seeded_cache, monkeypatch) -> Path:
 
 
 @pytest.fixture
-def empty_cache(tmp_path, monkeypatch) -> Path:
-    d = tmp_path / "cache"
-    monkeypatch.setenv("MINITUNER_CACHE", str(d))
-    return d
-
-
-@pytest.fixture
 def no_experiments(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "EXPERIMENTS_PATH", tmp_path / "missing" / "experiments.json")
-
-
-@pytest.fixture
-def idle_trainer(monkeypatch):
-    """The server's live run, left idle after the test (whatever happened); live runs
-    evaluate a few items per split (MINITUNER_EVAL_LIMIT reaches the training child)."""
-    monkeypatch.setenv("MINITUNER_EVAL_LIMIT", "4")
-    trainer = data.get_trainer()
-    trainer.stop()
-    trainer.join(TIMEOUT)
-    yield trainer
-    trainer.stop()
-    if not trainer.join(TIMEOUT):
-        trainer.kill()
-        trainer.join(TIMEOUT)
 
 
 def open_page(page: str, query: dict | None = None) -> AppTest:

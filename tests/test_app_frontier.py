@@ -24,13 +24,6 @@ MAIN = str(REPO_ROOT / "app" / "main.py")
 TIMEOUT = 180
 
 
-@pytest.fixture
-def empty_cache(tmp_path, monkeypatch) -> Path:
-    d = tmp_path / "cache"
-    monkeypatch.setenv("MINITUNER_CACHE", str(d))
-    return d
-
-
 def open_forgetting() -> AppTest:
     at = AppTest.from_file(MAIN, default_timeout=TIMEOUT)
     at.run()

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
@@ -20,12 +19,6 @@ from minituner import subspace_record  # noqa: E402
 
 MAIN = str(REPO_ROOT / "app" / "main.py")
 TIMEOUT = 180
-
-
-@pytest.fixture
-def empty_cache(tmp_path, monkeypatch):
-    """Only the shipped runs in the store; nothing written to the user's cache."""
-    monkeypatch.setenv("MINITUNER_CACHE", str(tmp_path / "cache"))
 
 
 def spectrum_page() -> AppTest:

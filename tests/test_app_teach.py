@@ -49,27 +49,6 @@ def seeded_cache(tmp_path_factory) -> Path:
     return cache
 
 
-@pytest.fixture
-def empty_cache(tmp_path, monkeypatch) -> Path:
-    d = tmp_path / "cache"
-    monkeypatch.setenv("MINITUNER_CACHE", str(d))
-    return d
-
-
-@pytest.fixture
-def idle_trainer(monkeypatch):
-    """The server's live run, left idle after the test; evaluations capped at 4 items."""
-    monkeypatch.setenv("MINITUNER_EVAL_LIMIT", "4")
-    trainer = data.get_trainer()
-    trainer.stop()
-    trainer.join(TIMEOUT)
-    yield trainer
-    trainer.stop()
-    if not trainer.join(TIMEOUT):
-        trainer.kill()
-        trainer.join(TIMEOUT)
-
-
 def open_page(page: str) -> AppTest:
     at = AppTest.from_file(MAIN, default_timeout=TIMEOUT)
     at.run()
