@@ -4,8 +4,8 @@ train it live.
 The choices live in the URL (?method=lora&r=8&alpha=16&targets=q,v&lr=0.005&steps=40&seed=0)
 so a link opens the same configuration. Live training runs in a child process of the
 server (app/trainer.py, minituner/worker.py); every tab draws the one shared live state
-in one fragment (the run area) that redraws only when a new event arrived, at most once a
-second, and never reruns the whole page when a run starts or ends.
+in one fragment (the run area) that redraws only when a new event arrived, at most every
+2 s (app/live.py), and never reruns the whole page when a run starts or ends.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ FINISHED_MARK = "Training finished"
 
 st.title("Train")
 base = data.base_or_stop()
-trainer = data.get_trainer()
 
 # ---------------------------------------------------------------- choices (URL <-> widgets)
 url_choices, url_problems = helpers.parse_train_params(st.query_params.to_dict())
@@ -194,7 +193,7 @@ def _run_area(cfg, rid: str) -> None:
 
     A run starting or ending redraws this fragment, never the whole page (the choices
     above stay as they are), and between events the fragment waits server-side, sending
-    nothing, so an idle or watching tab costs the browser almost nothing."""
+    nothing: an idle tab does no work, a watching tab redraws only on news."""
     s = data.get_trainer().snapshot()
     if s.running:
         _live_header(s)
