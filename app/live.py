@@ -77,6 +77,15 @@ def clicked(widget_states) -> bool:
     )
 
 
+def progress(s) -> None:
+    """The live state's progress bar: step, loss, throughput, time and phase."""
+    frac = min(1.0, s.step / max(1, s.steps))
+    tps = f" · {s.tokens_per_s:,.0f} tokens/s" if s.tokens_per_s else ""
+    loss = f" · loss {s.losses[-1]:.4f}" if s.losses else ""
+    phase = f" · {s.phase}" if s.phase else ""
+    st.progress(frac, text=f"step {s.step}/{s.steps}{loss}{tps} · {s.elapsed_s:.1f} s{phase}")
+
+
 def show_outcome(s, cfg, finished_mark: str) -> str | None:
     """How this session's last run of ``cfg`` ended (nothing for another session's run or
     another configuration); returns the status shown, or None."""

@@ -134,10 +134,7 @@ snap = trainer.snapshot()
 # ---------------------------------------------------------------- live
 def _draw_live(s, lemma: str) -> None:
     """Progress and one markup element: the loss/evaluation chart and the per-verb chart."""
-    frac = min(1.0, s.step / max(1, s.steps))
-    loss = f" · loss {s.losses[-1]:.4f}" if s.losses else ""
-    phase = f" · {s.phase}" if s.phase else ""
-    st.progress(frac, text=f"step {s.step}/{s.steps}{loss} · {s.elapsed_s:.1f} s{phase}")
+    live.progress(s)
     figures = ""
     if s.evals:
         e = s.evals[-1]

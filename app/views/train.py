@@ -128,11 +128,7 @@ m4.metric("device", data.device_label())
 def _draw_live(s) -> None:
     """Progress, the live chart and the latest evaluation of a snapshot: two elements,
     so a redraw is cheap for every watching browser."""
-    frac = min(1.0, s.step / max(1, s.steps))
-    tps = f" · {s.tokens_per_s:,.0f} tokens/s" if s.tokens_per_s else ""
-    loss = f" · loss {s.losses[-1]:.4f}" if s.losses else ""
-    phase = f" · {s.phase}" if s.phase else ""
-    st.progress(frac, text=f"step {s.step}/{s.steps}{loss}{tps} · {s.elapsed_s:.1f} s{phase}")
+    live.progress(s)
     figures = ""
     if s.evals:
         e = s.evals[-1]
