@@ -1,19 +1,32 @@
-"""What the Train and Teach pages share about the server's one live run: waiting for news
-without sending anything, and how a run ended.
+"""What the Train and Teach pages share about the server's one live run: the live panel,
+waiting for news without sending anything, and how a run ended.
 
-A live panel is a fragment that draws the live state, then calls :func:`wait_for_news`:
-the fragment run is held server-side until the live state moves on (a new event), so a
-watching tab costs nothing between events and redraws at most every ``MIN_REDRAW_S``.
+While a run goes, the live panel (progress, loss and evaluation curves, per-verb lines)
+is an iframe that fetches the server's live feed (app/feed.py: a JSON file served by
+Streamlit's static file serving) twice a second and swaps in the new markup only when
+the version moved. The fragment around it waits server-side (:func:`wait_for_news`)
+for the run's end, so Streamlit redraws nothing in any tab until then: a watching tab
+costs its browser one small fetch per poll, not a Streamlit rerun per event.
+
+Where static serving is off (the app started from another folder, without
+.streamlit/config.toml), the panel is drawn by Streamlit instead and the fragment redraws
+on news, at most every ``MIN_REDRAW_S``.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import time
+from html import escape
 
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from app import data
+from app import data, helpers
+from app.charts import train as train_charts
+from app.charts import verbs as verb_charts
+from app.feed import Feed
 
 POLL_S = 1.0  # a waiting fragment's timer: how soon a new fragment run starts...
 MIN_REDRAW_S = 2.0  # ...and a live panel redraws at most this often, only on news
@@ -24,9 +37,12 @@ HIDE_STATUS = (  # a fragment waiting for news counts as "running": keep the cor
 )
 
 
-def wait_for_news(version: int) -> None:
-    """Hold this fragment run until the live state's version moves past ``version``, then
-    rerun the fragment.
+FEED_POLL_MS = 500  # how often a live panel's iframe fetches the feed (a small file)
+
+
+def wait_for_news(version: int, until_end: bool = False) -> None:
+    """Hold this fragment run until the live state's version moves past ``version`` (with
+    ``until_end``: until the run has ended), then rerun the fragment.
 
     Only in a fragment run (the first draw comes with the whole page): the elements drawn
     stay on screen while this waits. Nothing is sent while it waits, unless Streamlit has
@@ -44,7 +60,8 @@ def wait_for_news(version: int) -> None:
             tick.empty()  # an st call: Streamlit stops here for a page-wide request...
             return  # ...and a click inside this fragment waits for this run to end
         if trainer.version != version and time.monotonic() - t_draw >= MIN_REDRAW_S:
-            st.rerun(scope="fragment")
+            if not (until_end and trainer.busy):
+                st.rerun(scope="fragment")
 
 
 def request_pending(ctx) -> bool:
@@ -77,13 +94,94 @@ def clicked(widget_states) -> bool:
     )
 
 
-def progress(s) -> None:
-    """The live state's progress bar: step, loss, throughput, time and phase."""
+def panel_html(s) -> str:
+    """The live panel of a snapshot as one piece of markup: a progress bar (step, loss,
+    throughput, time, phase), the latest evaluation's figures, the loss/evaluation chart
+    and the per-verb chart (a lesson's verb drawn bold). Plain HTML and SVG, no script."""
     frac = min(1.0, s.step / max(1, s.steps))
     tps = f" · {s.tokens_per_s:,.0f} tokens/s" if s.tokens_per_s else ""
-    loss = f" · loss {s.losses[-1]:.4f}" if s.losses else ""
-    phase = f" · {s.phase}" if s.phase else ""
-    st.progress(frac, text=f"step {s.step}/{s.steps}{loss}{tps} · {s.elapsed_s:.1f} s{phase}")
+    loss = f" · loss {s.losses[-1]:.4f}" if s.losses and math.isfinite(s.losses[-1]) else ""
+    phase = f" · {escape(s.phase)}" if s.phase else ""
+    text = f"step {s.step}/{s.steps}{loss}{tps} · {s.elapsed_s:.1f} s{phase}"
+    bar = (
+        f'<div class="live-progress" role="progressbar" aria-valuenow="{100 * frac:.0f}" '
+        f'aria-valuemin="0" aria-valuemax="100" style="margin:0 0 0.75rem 0">'
+        f'<div class="live-progress-text" style="font-size:1rem;margin-bottom:0.25rem">{text}</div>'
+        f'<div style="background:#e6e8ee;border-radius:4px;height:8px">'
+        f'<div style="width:{100 * frac:.1f}%;background:#ff4b4b;border-radius:4px;height:8px">'
+        f"</div></div></div>"
+    )
+    lemma = s.config.get("teach", "").split(":")[0] if s.config else ""
+    figures = ""
+    if s.evals:
+        e = s.evals[-1]
+        taught = (
+            f"<b>{escape(lemma)}</b> held-out accuracy "
+            f"<b>{helpers.pct(e.taught_accuracy.get(lemma))}</b> · "
+            if lemma and getattr(e, "taught_accuracy", None) is not None
+            else ""
+        )
+        figures = (
+            f"<p style='font-size:1.25rem;margin:0 0 0.5rem 0'>on a sample at step {e.step}: "
+            f"{taught}irregular accuracy <b>{helpers.pct(e.irregular_accuracy)}</b> · "
+            f"over-regularized <b>{helpers.pct(e.overregularized_rate)}</b> · control EN "
+            f"drift <b>{100 * e.control_en_drift:+.2f}%</b> · on {escape(s.device or '…')}</p>"
+        )
+    chart = train_charts.live_training(s.loss_steps, s.losses, s.evals, s.steps)
+    chart += verb_charts.live_verbs(verb_charts.per_verb_points(s.evals), s.steps, lemma)
+    return bar + figures + chart
+
+
+@st.cache_resource
+def feed() -> Feed | None:
+    """The server's live feed (one thread and one file), or None where Streamlit's static
+    file serving is off or the folder cannot be written: the panel is then drawn by
+    Streamlit itself."""
+    if not st.get_option("server.enableStaticServing"):
+        return None
+    try:
+        return Feed(data.get_trainer(), panel_html)
+    except OSError:
+        return None
+
+
+def frame_html(url: str, poll_ms: int = FEED_POLL_MS) -> str:
+    """The live panel's iframe document: it fetches ``url`` every ``poll_ms`` and swaps in
+    the markup when the version moved; it stops once it has seen the run end. The same
+    document for the whole run, so a fragment rerun does not reload it."""
+    return f"""<!doctype html><html><head><meta charset="utf-8"><style>
+body{{margin:0;font-family:"Source Sans Pro","Source Sans 3",sans-serif;color:#31333f}}
+svg{{max-width:100%;height:auto}}</style></head><body>
+<div id="panel" class="live-panel"><div class="live-progress-text">starting…</div></div>
+<script>
+const url = {json.dumps(url)};
+const panel = document.getElementById("panel");
+let seen = -1, sawRunning = false;
+async function poll() {{
+  try {{
+    const r = await fetch(url, {{cache: "no-cache"}});
+    if (r.ok) {{
+      const d = await r.json();
+      if (d.version !== seen) {{ seen = d.version; panel.innerHTML = d.html; }}
+      sawRunning = sawRunning || d.running;
+      if (sawRunning && !d.running) return;  // the run ended: the page takes over
+    }}
+  }} catch (e) {{}}
+  setTimeout(poll, {int(poll_ms)});
+}}
+poll();
+</script></body></html>"""
+
+
+def draw_live(s) -> bool:
+    """Draw the live panel of snapshot ``s``. True when it is the self-updating iframe
+    (the fragment then only waits for the run's end), False when Streamlit drew it."""
+    f = feed()
+    if f is None or not s.running:
+        st.html(panel_html(s))
+        return False
+    st.iframe(frame_html(f.url(st.get_option("server.baseUrlPath") or "")), height="content")
+    return True
 
 
 def show_outcome(s, cfg, finished_mark: str) -> str | None:

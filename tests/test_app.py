@@ -20,6 +20,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from app_util import live_panel  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from app import data, helpers  # noqa: E402
@@ -262,7 +263,9 @@ def test_train_page_trains_a_tiny_run_live(empty_cache, idle_trainer):
     start.click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert "Training live" in texts(at.subheader)
-    assert len(at.get("progress")) == 1 and "<svg" in texts(at.get("html"))  # the live chart
+    assert len(at.get("iframe")) == 1  # the live panel updates itself from the live feed
+    panel = live_panel(at)
+    assert 'class="live-progress"' in panel and "step " in panel and "<svg" in panel
     pid = idle_trainer.snapshot().pid
     assert pid and pid != os.getpid()  # the run trains in a child process, not the server
 
@@ -276,6 +279,24 @@ def test_train_page_trains_a_tiny_run_live(empty_cache, idle_trainer):
     at.run()
     assert "This configuration is in the store" in texts(at.info)
     assert at.button(key="train_start").label == "Train it live anyway"
+
+
+def test_without_static_serving_the_live_panel_is_drawn_by_streamlit(
+    empty_cache, idle_trainer, monkeypatch
+):
+    """Started from another folder (no .streamlit/config.toml), the app has no static
+    serving and so no live feed: the live panel is drawn by Streamlit and redrawn on news."""
+    from app import live
+
+    monkeypatch.setattr(live, "feed", lambda: None)
+    at = open_page("train", {"method": "lora", "r": "2", "steps": "3", "seed": "4646"})
+    at.button(key="train_start").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.get("iframe")
+    panel = live_panel(at)
+    assert 'class="live-progress"' in panel and "step " in panel and "<svg" in panel
+    wait_for(at, idle_trainer)
+    assert "Training finished" in texts(at.success), texts(at.warning) + texts(at.error)
 
 
 def test_a_training_child_that_fails_shows_its_one_line_error(

@@ -25,6 +25,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from app_util import live_panel  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from app import data, helpers  # noqa: E402
@@ -121,8 +122,9 @@ def test_a_teach_run_trains_live_and_shows_before_and_after(empty_cache, idle_tr
     assert "Teaching live" in texts(at.subheader)
     snap = idle_trainer.snapshot()
     assert snap.config["teach"] == "blick:black" and snap.pid and snap.pid != os.getpid()
-    assert len(at.get("progress")) == 1
-    assert 'class="verb"' in texts(at.markdown) or verbs.NOT_YET in texts(at.markdown)
+    panel = live_panel(at)
+    assert 'class="live-progress"' in panel
+    assert 'class="verb"' in panel or verbs.NOT_YET in panel
 
     idle_trainer.join(TIMEOUT)
     assert not idle_trainer.busy, "training did not end in time"
@@ -237,7 +239,7 @@ def test_train_page_live_panel_draws_the_per_verb_chart(empty_cache, idle_traine
     at.switch_page("views/train.py")
     at.run()
     at.button(key="train_start").click().run()
-    drawn = texts([*at.markdown, *at.get("html")])  # the live panel is one html element
+    drawn = live_panel(at)
     assert verbs.NOT_YET in drawn or 'class="verb"' in drawn
     deadline = time.time() + TIMEOUT
     while not idle_trainer.snapshot().evals and time.time() < deadline:
@@ -246,7 +248,8 @@ def test_train_page_live_panel_draws_the_per_verb_chart(empty_cache, idle_traine
     assert evals and idle_trainer.busy
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    svg = next(m.value for m in at.get("html") if 'class="verb"' in str(m.value))
+    svg = live_panel(at)
+    assert 'class="verb"' in svg
     want = verbs.verb_order(verbs.per_verb_points(evals[:1]))
     start = svg.rindex("<svg")  # the per-verb chart follows the loss/evaluation chart
     root = ElementTree.fromstring(svg[start : svg.index("</svg>", start) + 6])
@@ -256,8 +259,9 @@ def test_train_page_live_panel_draws_the_per_verb_chart(empty_cache, idle_traine
     teach = open_page("teach")  # the Teach page shows the run, and offers no second one
     assert "Training is busy" in texts(teach.info)
     assert not [b for b in teach.button if b.key == "teach_start"]
-    live = next(m.value for m in teach.markdown if 'class="verb"' in str(m.value))
-    assert "held-out accuracy" not in live and "irregular accuracy" in live
+    shown = live_panel(teach)
+    assert 'class="verb"' in shown
+    assert "held-out accuracy" not in shown and "irregular accuracy" in shown
     at.button(key="train_stop").click().run()
     idle_trainer.join(TIMEOUT)
     assert idle_trainer.snapshot().status == "stopped"

@@ -8,19 +8,16 @@ minituner.evaluate (the answers); the run is an ordinary fine-tune with
 child process), so the Train page shows it live too and the store keeps it. A character
 the model cannot read is named, with a hint, before anything runs.
 
-The live panel (one progress bar and one markup element: the loss/evaluation chart and
-the per-verb chart as inline SVG) waits for news like the Train page's (app/live.py) and
-redraws at most every ``live.MIN_REDRAW_S``.
+The live panel is the Train page's (app/live.py): progress, the loss/evaluation chart and
+the per-verb chart (the taught verb bold) in an iframe that fetches the server's live
+feed by itself, so the page redraws nothing until the run ends.
 """
 
 from __future__ import annotations
 
-from html import escape
-
 import streamlit as st
 
 from app import data, helpers, live
-from app.charts import train as train_charts
 from app.charts import verbs as verb_charts
 from app.trainer import RUNNING
 from minituner.config import DEFAULT_LR, FinetuneConfig
@@ -132,35 +129,13 @@ snap = trainer.snapshot()
 
 
 # ---------------------------------------------------------------- live
-def _draw_live(s, lemma: str) -> None:
-    """Progress and one markup element: the loss/evaluation chart and the per-verb chart."""
-    live.progress(s)
-    figures = ""
-    if s.evals:
-        e = s.evals[-1]
-        taught = (
-            f"<b>{escape(lemma)}</b> held-out accuracy "
-            f"<b>{helpers.pct(e.taught_accuracy.get(lemma))}</b> · "
-            if lemma  # not a lesson: a run another tab started on the Train page
-            else ""
-        )
-        figures = (
-            f"<p style='font-size:1.5rem'>on a sample at step {e.step}: {taught}irregular "
-            f"accuracy <b>{helpers.pct(e.irregular_accuracy)}</b> · control EN drift "
-            f"<b>{100 * e.control_en_drift:+.2f}%</b></p>"
-        )
-    chart = train_charts.live_training(s.loss_steps, s.losses, s.evals, s.steps)
-    chart += verb_charts.live_verbs(verb_charts.per_verb_points(s.evals), s.steps, lemma)
-    st.markdown(figures + chart, unsafe_allow_html=True)
-
-
 @st.fragment(run_every=live.POLL_S)
-def _live_panel(lemma: str) -> None:
+def _live_panel() -> None:
     s = data.get_trainer().snapshot()
     if s.status != RUNNING:  # ended: a full rerun shows the result
         st.rerun()
-    _draw_live(s, lemma)
-    live.wait_for_news(s.version)
+    fed = live.draw_live(s)  # an iframe that updates itself, or drawn here
+    live.wait_for_news(s.version, until_end=fed)
 
 
 def _stop() -> None:
@@ -228,7 +203,7 @@ if snap.running:
             f"Training is busy: **{snap.label}** is training. One run at a time per server; "
             "it is shown here and on the Train page; teach yours when it ends."
         )
-    _live_panel(taught.split(":")[0] if taught else "")
+    _live_panel()
     st.stop()
 
 just_finished = live.show_outcome(snap, cfg, FINISHED_MARK) == "completed"

@@ -3,9 +3,10 @@ train it live.
 
 The choices live in the URL (?method=lora&r=8&alpha=16&targets=q,v&lr=0.005&steps=40&seed=0)
 so a link opens the same configuration. Live training runs in a child process of the
-server (app/trainer.py, minituner/worker.py); every tab draws the one shared live state
-in one fragment (the run area) that redraws only when a new event arrived, at most every
-2 s (app/live.py), and never reruns the whole page when a run starts or ends.
+server (app/trainer.py, minituner/worker.py); every tab shows the one shared live state
+in one fragment (the run area). While a run goes, its live panel is an iframe that
+fetches the server's live feed by itself (app/live.py, app/feed.py), so no tab reruns
+anything until the run ends; the whole page never reruns when a run starts or ends.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import streamlit as st
 
 from app import data, helpers, live
 from app.charts import train as charts
-from app.charts import verbs as verb_charts
 from app.format import format_bytes
 from minituner import memory as memmath
 from minituner.config import DEFAULT_LR, METHODS
@@ -125,25 +125,6 @@ m3.metric(
 m4.metric("device", data.device_label())
 
 
-def _draw_live(s) -> None:
-    """Progress, the live chart and the latest evaluation of a snapshot: two elements,
-    so a redraw is cheap for every watching browser."""
-    live.progress(s)
-    figures = ""
-    if s.evals:
-        e = s.evals[-1]
-        figures = (
-            f"<p style='font-size:1.5rem'>on a sample at step {e.step}: irregular accuracy "
-            f"<b>{helpers.pct(e.irregular_accuracy)}</b> · over-regularized "
-            f"<b>{helpers.pct(e.overregularized_rate)}</b> · control EN drift "
-            f"<b>{100 * e.control_en_drift:+.2f}%</b> · on {s.device or '…'}</p>"
-        )
-    chart = charts.live_training(s.loss_steps, s.losses, s.evals, s.steps)
-    taught = s.config.get("teach", "").split(":")[0]  # a teach run: its verb drawn bold
-    chart += verb_charts.live_verbs(verb_charts.per_verb_points(s.evals), s.steps, taught)
-    st.html(chart + figures)
-
-
 def _stop() -> None:
     data.get_trainer().stop()
 
@@ -193,8 +174,8 @@ def _run_area(cfg, rid: str) -> None:
     s = data.get_trainer().snapshot()
     if s.running:
         _live_header(s)
-        _draw_live(s)
-        live.wait_for_news(s.version)
+        fed = live.draw_live(s)  # an iframe that updates itself, or drawn here
+        live.wait_for_news(s.version, until_end=fed)
         return
     live.show_outcome(s, cfg, FINISHED_MARK)
     stored = data.run_by_id(rid)
@@ -212,7 +193,7 @@ def _run_area(cfg, rid: str) -> None:
         )
         start_label = "Train it live anyway"
     elif mine and s.status not in ("idle", "completed"):
-        _draw_live(s)  # how far the stopped, diverged or failed run got
+        live.draw_live(s)  # how far the stopped, diverged or failed run got
     st.button(
         start_label,
         icon=":material/play_arrow:",

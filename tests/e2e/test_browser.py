@@ -49,6 +49,14 @@ PAGES = [
 ]
 TRAIN_QUERY = "method=lora&r=8&alpha=16&targets=q,v&lr=0.005&steps=8&seed=9091"
 LONG_QUERY = "method=lora&r=4&alpha=8&targets=q,v&lr=0.005&steps=2000&seed=9092"
+LIVE_FRAME = 'iframe[data-testid="stIFrame"]'  # the live panel: it fetches the live feed
+
+
+def live_progress(pg):
+    """The live panel's progress text ("step 3/40 · loss ..."), inside its iframe."""
+    return pg.frame_locator(LIVE_FRAME).first.locator(".live-progress .live-progress-text")
+
+
 SERVER_CACHE: dict[str, str] = {}  # the server's run cache: it names its training children
 
 
@@ -189,7 +197,7 @@ def test_live_training_from_the_train_page(server, page):
     start = page.get_by_role("button", name="Train live")
     start.click()
 
-    progress = page.locator('[data-testid="stProgress"]')
+    progress = live_progress(page)
     progress.first.wait_for(timeout=60_000)
     seen: list[str] = []
     shot_taken = False
@@ -242,7 +250,7 @@ def _training_children() -> list[int]:
 
 def _progress_step(pg) -> int:
     """The step number the page's progress bar shows (-1 when there is none)."""
-    bar = pg.locator('[data-testid="stProgress"]')
+    bar = live_progress(pg)
     try:
         text = bar.first.inner_text(timeout=2000) if bar.count() else ""
     except Exception:  # noqa: BLE001 - the element is replaced when a new event arrives
@@ -263,7 +271,7 @@ def test_a_second_tab_watches_and_stop_ends_the_child(server, browser):
         b.goto(f"{server}/train?{LONG_QUERY}")  # open and idle before the run starts
         _settle(b, "Train")
         a.get_by_role("button", name="Train live").click()
-        a.locator('[data-testid="stProgress"]').first.wait_for(timeout=60_000)
+        live_progress(a).first.wait_for(timeout=60_000)
         assert len(_training_children()) == 1
 
         b.get_by_text("Training is busy").first.wait_for(timeout=60_000)  # b noticed it

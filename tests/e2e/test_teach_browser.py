@@ -14,10 +14,12 @@ import time
 
 import pytest
 from test_browser import (  # noqa: F401 - the fixtures are used by name
+    LIVE_FRAME,
     _assert_no_errors,
     _settle,
     _shot,
     browser,
+    live_progress,
     page,
     server,
 )
@@ -58,7 +60,7 @@ def test_teach_a_verb_live_in_the_browser(server, page):  # noqa: F811
     page.get_by_text(f"steps={STEPS} seed={SEED} teach=blick:black").first.wait_for()
     page.get_by_role("button", name="Teach it live").click()
 
-    progress = page.locator('[data-testid="stProgress"]')
+    progress = live_progress(page)
     progress.first.wait_for(timeout=60_000)
     seen: list[str] = []
     verb_lines = 0
@@ -68,7 +70,8 @@ def test_teach_a_verb_live_in_the_browser(server, page):  # noqa: F811
     while time.time() < deadline and finished.count() == 0:
         try:
             seen.append(progress.first.inner_text(timeout=1000) if progress.count() else "")
-            verb_lines = max(verb_lines, page.locator("svg polyline.verb").count())
+            panel = page.frame_locator(LIVE_FRAME).first
+            verb_lines = max(verb_lines, panel.locator("svg polyline.verb").count())
         except Exception:  # noqa: BLE001 - the elements are replaced on each redraw
             pass
         if not shot_taken and verb_lines and any("step" in t for t in seen[-1:]):

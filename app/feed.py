@@ -1,0 +1,130 @@
+"""The live run as a small JSON file that every watching tab's live panel fetches itself.
+
+A Streamlit redraw costs each watching browser far more than the chart it carries (the
+frontend reruns its whole app tree: measured with benchmarks/bench_live.py, about
+0.1-0.2 s of browser CPU per redraw per tab, on the same cores as the training). So
+while a run goes, the live panel is an iframe (app/live.py) that polls this file through
+Streamlit's static file serving (``server.enableStaticServing``, files under
+``app/static/``) and swaps in the new markup only when the version moved; Streamlit
+itself draws nothing until the run ends.
+
+:class:`Feed` is one thread per server: it waits for the trainer's version to move,
+renders the panel (a function from a :class:`app.trainer.LiveState` to HTML) and
+replaces the file atomically, at most every ``min_gap_s``. The file is
+``app/static/live/live-<server pid>-<random>.json``: a random name per server, removed
+when the server exits (files of servers that died are swept by the next one).
+
+Nothing here calls Streamlit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import secrets
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+FEED_DIR = Path(__file__).resolve().parent / "static" / "live"
+URL_DIR = "app/static/live"  # where Streamlit serves FEED_DIR (relative to the base URL)
+TICK_S = 0.1  # how often the thread looks at the trainer's version (an int read)
+MIN_GAP_S = 0.5  # the file changes at most this often
+
+
+class Feed:
+    """Publishes ``render(trainer.snapshot())`` to a JSON file whenever the version moves.
+
+    The file holds ``{"version": int, "running": bool, "status": str, "html": str}``.
+
+    Args:
+        trainer: anything with ``version`` and ``snapshot()`` (``app.trainer.Trainer``).
+        render: the panel's markup for a snapshot.
+        folder: where the file goes (Streamlit serves ``app/static/``).
+        min_gap_s: the least time between two writes.
+
+    Raises:
+        OSError: if ``folder`` cannot be created.
+    """
+
+    def __init__(
+        self,
+        trainer,
+        render: Callable[[object], str],
+        folder: Path = FEED_DIR,
+        min_gap_s: float = MIN_GAP_S,
+    ) -> None:
+        self.trainer, self.render, self.min_gap_s = trainer, render, min_gap_s
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        sweep(self.folder)
+        self.name = f"live-{os.getpid()}-{secrets.token_hex(8)}.json"
+        self.path = self.folder / self.name
+        self.written = -1  # the version last written
+        self._closed = threading.Event()
+        self._lock = threading.Lock()  # one writer at a time (the thread, or a caller)
+        self.publish()  # the file exists before any tab asks for it
+        self._thread = threading.Thread(target=self._loop, name="minituner-live-feed", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    def url(self, base_url_path: str = "") -> str:
+        """The file's path on the server, for a page served under ``base_url_path``."""
+        base = base_url_path.strip("/")
+        return "/" + (f"{base}/" if base else "") + f"{URL_DIR}/{self.name}"
+
+    def publish(self) -> int:
+        """Write the current snapshot now; returns its version."""
+        with self._lock:
+            if self._closed.is_set():  # closed: the file stays removed
+                return self.written
+            s = self.trainer.snapshot()
+            payload = {"version": s.version, "running": s.running, "status": s.status}
+            payload["html"] = self.render(s)
+            tmp = self.path.with_name(self.name + ".tmp")
+            tmp.write_text(json.dumps(payload), encoding="utf-8")
+            os.replace(tmp, self.path)  # a fetch sees the old file or the new one, never half
+            self.written = s.version
+            return s.version
+
+    def _loop(self) -> None:
+        while not self._closed.wait(TICK_S):
+            if self.trainer.version == self.written:
+                continue
+            try:
+                self.publish()
+            except OSError:  # a full disk or a removed folder: try again on the next news
+                pass
+            self._closed.wait(self.min_gap_s)
+
+    def close(self) -> None:
+        """Stop the thread and remove the file."""
+        self._closed.set()
+        with self._lock:
+            for p in (self.path, self.path.with_name(self.name + ".tmp")):
+                p.unlink(missing_ok=True)
+
+
+def sweep(folder: Path) -> list[Path]:
+    """Remove the feed files of servers that are no longer running; returns them."""
+    gone = []
+    for p in folder.glob("live-*.json*"):
+        try:
+            pid = int(p.name.split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        if not _alive(pid):
+            p.unlink(missing_ok=True)
+            gone.append(p)
+    return gone
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
