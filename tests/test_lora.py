@@ -253,6 +253,7 @@ def test_matches_peft_and_float64_reference_on_toy(r, alpha, rslora):
     ours64, theirs64 = copy.deepcopy(ours).double(), copy.deepcopy(theirs).double()
     x64 = x.double().requires_grad_()
     out_ours64, out_peft64 = ours64(x64), theirs64(x64)
+    assert through_function(out_ours64)  # what the CPU runs
     torch.testing.assert_close(out_ours64, out_peft64, atol=1e-12, rtol=1e-12)
     g_ours64, gx_ours64 = grads_of(ours64, out_ours64, up.double(), x64)
     g_peft64, gx_peft64 = grads_of(theirs64, out_peft64, up.double(), x64)
@@ -271,24 +272,146 @@ def test_matches_peft_and_float64_reference_on_toy(r, alpha, rslora):
     h = h @ wv.T + s * (h @ p64["v_proj.lora_A"].T) @ p64["v_proj.lora_B"].T
     ref = torch.tanh(h) @ wh.T + bh
     ref_grads = torch.autograd.grad((ref * up.double()).sum(), [*p64.values(), x64])
-    x32 = x.clone().requires_grad_()
-    out32 = ours(x32)
+    x32, xp32 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out32, out_p32 = ours(x32), theirs(xp32)
     g32, gx32 = grads_of(ours, out32, up, x32)
+    g_p32, gx_p32 = grads_of(theirs, out_p32, up, xp32)
     torch.testing.assert_close(out32.double(), ref, atol=1e-5, rtol=1e-5)
-    for name, g in zip(p64, ref_grads, strict=False):
-        torch.testing.assert_close(g32[name].double(), g, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(gx32.double(), ref_grads[-1], atol=1e-5, rtol=1e-4)
+    # each gradient within a few float32 roundings of its size, as PEFT's float32 one is
+    got = [*(g32[n] for n in p64), gx32]
+    peft = [*(g_p32[f"{n}.default.weight"] for n in p64), gx_p32]
+    for name, g, g_p, want in zip([*p64, "x"], got, peft, ref_grads, strict=True):
+        err, err_peft = (g.double() - want).abs().max(), (g_p.double() - want).abs().max()
+        assert err <= max(2 * err_peft, 5e-6 * want.abs().max()), (
+            name,
+            float(err),
+            float(err_peft),
+        )
 
 
-@pytest.fixture(params=["factored", "folded"])
+@pytest.fixture(params=["function", "factored", "folded"])
 def lora_path(request, monkeypatch):
-    """Run a test through both forms of LoRALinear's fast path, whatever the device.
+    """Run a test through each form of LoRALinear's fast path, whatever the device.
 
-    "folded" (one Linear with W + s·B·A) is what small layers take on a GPU; "factored"
-    (y = x Wᵀ + b, then y += s·(x Aᵀ) Bᵀ) is everything else.
+    "function" (``_LoRAFunction``, its own backward) is what the CPU takes with W and b
+    frozen; "folded" (one Linear with W + s·B·A) is what small layers take on a GPU;
+    "factored" (y = x Wᵀ + b, then y += s·(x Aᵀ) Bᵀ, autograd's backward) is everything else.
     """
     monkeypatch.setattr(lora_mod, "_fold_delta", lambda x, w: request.param == "folded")
+    if request.param != "function":
+        monkeypatch.setattr(lora_mod, "_use_function", lambda x, w, b: False)
     return request.param
+
+
+def through_function(out: torch.Tensor) -> bool:
+    """Whether ``out`` was computed by ``_LoRAFunction`` (its backward is in the graph)."""
+    todo, seen = [out.grad_fn], set()
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if type(fn).__name__ == "_LoRAFunctionBackward":
+            return True
+        todo += [f for f, _ in fn.next_functions]
+    return False
+
+
+def lora_formula(x, w, bias, a, b, s):
+    """y = x Wᵀ + b + s·(x Aᵀ) Bᵀ written out, autograd's gradients as the reference."""
+    y = x @ w.T + (0.0 if bias is None else bias)
+    return y + s * (x @ a.T) @ b.T
+
+
+@pytest.mark.parametrize("fold", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("x_grad", [True, False])
+@pytest.mark.parametrize("frozen", [None, "A", "B"])
+def test_lora_function_gradcheck_and_formula(fold, bias, x_grad, frozen):
+    """_LoRAFunction in float64: finite differences and the formula's autograd gradients."""
+    g = torch.Generator().manual_seed(0)
+    f64 = torch.float64
+    x = torch.randn(7, 5, dtype=f64, generator=g).requires_grad_(x_grad)
+    w = torch.randn(6, 5, dtype=f64, generator=g)
+    b0 = torch.randn(6, dtype=f64, generator=g) if bias else None
+    a = torch.randn(3, 5, dtype=f64, generator=g).requires_grad_(frozen != "A")
+    b = torch.randn(6, 3, dtype=f64, generator=g).requires_grad_(frozen != "B")
+    s = 1.7
+
+    def fn(x, a, b):
+        return lora_mod._LoRAFunction.apply(x, w, b0, a, b, s, fold)
+
+    assert torch.autograd.gradcheck(fn, (x, a, b))
+    out, ref = fn(x, a, b), lora_formula(x, w, b0, a, b, s)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
+    up = torch.randn(out.shape, dtype=f64, generator=g)
+    wrt = [t for t in (x, a, b) if t.requires_grad]
+    got = torch.autograd.grad((out * up).sum(), wrt)
+    want = torch.autograd.grad((ref * up).sum(), wrt)
+    for t, u in zip(got, want, strict=True):
+        torch.testing.assert_close(t, u, atol=1e-12, rtol=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    shape=st.sampled_from([(1,), (3,), (2, 3), (0, 2), (2, 1, 4)]),
+    in_f=st.integers(1, 9),
+    out_f=st.integers(1, 9),
+    r_frac=st.floats(0.0, 1.0),
+    bias=st.booleans(),
+    rslora=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_cpu_layer_runs_the_function_and_matches_the_formula(
+    shape, in_f, out_f, r_frac, bias, rslora, seed
+):
+    """LoRALinear on the CPU, float64, 2-D and 3-D x: _LoRAFunction, equal to the formula."""
+    torch.manual_seed(seed)
+    f64 = torch.float64
+    r = 1 + int(r_frac * (min(in_f, out_f) - 1))
+    layer = LoRALinear(nn.Linear(in_f, out_f, bias=bias, dtype=f64), r, 2.5, rslora=rslora)
+    layer.double()
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    x = torch.randn(*shape, in_f, dtype=f64, requires_grad=True)
+    out = layer(x)
+    assert through_function(out) and out.shape == (*shape, out_f) and out.is_contiguous()
+    params = (layer.base.weight, layer.base.bias, layer.lora_A, layer.lora_B)
+    ref = lora_formula(x, *params, layer.scaling)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
+    up = torch.randn_like(out)
+    got = torch.autograd.grad((out * up).sum(), [x, layer.lora_A, layer.lora_B])
+    want = torch.autograd.grad((ref * up).sum(), [x, layer.lora_A, layer.lora_B])
+    for t, u in zip(got, want, strict=True):
+        torch.testing.assert_close(t, u, atol=1e-12, rtol=1e-12)
+    with torch.no_grad():  # nothing to differentiate: one Linear with W + s·B·A
+        torch.testing.assert_close(layer(x), ref, atol=1e-12, rtol=1e-12)
+
+
+def test_cpu_function_keeps_a_small_update_in_bfloat16_like_peft():
+    """bf16 does not fold W + s·B·A (it would round ΔW away): the update reaches y as in PEFT."""
+    base = nn.Sequential()
+    base.add_module("q_proj", nn.Linear(16, 4, bias=False, dtype=torch.bfloat16))
+    with torch.no_grad():
+        base.q_proj.weight.copy_(torch.tensor([1.0, -1.0]).repeat(4, 8))  # x Wᵀ = 0 for x = 1
+    ours = copy.deepcopy(base)
+    add_lora(ours, "q", r=1, alpha=1.0)
+    ours.q_proj.to(torch.bfloat16)
+    theirs = peft_copy(base, ["q_proj"], 1, 1.0, False).to(torch.bfloat16)
+    with torch.no_grad():
+        ours.q_proj.lora_A.fill_(2.0**-5)
+        ours.q_proj.lora_B.fill_(2.0**-4)  # s·B·A = 2⁻⁹: 1 - 2⁻⁹ and 1 + 2⁻⁹ round to ±1
+    copy_adapters_into_peft(ours, theirs)
+    x = torch.ones(2, 16, dtype=torch.bfloat16, requires_grad=True)
+    out, out_peft = ours(x), theirs(x)
+    assert through_function(out)
+    assert torch.equal(out, out_peft) and torch.equal(out, torch.full_like(out, 2.0**-5))
+    up = torch.randn(out.shape, dtype=torch.bfloat16)
+    g, gx = grads_of(ours, out, up, x)
+    g_p, gx_p = grads_of(theirs, out_peft, up, x)
+    torch.testing.assert_close(gx, gx_p)
+    for name, t in g.items():
+        torch.testing.assert_close(t, g_p[f"{name}.default.weight"])
 
 
 def minigpt_grads(model: nn.Module, x: torch.Tensor, up: torch.Tensor):
@@ -319,6 +442,7 @@ def test_matches_peft_on_minigpt(rslora, lora_path):
     # float32: ours is as close to the float64 result as PEFT is (the rounding order differs)
     out32, g32 = minigpt_grads(ours, x, up)
     out_p32, g_p32 = minigpt_grads(theirs, x, up)
+    assert through_function(out32) == (lora_path == "function")
     torch.testing.assert_close(out32, out_p32, atol=1e-5, rtol=1e-5)
     for name, g in g32.items():
         err, err_peft = (g.double() - g64[name]).abs().max(), (g_p32[name] - g64[name]).abs().max()
