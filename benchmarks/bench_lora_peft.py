@@ -7,12 +7,18 @@ batch of 32 x 48 random tokens. A second row times one adapted Linear(128, 128) 
 the work. After a warm-up the two are timed in alternation (so machine noise hits both
 alike) and the medians are compared. Nothing is asserted.
 
-With ``--profile N`` it then records N more steps of each under torch.profiler and prints,
-per implementation, the operator counts per step (and CUDA kernels per step on a GPU) and
-the table of where the step's time goes.
+Each ratio line also gives the median of the per-repeat ratios (each minituner step over the
+PEFT step timed next to it), which slow drifts of a shared machine affect less.
+
+With ``--floor`` a second pair is timed the same way: PEFT against the same MiniGPT without
+LoRA, only the q_proj / v_proj biases trainable (the same backward through the frozen
+model, no LoRA work): the ratio no LoRA layer can beat. With ``--profile N`` it then records
+N more steps of each under torch.profiler and prints, per implementation, the operator
+counts per step (and CUDA kernels per step on a GPU) and the table of where the step's time
+goes.
 
     PYTHONPATH=. python benchmarks/bench_lora_peft.py [--device cpu|cuda] [--repeats 30] [--warmup 5]
-        [--threads N] [--profile N]
+        [--threads N] [--floor] [--profile N]
 """
 
 from __future__ import annotations
@@ -43,6 +49,15 @@ def make_models(device: torch.device):
     for name, p in theirs.named_parameters():
         p.requires_grad_("lora_" in name)
     return ours, theirs
+
+
+def make_floor_model(device: torch.device):
+    """The benchmark's MiniGPT without LoRA, only q_proj / v_proj biases trainable."""
+    torch.manual_seed(0)
+    model = MiniGPT(preset_config("default", vocab_size=VOCAB)).to(device)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.endswith(("q_proj.bias", "v_proj.bias")))
+    return model
 
 
 def make_step(model, device: torch.device):
@@ -136,6 +151,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    ap.add_argument("--floor", action="store_true", help="also time PEFT against no LoRA")
     ap.add_argument("--profile", type=int, default=0, help="profile N steps of each (0: no)")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -148,6 +164,11 @@ def main() -> None:
     steps = {"minituner": make_step(ours, device), "peft": make_step(theirs, device)}
     times = interleaved(steps, args.warmup, args.repeats)
     layer_times = interleaved(make_layer_steps(device), args.warmup, 3 * args.repeats)
+    floor_times = None
+    if args.floor:
+        floor_steps = {"no LoRA": make_step(make_floor_model(device), device)}
+        floor_steps["peft"] = make_step(theirs, device)
+        floor_times = interleaved(floor_steps, args.warmup, args.repeats)
 
     print(
         f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} "
@@ -159,13 +180,20 @@ def main() -> None:
         ("MiniGPT train step (fwd+bwd+AdamW)", times, {"minituner": n_ours, "peft": n_theirs}),
         ("one LoRA Linear(128,128) fwd+bwd", layer_times, dict.fromkeys(times, layer_params)),
     )
+    if floor_times is not None:
+        floor_times = {"minituner": floor_times["no LoRA"], "peft": floor_times["peft"]}
+        n_floor = {"minituner": 2 * ours.config.n_layer * ours.config.n_embd, "peft": n_theirs}
+        rows += (("floor: q,v biases only, no LoRA", floor_times, n_floor),)
     for what, t, trainable in rows:
         for name in ("minituner", "peft"):
             med, best = statistics.median(t[name]) * 1e3, min(t[name]) * 1e3
-            print(f"{what:<34} {name:<10} {trainable[name]:>10,} {med:>10.3f} {best:>9.3f}")
+            label = "no LoRA" if what.startswith("floor") and name == "minituner" else name
+            print(f"{what:<34} {label:<10} {trainable[name]:>10,} {med:>10.3f} {best:>9.3f}")
     for what, t, _ in rows:
         ratio = statistics.median(t["minituner"]) / statistics.median(t["peft"])
-        print(f"ratio minituner/peft, {what}: {ratio:.3f}")
+        paired = statistics.median(a / b for a, b in zip(t["minituner"], t["peft"], strict=True))
+        who = "no LoRA/peft" if what.startswith("floor") else "minituner/peft"
+        print(f"ratio {who}, {what}: {ratio:.3f} (median of paired ratios {paired:.3f})")
     if args.profile:
         profile(steps, device, args.profile)
 
