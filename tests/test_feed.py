@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -136,7 +137,7 @@ def test_files_of_dead_servers_are_swept(tmp_path):
     pid = int(dead.stdout)
     gone = tmp_path / f"live-{pid}-abc.json"
     gone_tmp = tmp_path / f"live-{pid}-abc.json.tmp"
-    mine = tmp_path / f"live-{__import__('os').getpid()}-def.json"
+    mine = tmp_path / f"live-{os.getpid()}-def.json"
     other = tmp_path / "notes.json"
     odd = tmp_path / "live-x-1.json"
     for p in (gone, gone_tmp, mine, other, odd):

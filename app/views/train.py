@@ -169,8 +169,9 @@ def _run_area(cfg, rid: str) -> None:
     while idle, the live view while a run goes (in every tab), the outcome when it ends.
 
     A run starting or ending redraws this fragment, never the whole page (the choices
-    above stay as they are), and between events the fragment waits server-side, sending
-    nothing: an idle tab does no work, a watching tab redraws only on news."""
+    above stay as they are); otherwise the fragment waits server-side, sending nothing:
+    an idle tab does no work, and while a run goes the live panel's iframe fetches the
+    live feed itself (the fallback without static serving redraws on news)."""
     s = data.get_trainer().snapshot()
     if s.running:
         _live_header(s)
