@@ -35,8 +35,6 @@ MAX_WAIT_S = 60.0
 HIDE_STATUS = (  # a fragment waiting for news counts as "running": keep the corner quiet
     "<style>[data-testid='stStatusWidget'],[data-testid='stDecoration']{display:none}</style>"
 )
-
-
 FEED_POLL_MS = 500  # how often a live panel's iframe fetches the feed (a small file)
 
 
@@ -118,7 +116,7 @@ def panel_html(s) -> str:
         taught = (
             f"<b>{escape(lemma)}</b> held-out accuracy "
             f"<b>{helpers.pct(e.taught_accuracy.get(lemma))}</b> · "
-            if lemma and getattr(e, "taught_accuracy", None) is not None
+            if lemma
             else ""
         )
         figures = (

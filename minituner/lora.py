@@ -119,10 +119,10 @@ def _use_function(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 class _LoRAFunction(torch.autograd.Function):
     """y = x Wᵀ + b + s·(x Aᵀ) Bᵀ for a frozen W and b, with a hand-written backward.
 
-    Each narrow product is laid out with r rows, (r, N): for MiniGPT's (1536, 128) inputs on
-    the 2-core CPU that ran 1.3-3.5x faster with 2 threads (2-6x with 1) than its (N, r) or
-    (out, r) = (out, N) @ (N, r) form, the layouts of F.linear(F.linear(x, A), B) and its
-    autograd backward. With ``fold`` (float32 / float64) the LoRA update
+    Each narrow product is laid out with r rows, (r, N), rather than the (N, r) or
+    (out, r) = (out, N) @ (N, r) form of F.linear(F.linear(x, A), B) and its autograd
+    backward: on the 2-core CPU that layout was the faster one for MiniGPT's (1536, 128)
+    inputs in a helper's micro-timings (not kept in benchmarks/). With ``fold`` (float32 / float64) the LoRA update
     rides in the frozen GEMMs through W' = W + s·B·A, built per call ((out, r) @ (r, in)):
 
         forward   y = x W'ᵀ + b,  hᵀ = A xᵀ (r, N)                  2 GEMMs
