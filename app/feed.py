@@ -3,7 +3,7 @@
 A Streamlit redraw costs each watching browser far more than the chart it carries (the
 frontend reruns its whole app tree: measured with benchmarks/bench_live.py, about
 0.1-0.2 s of browser CPU per redraw per tab, on the same cores as the training). So
-while a run goes, the live panel is an iframe (app/live.py) that polls this file through
+while a run goes, the live panel (app/live.py) polls this file through
 Streamlit's static file serving (``server.enableStaticServing``, files under
 ``app/static/``) and swaps in the new markup only when the version moved; Streamlit
 itself draws nothing until the run ends.
@@ -36,7 +36,9 @@ MIN_GAP_S = 0.5  # the file changes at most this often
 class Feed:
     """Publishes ``render(trainer.snapshot())`` to a JSON file whenever the version moves.
 
-    The file holds ``{"version": int, "running": bool, "status": str, "html": str}``.
+    The file holds ``{"version": int, "running": bool, "status": str, "html": str}``; the
+    html is the rendered panel while a run goes, empty otherwise (the page draws a run's
+    outcome itself).
 
     Args:
         trainer: anything with ``version`` and ``snapshot()`` (``app.trainer.Trainer``).
@@ -81,7 +83,7 @@ class Feed:
                 return self.written
             s = self.trainer.snapshot()
             payload = {"version": s.version, "running": s.running, "status": s.status}
-            payload["html"] = self.render(s)
+            payload["html"] = self.render(s) if s.running else ""  # idle tabs poll a tiny file
             tmp = self.path.with_name(self.name + ".tmp")
             tmp.write_text(json.dumps(payload), encoding="utf-8")
             os.replace(tmp, self.path)  # a fetch sees the old file or the new one, never half

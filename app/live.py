@@ -1,21 +1,23 @@
 """What the Train and Teach pages share about the server's one live run: the live panel,
-waiting for news without sending anything, and how a run ended.
+the watcher that notices a run starting or ending, and how a run ended.
 
 While a run goes, the live panel (progress, loss and evaluation curves, per-verb lines)
-is an iframe that fetches the server's live feed (app/feed.py: a JSON file served by
-Streamlit's static file serving) twice a second and swaps in the new markup only when
-the version moved. The fragment around it waits server-side (:func:`wait_for_news`)
-for the run's end, so Streamlit redraws nothing in any tab until then: a watching tab
-costs its browser one small fetch per poll, not a Streamlit rerun per event.
+is a small Streamlit v2 component (plain DOM, no iframe) that fetches the server's live
+feed (app/feed.py: a JSON file served by Streamlit's static file serving) every
+``FEED_POLL_MS`` and swaps in the new markup only when the version moved. When the run
+ends it sends one trigger and Streamlit reruns the fragment around it. No script runs on
+the server for any tab meanwhile, and no tab shows Streamlit's "running" state: a
+watching tab costs its browser one small fetch per poll. An idle tab holds the same
+component, invisible, fetching the feed every ``IDLE_POLL_MS`` to notice a run that
+another tab starts.
 
 Where static serving is off (the app started from another folder, without
-.streamlit/config.toml), the panel is drawn by Streamlit instead and the fragment redraws
-on news, at most every ``MIN_REDRAW_S``.
+.streamlit/config.toml), the panel is drawn by Streamlit instead and the fragment waits
+for news server-side and redraws, at most every ``MIN_REDRAW_S``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from html import escape
@@ -28,19 +30,88 @@ from app.charts import train as train_charts
 from app.charts import verbs as verb_charts
 from app.feed import Feed
 
-POLL_S = 1.0  # a waiting fragment's timer: how soon a new fragment run starts...
-MIN_REDRAW_S = 2.0  # ...and a live panel redraws at most this often, only on news
+POLL_S = 1.0  # the fallback's fragment timer: how soon a new fragment run starts...
+MIN_REDRAW_S = 2.0  # ...and its live panel redraws at most this often, only on news
 TICK_S = 0.1
 MAX_WAIT_S = 60.0
 HIDE_STATUS = (  # a fragment waiting for news counts as "running": keep the corner quiet
     "<style>[data-testid='stStatusWidget'],[data-testid='stDecoration']{display:none}</style>"
 )
-FEED_POLL_MS = 500  # how often a live panel's iframe fetches the feed (a small file)
+FEED_POLL_MS = 1000  # how often a live panel fetches the feed while a run goes...
+IDLE_POLL_MS = 2000  # ...and how often an idle tab looks whether a run started
+WATCH_KEY = "live_feed"
+
+# The live panel in the browser (a Streamlit v2 component: plain DOM, no iframe). It
+# fetches the feed and swaps in the panel's markup when the version moved; when the run
+# it was drawn for has ended (running), or a run has started or ended since the server
+# drew it (idle), it sends one trigger, and Streamlit reruns the fragment around it.
+LIVE_JS = """
+export default function (component) {
+  const { data, setTriggerValue, parentElement } = component;
+  const { url, version, running, poll_ms, idle_poll_ms } = data;
+  let panel = parentElement.querySelector(".live-panel");
+  if (running && !panel) {
+    panel = document.createElement("div");
+    panel.className = "live-panel";
+    panel.innerHTML = '<div class="live-progress-text">starting…</div>';
+    parentElement.appendChild(panel);
+  } else if (!running && panel) {
+    panel.remove();
+  }
+  let seen = -1, done = false, timer = null;
+  async function poll() {
+    try {
+      const r = await fetch(url, { cache: "no-cache" });
+      if (r.ok && !done) {
+        const d = await r.json();
+        if (running && d.html && d.version > seen) { seen = d.version; panel.innerHTML = d.html; }
+        if (d.version > version && (!running || !d.running)) {
+          done = true;
+          setTriggerValue("news", d.version);
+        }
+      }
+    } catch (e) {}
+    if (!done) timer = setTimeout(poll, running ? poll_ms : idle_poll_ms);
+  }
+  poll();
+  return () => { done = true; clearTimeout(timer); };
+}
+"""
+LIVE_CSS = ".live-panel svg{max-width:100%;height:auto}"
+_live_component = st.components.v2.component(
+    "minituner_live", js=LIVE_JS, css=LIVE_CSS, isolate_styles=False
+)
 
 
-def wait_for_news(version: int, until_end: bool = False) -> None:
-    """Hold this fragment run until the live state's version moves past ``version`` (with
-    ``until_end``: until the run has ended), then rerun the fragment.
+def _news() -> None:
+    """The trigger's callback: Streamlit reruns the fragment (or the page) that holds the
+    live panel; the rerun itself reads the news from the trainer."""
+
+
+def _mount(s, running: bool) -> None:
+    f = feed()
+    _live_component(
+        key=WATCH_KEY,
+        data={
+            "url": f.url(st.get_option("server.baseUrlPath") or ""),
+            "version": s.version,
+            "running": running,
+            "poll_ms": FEED_POLL_MS,
+            "idle_poll_ms": IDLE_POLL_MS,
+        },
+        on_news_change=_news,
+    )
+
+
+def fragment_timer() -> float | None:
+    """``run_every`` for a fragment that holds the live panel: none with the live feed
+    (the panel in the browser asks for a rerun), ``POLL_S`` in the fallback."""
+    return None if feed() is not None else POLL_S
+
+
+def wait_for_news(version: int) -> None:
+    """The fallback without the live feed: hold this fragment run until the live state's
+    version moves past ``version``, then rerun the fragment.
 
     Only in a fragment run (the first draw comes with the whole page): the elements drawn
     stay on screen while this waits. Nothing is sent while it waits, unless Streamlit has
@@ -58,8 +129,7 @@ def wait_for_news(version: int, until_end: bool = False) -> None:
             tick.empty()  # an st call: Streamlit stops here for a page-wide request...
             return  # ...and a click inside this fragment waits for this run to end
         if trainer.version != version and time.monotonic() - t_draw >= MIN_REDRAW_S:
-            if not (until_end and trainer.busy):
-                st.rerun(scope="fragment")
+            st.rerun(scope="fragment")
 
 
 def request_pending(ctx) -> bool:
@@ -143,43 +213,30 @@ def feed() -> Feed | None:
         return None
 
 
-def frame_html(url: str, poll_ms: int = FEED_POLL_MS) -> str:
-    """The live panel's iframe document: it fetches ``url`` every ``poll_ms`` and swaps in
-    the markup when the version moved; it stops once it has seen the run end. The same
-    document for the whole run, so a fragment rerun does not reload it."""
-    return f"""<!doctype html><html><head><meta charset="utf-8"><style>
-body{{margin:0;font-family:"Source Sans Pro","Source Sans 3",sans-serif;color:#31333f}}
-svg{{max-width:100%;height:auto}}</style></head><body>
-<div id="panel" class="live-panel"><div class="live-progress-text">starting…</div></div>
-<script>
-const url = {json.dumps(url)};
-const panel = document.getElementById("panel");
-let seen = -1, sawRunning = false;
-async function poll() {{
-  try {{
-    const r = await fetch(url, {{cache: "no-cache"}});
-    if (r.ok) {{
-      const d = await r.json();
-      if (d.version !== seen) {{ seen = d.version; panel.innerHTML = d.html; }}
-      sawRunning = sawRunning || d.running;
-      if (sawRunning && !d.running) return;  // the run ended: the page takes over
-    }}
-  }} catch (e) {{}}
-  setTimeout(poll, {int(poll_ms)});
-}}
-poll();
-</script></body></html>"""
+def draw_live(s) -> None:
+    """Draw the live panel of snapshot ``s``.
+
+    With the live feed and a running ``s``: the panel that updates itself in the browser
+    and reruns the fragment around it when the run ends; nothing runs on the server
+    meanwhile. Otherwise Streamlit draws ``s`` here, and in the fallback, while ``s``
+    runs, the fragment waits for news server-side (:func:`wait_for_news`)."""
+    if feed() is not None and s.running:
+        _mount(s, running=True)
+        return
+    st.html(panel_html(s))
+    if s.running:
+        wait_for_news(s.version)
 
 
-def draw_live(s) -> bool:
-    """Draw the live panel of snapshot ``s``. True when it is the self-updating iframe
-    (the fragment then only waits for the run's end), False when Streamlit drew it."""
-    f = feed()
-    if f is None or not s.running:
-        st.html(panel_html(s))
-        return False
-    st.iframe(frame_html(f.url(st.get_option("server.baseUrlPath") or "")), height="content")
-    return True
+def watch(s) -> None:
+    """While no run goes: rerun the fragment (or page) that calls this when a run starts
+    or ends, ``s`` being what it drew. With the live feed, an invisible watcher in the
+    browser fetches the feed every ``IDLE_POLL_MS``; in the fallback the fragment waits
+    for news server-side."""
+    if feed() is not None:
+        _mount(s, running=False)
+    else:
+        wait_for_news(s.version)
 
 
 def show_outcome(s, cfg, finished_mark: str) -> str | None:

@@ -137,8 +137,8 @@ def run_app(
         contexts.append(ctx)
         ctx.new_page().goto(f"{app.url}/train?{query}", wait_until="commit")
     for ctx in contexts[1:]:  # each watcher gets the live view, not just "busy"
-        live = ctx.pages[0].frame_locator('iframe[data-testid="stIFrame"]').first
-        live.locator(".live-progress").first.wait_for(timeout=600_000)
+        live = ctx.pages[0].locator(".live-panel .live-progress")
+        live.first.wait_for(timeout=600_000)
     page.get_by_text("Training finished").first.wait_for(timeout=600_000)
     wall = time.perf_counter() - t0
     server_cpu = _cpu_seconds(app.proc.pid, descendants=False) - cpu0[0]  # not the child

@@ -5,15 +5,25 @@ from __future__ import annotations
 import json
 
 
+def live_components(at) -> list[dict]:
+    """The data of every live panel / watcher an AppTest tab holds (app/live.py's v2
+    component: what it fetches, the version drawn, whether it shows a running panel)."""
+    return [
+        json.loads(e.proto.json)
+        for e in at.get("bidi_component")
+        if e.proto.component_name == "minituner_live"
+    ]
+
+
 def live_panel(at) -> str:
-    """The markup an AppTest tab's live panel shows: what its iframe fetches from the
-    server's live feed (brought up to date first), or the html Streamlit drew."""
+    """The markup an AppTest tab's live panel shows: what it fetches from the server's
+    live feed (brought up to date first), or the html Streamlit drew."""
     from app import live
 
-    frames = at.get("iframe")
-    if not frames:
+    panels = [c for c in live_components(at) if c["running"]]
+    if not panels:
         return "\n".join(str(e.value) for e in at.get("html"))
     feed = live.feed()
-    assert len(frames) == 1 and feed is not None and feed.name in frames[0].proto.srcdoc
+    assert len(panels) == 1 and feed is not None and panels[0]["url"].endswith(feed.name)
     feed.publish()
     return json.loads(feed.path.read_text(encoding="utf-8"))["html"]

@@ -20,7 +20,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from app_util import live_panel  # noqa: E402
+from app_util import live_components, live_panel  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from app import data, helpers  # noqa: E402
@@ -263,7 +263,9 @@ def test_train_page_trains_a_tiny_run_live(empty_cache, idle_trainer):
     start.click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert "Training live" in texts(at.subheader)
-    assert len(at.get("iframe")) == 1  # the live panel updates itself from the live feed
+    # the live panel updates itself from the live feed, drawn at the run's version
+    (comp,) = live_components(at)
+    assert comp["running"] and 0 < comp["version"] <= idle_trainer.snapshot().version
     panel = live_panel(at)
     assert 'class="live-progress"' in panel and "step " in panel and "<svg" in panel
     pid = idle_trainer.snapshot().pid
@@ -272,6 +274,9 @@ def test_train_page_trains_a_tiny_run_live(empty_cache, idle_trainer):
     wait_for(at, idle_trainer)
     assert not at.exception, [e.value for e in at.exception]
     assert "Training finished" in texts(at.success), texts(at.warning) + texts(at.error)
+    # idle again: an invisible watcher notices the next run, whichever tab starts it
+    (watcher,) = live_components(at)
+    assert not watcher["running"] and watcher["version"] == idle_trainer.snapshot().version
     runs = RunStore().list()
     assert [r.config.finetune.steps for r in runs if r.config.finetune.seed == 4242] == [3]
     assert all(not str(r.path).startswith(str(REPO_ROOT)) for r in runs if not r.shipped)
@@ -292,7 +297,7 @@ def test_without_static_serving_the_live_panel_is_drawn_by_streamlit(
     at = open_page("train", {"method": "lora", "r": "2", "steps": "3", "seed": "4646"})
     at.button(key="train_start").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    assert not at.get("iframe")
+    assert not live_components(at)
     panel = live_panel(at)
     assert 'class="live-progress"' in panel and "step " in panel and "<svg" in panel
     wait_for(at, idle_trainer)

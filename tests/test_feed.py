@@ -1,6 +1,7 @@
 """app/feed.py and the live panel's markup (app/live.py): the feed file follows the
 trainer's version, is replaced whole, is named per server and removed with it; files of
-dead servers are swept; the panel and its iframe say what a tab will show."""
+dead servers are swept; the panel's markup says what a tab will show (the browser side
+of the panel: tests/e2e/test_live_js.py)."""
 
 from __future__ import annotations
 
@@ -70,7 +71,8 @@ def feed(trainer, tmp_path):
 
 
 def test_the_file_exists_at_once_and_follows_the_version(feed, trainer):
-    assert read(feed) == {"version": 0, "running": False, "status": "idle", "html": "<p>step 0</p>"}
+    # idle: no panel (the page draws an outcome itself), so idle tabs poll a tiny file
+    assert read(feed) == {"version": 0, "running": False, "status": "idle", "html": ""}
     trainer.move(status="running", step=3)
     assert wait_until(lambda: read(feed)["version"] == 1)
     assert read(feed) == {
@@ -82,6 +84,9 @@ def test_the_file_exists_at_once_and_follows_the_version(feed, trainer):
     for step in range(4, 9):  # a burst: the last state arrives
         trainer.move(step=step)
     assert wait_until(lambda: read(feed)["html"] == "<p>step 8</p>")
+    trainer.move(status="completed", step=9)
+    assert wait_until(lambda: read(feed)["version"] == 7)
+    assert read(feed) == {"version": 7, "running": False, "status": "completed", "html": ""}
     assert [p.name for p in feed.folder.iterdir()] == [feed.name]  # no temporary file left
 
 
@@ -190,13 +195,3 @@ def test_panel_leaves_out_a_non_finite_loss_and_names_a_lessons_verb():
     assert "<b>blick</b> held-out accuracy <b>25.0%</b>" in html
     assert "irregular accuracy <b>50.0%</b>" in html and "+1.00%" in html
     assert "held-out accuracy" not in live.panel_html(state(evals=(evaluation(0),)))
-
-
-def test_the_iframe_fetches_the_feed_and_stops_after_the_run():
-    from app import live
-
-    doc = live.frame_html("/app/static/live/live-1-ab.json", poll_ms=500)
-    assert 'const url = "/app/static/live/live-1-ab.json";' in doc
-    assert 'fetch(url, {cache: "no-cache"})' in doc and "setTimeout(poll, 500)" in doc
-    assert "if (sawRunning && !d.running) return;" in doc
-    assert doc == live.frame_html("/app/static/live/live-1-ab.json", poll_ms=500)  # stable

@@ -9,8 +9,9 @@ child process), so the Train page shows it live too and the store keeps it. A ch
 the model cannot read is named, with a hint, before anything runs.
 
 The live panel is the Train page's (app/live.py): progress, the loss/evaluation chart and
-the per-verb chart (the taught verb bold) in an iframe that fetches the server's live
-feed by itself, so the page redraws nothing until the run ends.
+the per-verb chart (the taught verb bold), drawn in the browser from the server's live
+feed, so the page redraws nothing until the run ends. An idle page holds the invisible
+watcher of the same feed: a run that another tab starts reruns it.
 """
 
 from __future__ import annotations
@@ -129,13 +130,12 @@ snap = trainer.snapshot()
 
 
 # ---------------------------------------------------------------- live
-@st.fragment(run_every=live.POLL_S)
+@st.fragment(run_every=live.fragment_timer())
 def _live_panel() -> None:
     s = data.get_trainer().snapshot()
     if s.status != RUNNING:  # ended: a full rerun shows the result
         st.rerun()
-    fed = live.draw_live(s)  # an iframe that updates itself, or drawn here
-    live.wait_for_news(s.version, until_end=fed)
+    live.draw_live(s)  # it asks for this fragment's rerun when the run ends
 
 
 def _stop() -> None:
@@ -223,5 +223,6 @@ if st.button(
     if not trainer.start(cfg, owner=me, cache=data.cache_dir(), eval_limit=data.eval_limit()):
         st.info("Training is busy: another session started a run a moment ago.")
     st.rerun()
+live.watch(snap)  # a run that another tab starts reruns this page (it shows that run)
 if stored is not None:
     _show_result(stored)

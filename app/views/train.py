@@ -4,9 +4,9 @@ train it live.
 The choices live in the URL (?method=lora&r=8&alpha=16&targets=q,v&lr=0.005&steps=40&seed=0)
 so a link opens the same configuration. Live training runs in a child process of the
 server (app/trainer.py, minituner/worker.py); every tab shows the one shared live state
-in one fragment (the run area). While a run goes, its live panel is an iframe that
-fetches the server's live feed by itself (app/live.py, app/feed.py), so no tab reruns
-anything until the run ends; the whole page never reruns when a run starts or ends.
+in one fragment (the run area). While a run goes, its live panel fetches the server's
+live feed by itself (app/live.py, app/feed.py), so no tab runs anything on the server
+until the run ends; the whole page never reruns when a run starts or ends.
 """
 
 from __future__ import annotations
@@ -163,20 +163,19 @@ def _show_stored(info, heading: str) -> None:
     )
 
 
-@st.fragment(run_every=live.POLL_S)
+@st.fragment(run_every=live.fragment_timer())
 def _run_area(cfg, rid: str) -> None:
     """Everything a run changes, in one fragment: the train button and the stored run
     while idle, the live view while a run goes (in every tab), the outcome when it ends.
 
-    A run starting or ending redraws this fragment, never the whole page (the choices
-    above stay as they are); otherwise the fragment waits server-side, sending nothing:
-    an idle tab does no work, and while a run goes the live panel's iframe fetches the
-    live feed itself (the fallback without static serving redraws on news)."""
+    A run starting or ending reruns this fragment, never the whole page (the choices
+    above stay as they are): the live panel, or the idle tab's watcher, asks for it.
+    Between those, nothing runs on the server for this tab (the fallback without static
+    serving waits for news server-side and redraws)."""
     s = data.get_trainer().snapshot()
     if s.running:
         _live_header(s)
-        fed = live.draw_live(s)  # an iframe that updates itself, or drawn here
-        live.wait_for_news(s.version, until_end=fed)
+        live.draw_live(s)
         return
     live.show_outcome(s, cfg, FINISHED_MARK)
     stored = data.run_by_id(rid)
@@ -210,7 +209,7 @@ def _run_area(cfg, rid: str) -> None:
             "QLoRA on a CPU is slow: every forward pass dequantizes the 4-bit base; "
             "try few steps, or load a shipped run."
         )
-    live.wait_for_news(s.version)
+    live.watch(s)
 
 
 # ---------------------------------------------------------------- the run itself

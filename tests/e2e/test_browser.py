@@ -49,12 +49,12 @@ PAGES = [
 ]
 TRAIN_QUERY = "method=lora&r=8&alpha=16&targets=q,v&lr=0.005&steps=8&seed=9091"
 LONG_QUERY = "method=lora&r=4&alpha=8&targets=q,v&lr=0.005&steps=2000&seed=9092"
-LIVE_FRAME = 'iframe[data-testid="stIFrame"]'  # the live panel: it fetches the live feed
 
 
 def live_progress(pg):
-    """The live panel's progress text ("step 3/40 · loss ..."), inside its iframe."""
-    return pg.frame_locator(LIVE_FRAME).first.locator(".live-progress .live-progress-text")
+    """The live panel's progress text ("step 3/40 · loss ..."): the panel fetches the live
+    feed itself (app/live.py)."""
+    return pg.locator(".live-panel .live-progress .live-progress-text")
 
 
 SERVER_CACHE: dict[str, str] = {}  # the server's run cache: it names its training children

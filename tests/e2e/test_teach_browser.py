@@ -14,7 +14,6 @@ import time
 
 import pytest
 from test_browser import (  # noqa: F401 - the fixtures are used by name
-    LIVE_FRAME,
     _assert_no_errors,
     _settle,
     _shot,
@@ -70,7 +69,7 @@ def test_teach_a_verb_live_in_the_browser(server, page):  # noqa: F811
     while time.time() < deadline and finished.count() == 0:
         try:
             seen.append(progress.first.inner_text(timeout=1000) if progress.count() else "")
-            panel = page.frame_locator(LIVE_FRAME).first
+            panel = page.locator(".live-panel")
             verb_lines = max(verb_lines, panel.locator("svg polyline.verb").count())
         except Exception:  # noqa: BLE001 - the elements are replaced on each redraw
             pass

@@ -1,0 +1,142 @@
+"""The live panel's browser side (app/live.py's ``LIVE_JS``), run in Debian's Chromium
+against a feed file that the test controls: it swaps in new markup only when the version
+moved, asks for a rerun once when the run it was drawn for ends (never for a feed file
+that lags behind the page), an idle watcher asks once a run starts, and the cleanup
+stops its polling. Skips without /usr/bin/chromium (unless MINITUNER_REQUIRE_E2E=1)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT))
+CHROMIUM = Path("/usr/bin/chromium")
+ORIGIN = "http://minituner.test"
+FEED = "/app/static/live/live-1-ab.json"
+POLL_MS = 40
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        if os.environ.get("MINITUNER_REQUIRE_E2E") == "1":
+            pytest.fail(f"{CHROMIUM} is missing (MINITUNER_REQUIRE_E2E=1)")
+        pytest.skip(f"{CHROMIUM} is missing")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox", "--disable-gpu"]
+        )
+        yield b
+        b.close()
+
+
+class Panel:
+    """One mounted live component on a blank page; ``feed`` is what the server serves."""
+
+    def __init__(self, browser, **data) -> None:
+        from app.live import LIVE_JS
+
+        self.feed = {"version": 0, "running": False, "status": "idle", "html": ""}
+        self.fetches = 0
+        self.page = browser.new_page()
+        self.page.route(f"{ORIGIN}/", lambda r: r.fulfill(body="<body><div id=root></div>"))
+        self.page.route(f"{ORIGIN}{FEED}", self._serve)
+        self.page.goto(f"{ORIGIN}/")
+        self.page.add_script_tag(content=LIVE_JS.replace("export default function", "window.live = function"))  # fmt: skip
+        args = {"url": FEED, "poll_ms": POLL_MS, "idle_poll_ms": POLL_MS, **data}
+        self.page.evaluate(
+            """(data) => {
+              window.triggers = [];
+              const root = document.getElementById("root");
+              window.cleanup = window.live({
+                data, parentElement: root,
+                setTriggerValue: (name, value) => window.triggers.push([name, value]),
+              });
+            }""",
+            args,
+        )
+
+    def _serve(self, route) -> None:
+        self.fetches += 1
+        route.fulfill(body=json.dumps(self.feed), content_type="application/json")
+
+    def serve(self, **feed) -> None:
+        self.feed = {**self.feed, **feed}
+
+    def triggers(self) -> list:
+        return self.page.evaluate("window.triggers")
+
+    def panel(self) -> str | None:
+        return self.page.evaluate(
+            "(document.querySelector('#root .live-panel') || {innerHTML: null}).innerHTML"
+        )
+
+    def settle(self, polls: int = 5) -> None:
+        self.page.wait_for_timeout(polls * POLL_MS + 100)
+
+    def until(self, expr: str) -> None:
+        self.page.wait_for_function(expr, timeout=10_000)
+
+
+def test_a_running_panel_follows_the_feed_then_asks_once_for_a_rerun(browser):
+    p = Panel(browser, version=5, running=True)
+    assert "starting" in p.panel()
+    p.serve(version=5, running=True, status="running", html="<p id=a>step 1</p>")
+    p.until("document.querySelector('#root .live-panel #a')")
+    p.serve(version=6, html="<p id=b>step 2</p>")
+    p.until("document.querySelector('#root .live-panel #b')")
+    assert p.triggers() == []  # news during the run: swapped in the browser, no rerun
+    p.serve(version=9, running=False, status="completed", html="")
+    p.until("window.triggers.length > 0")
+    p.settle()
+    assert p.triggers() == [["news", 9]]  # once, then it stops polling
+    n = p.fetches
+    p.settle()
+    assert p.fetches == n
+    assert p.panel() == '<p id="b">step 2</p>'  # an empty html leaves the last panel
+    p.page.close()
+
+
+def test_a_feed_that_lags_behind_the_page_does_not_end_the_run(browser):
+    """At a run's start the file may still hold the previous, idle state (older version)."""
+    p = Panel(browser, version=12, running=True)
+    p.serve(version=10, running=False, status="completed", html="")
+    p.settle(10)
+    assert p.triggers() == [] and "starting" in p.panel() and p.fetches >= 5
+    p.serve(version=13, running=True, status="running", html="<p>step 1</p>")
+    p.until("document.querySelector('#root .live-panel').textContent == 'step 1'")
+    assert p.triggers() == []
+    p.page.close()
+
+
+def test_an_idle_watcher_shows_nothing_and_asks_for_a_rerun_when_a_run_starts(browser):
+    p = Panel(browser, version=7, running=False)
+    p.serve(version=7, running=False, status="completed")
+    p.settle(10)
+    assert p.triggers() == [] and p.panel() is None and p.fetches >= 5
+    p.serve(version=8, running=True, status="running", html="<p>step 0</p>")
+    p.until("window.triggers.length > 0")
+    p.settle()
+    assert p.triggers() == [["news", 8]] and p.panel() is None
+    p.page.close()
+
+
+def test_the_cleanup_stops_the_polling(browser):
+    p = Panel(browser, version=1, running=True)
+    p.settle()
+    assert p.fetches >= 2
+    p.page.evaluate("window.cleanup()")
+    p.settle(2)
+    n = p.fetches
+    p.settle(10)
+    assert p.fetches == n and p.triggers() == []
+    p.page.close()
