@@ -9,7 +9,7 @@ Streamlit's static file serving (``server.enableStaticServing``, files under
 itself draws nothing until the run ends.
 
 :class:`Feed` is one thread per server: it waits for the trainer's version to move,
-renders the panel (a function from a :class:`app.trainer.LiveState` to HTML) and
+renders the panel (a function from a :class:`app.trainer.LiveState` to its parts' HTML) and
 replaces the file atomically, at most every ``min_gap_s``. The file is
 ``app/static/live/live-<server pid>-<random>.json``: a random name per server, removed
 when the server exits (files of servers that died are swept by the next one).
@@ -36,13 +36,13 @@ MIN_GAP_S = 0.5  # the file changes at most this often
 class Feed:
     """Publishes ``render(trainer.snapshot())`` to a JSON file whenever the version moves.
 
-    The file holds ``{"version": int, "running": bool, "status": str, "html": str}``; the
-    html is the rendered panel while a run goes, empty otherwise (the page draws a run's
-    outcome itself).
+    The file holds ``{"version": int, "running": bool, "status": str, "parts": {name: html}}``:
+    the rendered panel, part by part, while a run goes; no parts otherwise (the page draws
+    a run's outcome itself).
 
     Args:
         trainer: anything with ``version`` and ``snapshot()`` (``app.trainer.Trainer``).
-        render: the panel's markup for a snapshot.
+        render: the panel's markup for a snapshot, part by part (``{name: html}``).
         folder: where the file goes (Streamlit serves ``app/static/``).
         min_gap_s: the least time between two writes.
 
@@ -53,7 +53,7 @@ class Feed:
     def __init__(
         self,
         trainer,
-        render: Callable[[object], str],
+        render: Callable[[object], dict[str, str]],
         folder: Path = FEED_DIR,
         min_gap_s: float = MIN_GAP_S,
     ) -> None:
@@ -83,7 +83,7 @@ class Feed:
                 return self.written
             s = self.trainer.snapshot()
             payload = {"version": s.version, "running": s.running, "status": s.status}
-            payload["html"] = self.render(s) if s.running else ""  # idle tabs poll a tiny file
+            payload["parts"] = self.render(s) if s.running else {}  # idle tabs poll a tiny file
             tmp = self.path.with_name(self.name + ".tmp")
             tmp.write_text(json.dumps(payload), encoding="utf-8")
             os.replace(tmp, self.path)  # a fetch sees the old file or the new one, never half

@@ -39,6 +39,8 @@ HIDE_STATUS = (  # a fragment waiting for news counts as "running": keep the cor
 )
 FEED_POLL_MS = 1000  # how often a live panel fetches the feed while a run goes...
 IDLE_POLL_MS = 2000  # ...and how often an idle tab looks whether a run started
+CHART_MS = 2000  # a chart part of the panel is redrawn at most this often
+SLOW_PARTS = ("loss", "verbs")
 WATCH_KEY = "live_feed"
 
 # The live panel in the browser (a Streamlit v2 component: plain DOM, no iframe). It
@@ -48,7 +50,7 @@ WATCH_KEY = "live_feed"
 LIVE_JS = """
 export default function (component) {
   const { data, setTriggerValue, parentElement } = component;
-  const { url, version, running, poll_ms, idle_poll_ms } = data;
+  const { url, version, running, poll_ms, idle_poll_ms, chart_ms, slow } = data;
   let panel = parentElement.querySelector(".live-panel");
   if (running && !panel) {
     panel = document.createElement("div");
@@ -58,13 +60,34 @@ export default function (component) {
   } else if (!running && panel) {
     panel.remove();
   }
-  let seen = -1, done = false, timer = null;
+  const shown = {};  // part name -> [element, markup]
+  let chartAt = -Infinity, done = false, timer = null;
+  function show(parts) {  // redraw the parts whose markup changed; charts at most every chart_ms
+    const now = performance.now(), charts = now - chartAt >= chart_ms;
+    let drewChart = false;
+    for (const [name, html] of Object.entries(parts)) {
+      let part = shown[name];
+      if (part && part[1] === html) continue;
+      if (part && slow.includes(name) && !charts) continue;  // the next poll draws it
+      if (!part) {
+        if (!Object.keys(shown).length) panel.textContent = "";
+        const el = document.createElement("div");
+        el.className = "live-part live-part-" + name;
+        panel.appendChild(el);
+        part = shown[name] = [el, null];
+      }
+      part[0].innerHTML = html;
+      part[1] = html;
+      drewChart = drewChart || slow.includes(name);
+    }
+    if (drewChart) chartAt = now;
+  }
   async function poll() {
     try {
       const r = await fetch(url, { cache: "no-cache" });
       if (r.ok && !done) {
         const d = await r.json();
-        if (running && d.html && d.version > seen) { seen = d.version; panel.innerHTML = d.html; }
+        if (running && d.running && d.parts) show(d.parts);
         if (d.version > version && (!running || !d.running)) {
           done = true;
           setTriggerValue("news", d.version);
@@ -77,7 +100,7 @@ export default function (component) {
   return () => { done = true; clearTimeout(timer); };
 }
 """
-LIVE_CSS = ".live-panel svg{max-width:100%;height:auto}"
+LIVE_CSS = ".live-panel svg{max-width:100%;height:auto} .live-part{contain:content}"
 _live_component = st.components.v2.component(
     "minituner_live", js=LIVE_JS, css=LIVE_CSS, isolate_styles=False
 )
@@ -98,6 +121,8 @@ def _mount(s, running: bool) -> None:
             "running": running,
             "poll_ms": FEED_POLL_MS,
             "idle_poll_ms": IDLE_POLL_MS,
+            "chart_ms": CHART_MS,
+            "slow": list(SLOW_PARTS),
         },
         on_news_change=_news,
     )
@@ -163,9 +188,16 @@ def clicked(widget_states) -> bool:
 
 
 def panel_html(s) -> str:
-    """The live panel of a snapshot as one piece of markup: a progress bar (step, loss,
-    throughput, time, phase), the latest evaluation's figures, the loss/evaluation chart
-    and the per-verb chart (a lesson's verb drawn bold). Plain HTML and SVG, no script."""
+    """The live panel of a snapshot as one piece of markup (:func:`panel_parts`, joined)."""
+    return "".join(panel_parts(s).values())
+
+
+def panel_parts(s) -> dict[str, str]:
+    """The live panel of a snapshot, part by part, in order: ``progress`` (a bar with step,
+    loss, throughput, time, phase), ``figures`` (the latest evaluation's), ``loss`` (the
+    loss/evaluation chart) and ``verbs`` (the per-verb chart, a lesson's verb bold).
+    Plain HTML and SVG, no script. The browser redraws only the parts that changed, and
+    the charts (``SLOW_PARTS``) at most every ``CHART_MS``."""
     frac = min(1.0, s.step / max(1, s.steps))
     tps = f" · {s.tokens_per_s:,.0f} tokens/s" if s.tokens_per_s else ""
     loss = f" · loss {s.losses[-1]:.4f}" if s.losses and math.isfinite(s.losses[-1]) else ""
@@ -195,9 +227,12 @@ def panel_html(s) -> str:
             f"over-regularized <b>{helpers.pct(e.overregularized_rate)}</b> · control EN "
             f"drift <b>{100 * e.control_en_drift:+.2f}%</b> · on {escape(s.device or '…')}</p>"
         )
-    chart = train_charts.live_training(s.loss_steps, s.losses, s.evals, s.steps)
-    chart += verb_charts.live_verbs(verb_charts.per_verb_points(s.evals), s.steps, lemma)
-    return bar + figures + chart
+    return {
+        "progress": bar,
+        "figures": figures,
+        "loss": train_charts.live_training(s.loss_steps, s.losses, s.evals, s.steps),
+        "verbs": verb_charts.live_verbs(verb_charts.per_verb_points(s.evals), s.steps, lemma),
+    }
 
 
 @st.cache_resource
@@ -208,7 +243,7 @@ def feed() -> Feed | None:
     if not st.get_option("server.enableStaticServing"):
         return None
     try:
-        return Feed(data.get_trainer(), panel_html)
+        return Feed(data.get_trainer(), panel_parts)
     except OSError:
         return None
 

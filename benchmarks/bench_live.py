@@ -10,9 +10,12 @@ Debian's Chromium through Playwright, and times, interleaved and repeated:
           evaluation and the save;
 * app+0:  the Train page, from pressing the train button to "Training finished" (the
           child process starts, trains, evaluates and saves), no other tab open;
-* app+N after:  the same with N more tabs opened on the Train page right after the
-          press (each loads the app while the run goes), watching it to its end;
-* app+N before: N more tabs already open on the Train page when the run starts (the
+* app+N after:  the same with N more browsers (each its own profile: nothing cached)
+          opened on the Train page right after the press (each loads the app while the
+          run goes), watching it to its end;
+* app+N after, same browser: the same with N more tabs of the pressing tab's browser
+          (they share its HTTP and script caches: a lecturer opening more tabs);
+* app+N before: N more browsers already open on the Train page when the run starts (the
           classroom: students open the page, then the lecturer presses the button).
 
 It prints the median of each and its ratio to the CLI's median, plus the CPU seconds the
@@ -109,36 +112,54 @@ class App:
 
 
 def run_app(
-    app: App, browser, query: str, watchers: int, chromium_pid: int, before: bool = False
+    app: App,
+    browser,
+    query: str,
+    watchers: int,
+    chromium_pid: int,
+    before: bool = False,
+    shared: bool = False,
 ) -> dict:
     """Press the train button with ``watchers`` more tabs open on the Train page, opened
-    right after the press (``before=False``: each tab loads while the run goes) or
-    before it (the tabs are loaded and idle when it starts); wait for the end."""
-    contexts = [browser.new_context(viewport={"width": 1500, "height": 1100})]
-    page = contexts[0].new_page()
+    right after the press (``before=False``: each tab loads the app while the run goes)
+    or before it (the tabs are loaded and idle when it starts); wait for the end.
+
+    Each more tab is its own browser context (a separate profile: nothing cached, as on
+    another person's browser), or with ``shared`` a tab of the pressing tab's browser
+    (its HTTP and script caches, as for a lecturer who opens more tabs)."""
+    first = browser.new_context(viewport={"width": 1500, "height": 1100})
+    contexts = [first]
+    page = first.new_page()
     page.set_default_timeout(600_000)
     page.goto(f"{app.url}/train?{query}")
     button = page.locator(".st-key-train_start button")
     button.wait_for()
+
+    def open_tab():
+        if shared:
+            return first.new_page()
+        ctx = browser.new_context(viewport={"width": 1500, "height": 1100})
+        contexts.append(ctx)
+        return ctx.new_page()
+
+    tabs = []
     if before:
         for _ in range(watchers):
-            ctx = browser.new_context(viewport={"width": 1500, "height": 1100})
-            contexts.append(ctx)
-            w = ctx.new_page()
+            w = open_tab()
             w.set_default_timeout(600_000)
             w.goto(f"{app.url}/train?{query}")
             w.locator(".st-key-train_start button").wait_for()
+            tabs.append(w)
     page.wait_for_timeout(1500)  # the pages have settled: nothing else is running
     cpu0 = (_cpu_seconds(app.proc.pid, descendants=False), _cpu_seconds(chromium_pid))
     t0 = time.perf_counter()
     button.click()
     for _ in range(0 if before else watchers):
-        ctx = browser.new_context(viewport={"width": 1500, "height": 1100})
-        contexts.append(ctx)
-        ctx.new_page().goto(f"{app.url}/train?{query}", wait_until="commit")
-    for ctx in contexts[1:]:  # each watcher gets the live view, not just "busy"
-        live = ctx.pages[0].locator(".live-panel .live-progress")
-        live.first.wait_for(timeout=600_000)
+        w = open_tab()
+        w.goto(f"{app.url}/train?{query}", wait_until="commit")
+        tabs.append(w)
+    for w in tabs:  # each watcher gets the live view, not just "busy"
+        w.locator(".live-panel .live-progress").first.wait_for(timeout=600_000)
     page.get_by_text("Training finished").first.wait_for(timeout=600_000)
     wall = time.perf_counter() - t0
     server_cpu = _cpu_seconds(app.proc.pid, descendants=False) - cpu0[0]  # not the child
@@ -168,7 +189,12 @@ def main() -> None:
           f"{args.repeats} repeats interleaved")  # fmt: skip
     app = App(env)
     n = args.watchers
-    modes = {"app+0": (0, False), f"app+{n} after": (n, False), f"app+{n} before": (n, True)}
+    modes = {  # name: (more tabs, opened before the press, tabs of the same browser)
+        "app+0": (0, False, False),
+        f"app+{n} after": (n, False, False),
+        f"app+{n} after, same browser": (n, False, True),
+        f"app+{n} before": (n, True, False),
+    }
     times: dict[str, list[float]] = {"cli": [], **{k: [] for k in modes}}
     cpu: dict[str, list[tuple[float, float]]] = {k: [] for k in times if k != "cli"}
     try:
@@ -178,8 +204,8 @@ def main() -> None:
             run_app(app, browser, query, 0, chromium_pid)  # warm-up: imports, page caches
             for i in range(args.repeats):
                 times["cli"].append(run_cli(env, args.steps))
-                for k, (w, before) in modes.items():
-                    r = run_app(app, browser, query, w, chromium_pid, before)
+                for k, (w, before, shared) in modes.items():
+                    r = run_app(app, browser, query, w, chromium_pid, before, shared)
                     times[k].append(r["wall"])
                     cpu[k].append((r["server_cpu"], r["browser_cpu"]))
                 print(f"  repeat {i + 1}: " + ", ".join(
@@ -198,8 +224,9 @@ def main() -> None:
         b_cpu = statistics.median(c[1] for c in cpu[k])
         tabs = {
             "app+0": "no other tab",
-            f"app+{n} after": f"{n} more tabs opened right after the press",
-            f"app+{n} before": f"{n} more tabs open before the press",
+            f"app+{n} after": f"{n} more browsers (own profiles) opened right after the press",
+            f"app+{n} after, same browser": f"{n} more tabs of its browser opened right after the press",
+            f"app+{n} before": f"{n} more browsers (own profiles) open before the press",
         }[k]
         print(f"| app, Train live, {tabs} | {med:.1f} | {med / cli:.2f} | {s_cpu:.1f} | "
               f"{b_cpu:.1f} |")  # fmt: skip

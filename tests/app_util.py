@@ -26,4 +26,4 @@ def live_panel(at) -> str:
     feed = live.feed()
     assert len(panels) == 1 and feed is not None and panels[0]["url"].endswith(feed.name)
     feed.publish()
-    return json.loads(feed.path.read_text(encoding="utf-8"))["html"]
+    return "".join(json.loads(feed.path.read_text(encoding="utf-8"))["parts"].values())

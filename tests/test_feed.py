@@ -41,8 +41,8 @@ class FakeTrainer:
         self.state = dataclasses.replace(self.state, version=self.state.version + 1, **changes)
 
 
-def render(s: LiveState) -> str:
-    return f"<p>step {s.step}</p>"
+def render(s: LiveState) -> dict[str, str]:
+    return {"progress": f"<p>step {s.step}</p>", "loss": "<svg></svg>"}
 
 
 def read(f: feedmod.Feed) -> dict:
@@ -72,21 +72,21 @@ def feed(trainer, tmp_path):
 
 def test_the_file_exists_at_once_and_follows_the_version(feed, trainer):
     # idle: no panel (the page draws an outcome itself), so idle tabs poll a tiny file
-    assert read(feed) == {"version": 0, "running": False, "status": "idle", "html": ""}
+    assert read(feed) == {"version": 0, "running": False, "status": "idle", "parts": {}}
     trainer.move(status="running", step=3)
     assert wait_until(lambda: read(feed)["version"] == 1)
     assert read(feed) == {
         "version": 1,
         "running": True,
         "status": "running",
-        "html": "<p>step 3</p>",
+        "parts": {"progress": "<p>step 3</p>", "loss": "<svg></svg>"},
     }
     for step in range(4, 9):  # a burst: the last state arrives
         trainer.move(step=step)
-    assert wait_until(lambda: read(feed)["html"] == "<p>step 8</p>")
+    assert wait_until(lambda: read(feed)["parts"]["progress"] == "<p>step 8</p>")
     trainer.move(status="completed", step=9)
     assert wait_until(lambda: read(feed)["version"] == 7)
-    assert read(feed) == {"version": 7, "running": False, "status": "completed", "html": ""}
+    assert read(feed) == {"version": 7, "running": False, "status": "completed", "parts": {}}
     assert [p.name for p in feed.folder.iterdir()] == [feed.name]  # no temporary file left
 
 
@@ -177,11 +177,16 @@ def test_panel_shows_progress_loss_and_the_charts():
 
     s = state(step=10, loss_steps=(1, 10), losses=(2.0, 1.25), tokens_per_s=1234.0,
               elapsed_s=3.25, phase="training <fast>")  # fmt: skip
+    parts = live.panel_parts(s)
+    assert list(parts) == ["progress", "figures", "loss", "verbs"]  # the order on screen
+    assert set(live.SLOW_PARTS) <= set(parts)
+    bar = parts["progress"]
+    assert 'aria-valuenow="25"' in bar and "width:25.0%" in bar
+    assert "step 10/40 · loss 1.2500 · 1,234 tokens/s · 3.2 s · training &lt;fast&gt;" in bar
+    assert parts["figures"] == ""  # no evaluation yet
+    assert parts["loss"].startswith("<svg") and parts["verbs"].startswith("<svg")
     html = live.panel_html(s)
-    assert 'aria-valuenow="25"' in html and "width:25.0%" in html
-    assert "step 10/40 · loss 1.2500 · 1,234 tokens/s · 3.2 s · training &lt;fast&gt;" in html
-    assert html.count("<svg") == 2  # loss/evaluation, then the per-verb chart
-    assert "<script" not in html
+    assert html == "".join(parts.values()) and "<script" not in html
 
 
 def test_panel_leaves_out_a_non_finite_loss_and_names_a_lessons_verb():

@@ -1,8 +1,8 @@
 """The live panel's browser side (app/live.py's ``LIVE_JS``), run in Debian's Chromium
-against a feed file that the test controls: it swaps in new markup only when the version
-moved, asks for a rerun once when the run it was drawn for ends (never for a feed file
-that lags behind the page), an idle watcher asks once a run starts, and the cleanup
-stops its polling. Skips without /usr/bin/chromium (unless MINITUNER_REQUIRE_E2E=1)."""
+against a feed file that the test controls: it redraws only the parts that changed, the
+charts at most every ``chart_ms``; it asks for a rerun once when the run it was drawn for
+ends (never for a feed file that lags behind the page); an idle watcher asks once a run
+starts; the cleanup stops its polling. Skips without /usr/bin/chromium (unless MINITUNER_REQUIRE_E2E=1)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 ORIGIN = "http://minituner.test"
 FEED = "/app/static/live/live-1-ab.json"
 POLL_MS = 40
+CHART_MS = 600
 
 
 @pytest.fixture(scope="module")
@@ -45,14 +46,15 @@ class Panel:
     def __init__(self, browser, **data) -> None:
         from app.live import LIVE_JS
 
-        self.feed = {"version": 0, "running": False, "status": "idle", "html": ""}
+        self.feed = {"version": 0, "running": False, "status": "idle", "parts": {}}
         self.fetches = 0
         self.page = browser.new_page()
         self.page.route(f"{ORIGIN}/", lambda r: r.fulfill(body="<body><div id=root></div>"))
         self.page.route(f"{ORIGIN}{FEED}", self._serve)
         self.page.goto(f"{ORIGIN}/")
         self.page.add_script_tag(content=LIVE_JS.replace("export default function", "window.live = function"))  # fmt: skip
-        args = {"url": FEED, "poll_ms": POLL_MS, "idle_poll_ms": POLL_MS, **data}
+        args = {"url": FEED, "poll_ms": POLL_MS, "idle_poll_ms": POLL_MS,
+                "chart_ms": CHART_MS, "slow": ["loss"], **data}  # fmt: skip
         self.page.evaluate(
             """(data) => {
               window.triggers = [];
@@ -77,7 +79,12 @@ class Panel:
 
     def panel(self) -> str | None:
         return self.page.evaluate(
-            "(document.querySelector('#root .live-panel') || {innerHTML: null}).innerHTML"
+            "(document.querySelector('#root .live-panel') || {textContent: null}).textContent"
+        )
+
+    def part(self, name: str) -> str | None:
+        return self.page.evaluate(
+            f"(document.querySelector('#root .live-part-{name}') || {{innerHTML: null}}).innerHTML"
         )
 
     def settle(self, polls: int = 5) -> None:
@@ -87,32 +94,41 @@ class Panel:
         self.page.wait_for_function(expr, timeout=10_000)
 
 
-def test_a_running_panel_follows_the_feed_then_asks_once_for_a_rerun(browser):
+def test_a_running_panel_redraws_changed_parts_then_asks_once_for_a_rerun(browser):
     p = Panel(browser, version=5, running=True)
     assert "starting" in p.panel()
-    p.serve(version=5, running=True, status="running", html="<p id=a>step 1</p>")
-    p.until("document.querySelector('#root .live-panel #a')")
-    p.serve(version=6, html="<p id=b>step 2</p>")
-    p.until("document.querySelector('#root .live-panel #b')")
-    assert p.triggers() == []  # news during the run: swapped in the browser, no rerun
-    p.serve(version=9, running=False, status="completed", html="")
+    p.serve(version=5, running=True, status="running",
+            parts={"progress": "<p>step 1</p>", "figures": "<p>fig</p>", "loss": "<i>L1</i>"})  # fmt: skip
+    p.until("document.querySelector('#root .live-part-loss')")
+    assert [p.part(n) for n in ("progress", "figures", "loss")] == [
+        "<p>step 1</p>", "<p>fig</p>", "<i>L1</i>"
+    ]  # fmt: skip
+    assert "starting" not in p.panel()
+    p.page.evaluate("document.querySelector('.live-part-figures p').dataset.kept = 'yes'")
+    p.serve(version=6, parts={"progress": "<p>step 2</p>", "figures": "<p>fig</p>", "loss": "<i>L2</i>"})  # fmt: skip
+    p.until("document.querySelector('#root .live-part-progress').textContent == 'step 2'")
+    assert p.part("loss") == "<i>L1</i>"  # a chart waits for chart_ms since its last draw
+    p.until("document.querySelector('#root .live-part-loss').textContent == 'L2'")
+    assert p.part("figures") == '<p data-kept="yes">fig</p>'  # unchanged: not redrawn
+    assert p.triggers() == []  # news during the run: drawn in the browser, no rerun
+    p.serve(version=9, running=False, status="completed", parts={})
     p.until("window.triggers.length > 0")
     p.settle()
     assert p.triggers() == [["news", 9]]  # once, then it stops polling
     n = p.fetches
     p.settle()
     assert p.fetches == n
-    assert p.panel() == '<p id="b">step 2</p>'  # an empty html leaves the last panel
+    assert p.part("progress") == "<p>step 2</p>"  # the last panel stays until the rerun
     p.page.close()
 
 
 def test_a_feed_that_lags_behind_the_page_does_not_end_the_run(browser):
     """At a run's start the file may still hold the previous, idle state (older version)."""
     p = Panel(browser, version=12, running=True)
-    p.serve(version=10, running=False, status="completed", html="")
+    p.serve(version=10, running=False, status="completed", parts={})
     p.settle(10)
     assert p.triggers() == [] and "starting" in p.panel() and p.fetches >= 5
-    p.serve(version=13, running=True, status="running", html="<p>step 1</p>")
+    p.serve(version=13, running=True, status="running", parts={"progress": "<p>step 1</p>"})
     p.until("document.querySelector('#root .live-panel').textContent == 'step 1'")
     assert p.triggers() == []
     p.page.close()
@@ -123,7 +139,7 @@ def test_an_idle_watcher_shows_nothing_and_asks_for_a_rerun_when_a_run_starts(br
     p.serve(version=7, running=False, status="completed")
     p.settle(10)
     assert p.triggers() == [] and p.panel() is None and p.fetches >= 5
-    p.serve(version=8, running=True, status="running", html="<p>step 0</p>")
+    p.serve(version=8, running=True, status="running", parts={"progress": "<p>step 0</p>"})
     p.until("window.triggers.length > 0")
     p.settle()
     assert p.triggers() == [["news", 8]] and p.panel() is None
