@@ -25,7 +25,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from app_util import live_panel  # noqa: E402
+from app_util import live_components, live_panel  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from app import data, helpers  # noqa: E402
@@ -117,6 +117,9 @@ def _lesson(at: AppTest) -> AppTest:
 
 def test_a_teach_run_trains_live_and_shows_before_and_after(empty_cache, idle_trainer):
     at = _lesson(open_page("teach"))
+    # idle: an invisible watcher of the live feed reruns the page when any tab starts a run
+    (watcher,) = live_components(at)
+    assert not watcher["running"] and watcher["version"] == idle_trainer.snapshot().version
     at.button(key="teach_start").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert "Teaching live" in texts(at.subheader)
