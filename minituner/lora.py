@@ -119,20 +119,23 @@ def _use_function(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 class _LoRAFunction(torch.autograd.Function):
     """y = x Wᵀ + b + s·(x Aᵀ) Bᵀ for a frozen W and b, with a hand-written backward.
 
-    Each narrow product is laid out with r rows, (r, N), rather than the (N, r) or
-    (out, r) = (out, N) @ (N, r) form of F.linear(F.linear(x, A), B) and its autograd
-    backward: on the 2-core CPU that layout was the faster one for MiniGPT's (1536, 128)
-    inputs in a helper's micro-timings (not kept in benchmarks/). With ``fold`` (float32 / float64) the LoRA update
-    rides in the frozen GEMMs through W' = W + s·B·A, built per call ((out, r) @ (r, in)):
+    On the CPU what LoRA costs is its narrow products ((r, N) = (r, in) @ (in, N) and the
+    like): each reads a whole (N, in) or (N, out) tensor, often no longer in cache, at a small
+    fraction of the GEMM rate (``benchmarks/bench_lora_peft.py --profile`` lists them). Each
+    is laid out with r rows, (r, N), the faster layout there. With ``fold`` (float32 /
+    float64) the update rides in the frozen GEMMs through W' = W + s·B·A, built per call
+    ((out, r) @ (r, in)), and backward's g B rides in the GEMM for ∂x:
 
-        forward   y = x W'ᵀ + b,  hᵀ = A xᵀ (r, N)                  2 GEMMs
-        backward  ghᵀ = Bᵀ gᵀ (r, N),  ∂x = g W',
-                  ∂A = s·ghᵀ x,  ∂B = s·(hᵀ g)ᵀ                      4 GEMMs
+        forward   y = x W'ᵀ + b,  hᵀ = A xᵀ (r, N)                        2 GEMMs
+        backward  [∂x | gh] = g [W' | B]  (N, in + r),                    1 GEMM
+                  ∂A = s·ghᵀ x,  ∂B = s·(hᵀ g)ᵀ                           2 GEMMs
 
-    Without ``fold`` (bfloat16 / float16, where W' would round away a small ΔW) y and ∂x get
-    the update in place instead: y += s·h Bᵀ, ∂x += s·gh A (one more small GEMM each way).
-    PEFT runs 3 GEMMs and 2 passes over an (N, out) tensor forward, 5 GEMMs (three in the slow
-    layout), a scaling and an add over (N, ·) tensors backward.
+    (ghᵀ = Bᵀ gᵀ alone where ∂x is not needed; ∂x is then a column slice, not contiguous).
+    The forward keeps y = x W'ᵀ + b as the frozen Linear computes it, so a zero B gives the
+    base's output bit for bit. Without ``fold`` (bfloat16 / float16, where W' would round
+    away a small ΔW) y and ∂x get the update in place instead: y += s·h Bᵀ, ∂x += s·gh A.
+    The scaling s rides in the GEMMs' alpha. PEFT runs 3 GEMMs and 2 passes over an (N, out)
+    tensor forward, 5 GEMMs, a scaling and an add over (N, ·) tensors backward.
     """
 
     @staticmethod
@@ -151,17 +154,20 @@ class _LoRAFunction(torch.autograd.Function):
     def backward(ctx, g):
         # g: (N, out)
         x, wf, a, b, ht = ctx.saved_tensors
-        s, need = ctx.s, ctx.needs_input_grad
-        gx = ga = gb = None
-        ght = torch.mm(b.t(), g.t()) if need[3] or (need[0] and not ctx.fold) else None  # (r, N)
-        if need[0]:
-            gx = torch.mm(g, wf)  # (N, in)
-            if not ctx.fold:
-                gx.addmm_(ght.t(), a, alpha=s)
+        s, need, fold = ctx.s, ctx.needs_input_grad, ctx.fold
+        gx = ga = gb = ght = None
+        if need[0] and fold:
+            ge = torch.mm(g, torch.cat([wf, b], 1))  # (N, in + r)
+            gx, ght = ge[:, : x.shape[1]], ge[:, x.shape[1] :].t()  # (N, in), (r, N)
+        elif need[3] or need[0]:
+            ght = torch.mm(b.t(), g.t())  # (r, N)
+        if need[0] and not fold:
+            gx = torch.mm(g, wf)  # (N, in); wf is W here
+            gx.addmm_(ght.t(), a, alpha=s)
         if need[3]:
-            ga = torch.mm(ght, x).mul_(s)  # (r, in)
+            ga = torch.addmm(a, ght, x, beta=0, alpha=s)  # (r, in)
         if need[4]:
-            gb = torch.mm(ht, g).mul_(s).t()  # (out, r)
+            gb = torch.addmm(b.t(), ht, g, beta=0, alpha=s).t()  # (out, r)
         return gx, None, None, ga, gb, None, None
 
 
