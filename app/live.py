@@ -51,6 +51,7 @@ LIVE_JS = """
 export default function (component) {
   const { data, setTriggerValue, parentElement } = component;
   const { url, version, running, poll_ms, idle_poll_ms, chart_ms, slow } = data;
+  if (parentElement.liveStop) parentElement.liveStop();  // new data: this call takes over
   let panel = parentElement.querySelector(".live-panel");
   if (running && !panel) {
     panel = document.createElement("div");
@@ -96,8 +97,10 @@ export default function (component) {
     } catch (e) {}
     if (!done) timer = setTimeout(poll, running ? poll_ms : idle_poll_ms);
   }
+  const stop = () => { done = true; clearTimeout(timer); };
+  parentElement.liveStop = stop;
   poll();
-  return () => { done = true; clearTimeout(timer); };
+  return stop;
 }
 """
 LIVE_CSS = ".live-panel svg{max-width:100%;height:auto} .live-part{contain:content}"

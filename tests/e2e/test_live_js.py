@@ -53,14 +53,18 @@ class Panel:
         self.page.route(f"{ORIGIN}{FEED}", self._serve)
         self.page.goto(f"{ORIGIN}/")
         self.page.add_script_tag(content=LIVE_JS.replace("export default function", "window.live = function"))  # fmt: skip
+        self.page.evaluate("window.triggers = []")
+        self.mount(**data)
+
+    def mount(self, **data) -> None:
+        """Call the component's function (Streamlit calls it again on the same element
+        when a rerun brings new data)."""
         args = {"url": FEED, "poll_ms": POLL_MS, "idle_poll_ms": POLL_MS,
                 "chart_ms": CHART_MS, "slow": ["loss"], **data}  # fmt: skip
         self.page.evaluate(
             """(data) => {
-              window.triggers = [];
-              const root = document.getElementById("root");
               window.cleanup = window.live({
-                data, parentElement: root,
+                data, parentElement: document.getElementById("root"),
                 setTriggerValue: (name, value) => window.triggers.push([name, value]),
               });
             }""",
@@ -155,4 +159,22 @@ def test_the_cleanup_stops_the_polling(browser):
     n = p.fetches
     p.settle(10)
     assert p.fetches == n and p.triggers() == []
+    p.page.close()
+
+
+def test_new_data_on_the_same_element_stops_the_previous_poll(browser):
+    """A rerun with new data calls the function again on the same element without the
+    cleanup: the earlier call's poll must stop, or it would act on its stale version."""
+    p = Panel(browser, version=5, running=True)
+    p.serve(version=5, running=True, status="running", parts={"progress": "<p>step 1</p>"})
+    p.until("document.querySelector('#root .live-part-progress')")
+    p.mount(version=7, running=True)  # the page was redrawn at version 7
+    p.serve(version=6, running=False, status="stopped", parts={})  # news for version 5 only
+    p.settle(10)
+    assert p.triggers() == []
+    assert p.page.evaluate("document.querySelectorAll('#root .live-panel').length") == 1
+    p.serve(version=8, running=False, status="stopped", parts={})
+    p.until("window.triggers.length > 0")
+    p.settle()
+    assert p.triggers() == [["news", 8]]
     p.page.close()
