@@ -13,9 +13,10 @@ PEFT step timed next to it), which slow drifts of a shared machine affect less.
 With ``--floor`` a second pair is timed the same way: PEFT against the same MiniGPT without
 LoRA, only the q_proj / v_proj biases trainable (the same backward through the frozen
 model, no LoRA work): the ratio no LoRA layer can beat. With ``--profile N`` it then records
-N more steps of each under torch.profiler and prints, per implementation, the operator
-counts per step (and CUDA kernels per step on a GPU) and the table of where the step's time
-goes.
+N more steps of each (alternating, the no-LoRA model too with ``--floor``) under
+torch.profiler and prints, per implementation, the operator counts per step (and CUDA
+kernels per step on a GPU) and the table of where the step's time goes, then the self time
+per step of each operator with its input shapes side by side, largest differences first.
 
     PYTHONPATH=. python benchmarks/bench_lora_peft.py [--device cpu|cuda] [--repeats 30] [--warmup 5]
         [--threads N] [--floor] [--profile N]
@@ -124,25 +125,62 @@ def interleaved(steps: dict, warmup: int, repeats: int) -> dict[str, list[float]
 
 
 def profile(steps: dict, device: torch.device, n: int, rows: int = 18) -> None:
-    """Per implementation: aten ops (and CUDA kernels) per step, then the profiler table."""
+    """Per implementation: aten ops (and CUDA kernels) per step and the profiler table; then
+    one table of the operators (with input shapes) side by side, self time per step, those
+    whose time differs most between the implementations first.
+
+    The n profiled steps alternate between the implementations, one step per profiler session.
+    """
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    for name, step in steps.items():
+    self_time = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    sessions: dict[str, list] = {name: [] for name in steps}
+    for step in steps.values():
         step()
-        with torch_profile(activities=acts) as prof:
-            for _ in range(n):
-                step()
-        events = prof.key_averages()
-        aten = sum(e.count for e in events if e.key.startswith("aten::")) / n
-        kernels = sum(
-            e.count for e in events if e.device_type == torch.autograd.DeviceType.CUDA
-        )  # launched kernels and copies
+    for i in range(n):
+        for name in list(steps) if i % 2 == 0 else list(reversed(steps)):
+            with torch_profile(activities=acts, record_shapes=True) as prof:
+                steps[name]()
+            sessions[name].append(prof)
+    per_op: dict[str, dict[str, list[float]]] = {}  # impl -> "op shapes" -> [calls, ms] per step
+    for name, profs in sessions.items():
+        ops: dict[str, list[float]] = {}
+        aten = kernels = 0
+        for prof in profs:
+            for e in prof.key_averages(group_by_input_shape=True):
+                key = f"{e.key} {str(e.input_shapes)[:48]}" if e.input_shapes else e.key
+                acc = ops.setdefault(key, [0.0, 0.0])
+                acc[0] += e.count / n
+                acc[1] += getattr(e, self_time) / n / 1e3
+                aten += e.count if e.key.startswith("aten::") else 0
+                kernels += e.count if e.device_type == torch.autograd.DeviceType.CUDA else 0
+        per_op[name] = ops
         more = f", CUDA kernels per step {kernels / n:.0f}" if device.type == "cuda" else ""
-        print(f"\n== profile {name}: {n} steps, aten ops per step {aten:.0f}{more}")
-        print(events.table(sort_by=sort, row_limit=rows, max_name_column_width=40))
+        print(f"\n== profile {name}: {n} steps, aten ops per step {aten / n:.0f}{more}")
+        print(
+            profs[-1].key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=40)
+        )
+    names = list(per_op)
+    keys = set().union(*per_op.values())
+
+    def ms(name: str, key: str) -> float:
+        return per_op[name].get(key, [0.0, 0.0])[1]
+
+    spread = {k: max(ms(m, k) for m in names) - min(ms(m, k) for m in names) for k in keys}
+    print(
+        f"\n== self time per step (ms) and calls per step, by operator and input shapes, {n} steps"
+    )
+    print(f"{'operator [input shapes]':<70}" + "".join(f"{m[:16]:>22}" for m in names))
+    for key in sorted(keys, key=lambda k: -spread[k])[: 2 * rows]:
+        cells = "".join(
+            f"{ms(m, key):>12.3f} ({per_op[m].get(key, [0.0])[0]:>5.0f})" for m in names
+        )
+        print(f"{key[:70]:<70}{cells}")
+    total = "".join(f"{sum(v[1] for v in per_op[m].values()):>22.3f}" for m in names)
+    print(f"{'all operators (self time)':<70}{total}")
 
 
 def main() -> None:
@@ -195,6 +233,8 @@ def main() -> None:
         who = "no LoRA/peft" if what.startswith("floor") else "minituner/peft"
         print(f"ratio {who}, {what}: {ratio:.3f} (median of paired ratios {paired:.3f})")
     if args.profile:
+        if args.floor:
+            steps["no LoRA"] = floor_steps["no LoRA"]
         profile(steps, device, args.profile)
 
 
