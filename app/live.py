@@ -4,8 +4,8 @@ the watcher that notices a run starting or ending, and how a run ended.
 While a run goes, the live panel (progress, loss and evaluation curves, per-verb lines)
 is a small Streamlit v2 component (plain DOM, no iframe) that fetches the server's live
 feed (app/feed.py: a JSON file served by Streamlit's static file serving) every
-``FEED_POLL_MS`` and swaps in the new markup only when the version moved. When the run
-ends it sends one trigger and Streamlit reruns the fragment around it. No script runs on
+``FEED_POLL_MS`` and redraws only the parts of the panel that changed (the charts at most
+every ``CHART_MS``). When the run ends it sends one trigger and Streamlit reruns the fragment around it. No script runs on
 the server for any tab meanwhile, and no tab shows Streamlit's "running" state: a
 watching tab costs its browser one small fetch per poll. An idle tab holds the same
 component, invisible, fetching the feed every ``IDLE_POLL_MS`` to notice a run that
@@ -34,7 +34,7 @@ POLL_S = 1.0  # the fallback's fragment timer: how soon a new fragment run start
 MIN_REDRAW_S = 2.0  # ...and its live panel redraws at most this often, only on news
 TICK_S = 0.1
 MAX_WAIT_S = 60.0
-HIDE_STATUS = (  # a fragment waiting for news counts as "running": keep the corner quiet
+HIDE_STATUS = (  # the fallback's fragment waiting for news counts as "running": keep quiet
     "<style>[data-testid='stStatusWidget'],[data-testid='stDecoration']{display:none}</style>"
 )
 FEED_POLL_MS = 1000  # how often a live panel fetches the feed while a run goes...
@@ -44,9 +44,9 @@ SLOW_PARTS = ("loss", "verbs")
 WATCH_KEY = "live_feed"
 
 # The live panel in the browser (a Streamlit v2 component: plain DOM, no iframe). It
-# fetches the feed and swaps in the panel's markup when the version moved; when the run
-# it was drawn for has ended (running), or a run has started or ended since the server
-# drew it (idle), it sends one trigger, and Streamlit reruns the fragment around it.
+# fetches the feed and redraws the parts whose markup changed; when the run it was drawn
+# for has ended (running), or a run has started or ended since the server drew it (idle),
+# it sends one trigger, and Streamlit reruns the fragment around it.
 LIVE_JS = """
 export default function (component) {
   const { data, setTriggerValue, parentElement } = component;
