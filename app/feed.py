@@ -3,10 +3,9 @@
 A Streamlit redraw costs each watching browser far more than the chart it carries (the
 frontend reruns its whole app tree: measured with benchmarks/bench_live.py, about
 0.1-0.2 s of browser CPU per redraw per tab, on the same cores as the training). So
-while a run goes, the live panel (app/live.py) polls this file through
-Streamlit's static file serving (``server.enableStaticServing``, files under
-``app/static/``) and swaps in the new markup only when the version moved; Streamlit
-itself draws nothing until the run ends.
+while a run goes, the live panel (app/live.py) polls this file through Streamlit's static
+file serving (``server.enableStaticServing``, files under ``app/static/``) and redraws
+only the parts that changed; Streamlit itself draws nothing until the run ends.
 
 :class:`Feed` is one thread per server: it waits for the trainer's version to move,
 renders the panel (a function from a :class:`app.trainer.LiveState` to its parts' HTML) and
