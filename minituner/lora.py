@@ -60,6 +60,11 @@ _FORMAT, _VERSION = "minituner-lora", 1
 # LoRALinear on a GPU folds ΔW into the weight for layers up to this many multiply-adds
 # (tokens x in x out): ~4 µs of an H200's float32 GEMM, about one kernel launch
 MERGED_FORWARD_MAX_MACS = 1 << 27
+# On the CPU the narrow LoRA products ((r, N) @ (N, in) and the like) ran at about 1/5 of
+# the rate of a full (N, in) @ (in, out) GEMM in `bench_lora_peft.py --profile` on the 2-core
+# machine, so a layer folds W + s·B·A into one Linear (∂W' = gᵀ x: N·in·out multiply-adds,
+# instead of ~2·r·N·(in + out) in narrow products) while in·out <= this ratio · r·(in + out)
+CPU_FOLD_MAX_RATIO = 10
 
 
 def is_linear_like(module: object) -> bool:
@@ -109,6 +114,12 @@ def _has_float_weight(base: nn.Module) -> bool:
 def _fold_delta(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether LoRALinear runs as one Linear with W + s·B·A: on a GPU, for a small layer."""
     return x.is_cuda and x.numel() * weight.shape[0] <= MERGED_FORWARD_MAX_MACS
+
+
+def _cpu_folds(weight: torch.Tensor, r: int) -> bool:
+    """Whether a CPU layer with a frozen float32/64 base runs as one Linear with W + s·B·A."""
+    out_f, in_f = weight.shape
+    return in_f * out_f <= CPU_FOLD_MAX_RATIO * r * (in_f + out_f)
 
 
 def _use_function(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
@@ -245,8 +256,11 @@ class LoRALinear(nn.Module):
         (N·in·out <= ``MERGED_FORWARD_MAX_MACS``) without dropout runs as one Linear with
         W' = W + s·B·A built per call: forward 2 GEMMs (and a copy of W), backward 4 GEMMs
         (∂x, ∂W', ∂A, ∂B) and 2 scalings of (r, in) and (out, r) tensors. On the CPU, with
-        W and b frozen and no dropout, ``_LoRAFunction`` runs it with its own backward (see
-        there; with nothing to differentiate, one Linear with W'). Otherwise y = x Wᵀ + b,
+        W and b frozen and no dropout, a float32/64 layer small for its rank
+        (``CPU_FOLD_MAX_RATIO``, MiniGPT's 128 x 128 at r=8) runs as one Linear with W' too,
+        its backward autograd's GEMMs (∂x = g W', ∂W' = gᵀ x, ∂A = s·Bᵀ ∂W', ∂B = s·∂W' Aᵀ,
+        no narrow products, no Python node); a larger one runs as ``_LoRAFunction`` with its
+        own backward (see there; with nothing to differentiate, one Linear with W'). Otherwise y = x Wᵀ + b,
         then y += s·(x Aᵀ) Bᵀ in place (the scaling rides in addmm's alpha): 3 GEMMs
         forward, no pass over an (N, out) tensor; 5 GEMMs backward, 2 scalings of (N, r) and
         (out, r) tensors and the sum of x's two gradients. Autograd derives every gradient
@@ -258,9 +272,13 @@ class LoRALinear(nn.Module):
         x2 = x.reshape(-1, x.shape[-1])  # (N, in)
         if not drop and _use_function(x, w, bias):
             fold = w.dtype in (torch.float32, torch.float64)
-            if fold and not (
-                torch.is_grad_enabled() and (x.requires_grad or a.requires_grad or b.requires_grad)
-            ):  # nothing to differentiate: one GEMM
+            if fold and (
+                _cpu_folds(w, a.shape[0])
+                or not (
+                    torch.is_grad_enabled()
+                    and (x.requires_grad or a.requires_grad or b.requires_grad)
+                )
+            ):  # a small layer, or nothing to differentiate: one Linear, autograd's backward
                 return F.linear(x, torch.addmm(w, b, a, alpha=s), bias)  # (..., out)
             y = _LoRAFunction.apply(x2, w, bias, a, b, s, fold)  # (N, out)
             return y.view(*x.shape[:-1], y.shape[-1])

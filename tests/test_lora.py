@@ -253,7 +253,10 @@ def test_matches_peft_and_float64_reference_on_toy(r, alpha, rslora):
     ours64, theirs64 = copy.deepcopy(ours).double(), copy.deepcopy(theirs).double()
     x64 = x.double().requires_grad_()
     out_ours64, out_peft64 = ours64(x64), theirs64(x64)
-    assert through_function(out_ours64)  # what the CPU runs
+    # what the CPU runs: one Linear with W + s·B·A for a layer small for its rank, else the
+    # function
+    large = [not lora_mod._cpu_folds(m.base.weight, r) for m in lora_layers(ours64).values()]
+    assert through_function(out_ours64) == any(large)
     torch.testing.assert_close(out_ours64, out_peft64, atol=1e-12, rtol=1e-12)
     g_ours64, gx_ours64 = grads_of(ours64, out_ours64, up.double(), x64)
     g_peft64, gx_peft64 = grads_of(theirs64, out_peft64, up.double(), x64)
@@ -294,10 +297,12 @@ def lora_path(request, monkeypatch):
     """Run a test through each form of LoRALinear's fast path, whatever the device.
 
     "function" (``_LoRAFunction``, its own backward) is what the CPU takes with W and b
-    frozen; "folded" (one Linear with W + s·B·A) is what small layers take on a GPU;
-    "factored" (y = x Wᵀ + b, then y += s·(x Aᵀ) Bᵀ, autograd's backward) is everything else.
+    frozen for a layer that is large for its rank; "folded" (one Linear with W + s·B·A) is
+    what small layers take on a GPU, and on the CPU with W and b frozen; "factored"
+    (y = x Wᵀ + b, then y += s·(x Aᵀ) Bᵀ, autograd's backward) is everything else.
     """
     monkeypatch.setattr(lora_mod, "_fold_delta", lambda x, w: request.param == "folded")
+    monkeypatch.setattr(lora_mod, "_cpu_folds", lambda w, r: False)
     if request.param != "function":
         monkeypatch.setattr(lora_mod, "_use_function", lambda x, w, b: False)
     return request.param
@@ -380,7 +385,9 @@ def test_cpu_layer_runs_the_function_and_matches_the_formula(
     with torch.no_grad():
         layer.lora_B.normal_()
     x = torch.randn(*shape, in_f, dtype=f64, requires_grad=True)
-    out = layer(x)
+    with pytest.MonkeyPatch.context() as mp:  # these layers are small: they would fold
+        mp.setattr(lora_mod, "_cpu_folds", lambda w, r: False)
+        out = layer(x)
     assert through_function(out) and out.shape == (*shape, out_f) and out.is_contiguous()
     params = (layer.base.weight, layer.base.bias, layer.lora_A, layer.lora_B)
     ref = lora_formula(x, *params, layer.scaling)
@@ -392,6 +399,33 @@ def test_cpu_layer_runs_the_function_and_matches_the_formula(
         torch.testing.assert_close(t, u, atol=1e-12, rtol=1e-12)
     with torch.no_grad():  # nothing to differentiate: one Linear with W + s·B·A
         torch.testing.assert_close(layer(x), ref, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("in_f", "out_f", "r", "folds"),
+    [(128, 128, 8, True), (16, 16, 1, True), (128, 512, 8, False), (128, 128, 4, False)],
+)
+def test_cpu_layer_small_for_its_rank_folds_a_larger_one_runs_the_function(in_f, out_f, r, folds):
+    """CPU, frozen float64 base: one Linear with W + s·B·A when in·out <= 10·r·(in + out),
+    else _LoRAFunction; either way the formula's output and gradients."""
+    torch.manual_seed(0)
+    f64 = torch.float64
+    assert lora_mod._cpu_folds(torch.empty(out_f, in_f), r) == folds
+    layer = LoRALinear(nn.Linear(in_f, out_f, dtype=f64), r, 16.0).double()
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    x = torch.randn(2, 5, in_f, dtype=f64, requires_grad=True)
+    out = layer(x)
+    assert through_function(out) != folds
+    params = (layer.base.weight, layer.base.bias, layer.lora_A, layer.lora_B)
+    ref = lora_formula(x, *params, layer.scaling)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
+    up = torch.randn_like(out)
+    wrt = [x, layer.lora_A, layer.lora_B]
+    got = torch.autograd.grad((out * up).sum(), wrt)
+    want = torch.autograd.grad((ref * up).sum(), wrt)
+    for t, u in zip(got, want, strict=True):
+        torch.testing.assert_close(t, u, atol=1e-12, rtol=1e-10)
 
 
 def test_cpu_function_keeps_a_small_update_in_bfloat16_like_peft():
