@@ -5,11 +5,11 @@ While a run goes, the live panel (progress, loss and evaluation curves, per-verb
 is a small Streamlit v2 component (plain DOM, no iframe) that fetches the server's live
 feed (app/feed.py: a JSON file served by Streamlit's static file serving) every
 ``FEED_POLL_MS`` and redraws only the parts of the panel that changed (the charts at most
-every ``CHART_MS``). When the run ends it sends one trigger and Streamlit reruns the fragment around it. No script runs on
-the server for any tab meanwhile, and no tab shows Streamlit's "running" state: a
-watching tab costs its browser one small fetch per poll. An idle tab holds the same
-component, invisible, fetching the feed every ``IDLE_POLL_MS`` to notice a run that
-another tab starts.
+every ``CHART_MS``). When the run ends it sends one trigger and Streamlit reruns the
+fragment around it. No script runs on the server for any tab meanwhile, and no tab shows
+Streamlit's "running" state: a watching tab costs its browser one small fetch per poll.
+An idle tab holds the same component, invisible, fetching the feed every ``IDLE_POLL_MS``
+to notice a run that another tab starts.
 
 Where static serving is off (the app started from another folder, without
 .streamlit/config.toml), the panel is drawn by Streamlit instead and the fragment waits

@@ -225,7 +225,9 @@ def main() -> None:
         tabs = {
             "app+0": "no other tab",
             f"app+{n} after": f"{n} more browsers (own profiles) opened right after the press",
-            f"app+{n} after, same browser": f"{n} more tabs of its browser opened right after the press",
+            f"app+{n} after, same browser": (
+                f"{n} more tabs of its browser opened right after the press"
+            ),
             f"app+{n} before": f"{n} more browsers (own profiles) open before the press",
         }[k]
         print(f"| app, Train live, {tabs} | {med:.1f} | {med / cli:.2f} | {s_cpu:.1f} | "

@@ -260,8 +260,9 @@ class LoRALinear(nn.Module):
         (``CPU_FOLD_MAX_RATIO``, MiniGPT's 128 x 128 at r=8) runs as one Linear with W' too,
         its backward autograd's GEMMs (∂x = g W', ∂W' = gᵀ x, ∂A = s·Bᵀ ∂W', ∂B = s·∂W' Aᵀ,
         no narrow products, no Python node); a larger one runs as ``_LoRAFunction`` with its
-        own backward (see there; with nothing to differentiate, one Linear with W'). Otherwise y = x Wᵀ + b,
-        then y += s·(x Aᵀ) Bᵀ in place (the scaling rides in addmm's alpha): 3 GEMMs
+        own backward (see there; with nothing to differentiate, one Linear with W').
+        Otherwise y = x Wᵀ + b, then y += s·(x Aᵀ) Bᵀ in place (the scaling rides in addmm's
+        alpha): 3 GEMMs
         forward, no pass over an (N, out) tensor; 5 GEMMs backward, 2 scalings of (N, r) and
         (out, r) tensors and the sum of x's two gradients. Autograd derives every gradient
         there; W and b get one only if someone unfroze them.

@@ -2,7 +2,8 @@
 against a feed file that the test controls: it redraws only the parts that changed, the
 charts at most every ``chart_ms``; it asks for a rerun once when the run it was drawn for
 ends (never for a feed file that lags behind the page); an idle watcher asks once a run
-starts; the cleanup stops its polling. Skips without /usr/bin/chromium (unless MINITUNER_REQUIRE_E2E=1)."""
+starts; the cleanup stops its polling. Skips without /usr/bin/chromium (unless
+MINITUNER_REQUIRE_E2E=1)."""
 
 from __future__ import annotations
 
@@ -52,7 +53,8 @@ class Panel:
         self.page.route(f"{ORIGIN}/", lambda r: r.fulfill(body="<body><div id=root></div>"))
         self.page.route(f"{ORIGIN}{FEED}", self._serve)
         self.page.goto(f"{ORIGIN}/")
-        self.page.add_script_tag(content=LIVE_JS.replace("export default function", "window.live = function"))  # fmt: skip
+        script = LIVE_JS.replace("export default function", "window.live = function")
+        self.page.add_script_tag(content=script)
         self.page.evaluate("window.triggers = []")
         self.mount(**data)
 
@@ -101,15 +103,15 @@ class Panel:
 def test_a_running_panel_redraws_changed_parts_then_asks_once_for_a_rerun(browser):
     p = Panel(browser, version=5, running=True)
     assert "starting" in p.panel()
-    p.serve(version=5, running=True, status="running",
-            parts={"progress": "<p>step 1</p>", "figures": "<p>fig</p>", "loss": "<i>L1</i>"})  # fmt: skip
+    first = {"progress": "<p>step 1</p>", "figures": "<p>fig</p>", "loss": "<i>L1</i>"}
+    p.serve(version=5, running=True, status="running", parts=first)
     p.until("document.querySelector('#root .live-part-loss')")
     assert [p.part(n) for n in ("progress", "figures", "loss")] == [
         "<p>step 1</p>", "<p>fig</p>", "<i>L1</i>"
     ]  # fmt: skip
     assert "starting" not in p.panel()
     p.page.evaluate("document.querySelector('.live-part-figures p').dataset.kept = 'yes'")
-    p.serve(version=6, parts={"progress": "<p>step 2</p>", "figures": "<p>fig</p>", "loss": "<i>L2</i>"})  # fmt: skip
+    p.serve(version=6, parts={**first, "progress": "<p>step 2</p>", "loss": "<i>L2</i>"})
     p.until("document.querySelector('#root .live-part-progress').textContent == 'step 2'")
     assert p.part("loss") == "<i>L1</i>"  # a chart waits for chart_ms since its last draw
     p.until("document.querySelector('#root .live-part-loss').textContent == 'L2'")
