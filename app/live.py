@@ -131,6 +131,13 @@ def _mount(s, running: bool) -> None:
     )
 
 
+def hide_status() -> None:
+    """In the fallback, hide Streamlit's running indicator, which a fragment waiting for
+    news would keep on; with the live feed no script waits, so the indicator stays."""
+    if feed() is None:
+        st.html(HIDE_STATUS)
+
+
 def fragment_timer() -> float | None:
     """``run_every`` for a fragment that holds the live panel: none with the live feed
     (the panel in the browser asks for a rerun), ``POLL_S`` in the fallback."""

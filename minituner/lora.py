@@ -127,6 +127,18 @@ def _use_function(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return x.is_cpu and not weight.requires_grad and (bias is None or not bias.requires_grad)
 
 
+def _one_linear(x, weight, bias, a, b) -> bool:
+    """Whether LoRALinear (without dropout) runs as one Linear with W + s·B·A and autograd's
+    backward: a small layer on a GPU; on the CPU, with W and b frozen, a float32/64 layer
+    small for its rank, or one with nothing to differentiate."""
+    if _fold_delta(x, weight):
+        return True
+    if weight.dtype not in (torch.float32, torch.float64) or not _use_function(x, weight, bias):
+        return False
+    needs_grad = x.requires_grad or a.requires_grad or b.requires_grad
+    return _cpu_folds(weight, a.shape[0]) or not (torch.is_grad_enabled() and needs_grad)
+
+
 class _LoRAFunction(torch.autograd.Function):
     """y = x Wᵀ + b + s·(x Aᵀ) Bᵀ for a frozen W and b, with a hand-written backward.
 
@@ -268,19 +280,11 @@ class LoRALinear(nn.Module):
         there; W and b get one only if someone unfroze them.
         """
         w, bias, s = base.weight, base.bias, self.scaling
-        if not drop and _fold_delta(x, w):
+        if not drop and _one_linear(x, w, bias, a, b):
             return F.linear(x, torch.addmm(w, b, a, alpha=s), bias)  # (..., out)
         x2 = x.reshape(-1, x.shape[-1])  # (N, in)
         if not drop and _use_function(x, w, bias):
             fold = w.dtype in (torch.float32, torch.float64)
-            if fold and (
-                _cpu_folds(w, a.shape[0])
-                or not (
-                    torch.is_grad_enabled()
-                    and (x.requires_grad or a.requires_grad or b.requires_grad)
-                )
-            ):  # a small layer, or nothing to differentiate: one Linear, autograd's backward
-                return F.linear(x, torch.addmm(w, b, a, alpha=s), bias)  # (..., out)
             y = _LoRAFunction.apply(x2, w, bias, a, b, s, fold)  # (N, out)
             return y.view(*x.shape[:-1], y.shape[-1])
         xl = F.dropout(x2, self.dropout, True) if drop else x2

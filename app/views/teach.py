@@ -192,7 +192,7 @@ def _show_result(info) -> None:
 
 
 # ---------------------------------------------------------------- the run
-st.html(live.HIDE_STATUS)
+live.hide_status()
 if snap.running:
     taught = snap.config.get("teach", "")
     if snap.owner == me and taught:

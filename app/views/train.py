@@ -213,5 +213,5 @@ def _run_area(cfg, rid: str) -> None:
 
 
 # ---------------------------------------------------------------- the run itself
-st.html(live.HIDE_STATUS)
+live.hide_status()
 _run_area(cfg, run_id(cfg, base.model_id, base.metrics["corpus_version"]))
