@@ -25,11 +25,11 @@ import torch
 
 from app.helpers import distance_to_defaults
 from app.trainer import Trainer
+from minituner.finetune.loop import Base, load_base
+from minituner.minigpt.trainutil import device_name, resolve_device
 from minituner.paths import experiments_file
-from minituner.records import SpectrumRecord
-from minituner.runs import RUN_FILES, RunInfo, RunStore
-from minituner.train import Base, load_base
-from minituner.trainutil import device_name, resolve_device
+from minituner.store.records import SpectrumRecord
+from minituner.store.runs import RUN_FILES, RunInfo, RunStore
 
 EXPERIMENTS_PATH: Path | None = None  # None: the data folder's experiments.json
 PRECOMPUTE_HINT = "run `python -m minituner precompute` to create them"
@@ -248,7 +248,7 @@ def _base_weight(layer: str) -> torch.Tensor:
 @st.cache_data(show_spinner="Quantizing…", max_entries=32)
 def quant_errors(layer: str, block_size: int, model_id: str) -> dict:
     """Per-weight errors of NF4, int4 and FP4 on one base layer (numpy arrays)."""
-    from minituner.quant_compare import QUANT_METHODS, quantization_errors
+    from minituner.nf4.compare import QUANT_METHODS, quantization_errors
 
     w = _base_weight(layer)
     return {m: quantization_errors(w, m, block_size).numpy() for m in QUANT_METHODS}
@@ -257,7 +257,7 @@ def quant_errors(layer: str, block_size: int, model_id: str) -> dict:
 @st.cache_data(show_spinner="Quantizing every layer…", max_entries=8)
 def quant_report(block_size: int, model_id: str) -> list[dict]:
     """quantization_error_report over every layer Linear of the base model."""
-    from minituner.quant_compare import quantization_error_report
+    from minituner.nf4.compare import quantization_error_report
 
     return quantization_error_report(
         {name: _base_weight(name) for name in base_linear_names()}, block_size

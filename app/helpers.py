@@ -10,8 +10,8 @@ import math
 from collections.abc import Iterable, Mapping
 
 from app.format import breakdown_table, format_bytes
-from minituner.config import DEFAULT_LR, METHODS, FinetuneConfig, check_rank, max_rank
-from minituner.runs import RunInfo
+from minituner.finetune.config import DEFAULT_LR, METHODS, FinetuneConfig, check_rank, max_rank
+from minituner.store.runs import RunInfo
 
 TARGETS = ("q", "k", "v", "o", "fc_in", "fc_out")
 METHOD_NAMES = {"full": "Full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}
@@ -26,7 +26,7 @@ RANGES = {"r": (1, MAX_R), "steps": (1, MAX_STEPS), "seed": (0, 2**31 - 1),
 def base_model_config():
     """The GPTConfig of the data folder's base model, or None when it cannot be read
     (the page that needs the model reports that)."""
-    from minituner.model import GPTConfig
+    from minituner.minigpt.model import GPTConfig
     from minituner.paths import base_dir
 
     try:
@@ -37,7 +37,7 @@ def base_model_config():
 
 def rank_limit(model_config=None) -> int:
     """The largest rank r the Train page offers: what every targetable layer of the model
-    takes (minituner.config.max_rank), at most MAX_R. ``model_config``: the base model's
+    takes (minituner.finetune.config.max_rank), at most MAX_R. ``model_config``: the base model's
     GPTConfig (default: read from the data folder)."""
     model_config = model_config if model_config is not None else base_model_config()
     if model_config is None:

@@ -1,7 +1,7 @@
 """The server's one live run: a training child process and the state every tab reads.
 
 Training never happens in the Streamlit server's interpreter. :class:`Trainer` (one per
-server, ``st.cache_resource``) starts a :class:`minituner.worker.TrainingProcess`; its
+server, ``st.cache_resource``) starts a :class:`minituner.finetune.worker.TrainingProcess`; its
 reader thread folds each typed event into a :class:`LiveState` under a lock and bumps
 ``version``. Sessions only read: ``snapshot()`` is a cheap copy, and the Train page
 redraws only when ``version`` moved. The child saves a completed run to the store itself,
@@ -18,9 +18,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from minituner import events as ev
-from minituner.config import FinetuneConfig
-from minituner.worker import TrainingProcess
+from minituner.finetune import events as ev
+from minituner.finetune.config import FinetuneConfig
+from minituner.finetune.worker import TrainingProcess
 
 RUNNING = "running"
 

@@ -4,7 +4,7 @@
     python benchmarks/bench_7b_qlora.py --device cuda --peft --dequant-bw --out b.json
     python benchmarks/bench_7b_qlora.py --device cpu --shape tiny --steps 2   # smoke test
 
-Builds ``minituner.llama.build_nf4_llama`` once (random seeded weights, NF4 block Linears
+Builds ``minituner.scale.llama.build_nf4_llama`` once (random seeded weights, NF4 block Linears
 made one at a time), then for every (r, targets) pair adds LoRA, trains ``--warmup`` +
 ``--steps`` AdamW steps on random tokens (bf16 compute under autocast, float32 LoRA
 parameters) and records: the median step time, tokens/s, the memory held after the steps
@@ -19,10 +19,10 @@ The 7b shape is ``shapes.SHAPES["llama-7b"]``. targets ``qv`` are q_proj and v_p
 (Linear4bit, double quantization, blocks of 64) and PEFT LoRA, and reports the ratios
 ours / theirs; it only runs where transformers, peft and bitsandbytes import (bitsandbytes' CPU
 backend works for the tiny shape, slowly).
-On CUDA our step runs as a CUDA graph (``minituner.graphs.CapturedTrainStep``: warm-up
+On CUDA our step runs as a CUDA graph (``minituner.scale.graphs.CapturedTrainStep``: warm-up
 eager, captured once, then replayed; AdamW with ``capturable=True``); ``--no-graph`` runs it
 eagerly, ``--eager-too`` runs it both ways and stores the eager figures as ``runs_eager``.
-Each LoRA-wrapped NF4 Linear runs as one fused autograd node (``minituner.fused_qlora``);
+Each LoRA-wrapped NF4 Linear runs as one fused autograd node (``minituner.lora.qlora``);
 ``--no-fused-lora`` calls the LoRA modules instead.
 PEFT always runs eagerly (as its users run it).
 ``--profile`` runs one more step of each configuration under torch.profiler and stores the
@@ -52,13 +52,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-from minituner.graphs import CapturedTrainStep  # noqa: E402
-from minituner.llama import LLAMA_LINEARS, LlamaConfig, build_nf4_llama  # noqa: E402
-from minituner.lora import add_lora, lora_layers  # noqa: E402
-from minituner.memory import predict_memory  # noqa: E402
-from minituner.nf4 import QLORA_DOUBLE_QUANT, dequantize_nf4, quantize_nf4  # noqa: E402
-from minituner.nf4_storage import nf4_storage_bytes  # noqa: E402
-from minituner.shapes import SHAPES  # noqa: E402
+from minituner.lora.layer import add_lora, lora_layers  # noqa: E402
+from minituner.memory.predict import predict_memory  # noqa: E402
+from minituner.memory.shapes import SHAPES  # noqa: E402
+from minituner.nf4.codec import QLORA_DOUBLE_QUANT, dequantize_nf4, quantize_nf4  # noqa: E402
+from minituner.nf4.storage import nf4_storage_bytes  # noqa: E402
+from minituner.scale.graphs import CapturedTrainStep  # noqa: E402
+from minituner.scale.llama import LLAMA_LINEARS, LlamaConfig, build_nf4_llama  # noqa: E402
 
 TARGETS = {"qv": ["q_proj", "v_proj"], "all": list(LLAMA_LINEARS)}
 PREDICT_TARGETS = {"qv": ("q", "v"), "all": "all"}  # ModelShape short names
@@ -87,7 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eager-too", action="store_true", help="also time our eager step")
     p.add_argument(
         "--no-fused-lora", dest="fused_lora", action="store_false",
-        help="call the LoRA modules instead of the fused QLoRA node (minituner.fused_qlora)",
+        help="call the LoRA modules instead of the fused QLoRA node (minituner.lora.qlora)",
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--peft", action="store_true", help="also run HF + bitsandbytes + PEFT")
@@ -368,7 +368,7 @@ def build_peft_llama(cfg: LlamaConfig, device, r: int, targets: list, args):
     from transformers import LlamaForCausalLM
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-    from minituner.llama import _normal
+    from minituner.scale.llama import _normal
 
     dtype = DTYPES[args.dtype]
     hf = HFLlamaConfig(

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from minituner.config import FinetuneConfig
-from minituner.train import finetune, load_base
+from minituner.finetune.config import FinetuneConfig
+from minituner.finetune.loop import finetune, load_base
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""NF4 quantize / dequantize speed: minituner.nf4 against bitsandbytes, in one run.
+"""NF4 quantize / dequantize speed: minituner.nf4.codec against bitsandbytes, in one run.
 
     python benchmarks/bench_nf4.py                  # CPU, 4096 x 4096 float32
     python benchmarks/bench_nf4.py --device cuda    # adds copy bandwidth and GB/s
@@ -43,8 +43,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from minituner import nf4_cpu, nf4_kernels, nf4_quant_kernels  # noqa: E402
-from minituner.nf4 import dequantize_nf4, quantize_nf4  # noqa: E402
+from minituner.nf4.backends import cpu_c as nf4_cpu  # noqa: E402
+from minituner.nf4.backends import triton_dequant as nf4_kernels  # noqa: E402
+from minituner.nf4.backends import triton_quant as nf4_quant_kernels  # noqa: E402
+from minituner.nf4.codec import dequantize_nf4, quantize_nf4  # noqa: E402
 
 MALLOC_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 

@@ -6,7 +6,7 @@
 
 For each model (``--models``, default both) and each N in ``--nproc`` this launches
 ``python -m torch.distributed.run --standalone --nproc_per_node N`` on this file (nccl on
-CUDA, gloo on the CPU, through ``minituner.distributed``) and trains ``--warmup`` +
+CUDA, gloo on the CPU, through ``minituner.finetune.distributed``) and trains ``--warmup`` +
 ``--steps`` AdamW steps with the per-GPU batch fixed, so the global batch is N times it:
 
 * ``llama``: the 7B-shaped QLoRA fine-tune of ``bench_7b_qlora.py`` (random seeded
@@ -15,7 +15,7 @@ CUDA, gloo on the CPU, through ``minituner.distributed``) and trains ``--warmup`
   takes ``LlamaConfig.tiny()`` (seq 32, float32) for a quick check on the CPU;
 * ``minigpt``: LoRA on the shipped base MiniGPT with ``FinetuneConfig()``'s defaults
   (r=8 on q,v, batch 32 cloze pairs per GPU, its lr schedule and gradient clipping), the
-  loss masked to the answer characters as ``minituner.train`` does.
+  loss masked to the answer characters as ``minituner.finetune.loop`` does.
 
 It prints tokens/s on one GPU and on N, the scaling efficiency (N-GPU tokens/s over N x
 the one-GPU tokens/s), the peak memory of each GPU (``torch.cuda.max_memory_allocated``,
@@ -56,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from minituner import distributed  # noqa: E402
+from minituner.finetune import distributed  # noqa: E402
 
 MODELS = ("llama", "minigpt")
 MiB = 1024**2
@@ -169,8 +169,8 @@ def _micro_seed(seed: int, step: int, i: int) -> int:
 def llama_job(args, dev: torch.device) -> Job:
     from bench_7b_qlora import TARGETS, remove_lora
 
-    from minituner.llama import LlamaConfig, build_nf4_llama
-    from minituner.lora import add_lora
+    from minituner.lora.layer import add_lora
+    from minituner.scale.llama import LlamaConfig, build_nf4_llama
 
     cfg = LlamaConfig() if args.shape == "7b" else LlamaConfig.tiny()
     cfg.max_seq = max(cfg.max_seq, args.seq)
@@ -199,10 +199,10 @@ def llama_job(args, dev: torch.device) -> Job:
 
 
 def minigpt_job(args, dev: torch.device) -> Job:
-    from minituner.config import FinetuneConfig
-    from minituner.data import IGNORE, encode_cloze
-    from minituner.train import load_base, prepare_model
-    from minituner.trainutil import lr_at
+    from minituner.finetune.config import FinetuneConfig
+    from minituner.finetune.loop import load_base, prepare_model
+    from minituner.minigpt.data import IGNORE, encode_cloze
+    from minituner.minigpt.trainutil import lr_at
 
     base = load_base()
     cfg = FinetuneConfig(batch_size=args.minigpt_batch or FinetuneConfig().batch_size)

@@ -1,7 +1,7 @@
 """minituner: LoRA and QLoRA from scratch in PyTorch, on a small character-level GPT.
 
 The names below are the ones a user calls; everything else is reachable through its
-module (``minituner.analysis``, ``minituner.memory``, ...) but may change.
+module (``minituner.analysis.spectrum``, ``minituner.memory.predict``, ...) but may change.
 
 LoRA and NF4 work on any ``nn.Module`` (see "Using it on your own model" in the README)::
 
@@ -25,25 +25,25 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .config import FinetuneConfig
-    from .lora import LoRALinear, add_lora, load_adapter, merge_lora, save_adapter
-    from .model import GPTConfig, MiniGPT
-    from .nf4 import dequantize_nf4, quantize_nf4
-    from .nf4_linear import NF4Linear
-    from .runs import RunStore
-    from .train import finetune, load_base
+    from minituner.finetune.config import FinetuneConfig
+    from minituner.finetune.loop import finetune, load_base
+    from minituner.lora.layer import LoRALinear, add_lora, load_adapter, merge_lora, save_adapter
+    from minituner.minigpt.model import GPTConfig, MiniGPT
+    from minituner.nf4.codec import dequantize_nf4, quantize_nf4
+    from minituner.nf4.linear import NF4Linear
+    from minituner.store.runs import RunStore
 
 # Imported on first use (PEP 562), so ``import minituner`` does not import torch: the
 # command line starts fast and a Ctrl-C while torch loads lands in its main().
 _HOME = {
-    "FinetuneConfig": "config",
-    "LoRALinear": "lora", "add_lora": "lora", "load_adapter": "lora", "merge_lora": "lora",
-    "save_adapter": "lora",
-    "GPTConfig": "model", "MiniGPT": "model",
-    "dequantize_nf4": "nf4", "quantize_nf4": "nf4",
-    "NF4Linear": "nf4_linear",
-    "RunStore": "runs",
-    "finetune": "train", "load_base": "train",
+    "FinetuneConfig": "finetune.config",
+    "LoRALinear": "lora.layer", "add_lora": "lora.layer", "load_adapter": "lora.layer", "merge_lora": "lora.layer",
+    "save_adapter": "lora.layer",
+    "GPTConfig": "minigpt.model", "MiniGPT": "minigpt.model",
+    "dequantize_nf4": "nf4.codec", "quantize_nf4": "nf4.codec",
+    "NF4Linear": "nf4.linear",
+    "RunStore": "store.runs",
+    "finetune": "finetune.loop", "load_base": "finetune.loop",
 }  # fmt: skip
 
 

@@ -9,7 +9,7 @@ import sys
 
 def _run() -> int:
     try:
-        from .cli import main
+        from minituner.cli import main
     except KeyboardInterrupt:
         print("error: interrupted (Ctrl-C)", file=sys.stderr)
         return 130

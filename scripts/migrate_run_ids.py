@@ -31,10 +31,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from minituner.config import FinetuneConfig  # noqa: E402
+from minituner.finetune.config import FinetuneConfig  # noqa: E402
 from minituner.io import atomic_write_text, write_json  # noqa: E402
 from minituner.paths import data_dir, using_data_dir  # noqa: E402
-from minituner.runs import RUN_ID_RE, default_cache_dir, run_id  # noqa: E402
+from minituner.store.runs import RUN_ID_RE, default_cache_dir, run_id  # noqa: E402
 
 ADAPTER_CONFIG = "adapter_config.json"
 

@@ -2,8 +2,8 @@
 
 * ``base-table``: the base model's figures (scripts/base_table.py);
 * ``findings`` and ``claims``: the experiments' table and claims, from
-  precomputed/experiments.json (minituner.experiments);
-* ``scaling``: the 7B QLoRA measurements, from precomputed/scaling/ (minituner.scaling);
+  precomputed/experiments.json (minituner.experiments.run);
+* ``scaling``: the 7B QLoRA measurements, from precomputed/scaling/ (minituner.scale.scaling);
 * ``nf4-gpu``: NF4 quantize/dequantize on the GPU against bitsandbytes, from
   benchmarks/results/nf4_h200_*.json (benchmarks/bench_nf4.py --device cuda).
 
@@ -24,9 +24,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from base_table import BASE, table  # noqa: E402
 
-from minituner.experiments import claims_text, findings_table  # noqa: E402
+from minituner.experiments.run import claims_text, findings_table  # noqa: E402
 from minituner.paths import experiments_file  # noqa: E402
-from minituner.scaling import load_scaling_result, scaling_rows  # noqa: E402
+from minituner.scale.scaling import load_scaling_result, scaling_rows  # noqa: E402
 
 
 def _profile_lines(result: dict) -> list[str]:

@@ -18,11 +18,11 @@ from typing import NamedTuple
 import pytest
 import torch
 
-from minituner.checkpoint import load_model
-from minituner.corpus import Corpus, CorpusConfig, build_corpus
-from minituner.model import MiniGPT
+from minituner.minigpt.checkpoint import load_model
+from minituner.minigpt.corpus import Corpus, CorpusConfig, build_corpus
+from minituner.minigpt.model import MiniGPT
+from minituner.minigpt.tokenizer import CharTokenizer
 from minituner.paths import base_dir
-from minituner.tokenizer import CharTokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -26,7 +26,7 @@ import torch
 
 from minituner import paths
 from minituner.cli import main
-from minituner.runs import RunStore
+from minituner.store.runs import RunStore
 
 slow = pytest.mark.slow  # a venv, a pip install and a few CLI runs: a minute or two
 

@@ -55,7 +55,7 @@ def scaling_bars(
 ) -> go.Figure:
     """Grouped bars in GiB, one group per configuration (``row["label"]``): our measured
     peak, the prediction (float32 LoRA + Adam) and, when any row has it, the PEFT +
-    bitsandbytes peak; rows as :func:`minituner.scaling.scaling_rows` gives them."""
+    bitsandbytes peak; rows as :func:`minituner.scale.scaling.scaling_rows` gives them."""
     labels = [row["label"] for row in rows]
     series = [
         ("measured peak (ours)", "peak_bytes", COLORS["qlora"]),

@@ -6,7 +6,7 @@ import streamlit as st
 
 from app import data, helpers
 from app.charts import completions as charts
-from minituner.evaluate import candidate_logprobs, check_prompt, complete, greedy_answers
+from minituner.minigpt.evaluate import candidate_logprobs, check_prompt, complete, greedy_answers
 
 DEFAULT_PROMPT = "He __ to school yesterday."
 DEFAULT_CANDIDATES = "went, goed"

@@ -7,7 +7,7 @@ import streamlit as st
 
 from app import data, helpers
 from app.charts import forgetting as charts
-from minituner.experiments import REGENERATE, frontier_claim
+from minituner.experiments.run import REGENERATE, frontier_claim
 
 st.title("Forgetting")
 st.markdown(

@@ -8,11 +8,11 @@ import streamlit as st
 from app import data, helpers
 from app.charts import memory as charts
 from app.format import breakdown_table, format_bytes
-from minituner import memory as memmath
-from minituner import scaling as scaling_mod
-from minituner.chapter import seed_figures
+from minituner.memory import predict as memmath
+from minituner.memory.chapter import seed_figures
+from minituner.memory.shapes import SHAPES, ModelShape
 from minituner.paths import data_dir
-from minituner.shapes import SHAPES, ModelShape
+from minituner.scale import scaling as scaling_mod
 
 st.title("Memory")
 base = data.base_or_stop()

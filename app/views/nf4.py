@@ -10,8 +10,14 @@ import torch
 from app import data
 from app.charts import nf4 as charts
 from app.format import format_bytes
-from minituner.nf4 import DEFAULT_BLOCK_SIZE, FP4_CODEBOOK, INT4_CODEBOOK, NF4_CODEBOOK, NF4_OFFSET
-from minituner.nf4_storage import bits_per_param, nf4_model_bytes
+from minituner.nf4.codec import (
+    DEFAULT_BLOCK_SIZE,
+    FP4_CODEBOOK,
+    INT4_CODEBOOK,
+    NF4_CODEBOOK,
+    NF4_OFFSET,
+)
+from minituner.nf4.storage import bits_per_param, nf4_model_bytes
 
 st.title("NF4: 4-bit NormalFloat")
 st.markdown(

@@ -7,8 +7,8 @@ import streamlit as st
 from app import data, helpers
 from app.charts.compare import loss_curves
 from app.charts.completions import candidate_bars
-from minituner.evaluate import candidate_logprobs, complete
-from minituner.nf4_storage import bits_per_param
+from minituner.minigpt.evaluate import candidate_logprobs, complete
+from minituner.nf4.storage import bits_per_param
 
 PROMPT = "He __ to school yesterday."
 

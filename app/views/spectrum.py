@@ -8,7 +8,7 @@ import streamlit as st
 
 from app import data, helpers
 from app.charts import spectrum as charts
-from minituner import subspace_record
+from minituner.analysis import subspace_record
 
 st.title("Spectrum of the weight update ΔW")
 st.markdown(

@@ -2,8 +2,8 @@
 the cloze prompts the corpus's templates make of it, fine-tune live, compare before and
 after.
 
-Everything shown is computed by minituner.teach (the prompts, the vocabulary check) and
-minituner.evaluate (the answers); the run is an ordinary fine-tune with
+Everything shown is computed by minituner.minigpt.teach (the prompts, the vocabulary check) and
+minituner.minigpt.evaluate (the answers); the run is an ordinary fine-tune with
 ``FinetuneConfig.teach`` set, trained by the server's one live run (app/trainer.py, a
 child process), so the Train page shows it live too and the store keeps it. A character
 the model cannot read is named, with a hint, before anything runs.
@@ -21,10 +21,10 @@ import streamlit as st
 from app import data, helpers, live
 from app.charts import verbs as verb_charts
 from app.trainer import RUNNING
-from minituner.config import DEFAULT_LR, FinetuneConfig
-from minituner.evaluate import cloze_metrics
-from minituner.runs import run_id
-from minituner.teach import TeachVerb, check_teach, check_vocab, teach_examples, teach_split
+from minituner.finetune.config import DEFAULT_LR, FinetuneConfig
+from minituner.minigpt.evaluate import cloze_metrics
+from minituner.minigpt.teach import TeachVerb, check_teach, check_vocab, teach_examples, teach_split
+from minituner.store.runs import run_id
 
 DEFAULT_LEMMA, DEFAULT_PAST = "swim", "swam"
 # LoRA r=8, 20 steps: held-out accuracy swim 96.7%, drink 100% (`python -m minituner

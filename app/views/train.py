@@ -16,10 +16,10 @@ import streamlit as st
 from app import data, helpers, live
 from app.charts import train as charts
 from app.format import format_bytes
-from minituner import memory as memmath
-from minituner.config import DEFAULT_LR, METHODS
-from minituner.runs import run_id
-from minituner.shapes import ModelShape
+from minituner.finetune.config import DEFAULT_LR, METHODS
+from minituner.memory import predict as memmath
+from minituner.memory.shapes import ModelShape
+from minituner.store.runs import run_id
 
 KEYS = {k: f"train_{k}" for k in ("method", "r", "alpha", "lr", "steps", "seed")}
 TARGET_KEYS = {t: f"train_target_{t}" for t in helpers.TARGETS}

@@ -243,7 +243,7 @@ def _training_children() -> list[int]:
             state = (d / "stat").read_text().split()[2]
         except OSError:
             continue
-        if "minituner.worker" in cmd and SERVER_CACHE["path"] in cmd and state != "Z":
+        if "minituner.finetune.worker" in cmd and SERVER_CACHE["path"] in cmd and state != "Z":
             pids.append(int(d.name))
     return pids
 

@@ -1,0 +1,2 @@
+"""Memory and parameter math: model shapes, predicted bytes, measured bytes, and the
+source chapter's figures."""

@@ -1,0 +1,202 @@
+"""A fused Triton kernel for blockwise 4-bit dequantization on CUDA GPUs.
+
+The PyTorch path in :mod:`minituner.nf4.codec` dequantizes on a GPU in three kernels (widen
+the codes to int32, gather two values per byte from a 256-entry table, scale by absmax),
+plus about seven small ones to decode double-quantized absmax values, and moves about
+four times the bytes it must. This kernel reads each packed byte and each block's
+(possibly 8-bit) absmax once and writes each output element once:
+
+    out[2i]     = codebook[codes[i] >> 4] * absmax[2i // block_size]
+    out[2i + 1] = codebook[codes[i] & 15] * absmax[(2i + 1) // block_size]
+
+computed in float32 and rounded once to the output dtype, the same arithmetic as the
+PyTorch path, so the two agree bit for bit (``tests/test_nf4_kernels.py``; the GPU check
+runs wherever CUDA and Triton are present).
+
+Triton is optional: :func:`available` says whether this path can run for a tensor, and
+:mod:`minituner.nf4.codec` falls back to PyTorch on the CPU, without Triton, or when the
+environment variable ``MINITUNER_NF4_KERNEL=torch`` asks for it (the benchmark compares
+the two that way).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:  # nf4 imports this module: the container is only named here
+    from minituner.nf4.codec import NF4Tensor
+
+try:  # Triton ships with CUDA builds of PyTorch; CPU builds and CI have none
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the install
+    triton = None
+
+BYTES_PER_PROGRAM = 4096  # packed bytes each program dequantizes (8192 output elements)
+NUM_WARPS = 4  # warps per program (benchmarks/bench_nf4.py --kernel-configs sweeps both)
+_TL_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def fused_wanted() -> bool:
+    """False when ``MINITUNER_NF4_KERNEL=torch`` asks for the PyTorch path everywhere."""
+    return os.environ.get("MINITUNER_NF4_KERNEL", "auto").lower() != "torch"
+
+
+def available(codes: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether :func:`dequantize_packed` can run for ``codes`` on its device into ``dtype``.
+
+    True on a CUDA tensor with Triton importable (or on any device with the Triton
+    interpreter, ``TRITON_INTERPRET=1``), for float32, bfloat16 and float16 output, unless
+    ``MINITUNER_NF4_KERNEL=torch``.
+    """
+    if triton is None or not fused_wanted() or str(dtype).removeprefix("torch.") not in _TL_DTYPES:
+        return False
+    return codes.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+if triton is not None:
+
+    @triton.jit
+    def _dequant_kernel(
+        codes_ptr,  # uint8 (n_bytes,)
+        absmax_ptr,  # float32 (n_blocks,); or uint8 (n_blocks,) codes under DOUBLE_QUANT
+        table_ptr,  # float32 (16,), the 4-bit codebook
+        dq_grids_ptr,  # float32 (n_maps, 256), the 8-bit absmax grids (DOUBLE_QUANT)
+        dq_map_ptr,  # uint8 (), which grid (DOUBLE_QUANT)
+        dq_scale_ptr,  # float32 (ceil(n_blocks / DQ_BLOCK),) (DOUBLE_QUANT)
+        dq_offset_ptr,  # float32 (), the mean absmax (DOUBLE_QUANT)
+        out_ptr,  # (n_out,), the output dtype
+        n_bytes,
+        n_out,
+        BLOCK: tl.constexpr,  # quantization block size (even)
+        BYTES: tl.constexpr,  # packed bytes per program
+        DOUBLE_QUANT: tl.constexpr,
+        DQ_BLOCK: tl.constexpr,  # absmax values per dq scale
+    ):
+        pid = tl.program_id(0)
+        offs = pid.to(tl.int64) * BYTES + tl.arange(0, BYTES)  # (BYTES,) byte indices
+        mask = offs < n_bytes
+        c = tl.load(codes_ptr + offs, mask=mask, other=0).to(tl.int32)
+        blk = (2 * offs) // BLOCK  # an even block size puts a byte's two elements in one block
+        if DOUBLE_QUANT:  # absmax = grid[k] * scale + offset, as two rounded float32 ops
+            k = tl.load(absmax_ptr + blk, mask=mask, other=0).to(tl.int32)
+            grid = tl.load(dq_map_ptr).to(tl.int32)
+            g = tl.load(dq_grids_ptr + grid * 256 + k)
+            s = tl.load(dq_scale_ptr + blk // DQ_BLOCK, mask=mask, other=0.0)
+            scale = tl.maximum(g * s + tl.load(dq_offset_ptr), 0.0)
+        else:
+            scale = tl.load(absmax_ptr + blk, mask=mask, other=0.0)
+        hi = tl.load(table_ptr + (c >> 4)) * scale  # (BYTES,) float32, first element
+        lo = tl.load(table_ptr + (c & 15)) * scale  # (BYTES,) float32, second element
+        vals = tl.reshape(tl.join(hi, lo), (2 * BYTES,))  # interleaved: hi0 lo0 hi1 lo1 ...
+        out_offs = pid.to(tl.int64) * (2 * BYTES) + tl.arange(0, 2 * BYTES)
+        out = vals.to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
+        tl.store(out_ptr + out_offs, out, mask=out_offs < n_out)
+
+    @triton.jit
+    def _dequant_rows_kernel(
+        codes_ptr,  # uint8 (n_bytes,)
+        absmax_ptr,  # float32 (n_blocks,); or uint8 (n_blocks,) codes under DOUBLE_QUANT
+        table_ptr,  # float32 (16,), the 4-bit codebook
+        dq_grids_ptr,  # float32 (n_maps, 256), the 8-bit absmax grids (DOUBLE_QUANT)
+        dq_map_ptr,  # uint8 (), which grid (DOUBLE_QUANT)
+        dq_scale_ptr,  # float32 (ceil(n_blocks / DQ_BLOCK),) (DOUBLE_QUANT)
+        dq_offset_ptr,  # float32 (), the mean absmax (DOUBLE_QUANT)
+        out_ptr,  # (n_out,), the output dtype
+        n_bytes,
+        n_out,
+        n_blocks,
+        HALF: tl.constexpr,  # packed bytes per quantization block (a power of two)
+        ROWS: tl.constexpr,  # quantization blocks per program (a power of two)
+        DOUBLE_QUANT: tl.constexpr,
+        DQ_BLOCK: tl.constexpr,  # absmax values per dq scale
+        EVEN: tl.constexpr,  # every program is full and n_out == 2 * n_bytes: no masks
+    ):
+        # One quantization block per row of a (ROWS, HALF) tile: contiguous 16-byte loads
+        # of the codes, one absmax (and dq scale) load per block, and a (ROWS, 2 * HALF)
+        # output tile written contiguously.
+        pid = tl.program_id(0)
+        rows = pid.to(tl.int64) * ROWS + tl.arange(0, ROWS)  # (ROWS,) block indices
+        offs = rows[:, None] * HALF + tl.arange(0, HALF)[None, :]  # (ROWS, HALF) bytes
+        out_offs = rows[:, None] * (2 * HALF) + tl.arange(0, 2 * HALF)[None, :]
+        if EVEN:
+            c = tl.load(codes_ptr + offs).to(tl.int32)
+            a = tl.load(absmax_ptr + rows)
+        else:
+            c = tl.load(codes_ptr + offs, mask=offs < n_bytes, other=0).to(tl.int32)
+            a = tl.load(absmax_ptr + rows, mask=rows < n_blocks, other=0)
+        if DOUBLE_QUANT:  # absmax = grid[k] * scale + offset, as two rounded float32 ops
+            grid = tl.load(dq_map_ptr).to(tl.int32)
+            g = tl.load(dq_grids_ptr + grid * 256 + a.to(tl.int32))
+            s = tl.load(dq_scale_ptr + rows // DQ_BLOCK, mask=rows < n_blocks, other=0.0)
+            scale = tl.maximum(g * s + tl.load(dq_offset_ptr), 0.0)  # (ROWS,)
+        else:
+            scale = a
+        hi = tl.load(table_ptr + (c >> 4)) * scale[:, None]  # (ROWS, HALF) first elements
+        lo = tl.load(table_ptr + (c & 15)) * scale[:, None]  # (ROWS, HALF) second elements
+        vals = tl.reshape(tl.join(hi, lo), (ROWS, 2 * HALF))  # hi0 lo0 hi1 lo1 ... per row
+        out = vals.to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
+        if EVEN:
+            tl.store(out_ptr + out_offs, out)
+        else:
+            tl.store(out_ptr + out_offs, out, mask=out_offs < n_out)
+
+
+@lru_cache(maxsize=32)
+def code_table(codebook: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """The codebook as float32 (16,) on ``device``, zero-padded (int4 has 15 values)."""
+    t = torch.zeros(16, dtype=torch.float32)
+    t[: len(codebook)] = torch.tensor(codebook, dtype=torch.float32)
+    return t.to(device)
+
+
+def dequantize_packed(q: NF4Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Dequantize ``q`` into a flat ``(q.numel,)`` tensor of ``dtype`` in one kernel.
+
+    ``q`` is an :class:`~minituner.nf4.codec.NF4Tensor` (checked when it was made): its packed
+    codes, its absmax (float32, or 8-bit codes decoded in the kernel as
+    ``max(grids[absmax_map][code] * absmax_scale[block // dq_block_size] + absmax_offset, 0)``)
+    and its codebook are read as they are stored.
+
+    Raises:
+        RuntimeError: Triton is not installed, or ``q`` is not on a device it runs on, or
+            ``dtype`` is not float32, bfloat16 or float16.
+    """
+    if triton is None:
+        raise RuntimeError("the fused NF4 kernel needs Triton, which is not installed")
+    if not available(q.codes, dtype):
+        raise RuntimeError(f"the fused NF4 kernel cannot run on {q.device} into {dtype}")
+    codes = q.codes.contiguous()
+    n_bytes, numel = codes.numel(), q.numel
+    if q.double_quant:
+        absmax = q.absmax.contiguous()
+        grids, map_index = q.dq_grids(), q.absmax_map
+        scale, offset = q.absmax_scale.contiguous(), q.absmax_offset
+    else:
+        absmax = q.absmax.to(torch.float32).contiguous()
+        grids = map_index = scale = offset = absmax  # unused by the kernel
+    out = torch.empty(numel, dtype=dtype, device=codes.device)
+    table = code_table(q.codebook, codes.device)
+    half = q.block_size // 2
+    if half & (half - 1) == 0 and half <= BYTES_PER_PROGRAM:  # one quant block per tile row
+        rows = max(1, BYTES_PER_PROGRAM // half)
+        n_blocks = q.n_blocks
+        even = n_bytes % (rows * half) == 0 and numel == 2 * n_bytes
+        _dequant_rows_kernel[(triton.cdiv(n_blocks, rows),)](
+            codes, absmax, table, grids, map_index, scale, offset, out,
+            n_bytes, numel, n_blocks,
+            HALF=half, ROWS=rows, DOUBLE_QUANT=q.double_quant, DQ_BLOCK=q.dq_block_size,
+            EVEN=even, num_warps=NUM_WARPS,
+            enable_fp_fusion=False,  # no fused multiply-add: round as the PyTorch path does
+        )  # fmt: skip
+        return out
+    _dequant_kernel[(triton.cdiv(n_bytes, BYTES_PER_PROGRAM),)](
+        codes, absmax, table, grids, map_index, scale, offset, out, n_bytes, numel,
+        BLOCK=q.block_size, BYTES=BYTES_PER_PROGRAM, DOUBLE_QUANT=q.double_quant,
+        DQ_BLOCK=q.dq_block_size, num_warps=NUM_WARPS, enable_fp_fusion=False,
+    )  # fmt: skip
+    return out

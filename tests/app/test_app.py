@@ -1,0 +1,433 @@
+"""The Streamlit app under streamlit.testing.v1.AppTest (no browser).
+
+Every page runs on a run store without an exception and shows its main elements; the
+Train page trains a tiny run live to the end, a second session is told that training
+is busy, Stop really stops; the URL holds the Train page's choices; broken runs and a
+missing experiments file become warnings. Runs are written only into temporary
+MINITUNER_CACHE directories, never into the user's cache or precomputed/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT))
+
+from app_util import live_components, live_panel  # noqa: E402
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from app import data, helpers  # noqa: E402
+from minituner.finetune.config import FinetuneConfig  # noqa: E402
+from minituner.finetune.loop import finetune, load_base  # noqa: E402
+from minituner.scale import scaling  # noqa: E402
+from minituner.store.runs import RunStore  # noqa: E402
+
+MAIN = str(REPO_ROOT / "app" / "main.py")
+TIMEOUT = 180  # seconds per script run: generous for a loaded 2-core machine
+
+# page file, title, the least number of plotly charts it shows on a store with runs
+PAGES = [
+    ("overview", "LoRA and QLoRA, from scratch, on a tiny GPT", 2),
+    ("train", "Train", 0),
+    ("teach", "Teach your own verb", 0),
+    ("compare", "Compare runs", 3),
+    ("completions", "Completions: before and after", 1),
+    ("spectrum", "Spectrum of the weight update ΔW", 3),
+    ("forgetting", "Forgetting", 1),
+    ("memory", "Memory", 3),
+    ("rank_sweep", "Rank sweep", 0),
+    ("nf4", "NF4: 4-bit NormalFloat", 4),
+]
+
+
+# ---------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def seeded_cache(tmp_path_factory) -> Path:
+    """A run store with a tiny LoRA and a tiny full fine-tuning run (trained once)."""
+    cache = tmp_path_factory.mktemp("runs")
+    store = RunStore([cache])
+    base = load_base()
+    for method in ("lora", "full"):
+        cfg = FinetuneConfig(method=method, steps=2, eval_every=1, eval_sample=8, seed=7)
+        store.save(finetune(cfg, base, device="cpu"))
+    return cache
+
+
+@pytest.fixture
+def cache(seeded_cache, monkeypatch) -> Path:
+    monkeypatch.setenv("MINITUNER_CACHE", str(seeded_cache))
+    return seeded_cache
+
+
+@pytest.fixture
+def no_experiments(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "EXPERIMENTS_PATH", tmp_path / "missing" / "experiments.json")
+
+
+def open_page(page: str, query: dict | None = None) -> AppTest:
+    at = AppTest.from_file(MAIN, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    if page != "overview" or query:
+        if query:
+            at.query_params.update(query)
+        at.switch_page(f"views/{page}.py")
+        at.run()
+    return at
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def charts_of(at: AppTest) -> int:
+    return len(at.get("plotly_chart"))
+
+
+def wait_for(at: AppTest, trainer, seconds: float = TIMEOUT) -> AppTest:
+    """Let the worker finish, then rerun the page as the fragment's poll would."""
+    trainer.join(seconds)
+    assert not trainer.busy, "training did not end in time"
+    return at.run()
+
+
+# ---------------------------------------------------------------------- every page
+@pytest.mark.parametrize(("page", "title", "min_charts"), PAGES, ids=[p[0] for p in PAGES])
+def test_every_page_runs_on_the_store(cache, page, title, min_charts):
+    at = open_page(page)
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, texts(at.error)
+    assert [t.value for t in at.title] == [title]
+    assert charts_of(at) >= min_charts
+
+
+def test_overview_shows_base_figures_and_a_default_run(cache):
+    at = open_page("overview")
+    labels = {m.label: m.value for m in at.metric}
+    assert labels["parameters"] == f"{load_base().metrics['num_params']:,}"
+    assert "irregular accuracy" in labels  # the default run's figures
+    assert labels["base model answers"] and labels["fine-tuned answers"]
+
+
+def test_device_is_shown(cache):
+    at = open_page("overview")
+    assert "Device for live training" in texts(at.sidebar.caption)
+
+
+def test_pages_without_runs_or_experiments_still_work(empty_cache, no_experiments, monkeypatch):
+    monkeypatch.setattr(data, "store", lambda: RunStore([empty_cache]))
+    for page, title, _ in PAGES:
+        at = open_page(page)
+        assert not at.exception, (page, [e.value for e in at.exception])
+        assert [t.value for t in at.title] == [title]
+    at = open_page("rank_sweep")
+    assert "python -m minituner precompute" in texts(at.warning)
+
+
+def test_a_broken_run_is_a_warning_and_the_rest_works(tmp_path, monkeypatch, seeded_cache):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for run in seeded_cache.iterdir():
+        (cache / run.name).symlink_to(run, target_is_directory=True)
+    broken = cache / "abcdefabcdef"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    (broken / "metrics.json").write_text("{}")
+    monkeypatch.setenv("MINITUNER_CACHE", str(cache))
+    for page in ("overview", "compare", "memory"):
+        at = open_page(page)
+        assert not at.exception, [e.value for e in at.exception]
+        assert "abcdefabcdef" in texts(at.warning), page
+    assert charts_of(open_page("compare")) >= 3
+
+
+def test_experiment_pages_read_the_summaries(cache, tmp_path, monkeypatch):
+    runs = RunStore([cache]).list()
+    ids = {r.method: r.run_id for r in runs}
+    ranks = [1, 2, 4, 8]
+    stat = {
+        "irregular_accuracy_mean": 0.9, "irregular_accuracy_std": 0.02,
+        "control_en_drift_mean": 0.01, "control_en_drift_std": 0.002,
+        "final_loss_mean": 0.1,
+    }  # fmt: skip
+    experiments = {
+        "rank_sweep": {
+            "ranks": ranks,
+            "runs": {str(r): [ids["lora"]] for r in ranks},
+            "full": [ids["full"]],
+            "summary": {
+                **{str(r): {**stat, "trainable_params": 2048 * r} for r in ranks},
+                "full": {**stat, "trainable_params": 816000},
+            },
+            "elbow": {"elbow_r": 4, "definition": "the smallest r within one std of the best"},
+        },
+        "targets": {
+            "q,v": {
+                "run_ids": [ids["lora"]],
+                "irregular_accuracy_mean": 0.9,
+                "irregular_accuracy_std": 0.01,
+                "control_en_drift_mean": 0.0,
+                "control_es_drift_mean": 0.0,
+                "trainable_params": 16384,
+            },
+        },  # fmt: skip
+        "forgetting": {
+            m: {
+                "run_ids": [ids[m]],
+                "control_en_drift_mean": 0.01,
+                "control_en_drift_std": 0.0,
+                "control_es_drift_mean": 0.02,
+                "control_es_drift_std": 0.0,
+            }
+            for m in ("full", "lora")
+        },  # fmt: skip
+        "truncation": {
+            "run_id": ids["full"],
+            "k": [1, 2, 4, "full"],
+            "irregular_accuracy": [0.3, 0.5, 0.8, 0.9],
+            "control_en_drift": [0.0, 0.0, 0.01, 0.02],
+        },
+    }
+    path = tmp_path / "experiments.json"
+    path.write_text(json.dumps(experiments))
+    monkeypatch.setattr(data, "EXPERIMENTS_PATH", path)
+
+    at = open_page("rank_sweep")
+    assert not at.exception and not at.warning, texts(at.warning)
+    assert charts_of(at) == 2  # the elbow chart and the targets chart
+    assert "Elbow: r = 4" in texts(at.caption)
+    at = open_page("forgetting")
+    assert not at.exception and not at.warning, texts(at.warning)
+    assert charts_of(at) == 2  # final drift bars and perplexity over steps
+    at = open_page("spectrum")
+    assert not at.exception and not at.warning, texts(at.warning)
+    assert charts_of(at) == 5  # spectra, stable rank, energy, truncation, subspace heatmaps
+
+    path.write_text("[1, 2")  # a corrupt file: a warning, the page still runs
+    at = open_page("rank_sweep")
+    assert not at.exception
+    assert "cannot be read" in texts(at.warning)
+
+
+# ---------------------------------------------------------------------- Memory page
+SCALING_HEADER = "7B QLoRA, measured on an H200"
+
+
+def test_memory_page_shows_the_7b_measurements(cache, tmp_path, monkeypatch):
+    at = open_page("memory")
+    assert not at.exception and not at.warning, texts(at.warning)
+    assert SCALING_HEADER in [h.value for h in at.header]
+    result = scaling.load_scaling_result()
+    assert [c.value for c in at.code] == [result["command"]]
+    table = next(d.value for d in at.dataframe if "ours / PEFT peak" in d.value.columns)
+    assert list(table["configuration"]) == [r["label"] for r in scaling.scaling_rows(result)]
+    assert "straight into NF4" in texts(at.markdown)
+    assert f"Measured on {result['device_name']}" in texts(at.caption)
+
+    missing = tmp_path / "missing" / "qlora_7b_h200.json"
+    monkeypatch.setattr(scaling, "qlora_7b_h200", lambda: missing)
+    at = open_page("memory")
+    assert not at.exception, [e.value for e in at.exception]
+    assert "bench_7b_qlora.py" in texts(at.info)
+    assert not at.code and charts_of(at) == 2  # the MiniGPT and the calculator charts
+
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({**result, "runs": {"r8_qv": {"peak_bytes": float("nan")}}}))
+    monkeypatch.setattr(scaling, "qlora_7b_h200", lambda: broken)
+    at = open_page("memory")
+    assert not at.exception, [e.value for e in at.exception]
+    assert "not a finite number" in texts(at.warning) and str(broken) in texts(at.warning)
+    assert [t.value for t in at.title] == ["Memory"] and charts_of(at) == 2
+
+
+# ---------------------------------------------------------------------- Train page
+def test_train_page_trains_a_tiny_run_live(empty_cache, idle_trainer):
+    query = {"method": "lora", "r": "2", "steps": "3", "seed": "4242"}
+    at = open_page("train", query)
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.number_input(key="train_steps").value == 3
+    assert at.number_input(key="train_r").value == 2
+    labels = {m.label: m.value for m in at.metric}
+    assert labels["trainable parameters"] == "4,096"  # r (in + out) for q, v in 4 layers
+    assert "predicted memory: model and training state" in labels
+    start = at.button(key="train_start")
+    assert start.label == "Train live"
+
+    start.click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Training live" in texts(at.subheader)
+    # the live panel updates itself from the live feed, drawn at the run's version
+    (comp,) = live_components(at)
+    assert comp["running"] and 0 < comp["version"] <= idle_trainer.snapshot().version
+    panel = live_panel(at)
+    assert 'class="live-progress"' in panel and "step " in panel and "<svg" in panel
+    pid = idle_trainer.snapshot().pid
+    assert pid and pid != os.getpid()  # the run trains in a child process, not the server
+
+    wait_for(at, idle_trainer)
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Training finished" in texts(at.success), texts(at.warning) + texts(at.error)
+    # idle again: an invisible watcher notices the next run, whichever tab starts it
+    (watcher,) = live_components(at)
+    assert not watcher["running"] and watcher["version"] == idle_trainer.snapshot().version
+    runs = RunStore().list()
+    assert [r.config.finetune.steps for r in runs if r.config.finetune.seed == 4242] == [3]
+    assert all(not str(r.path).startswith(str(REPO_ROOT)) for r in runs if not r.shipped)
+    # the stored run loads at once from now on
+    at.run()
+    assert "This configuration is in the store" in texts(at.info)
+    assert at.button(key="train_start").label == "Train it live anyway"
+
+
+def test_without_static_serving_the_live_panel_is_drawn_by_streamlit(
+    empty_cache, idle_trainer, monkeypatch
+):
+    """Started from another folder (no .streamlit/config.toml), the app has no static
+    serving and so no live feed: the live panel is drawn by Streamlit and redrawn on news."""
+    from app import live
+
+    monkeypatch.setattr(live, "feed", lambda: None)
+    at = open_page("train", {"method": "lora", "r": "2", "steps": "3", "seed": "4646"})
+    at.button(key="train_start").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not live_components(at)
+    panel = live_panel(at)
+    assert 'class="live-progress"' in panel and "step " in panel and "<svg" in panel
+    wait_for(at, idle_trainer)
+    assert "Training finished" in texts(at.success), texts(at.warning) + texts(at.error)
+
+
+def test_a_training_child_that_fails_shows_its_one_line_error(
+    empty_cache, idle_trainer, tmp_path, monkeypatch
+):
+    """The child cannot find the base model (its data folder is empty): the page shows
+    the child's error in one line, in an error box, and the server lives on."""
+    query = {"method": "lora", "r": "2", "steps": "3", "seed": "4545"}
+    at = open_page("train", query)
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("MINITUNER_DATA", str(tmp_path / "empty"))  # the child reads this
+    at.button(key="train_start").click().run()
+    wait_for(at, idle_trainer)
+    assert not at.exception, [e.value for e in at.exception]
+    errors = texts(at.error)
+    assert errors.startswith("Training failed: ValueError:"), errors
+    assert "\n" not in errors and "Traceback" not in errors
+    assert idle_trainer.snapshot().status == "error"
+
+
+def test_second_session_is_told_training_is_busy_and_stop_stops(empty_cache, idle_trainer):
+    query = {"method": "lora", "r": "2", "steps": "2000", "seed": "4343"}
+    a = open_page("train", query)
+    a.button(key="train_start").click().run()
+    assert idle_trainer.busy
+
+    b = open_page("train", query)
+    assert not b.exception, [e.value for e in b.exception]
+    assert "Training is busy" in texts(b.info)
+    assert not [x for x in b.button if x.key in ("train_start", "train_stop")]
+    assert idle_trainer.start(FinetuneConfig(steps=1), owner="someone") is False
+
+    deadline = time.time() + TIMEOUT  # let it take a step or two, then stop it
+    while idle_trainer.snapshot().step < 1 and time.time() < deadline:
+        time.sleep(0.2)
+    a.run()
+    a.button(key="train_stop").click().run()
+    wait_for(a, idle_trainer)
+    assert not a.exception, [e.value for e in a.exception]
+    assert "Training stopped" in texts(a.warning)
+    snap = idle_trainer.snapshot()
+    assert snap.status == "stopped" and snap.step < 2000
+    assert not [r for r in RunStore().list() if r.config.finetune.seed == 4343]
+
+
+def test_train_choices_live_in_the_url(empty_cache):
+    at = open_page("train", {"method": "full", "lr": "0.001", "steps": "7", "r": "abc"})
+    assert not at.exception
+    assert "r='abc' ignored" in texts(at.warning)
+    assert at.radio(key="train_method").value == "full"
+    assert at.number_input(key="train_lr").value == pytest.approx(0.001)
+    assert at.number_input(key="train_r").disabled
+    assert at.query_params["method"] == "full" and at.query_params["steps"] == "7"
+    assert "r" not in at.query_params  # LoRA settings do not apply to full fine-tuning
+
+    at.radio(key="train_method").set_value("qlora").run()
+    assert at.query_params["method"] == "qlora"
+    assert at.query_params["lr"] == "0.005"  # the method's default learning rate
+    assert at.query_params["targets"] == "q,v"
+    at.checkbox(key="train_target_fc_in").check().run()
+    assert at.query_params["targets"] == "q,v,fc_in"
+
+
+def test_train_page_with_no_targets_explains(empty_cache):
+    at = open_page("train", {"method": "lora", "targets": "q"})
+    at.checkbox(key="train_target_q").uncheck().run()
+    assert not at.exception
+    assert "at least one target" in texts(at.warning)
+
+
+# ---------------------------------------------------------------------- Completions
+def test_completions_before_and_after_and_unknown_characters(cache):
+    at = open_page("completions")
+    labels = {m.label for m in at.metric}
+    assert "base model's greedy answer" in labels
+    assert charts_of(at) == 1
+    at.text_input(key="compl_prompt").set_value("She __ a letter yesterday.").run()
+    at.text_input(key="compl_cands").set_value("wrote, writed, write").run()
+    assert not at.exception
+    bars = at.get("plotly_chart")[0]
+    assert "writed" in bars.proto.spec
+
+    at.text_input(key="compl_prompt").set_value("He __ to school ¤ yesterday.").run()
+    assert not at.exception
+    assert "not in the model's vocabulary" in texts(at.error)  # bad input: an error box
+    assert "'¤'" in texts(at.error)
+
+
+# ---------------------------------------------------------------------- caching
+def test_a_rerun_does_not_reload_models_or_the_store(cache, monkeypatch):
+    at = open_page("completions")
+
+    def boom(*a, **k):
+        raise AssertionError("reloaded")
+
+    monkeypatch.setattr(data, "load_base", boom)
+    monkeypatch.setattr(RunStore, "list", boom)
+    monkeypatch.setattr(RunStore, "load_model", boom)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert charts_of(at) == 1
+
+
+# ---------------------------------------------------------------------- pure helpers
+def test_url_parameters_round_trip():
+    choices = {"method": "lora", "r": 4, "alpha": 8.0, "targets": ["q", "fc_in"], "lr": 0.002,
+               "steps": 12, "seed": 3}  # fmt: skip
+    params = helpers.choices_to_params(choices)
+    parsed, problems = helpers.parse_train_params(params)
+    assert problems == []
+    assert parsed == choices
+    cfg = helpers.config_from_choices(parsed)
+    assert (cfg.r, cfg.targets, cfg.steps) == (4, ("q", "fc_in"), 12)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [{"method": "sgd"}, {"r": "0"}, {"steps": "x"}, {"lr": "-1"}, {"alpha": "nan"},
+     {"targets": "q,zz"}, {"seed": "-3"}],
+)  # fmt: skip
+def test_bad_url_parameters_are_reported_not_raised(query):
+    parsed, problems = helpers.parse_train_params(query)
+    assert parsed == {} and len(problems) == 1
+
+
+def test_default_run_prefers_the_default_config(seeded_cache):
+    runs = RunStore([seeded_cache]).list()
+    assert data.default_run(runs).method == "lora"
+    assert data.default_run([]) is None

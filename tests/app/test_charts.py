@@ -1,0 +1,251 @@
+"""Each chart builder of app/charts/ returns a plotly Figure with the expected traces,
+from small synthetic data (no browser, no Streamlit)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from app.charts import (  # noqa: E402
+    common,
+    compare,
+    completions,
+    forgetting,
+    memory,
+    nf4,
+    rank_sweep,
+    spectrum,
+    train,
+)
+from app.format import breakdown_table  # noqa: E402
+from minituner.memory.predict import predict_memory  # noqa: E402
+from minituner.memory.shapes import SHAPES  # noqa: E402
+from minituner.nf4.codec import FP4_CODEBOOK, INT4_CODEBOOK, NF4_CODEBOOK  # noqa: E402
+
+EVALS = [
+    {"step": 0, "irregular_accuracy": 0.2, "control_en_drift": 0.0, "control_en_ppl": 1.36,
+     "control_es_ppl": 1.31},
+    {"step": 10, "irregular_accuracy": 0.9, "control_en_drift": 0.01, "control_en_ppl": 1.37,
+     "control_es_ppl": 1.32},
+]  # fmt: skip
+
+
+def names(fig: go.Figure) -> list[str]:
+    return [t.name for t in fig.data]
+
+
+def test_loss_curves_one_line_per_run():
+    fig = compare.loss_curves({"lora a": ([1, 2, 3], [2.0, 1.0, 0.5]), "full b": ([1, 2], [3, 1])})
+    assert isinstance(fig, go.Figure)
+    assert names(fig) == ["lora a", "full b"]
+    assert list(fig.data[0].y) == [2.0, 1.0, 0.5]
+    assert fig.layout.yaxis.type == "linear"
+    assert compare.loss_curves({"x": ([1], [1.0])}, log_y=True).layout.yaxis.type == "log"
+
+
+def test_live_training_loss_and_evaluation_panels():
+    import re
+    from types import SimpleNamespace
+    from xml.etree import ElementTree
+
+    evals = [SimpleNamespace(**e) for e in EVALS]
+    svg = train.live_training([1, 2, 3], [2.0, 1.5, 1.0], evals, total_steps=40)
+    root = ElementTree.fromstring(svg)  # well-formed markup
+    assert root.tag.endswith("svg")
+    series = dict(re.findall(r'data-name="([^"]+)" data-points="(\d+)"', svg))
+    assert series == {"loss": "3", "irregular accuracy (%)": "2", "control EN drift (%)": "2"}
+    ticks = re.findall(r">(\d+)</text>", svg)
+    assert "40" in ticks  # the x axis spans the whole run
+    empty = train.live_training([], [], [], total_steps=5)
+    assert re.findall(r'data-points="(\d+)"', empty) == ["0", "0", "0"]
+    nasty = train.live_training([1], [float("nan")], [], total_steps=1)  # no NaN in markup
+    assert "nan" not in nasty.lower()
+
+
+def test_eval_curves_and_perplexity_over_steps():
+    fig = compare.eval_curves({"lora": EVALS, "full": EVALS[:1]}, "irregular_accuracy", "t", "%")
+    assert names(fig) == ["lora", "full"]
+    assert list(fig.data[0].y) == pytest.approx([20.0, 90.0])
+    ppl = forgetting.perplexity_over_steps({"lora x": EVALS, "full y": EVALS})
+    assert len(ppl.data) == 4  # English and Spanish panels per run
+    assert [t.name for t in ppl.data if t.showlegend] == ["lora x", "full y"]
+    assert list(ppl.data[1].y) == [1.31, 1.32]
+
+
+def test_drift_bars_with_error_bars():
+    summary = {
+        m: {"control_en_drift_mean": d, "control_en_drift_std": 0.01,
+            "control_es_drift_mean": d / 2, "control_es_drift_std": 0.0}
+        for m, d in (("full", 0.08), ("lora", 0.01), ("qlora", 0.02))
+    }  # fmt: skip
+    fig = forgetting.drift_bars(summary)
+    assert names(fig) == ["control English", "control Spanish"]
+    assert list(fig.data[0].x) == ["full", "lora", "qlora"]
+    assert list(fig.data[0].y) == pytest.approx([8.0, 1.0, 2.0])
+    assert list(fig.data[0].error_y.array) == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_metric_bars_mean_and_std():
+    fig = forgetting.metric_bars(
+        {"full": {"regular_accuracy_mean": 0.02, "regular_accuracy_std": 0.01},
+         "lora": {"regular_accuracy_mean": 0.75, "regular_accuracy_std": 0.05}},
+        "regular_accuracy", "t", "%",
+    )  # fmt: skip
+    assert len(fig.data) == 1
+    assert list(fig.data[0].x) == ["full", "lora"]
+    assert list(fig.data[0].y) == pytest.approx([2.0, 75.0])
+    assert list(fig.data[0].error_y.array) == pytest.approx([1.0, 5.0])
+
+
+def test_candidate_bars_grouped_per_model():
+    fig = completions.candidate_bars(
+        {"base": {"went": 0.2, "goed": 0.8}, "lora": {"went": 0.9, "goed": 0.1}}
+    )
+    assert names(fig) == ["base", "lora"]
+    assert list(fig.data[1].x) == ["went", "goed"]
+    assert list(fig.data[1].y) == pytest.approx([90.0, 10.0])
+    assert fig.layout.barmode == "group"
+
+
+def test_spectrum_side_by_side_log_scale_and_zeros_dropped():
+    panels = {
+        "full": {"blocks.0.attn.q_proj": [4.0, 2.0, 1.0], "blocks.1.attn.q_proj": [3.0, 1.0, 0.5]},
+        "lora": {"blocks.0.attn.q_proj": [2.0, 1.0, 0.0]},
+    }
+    fig = spectrum.spectrum_side_by_side(panels)
+    assert len(fig.data) == 3
+    assert fig.data[0].name == "L0 q_proj"
+    assert fig.layout.yaxis.type == "log"
+    assert list(fig.data[2].y) == [2.0, 1.0]  # the zero cannot sit on a log axis
+    noisy = spectrum.spectrum_side_by_side({"lora": {"a": [1.0, 0.5, 1e-9]}})
+    assert list(noisy.data[0].y) == [1.0, 0.5]  # float32 rounding of a rank-2 product
+    norm = spectrum.spectrum_side_by_side(panels, normalized=True)
+    assert list(norm.data[0].y) == pytest.approx([1.0, 0.5, 0.25])
+
+
+def test_cumulative_energy_stable_rank_and_truncation():
+    fig = spectrum.cumulative_energy({"full": [0.5, 0.8, 1.0], "lora": [0.9, 1.0]})
+    assert names(fig) == ["full", "lora"]
+    assert list(fig.data[0].y) == pytest.approx([50.0, 80.0, 100.0])
+    sr = spectrum.stable_rank_bars(
+        {"full": {"blocks.0.attn.q_proj": 3.2}, "lora": {"blocks.0.attn.q_proj": 1.4}}
+    )
+    assert names(sr) == ["full", "lora"] and list(sr.data[0].x) == ["L0 q_proj"]
+    tr = spectrum.truncation_curve(
+        [1, 2, 4, "full"], [0.3, 0.6, 0.9, 0.95], [0.0, 0.01, 0.02, 0.05]
+    )
+    assert names(tr) == ["irregular accuracy (%)", "control EN drift (%)"]
+    assert list(tr.data[0].x) == ["1", "2", "4", "full"]
+    assert len(spectrum.truncation_curve([1, 2], [0.1, 0.2]).data) == 1
+
+
+def test_rank_elbow_marks_the_elbow_on_a_log_axis():
+    fig = rank_sweep.rank_elbow(
+        [1, 2, 4, 8], [0.5, 0.8, 0.95, 0.96], [0.05, 0.04, 0.01, 0.01],
+        params=[2048, 4096, 8192, 16384], elbow_r=4, full_mean=0.97, full_std=0.01,
+    )  # fmt: skip
+    assert names(fig) == [
+        "± 1 std over seeds",
+        "irregular verbs (mean)",
+        "full fine-tuning (97.0% ± 1.0)",
+        "trainable parameters",
+    ]
+    assert fig.layout.xaxis.type == "log"
+    assert list(fig.data[1].y) == pytest.approx([50.0, 80.0, 95.0, 96.0])
+    assert any("elbow r = 4" in a.text for a in fig.layout.annotations)
+    assert any(s.type == "line" for s in fig.layout.shapes)
+    bare = rank_sweep.rank_elbow([1, 2], [0.5, 0.6], [0.0, 0.0])
+    assert len(bare.data) == 2
+    more = rank_sweep.rank_elbow(
+        [1, 2], [0.5, 0.6], [0.0, 0.0], others={"regular": ([0.9, 0.8], [0, 0])}
+    )
+    assert names(more)[-1] == "regular" and list(more.data[-1].y) == pytest.approx([90.0, 80.0])
+
+
+def test_targets_bars():
+    fig = rank_sweep.targets_bars(
+        {"q,v": {"irregular_accuracy_mean": 0.9, "irregular_accuracy_std": 0.02, "trainable_params": 16384},
+         "all": {"irregular_accuracy_mean": 0.95, "irregular_accuracy_std": 0.01, "trainable_params": 60000}}
+    )  # fmt: skip
+    assert list(fig.data[0].x) == ["q,v", "all"]
+    assert list(fig.data[0].y) == pytest.approx([90.0, 95.0])
+    assert len(fig.data) == 1  # no regular-verb figures given
+    both = rank_sweep.targets_bars(
+        {"q,v": {"irregular_accuracy_mean": 0.9, "regular_accuracy_mean": 0.7}}
+    )
+    assert names(both) == ["irregular verbs (task)", "regular verbs (control)"]
+
+
+def test_memory_stacked_one_trace_per_category():
+    pred = predict_memory(SHAPES["minigpt"], "qlora", batch=2, seq=16)
+    rows = breakdown_table(
+        pred, {"weights": 10, "nf4": 5, "lora": 1, "gradients": 1, "optimizer": 2}
+    )
+    fig = memory.memory_stacked(rows)
+    assert fig.layout.barmode == "stack"
+    assert names(fig) == ["weights", "nf4", "lora", "gradients", "optimizer", "activations"]
+    assert list(fig.data[0].x) == ["predicted", "measured"]
+    assert fig.data[0].y[1] == 10
+    assert fig.data[-1].y[1] == 0  # nothing measured for activations
+
+
+def test_scaling_bars_grouped_in_gib_with_peft_when_present():
+    rows = [
+        {"label": "r=8 qv", "peak_bytes": 2**32, "predicted_mixed_bytes": 2**31,
+         "peft_peak_bytes": 3 * 2**30},
+        {"label": "r=8 all", "peak_bytes": 2**30, "predicted_mixed_bytes": 2**30,
+         "peft_peak_bytes": None},
+    ]  # fmt: skip
+    fig = memory.scaling_bars(rows)
+    assert fig.layout.barmode == "group"
+    assert names(fig) == [
+        "measured peak (ours)",
+        "predicted (fp32 LoRA + Adam)",
+        "measured peak (PEFT + bitsandbytes)",
+    ]
+    assert list(fig.data[0].x) == ["r=8 qv", "r=8 all"]
+    assert list(fig.data[0].y) == pytest.approx([4.0, 1.0])
+    assert fig.data[2].y[0] == pytest.approx(3.0) and np.isnan(fig.data[2].y[1])
+    no_peft = memory.scaling_bars([{**r, "peft_peak_bytes": None} for r in rows])
+    assert len(no_peft.data) == 2
+
+
+def test_nf4_codebook_against_the_normal():
+    fig = nf4.nf4_codebook({"nf4": NF4_CODEBOOK, "int4": INT4_CODEBOOK, "fp4": FP4_CODEBOOK}, 1.85)
+    assert names(fig)[0] == "normal weights (density)"
+    assert names(fig)[1:] == ["nf4 (16 values)", "int4 (15 values)", "fp4 (15 values)"]
+    assert list(fig.data[1].x) == sorted(NF4_CODEBOOK)
+    assert max(fig.data[0].y) == pytest.approx(1.85 / np.sqrt(2 * np.pi), rel=1e-3)
+
+
+def test_error_histograms_share_bins_and_count_every_weight():
+    rng = np.random.default_rng(0)
+    errors = {"nf4": rng.normal(0, 0.01, 1000), "int4": rng.normal(0, 0.02, 1000), "fp4": [0.0]}
+    fig = nf4.error_histograms(errors, bins=21)
+    assert names(fig) == ["nf4", "int4", "fp4"]
+    assert list(fig.data[0].x) == list(fig.data[1].x)
+    assert sum(fig.data[0].y) == 1000 and sum(fig.data[2].y) == 1
+
+
+def test_error_rmse_bars_and_bits_bars():
+    rows = [
+        {"layer": "blocks.0.attn.q_proj.weight", "method": m, "rel_rmse": v}
+        for m, v in (("nf4", 0.1), ("int4", 0.12), ("fp4", 0.15))
+    ]
+    fig = nf4.error_rmse_bars(rows)
+    assert names(fig) == ["nf4", "int4", "fp4"] and list(fig.data[0].x) == ["L0 q_proj"]
+    bits = nf4.bits_bars({"fp32": 32, "NF4": 4.5})
+    assert list(bits.data[0].y) == [32.0, 4.5]
+
+
+def test_series_colors_by_method_or_distinct():
+    by_method = common.series_colors(["full a", "lora b", "qlora c"])
+    assert by_method == {"full a": "#d62728", "lora b": "#1f77b4", "qlora c": "#2ca02c"}
+    same_method = common.series_colors(["lora r=1", "lora r=8"])
+    assert len(set(same_method.values())) == 2

@@ -1,0 +1,274 @@
+"""Bad input at the edges: `python -m minituner` flags and missing or corrupt model
+directories. Every user error is one `error: ...` line on stderr, exit status 2, no
+traceback, and nothing on disk is touched."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from cli_util import run_minituner
+
+from minituner.cli import main
+from minituner.io import save_tensors
+from minituner.minigpt.checkpoint import load_model, save_model
+from minituner.minigpt.model import MiniGPT, preset_config
+from minituner.paths import base_dir
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return run_minituner(*args, timeout=timeout)
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file under ``root`` (and the names of dirs)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "<dir>"
+    return out
+
+
+def assert_user_error(r: subprocess.CompletedProcess, *needles: str) -> None:
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), (
+        f"expected one 'error: ...' line on stderr, got:\n{r.stderr}"
+    )
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    assert r.returncode == 2, r.returncode
+
+
+@pytest.fixture
+def base_copy(tmp_path) -> Path:
+    """A copy of the shipped base directory for --out, so nothing real can be overwritten."""
+    out = tmp_path / "base"
+    shutil.copytree(base_dir(), out)
+    return out
+
+
+# Each kind of failure once through a real `python -m minituner` process (a flag refused
+# by argparse, a CLIError, a ValueError from the library) ...
+SUBPROCESS_CASES = [
+    (["--preset", "huge"], ["huge", "tiny", "default"]),
+    (["--steps", "0"], ["--steps"]),
+    (["--batch-size", "-2"], ["--batch-size"]),
+    (["--device", "tpu9"], ["tpu9"]),
+]
+# ... and the other bad values in-process through cli.main (the same code, ~100x faster).
+IN_PROCESS_CASES = [
+    (["--steps", "-3"], ["--steps"]),
+    (["--steps", "ten"], ["--steps"]),
+    (["--batch-size", "0"], ["--batch-size"]),
+    (["--lr", "0"], ["--lr"]),
+    (["--lr", "nan"], ["--lr"]),
+    (["--irregular-past-share", "1.5"], ["--irregular-past-share"]),
+    (["--overregularize-share", "-0.5"], ["--overregularize-share"]),
+    (["--preset", ""], ["preset"]),
+]
+
+
+def flag_ids(cases):
+    return [" ".join(flags) for flags, _ in cases]
+
+
+@pytest.mark.parametrize(("flags", "needles"), SUBPROCESS_CASES, ids=flag_ids(SUBPROCESS_CASES))
+def test_pretrain_bad_flags(base_copy, flags, needles):
+    before = snapshot(base_copy.parent)
+    r = run_cli("pretrain", "--out", str(base_copy), "--steps", "1", *flags)
+    assert_user_error(r, *needles)
+    assert snapshot(base_copy.parent) == before
+    assert r.stdout == ""
+
+
+def run_main(capsys, *args: str) -> subprocess.CompletedProcess:
+    """cli.main in this process, returned like a finished subprocess."""
+    try:
+        code = main(list(args))
+    except SystemExit as e:  # argparse exits by itself
+        code = e.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
+@pytest.mark.parametrize(("flags", "needles"), IN_PROCESS_CASES, ids=flag_ids(IN_PROCESS_CASES))
+def test_pretrain_bad_flags_in_process(base_copy, capsys, flags, needles):
+    before = snapshot(base_copy.parent)
+    r = run_main(capsys, "pretrain", "--out", str(base_copy), "--steps", "1", *flags)
+    assert_user_error(r, *needles)
+    assert snapshot(base_copy.parent) == before
+    assert r.stdout == ""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_pretrain_cuda_without_gpu(base_copy, capsys):
+    before = snapshot(base_copy.parent)
+    r = run_main(capsys, "pretrain", "--out", str(base_copy), "--steps", "1", "--device", "cuda")
+    assert_user_error(r, "cuda")
+    assert snapshot(base_copy.parent) == before
+
+
+def test_unknown_command(capsys):
+    assert_user_error(run_main(capsys, "frobnicate"), "frobnicate")
+    assert_user_error(run_main(capsys))  # no command at all
+
+
+def test_pretrain_tiny_writes_a_loadable_base(tmp_path):
+    out = tmp_path / "base"
+    r = run_cli(
+        "pretrain",
+        *("--preset", "tiny", "--steps", "3", "--batch-size", "8", "--device", "cpu"),
+        *("--out", str(out)),
+    )
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    assert "irregular_accuracy" in r.stdout and str(out) in r.stdout
+    model, tok, cfg = load_model(out)
+    assert model.config.n_embd == 32
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["pretrain"]["steps"] == 3
+    assert metrics["corpus_version"] == cfg["corpus_version"]
+
+
+# ---------------------------------------------------------------- load_model
+
+
+def test_load_shipped_base(base):
+    assert not base.model.training
+    assert base.model.config.vocab_size == base.tok.vocab_size
+    assert base.model.lm_head.weight is base.model.tok_emb.weight
+
+
+def corrupt_garbage_weights(d: Path) -> None:
+    (d / "model.safetensors").write_bytes(b"this is not a safetensors file" * 10)
+
+
+def corrupt_empty_weights(d: Path) -> None:
+    (d / "model.safetensors").write_bytes(b"")
+
+
+def corrupt_truncated_weights(d: Path) -> None:
+    data = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(data[: len(data) // 2])
+
+
+def corrupt_missing_weights(d: Path) -> None:
+    (d / "model.safetensors").unlink()
+
+
+def corrupt_wrong_shapes(d: Path) -> None:
+    cfg = json.loads((d / "config.json").read_text(encoding="utf-8"))
+    small = MiniGPT(preset_config("tiny", vocab_size=cfg["model"]["vocab_size"]))
+    sd = {k: v for k, v in small.state_dict().items() if k != "lm_head.weight"}  # tied
+    save_tensors(d / "model.safetensors", sd)
+
+
+def corrupt_missing_tensor(d: Path) -> None:
+    from minituner.io import load_tensors
+
+    sd = load_tensors(d / "model.safetensors")
+    sd.pop("blocks.0.attn.q_proj.weight")
+    save_tensors(d / "model.safetensors", sd)
+
+
+def corrupt_config_not_json(d: Path) -> None:
+    (d / "config.json").write_text('{"model": {"vocab_size": 49,', encoding="utf-8")
+
+
+def corrupt_config_no_model(d: Path) -> None:
+    (d / "config.json").write_text('{"corpus_version": "c1-x"}', encoding="utf-8")
+
+
+def corrupt_config_bad_sizes(d: Path) -> None:
+    cfg = json.loads((d / "config.json").read_text(encoding="utf-8"))
+    cfg["model"]["n_layer"] = 0
+    (d / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
+
+
+def corrupt_config_unknown_field(d: Path) -> None:
+    cfg = json.loads((d / "config.json").read_text(encoding="utf-8"))
+    cfg["model"]["n_experts"] = 8
+    (d / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
+
+
+def corrupt_config_list(d: Path) -> None:
+    (d / "config.json").write_text("[1, 2, 3]", encoding="utf-8")
+
+
+def corrupt_missing_config(d: Path) -> None:
+    (d / "config.json").unlink()
+
+
+def corrupt_tokenizer(d: Path) -> None:
+    (d / "tokenizer.json").write_text("garbage", encoding="utf-8")
+
+
+def corrupt_tokenizer_vocab(d: Path) -> None:
+    (d / "tokenizer.json").write_text('{"type": "char", "chars": ["a", "b"]}', encoding="utf-8")
+
+
+def corrupt_missing_tokenizer(d: Path) -> None:
+    (d / "tokenizer.json").unlink()
+
+
+CORRUPTIONS = [
+    corrupt_garbage_weights,
+    corrupt_empty_weights,
+    corrupt_truncated_weights,
+    corrupt_missing_weights,
+    corrupt_wrong_shapes,
+    corrupt_missing_tensor,
+    corrupt_config_not_json,
+    corrupt_config_no_model,
+    corrupt_config_bad_sizes,
+    corrupt_config_unknown_field,
+    corrupt_config_list,
+    corrupt_missing_config,
+    corrupt_tokenizer,
+    corrupt_tokenizer_vocab,
+    corrupt_missing_tokenizer,
+]
+
+
+@pytest.mark.parametrize("corrupt", CORRUPTIONS, ids=lambda f: f.__name__.removeprefix("corrupt_"))
+def test_load_corrupt_model_dir(base_copy, corrupt):
+    corrupt(base_copy)
+    before = snapshot(base_copy)
+    with pytest.raises(ValueError) as exc:
+        load_model(base_copy)
+    msg = str(exc.value)
+    assert "\n" not in msg
+    assert str(base_copy) in msg
+    assert "pretrain" in msg  # says how to rebuild it
+    assert snapshot(base_copy) == before
+
+
+def test_load_missing_dir(tmp_path):
+    with pytest.raises(ValueError, match="no model directory"):
+        load_model(tmp_path / "nowhere")
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ValueError):
+        load_model(tmp_path / "a_file")
+
+
+def test_save_load_round_trip(tmp_path, base):
+    save_model(tmp_path / "m", base.model, base.tok, {"note": "copy"})
+    model, tok, cfg = load_model(tmp_path / "m")
+    assert cfg["note"] == "copy"
+    assert tok.chars == base.tok.chars
+    sd, sd2 = base.model.state_dict(), model.state_dict()
+    assert all(torch.equal(sd[k], sd2[k]) for k in sd)
+    # no pickle anywhere in a model directory
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+    ]

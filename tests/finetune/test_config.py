@@ -1,0 +1,245 @@
+"""FinetuneConfig (issue 13): one normalised config per training, so one run id; every
+setting checked when a config is made; the rank limit of a model in one place; and the
+migration of the shipped runs to the ids of their normalised configs."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cli_util import REPO_ROOT
+
+from minituner.cli import main
+from minituner.finetune.config import FinetuneConfig, check_rank, max_rank, normalize_targets
+from minituner.finetune.loop import load_base
+from minituner.lora.layer import add_lora
+from minituner.minigpt.model import MiniGPT, preset_config
+from minituner.store.runs import RunStore, run_id
+
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+import migrate_run_ids  # noqa: E402
+
+ALL = ("q", "k", "v", "o", "fc_in", "fc_out")
+
+
+# ---------------------------------------------------------------- targets
+
+
+@pytest.mark.parametrize(
+    ("given", "normal"),
+    [
+        ("q,q,v", ("q", "v")),
+        ("v,q", ("q", "v")),
+        (("q", "v"), ("q", "v")),
+        (["v", "q", "v"], ("q", "v")),
+        ("attn", ("q", "k", "v", "o")),
+        ("q,k,v,o", ("q", "k", "v", "o")),
+        (["o", "attn"], ("q", "k", "v", "o")),
+        ("mlp", ("fc_in", "fc_out")),
+        ("fc_out,fc_in", ("fc_in", "fc_out")),
+        ("all", ALL),
+        (["attn", "mlp"], ALL),
+        ("fc_out,v,all,q", ALL),
+        (("q_proj", "v_proj"), ("q", "v")),
+    ],
+)
+def test_the_same_targets_make_the_same_config_and_run_id(given, normal):
+    cfg = FinetuneConfig(targets=given)
+    ref = FinetuneConfig(targets=normal)
+    assert cfg.targets == normal
+    assert cfg == ref
+    assert cfg.to_dict() == ref.to_dict() and cfg.to_dict()["targets"] == list(normal)
+    assert run_id(cfg, "base", "corpus") == run_id(ref, "base", "corpus")
+
+
+def test_a_stored_group_reads_back_normalised():
+    d = FinetuneConfig(targets="all").to_dict()
+    d["targets"] = ["all"]  # as runs stored before normalisation say it
+    assert FinetuneConfig.from_dict(d).targets == ALL
+
+
+def test_normalize_targets_keeps_foreign_names_for_the_error():
+    assert normalize_targets("zz,v,q") == ("q", "v", "zz")
+    with pytest.raises(ValueError, match="'zz'"):
+        FinetuneConfig(targets="zz,v,q")
+    with pytest.raises(ValueError, match="at least one target"):
+        FinetuneConfig(targets=",")
+
+
+def test_the_label_names_a_group():
+    assert " all " in FinetuneConfig(targets=list(reversed(ALL))).label()
+    assert " q,v " in FinetuneConfig(targets="v,q").label()
+
+
+# ---------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize("bad", [0, -64, 63, 1, 64.0, True, "64", None])
+def test_nf4_block_size_must_be_a_positive_even_int(bad):
+    with pytest.raises(ValueError, match="nf4_block_size"):
+        FinetuneConfig(method="qlora", nf4_block_size=bad)
+
+
+@pytest.mark.parametrize("good", [2, 64, 256])
+def test_nf4_block_sizes_that_quantize_nf4_takes(good):
+    from minituner.nf4.codec import quantize_nf4
+
+    assert FinetuneConfig(method="qlora", nf4_block_size=good).nf4_block_size == good
+    quantize_nf4(MiniGPT(preset_config("tiny", vocab_size=8)).blocks[0].attn.q_proj.weight, good)
+
+
+@pytest.mark.parametrize("name", ["rslora", "nf4_double_quant"])
+@pytest.mark.parametrize("bad", [1, 0, "yes", "false", None])
+def test_switches_must_be_bool(name, bad):
+    with pytest.raises(ValueError, match=name):
+        FinetuneConfig(method="qlora", **{name: bad})
+
+
+@pytest.mark.parametrize("bad", [-1, True, False, 1.0, "0", None, 2**64])
+def test_seed_must_be_a_whole_number_from_zero(bad):
+    with pytest.raises(ValueError, match="seed"):
+        FinetuneConfig(seed=bad)
+
+
+def test_good_seeds():
+    assert FinetuneConfig(seed=0).seed == 0
+    assert FinetuneConfig(seed=2**31).seed == 2**31
+
+
+# ---------------------------------------------------------------- rank limits
+
+
+@pytest.mark.parametrize("preset", ["tiny", "default"])
+@pytest.mark.parametrize("target", ALL)
+def test_max_rank_is_what_add_lora_takes(preset, target):
+    """Against the reference: the model's own Linear layers."""
+    model = MiniGPT(preset_config(preset, vocab_size=8))
+    limit = max_rank(model.config, [target])
+    add_lora(copy.deepcopy(model), [target], r=limit, alpha=1.0)
+    with pytest.raises(ValueError, match="between 1 and"):
+        add_lora(copy.deepcopy(model), [target], r=limit + 1, alpha=1.0)
+
+
+def test_check_rank():
+    cfg = preset_config("default", vocab_size=8)
+    assert max_rank(cfg) == 128
+    check_rank(FinetuneConfig(r=128, targets="all"), cfg)
+    check_rank(FinetuneConfig(method="full"), cfg)
+    with pytest.raises(ValueError, match="between 1 and 128"):
+        check_rank(FinetuneConfig(r=129, targets="mlp"), cfg)
+
+
+def test_the_cli_refuses_a_rank_the_model_cannot_take_before_training(
+    capsys, monkeypatch, tmp_path
+):
+    from minituner.finetune import loop as train
+
+    def boom(*a, **k):
+        raise AssertionError("fine-tuning started")
+
+    for name in ("finetune", "Training"):
+        monkeypatch.setattr(train, name, boom, raising=False)
+    monkeypatch.setenv("MINITUNER_CACHE", str(tmp_path))
+    limit = max_rank(load_base().model.config)
+    code = main(["finetune", "--rank", str(limit + 1), "--device", "cpu", "--force"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert f"between 1 and {limit}" in err
+
+
+# ---------------------------------------------------------------- shipped runs
+
+
+def test_every_shipped_run_has_the_id_of_its_normalised_config():
+    runs = RunStore([REPO_ROOT / "precomputed" / "runs"]).list(metrics_only=True)
+    assert len(runs) == len(list((REPO_ROOT / "precomputed" / "runs").iterdir()))
+    for info in runs:
+        c = info.config
+        assert run_id(info.finetune_config(), c.base_model_id, c.corpus_version) == info.run_id
+
+
+def old_run_id(finetune: dict, base: str, corpus: str) -> str:
+    """runs.run_id's formula, written out: the id a run got before normalisation."""
+    key = json.dumps({"config": finetune, "base": base, "corpus": corpus}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+@pytest.fixture
+def old_data(tmp_path) -> tuple[Path, str, str]:
+    """A data folder holding one shipped "all" run as stored before normalisation (its
+    old id, targets ["all"]) and files that name it; returns (folder, old id, new id)."""
+    shipped = REPO_ROOT / "precomputed" / "runs"
+    new = next(
+        p.name
+        for p in sorted(shipped.iterdir())
+        if json.loads((p / "config.json").read_text())["finetune"].get("targets") == list(ALL)
+    )
+    cfg = json.loads((shipped / new / "config.json").read_text())
+    cfg["finetune"]["targets"] = ["all"]
+    old = old_run_id(cfg["finetune"], cfg["base_model_id"], cfg["corpus_version"])
+    cfg["run_id"] = old
+    data = tmp_path / "data"
+    shutil.copytree(shipped / new, data / "runs" / old)
+    (data / "runs" / old / "config.json").write_text(json.dumps(cfg, indent=1))
+    meta = json.loads((data / "runs" / old / "adapter_config.json").read_text())
+    meta["config"]["run_id"] = old
+    (data / "runs" / old / "adapter_config.json").write_text(json.dumps(meta, indent=2))
+    (data / "experiments.json").write_text(json.dumps({"run_ids": [old, "0123456789ab"]}))
+    (data / "README.md").write_text(f"| {old} | all |\n")
+    return data, old, new
+
+
+def migrate(data: Path, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "migrate_run_ids.py"), "--data", str(data),
+         *flags],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_migration_renames_the_run_and_every_reference(old_data):
+    data, old, new = old_data
+    assert migrate(data, "--check").returncode == 1
+    r = migrate(data)
+    assert r.returncode == 0, r.stderr
+    assert not (data / "runs" / old).exists()
+    cfg = json.loads((data / "runs" / new / "config.json").read_text())
+    assert cfg["run_id"] == new and cfg["finetune"]["targets"] == list(ALL)
+    meta = json.loads((data / "runs" / new / "adapter_config.json").read_text())
+    assert meta["config"]["run_id"] == new
+    assert json.loads((data / "experiments.json").read_text()) == {"run_ids": [new, "0123456789ab"]}
+    assert (data / "README.md").read_text() == f"| {new} | all |\n"
+    (info,) = RunStore([data / "runs"]).list()
+    assert info.run_id == new
+    # rerunnable: nothing left to do
+    again = migrate(data)
+    assert again.returncode == 0 and "already" in again.stdout
+    assert migrate(data, "--check").returncode == 0
+
+
+def test_an_interrupted_migration_is_finished_by_the_next(old_data):
+    data, old, new = old_data
+    moves = migrate_run_ids.planned_moves(data / "runs")
+    migrate_run_ids.replace_ids(data / "experiments.json", moves)
+    migrate_run_ids.rewrite_run(moves[0])  # killed before the rename
+    assert migrate(data).returncode == 0
+    assert sorted(p.name for p in (data / "runs").iterdir()) == [new]
+    assert new in (data / "experiments.json").read_text()
+
+
+# ---------------------------------------------------------------- replay and teach (issue 15)
+def test_replay_and_teach_are_normalised_and_kept_out_of_old_ids():
+    cfg = FinetuneConfig.from_dict({"method": "lora", "teach": " Swim/Swam ", "replay": 0})
+    assert cfg.teach == "swim:swam" and cfg.replay == 0.0 and isinstance(cfg.replay, float)
+    assert cfg.to_dict()["teach"] == "swim:swam" and "replay" not in cfg.to_dict()
+    assert FinetuneConfig.from_dict(cfg.to_dict()) == cfg
+    for rid, info in {i.run_id: i for i in RunStore().list() if i.shipped}.items():
+        assert info.config.finetune.replay == 0.0 and info.config.finetune.teach == ""
+        assert "replay" not in info.config.finetune.to_dict(), rid

@@ -1,0 +1,255 @@
+"""The fused Triton kernels (dequantize and quantize) equal the PyTorch path bit for bit.
+
+On a CUDA machine with Triton the kernel runs for real (every output dtype). Where Triton
+is installed but there is no GPU, the same kernel runs in Triton's interpreter on the CPU
+(in a subprocess: the interpreter is chosen when the kernel is defined); the interpreter
+rounds float32 -> bfloat16 toward zero, unlike the GPU, so that dtype is checked on the GPU
+only. Without Triton (the CPU CI) only the fallback rules are checked.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from minituner.nf4.backends import triton_dequant as nf4_kernels
+from minituner.nf4.backends import triton_quant as nf4_quant_kernels
+from minituner.nf4.codec import dequantize_4bit, dequantize_nf4, quantize_4bit, quantize_nf4
+from minituner.nf4.compare import quantize_fp4, quantize_int4_absmax
+
+ROOT = Path(__file__).resolve().parents[3]
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+CUDA_KERNEL = HAS_TRITON and torch.cuda.is_available()
+
+CASES = [((7,), 2), ((3, 50), 64), ((64, 64), 64), ((33, 129), 128), ((1000,), 6)]
+
+
+def _torch_path(q, dtype, monkeypatch):
+    with monkeypatch.context() as m:
+        m.setenv("MINITUNER_NF4_KERNEL", "torch")
+        return dequantize_4bit(q, dtype)
+
+
+def test_cpu_tensors_use_the_pytorch_path(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    q = quantize_nf4(torch.randn(8))
+    assert not nf4_kernels.available(q.codes, torch.float32)
+    with pytest.raises(RuntimeError, match="cannot run on cpu|needs Triton"):
+        nf4_kernels.dequantize_packed(q, torch.float32)
+
+
+def test_cpu_quantize_uses_the_pytorch_path(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    flat = torch.randn(128)
+    assert not nf4_quant_kernels.available(flat, 64)
+    with pytest.raises(RuntimeError, match="cannot run"):
+        nf4_quant_kernels.quantize_packed(flat, 64, torch.zeros(15), None)
+
+
+def test_quantize_kernel_rules(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # so that only these rules can say no
+    flat = torch.randn(128)
+    assert nf4_quant_kernels.available(flat, 64) == HAS_TRITON
+    for block_size in (6, 1, 2 * nf4_quant_kernels.ELEMS_PER_PROGRAM):  # not a power of two,
+        assert not nf4_quant_kernels.available(flat, block_size)  # too small, too big
+    assert not nf4_quant_kernels.available(flat.double(), 64)  # float64 takes torch ops
+    monkeypatch.setenv("MINITUNER_NF4_KERNEL", "torch")
+    assert not nf4_quant_kernels.available(flat, 64)
+
+
+def test_float64_and_the_switch_use_the_pytorch_path(monkeypatch):
+    codes = torch.zeros(4, dtype=torch.uint8, device="cuda" if CUDA_KERNEL else "cpu")
+    assert not nf4_kernels.available(codes, torch.float64)
+    monkeypatch.setenv("MINITUNER_NF4_KERNEL", "torch")
+    assert not nf4_kernels.available(codes, torch.float32)
+
+
+@pytest.mark.skipif(not CUDA_KERNEL, reason="needs CUDA and Triton")
+@pytest.mark.parametrize("shape,block_size", CASES + [((4096, 4096), 64)])
+@pytest.mark.parametrize("double_quant", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_kernel_equals_pytorch_path(shape, block_size, double_quant, dtype, monkeypatch):
+    torch.manual_seed(0)
+    w = torch.randn(shape, device="cuda") * 3
+    q = quantize_nf4(w, block_size, double_quant=double_quant)
+    assert nf4_kernels.available(q.codes, dtype)
+    got = dequantize_nf4(q, dtype)
+    want = _torch_path(q, dtype, monkeypatch)
+    assert got.dtype == dtype and got.shape == w.shape
+    assert torch.equal(got, want)
+    assert torch.equal(got.cpu(), dequantize_nf4(q.to("cpu"), dtype))  # and the CPU path
+
+
+@pytest.mark.skipif(not CUDA_KERNEL, reason="needs CUDA and Triton")
+@pytest.mark.parametrize("quantize", [quantize_int4_absmax, quantize_fp4])
+def test_cuda_kernel_other_formats(quantize, monkeypatch):
+    w = torch.randn(333, 65, device="cuda")
+    q = quantize(w, 64)
+    for dtype in (torch.float32, torch.bfloat16):
+        assert torch.equal(dequantize_4bit(q, dtype), _torch_path(q, dtype, monkeypatch))
+
+
+@pytest.mark.skipif(not CUDA_KERNEL, reason="needs CUDA and Triton")
+def test_cuda_kernel_equals_bitsandbytes():
+    bnbF = pytest.importorskip("bitsandbytes.functional")
+    w = torch.randn(1000, 333, device="cuda")
+    packed, state = bnbF.quantize_4bit(w, blocksize=64, quant_type="nf4")
+    q = quantize_nf4(w, 64)
+    assert torch.equal(q.codes, packed.view(-1))
+    assert torch.equal(dequantize_nf4(q), bnbF.dequantize_4bit(packed, state))
+
+
+def _quantize_torch(quantize, w, monkeypatch, *args, **kw):
+    with monkeypatch.context() as m:
+        m.setenv("MINITUNER_NF4_KERNEL", "torch")
+        return quantize(w, *args, **kw)
+
+
+def _assert_same_state(got, want):
+    """Every stored tensor equal bit for bit (float tensors compared as int32 bits)."""
+    assert got.tensors().keys() == want.tensors().keys()
+    for name, t in got.tensors().items():
+        u = want.tensors()[name]
+        assert t.dtype == u.dtype and t.shape == u.shape, name
+        if t.dtype == torch.float32:
+            t, u = t.view(torch.int32), u.view(torch.int32)
+        assert torch.equal(t, u), name
+
+
+def _awkward(shape, dtype, device="cuda"):
+    """Normal values with an all-zero block and an all-negative one (where there is room)."""
+    w = torch.randn(shape, device=device) * 3
+    flat = w.view(-1)
+    if flat.numel() >= 3 * 128:
+        flat[:128] = 0.0
+        flat[128:256] = -flat[128:256].abs()
+    return w.to(dtype)
+
+
+@pytest.mark.skipif(not CUDA_KERNEL, reason="needs CUDA and Triton")
+@pytest.mark.parametrize("shape,block_size", CASES + [((4096, 4096), 64), ((1025, 3), 2)])
+@pytest.mark.parametrize("double_quant", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_quantize_equals_pytorch_path(shape, block_size, double_quant, dtype, monkeypatch):
+    torch.manual_seed(1)
+    w = _awkward(shape, dtype)
+    power_of_two = block_size & (block_size - 1) == 0
+    assert nf4_quant_kernels.available(w.view(-1), block_size) == power_of_two
+    got = quantize_nf4(w, block_size, double_quant=double_quant)
+    want = _quantize_torch(quantize_nf4, w, monkeypatch, block_size, double_quant=double_quant)
+    _assert_same_state(got, want)
+    _assert_same_state(got.to("cpu"), quantize_nf4(w.cpu(), block_size, double_quant=double_quant))
+    for out in (torch.float32, torch.bfloat16):
+        a, b = dequantize_nf4(got, out), _torch_path(want, out, monkeypatch)
+        assert torch.equal(a.view(torch.int16 if out == torch.bfloat16 else torch.int32),
+                           b.view(torch.int16 if out == torch.bfloat16 else torch.int32))  # fmt: skip
+
+
+@pytest.mark.skipif(not CUDA_KERNEL, reason="needs CUDA and Triton")
+@pytest.mark.parametrize("quant_type", ["fp4", "int4"])
+def test_cuda_quantize_other_formats(quant_type, monkeypatch):
+    w = _awkward((333, 65), torch.float32)
+    got = quantize_4bit(w, quant_type, 64)
+    _assert_same_state(got, _quantize_torch(quantize_4bit, w, monkeypatch, quant_type, 64))
+
+
+@pytest.mark.skipif(not CUDA_KERNEL, reason="needs CUDA and Triton")
+@pytest.mark.parametrize("n_blocks", [1, 5, 256, 1000, 70000])
+@pytest.mark.parametrize("spread", [0.1, 3.0])  # near-normal absmax: int8; heavy tail: dynamic
+def test_cuda_double_quant_equals_pytorch_path(n_blocks, spread, monkeypatch):
+    torch.manual_seed(n_blocks)
+    w = torch.randn(n_blocks, 64, device="cuda") * torch.exp(
+        torch.randn(n_blocks, 1, device="cuda") * spread
+    )
+    got = quantize_nf4(w, 64, double_quant=True)
+    want = _quantize_torch(quantize_nf4, w, monkeypatch, 64, double_quant=True)
+    _assert_same_state(got, want)
+    if n_blocks >= 1000:  # the test means both grids to be chosen somewhere
+        assert int(got.absmax_map) == (0 if spread < 1 else 1)
+
+
+@pytest.mark.skipif(not CUDA_KERNEL, reason="needs CUDA and Triton")
+def test_cuda_quantize_tiny_blocks(monkeypatch):
+    w = torch.randn(64, 64, device="cuda")
+    w[:8] *= 1e-39  # subnormal float32 blocks: 1 / absmax is huge, x / absmax is not
+    w[8:16] *= 1e-30
+    _assert_same_state(quantize_nf4(w), _quantize_torch(quantize_nf4, w, monkeypatch))
+
+
+@pytest.mark.skipif(not CUDA_KERNEL, reason="needs CUDA and Triton")
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_cuda_quantize_rejects_non_finite(bad):
+    w = torch.randn(1000, device="cuda")
+    w[777] = bad
+    with pytest.raises(ValueError, match="NaN or inf"):
+        quantize_nf4(w)
+
+
+@pytest.mark.skipif(not CUDA_KERNEL, reason="needs CUDA and Triton")
+def test_cuda_quantize_equals_bitsandbytes():
+    bnbF = pytest.importorskip("bitsandbytes.functional")
+    torch.manual_seed(2)
+    for w in (torch.randn(1000, 333, device="cuda"), torch.randn(77, 64, device="cuda")):
+        packed, state = bnbF.quantize_4bit(w, blocksize=64, quant_type="nf4")
+        q = quantize_nf4(w, 64)
+        assert torch.equal(q.codes, packed.view(-1))
+        assert torch.equal(q.absmax, state.absmax)
+
+
+@pytest.mark.skipif(not HAS_TRITON or torch.cuda.is_available(), reason="needs Triton, no GPU")
+def test_interpreted_kernel_equals_pytorch_path():
+    script = textwrap.dedent(
+        f"""
+        import os, torch
+        from minituner.nf4.backends import triton_dequant as nf4_kernels
+        from minituner.nf4.codec import dequantize_4bit, quantize_4bit, quantize_nf4
+        from minituner.nf4.compare import quantize_fp4
+        torch.manual_seed(0)
+        for shape, bs in {CASES!r}:
+            for quantize, kw in ((quantize_nf4, {{"double_quant": True}}), (quantize_fp4, {{}})):
+                q = quantize(torch.randn(shape) * 3, bs, **kw)
+                for dtype in (torch.float32, torch.float16):
+                    assert nf4_kernels.available(q.codes, dtype)
+                    got = dequantize_4bit(q, dtype)
+                    os.environ["MINITUNER_NF4_KERNEL"] = "torch"
+                    want = dequantize_4bit(q, dtype)
+                    del os.environ["MINITUNER_NF4_KERNEL"]
+                    assert torch.equal(got, want), (shape, bs, dtype)
+            for quant_type in ("nf4", "fp4"):
+                w = torch.randn(shape) * 3
+                q = quantize_4bit(w, quant_type, bs)
+                os.environ["MINITUNER_NF4_KERNEL"] = "torch"
+                r = quantize_4bit(w, quant_type, bs)
+                del os.environ["MINITUNER_NF4_KERNEL"]
+                assert torch.equal(q.codes, r.codes), (shape, bs, quant_type)
+                assert torch.equal(q.absmax.view(torch.int32), r.absmax.view(torch.int32))
+        for spread in (0.1, 3.0):  # double quantization: both grids get chosen
+            w = torch.randn(1000, 64) * torch.exp(torch.randn(1000, 1) * spread)
+            q = quantize_nf4(w, 64, double_quant=True)
+            os.environ["MINITUNER_NF4_KERNEL"] = "torch"
+            r = quantize_nf4(w, 64, double_quant=True)
+            del os.environ["MINITUNER_NF4_KERNEL"]
+            assert int(q.absmax_map) == int(r.absmax_map) == (spread > 1)
+            for name, t in r.tensors().items():
+                u = q.tensors()[name]
+                if t.dtype == torch.float32:
+                    t, u = t.view(torch.int32), u.view(torch.int32)
+                assert torch.equal(t, u), name
+        print("kernel ok")
+        """
+    )
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
+    env.pop("MINITUNER_NF4_KERNEL", None)
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "kernel ok" in out.stdout

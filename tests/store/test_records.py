@@ -1,0 +1,236 @@
+"""Typed run records (minituner.store.records): the shipped runs load unchanged and round-trip,
+and each kind of malformed field is refused with a ValueError naming the file and the
+field."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+
+from minituner.analysis import spectrum as analysis
+from minituner.finetune.config import FinetuneConfig
+from minituner.paths import runs_dir
+from minituner.store.records import (
+    SCHEMA_VERSION,
+    EvalPoint,
+    Figures,
+    MetricsRecord,
+    RunConfig,
+    SpectrumRecord,
+    read_record,
+)
+
+RECORDS = (RunConfig, MetricsRecord, SpectrumRecord)
+SHIPPED_LORA = "0e9eca154689"
+SHIPPED_QLORA = "d23c57249929"
+
+
+def _shipped_dirs():
+    return sorted(p for p in runs_dir().iterdir() if not p.name.startswith("."))
+
+
+def _load(rid: str, cls) -> dict:
+    return json.loads((runs_dir() / rid / cls.FILE).read_text(encoding="utf-8"))
+
+
+# ------------------------------------------------------------------ the shipped runs
+@pytest.mark.parametrize("cls", RECORDS, ids=lambda c: c.FILE)
+def test_every_shipped_record_loads_and_round_trips(cls):
+    dirs = _shipped_dirs()
+    assert len(dirs) >= 30
+    for d in dirs:
+        metrics = json.loads((d / MetricsRecord.FILE).read_text(encoding="utf-8"))
+        if cls is SpectrumRecord and metrics.get("weights_saved") is False:
+            assert not (d / cls.FILE).exists()  # a metrics-only run (frontier, replay)
+            continue
+        raw = json.loads((d / cls.FILE).read_text(encoding="utf-8"))
+        # the first runs were written before the version was (version 1), later ones with it
+        assert raw.pop("schema_version", 1) == 1
+        rec = read_record(d / cls.FILE, cls)
+        out = rec.to_json()
+        assert out.pop("schema_version") == SCHEMA_VERSION == 1
+        raw.pop("config", None)  # metrics.json's copy of config.json is not kept
+        assert out == raw, d
+        assert cls.from_json(rec.to_json(), "again") == rec
+
+
+def test_shipped_records_have_the_expected_types():
+    m = read_record(runs_dir() / SHIPPED_QLORA / MetricsRecord.FILE, MetricsRecord)
+    assert m.completed and isinstance(m.final, Figures)
+    assert isinstance(m.nf4_base_metrics, Figures)
+    assert all(isinstance(e, EvalPoint) for e in m.evals) and m.evals[0].step == 0
+    assert len(m.curves.step) == len(m.curves.loss) == 40
+    assert m.memory.measured["total"] > 0 and m.memory.activations_is_estimate is True
+    c = read_record(runs_dir() / SHIPPED_QLORA / RunConfig.FILE, RunConfig)
+    assert c.finetune == FinetuneConfig(method="qlora") and c.run_id == SHIPPED_QLORA
+    s = read_record(runs_dir() / SHIPPED_QLORA / SpectrumRecord.FILE, SpectrumRecord)
+    assert s.stable_rank_mean() == pytest.approx(m.stable_rank_mean)
+
+
+def test_spectrum_record_from_analysis():
+    import torch
+
+    torch.manual_seed(0)
+    spectra = analysis.layer_spectra({"a": torch.randn(6, 4), "b": torch.zeros(3, 5)})
+    rec = SpectrumRecord.from_spectra(spectra)
+    assert rec.layers["a"].shape == (6, 4) and len(rec.layers["a"].singular_values) == 4
+    assert rec.layers["b"].note and rec.layers["b"].stable_rank == 0.0
+    assert rec.stable_rank_mean() == pytest.approx(spectra["a"]["stable_rank"] / 2)
+
+
+# ------------------------------------------------------------------ versions
+def test_a_newer_schema_version_is_refused():
+    data = {**_load(SHIPPED_LORA, RunConfig), "schema_version": SCHEMA_VERSION + 1}
+    with pytest.raises(ValueError, match=r"cfg\.json: schema_version .*newer minituner"):
+        RunConfig.from_json(data, "cfg.json")
+    data["schema_version"] = 1
+    assert RunConfig.from_json(data, "cfg.json").run_id == SHIPPED_LORA
+
+
+# ------------------------------------------------------------------ malformed fields
+def _set(path: list, value):
+    def change(d):
+        for k in path[:-1]:
+            d = d[k]
+        if value is DELETE:
+            del d[path[-1]]
+        else:
+            d[path[-1]] = value
+
+    return change
+
+
+DELETE = object()
+LAYER = "blocks.0.attn.q_proj"
+
+# (record, change, the field named in the message)
+MALFORMED = {
+    "config: run_id with a newline": (RunConfig, _set(["run_id"], SHIPPED_LORA + "\n"), "run_id"),
+    "config: no finetune": (RunConfig, _set(["finetune"], DELETE), "finetune"),
+    "config: finetune null": (RunConfig, _set(["finetune"], None), "finetune"),
+    "config: seed a string": (RunConfig, _set(["finetune", "seed"], "1"), "finetune.seed"),
+    "config: rank a float": (RunConfig, _set(["finetune", "r"], 8.5), "finetune.r"),
+    "config: rank 0": (RunConfig, _set(["finetune", "r"], 0), "finetune"),
+    "config: targets a number": (RunConfig, _set(["finetune", "targets"], 3), "finetune.targets"),
+    "config: rslora a string": (RunConfig, _set(["finetune", "rslora"], "no"), "finetune.rslora"),
+    "config: unknown setting": (RunConfig, _set(["finetune", "colour"], 1), "finetune.colour"),
+    "config: base id a number": (RunConfig, _set(["base_model_id"], 7), "base_model_id"),
+    "config: extra field": (RunConfig, _set(["extra"], 1), "extra"),
+    "metrics: nothing known": (MetricsRecord, lambda d: d.clear() or d.update(x=[1]), "status"),
+    "metrics: no status": (MetricsRecord, _set(["status"], DELETE), "status"),
+    "metrics: unknown status": (MetricsRecord, _set(["status"], "done"), "status"),
+    "metrics: accuracy a string": (MetricsRecord, _set(["irregular_accuracy"], "0.9"),
+                                   "irregular_accuracy"),
+    "metrics: accuracy null": (MetricsRecord, _set(["irregular_accuracy"], None),
+                               "irregular_accuracy"),
+    "metrics: accuracy above 1": (MetricsRecord, _set(["regular_accuracy"], 1.5),
+                                  "regular_accuracy"),
+    "metrics: drift NaN": (MetricsRecord, _set(["control_en_drift"], math.nan),
+                           "control_en_drift"),
+    "metrics: ppl infinite": (MetricsRecord, _set(["control_es_ppl"], math.inf), "control_es_ppl"),
+    "metrics: huge int": (MetricsRecord, _set(["wall_time_s"], 10**400), "wall_time_s"),
+    "metrics: per-verb a list": (MetricsRecord, _set(["irregular_accuracy_per_verb"], [1]),
+                                 "irregular_accuracy_per_verb"),
+    "metrics: per-verb value": (MetricsRecord, _set(["irregular_accuracy_per_verb", "go"], "x"),
+                                "irregular_accuracy_per_verb.go"),
+    "metrics: taught above 1": (MetricsRecord, _set(["taught_accuracy"], {"swim": 1.5}),
+                                "taught_accuracy.swim"),
+    "metrics: taught a number": (MetricsRecord, _set(["taught_accuracy"], 0.5),
+                                 "taught_accuracy"),
+    "metrics: eval taught bool": (MetricsRecord, _set(["evals", 1, "taught_accuracy"],
+                                                      {"swim": True}), "evals[1].taught_accuracy.swim"),
+    "metrics: eval taught NaN": (MetricsRecord, _set(["evals", 0, "taught_accuracy"],
+                                                     {"swim": math.nan}), "evals[0].taught_accuracy"),
+    "metrics: eval per-verb key": (MetricsRecord, _set(["evals", 0, "irregular_accuracy_per_verb",
+                                                        "go"], -0.1), "evals[0].irregular_accuracy_per_verb.go"),
+    "metrics: no curves": (MetricsRecord, _set(["curves"], DELETE), "curves"),
+    "metrics: loss NaN": (MetricsRecord, _set(["curves", "loss", 3], math.nan), "curves.loss[3]"),
+    "metrics: short lr": (MetricsRecord, lambda d: d["curves"]["lr"].pop(), "curves.lr"),
+    "metrics: step a float": (MetricsRecord, _set(["curves", "step", 0], 1.0), "curves.step[0]"),
+    "metrics: evals an object": (MetricsRecord, _set(["evals"], {}), "evals"),
+    "metrics: eval without step": (MetricsRecord, _set(["evals", 1, "step"], DELETE),
+                                   "evals[1].step"),
+    "metrics: eval accuracy bool": (MetricsRecord, _set(["evals", 2, "irregular_accuracy"], True),
+                                    "evals[2].irregular_accuracy"),
+    "metrics: params negative": (MetricsRecord, _set(["trainable_params"], -1), "trainable_params"),
+    "metrics: trainable > total": (MetricsRecord, _set(["trainable_params"], 10**9),
+                                   "trainable_params"),
+    "metrics: no memory": (MetricsRecord, _set(["memory"], DELETE), "memory"),
+    "metrics: memory a string": (MetricsRecord, _set(["memory", "measured", "total"], "1 GB"),
+                                 "memory.measured.total"),
+    "metrics: memory without total": (MetricsRecord, _set(["memory", "predicted", "total"],
+                                                          DELETE), "memory.predicted.total"),
+    "metrics: stable rank null": (MetricsRecord, _set(["stable_rank_mean"], None),
+                                  "stable_rank_mean"),
+    "metrics: unknown field": (MetricsRecord, _set(["colour"], "red"), "colour"),
+    "spectrum: empty": (SpectrumRecord, lambda d: d.clear(), "holds no layer"),
+    "spectrum: layer a list": (SpectrumRecord, _set([LAYER], []), LAYER),
+    "spectrum: shape 3-D": (SpectrumRecord, _set([LAYER, "shape"], [1, 2, 3]), f"{LAYER}.shape"),
+    "spectrum: sv missing": (SpectrumRecord, _set([LAYER, "singular_values"], DELETE),
+                             f"{LAYER}.singular_values"),
+    "spectrum: sv negative": (SpectrumRecord, _set([LAYER, "singular_values", 0], -1.0),
+                              f"{LAYER}.singular_values[0]"),
+    "spectrum: sv short": (SpectrumRecord, lambda d: d[LAYER]["singular_values"].pop(),
+                           f"{LAYER}.singular_values"),
+    "spectrum: energy short": (SpectrumRecord, lambda d: d[LAYER]["cumulative_energy"].pop(),
+                               f"{LAYER}.cumulative_energy"),
+    "spectrum: rank_90 too big": (SpectrumRecord, _set([LAYER, "rank_90"], 1000),
+                                  f"{LAYER}.rank_90"),
+    "spectrum: note a number": (SpectrumRecord, _set([LAYER, "note"], 3), f"{LAYER}.note"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_field_is_refused_naming_file_and_field(case):
+    cls, change, field = MALFORMED[case]
+    data = copy.deepcopy(_load(SHIPPED_LORA, cls))
+    change(data)
+    with pytest.raises(ValueError) as e:
+        cls.from_json(data, "/store/run/" + cls.FILE)
+    msg = str(e.value)
+    assert msg.startswith(f"/store/run/{cls.FILE}: "), msg
+    assert field in msg.split(": ", 1)[1], msg
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize("cls", RECORDS, ids=lambda c: c.FILE)
+@pytest.mark.parametrize("value", [None, [], "x", 3, True])
+def test_a_file_that_is_not_an_object_is_refused(cls, value):
+    with pytest.raises(ValueError, match="f.json: the file must be a JSON object"):
+        cls.from_json(value, "f.json")
+
+
+def test_unfinished_runs_need_no_final_figures():
+    data = _load(SHIPPED_LORA, MetricsRecord)
+    stopped = {k: data[k] for k in ("message", "device", "trainable_params", "total_params",
+                                    "curves", "evals", "wall_time_s")}  # fmt: skip
+    rec = MetricsRecord.from_json({**stopped, "status": "stopped"}, "m.json")
+    assert not rec.completed and rec.final is None and rec.memory is None
+    with pytest.raises(ValueError, match="m.json: irregular_accuracy is missing"):
+        MetricsRecord.from_json({**stopped, "status": "completed"}, "m.json")
+
+
+def test_accuracy_by_verb_reads_old_records_and_keeps_a_taught_verb():
+    data = _load(SHIPPED_LORA, MetricsRecord)
+    old = MetricsRecord.from_json(data, "m.json")  # written before taught_accuracy existed
+    assert old.final.taught_accuracy == {} and all(e.taught_accuracy == {} for e in old.evals)
+    assert old.final.verb_accuracy == data["irregular_accuracy_per_verb"]
+    assert old.evals[1].verb_accuracy == data["evals"][1]["irregular_accuracy_per_verb"]
+    assert set(old.final.verb_accuracy) == {"be", "have", "do", "go", "come", "see", "eat", "write"}
+    assert (
+        "taught_accuracy" not in old.to_json() and "taught_accuracy" not in old.evals[0].to_json()
+    )
+    taught = copy.deepcopy(data)
+    taught["taught_accuracy"] = {"swim": 0.5}
+    for i, e in enumerate(taught["evals"]):
+        e["taught_accuracy"] = {"swim": i / len(taught["evals"])}
+    rec = MetricsRecord.from_json(taught, "m.json")
+    assert rec.final.taught_accuracy == {"swim": 0.5}
+    assert rec.final.verb_accuracy == {**data["irregular_accuracy_per_verb"], "swim": 0.5}
+    assert [e.verb_accuracy["swim"] for e in rec.evals] == [
+        i / len(data["evals"]) for i in range(len(data["evals"]))
+    ]
+    assert MetricsRecord.from_json(json.loads(json.dumps(rec.to_json())), "again") == rec
