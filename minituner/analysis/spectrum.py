@@ -23,12 +23,23 @@ import torch
 ENERGY_TOL = 1e-12  # slack when comparing cumulative energy with a threshold such as 0.90
 
 
-def _as_matrix(delta: torch.Tensor) -> torch.Tensor:
+def as_matrix(delta: torch.Tensor, name: str | None = None, finite: bool = False) -> torch.Tensor:
+    """``delta`` as a float64 CPU matrix (detached), the form every analysis computes in.
+
+    Raises:
+        TypeError: not a tensor.
+        ValueError: not 2-D (or empty), or, with ``finite``, holding NaN or inf. A ``name``
+            (such as a layer's) starts the message.
+    """
+    where = f"{name}: " if name else ""
     if not isinstance(delta, torch.Tensor):
-        raise TypeError(f"expected a torch.Tensor, got {type(delta).__name__}")
-    if delta.ndim != 2:
-        raise ValueError(f"expected a 2-D weight update, got shape {tuple(delta.shape)}")
-    return delta.detach().to(device="cpu", dtype=torch.float64)
+        raise TypeError(f"{where}expected a torch.Tensor, got {type(delta).__name__}")
+    if delta.ndim != 2 or (finite and delta.numel() == 0):
+        raise ValueError(f"{where}expected a non-empty 2-D update, got {tuple(delta.shape)}")
+    m = delta.detach().to(device="cpu", dtype=torch.float64)
+    if finite and not torch.isfinite(m).all():
+        raise ValueError(f"{where}the update holds NaN or inf")
+    return m
 
 
 def rank_at_energy(singular_values: Sequence[float], fraction: float = 0.90) -> int:
@@ -65,7 +76,7 @@ def spectrum(delta: torch.Tensor) -> dict:
     An all-zero ΔW (e.g. LoRA before its first step, B = 0) gives zeros everywhere,
     stable rank 0 and rank_90 0, with a note, never NaN.
     """
-    m = _as_matrix(delta)
+    m = as_matrix(delta)
     s = torch.linalg.svdvals(m) if m.numel() else torch.zeros(0, dtype=torch.float64)
     energy = s.pow(2)
     total = float(energy.sum())
@@ -102,7 +113,7 @@ def low_rank_approx(delta: torch.Tensor, k: int) -> torch.Tensor:
     """
     if not isinstance(k, int) or isinstance(k, bool) or k < 0:
         raise ValueError(f"k must be a non-negative integer, got {k!r}")
-    m = _as_matrix(delta)
+    m = as_matrix(delta)
     k = min(k, min(m.shape))
     if k == 0:
         return torch.zeros_like(delta)

@@ -31,20 +31,11 @@ from __future__ import annotations
 
 import torch
 
+from minituner.analysis.spectrum import as_matrix
+
 # ---------------------------------------------------------------------------------------
 # The math
 # ---------------------------------------------------------------------------------------
-
-
-def _as_matrix(delta: torch.Tensor, name: str) -> torch.Tensor:
-    if not isinstance(delta, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(delta).__name__}")
-    if delta.ndim != 2 or delta.numel() == 0:
-        raise ValueError(f"{name}: expected a non-empty 2-D update, got {tuple(delta.shape)}")
-    m = delta.detach().to(device="cpu", dtype=torch.float64)
-    if not torch.isfinite(m).all():
-        raise ValueError(f"{name}: the update holds NaN or inf")
-    return m
 
 
 def numerical_rank(singular_values: torch.Tensor, shape: tuple[int, int]) -> int:
@@ -66,7 +57,7 @@ def top_right_singular_vectors(delta: torch.Tensor, k: int, name: str = "dW") ->
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"{name}: k must be a whole number >= 1, got {k!r}")
-    m = _as_matrix(delta, name)
+    m = as_matrix(delta, name, finite=True)
     _, s, vh = torch.linalg.svd(m, full_matrices=False)  # vh: (min(out, in), in)
     rank = numerical_rank(s, tuple(m.shape))
     if k > rank:
