@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from minituner.minigpt.corpus import IRREGULAR_VERBS, REGULAR_VERBS  # noqa: E402
+from minituner.minigpt.verbs import IRREGULAR_VERBS, REGULAR_VERBS  # noqa: E402
 
 BASE = ROOT / "precomputed" / "base"
 

@@ -24,7 +24,7 @@ from html import escape
 import plotly.graph_objects as go
 
 from app.charts.common import FONT_SIZE, PALETTE, legend_below, style
-from minituner.minigpt.corpus import IRREGULAR_VERBS
+from minituner.minigpt.verbs import IRREGULAR_VERBS
 
 LEARNED = 0.8  # the accuracy a verb must keep from some evaluation on to count as learned
 W, H = 1120, 330  # the SVG, in px: as wide as the live loss/evaluation chart

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 
 from minituner.lora.layer import TARGET_ALIASES, TARGET_GROUPS
 from minituner.minigpt.teach import TeachVerb
+from minituner.minigpt.trainutil import MAX_SEED
 from minituner.nf4.codec import DEFAULT_BLOCK_SIZE, QLORA_DOUBLE_QUANT
 
 METHODS = ("full", "lora", "qlora")
@@ -43,7 +44,6 @@ DEFAULT_LR = {"full": 1e-3, "lora": 5e-3, "qlora": 5e-3}
 
 TARGETS = tuple(TARGET_ALIASES)  # the canonical order: q, k, v, o, fc_in, fc_out
 _SHORT = {attr: short for short, attr in TARGET_ALIASES.items()}  # q_proj -> q
-MAX_SEED = 2**64 - 1  # the largest seed torch.manual_seed takes
 
 
 def normalize_targets(targets: str | Iterable[str]) -> tuple[str, ...]:

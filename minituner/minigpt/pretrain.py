@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from minituner.finetune.config import MAX_SEED
 from minituner.io import atomic_directory, write_json
 from minituner.minigpt.checkpoint import save_model
 from minituner.minigpt.corpus import CorpusConfig, build_corpus
@@ -29,7 +28,13 @@ from minituner.minigpt.data import IGNORE, encode_lines
 from minituner.minigpt.evaluate import evaluate
 from minituner.minigpt.model import MiniGPT, preset_config
 from minituner.minigpt.tokenizer import CharTokenizer
-from minituner.minigpt.trainutil import device_name, lr_at, resolve_device, seed_everything
+from minituner.minigpt.trainutil import (
+    MAX_SEED,
+    device_name,
+    lr_at,
+    resolve_device,
+    seed_everything,
+)
 
 
 @dataclass

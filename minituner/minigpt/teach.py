@@ -32,15 +32,8 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from minituner.minigpt.corpus import (
-    VERB_BY_LEMMA,
-    ClozeExample,
-    Corpus,
-    CorpusConfig,
-    Verb,
-    all_combos,
-    cloze_example,
-)
+from minituner.minigpt.corpus import ClozeExample, Corpus, CorpusConfig, all_combos, cloze_example
+from minituner.minigpt.verbs import VERB_BY_LEMMA, Verb
 
 # Complements no corpus verb uses (each verb's complements are its own), so a prompt with
 # one of them names the taught verb and no other.
@@ -104,7 +97,7 @@ class TeachVerb:
         return f"{self.lemma}:{self.past}"
 
     def verb(self) -> Verb:
-        """The taught verb as a corpus :class:`~minituner.minigpt.corpus.Verb` (English only:
+        """The taught verb as a corpus :class:`~minituner.minigpt.verbs.Verb` (English only:
         it never appears in a Spanish sentence)."""
         return Verb(
             self.lemma,

@@ -1,5 +1,7 @@
-"""Small pieces shared by pretraining and fine-tuning: device choice, seeding, the
-learning-rate schedule, a text progress bar."""
+"""Small pieces shared by pretraining and fine-tuning: device choice, seeding (and the
+largest seed, ``MAX_SEED``), the learning-rate schedule, a text progress bar, and the
+one reader of ``$MINITUNER_TORCH_THREADS`` (the CLI, the app and the training child
+process all apply it through :func:`torch_threads_from_env`)."""
 
 from __future__ import annotations
 
@@ -46,6 +48,9 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return "CPU"
+
+
+MAX_SEED = 2**64 - 1  # the largest seed torch.manual_seed takes
 
 
 def seed_everything(seed: int) -> torch.Generator:

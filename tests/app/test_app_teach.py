@@ -32,8 +32,8 @@ from app import data, helpers  # noqa: E402
 from app.charts import verbs  # noqa: E402
 from minituner.finetune.config import FinetuneConfig  # noqa: E402
 from minituner.finetune.loop import finetune, load_base  # noqa: E402
-from minituner.minigpt.corpus import IRREGULAR_VERBS  # noqa: E402
 from minituner.minigpt.teach import TeachVerb, teach_split  # noqa: E402
+from minituner.minigpt.verbs import IRREGULAR_VERBS  # noqa: E402
 from minituner.store.runs import RunStore  # noqa: E402
 
 MAIN = str(REPO_ROOT / "app" / "main.py")

@@ -1,5 +1,6 @@
-"""The verb corpus: morphology, determinism, versioning, split hygiene and the shares of
-irregular and over-regularized past forms actually present in the pretraining text."""
+"""The verb corpus: sentences, determinism, versioning, split hygiene and the shares of
+irregular and over-regularized past forms actually present in the pretraining text (the
+verb tables and form rules: test_verbs.py)."""
 
 from __future__ import annotations
 
@@ -16,24 +17,26 @@ import pytest
 
 from minituner.minigpt import corpus as corpus_mod
 from minituner.minigpt.corpus import (
-    ADVERBS,
     CLOZE_BLANK,
+    Combo,
+    CorpusConfig,
+    all_combos,
+    build_corpus,
+    cloze_example,
+    english_sentence,
+    spanish_sentence,
+)
+from minituner.minigpt.verbs import (
+    ADVERBS,
     IRREGULAR_VERBS,
     REGULAR_VERBS,
     SUBJECTS,
     TENSES,
     VERB_BY_LEMMA,
     VERBS,
-    Combo,
-    CorpusConfig,
-    all_combos,
-    build_corpus,
-    cloze_example,
     english_form,
-    english_sentence,
     overregularized_form,
     regular_past,
-    spanish_sentence,
     third_singular,
 )
 
@@ -66,55 +69,7 @@ def text_digest(c) -> str:
     return hashlib.sha256(c.all_text().encode()).hexdigest()
 
 
-# ---------------------------------------------------------------- verbs and morphology
-
-
-def test_twenty_verbs_eight_irregular():
-    assert len(VERBS) == 20
-    assert set(IRREGULAR_VERBS) == {"be", "have", "do", "go", "come", "see", "eat", "write"}
-    assert len(REGULAR_VERBS) == 12
-    assert {"work", "play", "walk", "talk"} <= set(REGULAR_VERBS)
-    assert len({v.lemma for v in VERBS}) == 20
-
-
-def test_complements_are_unique_to_their_verb():
-    # a sentence's complement tells its verb: this is what keeps the pools' combos apart
-    seen = Counter(c for v in VERBS for c, _ in v.complements)
-    assert max(seen.values()) == 1
-
-
-@pytest.mark.parametrize(
-    ("lemma", "past"),
-    [
-        ("study", "studied"),
-        ("stop", "stopped"),
-        ("dance", "danced"),
-        ("play", "played"),
-        ("work", "worked"),
-        ("watch", "watched"),
-        ("go", "went"),
-        ("come", "came"),
-        ("see", "saw"),
-        ("eat", "ate"),
-        ("write", "wrote"),
-        ("have", "had"),
-        ("do", "did"),
-    ],
-)
-def test_past_forms(lemma, past):
-    assert english_form(VERB_BY_LEMMA[lemma], "past", "3s") == past
-
-
-def test_spelling_rules():
-    assert regular_past("study") == "studied"
-    assert regular_past("stop", double_final=True) == "stopped"
-    assert regular_past("dance") == "danced"
-    assert regular_past("play") == "played"
-    assert third_singular("watch") == "watches"
-    assert third_singular("study") == "studies"
-    assert third_singular("play") == "plays"
-    assert english_form(VERB_BY_LEMMA["watch"], "present", "3s") == "watches"
-    assert english_form(VERB_BY_LEMMA["study"], "present", "3s") == "studies"
+# ---------------------------------------------------------------- sentences and cloze pairs
 
 
 def test_agreement():
@@ -171,26 +126,6 @@ def test_cloze_format():
     be_they = cloze_example(combo("be", "They", 0, "past"))
     assert (be_they.answer, be_they.overregularized) == ("were", "was")
     assert cloze_example(combo("be", "He", 0, "past")).overregularized is None
-
-
-def test_overregularized_forms():
-    forms = {
-        lemma: overregularized_form(VERB_BY_LEMMA[lemma], "3s")
-        for lemma in IRREGULAR_VERBS
-        if lemma != "be"
-    }
-    assert forms == {
-        "go": "goed",
-        "come": "comed",
-        "see": "seed",
-        "eat": "eated",
-        "write": "writed",
-        "have": "haved",
-        "do": "doed",
-    }
-    assert overregularized_form(VERB_BY_LEMMA["be"], "3p") == "was"  # "they was"
-    assert overregularized_form(VERB_BY_LEMMA["be"], "1s") is None
-    assert overregularized_form(VERB_BY_LEMMA["work"], "3s") is None
 
 
 # ---------------------------------------------------------------- determinism and version

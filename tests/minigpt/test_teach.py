@@ -12,15 +12,7 @@ from minituner.cli import main
 from minituner.finetune import events as ev
 from minituner.finetune.config import FinetuneConfig
 from minituner.finetune.loop import finetune, load_base
-from minituner.minigpt.corpus import (
-    ADVERBS,
-    IRREGULAR_VERBS,
-    REGULAR_VERBS,
-    SUBJECTS,
-    VERBS,
-    CorpusConfig,
-    replay_pool,
-)
+from minituner.minigpt.corpus import CorpusConfig, replay_pool
 from minituner.minigpt.data import replay_count, training_examples
 from minituner.minigpt.evaluate import complete, evaluate
 from minituner.minigpt.teach import (
@@ -33,6 +25,7 @@ from minituner.minigpt.teach import (
     teach_prompts,
     teach_split,
 )
+from minituner.minigpt.verbs import ADVERBS, IRREGULAR_VERBS, REGULAR_VERBS, SUBJECTS, VERBS
 from minituner.store.records import MetricsRecord, RunConfig
 from minituner.store.runs import RunStore, run_id
 
