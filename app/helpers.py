@@ -10,7 +10,8 @@ import math
 from collections.abc import Iterable, Mapping
 
 from app.format import breakdown_table, format_bytes
-from minituner.finetune.config import DEFAULT_LR, METHODS, FinetuneConfig, check_rank, max_rank
+from minituner.finetune.config import DEFAULT_LR, FinetuneConfig, check_rank, max_rank
+from minituner.methods import METHODS
 from minituner.store.runs import RunInfo
 
 TARGETS = ("q", "k", "v", "o", "fc_in", "fc_out")

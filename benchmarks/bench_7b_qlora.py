@@ -52,7 +52,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-from minituner.lora.layer import add_lora, lora_layers  # noqa: E402
+from minituner.lora.inject import add_lora, lora_layers  # noqa: E402
 from minituner.memory.predict import predict_memory  # noqa: E402
 from minituner.memory.shapes import SHAPES  # noqa: E402
 from minituner.nf4.codec import QLORA_DOUBLE_QUANT, dequantize_nf4, quantize_nf4  # noqa: E402

@@ -32,7 +32,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from minituner.lora.layer import add_lora, count_parameters
+from minituner.lora.inject import add_lora, count_parameters
 from minituner.minigpt.model import MiniGPT, preset_config
 
 VOCAB, BATCH, SEQ, R, ALPHA = 60, 32, 48, 8, 16

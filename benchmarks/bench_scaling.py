@@ -169,7 +169,7 @@ def _micro_seed(seed: int, step: int, i: int) -> int:
 def llama_job(args, dev: torch.device) -> Job:
     from bench_7b_qlora import TARGETS, remove_lora
 
-    from minituner.lora.layer import add_lora
+    from minituner.lora.inject import add_lora
     from minituner.scale.llama import LlamaConfig, build_nf4_llama
 
     cfg = LlamaConfig() if args.shape == "7b" else LlamaConfig.tiny()

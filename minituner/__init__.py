@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from minituner.finetune.config import FinetuneConfig
     from minituner.finetune.loop import finetune, load_base
-    from minituner.lora.layer import LoRALinear, add_lora, load_adapter, merge_lora, save_adapter
+    from minituner.lora.adapter_io import load_adapter, save_adapter
+    from minituner.lora.inject import add_lora, merge_lora
+    from minituner.lora.layer import LoRALinear
     from minituner.minigpt.model import GPTConfig, MiniGPT
     from minituner.nf4.codec import dequantize_nf4, quantize_nf4
     from minituner.nf4.linear import NF4Linear
@@ -37,8 +39,8 @@ if TYPE_CHECKING:
 # command line starts fast and a Ctrl-C while torch loads lands in its main().
 _HOME = {
     "FinetuneConfig": "finetune.config",
-    "LoRALinear": "lora.layer", "add_lora": "lora.layer", "load_adapter": "lora.layer", "merge_lora": "lora.layer",
-    "save_adapter": "lora.layer",
+    "LoRALinear": "lora.layer", "add_lora": "lora.inject", "merge_lora": "lora.inject",
+    "load_adapter": "lora.adapter_io", "save_adapter": "lora.adapter_io",
     "GPTConfig": "minigpt.model", "MiniGPT": "minigpt.model",
     "dequantize_nf4": "nf4.codec", "quantize_nf4": "nf4.codec",
     "NF4Linear": "nf4.linear",

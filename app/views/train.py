@@ -16,9 +16,10 @@ import streamlit as st
 from app import data, helpers, live
 from app.charts import train as charts
 from app.format import format_bytes
-from minituner.finetune.config import DEFAULT_LR, METHODS
+from minituner.finetune.config import DEFAULT_LR
 from minituner.memory import predict as memmath
 from minituner.memory.shapes import ModelShape
+from minituner.methods import METHODS
 from minituner.store.runs import run_id
 
 KEYS = {k: f"train_{k}" for k in ("method", "r", "alpha", "lr", "steps", "seed")}

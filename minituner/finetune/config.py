@@ -28,18 +28,19 @@ import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
-from minituner.lora.layer import TARGET_ALIASES, TARGET_GROUPS
+from minituner.lora.targets import TARGET_ALIASES, TARGET_GROUPS, check_hparams, target_names
+from minituner.methods import check_method
 from minituner.minigpt.teach import TeachVerb
 from minituner.minigpt.trainutil import MAX_SEED
 from minituner.nf4.codec import DEFAULT_BLOCK_SIZE, QLORA_DOUBLE_QUANT
 
-METHODS = ("full", "lora", "qlora")
 # Default learning rates at the default 40-step budget. LoRA/QLoRA: 5e-3, picked by hand
 # from a few runs, not a search (1e-2 over 120 steps drifted 7% on control_en; 3e-3
 # needed 60 steps for the same accuracy). Full
 # fine-tuning: 1e-3, the best of `precompute`'s search over 1e-4..3e-3 (its table is in
 # precomputed/README.md), so the default full run is the shipped one.
 DEFAULT_LR = {"full": 1e-3, "lora": 5e-3, "qlora": 5e-3}
+DEFAULT_DROPOUT = 0.0  # on the LoRA branch; the CLI's --dropout default too
 
 
 TARGETS = tuple(TARGET_ALIASES)  # the canonical order: q, k, v, o, fc_in, fc_out
@@ -56,17 +57,9 @@ def normalize_targets(targets: str | Iterable[str]) -> tuple[str, ...]:
     Raises:
         ValueError: ``targets`` is not a string or a list of strings.
     """
-    if isinstance(targets, str):
-        targets = [targets]
-    if not isinstance(targets, (list, tuple)):
-        raise ValueError(f"targets must be a list of names such as q,v; got {targets!r}")
-    wanted: list[str] = []
-    for item in targets:
-        if not isinstance(item, str):
-            raise ValueError(f"target names must be strings, got {item!r}")
-        for name in filter(None, (part.strip() for part in item.split(","))):
-            for t in TARGET_GROUPS.get(name, [name]):
-                wanted.append(_SHORT.get(t, t))
+    wanted = [
+        _SHORT.get(t, t) for name in target_names(targets) for t in TARGET_GROUPS.get(name, [name])
+    ]
     others = [t for t in dict.fromkeys(wanted) if t not in TARGETS]
     return tuple(t for t in TARGETS if t in wanted) + tuple(others)
 
@@ -131,7 +124,7 @@ class FinetuneConfig:
     r: int = 8
     alpha: float = 16.0
     targets: tuple[str, ...] = ("q", "v")
-    dropout: float = 0.0
+    dropout: float = DEFAULT_DROPOUT
     rslora: bool = False
     lr: float | None = None  # None: DEFAULT_LR[method]
     steps: int = 40
@@ -161,8 +154,7 @@ class FinetuneConfig:
 
     def validate(self) -> None:
         """Raises ValueError, with a message a student understands, for bad settings."""
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
+        check_method(self.method)
         for name in ("steps", "batch_size", "eval_every", "eval_sample"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -189,12 +181,7 @@ class FinetuneConfig:
         _number("weight_decay", self.weight_decay, low=0.0, allow_low=True)
         _number("grad_clip", self.grad_clip, low=0.0)
         if self.method != "full":
-            if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
-                raise ValueError(f"rank r must be a whole number >= 1, got {self.r!r}")
-            _number("alpha", self.alpha, low=0.0)
-            _number("dropout", self.dropout, low=0.0, allow_low=True)
-            if self.dropout >= 1.0:
-                raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+            check_hparams(self.r, self.alpha, self.dropout, self.rslora)  # no model: no r limit
             if not self.targets:
                 raise ValueError("choose at least one target module (q, k, v, o, fc_in, fc_out)")
             bad = [t for t in self.targets if t not in TARGETS]

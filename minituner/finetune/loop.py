@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from minituner.finetune import events as ev
 from minituner.finetune.config import FinetuneConfig
-from minituner.lora.layer import add_lora, count_parameters, lora_layers
+from minituner.lora.inject import add_lora, count_parameters, lora_layers
 from minituner.memory import measure, shapes
 from minituner.memory import predict as memory
 from minituner.minigpt.checkpoint import load_model

@@ -30,8 +30,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from minituner.finetune.config import METHODS
 from minituner.memory.shapes import LinearShape, ModelShape
+from minituner.methods import check_method
 from minituner.nf4.codec import DEFAULT_BLOCK_SIZE, QLORA_DOUBLE_QUANT
 from minituner.nf4.storage import nf4_numel_bytes
 
@@ -46,11 +46,6 @@ def linear_params(in_f: int, out_f: int, bias: bool = False) -> int:
     return in_f * out_f + (out_f if bias else 0)
 
 
-def _check_method(method: str) -> None:
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-
-
 def _targeted_linears(shape: ModelShape, targets) -> list[LinearShape]:
     chosen = set(shape.short_targets(targets))
     return [lin for lin in shape.layer_linears if lin.target in chosen] * shape.n_layers
@@ -61,7 +56,7 @@ def trainable_params(
 ) -> int:
     """Trainable parameters: every parameter for "full"; the LoRA A and B of every targeted
     Linear in every layer for "lora" and "qlora" (targets and r are ignored for "full")."""
-    _check_method(method)
+    check_method(method)
     if method == "full":
         return shape.total_params()
     if r < 1:
@@ -133,7 +128,7 @@ def predict_memory(
     * ``states_total``: everything except activations (exact given the conventions);
     * ``total``: ``states_total`` + ``activations``.
     """
-    _check_method(method)
+    check_method(method)
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
     if batch < 0 or seq < 0:

@@ -5,7 +5,7 @@ each layer, an untied lm_head) so that parameter and memory math (:mod:`minitune
 can run on shapes far larger than anything built here. :data:`SHAPES` holds MiniGPT's
 default, GPT-2 small and LLaMA-7B; :meth:`ModelShape.from_gpt_config` gives the shape of
 any ``MiniGPT``. Target names (q, k, v, o, fc_in, fc_out and the groups attn / mlp / all)
-are those of :mod:`minituner.lora.layer`.
+are those of :mod:`minituner.lora.targets`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from minituner.lora.layer import TARGET_ALIASES, TARGET_GROUPS, resolve_targets
+from minituner.lora.targets import TARGET_ALIASES, TARGET_GROUPS, resolve_targets
 from minituner.minigpt.model import GPTConfig
 
 
@@ -100,7 +100,7 @@ class ModelShape:
         """The short names (``lin.target``) of the layer Linears that ``targets`` selects,
         in layer order.
 
-        ``targets`` is read as :func:`minituner.lora.layer.resolve_targets` reads it for
+        ``targets`` is read as :func:`minituner.lora.targets.resolve_targets` reads it for
         ``add_lora``: short names, the groups attn / mlp / all, attribute names, or one
         comma-separated string (``"q,v"``). On a gated MLP, ``fc_in`` stands for gate and
         up and ``fc_out`` for down, so a choice made for MiniGPT carries over to LLaMA.

@@ -31,7 +31,7 @@ Choices worth knowing:
 - A LoRA-wrapped NF4 Linear is evaluated as one autograd node (``minituner.lora.qlora``:
   the scaling and the add inside the GEMMs, six kernels forward instead of about eleven);
   ``use_fused_lora(False)`` calls the LoRA modules instead (same function, more roundings).
-- LoRA comes from ``minituner.lora.layer.add_lora``; short names ``q,v`` map to ``q_proj`` and
+- LoRA comes from ``minituner.lora.inject.add_lora``; short names ``q,v`` map to ``q_proj`` and
   ``v_proj``. For every Linear pass :data:`LLAMA_LINEARS` (the ``all`` group of lora.py
   names MiniGPT's fc_in/fc_out, which this model lacks). LoRA parameters are float32
   (``LoRALinear``'s default, as the QLoRA paper keeps adapters in higher precision); the

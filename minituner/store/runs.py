@@ -53,7 +53,7 @@ from minituner.io import (
     save_tensors,
     write_json,
 )
-from minituner.lora.layer import load_adapter, save_adapter
+from minituner.lora.adapter_io import load_adapter, save_adapter
 from minituner.paths import is_shipped, runs_dir
 from minituner.store.records import (
     RUN_ID_RE,

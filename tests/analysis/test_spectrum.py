@@ -19,7 +19,7 @@ from minituner.analysis.spectrum import (
     spectrum,
     weight_deltas,
 )
-from minituner.lora.layer import add_lora
+from minituner.lora.inject import add_lora
 from minituner.minigpt.model import MiniGPT, preset_config
 
 

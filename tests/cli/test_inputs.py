@@ -162,13 +162,8 @@ def test_an_adapter_with_non_finite_weights_is_refused(tmp_path, bad, key):
     import torch
 
     from minituner.io import load_tensors, save_tensors
-    from minituner.lora.layer import (
-        ADAPTER_WEIGHTS,
-        add_lora,
-        load_adapter,
-        lora_layers,
-        save_adapter,
-    )
+    from minituner.lora.adapter_io import ADAPTER_WEIGHTS, load_adapter, save_adapter
+    from minituner.lora.inject import add_lora, lora_layers
     from minituner.minigpt.model import MiniGPT
 
     model = MiniGPT(preset_config("tiny", vocab_size=8))

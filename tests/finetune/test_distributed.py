@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from minituner.finetune.config import FinetuneConfig
 from minituner.finetune.loop import finetune, load_base
 from minituner.io import load_tensors, save_tensors
-from minituner.lora.layer import lora_state_dict
+from minituner.lora.adapter_io import lora_state_dict
 
 CFG = dict(method="lora", r=4, alpha=8, targets=("q", "v"), steps=4, batch_size=8,
            eval_every=1000, eval_sample=4, lr=5e-3)  # fmt: skip

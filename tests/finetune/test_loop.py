@@ -18,7 +18,8 @@ from minituner.finetune import events as ev
 from minituner.finetune import loop as train
 from minituner.finetune.config import FinetuneConfig
 from minituner.finetune.loop import LOSS_FACTOR, Training, evaluation_collapse, finetune, load_base
-from minituner.lora.layer import LoRALinear, lora_layers
+from minituner.lora.inject import lora_layers
+from minituner.lora.layer import LoRALinear
 from minituner.store.runs import RunStore
 
 EVAL_CAP = 4  # items per split in the cheap evaluation

@@ -13,7 +13,8 @@ import torch.nn as nn
 from minituner.finetune import loop as train
 from minituner.finetune.config import FinetuneConfig
 from minituner.finetune.loop import finetune, load_base
-from minituner.lora.layer import LoRALinear, lora_layers, merge_lora
+from minituner.lora.inject import lora_layers, merge_lora
+from minituner.lora.layer import LoRALinear
 from minituner.minigpt.data import encode_lines
 from minituner.nf4.linear import NF4Linear
 from minituner.paths import experiments_file

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minituner.lora.layer import add_lora
+from minituner.lora.inject import add_lora
 from minituner.memory.chapter import seed_figures
 from minituner.memory.measure import measure_cuda_step, measured_memory_cpu
 from minituner.memory.predict import linear_params, lora_params, predict_memory, trainable_params

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from minituner.lora.layer import add_lora, lora_layers
+from minituner.lora.inject import add_lora, lora_layers
 from minituner.memory.predict import trainable_params
 from minituner.memory.shapes import SHAPES, ModelShape
 from minituner.minigpt.model import MiniGPT, preset_config

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minituner.lora.layer import add_lora, lora_layers
+from minituner.lora.inject import add_lora, lora_layers
 from minituner.scale.graphs import CapturedTrainStep, optimizer_is_capturable
 from minituner.scale.llama import LLAMA_LINEARS, LlamaConfig, build_nf4_llama
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from minituner.lora.layer import add_lora
+from minituner.lora.inject import add_lora
 from minituner.nf4.linear import NF4Linear
 from minituner.scale.llama import (
     INIT_STD,
