@@ -118,7 +118,7 @@ def check_hparams(
                 f"out_features={out_features}); r must be between 1 and {limit}"
             )
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not alpha > 0:
-        raise ValueError(f"LoRA alpha must be a number > 0, got {alpha!r}")
+        raise ValueError(f"LoRA alpha must be a positive number, got {alpha!r}")
     if not math.isfinite(alpha):
         raise ValueError(f"LoRA alpha must be finite, got {alpha!r}")
     if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real):
