@@ -25,7 +25,7 @@ import torch
 
 from app.helpers import distance_to_defaults
 from app.trainer import Trainer
-from minituner.finetune.loop import Base, load_base
+from minituner.finetune.result import Base, load_base
 from minituner.minigpt.trainutil import device_name, resolve_device
 from minituner.paths import experiments_file
 from minituner.store.records import SpectrumRecord

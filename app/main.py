@@ -7,7 +7,6 @@ what the minituner package computes.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -16,9 +15,9 @@ if str(ROOT) not in sys.path:  # `streamlit run app/main.py` puts only app/ on t
     sys.path.insert(0, str(ROOT))
 
 import streamlit as st  # noqa: E402
-import torch  # noqa: E402
 
 from app import data  # noqa: E402
+from minituner.minigpt.trainutil import torch_threads_from_env  # noqa: E402
 
 st.set_page_config(
     page_title="minituner: LoRA & QLoRA explorer",
@@ -65,9 +64,12 @@ PAGES = [
     st.Page(VIEWS / "nf4.py", title="NF4", icon=":material/grid_4x4:", url_path="nf4"),
 ]
 
-# Optional: pin torch's CPU threads (a busy 2-core machine trains faster with 1).
-if os.environ.get("MINITUNER_TORCH_THREADS", "").isdigit():
-    torch.set_num_threads(max(1, int(os.environ["MINITUNER_TORCH_THREADS"])))
+# Optional: pin torch's CPU threads (a busy 2-core machine trains faster with 1). A value
+# that is not a whole number from 1 to 1024 is ignored here (a training child reports it).
+try:
+    torch_threads_from_env()
+except ValueError:
+    pass
 
 page = st.navigation(PAGES)
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from minituner.finetune.config import FinetuneConfig
-from minituner.finetune.loop import finetune, load_base
+from minituner.finetune.loop import finetune
+from minituner.finetune.result import load_base
 
 
 def main() -> None:

@@ -200,7 +200,7 @@ def llama_job(args, dev: torch.device) -> Job:
 
 def minigpt_job(args, dev: torch.device) -> Job:
     from minituner.finetune.config import FinetuneConfig
-    from minituner.finetune.loop import load_base, prepare_model
+    from minituner.finetune.result import load_base, prepare_model
     from minituner.minigpt.data import IGNORE, encode_cloze
     from minituner.minigpt.trainutil import lr_at
 

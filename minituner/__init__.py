@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from minituner.finetune.config import FinetuneConfig
-    from minituner.finetune.loop import finetune, load_base
+    from minituner.finetune.loop import finetune
+    from minituner.finetune.result import load_base
     from minituner.lora.adapter_io import load_adapter, save_adapter
     from minituner.lora.inject import add_lora, merge_lora
     from minituner.lora.layer import LoRALinear
@@ -45,7 +46,7 @@ _HOME = {
     "dequantize_nf4": "nf4.codec", "quantize_nf4": "nf4.codec",
     "NF4Linear": "nf4.linear",
     "RunStore": "store.runs",
-    "finetune": "finetune.loop", "load_base": "finetune.loop",
+    "finetune": "finetune.loop", "load_base": "finetune.result",
 }  # fmt: skip
 
 

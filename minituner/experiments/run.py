@@ -32,7 +32,8 @@ from minituner.analysis import frontier, subspace_record
 from minituner.analysis import spectrum as analysis
 from minituner.experiments import subspace as subspace_runs
 from minituner.finetune.config import FinetuneConfig
-from minituner.finetune.loop import Base, finetune
+from minituner.finetune.loop import finetune
+from minituner.finetune.result import Base
 from minituner.io import atomic_write_text, read_json, write_json
 from minituner.minigpt.evaluate import evaluate
 from minituner.paths import experiments_file, experiments_readme, runs_dir
@@ -808,7 +809,7 @@ def precompute(
     Raises:
         ValueError: an unknown experiment or a bad shard.
     """
-    from minituner.finetune.loop import load_base
+    from minituner.finetune.result import load_base
 
     base = load_base()
     root = root or runs_dir()

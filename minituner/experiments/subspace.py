@@ -23,7 +23,7 @@ from minituner.analysis.subspace_record import (
 )
 
 if TYPE_CHECKING:
-    from minituner.finetune.loop import Base
+    from minituner.finetune.result import Base
     from minituner.store.runs import RunInfo, RunStore
 
 # ---------------------------------------------------------------------------------------

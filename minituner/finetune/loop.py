@@ -30,23 +30,20 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from minituner.finetune import events as ev
 from minituner.finetune.config import FinetuneConfig
-from minituner.lora.inject import add_lora, count_parameters, lora_layers
+from minituner.finetune.result import Base, FinetuneResult, load_base, prepare_model
+from minituner.lora.inject import count_parameters, lora_layers
 from minituner.memory import measure, shapes
 from minituner.memory import predict as memory
-from minituner.minigpt.checkpoint import load_model
-from minituner.minigpt.corpus import CorpusConfig, build_corpus
 from minituner.minigpt.data import IGNORE, encode_cloze, training_examples
 from minituner.minigpt.evaluate import drift, evaluate
 from minituner.minigpt.trainutil import device_name, lr_at, resolve_device, seed_everything
-from minituner.paths import base_dir
 
 # What a user would call diverged. The first step's loss is the base model's loss on its
 # batch; a fine-tune only lowers it, so 4x that is broken, not noisy. Control perplexity
@@ -54,80 +51,6 @@ from minituner.paths import base_dir
 # about +9%, LoRA under 1%; the lr search's 3e-3 run drifted +3815%.
 LOSS_FACTOR = 4.0
 COLLAPSE_PPL_FACTOR = 1.5
-
-
-@dataclass
-class Base:
-    """The pretrained model a fine-tune starts from (kept on the CPU, never modified)."""
-
-    model: torch.nn.Module
-    tok: object
-    config: dict
-    metrics: dict
-    model_id: str
-    corpus_config: CorpusConfig = field(default_factory=CorpusConfig)
-
-    @property
-    def corpus(self):
-        return build_corpus(self.corpus_config)
-
-
-def load_base(directory: str | Path | None = None) -> Base:
-    """Load the base model directory with its metrics (default: the shipped one,
-    :func:`minituner.paths.base_dir`).
-
-    Raises:
-        ValueError: missing or corrupt files (the message says how to rebuild them).
-    """
-    import hashlib
-
-    from minituner.io import read_json
-
-    d = Path(directory) if directory is not None else base_dir()
-    model, tok, cfg = load_model(d)
-    metrics = read_json(d / "metrics.json")
-    try:
-        corpus_cfg = CorpusConfig(**cfg.get("pretrain", {}).get("corpus", {}))
-    except (TypeError, AttributeError) as e:
-        raise ValueError(f"{d}/config.json has an unreadable corpus config ({e})") from None
-    h = hashlib.sha256((d / "model.safetensors").read_bytes()).hexdigest()[:12]
-    if metrics.get("corpus_version") != build_corpus(corpus_cfg).version:
-        raise ValueError(
-            f"{d}: the base model was trained on corpus {metrics.get('corpus_version')}, but "
-            f"this code generates {build_corpus(corpus_cfg).version}; re-run "
-            "`python -m minituner pretrain`"
-        )
-    return Base(model, tok, cfg, metrics, h, corpus_cfg)
-
-
-@dataclass
-class FinetuneResult:
-    config: FinetuneConfig
-    status: str  # completed | diverged | stopped
-    message: str
-    model: torch.nn.Module | None
-    metrics: dict
-    base: Base
-
-    def ok(self) -> bool:
-        return self.status == "completed"
-
-
-def prepare_model(base: Base, cfg: FinetuneConfig, device: torch.device) -> torch.nn.Module:
-    """A fresh copy of the base model set up for ``cfg.method`` (trainable parts only)."""
-    from minituner.nf4.linear import quantize_model_nf4
-
-    model = copy.deepcopy(base.model).to(device)
-    if cfg.method == "full":
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return model
-    if cfg.method == "qlora":
-        quantize_model_nf4(model, block_size=cfg.nf4_block_size, double_quant=cfg.nf4_double_quant)
-    add_lora(
-        model, list(cfg.targets), r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout, rslora=cfg.rslora
-    )
-    return model
 
 
 def _masked_loss(model, x, y) -> torch.Tensor:
@@ -253,6 +176,7 @@ class Training:
             "evals": [e.to_json() for e in evals],
             **extra,
         }
+        final_ev: ev.Evaluation | None = None  # the final figures, typed (None: not here)
         if end is None and main:
             yield ev.Phase("final evaluation", "the full held-out splits")
             loop.model.eval()
@@ -262,13 +186,15 @@ class Training:
                 "predicted": _predict_memory(base, cfg, loop.batch_shape),
                 "measured": memory_measured,
             }
-            why = evaluation_collapse(ev.Evaluation.from_metrics(cfg.steps, final, final))
+            final_ev = ev.Evaluation.from_metrics(cfg.steps, final, final)  # drift included
+            why = evaluation_collapse(final_ev)
             if why:
                 end = ev.Diverged(f"{why} in the final evaluation; {self._hint()}", cfg.steps)
         wall = time.perf_counter() - t_start
         if end is None:
+            f = final_ev
             end = ev.Finished(
-                wall, metrics.get("irregular_accuracy", 0.0), metrics.get("control_en_drift", 0.0)
+                wall, f.irregular_accuracy if f else 0.0, f.control_en_drift if f else 0.0
             )
         metrics["status"] = ev.STATUS[type(end)]
         metrics["message"] = getattr(end, "message", "")
@@ -449,32 +375,4 @@ def _predict_memory(base: Base, cfg: FinetuneConfig, batch_shape) -> dict:
     return {
         k: (int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
         for k, v in pred.items()
-    }
-
-
-def full_delta(result: FinetuneResult) -> dict[str, torch.Tensor]:
-    """Every parameter's change after full fine-tuning (embeddings and norms too), so
-    the fine-tuned model can be rebuilt from the base model."""
-    base_sd = result.base.model.state_dict()
-    return {
-        name: (p.detach().cpu() - base_sd[name]).float()
-        for name, p in result.model.named_parameters()
-    }
-
-
-def weight_delta(result: FinetuneResult) -> dict[str, torch.Tensor]:
-    """ΔW of every adapted Linear (float32, CPU): W_ft - W_base for full fine-tuning,
-    scaling·B·A for LoRA/QLoRA."""
-    model = result.model
-    if model is None:
-        raise ValueError("the run did not complete: it has no weight update")
-    if result.config.method == "full":
-        base_sd = result.base.model.state_dict()
-        out = {}
-        for name, mod in model.named_modules():
-            if isinstance(mod, torch.nn.Linear) and name.startswith("blocks."):
-                out[name] = (mod.weight.detach().cpu() - base_sd[name + ".weight"]).float()
-        return out
-    return {
-        p: layer.delta_weight().detach().float().cpu() for p, layer in lora_layers(model).items()
     }

@@ -43,7 +43,7 @@ import torch
 
 from minituner.analysis import spectrum as analysis
 from minituner.finetune.config import FinetuneConfig
-from minituner.finetune.loop import Base, FinetuneResult, full_delta, prepare_model, weight_delta
+from minituner.finetune.result import Base, FinetuneResult, full_delta, prepare_model, weight_delta
 from minituner.io import (
     LEFTOVER_RE,
     atomic_directory,

@@ -15,7 +15,8 @@ import pytest
 from minituner.analysis import frontier as fr
 from minituner.experiments import run as ex
 from minituner.finetune.config import FinetuneConfig
-from minituner.finetune.loop import finetune, load_base
+from minituner.finetune.loop import finetune
+from minituner.finetune.result import load_base
 from minituner.paths import base_dir, runs_dir
 from minituner.store.records import MetricsRecord, RunConfig
 from minituner.store.runs import RunStore, run_id

@@ -25,7 +25,8 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from app import data, helpers  # noqa: E402
 from minituner.finetune.config import FinetuneConfig  # noqa: E402
-from minituner.finetune.loop import finetune, load_base  # noqa: E402
+from minituner.finetune.loop import finetune  # noqa: E402
+from minituner.finetune.result import load_base  # noqa: E402
 from minituner.scale import scaling  # noqa: E402
 from minituner.store.runs import RunStore  # noqa: E402
 

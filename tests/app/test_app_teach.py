@@ -31,7 +31,8 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 from app import data, helpers  # noqa: E402
 from app.charts import verbs  # noqa: E402
 from minituner.finetune.config import FinetuneConfig  # noqa: E402
-from minituner.finetune.loop import finetune, load_base  # noqa: E402
+from minituner.finetune.loop import finetune  # noqa: E402
+from minituner.finetune.result import load_base  # noqa: E402
 from minituner.minigpt.teach import TeachVerb, teach_split  # noqa: E402
 from minituner.minigpt.verbs import IRREGULAR_VERBS  # noqa: E402
 from minituner.store.runs import RunStore  # noqa: E402

@@ -18,7 +18,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 from app import helpers  # noqa: E402
 from minituner.cli import main  # noqa: E402
 from minituner.finetune.config import DEFAULT_LR, FinetuneConfig  # noqa: E402
-from minituner.finetune.loop import load_base  # noqa: E402
+from minituner.finetune.result import load_base  # noqa: E402
 from minituner.minigpt.evaluate import candidate_logprobs, complete  # noqa: E402
 from minituner.minigpt.model import preset_config  # noqa: E402
 

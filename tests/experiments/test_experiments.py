@@ -24,7 +24,7 @@ from minituner.experiments.run import (
     summarize,
     write_outputs,
 )
-from minituner.finetune.loop import load_base
+from minituner.finetune.result import load_base
 from minituner.minigpt.evaluate import cloze_metrics, perplexity
 from minituner.paths import experiments_file, experiments_readme, runs_dir
 from minituner.store.runs import RunStore

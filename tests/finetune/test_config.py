@@ -17,7 +17,7 @@ from cli_util import REPO_ROOT
 
 from minituner.cli import main
 from minituner.finetune.config import FinetuneConfig, check_rank, max_rank, normalize_targets
-from minituner.finetune.loop import load_base
+from minituner.finetune.result import load_base
 from minituner.lora.inject import add_lora
 from minituner.minigpt.model import MiniGPT, preset_config
 from minituner.store.runs import RunStore, run_id

@@ -12,7 +12,8 @@ import torch
 import torch.multiprocessing as mp
 
 from minituner.finetune.config import FinetuneConfig
-from minituner.finetune.loop import finetune, load_base
+from minituner.finetune.loop import finetune
+from minituner.finetune.result import load_base
 from minituner.io import load_tensors, save_tensors
 from minituner.lora.adapter_io import lora_state_dict
 

@@ -17,7 +17,8 @@ import torch
 from minituner.finetune import events as ev
 from minituner.finetune import loop as train
 from minituner.finetune.config import FinetuneConfig
-from minituner.finetune.loop import LOSS_FACTOR, Training, evaluation_collapse, finetune, load_base
+from minituner.finetune.loop import LOSS_FACTOR, Training, evaluation_collapse, finetune
+from minituner.finetune.result import full_delta, load_base, weight_delta
 from minituner.lora.inject import lora_layers
 from minituner.lora.layer import LoRALinear
 from minituner.store.runs import RunStore
@@ -385,9 +386,9 @@ def test_full_finetuning_updates_every_parameter(full_run, fbase, base_state):
     total = sum(p.numel() for p in fbase.model.parameters())
     assert res.metrics["trainable_params"] == res.metrics["total_params"] == total
     assert not lora_layers(res.model)
-    deltas = train.weight_delta(res)
+    deltas = weight_delta(res)
     assert deltas and all(k.startswith("blocks.") for k in deltas)
-    assert set(train.full_delta(res)) == set(named)
+    assert set(full_delta(res)) == set(named)
     for k, v in fbase.model.state_dict().items():  # the base stayed put
         assert torch.equal(v, base_state[k]), k
 

@@ -12,7 +12,8 @@ import torch.nn as nn
 
 from minituner.finetune import loop as train
 from minituner.finetune.config import FinetuneConfig
-from minituner.finetune.loop import finetune, load_base
+from minituner.finetune.loop import finetune
+from minituner.finetune.result import load_base
 from minituner.lora.inject import lora_layers, merge_lora
 from minituner.lora.layer import LoRALinear
 from minituner.minigpt.data import encode_lines

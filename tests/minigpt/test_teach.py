@@ -11,7 +11,8 @@ import pytest
 from minituner.cli import main
 from minituner.finetune import events as ev
 from minituner.finetune.config import FinetuneConfig
-from minituner.finetune.loop import finetune, load_base
+from minituner.finetune.loop import finetune
+from minituner.finetune.result import load_base
 from minituner.minigpt.corpus import CorpusConfig, replay_pool
 from minituner.minigpt.data import replay_count, training_examples
 from minituner.minigpt.evaluate import complete, evaluate

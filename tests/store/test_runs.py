@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from minituner.finetune.config import FinetuneConfig
-from minituner.finetune.loop import finetune, load_base
+from minituner.finetune.loop import finetune
+from minituner.finetune.result import load_base
 from minituner.minigpt.data import encode_lines
 from minituner.paths import data_dir, runs_dir
 from minituner.store import runs

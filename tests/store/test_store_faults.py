@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from minituner.finetune.config import FinetuneConfig
-from minituner.finetune.loop import FinetuneResult, load_base, prepare_model
+from minituner.finetune.result import FinetuneResult, load_base, prepare_model
 from minituner.paths import runs_dir
 from minituner.store.runs import RunStore, run_id
 
