@@ -5,16 +5,19 @@
   directories, so a new or changed run is picked up at the next rerun and an unchanged
   store is never re-read);
 * fine-tuned models of stored runs (``st.cache_resource``, a few at a time);
-* ``precomputed/experiments.json`` (the sweeps written by ``python -m minituner precompute``);
+* the base model's figures (its metrics.json as a typed
+  :class:`~minituner.store.base_record.BaseMetrics`);
+* ``precomputed/experiments.json`` (the sweeps written by ``python -m minituner precompute``)
+  as a typed :class:`~minituner.experiments.record.ExperimentsRecord`;
 * the live-training worker, one per server.
 
-Broken runs and a missing or unreadable experiments file become warnings on the page
-that needs them; nothing here raises into a page except a missing base model.
+Broken runs, a missing or unreadable experiments file and a malformed section of it
+become warnings on the page that needs them; nothing here raises into a page except a
+missing base model.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 import warnings
@@ -25,11 +28,14 @@ import torch
 
 from app.helpers import distance_to_defaults
 from app.trainer import Trainer
+from minituner.experiments.record import ExperimentsRecord
 from minituner.finetune.result import Base, load_base
+from minituner.io import read_json
 from minituner.minigpt.trainutil import device_name, resolve_device
-from minituner.paths import experiments_file
-from minituner.store.records import SpectrumRecord
+from minituner.paths import base_dir, experiments_file
+from minituner.store.base_record import BaseMetrics
 from minituner.store.runs import RUN_FILES, RunInfo, RunStore
+from minituner.store.spectrum_record import SpectrumRecord
 
 EXPERIMENTS_PATH: Path | None = None  # None: the data folder's experiments.json
 PRECOMPUTE_HINT = "run `python -m minituner precompute` to create them"
@@ -47,6 +53,22 @@ def base_or_stop() -> Base:
         return get_base()
     except ValueError as e:
         st.error(f"The base model cannot be loaded: {e}")
+        st.stop()
+
+
+@st.cache_resource(show_spinner=False)
+def _base_metrics(model_id: str) -> BaseMetrics:
+    return BaseMetrics.from_json(get_base().metrics, str(base_dir() / BaseMetrics.FILE))
+
+
+def base_metrics() -> BaseMetrics:
+    """The base model's figures (its metrics.json, validated once per model), or an
+    error box and the end of this page's run."""
+    base = base_or_stop()
+    try:
+        return _base_metrics(base.model_id)
+    except ValueError as e:
+        st.error(f"The base model's figures cannot be read: {e}")
         st.stop()
 
 
@@ -151,27 +173,22 @@ def default_run(found: list[RunInfo]) -> RunInfo | None:
 
 def preferred_run_ids() -> list[str]:
     """The runs the experiments compare (first seed of each method), for menus' defaults."""
-    exp = load_experiments(quiet=True) or {}
-    forgetting = exp.get("forgetting")
-    if not isinstance(forgetting, dict):
-        return []
-    return [
-        ids[0] for v in forgetting.values() if isinstance(v, dict) and (ids := v.get("run_ids"))
-    ]
+    exp = load_experiments(quiet=True)
+    forgetting = exp.forgetting if exp is not None else None
+    return [a.run_ids[0] for a in (forgetting or {}).values() if a.run_ids]
 
 
 # ---------------------------------------------------------------------- experiments
-@st.cache_data(show_spinner=False)
-def _read_experiments(path: str, mtime: int) -> dict:
-    data = json.loads(Path(path).read_text())
-    if not isinstance(data, dict):
-        raise ValueError("the file does not hold a JSON object")
-    return data
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _read_experiments(path: str, mtime: int) -> ExperimentsRecord:
+    # a resource, not data: the (frozen) record is shared, never copied or re-read
+    return ExperimentsRecord.from_json(read_json(path), path, lenient=True)
 
 
-def load_experiments(path: Path | None = None, quiet: bool = False) -> dict | None:
-    """precomputed/experiments.json (or ``path``), or None, with a warning on the page
-    (unless ``quiet``), when it is missing or unreadable."""
+def load_experiments(path: Path | None = None, quiet: bool = False) -> ExperimentsRecord | None:
+    """precomputed/experiments.json (or ``path``), read leniently (a malformed section is
+    None, its reason in ``problems``), or None, with a warning on the page (unless
+    ``quiet``), when it is missing or unreadable."""
     path = Path(path or EXPERIMENTS_PATH or experiments_file())
     if not path.is_file():
         if not quiet:
@@ -185,13 +202,24 @@ def load_experiments(path: Path | None = None, quiet: bool = False) -> dict | No
         return None
 
 
-def experiment_section(experiments: dict | None, key: str) -> dict | None:
-    """One section of the experiments file, or None with a warning when it lacks it."""
+def experiment_section(
+    experiments: ExperimentsRecord | None, key: str, what: str, hint: str | None = None
+):
+    """One section of the experiments record (``key``: its name), or None with a note:
+    a warning naming ``what`` when the section is malformed; when it is missing or
+    empty, a warning, or for a section older files lack an info with ``hint`` (the
+    command that computes it)."""
     if experiments is None:
         return None
-    section = experiments.get(key)
-    if not isinstance(section, dict) or not section:
-        st.warning(f"experiments.json has no {key!r} section: {PRECOMPUTE_HINT}.")
+    if key in experiments.problems:
+        st.warning(f"The {what} in experiments.json is malformed ({experiments.problems[key]}).")
+        return None
+    section = getattr(experiments, key)
+    if not section:
+        if hint is not None:
+            st.info(f"experiments.json has no {key} results yet: `{hint}` computes them.")
+        else:
+            st.warning(f"experiments.json has no {key!r} section: {PRECOMPUTE_HINT}.")
         return None
     return section
 

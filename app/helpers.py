@@ -10,8 +10,10 @@ import math
 from collections.abc import Iterable, Mapping
 
 from app.format import breakdown_table, format_bytes
+from minituner.experiments.record_sections import MeanStd
 from minituner.finetune.config import DEFAULT_LR, FinetuneConfig, check_rank, max_rank
 from minituner.methods import METHODS
+from minituner.store.base_record import BaseMetrics
 from minituner.store.runs import RunInfo
 
 TARGETS = ("q", "k", "v", "o", "fc_in", "fc_out")
@@ -178,32 +180,34 @@ def pct(x) -> str:
     return "–" if x is None else f"{100 * float(x):.1f}%"
 
 
-def mean_std(summary: Mapping, key: str, signed: bool = False) -> str:
-    """ "12.3% ± 0.4" from ``summary[key + "_mean"]`` and ``summary[key + "_std"]``."""
-    m = 100 * float(summary[f"{key}_mean"])
-    sd = 100 * float(summary.get(f"{key}_std") or 0.0)
+def mean_std(ms: MeanStd, signed: bool = False) -> str:
+    """ "12.3% ± 0.4" from a figure's mean and std over seeds."""
+    m, sd = 100 * ms.mean, 100 * ms.std
     return f"{m:+.2f}% ± {sd:.2f}" if signed else f"{m:.1f}% ± {sd:.1f}"
 
 
-def final_figures_rows(runs: Iterable[RunInfo], base_metrics: Mapping | None = None) -> list[dict]:
+def final_figures_rows(
+    runs: Iterable[RunInfo], base_metrics: BaseMetrics | None = None
+) -> list[dict]:
     """One row of final figures per run (and the base model first, when given)."""
     rows = []
     if base_metrics is not None:
+        b = base_metrics
         rows.append(
             {
                 "run": "base model (no fine-tuning)",
                 "method": "base",
-                "irregular acc.": pct(base_metrics.get("irregular_accuracy")),
-                "over-regularized": pct(base_metrics.get("overregularized_rate")),
-                "regular acc.": pct(base_metrics.get("regular_accuracy")),
-                "control EN ppl": f"{base_metrics.get('control_en_ppl', math.nan):.4f}",
-                "control ES ppl": f"{base_metrics.get('control_es_ppl', math.nan):.4f}",
+                "irregular acc.": pct(b.irregular_accuracy),
+                "over-regularized": pct(b.overregularized_rate),
+                "regular acc.": pct(b.regular_accuracy),
+                "control EN ppl": f"{b.control_en_ppl:.4f}",
+                "control ES ppl": f"{b.control_es_ppl:.4f}",
                 "EN drift": "0.0%",
                 "ES drift": "0.0%",
                 "trainable params": "–",
                 "final loss": "–",
                 "time (s)": "–",
-                "device": base_metrics.get("device", ""),
+                "device": b.device,
             }
         )
     for r in runs:

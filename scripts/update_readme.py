@@ -2,7 +2,7 @@
 
 * ``base-table``: the base model's figures (scripts/base_table.py);
 * ``findings`` and ``claims``: the experiments' table and claims, from
-  precomputed/experiments.json (minituner.experiments.run);
+  precomputed/experiments.json (minituner.experiments.report, .claims);
 * ``scaling``: the 7B QLoRA measurements, from precomputed/scaling/ (minituner.scale.scaling);
 * ``nf4-gpu``: NF4 quantize/dequantize on the GPU against bitsandbytes, from
   benchmarks/results/nf4_h200_*.json (benchmarks/bench_nf4.py --device cuda).
@@ -24,9 +24,13 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from base_table import BASE, table  # noqa: E402
 
-from minituner.experiments.run import claims_text, findings_table  # noqa: E402
+from minituner.experiments.claims import claims_text  # noqa: E402
+from minituner.experiments.record import read_experiments  # noqa: E402
+from minituner.experiments.report import findings_table  # noqa: E402
 from minituner.paths import experiments_file  # noqa: E402
 from minituner.scale.scaling import load_scaling_result, scaling_rows  # noqa: E402
+from minituner.schema import read_record  # noqa: E402
+from minituner.store.base_record import BaseMetrics  # noqa: E402
 
 
 def _profile_lines(result: dict) -> list[str]:
@@ -122,8 +126,8 @@ def nf4_gpu_table() -> str:
 
 
 def blocks() -> dict[str, str]:
-    base = json.loads((BASE / "metrics.json").read_text(encoding="utf-8"))
-    exp = json.loads(experiments_file().read_text(encoding="utf-8"))
+    base = read_record(BASE / BaseMetrics.FILE, BaseMetrics)
+    exp = read_experiments(experiments_file())
     return {
         "base-table": table(base),
         "findings": findings_table(exp),

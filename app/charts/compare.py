@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import plotly.graph_objects as go
 
 from app.charts.common import legend_below, series_colors, style
+from minituner.store.records import EvalPoint
 
 
 def loss_curves(
@@ -34,22 +35,22 @@ def loss_curves(
 
 
 def eval_curves(
-    series: Mapping[str, Sequence[Mapping]],
-    key: str,
+    series: Mapping[str, Sequence[EvalPoint]],
+    figure: Callable[[EvalPoint], float],
     title: str,
     y_title: str,
     percent: bool = True,
 ) -> go.Figure:
-    """One line per run of an evaluation figure over steps (``series[label] = evals``)."""
+    """One line per run of an evaluation figure over steps (``series[label] = evals``,
+    ``figure(e)`` the figure of one evaluation)."""
     fig = go.Figure()
     scale = 100.0 if percent else 1.0
     colors = series_colors(list(series))
     for label, evals in series.items():
-        pts = [(e["step"], e[key]) for e in evals if key in e]
         fig.add_trace(
             go.Scatter(
-                x=[p[0] for p in pts],
-                y=[scale * p[1] for p in pts],
+                x=[e.step for e in evals],
+                y=[scale * figure(e) for e in evals],
                 mode="lines+markers",
                 name=label,
                 line=dict(width=3, color=colors[label]),

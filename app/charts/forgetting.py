@@ -1,32 +1,34 @@
 """Charts of the Forgetting page: control perplexity and drift, the learning-forgetting
-frontier and the replay sweep."""
+frontier and the replay sweep, from the typed records (runs' EvalPoints, the experiments
+record's sections)."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from app.charts.common import COLORS, PALETTE, legend_below, series_colors, style
+from minituner.experiments.record_grids import Frontier, Replay
+from minituner.experiments.record_sections import Aggregate, MeanStd
+from minituner.store.records import EvalPoint
 
 
-def perplexity_over_steps(series: Mapping[str, Sequence[Mapping]]) -> go.Figure:
+def perplexity_over_steps(series: Mapping[str, Sequence[EvalPoint]]) -> go.Figure:
     """Control perplexity over steps, English and Spanish side by side, one line per run."""
     fig = make_subplots(
         rows=1, cols=2, subplot_titles=("control English", "control Spanish"), shared_yaxes=False
     )
     colors = series_colors(list(series))
+    panels = ((1, lambda e: e.control_en_ppl), (2, lambda e: e.control_es_ppl))
     for label, evals in series.items():
         color = colors[label]
-        for col, lang in ((1, "en"), (2, "es")):
-            key = f"control_{lang}_ppl"
-            pts = [(e["step"], e[key]) for e in evals if key in e]
+        for col, ppl in panels:
             fig.add_trace(
                 go.Scatter(
-                    x=[p[0] for p in pts],
-                    y=[p[1] for p in pts],
+                    x=[e.step for e in evals],
+                    y=[ppl(e) for e in evals],
                     mode="lines+markers",
                     name=label,
                     legendgroup=label,
@@ -43,18 +45,16 @@ def perplexity_over_steps(series: Mapping[str, Sequence[Mapping]]) -> go.Figure:
     return style(fig, "Control perplexity during fine-tuning", height=480)
 
 
-def drift_bars(summary: Mapping[str, Mapping[str, float]]) -> go.Figure:
-    """Final control drift per method with its spread over seeds:
-    ``summary[method] = {control_en_drift_mean, control_en_drift_std, control_es_…}``."""
+def drift_bars(summary: Mapping[str, Aggregate]) -> go.Figure:
+    """Final control drift per method with its spread over seeds (``summary[method]``)."""
     methods = list(summary)
     fig = go.Figure()
-    for lang, name, color in (("en", "English", "#4c78a8"), ("es", "Spanish", "#f58518")):
-        means = [
-            100 * float(summary[m].get(f"control_{lang}_drift_mean", math.nan)) for m in methods
-        ]
-        stds = [
-            100 * float(summary[m].get(f"control_{lang}_drift_std", 0.0) or 0.0) for m in methods
-        ]
+    for drift, name, color in (
+        (lambda a: a.control_en_drift, "English", "#4c78a8"),
+        (lambda a: a.control_es_drift, "Spanish", "#f58518"),
+    ):
+        means = [100 * drift(a).mean for a in summary.values()]
+        stds = [100 * drift(a).std for a in summary.values()]
         fig.add_trace(
             go.Bar(
                 x=methods,
@@ -73,18 +73,18 @@ def drift_bars(summary: Mapping[str, Mapping[str, float]]) -> go.Figure:
 
 
 def metric_bars(
-    summary: Mapping[str, Mapping[str, float]],
-    key: str,
+    summary: Mapping[str, Aggregate],
+    figure: Callable[[Aggregate], MeanStd],
     title: str,
     y_title: str,
     percent: bool = True,
 ) -> go.Figure:
-    """One bar per group (method, targets, ...) of ``summary[group][key + "_mean"]`` with
-    ``key + "_std"`` as its error bar."""
+    """One bar per group (method, targets, ...) of ``figure(summary[group])``'s mean with
+    its std as the error bar."""
     groups = list(summary)
     scale = 100.0 if percent else 1.0
-    means = [scale * float(summary[g].get(f"{key}_mean", math.nan)) for g in groups]
-    stds = [scale * float(summary[g].get(f"{key}_std", 0.0) or 0.0) for g in groups]
+    means = [scale * figure(a).mean for a in summary.values()]
+    stds = [scale * figure(a).std for a in summary.values()]
     fig = go.Figure(
         go.Bar(
             x=groups,
@@ -94,7 +94,7 @@ def metric_bars(
             text=[f"{m:.1f}%" if percent else f"{m:.3g}" for m in means],
             textposition="inside",
             insidetextanchor="middle",
-            name=key,
+            name=title,
         )
     )
     fig.update_yaxes(title_text=y_title, range=[0, 110] if percent else None)
@@ -108,32 +108,44 @@ FRONTIER_PANELS = (
 )
 
 
-def frontier(section: Mapping, measure: str, y_title: str, scale: float = 100.0) -> go.Figure:
-    """Learning (irregular accuracy, x) against one forgetting measure (y) of every grid
+def frontier(section: Frontier, measure: str, y_title: str, scale: float = 100.0) -> go.Figure:
+    """Learning (irregular accuracy, x) against one forgetting measure (y, an
+    :class:`~minituner.experiments.record_sections.Aggregate` attribute) of every grid
     config: its mean over seeds with ± std bars on both axes, one colour per method, and
-    each method's Pareto front drawn as the step it is (``section`` is experiments.json's
-    ``frontier``: ``configs`` and ``fronts[measure][method]``, indices into configs).
+    each method's Pareto front drawn as the step it is (``section.fronts[measure]
+    [method]``: indices into ``section.configs``).
 
     The step goes up first: with at least learning x a method reaches the forgetting of
     its next front point at or above x."""
-    configs = list(section.get("configs", []))
-    fronts = section.get("fronts", {}).get(measure, {})
+    configs = section.configs
+    fronts = section.fronts.get(measure, {})
     fig = go.Figure()
-    methods = list(dict.fromkeys(c["method"] for c in configs))
+    methods = list(dict.fromkeys(c.method for c in configs))
+
+    def xs(cs):
+        return [100 * c.stats.irregular_accuracy.mean for c in cs]
+
+    def ys(cs):
+        return [scale * getattr(c.stats, measure).mean for c in cs]
+
     for i, m in enumerate(methods):
         color = COLORS.get(m, PALETTE[i % len(PALETTE)])
-        pts = [c for c in configs if c["method"] == m]
+        pts = [c for c in configs if c.method == m]
         fig.add_trace(
             go.Scatter(
-                x=[100 * c["irregular_accuracy_mean"] for c in pts],
-                y=[scale * c[f"{measure}_mean"] for c in pts],
-                error_x=dict(type="data", array=[100 * c["irregular_accuracy_std"] for c in pts]),
-                error_y=dict(type="data", array=[scale * c[f"{measure}_std"] for c in pts]),
+                x=xs(pts),
+                y=ys(pts),
+                error_x=dict(
+                    type="data", array=[100 * c.stats.irregular_accuracy.std for c in pts]
+                ),
+                error_y=dict(
+                    type="data", array=[scale * getattr(c.stats, measure).std for c in pts]
+                ),
                 mode="markers",
                 name=m,
                 legendgroup=m,
                 marker=dict(size=11, color=color, opacity=0.8),
-                text=[c["label"] for c in pts],
+                text=[c.label for c in pts],
                 hovertemplate="%{text}<br>irregular %{x:.1f}%<br>%{y:.2f}<extra></extra>",
             )
         )
@@ -141,8 +153,8 @@ def frontier(section: Mapping, measure: str, y_title: str, scale: float = 100.0)
         if len(front) > 1:
             fig.add_trace(
                 go.Scatter(
-                    x=[100 * c["irregular_accuracy_mean"] for c in front],
-                    y=[scale * c[f"{measure}_mean"] for c in front],
+                    x=xs(front),
+                    y=ys(front),
                     mode="lines",
                     line=dict(color=color, width=3, shape="vh"),
                     name=f"{m} front",
@@ -157,28 +169,26 @@ def frontier(section: Mapping, measure: str, y_title: str, scale: float = 100.0)
 
 
 REPLAY_PANELS = (
-    ("irregular_accuracy", "irregular accuracy (%)"),
-    ("regular_accuracy", "regular accuracy (%)"),
-    ("control_en_drift", "control English drift (%)"),
+    (lambda a: a.irregular_accuracy, "irregular accuracy (%)"),
+    (lambda a: a.regular_accuracy, "regular accuracy (%)"),
+    (lambda a: a.control_en_drift, "control English drift (%)"),
 )
 
 
-def replay(section: Mapping) -> go.Figure:
+def replay(section: Replay) -> go.Figure:
     """Irregular accuracy, regular accuracy and control drift against the replay share,
-    one line per method (mean over seeds, ± std bars); ``section`` is experiments.json's
-    ``replay``: ``{method: [{replay, <figure>_mean, <figure>_std, …}, …]}``."""
+    one line per method (mean over seeds, ± std bars)."""
     fig = make_subplots(rows=1, cols=len(REPLAY_PANELS),
                         subplot_titles=[t for _, t in REPLAY_PANELS])  # fmt: skip
-    for m in ("lora", "full"):
-        entries = list(section.get(m, []))
+    for m, entries in (("lora", section.lora), ("full", section.full)):
         if not entries:
             continue
-        for col, (key, _) in enumerate(REPLAY_PANELS, 1):
+        for col, (figure, _) in enumerate(REPLAY_PANELS, 1):
             fig.add_trace(
                 go.Scatter(
-                    x=[100 * e["replay"] for e in entries],
-                    y=[100 * e[f"{key}_mean"] for e in entries],
-                    error_y=dict(type="data", array=[100 * e[f"{key}_std"] for e in entries]),
+                    x=[100 * e.replay for e in entries],
+                    y=[100 * figure(e.stats).mean for e in entries],
+                    error_y=dict(type="data", array=[100 * figure(e.stats).std for e in entries]),
                     mode="lines+markers",
                     name=m,
                     legendgroup=m,

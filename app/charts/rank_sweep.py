@@ -1,4 +1,5 @@
-"""Charts of the Rank sweep page: accuracy against r, and per choice of targets."""
+"""Charts of the Rank sweep page: accuracy against r, and per choice of targets (from the
+experiments record's :class:`~minituner.experiments.record_sections.Aggregate`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from app.charts.common import COLORS, FONT_SIZE, PALETTE, legend_below, style
+from minituner.experiments.record_sections import Aggregate
 
 
 def rank_elbow(
@@ -122,30 +124,28 @@ def rank_elbow(
     return style(fig, "Rank sweep: where a larger r stops paying off", height=540)
 
 
-def targets_bars(summary: Mapping[str, Mapping[str, float]]) -> go.Figure:
+def targets_bars(summary: Mapping[str, Aggregate]) -> go.Figure:
     """Accuracy (± std) per choice of target modules, trainable parameters as text; the
     regular-verb control next to it when the summary has it."""
     names = list(summary)
-    params = [summary[n].get("trainable_params") for n in names]
-    series = [("irregular_accuracy", "irregular verbs (task)", COLORS["lora"])]
-    if all("regular_accuracy_mean" in summary[n] for n in names):
-        series.append(("regular_accuracy", "regular verbs (control)", "#ff7f0e"))
+    aggs = list(summary.values())
+    series = [(lambda a: a.irregular_accuracy, "irregular verbs (task)", COLORS["lora"])]
+    if all(a.regular_accuracy is not None for a in aggs):
+        series.append((lambda a: a.regular_accuracy, "regular verbs (control)", "#ff7f0e"))
     fig = go.Figure()
-    for key, label, color in series:
+    for i, (figure, label, color) in enumerate(series):
         fig.add_trace(
             go.Bar(
                 x=names,
-                y=[100 * float(summary[n].get(f"{key}_mean", math.nan)) for n in names],
+                y=[100 * figure(a).mean for a in aggs],
                 error_y=dict(
                     type="data",
-                    array=[100 * float(summary[n].get(f"{key}_std", 0.0) or 0.0) for n in names],
+                    array=[100 * figure(a).std for a in aggs],
                     visible=True,
                     thickness=2,
                 ),
                 marker_color=color,
-                text=[f"{p:,} params" if isinstance(p, int) else "" for p in params]
-                if key == "irregular_accuracy"
-                else None,
+                text=[f"{a.trainable_params:,} params" for a in aggs] if i == 0 else None,
                 textposition="inside",
                 name=label,
             )

@@ -10,7 +10,7 @@ from app.charts import compare as charts
 from app.charts import verbs as verb_charts
 
 st.title("Compare runs")
-base = data.base_or_stop()
+base_metrics = data.base_metrics()
 found = data.runs_with_warnings()
 if not found:
     st.info("No runs in the store yet: train one on the **Train** page.")
@@ -38,19 +38,22 @@ for r in chosen:
     series[helpers.run_label(r)] = (r.metrics.curves.step, r.metrics.curves.loss)
 st.plotly_chart(charts.loss_curves(series, log_y=log_y), key="compare_loss")
 
-evals = {helpers.run_label(r): [e.to_json() for e in r.metrics.evals] for r in chosen}
+evals = {helpers.run_label(r): r.metrics.evals for r in chosen}
 a, b = st.columns(2)
 with a:
     st.plotly_chart(
         charts.eval_curves(
-            evals, "irregular_accuracy", "Irregular past accuracy (sample)", "accuracy (%)"
+            evals,
+            lambda e: e.irregular_accuracy,
+            "Irregular past accuracy (sample)",
+            "accuracy (%)",
         ),
         key="compare_acc",
     )
 with b:
     st.plotly_chart(
         charts.eval_curves(
-            evals, "control_en_drift", "Control English drift (sample)", "drift (%)"
+            evals, lambda e: e.control_en_drift, "Control English drift (sample)", "drift (%)"
         ),
         key="compare_drift",
     )
@@ -70,4 +73,4 @@ else:
     st.info(verb_charts.order_sentence(points, verb_run.finetune_config().steps))
 
 st.subheader("Final figures (full held-out splits)")
-st.dataframe(helpers.final_figures_rows(chosen, base.metrics), hide_index=True)
+st.dataframe(helpers.final_figures_rows(chosen, base_metrics), hide_index=True)

@@ -66,20 +66,19 @@ the **control perplexity drift** (0 % = unchanged).
     st.page_link("views/memory.py", label="Where the memory goes", icon=":material/memory:")
 
 base = data.base_or_stop()
-bm = base.metrics
+bm = data.base_metrics()
 st.header("The base model")
 cols = st.columns(5)
-cols[0].metric("parameters", f"{bm.get('num_params', 0):,}")
-cols[1].metric("irregular past, accuracy", helpers.pct(bm.get("irregular_accuracy")))
-cols[2].metric("over-regularized answers", helpers.pct(bm.get("overregularized_rate")))
-cols[3].metric("regular past, accuracy", helpers.pct(bm.get("regular_accuracy")))
-cols[4].metric("control EN perplexity", f"{bm.get('control_en_ppl', float('nan')):.3f}")
-per_verb = bm.get("irregular_accuracy_per_verb") or {}
-if per_verb:
+cols[0].metric("parameters", f"{bm.num_params:,}")
+cols[1].metric("irregular past, accuracy", helpers.pct(bm.irregular_accuracy))
+cols[2].metric("over-regularized answers", helpers.pct(bm.overregularized_rate))
+cols[3].metric("regular past, accuracy", helpers.pct(bm.regular_accuracy))
+cols[4].metric("control EN perplexity", f"{bm.control_en_ppl:.3f}")
+if bm.irregular_accuracy_per_verb:
     st.caption(
         "Irregular accuracy per verb: "
-        + ", ".join(f"{v} {100 * a:.0f}%" for v, a in per_verb.items())
-        + f" · corpus {bm.get('corpus_version', '?')}"
+        + ", ".join(f"{v} {100 * a:.0f}%" for v, a in bm.irregular_accuracy_per_verb.items())
+        + f" · corpus {bm.corpus_version}"
     )
 
 st.header("A run to start from")
@@ -98,12 +97,12 @@ cols = st.columns(5)
 cols[0].metric(
     "irregular accuracy",
     helpers.pct(f.irregular_accuracy),
-    delta=f"{100 * (f.irregular_accuracy - bm.get('irregular_accuracy', 0)):+.1f} pts",
+    delta=f"{100 * (f.irregular_accuracy - bm.irregular_accuracy):+.1f} pts",
 )
 cols[1].metric(
     "over-regularized",
     helpers.pct(f.overregularized_rate),
-    delta=f"{100 * (f.overregularized_rate - bm.get('overregularized_rate', 0)):+.1f} pts",
+    delta=f"{100 * (f.overregularized_rate - bm.overregularized_rate):+.1f} pts",
     delta_color="inverse",
 )
 cols[2].metric("control EN drift", f"{100 * f.control_en_drift:+.2f}%")

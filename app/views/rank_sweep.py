@@ -15,76 +15,70 @@ st.markdown(
     "measure. The regular-verb control shows what else a larger adapter changes."
 )
 experiments = data.load_experiments()
-sweep = data.experiment_section(experiments, "rank_sweep")
-if sweep is not None:
-    try:
-        ranks = [int(r) for r in sweep["ranks"]]
-        summary = sweep["summary"]
-        mean = [summary[str(r)]["irregular_accuracy_mean"] for r in ranks]
-        std = [summary[str(r)].get("irregular_accuracy_std", 0.0) for r in ranks]
-        params = [summary[str(r)].get("trainable_params") for r in ranks]
-        full = summary.get("full") or {}
-        others = None
-        if all("regular_accuracy_mean" in summary[str(r)] for r in ranks):
-            others = {
-                "regular verbs (control)": (
-                    [summary[str(r)]["regular_accuracy_mean"] for r in ranks],
-                    [summary[str(r)].get("regular_accuracy_std", 0.0) for r in ranks],
-                )
-            }
-        elbow = (sweep.get("elbow") or {}).get("elbow_r", (sweep.get("elbow") or {}).get("elbow"))
-        st.plotly_chart(
-            charts.rank_elbow(
-                ranks,
-                mean,
-                std,
-                params if all(isinstance(p, int) for p in params) else None,
-                elbow_r=elbow,
-                full_mean=full.get("irregular_accuracy_mean"),
-                full_std=full.get("irregular_accuracy_std"),
-                others=others,
-            ),
-            key="sweep_elbow",
-        )
-        rows = []
-        for key in [*map(str, ranks), *(["full"] if full else [])]:
-            s = summary[key]
-            ids = sweep.get("full", []) if key == "full" else sweep.get("runs", {}).get(key, [])
-            row = {
-                "r": key,
-                "seeds": len(ids),
-                "irregular acc.": helpers.mean_std(s, "irregular_accuracy"),
-            }
-            if "regular_accuracy_mean" in s:
-                row["regular acc."] = helpers.mean_std(s, "regular_accuracy")
-            row["control EN drift"] = helpers.mean_std(s, "control_en_drift", signed=True)
-            row["final loss"] = f"{s.get('final_loss_mean', float('nan')):.4f}"
-            row["trainable params"] = f"{s.get('trainable_params', 0):,}"
-            rows.append(row)
-        st.dataframe(rows, hide_index=True)
-        if elbow is not None:
-            st.caption(f"Elbow: r = {elbow}. {(sweep.get('elbow') or {}).get('definition', '')}")
-    except (KeyError, TypeError, ValueError) as e:
-        st.warning(f"The rank sweep in experiments.json is malformed ({e}).")
+sweep = data.experiment_section(experiments, "rank_sweep", "rank sweep")
+if sweep is not None and sweep.ranks:
+    ranks = sweep.ranks
+    aggs = [sweep.summary[r] for r in ranks]
+    full = sweep.full
+    others = None
+    if all(a.regular_accuracy is not None for a in aggs):
+        others = {
+            "regular verbs (control)": (
+                [a.regular_accuracy.mean for a in aggs],
+                [a.regular_accuracy.std for a in aggs],
+            )
+        }
+    elbow = sweep.elbow.elbow_r if sweep.elbow else None
+    st.plotly_chart(
+        charts.rank_elbow(
+            ranks,
+            [a.irregular_accuracy.mean for a in aggs],
+            [a.irregular_accuracy.std for a in aggs],
+            [a.trainable_params for a in aggs],
+            elbow_r=elbow,
+            full_mean=full.irregular_accuracy.mean if full else None,
+            full_std=full.irregular_accuracy.std if full else None,
+            others=others,
+        ),
+        key="sweep_elbow",
+    )
+    rows = []
+    for key, ids, s in [
+        *((str(r), sweep.runs[r], a) for r, a in zip(ranks, aggs, strict=True)),
+        *([("full", sweep.full_runs, full)] if full else []),
+    ]:
+        row = {
+            "r": key,
+            "seeds": len(ids),
+            "irregular acc.": helpers.mean_std(s.irregular_accuracy),
+        }
+        if s.regular_accuracy is not None:
+            row["regular acc."] = helpers.mean_std(s.regular_accuracy)
+        row["control EN drift"] = helpers.mean_std(s.control_en_drift, signed=True)
+        row["final loss"] = f"{s.final_loss.mean:.4f}"
+        row["trainable params"] = f"{s.trainable_params:,}"
+        rows.append(row)
+    st.dataframe(rows, hide_index=True)
+    if elbow is not None:
+        st.caption(f"Elbow: r = {elbow}. {sweep.elbow.definition}")
+elif sweep is not None:
+    st.info(f"The rank sweep has no runs yet: {data.PRECOMPUTE_HINT}.")
 
 st.header("Which layers to adapt")
-targets = data.experiment_section(experiments, "targets")
+targets = data.experiment_section(experiments, "targets", "targets summary")
 if targets is not None:
-    try:
-        st.plotly_chart(charts.targets_bars(targets), key="sweep_targets")
-        rows = []
-        for name, v in targets.items():
-            row = {
-                "targets": name,
-                "runs": len(v.get("run_ids", [])),
-                "irregular acc.": helpers.mean_std(v, "irregular_accuracy"),
-            }
-            if "regular_accuracy_mean" in v:
-                row["regular acc."] = helpers.mean_std(v, "regular_accuracy")
-            row["control EN drift"] = f"{100 * v.get('control_en_drift_mean', 0):+.2f}%"
-            row["control ES drift"] = f"{100 * v.get('control_es_drift_mean', 0):+.2f}%"
-            row["trainable params"] = f"{v.get('trainable_params', 0):,}"
-            rows.append(row)
-        st.dataframe(rows, hide_index=True)
-    except (KeyError, TypeError, ValueError) as e:
-        st.warning(f"The targets summary in experiments.json is malformed ({e}).")
+    st.plotly_chart(charts.targets_bars(targets), key="sweep_targets")
+    rows = []
+    for name, v in targets.items():
+        row = {
+            "targets": name,
+            "runs": len(v.run_ids),
+            "irregular acc.": helpers.mean_std(v.irregular_accuracy),
+        }
+        if v.regular_accuracy is not None:
+            row["regular acc."] = helpers.mean_std(v.regular_accuracy)
+        row["control EN drift"] = f"{100 * v.control_en_drift.mean:+.2f}%"
+        row["control ES drift"] = f"{100 * v.control_es_drift.mean:+.2f}%"
+        row["trainable params"] = f"{v.trainable_params:,}"
+        rows.append(row)
+    st.dataframe(rows, hide_index=True)

@@ -20,7 +20,7 @@ st.markdown(
 base = data.base_or_stop()
 found = data.runs_with_warnings()
 experiments = data.load_experiments()
-truncation = data.experiment_section(experiments, "truncation")
+truncation = data.experiment_section(experiments, "truncation", "truncation summary")
 
 full_runs = [r for r in found if r.method == "full"]
 lora_runs = [r for r in found if r.method in ("lora", "qlora")]
@@ -45,7 +45,9 @@ def _pick(label: str, pool: list, preferred_id: str | None, key: str):
 
 c1, c2 = st.columns(2)
 with c1:
-    full = _pick("full fine-tuning run", full_runs, (truncation or {}).get("run_id"), "spec_full")
+    full = _pick(
+        "full fine-tuning run", full_runs, truncation.run_id if truncation else None, "spec_full"
+    )
 with c2:
     lora = _pick("LoRA / QLoRA run", lora_runs, None, "spec_lora")
 
@@ -96,22 +98,17 @@ with st.expander("per-layer table"):
 
 st.subheader("Truncating full fine-tuning's update")
 if truncation is not None:
-    try:
-        st.plotly_chart(
-            charts.truncation_curve(
-                truncation["k"],
-                truncation["irregular_accuracy"],
-                truncation.get("control_en_drift"),
-            ),
-            key="spec_trunc",
-        )
-        st.caption(
-            f"Run {truncation.get('run_id', '?')}: every ΔW of full fine-tuning replaced by its "
-            "best rank-k approximation (Eckart–Young), then the model re-evaluated. If a small "
-            "k recovers the accuracy, the useful part of the update is low-rank."
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        st.warning(f"The truncation summary in experiments.json is malformed ({e}).")
+    st.plotly_chart(
+        charts.truncation_curve(
+            truncation.k, truncation.irregular_accuracy, truncation.control_en_drift
+        ),
+        key="spec_trunc",
+    )
+    st.caption(
+        f"Run {truncation.run_id}: every ΔW of full fine-tuning replaced by its best rank-k "
+        "approximation (Eckart–Young), then the model re-evaluated. If a small k recovers "
+        "the accuracy, the useful part of the update is low-rank."
+    )
 
 st.subheader("Subspace similarity: do two updates use the same directions?")
 st.markdown(

@@ -124,7 +124,7 @@ with b:
         hide_index=True, height=250,
     )  # fmt: skip
 
-rid = run_id(cfg, base.model_id, base.metrics["corpus_version"])
+rid = run_id(cfg, base.model_id, data.base_metrics().corpus_version)
 stored = data.run_by_id(rid)
 snap = trainer.snapshot()
 
@@ -148,13 +148,13 @@ def _show_result(info) -> None:
     if model is None:
         return
     after = cloze_metrics(model, base.tok, split.held_out)
-    f, bm = info.final, base.metrics
+    f, bm = info.final, data.base_metrics()
     st.subheader(f"Before and after: run {info.run_id}")
     m1, m2, m3, m4 = st.columns(4)
     rows = [
         (m1, f"“{verb.lemma}”: held-out accuracy", after["accuracy"], before["accuracy"]),
-        (m2, "the eight irregular verbs", f.irregular_accuracy, bm.get("irregular_accuracy")),
-        (m3, "regular verbs (cloze)", f.regular_accuracy, bm.get("regular_accuracy")),
+        (m2, "the eight irregular verbs", f.irregular_accuracy, bm.irregular_accuracy),
+        (m3, "regular verbs (cloze)", f.regular_accuracy, bm.regular_accuracy),
     ]
     for col, name, now, then in rows:
         col.metric(

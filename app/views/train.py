@@ -157,7 +157,7 @@ def _show_stored(info, heading: str) -> None:
     svg = charts.live_training(m.curves.step, m.curves.loss, m.evals, info.finetune_config().steps)
     st.markdown(svg, unsafe_allow_html=True)
     # a static table: a data grid costs every tab a canvas redraw
-    st.table(helpers.final_figures_rows([info], base.metrics))
+    st.table(helpers.final_figures_rows([info], data.base_metrics()))
     st.caption(
         "Curves: loss per step and the periodic evaluation on a sample of each split; the "
         "table: the final evaluation on the full held-out splits."
@@ -215,4 +215,4 @@ def _run_area(cfg, rid: str) -> None:
 
 # ---------------------------------------------------------------- the run itself
 live.hide_status()
-_run_area(cfg, run_id(cfg, base.model_id, base.metrics["corpus_version"]))
+_run_area(cfg, run_id(cfg, base.model_id, data.base_metrics().corpus_version))

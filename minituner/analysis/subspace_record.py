@@ -1,6 +1,7 @@
-"""The precomputed subspace similarities: ``<data>/subspace.json``, validated when read,
-and what they say in words generated from the numbers (the Spectrum page, the CLI and
-the data folder's README.md use these sentences).
+"""The precomputed subspace similarities: ``<data>/subspace.json``, validated when read
+(minituner.schema), and what they say in words generated from the numbers (the Spectrum
+page, the CLI and the data folder's README.md, minituner.experiments.subspace, use these
+sentences).
 
 φ is defined in :mod:`minituner.analysis.subspace`; the file is written by
 :mod:`minituner.experiments.subspace` (``python -m minituner subspace``). A missing field, a grid
@@ -18,8 +19,9 @@ from pathlib import Path
 from typing import ClassVar
 
 from minituner.analysis.subspace import chance_level
-from minituner.io import atomic_write_text, read_json
+from minituner.io import atomic_write_text
 from minituner.paths import data_dir
+from minituner.schema import JsonObject, as_number, check_version, read_record
 
 COMMAND = "python -m minituner subspace"
 DEFINITION = (
@@ -38,28 +40,6 @@ DECIMALS = 4  # φ is shown to 2-3 digits; 4 keeps the shipped file small
 def subspace_file() -> Path:
     """``<data>/subspace.json`` (see minituner.paths)."""
     return data_dir() / SubspaceRecord.FILE
-
-
-def _fail(source: str, where: str, problem: str) -> ValueError:
-    return ValueError(f"{source}: {where} {problem}")
-
-
-def _get(obj, key: str, kind, source: str, where: str):
-    if not isinstance(obj, dict):
-        raise _fail(source, where or "the file", "must be a JSON object")
-    if key not in obj:
-        raise _fail(source, f"{where}.{key}" if where else key, "is missing")
-    v = obj[key]
-    ok = isinstance(v, kind) and not (kind is int and isinstance(v, bool))
-    if not ok:
-        raise _fail(source, f"{where}.{key}" if where else key, f"must be {kind.__name__}")
-    return v
-
-
-def _check_keys(obj: dict, known: set[str], source: str, where: str) -> None:
-    extra = sorted(set(obj) - known)
-    if extra:
-        raise _fail(source, f"{where}.{extra[0]}" if where else extra[0], "is not a known field")
 
 
 @dataclass(frozen=True)
@@ -162,78 +142,58 @@ class SubspaceRecord:
         ValueError: a missing or mistyped field, φ outside [0, 1] or not finite, a grid
             whose shape is not (max_i, max_j), or a newer schema (naming file and field).
         """
-        top = {"schema_version", "definition", "command", "base_model_id", "pairs"}
-        if not isinstance(data, dict):
-            raise _fail(source, "the file", "must be a JSON object")
-        _check_keys(data, top, source, "")
-        version = _get(data, "schema_version", int, source, "")
-        if not 1 <= version <= SCHEMA_VERSION:
-            raise _fail(source, "schema_version", f"is {version}; this minituner reads 1")
-        pairs_json = _get(data, "pairs", list, source, "")
-        if not pairs_json:
-            raise _fail(source, "pairs", "is empty")
-        pairs = [_pair_from_json(p, source, f"pairs[{k}]") for k, p in enumerate(pairs_json)]
+        o = JsonObject(data, source)
+        check_version(o, SCHEMA_VERSION, required=True)
+        pairs = [_pair_from_json(p) for p in o.objects("pairs")]
+        if not pairs:
+            raise o.error("pairs", "is empty")
         names = [p.name for p in pairs]
         if len(set(names)) != len(names):
-            raise _fail(source, "pairs", "repeat a name")
-        return cls(
-            base_model_id=_get(data, "base_model_id", str, source, ""),
+            raise o.error("pairs", "repeat a name")
+        rec = cls(
+            base_model_id=o.string("base_model_id"),
             pairs=tuple(pairs),
-            definition=_get(data, "definition", str, source, ""),
-            command=_get(data, "command", str, source, ""),
+            definition=o.string("definition"),
+            command=o.string("command"),
         )
+        o.finish()
+        return rec
 
 
-def _pair_from_json(p, source: str, where: str) -> Pair:
-    known = {"name", "label", "a", "b", "max_i", "max_j", "layers"}
-    name = _get(p, "name", str, source, where)
-    _check_keys(p, known, source, where)
-    refs = []
-    for side in ("a", "b"):
-        ref = _get(p, side, dict, source, where)
-        _check_keys(ref, {"run_id", "label"}, source, f"{where}.{side}")
-        refs.append(
-            RunRef(
-                _get(ref, "run_id", str, source, f"{where}.{side}"),
-                _get(ref, "label", str, source, f"{where}.{side}"),
-            )
-        )
-    max_i = _get(p, "max_i", int, source, where)
-    max_j = _get(p, "max_j", int, source, where)
-    if max_i < 1 or max_j < 1:
-        raise _fail(source, f"{where}.max_i/max_j", "must be >= 1")
-    layers_json = _get(p, "layers", dict, source, where)
-    if not layers_json:
-        raise _fail(source, f"{where}.layers", "is empty")
+def _run_ref(o: JsonObject) -> RunRef:
+    ref = RunRef(o.string("run_id"), o.string("label"))
+    o.finish()
+    return ref
+
+
+def _pair_from_json(o: JsonObject) -> Pair:
+    name = o.string("name")
+    a, b = _run_ref(o.obj("a")), _run_ref(o.obj("b"))
+    max_i, max_j = o.integer("max_i", low=1), o.integer("max_j", low=1)
+    grids = o.obj("layers")
+    if not grids.keys():
+        raise o.error("layers", "is empty")
     layers = {}
-    for layer, g in layers_json.items():
-        at = f"{where}.layers.{layer}"
-        _check_keys(g if isinstance(g, dict) else {}, {"in_features", "phi"}, source, at)
-        d = _get(g, "in_features", int, source, at)
+    for layer in grids.keys():
+        g = grids.obj(layer)
+        d = g.integer("in_features")
         if d < max(max_i, max_j):
-            raise _fail(source, f"{at}.in_features", f"is {d}, below max_i/max_j")
-        rows = _get(g, "phi", list, source, at)
+            raise g.error("in_features", f"is {d}, below max_i/max_j")
+        rows = g.array("phi", "a list of rows")
         if len(rows) != max_i:
-            raise _fail(source, f"{at}.phi", f"has {len(rows)} rows, not max_i = {max_i}")
+            raise g.error("phi", f"has {len(rows)} rows, not max_i = {max_i}")
         grid = []
         for r, row in enumerate(rows):
             if not isinstance(row, list) or len(row) != max_j:
-                raise _fail(source, f"{at}.phi[{r}]", f"must be a list of max_j = {max_j} numbers")
-            for v in row:
-                ok = isinstance(v, (int, float)) and not isinstance(v, bool)
-                if not ok or not math.isfinite(v) or not 0.0 <= v <= 1.0:
-                    raise _fail(source, f"{at}.phi[{r}]", f"holds {v!r}, not a number in [0, 1]")
-            grid.append(tuple(float(v) for v in row))
+                raise g.error(f"phi[{r}]", f"must be a list of max_j = {max_j} numbers")
+            grid.append(
+                tuple(as_number(v, g, f"phi[{r}][{c}]", 0.0, 1.0) for c, v in enumerate(row))
+            )
+        g.finish()
         layers[layer] = LayerGrid(d, tuple(grid))
-    return Pair(
-        name=name,
-        label=_get(p, "label", str, source, where),
-        a=refs[0],
-        b=refs[1],
-        max_i=max_i,
-        max_j=max_j,
-        layers=layers,
-    )
+    pair = Pair(name, o.string("label"), a, b, max_i, max_j, layers)
+    o.finish()
+    return pair
 
 
 def read_subspace(path: str | Path | None = None) -> SubspaceRecord:
@@ -242,8 +202,7 @@ def read_subspace(path: str | Path | None = None) -> SubspaceRecord:
     Raises:
         ValueError: a missing file, invalid JSON or an invalid record (naming the file).
     """
-    path = Path(path) if path is not None else subspace_file()
-    return SubspaceRecord.from_json(read_json(path), str(path))
+    return read_record(Path(path) if path is not None else subspace_file(), SubspaceRecord)
 
 
 def write_subspace(record: SubspaceRecord, path: str | Path | None = None) -> Path:
@@ -358,59 +317,3 @@ def summary_rows(record: SubspaceRecord) -> list[dict]:
                 }
             )
     return rows
-
-
-# ---------------------------------------------------------------------------------------
-# precompute and the data folder's README
-# ---------------------------------------------------------------------------------------
-
-README_BEGIN = "<!-- subspace: written by `python -m minituner subspace` -->"
-README_END = "<!-- /subspace -->"
-
-
-def readme_lines(path: str | Path | None = None) -> list[str]:
-    """The data folder README's section on subspace similarity, from subspace.json
-    (between markers, so :func:`update_readme` can replace it); [] when there is none."""
-    try:
-        path = Path(path) if path is not None else subspace_file()
-    except ValueError:
-        return []
-    if not path.is_file():
-        return []
-    lines = [README_BEGIN, ""]
-    try:
-        record = read_subspace(path)
-    except ValueError as e:
-        return [*lines, f"subspace.json cannot be read ({e}); run `{COMMAND}`.", "", README_END]
-    lines += [
-        f"Subspace similarity of the updates ΔW (LoRA paper, section 7), in `{path.name}`; "
-        f"regenerate it with `{record.command}` (no training: it reads the stored runs). "
-        f"Definition: {record.definition}. Means over the layers of each kind; random "
-        "subspaces give max(i, j)/d.",
-        "",
-        "| comparison | layers | φ(1,1) | φ(i,i) | φ(i,j) | i, j | random φ(1,1) | random φ(i,j) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in summary_rows(record):
-        lines.append(
-            f"| {r['pair']} | {r['layers']} | {r['phi_11']:.3f} | {r['phi_ii']:.3f} | "
-            f"{r['phi_ij']:.3f} | {r['i']}, {r['j']} | {r['random_11']:.4f} | "
-            f"{r['random_ij']:.4f} |"
-        )
-    verdict = conclusion(record)
-    lines += ["", *([verdict, ""] if verdict else []), README_END, ""]
-    return lines
-
-
-def update_readme(readme: str | Path, path: str | Path | None = None) -> None:
-    """Replace the subspace section of ``readme`` (or append it) from subspace.json."""
-    readme = Path(readme)
-    text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
-    block = "\n".join(readme_lines(path))
-    if README_BEGIN in text and README_END in text:
-        head, rest = text.split(README_BEGIN, 1)
-        tail = rest.split(README_END, 1)[1].lstrip("\n")
-        text = head + block + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    atomic_write_text(readme, text)

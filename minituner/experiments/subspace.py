@@ -1,28 +1,40 @@
-"""Subspace similarity of the shipped runs' updates, computed from the run store.
+"""Subspace similarity of the shipped runs' updates, computed from the run store, and
+the data folder README's section on it.
 
 The comparisons (:func:`plan_pairs`) are found through experiments.json's index of the
-runs; the updates are rebuilt from the stored adapters and deltas (no training), and
-:func:`compute_from_store` returns the :class:`~minituner.analysis.subspace_record.SubspaceRecord`
-that ``python -m minituner subspace`` and ``precompute`` (:func:`refresh`) write.
+runs (:class:`~minituner.experiments.record.ExperimentsRecord`); the updates are rebuilt
+from the stored adapters and deltas (no training), and :func:`compute_from_store`
+returns the :class:`~minituner.analysis.subspace_record.SubspaceRecord` that
+``python -m minituner subspace`` and ``precompute`` (:func:`refresh`) write.
+:func:`readme_lines` is that file's section of precomputed/README.md (in words from
+minituner.analysis.subspace_record), :func:`update_readme` replaces it in place.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from minituner.analysis.subspace import similarity_grid
 from minituner.analysis.subspace_record import (
+    COMMAND,
     LayerGrid,
     Pair,
     RunRef,
     SubspaceRecord,
+    conclusion,
+    read_subspace,
+    subspace_file,
+    summary_rows,
     write_subspace,
 )
+from minituner.io import atomic_write_text
 
 if TYPE_CHECKING:
+    from minituner.experiments.record import ExperimentsRecord
     from minituner.finetune.result import Base
     from minituner.store.runs import RunInfo, RunStore
 
@@ -80,14 +92,14 @@ def _describe(info: RunInfo) -> str:
     return f"{'QLoRA' if c.method == 'qlora' else 'LoRA'} r={c.r}, seed {c.seed}"
 
 
-def _seeded(store: RunStore, ids, seed: int, what: str) -> RunInfo:
+def _seeded(store: RunStore, ids: list[str], seed: int, what: str) -> RunInfo:
     """The run among ``ids`` trained with ``seed``.
 
     Raises:
         ValueError: none of them is stored with that seed.
     """
-    for rid in ids if isinstance(ids, list) else []:
-        info = store.find(rid) if isinstance(rid, str) else None
+    for rid in ids:
+        info = store.find(rid)
         if info is not None and info.finetune_config().seed == seed:
             return info
     raise ValueError(
@@ -96,7 +108,9 @@ def _seeded(store: RunStore, ids, seed: int, what: str) -> RunInfo:
     )
 
 
-def plan_pairs(store: RunStore, experiments: Mapping) -> list[tuple[str, str, RunInfo, RunInfo]]:
+def plan_pairs(
+    store: RunStore, experiments: ExperimentsRecord
+) -> list[tuple[str, str, RunInfo, RunInfo]]:
     """The comparisons, found through experiments.json's index of the shipped runs:
     LoRA r=8 vs r=64 on q,v (the paper's Figure 3) with the same seed (0: the same
     batches in the same order) and with another (r=64 seed 1), two seeds of r=8 (how much
@@ -106,17 +120,15 @@ def plan_pairs(store: RunStore, experiments: Mapping) -> list[tuple[str, str, Ru
     Raises:
         ValueError: a run is missing from the index or the store.
     """
-    sweep = experiments.get("rank_sweep") if isinstance(experiments, Mapping) else None
-    runs = sweep.get("runs") if isinstance(sweep, Mapping) else None
-    forgetting = experiments.get("forgetting") if isinstance(experiments, Mapping) else None
-    full = forgetting.get("full") if isinstance(forgetting, Mapping) else None
-    if not isinstance(runs, Mapping) or not isinstance(full, Mapping):
+    sweep = experiments.rank_sweep
+    full = (experiments.forgetting or {}).get("full")
+    if sweep is None or full is None:
         raise ValueError("experiments.json lacks rank_sweep.runs or forgetting.full")
-    r8 = _seeded(store, runs.get("8"), 0, "LoRA r=8")
-    r8b = _seeded(store, runs.get("8"), 1, "LoRA r=8")
-    r64 = _seeded(store, runs.get("64"), 0, "LoRA r=64")
-    r64b = _seeded(store, runs.get("64"), 1, "LoRA r=64")
-    ft = _seeded(store, full.get("run_ids"), 0, "full fine-tuning")
+    r8 = _seeded(store, sweep.runs.get(8, []), 0, "LoRA r=8")
+    r8b = _seeded(store, sweep.runs.get(8, []), 1, "LoRA r=8")
+    r64 = _seeded(store, sweep.runs.get(64, []), 0, "LoRA r=64")
+    r64b = _seeded(store, sweep.runs.get(64, []), 1, "LoRA r=64")
+    ft = _seeded(store, full.run_ids, 0, "full fine-tuning")
     return [
         ("r8_vs_r64", "LoRA r=8 vs LoRA r=64, same seed", r8, r64),
         ("r8_vs_r64_other_seed", "LoRA r=8 vs LoRA r=64, other seed", r8, r64b),
@@ -129,7 +141,7 @@ def plan_pairs(store: RunStore, experiments: Mapping) -> list[tuple[str, str, Ru
 def compute_from_store(
     store: RunStore,
     base: Base,
-    experiments: Mapping,
+    experiments: ExperimentsRecord,
     max_i: int = 8,
     max_j: int = 64,
     log: Callable[[str], None] = lambda s: None,
@@ -161,7 +173,10 @@ def compute_from_store(
 
 
 def refresh(
-    store: RunStore, base: Base, experiments: Mapping, log: Callable[[str], None] = print
+    store: RunStore,
+    base: Base,
+    experiments: ExperimentsRecord,
+    log: Callable[[str], None] = print,
 ) -> SubspaceRecord | None:
     """Recompute and write ``<data>/subspace.json`` (what ``precompute`` calls after its
     summary); a missing run is one log line, not an error: None then."""
@@ -172,3 +187,59 @@ def refresh(
         return None
     log(f"wrote {write_subspace(record)}")
     return record
+
+
+# ---------------------------------------------------------------------------------------
+# The data folder's README: its section on subspace similarity
+# ---------------------------------------------------------------------------------------
+
+README_BEGIN = "<!-- subspace: written by `python -m minituner subspace` -->"
+README_END = "<!-- /subspace -->"
+
+
+def readme_lines(path: str | Path | None = None) -> list[str]:
+    """The data folder README's section on subspace similarity, from subspace.json
+    (between markers, so :func:`update_readme` can replace it); [] when there is none."""
+    try:
+        path = Path(path) if path is not None else subspace_file()
+    except ValueError:
+        return []
+    if not path.is_file():
+        return []
+    lines = [README_BEGIN, ""]
+    try:
+        record = read_subspace(path)
+    except ValueError as e:
+        return [*lines, f"subspace.json cannot be read ({e}); run `{COMMAND}`.", "", README_END]
+    lines += [
+        f"Subspace similarity of the updates ΔW (LoRA paper, section 7), in `{path.name}`; "
+        f"regenerate it with `{record.command}` (no training: it reads the stored runs). "
+        f"Definition: {record.definition}. Means over the layers of each kind; random "
+        "subspaces give max(i, j)/d.",
+        "",
+        "| comparison | layers | φ(1,1) | φ(i,i) | φ(i,j) | i, j | random φ(1,1) | random φ(i,j) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summary_rows(record):
+        lines.append(
+            f"| {r['pair']} | {r['layers']} | {r['phi_11']:.3f} | {r['phi_ii']:.3f} | "
+            f"{r['phi_ij']:.3f} | {r['i']}, {r['j']} | {r['random_11']:.4f} | "
+            f"{r['random_ij']:.4f} |"
+        )
+    verdict = conclusion(record)
+    lines += ["", *([verdict, ""] if verdict else []), README_END, ""]
+    return lines
+
+
+def update_readme(readme: str | Path, path: str | Path | None = None) -> None:
+    """Replace the subspace section of ``readme`` (or append it) from subspace.json."""
+    readme = Path(readme)
+    text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
+    block = "\n".join(readme_lines(path))
+    if README_BEGIN in text and README_END in text:
+        head, rest = text.split(README_BEGIN, 1)
+        tail = rest.split(README_END, 1)[1].lstrip("\n")
+        text = head + block + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    atomic_write_text(readme, text)

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from minituner.analysis import frontier as fr
-from minituner.experiments import run as ex
+from minituner.experiments import claims, plan, report, summary
+from minituner.experiments.record import read_experiments
 from minituner.finetune.config import FinetuneConfig
 from minituner.finetune.loop import finetune
 from minituner.finetune.result import load_base
@@ -90,7 +91,7 @@ def test_compare_by_hand():
 
 # ------------------------------------------------------------------ the plan
 def test_plan_has_the_frontier_grid_and_the_replay_sweep():
-    p = ex.plan(seeds=3, full_lr=1e-3)
+    p = plan.plan(seeds=3, full_lr=1e-3)
     full = {(c.lr, c.steps) for c in p["frontier"] if c.method == "full"}
     assert full == {(lr, n) for lr in (1e-4, 3e-4, 1e-3) for n in (20, 40, 80)}
     lora = {(c.r, c.lr, tuple(c.targets), c.steps) for c in p["frontier"] if c.method == "lora"}
@@ -103,7 +104,7 @@ def test_plan_has_the_frontier_grid_and_the_replay_sweep():
     # replay 0 and the defaults are the shipped runs of the other experiments (one run id)
     assert FinetuneConfig(method="lora", replay=0.0).to_dict() == FinetuneConfig().to_dict()
     with pytest.raises(ValueError, match="unknown experiment 'nope'"):
-        ex.check_only(("frontier", "nope"))
+        plan.check_only(("frontier", "nope"))
 
 
 # ------------------------------------------------------------------ a small fake store
@@ -148,12 +149,12 @@ def fake_summary(tmp_path_factory, fake_base):
     for cfg, figures in FAKE:
         for seed, f in enumerate(figures):
             _write_run(root, fake_base, dataclasses.replace(cfg, seed=seed), *f)
-    return ex.summarize(RunStore([root]), fake_base, seeds=2)
+    return summary.summarize(RunStore([root]), fake_base, seeds=2)
 
 
 def test_summary_of_a_fake_store_has_configs_fronts_and_matching(fake_summary):
-    f = fake_summary["frontier"]
-    labels = [c["label"] for c in f["configs"]]
+    f = fake_summary.frontier
+    labels = [c.label for c in f.configs]
     assert labels == [
         "full lr=0.0001 steps=20",
         "full lr=0.0001 steps=40",
@@ -161,68 +162,69 @@ def test_summary_of_a_fake_store_has_configs_fronts_and_matching(fake_summary):
         "lora r=8 a=16 q,v lr=0.001 steps=40",
         "lora r=8 a=16 q,v lr=0.005 steps=40",
     ]
-    a, b = f["configs"][0], f["configs"][1]
-    assert a["n"] == 2 and a["seeds"] == [0, 1]
-    assert a["control_en_drift_mean"] == pytest.approx(0.01)
-    assert a["control_en_drift_std"] == pytest.approx(0.0141421356)  # sample std of 0, 0.02
-    assert b["irregular_accuracy_mean"] == pytest.approx(0.95)
-    assert a["per_seed"]["control_en_drift"] == [0.0, 0.02]
-    assert f["fronts"]["control_en_drift"] == {"full": [0, 1, 2], "lora": [3, 4]}
-    assert f["fronts"]["regular_accuracy"] == {"full": [0, 1, 2], "lora": [3, 4]}
-    d = f["matched"]["control_en_drift"]  # the case of test_compare_by_hand
-    assert d["levels"] == pytest.approx([0.9, 0.9175, 0.935, 0.9525, 0.97])
-    assert d["advantage"] == pytest.approx([0.0, 0.01, 0.01, 0.09, 0.09])
-    assert d["mean_advantage"] == pytest.approx(0.04) and d["wins"] == 4
+    a, b = f.configs[0], f.configs[1]
+    assert a.stats.n == 2 and a.seeds == [0, 1]
+    assert a.stats.control_en_drift.mean == pytest.approx(0.01)
+    assert a.stats.control_en_drift.std == pytest.approx(0.0141421356)  # sample std of 0, 0.02
+    assert b.stats.irregular_accuracy.mean == pytest.approx(0.95)
+    assert a.per_seed.control_en_drift == [0.0, 0.02]
+    assert f.fronts["control_en_drift"] == {"full": [0, 1, 2], "lora": [3, 4]}
+    assert f.fronts["regular_accuracy"] == {"full": [0, 1, 2], "lora": [3, 4]}
+    d = f.matched["control_en_drift"]  # the case of test_compare_by_hand
+    assert d.levels == pytest.approx([0.9, 0.9175, 0.935, 0.9525, 0.97])
+    assert d.advantage == pytest.approx([0.0, 0.01, 0.01, 0.09, 0.09])
+    assert d.mean_advantage == pytest.approx(0.04) and d.wins == 4
     # seed 0: levels 0.9 … 0.96, full 0.00, 0.02, 0.02, 0.10, 0.10 against LoRA's 0.01;
     # seed 1: the 0.90 full point is beaten by 0.965 (same drift), levels 0.9 … 0.98,
     # full 0.02 x4 then 0.10 against 0.01
-    assert d["per_seed_advantage"] == pytest.approx({"0": 0.038, "1": 0.026})
-    r = f["matched"]["regular_accuracy"]
-    assert r["advantage"] == pytest.approx([-0.2, -0.1, -0.1, 0.5, 0.5])
-    assert f["matched"]["control_es_drift"]["mean_advantage"] == pytest.approx(0.02)
+    assert d.per_seed_advantage == pytest.approx({"0": 0.038, "1": 0.026})
+    r = f.matched["regular_accuracy"]
+    assert r.advantage == pytest.approx([-0.2, -0.1, -0.1, 0.5, 0.5])
+    assert f.matched["control_es_drift"].mean_advantage == pytest.approx(0.02)
 
 
 def test_summary_of_a_fake_store_has_the_replay_sweep(fake_summary):
-    rp = fake_summary["replay"]
-    assert rp["shares"] == [0.0, 0.05, 0.1, 0.25]
+    rp = fake_summary.replay
+    assert rp.shares == [0.0, 0.05, 0.1, 0.25]
     # replay 0 is the default config, already a frontier config (the same runs)
-    assert [e["replay"] for e in rp["lora"]] == [0.0, 0.25]
-    assert [e["replay"] for e in rp["full"]] == [0.0]
-    assert rp["lora"][0]["run_ids"] == fake_summary["frontier"]["configs"][4]["run_ids"]
-    e = rp["lora"][1]
-    assert e["regular_accuracy_mean"] == pytest.approx(0.98)
-    assert e["label"] == "lora r=8 a=16 q,v lr=0.005 steps=40 replay=0.25"
-    text = "\n".join(ex.replay_lines(rp))
+    assert [e.replay for e in rp.lora] == [0.0, 0.25]
+    assert [e.replay for e in rp.full] == [0.0]
+    assert rp.lora[0].stats.run_ids == fake_summary.frontier.configs[4].stats.run_ids
+    e = rp.lora[1]
+    assert e.stats.regular_accuracy.mean == pytest.approx(0.98)
+    assert e.label == "lora r=8 a=16 q,v lr=0.005 steps=40 replay=0.25"
+    text = "\n".join(report.replay_lines(rp))
     assert "| 25% | 0.960 ± 0.014 | 0.980 ± 0.014 |" in text
 
 
 def test_the_claim_follows_the_measurement_both_ways(fake_summary):
-    f = fake_summary["frontier"]
-    c = ex.frontier_claim(f)
+    f = fake_summary.frontier
+    c = claims.frontier_claim(f)
     # drift: LoRA ahead by 4 points on average; regular accuracy: ahead by 0.12
-    assert c["held"] is True
-    assert "lower at 4 of 5, by +4.00 points" in c["figures"]
-    assert "+3.20 pts ± 0.85 pts over 2 seeds" in c["figures"]
-    flipped = json.loads(json.dumps(f))
-    flipped["matched"]["regular_accuracy"]["mean_advantage"] = -0.1
-    assert ex.frontier_claim(flipped)["held"] is False
-    flipped["matched"]["control_en_drift"]["mean_advantage"] = None
-    assert "cannot be compared" in ex.frontier_claim(flipped)["figures"]
-    assert ex.frontier_claim(None) is None
-    assert (
-        ex.frontier_claim({**f, "configs": [x for x in f["configs"] if x["method"] == "lora"]})
-        is None
-    )
+    assert c.held is True
+    assert "lower at 4 of 5, by +4.00 points" in c.figures
+    assert "+3.20 pts ± 0.85 pts over 2 seeds" in c.figures
+    reg = f.matched["regular_accuracy"]
+    flipped = dataclasses.replace(f, matched={
+        **f.matched, "regular_accuracy": dataclasses.replace(reg, mean_advantage=-0.1)
+    })  # fmt: skip
+    assert claims.frontier_claim(flipped).held is False
+    drift = dataclasses.replace(f.matched["control_en_drift"], mean_advantage=None)
+    flipped = dataclasses.replace(flipped, matched={**flipped.matched, "control_en_drift": drift})
+    assert "cannot be compared" in claims.frontier_claim(flipped).figures
+    assert claims.frontier_claim(None) is None
+    lora_only = dataclasses.replace(f, configs=[x for x in f.configs if x.method == "lora"])
+    assert claims.frontier_claim(lora_only) is None
 
 
 def test_the_shipped_summary_answers_the_question():
-    shipped = json.loads((runs_dir().parent / "experiments.json").read_text())
-    c = ex.frontier_claim(shipped["frontier"])
-    d = shipped["frontier"]["matched"]["control_en_drift"]
-    assert c["held"] == (d["mean_advantage"] > 0
-                         and shipped["frontier"]["matched"]["regular_accuracy"]["mean_advantage"] > 0)  # fmt: skip
-    assert all(x["n"] == 3 for x in shipped["frontier"]["configs"])
-    assert len(shipped["frontier"]["configs"]) == 19 and not shipped["missing"]
+    shipped = read_experiments(runs_dir().parent / "experiments.json")
+    c = claims.frontier_claim(shipped.frontier)
+    d = shipped.frontier.matched["control_en_drift"]
+    assert c.held == (d.mean_advantage > 0
+                      and shipped.frontier.matched["regular_accuracy"].mean_advantage > 0)  # fmt: skip
+    assert all(x.stats.n == 3 for x in shipped.frontier.configs)
+    assert len(shipped.frontier.configs) == 19 and not shipped.missing
 
 
 # ------------------------------------------------------------------ metrics-only runs
@@ -299,11 +301,13 @@ def _lean_ids() -> list[str]:
 
 
 def test_replay_claim_compares_the_largest_share_with_none(fake_summary):
-    rp = fake_summary["replay"]
-    assert ex.replay_claim(rp) is None  # full fine-tuning has no replay run here
-    lora = rp["lora"]  # regular 0.70 -> 0.98, irregular 0.97 -> 0.96
-    c = ex.replay_claim({**rp, "full": lora})
-    assert c["held"] is True
-    assert "regular-verb accuracy 0.700 ± 0.000 -> 0.980 ± 0.014 at 25% replay" in c["figures"]
-    worse = {**lora[1], "irregular_accuracy_mean": 0.9}  # loses 0.07 of the irregular verbs
-    assert ex.replay_claim({**rp, "full": [lora[0], worse]})["held"] is False
+    rp = fake_summary.replay
+    assert claims.replay_claim(rp) is None  # full fine-tuning has no replay run here
+    lora = rp.lora  # regular 0.70 -> 0.98, irregular 0.97 -> 0.96
+    c = claims.replay_claim(dataclasses.replace(rp, full=lora))
+    assert c.held is True
+    assert "regular-verb accuracy 0.700 ± 0.000 -> 0.980 ± 0.014 at 25% replay" in c.figures
+    stats = lora[1].stats  # loses 0.07 of the irregular verbs:
+    irr = dataclasses.replace(stats.irregular_accuracy, mean=0.9)
+    worse = dataclasses.replace(lora[1], stats=dataclasses.replace(stats, irregular_accuracy=irr))
+    assert claims.replay_claim(dataclasses.replace(rp, full=[lora[0], worse])).held is False

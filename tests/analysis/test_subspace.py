@@ -1,5 +1,6 @@
-"""Subspace similarity φ(A, B, i, j) (minituner.analysis.subspace, subspace_record) against a float64 numpy
-recomputation, its invariants (hypothesis), the subspace.json record and the shipped file."""
+"""Subspace similarity φ(A, B, i, j) (minituner.analysis.subspace, subspace_record) against a
+float64 numpy recomputation, its invariants (hypothesis), the subspace.json record, its
+section of the data folder's README (minituner.experiments.subspace) and the shipped file."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 from minituner.analysis import subspace as S
 from minituner.analysis import subspace_record as R
+from minituner.experiments import subspace as subspace_runs
 
 
 # ---------------------------------------------------------------------- reference
@@ -237,7 +239,7 @@ def test_record_round_trip_and_means(tmp_path):
         (lambda d: d.update(pairs=[]), "pairs is empty"),
         (lambda d: d.update(schema_version=2), "schema_version is 2"),
         (lambda d: d.update(extra=1), "extra is not a known field"),
-        (lambda d: d["pairs"][0].update(max_i="2"), r"pairs\[0\].max_i must be int"),
+        (lambda d: d["pairs"][0].update(max_i="2"), r"pairs\[0\].max_i must be a whole number"),
         (lambda d: d["pairs"][0]["layers"]["blocks.0.attn.q_proj"]["phi"].pop(), "has 1 rows"),
         (
             lambda d: d["pairs"][0]["layers"]["blocks.0.attn.q_proj"]["phi"][0].append(0.1),
@@ -251,7 +253,7 @@ def test_record_round_trip_and_means(tmp_path):
             lambda d: d["pairs"][0]["layers"]["blocks.0.attn.v_proj"]["phi"][1].__setitem__(
                 0, None
             ),
-            "None",
+            r"phi\[1\]\[0\] must be a number, not null",
         ),
         (lambda d: d["pairs"][0]["a"].pop("run_id"), r"pairs\[0\].a.run_id is missing"),
         (lambda d: d["pairs"].append(d["pairs"][0]), "repeat a name"),
@@ -301,18 +303,18 @@ def test_readme_section_is_replaced_not_repeated(tmp_path):
     path = R.write_subspace(record(), tmp_path / "subspace.json")
     readme = tmp_path / "README.md"
     readme.write_text("# data\n\nsome findings\n")
-    R.update_readme(readme, path)
+    subspace_runs.update_readme(readme, path)
     once = readme.read_text()
-    assert once.startswith("# data\n\nsome findings\n\n" + R.README_BEGIN)
+    assert once.startswith("# data\n\nsome findings\n\n" + subspace_runs.README_BEGIN)
     assert "| LoRA r=2 vs LoRA r=3 | q_proj | 0.500 | 0.500 | 0.500 | 2, 3 |" in once
     R.write_subspace(record(phi_a=0.05), path)
-    R.update_readme(readme, path)
+    subspace_runs.update_readme(readme, path)
     twice = readme.read_text()
-    assert twice.count(R.README_BEGIN) == 1 and "| v_proj | 0.050 |" in twice
+    assert twice.count(subspace_runs.README_BEGIN) == 1 and "| v_proj | 0.050 |" in twice
     assert twice.startswith("# data\n\nsome findings\n\n")
     path.write_text("[]")
-    assert "cannot be read" in "\n".join(R.readme_lines(path))
-    assert R.readme_lines(tmp_path / "none.json") == []
+    assert "cannot be read" in "\n".join(subspace_runs.readme_lines(path))
+    assert subspace_runs.readme_lines(tmp_path / "none.json") == []
 
 
 def constant_pair(name: str, value: float, d: int = 16) -> R.Pair:

@@ -27,6 +27,7 @@ from app import data, helpers  # noqa: E402
 from minituner.finetune.config import FinetuneConfig  # noqa: E402
 from minituner.finetune.loop import finetune  # noqa: E402
 from minituner.finetune.result import load_base  # noqa: E402
+from minituner.paths import experiments_file  # noqa: E402
 from minituner.scale import scaling  # noqa: E402
 from minituner.store.runs import RunStore  # noqa: E402
 
@@ -149,52 +150,60 @@ def test_a_broken_run_is_a_warning_and_the_rest_works(tmp_path, monkeypatch, see
     assert charts_of(open_page("compare")) >= 3
 
 
+def _entry(run_ids: list[str], params: int) -> dict:
+    """One setting's summary in experiments.json (mean and std of each figure over its
+    runs), without regular-verb accuracy, as files written before it was measured."""
+    figures = {"irregular_accuracy": (0.9, 0.02), "control_en_drift": (0.01, 0.002),
+               "control_es_drift": (0.02, 0.0), "stable_rank_mean": (2.0, 0.1),
+               "final_loss": (0.1, 0.0)}  # fmt: skip
+    out: dict = {"run_ids": run_ids, "n": len(run_ids)}
+    for k, (mean, std) in figures.items():
+        out[f"{k}_mean"], out[f"{k}_std"] = mean, std
+    return {**out, "trainable_params": params, "measured_state_bytes": 4096}
+
+
 def test_experiment_pages_read_the_summaries(cache, tmp_path, monkeypatch):
     runs = RunStore([cache]).list()
     ids = {r.method: r.run_id for r in runs}
     ranks = [1, 2, 4, 8]
-    stat = {
-        "irregular_accuracy_mean": 0.9, "irregular_accuracy_std": 0.02,
-        "control_en_drift_mean": 0.01, "control_en_drift_std": 0.002,
-        "final_loss_mean": 0.1,
-    }  # fmt: skip
+    shipped = json.loads(experiments_file().read_text(encoding="utf-8"))
     experiments = {
+        "base": shipped["base"],
         "rank_sweep": {
             "ranks": ranks,
             "runs": {str(r): [ids["lora"]] for r in ranks},
             "full": [ids["full"]],
             "summary": {
-                **{str(r): {**stat, "trainable_params": 2048 * r} for r in ranks},
-                "full": {**stat, "trainable_params": 816000},
+                **{str(r): _entry([ids["lora"]], 2048 * r) for r in ranks},
+                "full": _entry([ids["full"]], 816000),
             },
-            "elbow": {"elbow_r": 4, "definition": "the smallest r within one std of the best"},
-        },
-        "targets": {
-            "q,v": {
-                "run_ids": [ids["lora"]],
-                "irregular_accuracy_mean": 0.9,
-                "irregular_accuracy_std": 0.01,
-                "control_en_drift_mean": 0.0,
-                "control_es_drift_mean": 0.0,
-                "trainable_params": 16384,
+            "elbow": {
+                "ranks": ranks,
+                "mean": [0.9] * 4,
+                "std": [0.02] * 4,
+                "n": [1] * 4,
+                "best_r": 8,
+                "best_mean": 0.9,
+                "best_std": 0.02,
+                "tolerance": 0.02,
+                "threshold": 0.88,
+                "elbow_r": 4,
+                "higher_is_better": True,
+                "definition": "the smallest r within one std of the best",
+                "elbow": 4,
             },
         },  # fmt: skip
-        "forgetting": {
-            m: {
-                "run_ids": [ids[m]],
-                "control_en_drift_mean": 0.01,
-                "control_en_drift_std": 0.0,
-                "control_es_drift_mean": 0.02,
-                "control_es_drift_std": 0.0,
-            }
-            for m in ("full", "lora")
-        },  # fmt: skip
+        "full_lr_search": {"best_lr": None, "runs": []},
+        "targets": {"q,v": _entry([ids["lora"]], 16384)},
+        "forgetting": {m: _entry([ids[m]], 16384) for m in ("full", "lora")},
         "truncation": {
             "run_id": ids["full"],
             "k": [1, 2, 4, "full"],
             "irregular_accuracy": [0.3, 0.5, 0.8, 0.9],
             "control_en_drift": [0.0, 0.0, 0.01, 0.02],
+            "control_es_drift": [0.0, 0.0, 0.01, 0.02],
         },
+        "missing": [],
     }
     path = tmp_path / "experiments.json"
     path.write_text(json.dumps(experiments))

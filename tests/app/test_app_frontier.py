@@ -17,7 +17,8 @@ sys.path.insert(0, str(REPO_ROOT))
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from app import data  # noqa: E402
-from minituner.experiments.run import frontier_claim  # noqa: E402
+from minituner.experiments.claims import frontier_claim  # noqa: E402
+from minituner.experiments.record import read_experiments  # noqa: E402
 from minituner.paths import experiments_file, runs_dir  # noqa: E402
 
 MAIN = str(REPO_ROOT / "app" / "main.py")
@@ -51,7 +52,7 @@ def _lean_ids() -> set[str]:
 
 
 def test_forgetting_page_shows_the_frontier_and_the_replay_sweep(empty_cache):
-    exp = json.loads(experiments_file().read_text(encoding="utf-8"))
+    exp = read_experiments(experiments_file())
     at = open_forgetting()
     assert not at.warning, texts(at.warning)
     heads = [s.value for s in at.subheader]
@@ -59,15 +60,15 @@ def test_forgetting_page_shows_the_frontier_and_the_replay_sweep(empty_cache):
     assert "Replay: mixing regular verbs back in" in heads
     keys = {c.key for c in at.get("plotly_chart")}
     assert {"frontier_control_en_drift", "frontier_regular_accuracy", "replay_chart"} <= keys
-    claim = frontier_claim(exp["frontier"])
-    answer = "Yes" if claim["held"] else "No"
+    claim = frontier_claim(exp.frontier)
+    answer = "Yes" if claim.held else "No"
     md = texts(at.markdown)
     assert f"does LoRA forget less than full fine-tuning?** {answer}, as measured" in md
-    assert claim["figures"] in md
+    assert claim.figures in md
     matched = table_with(at, "irregular acc. at least")
-    assert len(matched) == len(exp["frontier"]["matched"]["control_en_drift"]["levels"])
+    assert len(matched) == len(exp.frontier.matched["control_en_drift"].levels)
     replay = table_with(at, "replay")
-    assert len(replay) == len(exp["replay"]["lora"]) + len(exp["replay"]["full"])
+    assert len(replay) == len(exp.replay.lora) + len(exp.replay.full)
     assert list(replay["replay"][:4]) == ["0%", "5%", "10%", "25%"]
     assert "--only frontier" in texts(at.caption) and "--only replay" in texts(at.caption)
 
@@ -104,24 +105,22 @@ def test_old_or_malformed_summaries_do_not_break_the_page(empty_cache, tmp_path,
 def test_frontier_chart_draws_every_config_and_each_front_as_a_step():
     from app.charts import forgetting as charts
 
-    exp = json.loads(experiments_file().read_text(encoding="utf-8"))["frontier"]
+    exp = read_experiments(experiments_file()).frontier
     fig = charts.frontier(exp, "control_en_drift", "control English drift (%)")
     by_name = {t.name: t for t in fig.data}
     for method in ("full", "lora", "qlora"):
-        configs = [c for c in exp["configs"] if c["method"] == method]
+        configs = [c for c in exp.configs if c.method == method]
         assert len(by_name[method].x) == len(configs)
-        front = [exp["configs"][i] for i in exp["fronts"]["control_en_drift"][method]]
+        front = [exp.configs[i].stats for i in exp.fronts["control_en_drift"][method]]
         if len(front) > 1:
             line = by_name[f"{method} front"]
             assert line.line.shape == "vh"
-            assert list(line.x) == pytest.approx(
-                [100 * c["irregular_accuracy_mean"] for c in front]
-            )
-            assert list(line.y) == pytest.approx([100 * c["control_en_drift_mean"] for c in front])
-    replay = json.loads(experiments_file().read_text(encoding="utf-8"))["replay"]
+            assert list(line.x) == pytest.approx([100 * a.irregular_accuracy.mean for a in front])
+            assert list(line.y) == pytest.approx([100 * a.control_en_drift.mean for a in front])
+    replay = read_experiments(experiments_file()).replay
     fig = charts.replay(replay)
     lora = [t for t in fig.data if t.name == "lora"]
     assert len(lora) == 3 and list(lora[1].x) == [0.0, 5.0, 10.0, 25.0]
     assert list(lora[1].y) == pytest.approx(
-        [100 * e["regular_accuracy_mean"] for e in replay["lora"]]
+        [100 * e.stats.regular_accuracy.mean for e in replay.lora]
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import plotly.graph_objects as go
@@ -24,16 +25,24 @@ from app.charts import (  # noqa: E402
     train,
 )
 from app.format import breakdown_table  # noqa: E402
+from minituner.experiments.record_sections import MeanStd  # noqa: E402
 from minituner.memory.predict import predict_memory  # noqa: E402
 from minituner.memory.shapes import SHAPES  # noqa: E402
-from minituner.nf4.codec import FP4_CODEBOOK, INT4_CODEBOOK, NF4_CODEBOOK  # noqa: E402
+from minituner.nf4.format import FP4_CODEBOOK, INT4_CODEBOOK, NF4_CODEBOOK  # noqa: E402
 
 EVALS = [
-    {"step": 0, "irregular_accuracy": 0.2, "control_en_drift": 0.0, "control_en_ppl": 1.36,
-     "control_es_ppl": 1.31},
-    {"step": 10, "irregular_accuracy": 0.9, "control_en_drift": 0.01, "control_en_ppl": 1.37,
-     "control_es_ppl": 1.32},
+    SimpleNamespace(step=0, irregular_accuracy=0.2, control_en_drift=0.0, control_en_ppl=1.36,
+                    control_es_ppl=1.31),
+    SimpleNamespace(step=10, irregular_accuracy=0.9, control_en_drift=0.01, control_en_ppl=1.37,
+                    control_es_ppl=1.32),
 ]  # fmt: skip
+
+
+def aggregate(**figures) -> SimpleNamespace:
+    """What the charts read of an experiments record's Aggregate: figures as MeanStd."""
+    params = figures.pop("trainable_params", 0)
+    stats = {"regular_accuracy": None, **{k: MeanStd(*v) for k, v in figures.items()}}
+    return SimpleNamespace(trainable_params=params, **stats)
 
 
 def names(fig: go.Figure) -> list[str]:
@@ -51,11 +60,9 @@ def test_loss_curves_one_line_per_run():
 
 def test_live_training_loss_and_evaluation_panels():
     import re
-    from types import SimpleNamespace
     from xml.etree import ElementTree
 
-    evals = [SimpleNamespace(**e) for e in EVALS]
-    svg = train.live_training([1, 2, 3], [2.0, 1.5, 1.0], evals, total_steps=40)
+    svg = train.live_training([1, 2, 3], [2.0, 1.5, 1.0], EVALS, total_steps=40)
     root = ElementTree.fromstring(svg)  # well-formed markup
     assert root.tag.endswith("svg")
     series = dict(re.findall(r'data-name="([^"]+)" data-points="(\d+)"', svg))
@@ -69,7 +76,9 @@ def test_live_training_loss_and_evaluation_panels():
 
 
 def test_eval_curves_and_perplexity_over_steps():
-    fig = compare.eval_curves({"lora": EVALS, "full": EVALS[:1]}, "irregular_accuracy", "t", "%")
+    fig = compare.eval_curves(
+        {"lora": EVALS, "full": EVALS[:1]}, lambda e: e.irregular_accuracy, "t", "%"
+    )
     assert names(fig) == ["lora", "full"]
     assert list(fig.data[0].y) == pytest.approx([20.0, 90.0])
     ppl = forgetting.perplexity_over_steps({"lora x": EVALS, "full y": EVALS})
@@ -80,10 +89,9 @@ def test_eval_curves_and_perplexity_over_steps():
 
 def test_drift_bars_with_error_bars():
     summary = {
-        m: {"control_en_drift_mean": d, "control_en_drift_std": 0.01,
-            "control_es_drift_mean": d / 2, "control_es_drift_std": 0.0}
+        m: aggregate(control_en_drift=(d, 0.01), control_es_drift=(d / 2, 0.0))
         for m, d in (("full", 0.08), ("lora", 0.01), ("qlora", 0.02))
-    }  # fmt: skip
+    }
     fig = forgetting.drift_bars(summary)
     assert names(fig) == ["control English", "control Spanish"]
     assert list(fig.data[0].x) == ["full", "lora", "qlora"]
@@ -93,9 +101,9 @@ def test_drift_bars_with_error_bars():
 
 def test_metric_bars_mean_and_std():
     fig = forgetting.metric_bars(
-        {"full": {"regular_accuracy_mean": 0.02, "regular_accuracy_std": 0.01},
-         "lora": {"regular_accuracy_mean": 0.75, "regular_accuracy_std": 0.05}},
-        "regular_accuracy", "t", "%",
+        {"full": aggregate(regular_accuracy=(0.02, 0.01)),
+         "lora": aggregate(regular_accuracy=(0.75, 0.05))},
+        lambda a: a.regular_accuracy, "t", "%",
     )  # fmt: skip
     assert len(fig.data) == 1
     assert list(fig.data[0].x) == ["full", "lora"]
@@ -170,14 +178,14 @@ def test_rank_elbow_marks_the_elbow_on_a_log_axis():
 
 def test_targets_bars():
     fig = rank_sweep.targets_bars(
-        {"q,v": {"irregular_accuracy_mean": 0.9, "irregular_accuracy_std": 0.02, "trainable_params": 16384},
-         "all": {"irregular_accuracy_mean": 0.95, "irregular_accuracy_std": 0.01, "trainable_params": 60000}}
+        {"q,v": aggregate(irregular_accuracy=(0.9, 0.02), trainable_params=16384),
+         "all": aggregate(irregular_accuracy=(0.95, 0.01), trainable_params=60000)}
     )  # fmt: skip
     assert list(fig.data[0].x) == ["q,v", "all"]
     assert list(fig.data[0].y) == pytest.approx([90.0, 95.0])
     assert len(fig.data) == 1  # no regular-verb figures given
     both = rank_sweep.targets_bars(
-        {"q,v": {"irregular_accuracy_mean": 0.9, "regular_accuracy_mean": 0.7}}
+        {"q,v": aggregate(irregular_accuracy=(0.9, 0.0), regular_accuracy=(0.7, 0.0))}
     )
     assert names(both) == ["irregular verbs (task)", "regular verbs (control)"]
 

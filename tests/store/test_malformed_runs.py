@@ -31,7 +31,11 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 from app import helpers  # noqa: E402
 from minituner import cli  # noqa: E402
 from minituner.paths import CHECKOUT_DATA  # noqa: E402
+from minituner.schema import read_record  # noqa: E402
+from minituner.store.base_record import BaseMetrics  # noqa: E402
 from minituner.store.runs import RunStore  # noqa: E402
+
+BASE_METRICS = read_record(CHECKOUT_DATA / "base" / BaseMetrics.FILE, BaseMetrics)
 
 SHIPPED = CHECKOUT_DATA / "runs"
 
@@ -178,7 +182,7 @@ def test_store_lists_every_other_run_and_reads_the_victim_or_warns(store_dirs, v
     if VICTIM in ids:  # still a valid run: everything a page or the CLI reads works
         assert messages == []
         info = next(i for i in infos if i.run_id == VICTIM)
-        helpers.final_figures_rows([info], {})
+        helpers.final_figures_rows([info], BASE_METRICS)
         helpers.memory_rows([info])
         helpers.run_label(info)
         assert all(math.isfinite(v) for v in info.metrics.curves.loss)

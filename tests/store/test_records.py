@@ -1,6 +1,6 @@
-"""Typed run records (minituner.store.records): the shipped runs load unchanged and round-trip,
-and each kind of malformed field is refused with a ValueError naming the file and the
-field."""
+"""Typed run records (minituner.store.records, .spectrum_record): the shipped runs load
+unchanged and round-trip, and each kind of malformed field is refused with a ValueError
+naming the file and the field."""
 
 from __future__ import annotations
 
@@ -13,15 +13,9 @@ import pytest
 from minituner.analysis import spectrum as analysis
 from minituner.finetune.config import FinetuneConfig
 from minituner.paths import runs_dir
-from minituner.store.records import (
-    SCHEMA_VERSION,
-    EvalPoint,
-    Figures,
-    MetricsRecord,
-    RunConfig,
-    SpectrumRecord,
-    read_record,
-)
+from minituner.schema import read_record
+from minituner.store.records import SCHEMA_VERSION, EvalPoint, Figures, MetricsRecord, RunConfig
+from minituner.store.spectrum_record import SpectrumRecord
 
 RECORDS = (RunConfig, MetricsRecord, SpectrumRecord)
 SHIPPED_LORA = "0e9eca154689"
