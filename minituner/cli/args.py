@@ -81,7 +81,7 @@ def teach(s: str) -> str:
 
 def experiment_names(s: str) -> tuple[str, ...]:
     """A comma list of the experiments precompute knows."""
-    from minituner.experiments.run import EXPERIMENTS
+    from minituner.experiments.plan import EXPERIMENTS
 
     names = tuple(n.strip() for n in s.split(",") if n.strip())
     bad = [n for n in names if n not in EXPERIMENTS]

@@ -52,7 +52,7 @@ def cmd_precompute(args) -> None:
     if exp is None:
         print(f"shard {args.shard[0]}/{args.shard[1]} trained; no summary written")
     else:
-        print(f"wrote {experiments_readme()}; missing runs: {len(exp['missing'])}")
+        print(f"wrote {experiments_readme()}; missing runs: {len(exp.missing or ())}")
 
 
 def subspace_arguments(p) -> None:
@@ -65,16 +65,16 @@ def subspace_arguments(p) -> None:
 
 def cmd_subspace(args) -> None:
     from minituner.analysis.subspace_record import conclusion, summary_rows, write_subspace
+    from minituner.experiments.record import read_experiments
     from minituner.experiments.subspace import compute_from_store
     from minituner.finetune.result import load_base
-    from minituner.io import read_json
     from minituner.paths import experiments_file, runs_dir
     from minituner.store.runs import RunStore
 
     base = load_base()
     store = RunStore([runs_dir()], save_root=runs_dir())
     record = compute_from_store(
-        store, base, read_json(experiments_file()), args.max_i, args.max_j, log=print
+        store, base, read_experiments(experiments_file()), args.max_i, args.max_j, log=print
     )
     path = write_subspace(record, args.out)
     print(

@@ -78,6 +78,7 @@ def cmd_pretrain(args) -> None:
     from minituner.minigpt.model import PRESETS
     from minituner.minigpt.pretrain import PretrainConfig, check_out_dir, pretrain, write_base
     from minituner.minigpt.trainutil import ProgressBar
+    from minituner.store.records import ModelFigures
 
     if args.preset not in PRESETS:
         raise CLIError(f"unknown preset {args.preset!r}; choose one of: {', '.join(PRESETS)}")
@@ -115,15 +116,8 @@ def cmd_pretrain(args) -> None:
         f"trained {model.num_params():,} parameters in {info['train_time_s']:.1f}s on {info['device']}; evaluating…"
     )
     m = write_base(out, model, tok, cfg, info, force=args.force)
-    print_table(
-        [
-            ("irregular_accuracy", m["irregular_accuracy"]),
-            ("overregularized_rate", m["overregularized_rate"]),
-            ("regular_accuracy", m["regular_accuracy"]),
-            ("control_en_ppl", m["control_en_ppl"]),
-            ("control_es_ppl", m["control_es_ppl"]),
-        ]
-    )
+    figures = ModelFigures(**{f.name: m[f.name] for f in dataclasses.fields(ModelFigures)})
+    print_table(figure_rows(figures))
     print(f"wrote {out}")
 
 

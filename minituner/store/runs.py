@@ -8,8 +8,8 @@ A run directory ``<root>/<run_id>/`` holds
   evaluations, final figures, memory;
 * ``adapter.safetensors`` + ``adapter_config.json`` (LoRA, QLoRA) or
   ``delta.safetensors`` (full fine-tuning: every parameter's change, in fp16);
-* ``spectrum.json`` — :class:`~minituner.store.records.SpectrumRecord`: the ΔW singular values
-  per adapted layer.
+* ``spectrum.json`` — :class:`~minituner.store.spectrum_record.SpectrumRecord`: the ΔW
+  singular values per adapted layer.
 
 A run saved with ``weights=False`` (the frontier and replay grids of minituner.experiments.run:
 many runs read for their figures alone) holds ``config.json`` and ``metrics.json`` only,
@@ -55,14 +55,9 @@ from minituner.io import (
 )
 from minituner.lora.adapter_io import load_adapter, save_adapter
 from minituner.paths import is_shipped, runs_dir
-from minituner.store.records import (
-    RUN_ID_RE,
-    Figures,
-    MetricsRecord,
-    RunConfig,
-    SpectrumRecord,
-    read_record,
-)
+from minituner.schema import read_record
+from minituner.store.records import RUN_ID_RE, Figures, MetricsRecord, RunConfig
+from minituner.store.spectrum_record import SpectrumRecord
 
 RUN_FILES = ("config.json", "metrics.json", "spectrum.json")
 
