@@ -121,6 +121,13 @@ class JsonObject:
         v = self.array(key, "a list of objects")
         return [JsonObject(x, self.source, self.name(f"{key}[{i}]")) for i, x in enumerate(v)]
 
+    def check_lengths(self, lists: dict[str, list], of: str, n: int, unit: str = "entries"):
+        """Each list of ``lists`` (by field name) has ``n`` items, as the field ``of`` has
+        (parallel lists)."""
+        for key, v in lists.items():
+            if len(v) != n:
+                raise self.error(key, f"has {len(v)} {unit}, {of} has {n}")
+
     def finish(self) -> None:
         extra = sorted(set(self.data) - self.read)
         if extra:

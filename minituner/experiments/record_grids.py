@@ -8,7 +8,7 @@ seed's own figures (:class:`SeedFigures`). Read like the other sections
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 from minituner.experiments.record_sections import FIGURES, RANGES, Aggregate
 from minituner.schema import MISSING, JsonObject
@@ -65,9 +65,7 @@ class GridConfig:
             per_seed=SeedFigures.from_json(o.get("per_seed"), source, o.name("per_seed")),
         )
         o.finish()
-        for name, values in (("seeds", rec.seeds), *asdict(rec.per_seed).items()):
-            if len(values) != rec.stats.n:
-                raise o.error(name, f"has {len(values)} entries for {rec.stats.n} runs")
+        o.check_lengths({"seeds": rec.seeds, **asdict(rec.per_seed)}, "n", rec.stats.n)
         return rec
 
     def to_json(self) -> dict:
@@ -114,10 +112,8 @@ class Matched:
             per_seed_advantage={s: seeds.number(s, null=True) for s in seeds.keys()},
         )
         o.finish()
-        for f in fields(cls)[1:4]:
-            if len(getattr(rec, f.name)) != len(rec.levels):
-                raise o.error(f.name, f"has {len(getattr(rec, f.name))} entries, levels has "
-                              f"{len(rec.levels)}")  # fmt: skip
+        parallel = {"lora": rec.lora, "full": rec.full, "advantage": rec.advantage}
+        o.check_lengths(parallel, "levels", len(rec.levels))
         return rec
 
     def to_json(self) -> dict:

@@ -19,7 +19,7 @@ key. The figures' JSON names are spelled here and in minituner.store.records onl
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 from minituner.schema import MISSING, JsonObject
 from minituner.store.records import Figures
@@ -186,10 +186,7 @@ class Elbow:
         if o.integer("elbow", low=1) != rec.elbow_r:
             raise o.error("elbow", f"must equal elbow_r ({rec.elbow_r})")
         o.finish()
-        for name in ("mean", "std", "n"):
-            if len(getattr(rec, name)) != len(rec.ranks):
-                raise o.error(name, f"has {len(getattr(rec, name))} entries, ranks has "
-                              f"{len(rec.ranks)}")  # fmt: skip
+        o.check_lengths({"mean": rec.mean, "std": rec.std, "n": rec.n}, "ranks", len(rec.ranks))
         return rec
 
     def to_json(self) -> dict:
@@ -316,9 +313,10 @@ class Truncation:
             control_es_drift=o.numbers("control_es_drift", -1.0),
         )
         o.finish()
-        for f in fields(cls)[2:]:
-            if len(getattr(rec, f.name)) != len(ks):
-                raise o.error(f.name, f"has {len(getattr(rec, f.name))} entries, k has {len(ks)}")
+        figures = {"irregular_accuracy": rec.irregular_accuracy,
+                   "control_en_drift": rec.control_en_drift,
+                   "control_es_drift": rec.control_es_drift}  # fmt: skip
+        o.check_lengths(figures, "k", len(ks))
         return rec
 
     def to_json(self) -> dict:

@@ -193,9 +193,7 @@ class Curves:
     @classmethod
     def from_json(cls, data, source: str, prefix: str = "curves") -> Curves:
         o = JsonObject(data, source, prefix)
-        steps = o.get("step")
-        if not isinstance(steps, list):
-            raise o.error("step", f"must be a list of step numbers, not {describe(steps)}")
+        steps = o.array("step", "a list of step numbers")
         rec = cls(
             step=[as_integer(s, o, f"step[{i}]", low=1) for i, s in enumerate(steps)],
             loss=o.numbers("loss", 0.0),
@@ -203,10 +201,8 @@ class Curves:
             tokens_per_s=o.numbers("tokens_per_s", 0.0),
         )
         o.finish()
-        for name in ("loss", "lr", "tokens_per_s"):
-            if len(getattr(rec, name)) != len(rec.step):
-                raise o.error(name, f"has {len(getattr(rec, name))} entries, step has "
-                              f"{len(rec.step)}")  # fmt: skip
+        o.check_lengths({"loss": rec.loss, "lr": rec.lr, "tokens_per_s": rec.tokens_per_s},
+                        "step", len(rec.step))  # fmt: skip
         return rec
 
     def to_json(self) -> dict:

@@ -53,10 +53,8 @@ class LayerSpectrum:
         if len(sv) != min(shape):
             raise o.error("singular_values", f"has {len(sv)} values; a {shape[0]}x{shape[1]} "
                           f"matrix has {min(shape)}")  # fmt: skip
-        for name in ("normalized", "cumulative_energy"):
-            if len(getattr(rec, name)) != len(sv):
-                raise o.error(name, f"has {len(getattr(rec, name))} values, singular_values "
-                              f"has {len(sv)}")  # fmt: skip
+        parallel = {"normalized": rec.normalized, "cumulative_energy": rec.cumulative_energy}
+        o.check_lengths(parallel, "singular_values", len(sv), "values")
         return rec
 
     def to_json(self) -> dict:

@@ -9,6 +9,7 @@ import copy
 import json
 
 import pytest
+from record_util import DELETE, assert_refused, set_field
 
 from minituner.experiments.record import ExperimentsRecord, read_experiments
 from minituner.experiments.record_grids import Frontier, GridConfig, Replay
@@ -37,56 +38,42 @@ def test_the_shipped_record_has_the_expected_types(shipped):
     assert shipped.problems == {}
 
 
-def _set(path: list, value):
-    def change(d):
-        for k in path[:-1]:
-            d = d[k]
-        if value is DELETE:
-            del d[path[-1]]
-        else:
-            d[path[-1]] = value
-
-    return change
-
-
-DELETE = object()
-
 # (change, the field named in the message)
 MALFORMED = {
-    "no base": (_set(["base"], DELETE), "base"),
-    "base accuracy above 1": (_set(["base", "irregular_accuracy"], 1.5), "base.irregular_accuracy"),
-    "ranks a string": (_set(["rank_sweep", "ranks"], "1,2"), "rank_sweep.ranks"),
-    "a rank without its summary": (_set(["rank_sweep", "summary", "8"], DELETE),
+    "no base": (set_field(["base"], DELETE), "base"),
+    "base accuracy above 1": (set_field(["base", "irregular_accuracy"], 1.5), "base.irregular_accuracy"),
+    "ranks a string": (set_field(["rank_sweep", "ranks"], "1,2"), "rank_sweep.ranks"),
+    "a rank without its summary": (set_field(["rank_sweep", "summary", "8"], DELETE),
                                    "rank_sweep.summary"),
-    "mean a string": (_set(["rank_sweep", "summary", "8", "irregular_accuracy_mean"], "0.9"),
+    "mean a string": (set_field(["rank_sweep", "summary", "8", "irregular_accuracy_mean"], "0.9"),
                       "rank_sweep.summary.8.irregular_accuracy_mean"),
-    "std missing": (_set(["targets", "mlp", "control_en_drift_std"], DELETE),
+    "std missing": (set_field(["targets", "mlp", "control_en_drift_std"], DELETE),
                     "targets.mlp.control_en_drift_std"),
-    "std negative": (_set(["forgetting", "lora", "final_loss_std"], -1.0),
+    "std negative": (set_field(["forgetting", "lora", "final_loss_std"], -1.0),
                      "forgetting.lora.final_loss_std"),
-    "n disagrees": (_set(["forgetting", "full", "n"], 2), "forgetting.full.n"),
-    "params a float": (_set(["targets", "all", "trainable_params"], 1.5),
+    "n disagrees": (set_field(["forgetting", "full", "n"], 2), "forgetting.full.n"),
+    "params a float": (set_field(["targets", "all", "trainable_params"], 1.5),
                        "targets.all.trainable_params"),
-    "unknown field": (_set(["targets", "q,v", "colour"], "red"), "targets.q,v.colour"),
-    "nf4 base malformed": (_set(["forgetting", "qlora", "nf4_base", "regular_accuracy"], None),
+    "unknown field": (set_field(["targets", "q,v", "colour"], "red"), "targets.q,v.colour"),
+    "nf4 base malformed": (set_field(["forgetting", "qlora", "nf4_base", "regular_accuracy"], None),
                            "forgetting.qlora.nf4_base.regular_accuracy"),
-    "elbow disagrees": (_set(["rank_sweep", "elbow", "elbow"], 64), "rank_sweep.elbow.elbow"),
-    "best lr a string": (_set(["full_lr_search", "best_lr"], "1e-3"), "full_lr_search.best_lr"),
-    "lr run without id": (_set(["full_lr_search", "runs", 1, "run_id"], DELETE),
+    "elbow disagrees": (set_field(["rank_sweep", "elbow", "elbow"], 64), "rank_sweep.elbow.elbow"),
+    "best lr a string": (set_field(["full_lr_search", "best_lr"], "1e-3"), "full_lr_search.best_lr"),
+    "lr run without id": (set_field(["full_lr_search", "runs", 1, "run_id"], DELETE),
                           "full_lr_search.runs[1].run_id"),
-    "front index too big": (_set(["frontier", "fronts", "control_en_drift", "lora", 0], 99),
+    "front index too big": (set_field(["frontier", "fronts", "control_en_drift", "lora", 0], 99),
                             "frontier.fronts.control_en_drift.lora[0]"),
     "per-seed list short": (lambda d: d["frontier"]["configs"][3]["per_seed"]
                             ["regular_accuracy"].pop(), "frontier.configs[3]"),
     "matched short": (lambda d: d["frontier"]["matched"]["regular_accuracy"]["lora"].pop(),
                       "frontier.matched.regular_accuracy.lora"),
-    "replay share above 1": (_set(["replay", "lora", 1, "replay"], 2.0), "replay.lora[1].replay"),
-    "truncation k zero": (_set(["truncation", "k", 0], 0), "truncation.k[0]"),
+    "replay share above 1": (set_field(["replay", "lora", 1, "replay"], 2.0), "replay.lora[1].replay"),
+    "truncation k zero": (set_field(["truncation", "k", 0], 0), "truncation.k[0]"),
     "truncation short": (lambda d: d["truncation"]["control_es_drift"].pop(),
                          "truncation.control_es_drift"),
-    "missing a number": (_set(["missing"], [3]), "missing[0]"),
-    "newer version": (_set(["schema_version"], 2), "schema_version"),
-    "extra section": (_set(["extra"], {}), "extra"),
+    "missing a number": (set_field(["missing"], [3]), "missing[0]"),
+    "newer version": (set_field(["schema_version"], 2), "schema_version"),
+    "extra section": (set_field(["extra"], {}), "extra"),
 }  # fmt: skip
 
 
@@ -95,12 +82,7 @@ def test_malformed_field_is_refused_naming_file_and_field(case, shipped_json):
     change, field = MALFORMED[case]
     data = copy.deepcopy(shipped_json)
     change(data)
-    with pytest.raises(ValueError) as e:
-        ExperimentsRecord.from_json(data, "/data/experiments.json")
-    msg = str(e.value)
-    assert msg.startswith("/data/experiments.json: "), msg
-    assert field in msg.split(": ", 1)[1], msg
-    assert "\n" not in msg
+    assert_refused(ExperimentsRecord.from_json, data, "/data/experiments.json", field)
 
 
 @pytest.mark.parametrize("value", [None, [], "x", 3])

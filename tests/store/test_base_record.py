@@ -8,6 +8,7 @@ import copy
 import json
 
 import pytest
+from record_util import DELETE, assert_refused, set_field
 
 from minituner.minigpt.corpus import CorpusConfig
 from minituner.minigpt.pretrain import PretrainConfig
@@ -40,31 +41,18 @@ def test_the_shipped_file_round_trips_unchanged(raw):
     )
 
 
-def _set(path: list, value):
-    def change(d):
-        for k in path[:-1]:
-            d = d[k]
-        if value is DELETE:
-            del d[path[-1]]
-        else:
-            d[path[-1]] = value
-
-    return change
-
-
-DELETE = object()
 MALFORMED = {
-    "no accuracy": (_set(["irregular_accuracy"], DELETE), "irregular_accuracy"),
-    "accuracy a string": (_set(["regular_accuracy"], "1"), "regular_accuracy"),
-    "per-verb above 1": (_set(["irregular_accuracy_per_verb", "go"], 2), "irregular_accuracy_per_verb.go"),
-    "ppl zero": (_set(["control_en_ppl"], 0), "control_en_ppl"),
-    "params zero": (_set(["num_params"], 0), "num_params"),
-    "corpus version a number": (_set(["corpus_version"], 1), "corpus_version"),
-    "steps a string": (_set(["pretrain", "steps"], "4000"), "pretrain.steps"),
-    "unknown corpus knob": (_set(["pretrain", "corpus", "colour"], 1), "pretrain.corpus.colour"),
-    "bad pretraining": (_set(["pretrain", "batch_size"], 0), "pretrain"),
-    "a drift": (_set(["control_en_drift"], 0.0), "control_en_drift"),
-    "newer version": (_set(["schema_version"], 2), "schema_version"),
+    "no accuracy": (set_field(["irregular_accuracy"], DELETE), "irregular_accuracy"),
+    "accuracy a string": (set_field(["regular_accuracy"], "1"), "regular_accuracy"),
+    "per-verb above 1": (set_field(["irregular_accuracy_per_verb", "go"], 2), "irregular_accuracy_per_verb.go"),
+    "ppl zero": (set_field(["control_en_ppl"], 0), "control_en_ppl"),
+    "params zero": (set_field(["num_params"], 0), "num_params"),
+    "corpus version a number": (set_field(["corpus_version"], 1), "corpus_version"),
+    "steps a string": (set_field(["pretrain", "steps"], "4000"), "pretrain.steps"),
+    "unknown corpus knob": (set_field(["pretrain", "corpus", "colour"], 1), "pretrain.corpus.colour"),
+    "bad pretraining": (set_field(["pretrain", "batch_size"], 0), "pretrain"),
+    "a drift": (set_field(["control_en_drift"], 0.0), "control_en_drift"),
+    "newer version": (set_field(["schema_version"], 2), "schema_version"),
 }  # fmt: skip
 
 
@@ -73,8 +61,4 @@ def test_malformed_field_is_refused_naming_file_and_field(case, raw):
     change, field = MALFORMED[case]
     data = copy.deepcopy(raw)
     change(data)
-    with pytest.raises(ValueError) as e:
-        BaseMetrics.from_json(data, "/base/metrics.json")
-    msg = str(e.value)
-    assert msg.startswith("/base/metrics.json: "), msg
-    assert field in msg.split(": ", 1)[1], msg
+    assert_refused(BaseMetrics.from_json, data, "/base/metrics.json", field)
