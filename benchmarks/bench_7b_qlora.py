@@ -55,7 +55,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from minituner.lora.inject import add_lora, lora_layers  # noqa: E402
 from minituner.memory.predict import predict_memory  # noqa: E402
 from minituner.memory.shapes import SHAPES  # noqa: E402
-from minituner.nf4.codec import QLORA_DOUBLE_QUANT, dequantize_nf4, quantize_nf4  # noqa: E402
+from minituner.nf4.codec import dequantize_nf4, quantize_nf4  # noqa: E402
+from minituner.nf4.format import QLORA_DOUBLE_QUANT  # noqa: E402
 from minituner.nf4.storage import nf4_storage_bytes  # noqa: E402
 from minituner.scale.graphs import CapturedTrainStep  # noqa: E402
 from minituner.scale.llama import LLAMA_LINEARS, LlamaConfig, build_nf4_llama  # noqa: E402

@@ -23,9 +23,9 @@ twice and a ratio can flip. Pin the regime with glibc's variables:
     MALLOC_MMAP_THRESHOLD_=4294967295 MALLOC_TRIM_THRESHOLD_=4294967295 \
         python benchmarks/bench_nf4.py                                # outputs reuse memory
 
-Where a fused dequantize runs (the Triton kernel on CUDA, the C loop of nf4_cpu.py on the
-CPU when a C compiler is there), "ours" is that and an extra column, "torch", is our
-plain PyTorch path (MINITUNER_NF4_KERNEL=torch) on the same data.
+Where a fused dequantize runs (the Triton kernel on CUDA, the C loop of
+minituner/nf4/backends/cpu_c.py on the CPU when a C compiler is there), "ours" is that and an
+extra column, "torch", is our plain PyTorch path (MINITUNER_NF4_KERNEL=torch) on the same data.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import torch
 from app import data
 from app.charts import nf4 as charts
 from app.format import format_bytes
-from minituner.nf4.codec import (
+from minituner.nf4.format import (
     DEFAULT_BLOCK_SIZE,
     FP4_CODEBOOK,
     INT4_CODEBOOK,

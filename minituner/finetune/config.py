@@ -32,7 +32,7 @@ from minituner.lora.targets import TARGET_ALIASES, TARGET_GROUPS, check_hparams,
 from minituner.methods import check_method
 from minituner.minigpt.teach import TeachVerb
 from minituner.minigpt.trainutil import MAX_SEED
-from minituner.nf4.codec import DEFAULT_BLOCK_SIZE, QLORA_DOUBLE_QUANT
+from minituner.nf4.format import DEFAULT_BLOCK_SIZE, QLORA_DOUBLE_QUANT
 
 # Default learning rates at the default 40-step budget. LoRA/QLoRA: 5e-3, picked by hand
 # from a few runs, not a search (1e-2 over 120 steps drifted 7% on control_en; 3e-3

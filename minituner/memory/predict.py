@@ -32,7 +32,7 @@ from collections.abc import Iterable
 
 from minituner.memory.shapes import LinearShape, ModelShape
 from minituner.methods import check_method
-from minituner.nf4.codec import DEFAULT_BLOCK_SIZE, QLORA_DOUBLE_QUANT
+from minituner.nf4.format import DEFAULT_BLOCK_SIZE, QLORA_DOUBLE_QUANT
 from minituner.nf4.storage import nf4_numel_bytes
 
 

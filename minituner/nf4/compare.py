@@ -14,13 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from minituner.nf4.codec import (
-    DEFAULT_BLOCK_SIZE,
-    NF4Tensor,
-    dequantize_4bit,
-    quantize_4bit,
-    quantize_nf4,
-)
+from minituner.nf4.codec import dequantize_4bit, quantize_4bit, quantize_nf4
+from minituner.nf4.format import DEFAULT_BLOCK_SIZE, NF4Tensor
 
 QUANT_METHODS: tuple[str, ...] = ("nf4", "int4", "fp4")
 

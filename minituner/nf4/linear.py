@@ -1,6 +1,7 @@
-"""NF4Linear, a frozen Linear stored in 4 bits, and putting a whole model into 4 bits.
+"""NF4Linear, a frozen Linear stored in 4 bits, its low-memory variant, and putting a whole
+model into 4 bits.
 
-An :class:`NF4Linear` holds its weight as ONE :class:`~minituner.nf4.codec.NF4Tensor`
+An :class:`NF4Linear` holds its weight as ONE :class:`~minituner.nf4.format.NF4Tensor`
 (:attr:`NF4Linear.quantized_weight`), and the forward pass dequantizes that object as it
 is. Its tensors are also registered as the module's buffers (``weight_codes``,
 ``weight_absmax`` and, double-quantized, ``weight_absmax_scale``, ``weight_absmax_offset``,
@@ -9,6 +10,12 @@ is. Its tensors are also registered as the module's buffers (``weight_codes``,
 buffer. Whenever torch replaces those buffers (a device move or dtype cast, a load with
 ``assign=True``, an assignment) the layer rebuilds its NF4Tensor from them, so the two
 never disagree.
+
+:class:`NF4LinearLowMem` is the same layer whose forward pass saves no dequantized weight
+for the backward pass and dequantizes again there (as bitsandbytes' 4-bit matmul does).
+Plain ``F.linear`` on a dequantized weight keeps every layer's dense weight alive until its
+backward: without activation checkpointing, the whole dense model again. The LLaMA-shaped
+model of :mod:`minituner.scale.llama` uses it for its block Linears by default.
 """
 
 from __future__ import annotations
@@ -20,15 +27,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minituner.nf4.codec import (
+from minituner.nf4.codec import dequantize_nf4, quantize_nf4
+from minituner.nf4.format import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_DOUBLE_QUANT,
     DEQUANT_DTYPES,
     NF4Tensor,
     check_block_size,
     check_dequantize_dtype,
-    dequantize_nf4,
-    quantize_nf4,
 )
 from minituner.nf4.storage import nf4_storage_bytes
 
@@ -185,6 +191,33 @@ class NF4Linear(nn.Module):
             f"bias={self.bias is not None}, block_size={self.block_size}, "
             f"double_quant={self.double_quant}"
         )
+
+
+class _NF4MatMul(torch.autograd.Function):
+    """y = x Wᵀ with W dequantized; the backward dequantizes W again instead of saving it."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layer: NF4Linear) -> torch.Tensor:
+        ctx.layer, ctx.x_dtype = layer, x.dtype
+        return F.linear(x, layer.dequantize_weight(x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        w = ctx.layer.dequantize_weight(grad.dtype)  # (out, in)
+        return (grad @ w).to(ctx.x_dtype), None
+
+
+class NF4LinearLowMem(NF4Linear):
+    """``NF4Linear`` whose autograd graph holds no dequantized weight (see module doc)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled() or not x.requires_grad:
+            return super().forward(x)
+        y = _NF4MatMul.apply(x, self)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+
+# ---------------------------------------------------------------------------- whole models
 
 
 def _tied_linears(model: nn.Module) -> set[str]:

@@ -1,6 +1,6 @@
 """What NF4 storage costs: bits per parameter and exact bytes, per tensor or per model.
 
-The formulas follow the layout of :class:`minituner.nf4.codec.NF4Tensor`: 4 bits per element
+The formulas follow the layout of :class:`minituner.nf4.format.NF4Tensor`: 4 bits per element
 plus one float32 absmax per block, or, double-quantized, one 8-bit absmax code per block,
 a float32 scale per 256 blocks, the float32 mean and one byte naming the 8-bit grid.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-from minituner.nf4.codec import (
+from minituner.nf4.format import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_DOUBLE_QUANT,
     DQ_BLOCK_SIZE,

@@ -1,9 +1,9 @@
 """A LLaMA-shaped decoder with every block Linear in NF4, for QLoRA at real scale.
 
-The MiniGPT of ``model.py`` is for the course experiment; this module exists to check the
-memory and speed claims at the size they are made for (LLaMA-7B: 32 layers, hidden 4096,
-gated MLP 11008, vocabulary 32000). It has no pretrained weights: every weight is random
-(normal, std 0.02) and seeded, which is enough to measure memory and step time.
+The MiniGPT of ``minituner.minigpt.model`` is for the course experiment; this module exists
+to check the memory and speed claims at the size they are made for (LLaMA-7B: 32 layers,
+hidden 4096, gated MLP 11008, vocabulary 32000). It has no pretrained weights: every weight
+is random (normal, std 0.02) and seeded, which is enough to measure memory and step time.
 
 Layout (names follow Hugging Face's ``LlamaForCausalLM`` so LoRA targets read the same)::
 
@@ -23,19 +23,20 @@ Choices worth knowing:
   plus ONE dense Linear (and ``quantize_nf4``'s float32 temporaries of that one weight),
   never the dense model. The same seed gives the same model on the same device (CPU and
   CUDA generators draw different numbers).
-- Block Linears are ``NF4LinearLowMem`` (a subclass of ``NF4Linear``) by default: its
-  forward saves no dequantized weight for the backward pass and dequantizes again there
-  (as bitsandbytes' 4-bit matmul does). Plain ``F.linear`` on a dequantized weight would
-  keep every layer's dense weight alive until its backward -- the whole dense model again
-  without activation checkpointing. ``low_mem_backward=False`` gives the plain NF4Linear.
+- Block Linears are :class:`minituner.nf4.linear.NF4LinearLowMem` (a subclass of
+  ``NF4Linear``) by default: its forward saves no dequantized weight for the backward pass
+  and dequantizes again there (as bitsandbytes' 4-bit matmul does). Plain ``F.linear`` on a
+  dequantized weight would keep every layer's dense weight alive until its backward -- the
+  whole dense model again without activation checkpointing. ``low_mem_backward=False``
+  gives the plain NF4Linear.
 - A LoRA-wrapped NF4 Linear is evaluated as one autograd node (``minituner.lora.qlora``:
   the scaling and the add inside the GEMMs, six kernels forward instead of about eleven);
   ``use_fused_lora(False)`` calls the LoRA modules instead (same function, more roundings).
-- LoRA comes from ``minituner.lora.inject.add_lora``; short names ``q,v`` map to ``q_proj`` and
-  ``v_proj``. For every Linear pass :data:`LLAMA_LINEARS` (the ``all`` group of lora.py
-  names MiniGPT's fc_in/fc_out, which this model lacks). LoRA parameters are float32
-  (``LoRALinear``'s default, as the QLoRA paper keeps adapters in higher precision); the
-  LoRA branch runs in bf16 under autocast.
+- LoRA comes from ``minituner.lora.inject.add_lora``; short names ``q,v`` map to ``q_proj``
+  and ``v_proj``. For every Linear pass :data:`LLAMA_LINEARS` (the ``all`` group of
+  ``minituner.lora.targets`` names MiniGPT's fc_in/fc_out, which this model lacks). LoRA
+  parameters are float32 (``LoRALinear``'s default, as the QLoRA paper keeps adapters in
+  higher precision); the LoRA branch runs in bf16 under autocast.
 - ``checkpointing=True`` recomputes each decoder layer in the backward pass
   (``torch.utils.checkpoint``, ``use_reentrant=False``): only layer inputs are kept. The
   RNG state is saved for the recompute only for a layer that draws random numbers
@@ -62,8 +63,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from minituner.lora.qlora import qlora_linear
-from minituner.nf4.codec import DEFAULT_BLOCK_SIZE, QLORA_DOUBLE_QUANT
-from minituner.nf4.linear import NF4Linear
+from minituner.nf4.format import DEFAULT_BLOCK_SIZE, QLORA_DOUBLE_QUANT
+from minituner.nf4.linear import NF4Linear, NF4LinearLowMem
 
 LLAMA_ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 LLAMA_MLP = ("gate_proj", "up_proj", "down_proj")
@@ -126,33 +127,6 @@ class LlamaConfig:
             n_positions=0,
             norm_bias=False,
         )
-
-
-# ---------------------------------------------------------------------------- NF4 matmul
-
-
-class _NF4MatMul(torch.autograd.Function):
-    """y = x Wᵀ with W dequantized; the backward dequantizes W again instead of saving it."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, layer: NF4Linear) -> torch.Tensor:
-        ctx.layer, ctx.x_dtype = layer, x.dtype
-        return F.linear(x, layer.dequantize_weight(x.dtype))
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        w = ctx.layer.dequantize_weight(grad.dtype)  # (out, in)
-        return (grad @ w).to(ctx.x_dtype), None
-
-
-class NF4LinearLowMem(NF4Linear):
-    """``NF4Linear`` whose autograd graph holds no dequantized weight (see module doc)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled() or not x.requires_grad:
-            return super().forward(x)
-        y = _NF4MatMul.apply(x, self)
-        return y if self.bias is None else y + self.bias.to(y.dtype)
 
 
 # ---------------------------------------------------------------------------- layers

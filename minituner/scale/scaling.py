@@ -3,8 +3,9 @@
 :func:`qlora_7b_h200` is QLoRA on a random LLaMA-7B-shaped model on one H200, next to
 Hugging Face + bitsandbytes + PEFT on the same shape and settings, in one command.
 :func:`load_scaling_result` reads and checks such a file (JSON only) and
-:func:`scaling_rows` sets each measured peak beside :func:`minituner.memory.predict.predict_memory`'s
-total (stored in the file by the benchmark) and beside PEFT's.
+:func:`scaling_rows` sets each measured peak beside
+:func:`minituner.memory.predict.predict_memory`'s total (stored in the file by the
+benchmark) and beside PEFT's.
 """
 
 from __future__ import annotations

@@ -13,13 +13,12 @@ import torch
 import torch.nn as nn
 
 from minituner.lora.inject import add_lora
-from minituner.nf4.linear import NF4Linear
+from minituner.nf4.linear import NF4Linear, NF4LinearLowMem
 from minituner.scale.llama import (
     INIT_STD,
     LLAMA_LINEARS,
     LlamaConfig,
     LlamaQLoRA,
-    NF4LinearLowMem,
     RMSNorm,
     _normal,
     apply_rotary,

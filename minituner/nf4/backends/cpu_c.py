@@ -1,7 +1,8 @@
 """A fused C loop for blockwise 4-bit dequantization on the CPU, built when first needed.
 
-The PyTorch path in :mod:`minituner.nf4.codec` dequantizes in separate ops (widen the codes,
-gather four values per pair of bytes, scale by absmax, convert), each a pass over memory.
+The PyTorch path (:mod:`minituner.nf4.backends.torch_ops`) dequantizes in separate ops (widen
+the codes, gather four values per pair of bytes, scale by absmax, convert), each a pass over
+memory.
 On a big tensor most of the time goes to the page faults of writing fresh memory, and a
 single loop that decodes, scales and writes each element once hides its arithmetic behind
 those faults while separate ops add to them. This module compiles such a loop (plain C,
@@ -13,7 +14,7 @@ runtime torch itself loaded.
 
 The arithmetic is the PyTorch path's: ``codebook[code] * absmax`` in float32, rounded
 once (to nearest even) to bfloat16 when asked, so the two agree bit for bit
-(``tests/test_nf4_cpu.py``). Nothing is cached on disk. Without a compiler, if the build
+(``tests/nf4/backends/test_cpu_c.py``). Nothing is cached on disk. Without a compiler, if the build
 fails, for float16 / float64 output, or with ``MINITUNER_NF4_KERNEL=torch``,
 :func:`available` is False and :mod:`minituner.nf4.codec` uses PyTorch.
 """
@@ -28,14 +29,10 @@ import tempfile
 import warnings
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
-from minituner.nf4.backends.triton_dequant import code_table, fused_wanted
-
-if TYPE_CHECKING:  # nf4 imports this module: the container is only named here
-    from minituner.nf4.codec import NF4Tensor
+from minituner.nf4.backends import code_table, fused_wanted
 
 _SOURCE = r"""
 #include <stdint.h>
@@ -247,41 +244,54 @@ def available(codes: torch.Tensor, dtype: torch.dtype) -> bool:
     return fused_wanted() and _library() is not None
 
 
-def dequantize_packed(q: NF4Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Dequantize ``q`` on the CPU into a flat ``(q.numel,)`` tensor of ``dtype``.
+def dequantize_packed(
+    codes: torch.Tensor,
+    absmax: torch.Tensor,
+    codebook: tuple[float, ...],
+    numel: int,
+    block_size: int,
+    dtype: torch.dtype,
+    *,
+    dq_block_size: int,
+    dq_grids: torch.Tensor | None = None,
+    dq_map: torch.Tensor | None = None,
+    dq_scale: torch.Tensor | None = None,
+    dq_offset: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Dequantize packed 4-bit codes on the CPU into a flat ``(numel,)`` tensor of ``dtype``.
 
-    As :func:`minituner.nf4.backends.triton_dequant.dequantize_packed` (which documents how ``q`` is read),
-    with ``dtype`` float32 or bfloat16.
+    As :func:`minituner.nf4.backends.triton_dequant.dequantize_packed` (the arguments are
+    described in :mod:`minituner.nf4.backends`), with ``dtype`` float32 or bfloat16.
 
     Raises:
         RuntimeError: the C loop is not available (see :func:`available`).
     """
-    if not available(q.codes, dtype):
-        raise RuntimeError(f"the NF4 C loop cannot run on {q.device} into {dtype}")
-    codes = q.codes.contiguous()
+    if not available(codes, dtype):
+        raise RuntimeError(f"the NF4 C loop cannot run on {codes.device} into {dtype}")
+    codes = codes.contiguous()
     dq_ptrs = [None, None, None]
-    if not q.double_quant:
-        absmax = q.absmax.to(torch.float32).contiguous()
+    if dq_scale is None:
+        absmax = absmax.to(torch.float32).contiguous()
     else:
-        absmax = q.absmax.contiguous()
-        grid = q.dq_grids()[int(q.absmax_map)].to(torch.float32).contiguous()  # (256,)
-        scale = q.absmax_scale.to(torch.float32).contiguous()
-        offset = q.absmax_offset.to(torch.float32).reshape(1).contiguous()
+        absmax = absmax.contiguous()
+        grid = dq_grids[int(dq_map)].to(torch.float32).contiguous()  # (256,)
+        scale = dq_scale.to(torch.float32).contiguous()
+        offset = dq_offset.to(torch.float32).reshape(1).contiguous()
         dq_ptrs = [grid.data_ptr(), scale.data_ptr(), offset.data_ptr()]
-    lut = code_table(q.codebook, codes.device)
-    numel = q.numel
+    lut = code_table(codebook, codes.device)
     out = torch.empty(numel, dtype=dtype)
     threads = torch.get_num_threads() if numel >= _PARALLEL_MIN else 1
+    n_blocks = -(-numel // block_size)
     _library().dequant(
         codes.data_ptr(),
         absmax.data_ptr(),
         lut.data_ptr(),
         out.data_ptr(),
         numel,
-        q.block_size,
+        block_size,
         int(dtype == torch.bfloat16),
-        max(1, min(threads, q.n_blocks)),
+        max(1, min(threads, n_blocks)),
         *dq_ptrs,
-        q.dq_block_size,
+        dq_block_size,
     )
     return out

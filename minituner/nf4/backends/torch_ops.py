@@ -1,26 +1,96 @@
-"""Blockwise 4-bit dequantization in plain PyTorch ops: the path for every device and dtype.
+"""Blockwise 4-bit quantize, double quantization and dequantize in plain PyTorch ops.
 
-:func:`minituner.nf4.codec.dequantize_4bit` uses it wherever neither fused backend runs (the
-Triton kernel of :mod:`minituner.nf4.backends.triton_dequant`, the C loop of :mod:`minituner.nf4.backends.cpu_c`),
-and those two are tested bit-equal to it. It never unpacks nibbles one by one: on the CPU
-each pair of packed bytes is looked up in a 65536-entry table of four float32 values; on a
-GPU each byte in a 256-entry table of two values held as one 8-byte integer, the gather
-GPUs do fastest. Then value = codebook[code] * absmax in float32, rounded once to the
-output dtype.
+The backend for every device and dtype: :mod:`minituner.nf4.codec` runs it wherever neither
+fused backend does (the Triton kernels of :mod:`~minituner.nf4.backends.triton_quant` and
+:mod:`~minituner.nf4.backends.triton_dequant`, the C loop of
+:mod:`~minituner.nf4.backends.cpu_c`), and those are tested bit-equal to it.
+
+Quantization matches the arithmetic of bitsandbytes' CPU path (multiply by 1/absmax,
+compare with the midpoints between codebook values), so the codes agree bit for bit.
+Dequantization never unpacks nibbles one by one: on the CPU each pair of packed bytes is
+looked up in a 65536-entry table of four float32 values; on a GPU each byte in a 256-entry
+table of two values held as one 8-byte integer, the gather GPUs do fastest. Then
+value = codebook[code] * absmax in float32, rounded once to the output dtype.
 """
 
 from __future__ import annotations
 
 import sys
 from functools import lru_cache
-from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 
-from minituner.nf4.backends.triton_dequant import code_table
+from minituner.nf4.backends import code_table
 
-if TYPE_CHECKING:  # nf4 imports this module: the container is only named here
-    from minituner.nf4.codec import NF4Tensor
+# ---------------------------------------------------------------------------- quantize
+
+
+def quantize_packed(
+    flat: torch.Tensor,
+    block_size: int,
+    mids: torch.Tensor,
+    order: torch.Tensor | None,
+    floor: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize a flat tensor blockwise: (codes, absmax), as
+    :func:`minituner.nf4.backends.triton_quant.quantize_packed` (which documents the
+    arguments), on any device and for any float dtype."""
+    flat = flat.float()
+    n = flat.numel()
+    n_blocks = -(-n // block_size)
+    pad = n_blocks * block_size - n
+    if pad:  # zeros never change a block's absmax, and their codes are dropped below
+        flat = F.pad(flat, (0, pad))
+    blocks = flat.view(n_blocks, block_size)
+    lo, hi = torch.aminmax(blocks, dim=1)
+    # (n_blocks,); NaN and inf propagate into it; + 0.0 makes an all-zero block's absmax +0.0
+    # (max(+0.0, -0.0) is either, by vector or scalar code), as the GPU kernel stores it
+    absmax = torch.maximum(hi, -lo) + 0.0
+    safe = absmax.clamp(min=floor)
+    scaled = blocks * (1.0 / safe)[:, None]  # (n_blocks, block_size), in [-1, 1]
+    if pad:  # bitsandbytes divides in the ragged last block; do the same, bit for bit
+        scaled[-1] = blocks[-1] / safe[-1]
+    idx = torch.bucketize(scaled, mids, out_int32=True).to(torch.uint8).view(-1)
+    if order is not None:
+        idx = order[idx.long()]
+    n_bytes = -(-n // 2)
+    idx = idx[: 2 * n_bytes]
+    codes = (idx[0::2] << 4) | idx[1::2]  # first element in the high nibble
+    return codes, absmax
+
+
+def quantize_absmax(
+    absmax: torch.Tensor, grids: torch.Tensor, mids: torch.Tensor, dq_block: int, floor: float
+) -> dict[str, torch.Tensor]:
+    """Double quantization: the NF4Tensor fields absmax (uint8 codes), absmax_scale (one
+    float32 per ``dq_block``), absmax_offset (the float32 mean) and absmax_map (the index
+    of the grid in ``grids`` (n_grids, 256) that reconstructs the values with the smallest
+    squared error; ``mids`` (n_grids, 255) are their midpoints)."""
+    offset = absmax.double().mean().float()  # float64 sum: the same on every device
+    centered = absmax - offset
+    nb = centered.numel()
+    n2 = -(-nb // dq_block)
+    blocks = F.pad(centered, (0, n2 * dq_block - nb)).view(n2, dq_block)
+    scale = blocks.abs().amax(dim=1)  # (n2,)
+    scaled = blocks * (1.0 / scale.clamp(min=floor))[:, None]  # in [-1, 1]
+    best = None
+    for i in range(grids.shape[0]):
+        codes = torch.bucketize(scaled, mids[i], out_int32=True).to(torch.uint8)
+        err = (grids[i][codes.long()] * scale[:, None] - blocks).view(-1)[:nb]
+        sse = err.double().square().sum().item()
+        if best is None or sse < best[0]:
+            best = (sse, codes.view(-1)[:nb], i)
+    _, codes, i = best
+    return {
+        "absmax": codes,
+        "absmax_scale": scale,
+        "absmax_offset": offset,
+        "absmax_map": torch.tensor(i, dtype=torch.uint8, device=absmax.device),
+    }
+
+
+# ---------------------------------------------------------------------------- dequantize
 
 
 @lru_cache(maxsize=32)
@@ -50,30 +120,35 @@ def _pair_table(codebook: tuple[float, ...], device: torch.device) -> torch.Tens
     return torch.stack([code[i] for i in nibbles], dim=1).contiguous().to(device)
 
 
-def dequantize_packed(q: NF4Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Dequantize ``q`` into a flat ``(q.numel,)`` tensor of ``dtype`` on its device.
-
-    ``dtype`` is one of :data:`minituner.nf4.codec.DEQUANT_DTYPES` (checked by the caller).
+def dequantize_packed(
+    codes: torch.Tensor,
+    absmax: torch.Tensor,
+    codebook: tuple[float, ...],
+    numel: int,
+    block_size: int,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Dequantize packed 4-bit codes into a flat ``(numel,)`` tensor of ``dtype`` on their
+    device. ``absmax`` is float32 (n_blocks,), double quantization already undone;
+    ``dtype`` is one of :data:`minituner.nf4.format.DEQUANT_DTYPES` (checked by the caller).
     """
-    nb, bs = q.n_blocks, q.block_size
-    absmax = q.absmax_float()  # (nb,)
-    codes = q.codes
+    nb, bs = -(-numel // block_size), block_size
     need = 2 * -(-nb * bs // 4)  # bytes, even, covering every (padded) block
     if codes.numel() < need:
         codes = torch.cat([codes, codes.new_zeros(need - codes.numel())])
     elif codes.storage_offset() % 2:
         codes = codes.clone()
     if codes.device.type == "cpu":
-        table = _pair_table(q.codebook, codes.device)  # (65536, 4)
+        table = _pair_table(codebook, codes.device)  # (65536, 4)
         out = _dequantize_cpu(codes.view(torch.uint16), absmax, table, bs, dtype)
     else:  # GPUs gather 8-byte elements fastest: one byte -> its two float32 values
-        table = _byte_table(q.codebook, codes.device)  # (256,) int64
+        table = _byte_table(codebook, codes.device)  # (256,) int64
         vals = table.index_select(0, codes.int()).view(torch.float32)[: nb * bs].view(nb, bs)
         if dtype == torch.float32:
             out = vals.mul_(absmax[:, None])
         else:
             out = torch.mul(vals, absmax[:, None], out=torch.empty_like(vals, dtype=dtype))
-    return out.view(-1)[: q.numel]
+    return out.view(-1)[:numel]
 
 
 _CPU_CHUNK = 1 << 22  # elements per chunk of a half-precision CPU dequantize (16 MB scratch)

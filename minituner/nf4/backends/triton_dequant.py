@@ -1,17 +1,17 @@
 """A fused Triton kernel for blockwise 4-bit dequantization on CUDA GPUs.
 
-The PyTorch path in :mod:`minituner.nf4.codec` dequantizes on a GPU in three kernels (widen
-the codes to int32, gather two values per byte from a 256-entry table, scale by absmax),
-plus about seven small ones to decode double-quantized absmax values, and moves about
-four times the bytes it must. This kernel reads each packed byte and each block's
+The PyTorch path (:mod:`minituner.nf4.backends.torch_ops`) dequantizes on a GPU in three
+kernels (widen the codes to int32, gather two values per byte from a 256-entry table, scale
+by absmax), plus about seven small ones to decode double-quantized absmax values, and moves
+about four times the bytes it must. This kernel reads each packed byte and each block's
 (possibly 8-bit) absmax once and writes each output element once:
 
     out[2i]     = codebook[codes[i] >> 4] * absmax[2i // block_size]
     out[2i + 1] = codebook[codes[i] & 15] * absmax[(2i + 1) // block_size]
 
 computed in float32 and rounded once to the output dtype, the same arithmetic as the
-PyTorch path, so the two agree bit for bit (``tests/test_nf4_kernels.py``; the GPU check
-runs wherever CUDA and Triton are present).
+PyTorch path, so the two agree bit for bit (``tests/nf4/backends/test_triton.py``; the GPU
+check runs wherever CUDA and Triton are present).
 
 Triton is optional: :func:`available` says whether this path can run for a tensor, and
 :mod:`minituner.nf4.codec` falls back to PyTorch on the CPU, without Triton, or when the
@@ -21,29 +21,13 @@ the two that way).
 
 from __future__ import annotations
 
-import os
-from functools import lru_cache
-from typing import TYPE_CHECKING
-
 import torch
 
-if TYPE_CHECKING:  # nf4 imports this module: the container is only named here
-    from minituner.nf4.codec import NF4Tensor
-
-try:  # Triton ships with CUDA builds of PyTorch; CPU builds and CI have none
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the install
-    triton = None
+from minituner.nf4.backends import code_table, fused_wanted, tl, triton, triton_runs_on
 
 BYTES_PER_PROGRAM = 4096  # packed bytes each program dequantizes (8192 output elements)
 NUM_WARPS = 4  # warps per program (benchmarks/bench_nf4.py --kernel-configs sweeps both)
 _TL_DTYPES = ("float32", "bfloat16", "float16")
-
-
-def fused_wanted() -> bool:
-    """False when ``MINITUNER_NF4_KERNEL=torch`` asks for the PyTorch path everywhere."""
-    return os.environ.get("MINITUNER_NF4_KERNEL", "auto").lower() != "torch"
 
 
 def available(codes: torch.Tensor, dtype: torch.dtype) -> bool:
@@ -55,7 +39,7 @@ def available(codes: torch.Tensor, dtype: torch.dtype) -> bool:
     """
     if triton is None or not fused_wanted() or str(dtype).removeprefix("torch.") not in _TL_DTYPES:
         return False
-    return codes.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    return triton_runs_on(codes)
 
 
 if triton is not None:
@@ -146,57 +130,63 @@ if triton is not None:
             tl.store(out_ptr + out_offs, out, mask=out_offs < n_out)
 
 
-@lru_cache(maxsize=32)
-def code_table(codebook: tuple[float, ...], device: torch.device) -> torch.Tensor:
-    """The codebook as float32 (16,) on ``device``, zero-padded (int4 has 15 values)."""
-    t = torch.zeros(16, dtype=torch.float32)
-    t[: len(codebook)] = torch.tensor(codebook, dtype=torch.float32)
-    return t.to(device)
+def dequantize_packed(
+    codes: torch.Tensor,
+    absmax: torch.Tensor,
+    codebook: tuple[float, ...],
+    numel: int,
+    block_size: int,
+    dtype: torch.dtype,
+    *,
+    dq_block_size: int,
+    dq_grids: torch.Tensor | None = None,
+    dq_map: torch.Tensor | None = None,
+    dq_scale: torch.Tensor | None = None,
+    dq_offset: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Dequantize packed 4-bit codes into a flat ``(numel,)`` tensor of ``dtype`` in one kernel.
 
-
-def dequantize_packed(q: NF4Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Dequantize ``q`` into a flat ``(q.numel,)`` tensor of ``dtype`` in one kernel.
-
-    ``q`` is an :class:`~minituner.nf4.codec.NF4Tensor` (checked when it was made): its packed
-    codes, its absmax (float32, or 8-bit codes decoded in the kernel as
-    ``max(grids[absmax_map][code] * absmax_scale[block // dq_block_size] + absmax_offset, 0)``)
-    and its codebook are read as they are stored.
+    The arguments are those of :mod:`minituner.nf4.backends`: the codes, the absmax
+    (float32, or 8-bit codes decoded in the kernel as
+    ``max(dq_grids[dq_map][code] * dq_scale[block // dq_block_size] + dq_offset, 0)``) and
+    the codebook are read as they are stored.
 
     Raises:
-        RuntimeError: Triton is not installed, or ``q`` is not on a device it runs on, or
-            ``dtype`` is not float32, bfloat16 or float16.
+        RuntimeError: Triton is not installed, or ``codes`` is not on a device it runs on,
+            or ``dtype`` is not float32, bfloat16 or float16.
     """
     if triton is None:
         raise RuntimeError("the fused NF4 kernel needs Triton, which is not installed")
-    if not available(q.codes, dtype):
-        raise RuntimeError(f"the fused NF4 kernel cannot run on {q.device} into {dtype}")
-    codes = q.codes.contiguous()
-    n_bytes, numel = codes.numel(), q.numel
-    if q.double_quant:
-        absmax = q.absmax.contiguous()
-        grids, map_index = q.dq_grids(), q.absmax_map
-        scale, offset = q.absmax_scale.contiguous(), q.absmax_offset
+    if not available(codes, dtype):
+        raise RuntimeError(f"the fused NF4 kernel cannot run on {codes.device} into {dtype}")
+    double_quant = dq_scale is not None
+    codes = codes.contiguous()
+    n_bytes = codes.numel()
+    if double_quant:
+        absmax = absmax.contiguous()
+        grids, map_index = dq_grids, dq_map
+        scale, offset = dq_scale.contiguous(), dq_offset
     else:
-        absmax = q.absmax.to(torch.float32).contiguous()
+        absmax = absmax.to(torch.float32).contiguous()
         grids = map_index = scale = offset = absmax  # unused by the kernel
     out = torch.empty(numel, dtype=dtype, device=codes.device)
-    table = code_table(q.codebook, codes.device)
-    half = q.block_size // 2
+    table = code_table(codebook, codes.device)
+    half = block_size // 2
     if half & (half - 1) == 0 and half <= BYTES_PER_PROGRAM:  # one quant block per tile row
         rows = max(1, BYTES_PER_PROGRAM // half)
-        n_blocks = q.n_blocks
+        n_blocks = -(-numel // block_size)
         even = n_bytes % (rows * half) == 0 and numel == 2 * n_bytes
         _dequant_rows_kernel[(triton.cdiv(n_blocks, rows),)](
             codes, absmax, table, grids, map_index, scale, offset, out,
             n_bytes, numel, n_blocks,
-            HALF=half, ROWS=rows, DOUBLE_QUANT=q.double_quant, DQ_BLOCK=q.dq_block_size,
+            HALF=half, ROWS=rows, DOUBLE_QUANT=double_quant, DQ_BLOCK=dq_block_size,
             EVEN=even, num_warps=NUM_WARPS,
             enable_fp_fusion=False,  # no fused multiply-add: round as the PyTorch path does
         )  # fmt: skip
         return out
     _dequant_kernel[(triton.cdiv(n_bytes, BYTES_PER_PROGRAM),)](
         codes, absmax, table, grids, map_index, scale, offset, out, n_bytes, numel,
-        BLOCK=q.block_size, BYTES=BYTES_PER_PROGRAM, DOUBLE_QUANT=q.double_quant,
-        DQ_BLOCK=q.dq_block_size, num_warps=NUM_WARPS, enable_fp_fusion=False,
+        BLOCK=block_size, BYTES=BYTES_PER_PROGRAM, DOUBLE_QUANT=double_quant,
+        DQ_BLOCK=dq_block_size, num_warps=NUM_WARPS, enable_fp_fusion=False,
     )  # fmt: skip
     return out

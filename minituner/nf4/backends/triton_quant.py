@@ -1,17 +1,18 @@
 """A fused Triton kernel for blockwise 4-bit quantization on CUDA GPUs.
 
-:func:`minituner.nf4.codec.quantize_4bit` in PyTorch ops takes about ten passes over the
-weight (upcast, pad, min/max, scale, bucketize, reorder, slice, pack). This kernel reads
-each input element once and writes each packed byte and each block's absmax once, with
-the same float32 arithmetic as the PyTorch path, so the two agree bit for bit
-(``tests/test_nf4_kernels.py``):
+The PyTorch path (:func:`minituner.nf4.backends.torch_ops.quantize_packed`) takes about ten
+passes over the weight (upcast, pad, min/max, scale, bucketize, reorder, slice, pack). This
+kernel reads each input element once and writes each packed byte and each block's absmax
+once, with the same float32 arithmetic as the PyTorch path, so the two agree bit for bit
+(``tests/nf4/backends/test_triton.py``):
 
     absmax[b] = max(max(x_b), -min(x_b)) + 0.0        (NaN if the block holds NaN or inf)
-    scaled    = x * (1 / max(absmax[b], 1e-38))       (x / max(absmax[b], 1e-38) in a
+    scaled    = x * (1 / max(absmax[b], floor))       (x / max(absmax[b], floor) in a
                                                        ragged last block, as bitsandbytes)
     code      = #{midpoints m : m < scaled}           (torch.bucketize: a tie goes down)
     byte      = code[2i] << 4 | code[2i + 1]          (first element in the high nibble)
 
+where ``floor`` is the codec's (:data:`minituner.nf4.format.ABSMAX_FLOOR`, passed in).
 The division is IEEE round-to-nearest (``div_rn``) and nothing is fused into a
 multiply-add, as in PyTorch. One program quantizes ``ELEMS_PER_PROGRAM`` elements as a
 (blocks, block_size) tile, so a block's absmax is one row reduction in registers.
@@ -23,19 +24,13 @@ Triton is optional: :func:`available` says whether this path can run, and
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-from minituner.nf4.backends.triton_dequant import fused_wanted, triton
-
-if triton is not None:
-    import triton.language as tl
+from minituner.nf4.backends import fused_wanted, tl, triton, triton_runs_on
 
 ELEMS_PER_PROGRAM = 2048  # input elements each program quantizes (bench_nf4 --quant-configs)
 NUM_WARPS = 4
 _IN_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-TINY = 1e-38  # as minituner.nf4.codec: the floor under absmax (an all-zero block)
 
 
 def available(flat: torch.Tensor, block_size: int) -> bool:
@@ -49,7 +44,7 @@ def available(flat: torch.Tensor, block_size: int) -> bool:
         return False
     if block_size < 2 or block_size & (block_size - 1) or block_size > ELEMS_PER_PROGRAM:
         return False
-    return flat.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    return triton_runs_on(flat)
 
 
 if triton is not None:
@@ -151,14 +146,19 @@ if triton is not None:
 
 
 def quantize_packed(
-    flat: torch.Tensor, block_size: int, mids: torch.Tensor, order: torch.Tensor | None
+    flat: torch.Tensor,
+    block_size: int,
+    mids: torch.Tensor,
+    order: torch.Tensor | None,
+    floor: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize a flat tensor blockwise in one kernel: (codes, absmax).
 
     codes: uint8 (ceil(n / 2),), first element in the high nibble; absmax: float32
     (ceil(n / block_size),), NaN or inf for a block holding NaN or inf (the caller
     checks). ``mids`` are the float32 midpoints of the sorted codebook on ``flat``'s
-    device, ``order`` the uint8 map sorted index -> stored code (None: the identity).
+    device, ``order`` the uint8 map sorted index -> stored code (None: the identity),
+    ``floor`` the least absmax divided by.
 
     Raises:
         RuntimeError: the kernel cannot run here (see :func:`available`).
@@ -179,7 +179,7 @@ def quantize_packed(
         flat, mids, mids if order is None else order, codes, absmax,
         n, n_bytes, n_blocks, n_blocks - 1 if n % block_size else -1,
         BLOCK=block_size, ROWS=rows, N_MIDS=mids.numel(), REORDER=order is not None,
-        EVEN=n % (rows * block_size) == 0, TINY=TINY, num_warps=NUM_WARPS,
+        EVEN=n % (rows * block_size) == 0, TINY=floor, num_warps=NUM_WARPS,
         enable_fp_fusion=False,  # no fused multiply-add: round as the PyTorch path does
     )  # fmt: skip
     return codes, absmax
@@ -189,19 +189,20 @@ def dq_available(absmax: torch.Tensor) -> bool:
     """Whether :func:`quantize_absmax` can run for these float32 absmax values."""
     if triton is None or not fused_wanted() or absmax.dtype != torch.float32:
         return False
-    return absmax.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    return triton_runs_on(absmax)
 
 
 def quantize_absmax(
-    absmax: torch.Tensor, grids: torch.Tensor, mids: torch.Tensor, dq_block: int
+    absmax: torch.Tensor, grids: torch.Tensor, mids: torch.Tensor, dq_block: int, floor: float
 ) -> dict[str, torch.Tensor]:
     """Double quantization in one kernel plus a few reductions, with no host sync.
 
-    The same fields and values as :func:`minituner.nf4.codec._quantize_absmax`: the kernel
-    centres, scales and rounds every 256-value block to each grid and writes each grid's
-    codes and errors; the squared errors are summed by the same torch ops as there, and
-    the grid with the smallest sum (the first on a tie) is chosen on the device.
-    ``grids`` is float32 (n_grids, 256), ``mids`` (n_grids, 255), both sorted.
+    The same fields and values as :func:`minituner.nf4.backends.torch_ops.quantize_absmax`:
+    the kernel centres, scales and rounds every 256-value block to each grid and writes
+    each grid's codes and errors; the squared errors are summed by the same torch ops as
+    there, and the grid with the smallest sum (the first on a tie) is chosen on the device.
+    ``grids`` is float32 (n_grids, 256), ``mids`` (n_grids, 255), both sorted; ``floor``
+    the least scale divided by.
 
     Raises:
         RuntimeError: the kernel cannot run here (see :func:`dq_available`).
@@ -212,14 +213,14 @@ def quantize_absmax(
     nb = absmax.numel()
     n2 = -(-nb // dq_block)
     n_grids = grids.shape[0]
-    offset = absmax.double().mean().float()  # as nf4._quantize_absmax
+    offset = absmax.double().mean().float()  # as torch_ops.quantize_absmax
     scale = torch.empty(n2, dtype=torch.float32, device=absmax.device)
     codes = torch.empty(n_grids, n2 * dq_block, dtype=torch.uint8, device=absmax.device)
     err = torch.empty(n_grids, n2 * dq_block, dtype=torch.float32, device=absmax.device)
     rows = 4
     _dq_kernel[(triton.cdiv(n2, rows),)](
         absmax, offset, grids.contiguous(), mids.contiguous(), scale, codes, err, nb, n2,
-        DQ=dq_block, ROWS=rows, N_GRIDS=n_grids, TINY=TINY, num_warps=4,
+        DQ=dq_block, ROWS=rows, N_GRIDS=n_grids, TINY=floor, num_warps=4,
         enable_fp_fusion=False,
     )  # fmt: skip
     best_sse = err[0, :nb].double().square().sum()  # the reference's ops, in its order

@@ -15,6 +15,11 @@ HAS_CC = nf4_cpu._library() is not None
 needs_cc = pytest.mark.skipif(not HAS_CC, reason="no working C compiler here")
 
 
+def _fields(q):
+    """An NF4Tensor's fields as a backend takes them (no double quantization here)."""
+    return q.codes, q.absmax, q.codebook, q.numel, q.block_size
+
+
 def _torch_path(q, dtype, monkeypatch):
     with monkeypatch.context() as m:
         m.setenv("MINITUNER_NF4_KERNEL", "torch")
@@ -80,13 +85,13 @@ def test_c_loop_any_thread_count(threads, monkeypatch):
 
 @needs_cc
 def test_c_loop_refuses_what_it_cannot_run():
-    """Its input is an NF4Tensor, checked when made (tests/test_nf4.py); only the device
-    and the output dtype are left to refuse."""
+    """Its input is an NF4Tensor's fields, checked when it was made (tests/nf4/test_format.py);
+    only the device and the output dtype are left to refuse."""
     q = quantize_nf4(torch.randn(8), 4)
     with pytest.raises(RuntimeError, match="cannot run"):
-        nf4_cpu.dequantize_packed(q, torch.float16)
+        nf4_cpu.dequantize_packed(*_fields(q), torch.float16, dq_block_size=q.dq_block_size)
     with pytest.raises(RuntimeError, match="cannot run"):
-        nf4_cpu.dequantize_packed(q, torch.float64)
+        nf4_cpu.dequantize_packed(*_fields(q), torch.float64, dq_block_size=q.dq_block_size)
 
 
 def test_other_dtypes_use_the_pytorch_path():

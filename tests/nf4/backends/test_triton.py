@@ -23,6 +23,7 @@ from minituner.nf4.backends import triton_dequant as nf4_kernels
 from minituner.nf4.backends import triton_quant as nf4_quant_kernels
 from minituner.nf4.codec import dequantize_4bit, dequantize_nf4, quantize_4bit, quantize_nf4
 from minituner.nf4.compare import quantize_fp4, quantize_int4_absmax
+from minituner.nf4.format import ABSMAX_FLOOR
 
 ROOT = Path(__file__).resolve().parents[3]
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -42,7 +43,10 @@ def test_cpu_tensors_use_the_pytorch_path(monkeypatch):
     q = quantize_nf4(torch.randn(8))
     assert not nf4_kernels.available(q.codes, torch.float32)
     with pytest.raises(RuntimeError, match="cannot run on cpu|needs Triton"):
-        nf4_kernels.dequantize_packed(q, torch.float32)
+        nf4_kernels.dequantize_packed(
+            q.codes, q.absmax, q.codebook, q.numel, q.block_size, torch.float32,
+            dq_block_size=q.dq_block_size,
+        )  # fmt: skip
 
 
 def test_cpu_quantize_uses_the_pytorch_path(monkeypatch):
@@ -50,7 +54,7 @@ def test_cpu_quantize_uses_the_pytorch_path(monkeypatch):
     flat = torch.randn(128)
     assert not nf4_quant_kernels.available(flat, 64)
     with pytest.raises(RuntimeError, match="cannot run"):
-        nf4_quant_kernels.quantize_packed(flat, 64, torch.zeros(15), None)
+        nf4_quant_kernels.quantize_packed(flat, 64, torch.zeros(15), None, ABSMAX_FLOOR)
 
 
 def test_quantize_kernel_rules(monkeypatch):
