@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from minituner.lora.targets import TARGET_ALIASES, TARGET_GROUPS, check_hparams, target_names
 from minituner.methods import check_method
 from minituner.minigpt.teach import TeachVerb
-from minituner.minigpt.trainutil import MAX_SEED
+from minituner.minigpt.trainutil import check_seed
 from minituner.nf4.format import DEFAULT_BLOCK_SIZE, QLORA_DOUBLE_QUANT
 
 # Default learning rates at the default 40-step budget. LoRA/QLoRA: 5e-3, picked by hand
@@ -159,9 +159,7 @@ class FinetuneConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a whole number >= 1, got {v!r}")
-        s = self.seed
-        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
-            raise ValueError(f"seed must be a whole number from 0 to 2**64 - 1, got {s!r}")
+        check_seed(self.seed)
         for name in ("rslora", "nf4_double_quant"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")

@@ -29,7 +29,7 @@ from minituner.minigpt.evaluate import evaluate
 from minituner.minigpt.model import MiniGPT, preset_config
 from minituner.minigpt.tokenizer import CharTokenizer
 from minituner.minigpt.trainutil import (
-    MAX_SEED,
+    check_seed,
     device_name,
     lr_at,
     resolve_device,
@@ -59,9 +59,7 @@ class PretrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
-        s = self.seed
-        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
-            raise ValueError(f"seed must be a whole number from 0 to 2**64 - 1, got {s!r}")
+        check_seed(self.seed)
 
 
 def pretrain(cfg: PretrainConfig, on_step: Callable[[dict], None] | None = None):

@@ -53,6 +53,12 @@ def device_name(device: torch.device) -> str:
 MAX_SEED = 2**64 - 1  # the largest seed torch.manual_seed takes
 
 
+def check_seed(seed) -> None:
+    """Raises ValueError unless ``seed`` is a whole number torch.manual_seed takes."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be a whole number from 0 to 2**64 - 1, got {seed!r}")
+
+
 def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed)
     torch.manual_seed(seed)
