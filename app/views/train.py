@@ -3,7 +3,7 @@ train it live.
 
 The choices live in the URL (?method=lora&r=8&alpha=16&targets=q,v&lr=0.005&steps=40&seed=0)
 so a link opens the same configuration. Live training runs in a child process of the
-server (app/trainer.py, minituner/worker.py); every tab shows the one shared live state
+server (app/trainer.py, minituner/finetune/worker.py); every tab shows the one shared live state
 in one fragment (the run area). While a run goes, its live panel fetches the server's
 live feed by itself (app/live.py, app/feed.py), so no tab runs anything on the server
 until the run ends; the whole page never reruns when a run starts or ends.

@@ -41,7 +41,7 @@ def _merge(covered: list[tuple[int, int]], span: tuple[int, int]) -> list[tuple[
 
 
 def _is_nf4_module(module: torch.nn.Module) -> bool:
-    # NF4Linear, or any quantized Linear stand-in (the duck type lora.py accepts as a base)
+    # NF4Linear, or any quantized Linear stand-in (the duck type LoRALinear accepts as a base)
     return not isinstance(module, torch.nn.Linear) and callable(
         getattr(module, "dequantize_weight", None)
     )

@@ -14,7 +14,7 @@ so a readable but malformed file is refused where it is loaded, never deep insid
 page. ``to_json()`` gives the form written to disk, with ``schema_version``; a file
 without one is version 1 (the runs shipped before the version was written). The
 figures' JSON names (``irregular_accuracy`` …) are the field names, spelled here and in
-evaluate.py only.
+minigpt/evaluate.py only.
 """
 
 from __future__ import annotations
