@@ -18,6 +18,7 @@ from typing import NamedTuple
 import pytest
 import torch
 
+from minituner import paths
 from minituner.minigpt.checkpoint import load_model
 from minituner.minigpt.corpus import Corpus, CorpusConfig, build_corpus
 from minituner.minigpt.model import MiniGPT
@@ -44,6 +45,12 @@ def base() -> Base:
 @pytest.fixture(scope="session")
 def corpus() -> Corpus:
     return build_corpus(CorpusConfig())
+
+
+@pytest.fixture
+def no_data_env(monkeypatch):
+    """No $MINITUNER_DATA: the data folder is the checkout's precomputed/."""
+    monkeypatch.delenv(paths.ENV_VAR, raising=False)
 
 
 # ---------------------------------------------------------------- app tests (AppTest)

@@ -1,5 +1,5 @@
-"""Where the data is found (minituner.paths), and a non-editable install that works away from the checkout: ``pip install`` of the package into a
-fresh virtual environment, then ``minituner runs`` and ``minituner complete`` from another
+"""A non-editable install that works away from the checkout: ``pip install`` of the package
+into a fresh virtual environment, then ``minituner runs`` and ``minituner complete`` from another
 directory, with MINITUNER_DATA (or --data) pointing at the checkout's precomputed/, and
 without it: one ``error:`` line, exit status 2.
 
@@ -26,7 +26,6 @@ import torch
 
 from minituner import paths
 from minituner.cli import main
-from minituner.store.runs import RunStore
 
 slow = pytest.mark.slow  # a venv, a pip install and a few CLI runs: a minute or two
 
@@ -157,56 +156,8 @@ def test_a_data_folder_that_is_not_there_is_named(venv, elsewhere):
     assert "--data" in line and str(missing) in line, line
 
 
-# ---------------------------------------------------------------- the rules, in process
-@pytest.fixture
-def no_data_env(monkeypatch):
-    monkeypatch.delenv(paths.ENV_VAR, raising=False)
-
-
-def test_the_checkout_is_the_default(no_data_env):
-    assert paths.data_dir() == DATA == paths.CHECKOUT_DATA
-    assert paths.runs_dir() == DATA / "runs" and paths.base_dir() == DATA / "base"
-    assert paths.experiments_file() == DATA / "experiments.json"
-    assert paths.scaling_dir() == DATA / "scaling"
-
-
-def test_the_env_var_beats_the_checkout_and_is_read_at_call_time(
-    no_data_env, monkeypatch, tmp_path
-):
-    store_before = RunStore()
-    monkeypatch.setenv(paths.ENV_VAR, str(tmp_path))
-    assert paths.data_dir() == tmp_path.resolve()
-    assert RunStore().roots[0] == tmp_path.resolve() / "runs"
-    assert store_before.roots[0] == DATA / "runs"
-
-
-def test_the_cli_choice_beats_the_env_var_for_the_length_of_the_block(monkeypatch, tmp_path):
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    monkeypatch.setenv(paths.ENV_VAR, str(tmp_path / "a"))
-    with paths.using_data_dir(tmp_path / "b"):
-        assert paths.data_dir() == (tmp_path / "b").resolve()
-        with paths.using_data_dir(None):  # None changes nothing
-            assert paths.data_dir() == (tmp_path / "b").resolve()
-    assert paths.data_dir() == (tmp_path / "a").resolve()
-
-
-def test_no_data_folder_is_a_clear_error(no_data_env, monkeypatch, tmp_path):
-    monkeypatch.setattr(paths, "CHECKOUT_DATA", tmp_path / "site-packages" / "precomputed")
-    with pytest.raises(ValueError, match="set MINITUNER_DATA or pass --data"):
-        paths.data_dir()
-    with pytest.raises(ValueError, match="MINITUNER_DATA"):
-        RunStore()
-    assert RunStore([tmp_path]).list() == []  # explicit roots need no data folder
-    assert not paths.is_shipped(DATA / "runs" / SHIPPED_RUN)
-
-
-def test_a_missing_folder_is_named(monkeypatch, tmp_path):
-    monkeypatch.setenv(paths.ENV_VAR, str(tmp_path / "nope"))
-    with pytest.raises(ValueError, match=r"MINITUNER_DATA names .*nope, which is not a directory"):
-        paths.data_dir()
-
-
+# ---------------------------------------------------------------- --data, in process
+# (the rules of minituner.paths themselves: tests/test_paths.py)
 def test_the_data_option_in_process(no_data_env, monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("MINITUNER_CACHE", str(tmp_path / "cache"))
     assert main(["--data", str(tmp_path / "nope"), "runs"]) == 2

@@ -58,3 +58,12 @@ def test_bad_values_are_one_line_before_any_work(capsys, calls, flags, needles):
 @pytest.mark.parametrize("flags", [["--max-i", "0"], ["--max-j", "x"]])
 def test_subspace_refuses_bad_sizes(capsys, flags):
     assert_user_error(run_main(capsys, "subspace", *flags), flags[0])
+
+
+def test_the_cli_command_without_runs_is_one_error_line(tmp_path):
+    from cli_util import run_minituner
+
+    proc = run_minituner("--data", str(tmp_path), "subspace")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "subspace.json").exists()

@@ -1,7 +1,8 @@
 """What a user types into the app and the CLI (issue 13): URL values outside the Train
 page's ranges are reported and replaced by the default, never clamped silently; the
 app never offers a rank the model cannot train; cloze prompts are checked before any
-answer is printed; adapters with NaN or inf weights are refused."""
+answer is printed (what the model refuses: tests/minigpt/test_evaluate.py); adapters
+with NaN or inf weights are refused."""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ from app import helpers  # noqa: E402
 from minituner.cli import main  # noqa: E402
 from minituner.finetune.config import DEFAULT_LR, FinetuneConfig  # noqa: E402
 from minituner.finetune.result import load_base  # noqa: E402
-from minituner.minigpt.evaluate import candidate_logprobs, complete  # noqa: E402
 from minituner.minigpt.model import preset_config  # noqa: E402
 
 MAIN = str(REPO_ROOT / "app" / "main.py")
@@ -88,37 +88,6 @@ def test_a_link_with_out_of_range_values_opens_with_warnings_and_defaults(tmp_pa
 
 
 # ---------------------------------------------------------------- cloze prompts
-
-ROOM = 128 - 1 - len(" =") - 12  # block size - BOS - separator - the longest answer
-
-
-@pytest.mark.parametrize(
-    ("prompt", "needle"),
-    [("", "empty"), ("   ", "empty"), ("He went to school yesterday.", "no blank"),
-     ("He __ to __ yesterday.", "2 blanks"), ("He __ to ß.", "'ß'"),
-     ("He __ " + "a" * ROOM, "too long")],
-)  # fmt: skip
-def test_prompts_the_model_cannot_answer_are_refused(fbase, prompt, needle):
-    with pytest.raises(ValueError, match=needle):
-        complete(fbase.model, fbase.tok, prompt)
-    with pytest.raises(ValueError, match=needle):
-        candidate_logprobs(fbase.model, fbase.tok, prompt, ["went"])
-
-
-def test_the_longest_prompt_the_model_reads_is_answered(fbase):
-    prompt = "He __ to school" + "." * (ROOM - len("He __ to school"))
-    assert len(prompt) == ROOM
-    assert isinstance(complete(fbase.model, fbase.tok, prompt), str)
-    with pytest.raises(ValueError, match="too long"):
-        complete(fbase.model, fbase.tok, prompt + ".")
-
-
-def test_a_candidate_too_long_for_the_model_is_refused(fbase):
-    prompt = "He __ to school yesterday."
-    fits = "w" * (128 - 2 - len(" =") - len(prompt))
-    candidate_logprobs(fbase.model, fbase.tok, prompt, [fits])
-    with pytest.raises(ValueError, match="too long"):
-        candidate_logprobs(fbase.model, fbase.tok, prompt, [fits + "w"])
 
 
 def shipped_run_id() -> str:

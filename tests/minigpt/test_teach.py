@@ -1,10 +1,11 @@
-"""Issue 15's training core: replay of regular-verb pairs, accuracy by verb, and teaching
-a verb of one's own (minituner.minigpt.teach), end to end through training and the run store."""
+"""Issue 15's training core: teaching a verb of one's own (minituner.minigpt.teach), its
+accuracy in the events, end to end through training and the run store. (Replay of
+regular-verb pairs: tests/minigpt/test_data.py; accuracy by verb: test_evaluate.py.)"""
 
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict
+from collections import Counter
 
 import pytest
 
@@ -13,9 +14,8 @@ from minituner.finetune import events as ev
 from minituner.finetune.config import FinetuneConfig
 from minituner.finetune.loop import finetune
 from minituner.finetune.result import load_base
-from minituner.minigpt.corpus import CorpusConfig, replay_pool
+from minituner.minigpt.corpus import CorpusConfig
 from minituner.minigpt.data import replay_count, training_examples
-from minituner.minigpt.evaluate import complete, evaluate
 from minituner.minigpt.teach import (
     MAX_VERB_CHARS,
     TEACH_COMPLEMENTS,
@@ -36,57 +36,6 @@ SWIM = TeachVerb("swim", "swam")
 @pytest.fixture(scope="module")
 def fbase():
     return load_base()
-
-
-def _filled(e) -> str:
-    return e.prompt.replace("__", e.answer)
-
-
-# ------------------------------------------------------------------ replay
-@pytest.mark.parametrize("share", [0.05, 0.1, 0.25, 0.5])
-def test_replay_mixes_its_share_of_regular_pairs(corpus, share):
-    data = training_examples(corpus, FinetuneConfig(replay=share))
-    regular = [e for e in data if e.verb in REGULAR_VERBS]
-    assert data[: len(corpus.finetune_train)] == corpus.finetune_train  # the main pairs, kept
-    assert len(regular) == len(data) - len(corpus.finetune_train)
-    assert abs(len(regular) / len(data) - share) <= 1 / len(data)
-    assert all(e.tense == "past" for e in regular)
-    assert len(set(regular)) == len(regular)  # no repeats while the pool lasts
-
-
-def test_replay_zero_trains_on_the_irregular_pairs_alone(corpus):
-    assert training_examples(corpus, FinetuneConfig()) == corpus.finetune_train
-    assert replay_count(512, 0.0) == 0 and replay_count(512, 0.25) == 171
-
-
-def test_replay_never_trains_on_what_measures_forgetting(corpus):
-    pool = replay_pool(corpus)
-    tested = {e.prompt for e in corpus.regular_cloze_test}
-    control = set(corpus.control_en)
-    # each regular verb's 250 past combos, less regular_cloze_test, control_en and control_es
-    assert len(pool) == 12 * (250 - 20 - 10 - 5)
-    assert not tested & {e.prompt for e in pool}
-    assert not control & {_filled(e) for e in pool}
-    # nor does a replay run: every regular pair it trains on is from the pool
-    data = training_examples(corpus, FinetuneConfig(replay=0.5, seed=3))
-    assert {e for e in data if e.verb in REGULAR_VERBS} <= set(pool)
-
-
-def test_replay_is_seeded(corpus):
-    def regular(seed):
-        cfg = FinetuneConfig(replay=0.1, seed=seed)
-        return [e for e in training_examples(corpus, cfg) if e.verb in REGULAR_VERBS]
-
-    assert regular(0) == regular(0)
-    assert regular(0) != regular(1)
-    assert len(set(e.verb for e in regular(0))) > 6  # a sample across the verbs
-
-
-def test_replay_beyond_the_pool_cycles_through_it(corpus):
-    data = training_examples(corpus, FinetuneConfig(replay=0.9))
-    regular = [e for e in data if e.verb in REGULAR_VERBS]
-    assert len(regular) == replay_count(512, 0.9) > len(replay_pool(corpus))
-    assert set(regular) == set(replay_pool(corpus))
 
 
 # ------------------------------------------------------------------ config and run ids
@@ -206,20 +155,6 @@ def test_check_vocab_names_every_unknown_character(base):
 
 
 # ------------------------------------------------------------------ accuracy by verb
-def test_per_verb_accuracy_equals_a_hand_recount(base, corpus):
-    n = 24
-    held_out = teach_split(SWIM).held_out[:6]
-    m = evaluate(base.model, base.tok, corpus, sample=n, taught=held_out)
-    right: dict[str, list[bool]] = defaultdict(list)
-    for e in corpus.finetune_test[:n] + held_out:  # one prompt at a time: no batching
-        right[e.verb].append(complete(base.model, base.tok, e.prompt) == e.answer)
-    recount = {v: sum(r) / len(r) for v, r in right.items()}
-    assert m["taught_accuracy"] == {"swim": recount.pop("swim")}
-    assert m["irregular_accuracy_per_verb"] == recount
-    assert m["irregular_accuracy"] == sum(sum(r) for v, r in right.items() if v != "swim") / n
-    assert "taught_accuracy" not in evaluate(base.model, base.tok, corpus, sample=4)
-
-
 def test_an_evaluation_with_a_taught_verb_round_trips_and_is_checked():
     m = {
         "irregular_accuracy": 0.5, "overregularized_rate": 0.25, "regular_accuracy": 1.0,

@@ -1,6 +1,6 @@
 """Typed run records (minituner.store.records, .spectrum_record): the shipped runs load
 unchanged and round-trip, and each kind of malformed field is refused with a ValueError
-naming the file and the field."""
+naming the file and the field. (SpectrumRecord on its own: test_spectrum_record.py.)"""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import math
 import pytest
 from record_util import DELETE, assert_refused, set_field
 
-from minituner.analysis import spectrum as analysis
 from minituner.finetune.config import FinetuneConfig
 from minituner.paths import runs_dir
 from minituner.schema import read_record
@@ -63,17 +62,6 @@ def test_shipped_records_have_the_expected_types():
     assert c.finetune == FinetuneConfig(method="qlora") and c.run_id == SHIPPED_QLORA
     s = read_record(runs_dir() / SHIPPED_QLORA / SpectrumRecord.FILE, SpectrumRecord)
     assert s.stable_rank_mean() == pytest.approx(m.stable_rank_mean)
-
-
-def test_spectrum_record_from_analysis():
-    import torch
-
-    torch.manual_seed(0)
-    spectra = analysis.layer_spectra({"a": torch.randn(6, 4), "b": torch.zeros(3, 5)})
-    rec = SpectrumRecord.from_spectra(spectra)
-    assert rec.layers["a"].shape == (6, 4) and len(rec.layers["a"].singular_values) == 4
-    assert rec.layers["b"].note and rec.layers["b"].stable_rank == 0.0
-    assert rec.stable_rank_mean() == pytest.approx(spectra["a"]["stable_rank"] / 2)
 
 
 # ------------------------------------------------------------------ versions
