@@ -105,7 +105,8 @@ def test_a_missing_or_broken_json_file_is_a_value_error_naming_it(tmp_path, cont
 @pytest.mark.xfail(
     strict=True,
     raises=RecursionError,
-    reason="read_json lets json's RecursionError through for deeply nested (valid) JSON",
+    reason="read_json lets json's RecursionError through for deeply nested (valid) JSON "
+    "(issue 23, item 3)",
 )
 def test_a_deeply_nested_json_file_is_a_value_error(tmp_path):
     path = tmp_path / "deep.json"

@@ -161,7 +161,7 @@ def test_a_bad_thread_count_is_refused_naming_the_variable(threads, value):
 @pytest.mark.xfail(
     strict=True,
     reason="str.isdigit() accepts '²' and a 5000-digit number, whose int() fails with "
-    "int's own message, which does not name MINITUNER_TORCH_THREADS",
+    "int's own message, which does not name MINITUNER_TORCH_THREADS (issue 23, item 7)",
 )
 @pytest.mark.parametrize("value", ["²", "1" * 5000], ids=["superscript-2", "5000-digits"])
 def test_a_digit_int_cannot_read_is_refused_naming_the_variable(threads, value):
