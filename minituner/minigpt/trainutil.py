@@ -115,20 +115,40 @@ class ProgressBar:
 
 
 THREADS_ENV = "MINITUNER_TORCH_THREADS"
+MAX_THREADS = 1024
+_ASCII_DIGITS = re.compile(r"[0-9]+")  # ASCII only: not '²', '٣' or '１' (str.isdigit's)
+
+
+def parse_torch_threads(raw: str) -> int | None:
+    """A ``$MINITUNER_TORCH_THREADS`` value read: None when blank, else a whole number
+    from 1 to :data:`MAX_THREADS` written in ASCII digits (surrounding whitespace is
+    ignored, and leading zeros).
+
+    Raises:
+        ValueError: any other text -- one message naming the variable, never int()'s own
+            (a digit ``str.isdigit`` knows but int() does not, or 5000 digits).
+    """
+    text = raw.strip()
+    if not text:
+        return None
+    digits = text.lstrip("0")
+    if _ASCII_DIGITS.fullmatch(text) and len(digits) <= 4 and 1 <= int(digits or 0) <= MAX_THREADS:
+        return int(digits)
+    shown = text if len(text) <= 40 else f"{text[:20]}…({len(text)} characters)"
+    raise ValueError(
+        f"{THREADS_ENV} must be a whole number from 1 to {MAX_THREADS} in ASCII digits, "
+        f"got {shown!r}"
+    )
 
 
 def torch_threads_from_env() -> int | None:
-    """Apply ``$MINITUNER_TORCH_THREADS`` (a whole number, 1 to 1024) to torch's CPU
-    threads; returns it, or None when unset.
+    """Apply ``$MINITUNER_TORCH_THREADS`` (:func:`parse_torch_threads`) to torch's CPU
+    threads; returns it, or None when unset or blank.
 
     Raises:
-        ValueError: any other value.
+        ValueError: any other value (and only ValueError: nothing is applied then).
     """
-    raw = os.environ.get(THREADS_ENV, "").strip()
-    if not raw:
-        return None
-    n = int(raw) if raw.isdigit() else 0
-    if not 1 <= n <= 1024:
-        raise ValueError(f"{THREADS_ENV} must be a whole number from 1 to 1024, got {raw!r}")
-    torch.set_num_threads(n)
+    n = parse_torch_threads(os.environ.get(THREADS_ENV, ""))
+    if n is not None:
+        torch.set_num_threads(n)
     return n

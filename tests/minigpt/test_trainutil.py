@@ -16,6 +16,7 @@ from minituner.minigpt.trainutil import (
     THREADS_ENV,
     check_seed,
     lr_at,
+    parse_torch_threads,
     resolve_device,
     seed_everything,
     torch_threads_from_env,
@@ -158,13 +159,39 @@ def test_a_bad_thread_count_is_refused_naming_the_variable(threads, value):
     assert torch.get_num_threads() == 2  # nothing applied
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="str.isdigit() accepts '²' and a 5000-digit number, whose int() fails with "
-    "int's own message, which does not name MINITUNER_TORCH_THREADS (issue 23, item 7)",
-)
-@pytest.mark.parametrize("value", ["²", "1" * 5000], ids=["superscript-2", "5000-digits"])
+@pytest.mark.parametrize(
+    "value",
+    ["²", "٣", "１", "1" * 5000, "9" * 20, "4 4", "4\u200b"],
+    ids=["superscript-2", "arabic-indic-3", "fullwidth-1", "5000-digits", "20-digits",
+         "inner-space", "zero-width-space"],
+)  # fmt: skip
 def test_a_digit_int_cannot_read_is_refused_naming_the_variable(threads, value):
+    """issue 23, item 7: only ASCII digits count; '²' passes str.isdigit() but not int(),
+    '٣' and '１' pass both, a 5000-digit number is over int()'s digit limit: each one
+    ValueError that names the variable (the value shortened in the message)."""
+    torch.set_num_threads(2)
     threads(value)
-    with pytest.raises(ValueError, match="MINITUNER_TORCH_THREADS must be a whole number"):
+    with pytest.raises(ValueError, match="MINITUNER_TORCH_THREADS must be a whole number") as e:
         torch_threads_from_env()
+    assert len(str(e.value)) < 200
+    assert torch.get_num_threads() == 2  # nothing applied
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=30) | st.from_regex(r"\s*[0-9]{1,6}\s*", fullmatch=True))
+def test_any_text_is_a_thread_count_or_one_value_error(raw):
+    """issue 23, item 7: for any string, the parser returns None (blank), a count from 1 to
+    1024 written in ASCII digits, or raises ValueError naming the variable, nothing else."""
+    try:
+        n = parse_torch_threads(raw)
+    except ValueError as e:
+        assert str(e).startswith(f"{THREADS_ENV} must be a whole number from 1 to 1024")
+        assert "\n" not in str(e)
+        stripped = raw.strip()
+        assert not (stripped.isascii() and stripped.isdigit() and 1 <= int(stripped) <= 1024)
+        return
+    if n is None:
+        assert not raw.strip()
+    else:
+        assert raw.strip().isascii() and raw.strip().isdigit() and int(raw.strip()) == n
+        assert 1 <= n <= 1024
