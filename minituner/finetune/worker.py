@@ -13,6 +13,9 @@ has the CPU threads or the GPU to itself. The protocol:
   ``Stopped`` and nothing is stored). End of file means the parent is gone: the child
   exits at once, so a killed server leaves no orphan. A run is stored atomically by the
   run store, so exiting at any moment never leaves a half-written run.
+* **signals**: a child that has not ended ``STOP_GRACE_S`` after ``stop`` (frozen, or
+  stuck in native code) gets SIGTERM (and SIGCONT, so that a stopped child receives it),
+  then after ``KILL_GRACE_S`` more SIGKILL; the parent then reports ``Stopped``.
 
 A completed run is saved by the child itself (``Phase("saving")`` then ``Finished``),
 so it is kept even when no one is watching any more. When the child dies without a
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -35,6 +39,8 @@ from pathlib import Path
 from minituner.finetune import events as ev
 
 STOP = "stop"
+STOP_GRACE_S = 10.0  # after Stop, how long a child may take to end by itself (a step, a save)
+KILL_GRACE_S = 5.0  # after SIGTERM, how long before SIGKILL
 
 
 # ---------------------------------------------------------------------- the child
@@ -104,8 +110,10 @@ class TrainingProcess:
 
     ``on_event`` is called from the reader thread, once per event, ending with exactly
     one terminal event (synthesised as ``Failed`` when the child dies without one).
-    ``stop()`` asks for a stop between steps; ``kill()`` ends the child at once. The
-    child is always waited for (no zombie).
+    ``stop()`` asks for a stop between steps and, should the child not end within
+    ``stop_grace_s``, terminates it, then kills it ``kill_grace_s`` later (the run then
+    ends as ``Stopped``); ``kill()`` ends the child at once. The child is always waited
+    for (no zombie).
     """
 
     def __init__(
@@ -117,6 +125,8 @@ class TrainingProcess:
         eval_limit: int | None = None,
         python: str = sys.executable,
         env: dict | None = None,
+        stop_grace_s: float = STOP_GRACE_S,
+        kill_grace_s: float = KILL_GRACE_S,
     ) -> None:
         job = {
             "config": config,
@@ -125,6 +135,10 @@ class TrainingProcess:
             "eval_limit": eval_limit,
         }
         self._on_event = on_event
+        self.stop_grace_s, self.kill_grace_s = stop_grace_s, kill_grace_s
+        self._stop_asked = False
+        self._forced = ""  # the signal that ended a child which ignored stop, if any
+        self._steps = 0  # the last step reported (for a forced Stopped)
         self._stderr_tail: deque[str] = deque(maxlen=20)
         self._lock = threading.Lock()
         self.proc = subprocess.Popen(
@@ -147,13 +161,36 @@ class TrainingProcess:
         return self.proc.pid
 
     def stop(self) -> None:
-        """Ask the child to stop after the current step (it reports ``Stopped``)."""
+        """Ask the child to stop after the current step (it reports ``Stopped``); a child
+        that has not ended ``stop_grace_s`` later is terminated, then killed."""
         with self._lock:
             try:
                 self.proc.stdin.write(STOP + "\n")
                 self.proc.stdin.flush()
             except (BrokenPipeError, OSError, ValueError):
                 pass  # already gone: the reader reports how it ended
+            if self._stop_asked:
+                return
+            self._stop_asked = True
+        threading.Thread(target=self._end_if_stuck, daemon=True).start()
+
+    def _end_if_stuck(self) -> None:
+        for sig, grace in (
+            (signal.SIGTERM, self.stop_grace_s),
+            (signal.SIGKILL, self.kill_grace_s),
+        ):
+            try:
+                self.proc.wait(grace)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+            self._forced = sig.name
+            try:
+                self.proc.send_signal(sig)
+                if sig == signal.SIGTERM:
+                    self.proc.send_signal(signal.SIGCONT)  # a stopped child gets the SIGTERM
+            except OSError:
+                return  # it has just ended
 
     def kill(self) -> None:
         """End the child now (the reader reports ``Failed`` unless it already ended)."""
@@ -184,6 +221,8 @@ class TrainingProcess:
             if ended:
                 continue
             ended = isinstance(e, ev.TERMINAL)
+            if isinstance(e, ev.Step):
+                self._steps = e.step
             self._on_event(e)
         rc = self.proc.wait()
         self._err.join(5)
@@ -192,7 +231,12 @@ class TrainingProcess:
                 self.proc.stdin.close()
             except OSError:
                 pass
-        if not ended:
+        if not ended and self._forced:
+            why = f"did not stop within {self.stop_grace_s:g} s and was ended ({self._forced})"
+            self._on_event(
+                ev.Stopped(f"stopped by the user; the training process {why}", self._steps)
+            )
+        elif not ended:
             last = self._stderr_tail[-1] if self._stderr_tail else ""
             why = f"the training process exited with code {rc}"
             self._on_event(ev.Failed(f"{why}: {last}" if last else why))

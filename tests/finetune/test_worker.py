@@ -209,3 +209,44 @@ def test_the_trainer_runs_one_child_at_a_time(tmp_path):
     finally:
         t.kill()
         t.join(30)
+
+
+def test_a_frozen_child_is_ended_after_the_stop_grace_period(tmp_path):
+    """issue 23, item 14: a child frozen with SIGSTOP ignores the ``stop`` line; after
+    the grace period it is terminated, then killed, and the run ends as stopped."""
+    rec = Recorder()
+    proc = TrainingProcess(
+        FinetuneConfig(**LONG).to_dict(), rec, "cpu", cache=tmp_path / "cache", eval_limit=4,
+        stop_grace_s=1.0, kill_grace_s=1.0,
+    )  # fmt: skip
+    try:
+        assert rec.first_step.wait(300)
+        os.kill(proc.pid, signal.SIGSTOP)
+        steps = sum(isinstance(e, ev.Step) for e in rec.events)
+        proc.stop()
+        assert proc.join(60), "Stop waited for a frozen child"
+        end = rec.events[-1]
+        assert isinstance(end, ev.Stopped), end
+        assert "did not stop" in end.message and end.step >= steps
+        assert sum(isinstance(e, ev.TERMINAL) for e in rec.events) == 1
+        assert not _alive(proc.pid)
+        assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+    finally:
+        proc.kill()
+        proc.join(30)
+
+
+def test_the_grace_period_is_a_named_constant_and_a_responsive_child_is_not_killed(tmp_path):
+    """issue 23, item 14: a child that stops by itself within the grace period ends with
+    its own Stopped event and exit code 0 (no signal was needed)."""
+    from minituner.finetune import worker
+
+    assert 0 < worker.STOP_GRACE_S and 0 < worker.KILL_GRACE_S
+    proc, rec = _start(FinetuneConfig(**LONG).to_dict(), tmp_path)
+    assert rec.first_step.wait(300)
+    proc.stop()
+    assert proc.join(60)
+    assert (
+        isinstance(rec.events[-1], ev.Stopped) and "stopped by the user" in rec.events[-1].message
+    )
+    assert proc.proc.returncode == 0
