@@ -7,11 +7,13 @@ interrupted write never leaves a half-written file under the final name.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import math
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
 
 def _tmp_path(path: Path) -> Path:
@@ -198,19 +200,114 @@ def write_json(path: str | os.PathLike, obj) -> None:
     atomic_write_text(path, json.dumps(_json_safe(obj), indent=1, ensure_ascii=False) + "\n")
 
 
-def read_json(path: str | os.PathLike) -> dict:
-    """Read a JSON object.
+# ------------------------------------------------------------------ hardened reading
+# Every file read from the store or the data folder goes through read_bytes: a regular
+# file only (a FIFO, a device or a directory is refused before it is opened, and opened
+# with O_NONBLOCK so that one swapped in meanwhile cannot block either), at most a cap of
+# bytes, and, given the ``root`` of a store, never a symlink resolving outside it.
+# JSON is also refused when nested deeper than MAX_JSON_DEPTH. The caps are far above
+# the shipped files (largest JSON ~240 kB, largest safetensors ~3.3 MB; see tests).
+MAX_JSON_BYTES = 8 * 2**20
+MAX_JSON_DEPTH = 64  # the shipped files nest 8 deep at most
+MAX_TENSOR_BYTES = 2**30
+_STRING_RE = re.compile(r'"(?:[^"\\]++|\\.)*+"')
+_NOT_BRACKET_RE = re.compile(r"[^\[\]{}]++")
+_BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+_KINDS = (
+    (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"),
+    (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket"),
+)  # fmt: skip
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "a special file")
+
+
+def check_inside(path: str | os.PathLike, root: str | os.PathLike) -> Path:
+    """``path`` with every symlink resolved, which must lie inside ``root`` (resolved too).
 
     Raises:
-        ValueError: missing file or invalid JSON (one line, naming the file).
+        ValueError: ``path`` resolves outside ``root`` (a symlink leaving the store).
+    """
+    path = Path(path)
+    real, top = Path(os.path.realpath(path)), Path(os.path.realpath(root))
+    if real != top and top not in real.parents:
+        raise ValueError(f"{path} is a link to {real}, outside {top}: refused")
+    return real
+
+
+def read_bytes(path: str | os.PathLike, limit: int, root: str | os.PathLike | None = None) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes; never blocks.
+
+    Raises:
+        ValueError: a missing file, not a regular file (FIFO, device, directory …), a
+            file over ``limit``, a symlink leaving ``root`` (when given), or a read error;
+            one line naming the file.
     """
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        if root is not None:
+            check_inside(path, root)
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{path} is not a regular file (it is {_kind(st.st_mode)})")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            st = os.fstat(fd)  # what was opened, if the file was replaced meanwhile
+            if not stat.S_ISREG(st.st_mode):
+                raise ValueError(f"{path} is not a regular file (it is {_kind(st.st_mode)})")
+            if st.st_size > limit:
+                raise ValueError(f"{path} is larger than {limit:,} bytes ({st.st_size:,}): refused")
+            with os.fdopen(os.dup(fd), "rb") as f:
+                data = f.read(limit + 1)
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         raise ValueError(f"file not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except OSError as e:
+        raise ValueError(f"{path} cannot be read ({e.strerror or e})") from None
+    if len(data) > limit:  # grew while read
+        raise ValueError(f"{path} is larger than {limit:,} bytes: refused")
+    return data
+
+
+def json_depth(text: str) -> int:
+    """How deep the arrays and objects of a JSON text nest (brackets inside strings do
+    not count), without recursion."""
+    brackets = _NOT_BRACKET_RE.sub("", _STRING_RE.sub("", text))
+    return max(itertools.accumulate(map(_BRACKET_STEP.__getitem__, brackets)), default=0)
+
+
+def parse_json(text: str, source: str):
+    """Any JSON value from ``text`` (``source`` names it in messages), nested at most
+    MAX_JSON_DEPTH deep.
+
+    Raises:
+        ValueError: invalid or too deeply nested JSON (one line, naming ``source``).
+    """
+    if json_depth(text) > MAX_JSON_DEPTH:
+        raise ValueError(f"{source} is nested deeper than {MAX_JSON_DEPTH} levels: refused")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, a 5000-digit integer
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"{source} is not valid JSON ({msg[:200]})") from None
+
+
+def read_json(path: str | os.PathLike, root: str | os.PathLike | None = None) -> dict:
+    """Read a JSON object from a regular file of at most MAX_JSON_BYTES, nested at most
+    MAX_JSON_DEPTH deep (:func:`read_bytes`: ``root`` is the store it must stay inside).
+
+    Raises:
+        ValueError: missing, special, too large or unreadable file, invalid or too deeply
+            nested JSON, not an object (one line, naming the file).
+    """
+    path = Path(path)
+    try:
+        text = read_bytes(path, MAX_JSON_BYTES, root).decode("utf-8")
+    except UnicodeDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e})") from None
+    data = parse_json(text, str(path))
     if not isinstance(data, dict):
         raise ValueError(f"{path} should hold a JSON object")
     return data
@@ -228,16 +325,40 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
         tmp.unlink(missing_ok=True)
 
 
-def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load a safetensors file (never pickle).
+def load_tensors(
+    path: str | os.PathLike, root: str | os.PathLike | None = None
+) -> dict[str, torch.Tensor]:
+    """Load a safetensors file (never pickle) of at most MAX_TENSOR_BYTES, read through
+    :func:`read_bytes` (a regular file, inside ``root`` when given).
 
     Raises:
-        ValueError: missing or corrupt file.
+        ValueError: missing, special, too large or corrupt file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"file not found: {path}")
+    data = read_bytes(path, MAX_TENSOR_BYTES, root)
     try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{path} is not a valid safetensors file ({e})") from None
+        return load(data)
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"{path} is not a valid safetensors file ({msg[:200]})") from None
+
+
+def check_tensors(tensors: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """``tensors`` if there is at least one and each holds floating-point values, at
+    least one, all finite.
+
+    Raises:
+        ValueError: no tensor, or one that is empty, not floating point, or holds NaN or
+            infinite values (naming ``source`` and the tensor).
+    """
+    if not tensors:
+        raise ValueError(f"{source} holds no tensors")
+    for key, t in tensors.items():
+        if not t.is_floating_point():
+            raise ValueError(f"{source}: tensor {key} holds {t.dtype} values, not floating point")
+        if t.numel() == 0:
+            raise ValueError(f"{source}: tensor {key} is empty (shape {tuple(t.shape)})")
+        if not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(f"{source}: tensor {key} holds {bad} NaN or infinite values")
+    return tensors

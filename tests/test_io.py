@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -102,16 +104,99 @@ def test_a_missing_or_broken_json_file_is_a_value_error_naming_it(tmp_path, cont
     assert str(path) in str(e.value) and "\n" not in str(e.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason="read_json lets json's RecursionError through for deeply nested (valid) JSON "
-    "(issue 23, item 3)",
-)
 def test_a_deeply_nested_json_file_is_a_value_error(tmp_path):
+    """issue 23, item 3: 100,000 nested lists are one ValueError naming the file."""
     path = tmp_path / "deep.json"
     path.write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")
-    with pytest.raises(ValueError, match="deep.json"):
+    with pytest.raises(ValueError, match="deep.json.*nested"):
+        io.read_json(path)
+
+
+def test_json_nested_up_to_the_limit_is_read(tmp_path):
+    depth = io.MAX_JSON_DEPTH
+    path = tmp_path / "ok.json"
+    path.write_text('{"a": ' + "[" * (depth - 1) + "]" * (depth - 1) + ', "s": "[[[[{{{{"}')
+    assert io.read_json(path)["s"] == "[[[[{{{{"
+    path.write_text('{"a": ' + "[" * depth + "]" * depth + "}")
+    with pytest.raises(ValueError, match="nested"):
+        io.read_json(path)
+
+
+@contextmanager
+def deadline(seconds: int):
+    """Fail (rather than hang) when the block has not finished within ``seconds``."""
+
+    def alarm(signum, frame):
+        raise TimeoutError(f"blocked for {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("reader", [io.read_json, io.load_tensors])
+def test_a_fifo_is_refused_without_blocking(tmp_path, reader):
+    """issue 23, item 4: a FIFO (nobody writing) is a ValueError at once, not a hang."""
+    path = tmp_path / "metrics.json"
+    os.mkfifo(path)
+    with deadline(20), pytest.raises(ValueError, match="metrics.json.*not a regular file"):
+        reader(path)
+
+
+@pytest.mark.parametrize("reader", [io.read_json, io.load_tensors])
+def test_a_link_to_a_device_is_refused(tmp_path, reader):
+    """issue 23, item 4: a symlink to /dev/zero is refused before a byte is read (it
+    used to be read until memory ran out)."""
+    path = tmp_path / "metrics.json"
+    path.symlink_to("/dev/zero")
+    with deadline(20), pytest.raises(ValueError, match="metrics.json.*not a regular file"):
+        reader(path)
+
+
+@pytest.mark.parametrize(
+    ("reader", "limit"), [(io.read_json, "MAX_JSON_BYTES"), (io.load_tensors, "MAX_TENSOR_BYTES")]
+)
+def test_a_file_over_the_size_cap_is_refused(tmp_path, monkeypatch, reader, limit):
+    monkeypatch.setattr(io, limit, 1000)
+    path = tmp_path / "big.json"
+    path.write_text('{"a": "' + "x" * 1000 + '"}')
+    with pytest.raises(ValueError, match="big.json.*larger than"):
+        reader(path)
+
+
+def test_the_caps_are_well_above_the_shipped_files():
+    shipped = Path(__file__).resolve().parent.parent / "precomputed"
+    sizes = {
+        ext: max(p.stat().st_size for p in shipped.rglob(f"*.{ext}"))
+        for ext in ("json", "safetensors")
+    }
+    assert io.MAX_JSON_BYTES >= 10 * sizes["json"]
+    assert io.MAX_TENSOR_BYTES >= 10 * sizes["safetensors"]
+
+
+def test_a_symlink_leaving_the_root_is_refused(tmp_path):
+    """issue 23, item 4: inside a store (``root``), a link to a file outside it is
+    refused; a link that stays inside is read."""
+    root, outside = tmp_path / "store", tmp_path / "secret.json"
+    (root / "run").mkdir(parents=True)
+    outside.write_text('{"a": 1}')
+    (root / "run" / "inside.json").write_text('{"b": 2}')
+    (root / "run" / "out.json").symlink_to(outside)
+    (root / "run" / "in.json").symlink_to(root / "run" / "inside.json")
+    with pytest.raises(ValueError, match="out.json.*outside"):
+        io.read_json(root / "run" / "out.json", root=root)
+    assert io.read_json(root / "run" / "in.json", root=root) == {"b": 2}
+    assert io.read_json(root / "run" / "out.json") == {"a": 1}  # no root: no containment
+
+
+def test_a_huge_integer_is_a_value_error_naming_the_file(tmp_path):
+    path = tmp_path / "n.json"
+    path.write_text('{"a": ' + "9" * 10_000 + "}")
+    with pytest.raises(ValueError, match="n.json"):
         io.read_json(path)
 
 
