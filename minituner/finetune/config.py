@@ -13,6 +13,24 @@ The largest rank a model takes depends on the model, not the config: :func:`max_
 (min(in, out) of the targeted Linears) and :func:`check_rank` are that one rule, used by
 the CLI and the app before training.
 
+Bounds a user can understand, each in one place (issue 23):
+
+* alpha: positive, finite, and scaling = alpha/r at most 1024
+  (:func:`minituner.lora.targets.check_hparams`, whose docstring says why);
+* batch_size: 1 to :data:`MAX_BATCH_SIZE` = 1024, the largest power of two whose
+  activations :func:`minituner.memory.predict.predict_memory` predicts within
+  :data:`MAX_ACTIVATION_BYTES` (4 GiB) for the default MiniGPT at its full 96-character
+  context (about 3.9 GiB; a batch of 10^8 would need about 370 TiB). Given the model,
+  :func:`check_batch` applies the same 4 GiB to its own prediction (a larger model
+  takes a smaller batch);
+* eval_limit (not a setting of the run: what the CLI, the app and the training child
+  pass to the loop): :func:`check_eval_limit`, 1 to :data:`MAX_EVAL_LIMIT`.
+
+:func:`check_before_training` is every check that needs the base model (rank, batch,
+taught verb, eval limit): the CLI runs it before training, and the app before it starts
+a training child. Whether the run cache can take the run is the store's question
+(:func:`minituner.store.runs.check_writable`).
+
 Two settings change the training data, and stay out of the run id at their defaults
 (so every run stored before they existed keeps its id):
 
@@ -103,6 +121,79 @@ def check_rank(cfg: FinetuneConfig, model_config) -> None:
         )
 
 
+MAX_ACTIVATION_BYTES = 4 * 2**30  # predicted activation memory of one batch, at most
+MAX_BATCH_SIZE = 1024  # the largest power of two within it for the default MiniGPT
+MAX_EVAL_LIMIT = 1_000_000  # items per split; the held-out splits hold a few hundred
+
+
+def batch_activation_bytes(cfg: FinetuneConfig, model_config) -> int:
+    """The activation memory :func:`minituner.memory.predict.predict_memory` predicts for
+    one batch of ``cfg`` on a MiniGPT of ``model_config`` (a GPTConfig), at fp32 and the
+    model's full context (the longest sequence it reads)."""
+    from minituner.memory.predict import predict_memory
+    from minituner.memory.shapes import ModelShape
+
+    shape = ModelShape.from_gpt_config(model_config)
+    kw = {} if cfg.method == "full" else {"r": cfg.r, "targets": cfg.targets}
+    pred = predict_memory(
+        shape, cfg.method, batch=cfg.batch_size, seq=model_config.block_size, precision="fp32",
+        **kw,
+    )  # fmt: skip
+    return pred["activations"]
+
+
+def check_batch(cfg: FinetuneConfig, model_config) -> None:
+    """Raises ValueError when the predicted activations of one batch of ``cfg`` on a
+    model of ``model_config`` exceed :data:`MAX_ACTIVATION_BYTES`; the message names the
+    largest batch that fits."""
+    need = batch_activation_bytes(cfg, model_config)
+    if need <= MAX_ACTIVATION_BYTES:
+        return
+    per_item = need / cfg.batch_size  # activations grow linearly with the batch
+    most = max(1, int(MAX_ACTIVATION_BYTES // per_item))
+    raise ValueError(
+        f"batch_size={cfg.batch_size} is too large for this model: its activations are "
+        f"predicted at {need / 2**30:.1f} GiB (minituner.memory.predict), over the "
+        f"{MAX_ACTIVATION_BYTES / 2**30:g} GiB limit; use a batch_size of at most {most}"
+    )
+
+
+def check_eval_limit(n) -> int | None:
+    """``n`` when it is a valid eval limit: None (no cap: the full held-out splits at the
+    end) or a whole number from 1 to :data:`MAX_EVAL_LIMIT` (a run record stores it).
+
+    Raises:
+        ValueError: anything else, one line.
+    """
+    if n is None:
+        return None
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_EVAL_LIMIT:
+        shown = f"{n!r}" if len(repr(n)) <= 40 else f"{repr(n)[:20]}…"
+        raise ValueError(
+            f"eval_limit must be a whole number from 1 to {MAX_EVAL_LIMIT:,} (items per "
+            f"split; unset: no cap), got {shown}"
+        )
+    return n
+
+
+def check_before_training(cfg: FinetuneConfig, base, eval_limit: int | None = None) -> None:
+    """Every check of ``cfg`` that needs the base model (a ``finetune.result.Base``):
+    :func:`check_rank`, :func:`check_batch`, the taught verb's characters
+    (:func:`minituner.minigpt.teach.check_teach`) and :func:`check_eval_limit`. The CLI
+    runs it before training; the app before it starts a training child.
+
+    Raises:
+        ValueError: the first check that fails, one line.
+    """
+    check_eval_limit(eval_limit)
+    check_rank(cfg, base.model.config)  # a rank the model cannot take
+    check_batch(cfg, base.model.config)  # a batch its memory cannot take
+    if cfg.teach:  # a character the model cannot read
+        from minituner.minigpt.teach import check_teach
+
+        check_teach(TeachVerb.parse(cfg.teach), base.tok)
+
+
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -116,6 +207,17 @@ def _number(name: str, v, low: float, allow_low: bool = False) -> None:
         else:
             bound = f"a number {'>=' if allow_low else '>'} {low:g}"
         raise ValueError(f"{name} must be {bound}, got {v!r}")
+
+
+def check_batch_size(n: int) -> None:
+    """Raises ValueError unless 1 <= n <= :data:`MAX_BATCH_SIZE` (the model-free bound;
+    :func:`check_batch` is the one for a given model)."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_BATCH_SIZE:
+        raise ValueError(
+            f"batch_size must be a whole number from 1 to {MAX_BATCH_SIZE} (a larger batch "
+            f"of the default MiniGPT is predicted to need over "
+            f"{MAX_ACTIVATION_BYTES / 2**30:g} GiB of activation memory), got {n!r}"
+        )
 
 
 @dataclass
@@ -159,6 +261,7 @@ class FinetuneConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a whole number >= 1, got {v!r}")
+        check_batch_size(self.batch_size)
         check_seed(self.seed)
         for name in ("rslora", "nf4_double_quant"):
             if not isinstance(getattr(self, name), bool):

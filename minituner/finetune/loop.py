@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from minituner.finetune import events as ev
-from minituner.finetune.config import FinetuneConfig
+from minituner.finetune.config import FinetuneConfig, check_eval_limit
 from minituner.finetune.result import Base, FinetuneResult, load_base, prepare_model
 from minituner.lora.inject import count_parameters, lora_layers
 from minituner.memory import measure, shapes
@@ -96,8 +96,7 @@ class Training:
         should_stop: Callable[[], bool] | None = None,
         eval_limit: int | None = None,
     ) -> None:
-        if eval_limit is not None and (isinstance(eval_limit, bool) or eval_limit < 1):
-            raise ValueError(f"eval_limit must be a whole number >= 1, got {eval_limit!r}")
+        check_eval_limit(eval_limit)  # the one rule, the app's pre-flight's too
         self.cfg = cfg
         self.base = base
         self.device = device

@@ -8,7 +8,17 @@ choice as ``add_lora`` does (any other name is kept: an attribute name or a modu
 since ``add_lora`` works on any model).
 
 :func:`check_hparams` is the one rule for r, alpha, dropout and rslora; ``LoRALinear``,
-``add_lora``, the adapter reader and ``FinetuneConfig`` all call it.
+``add_lora``, the adapter reader and ``FinetuneConfig`` all call it (and the CLI's
+``--alpha`` its r-free part, :func:`check_alpha`).
+
+Alpha's upper bound comes from what alpha does: the update is ΔW = scaling · B·A with
+scaling = alpha/r (alpha/√r with rslora, :func:`lora_scaling`), so scaling is the number
+that can break a run. It may be at most :data:`MAX_SCALING` = 1024. The usual choices
+are 1 to 2 (alpha = r or 2r; the shipped runs use 16/r, 0.25 to 16) and the app offers
+alpha up to 1024 at r >= 1, so 1024 leaves them all inside. Far above it a run breaks
+while it trains: Adam moves B by about lr a step whatever the scale, so ΔW moves by
+scaling · lr · |A| (issue 23: alpha = 1e30 at r = 8 "succeeded" with the base model's
+figures, nothing learned; alpha = 1e308 overflowed mid-run).
 """
 
 from __future__ import annotations
@@ -90,6 +100,23 @@ def resolve_targets(targets: str | Iterable[str]) -> list[str]:
     return list(expand_targets(targets))
 
 
+MAX_SCALING = 1024.0  # the largest alpha/r (alpha/sqrt(r) with rslora): see the docstring
+
+
+def lora_scaling(r: int, alpha: float, rslora: bool = False) -> float:
+    """The factor of the update: alpha/r, or alpha/sqrt(r) with rslora."""
+    return alpha / math.sqrt(r) if rslora else alpha / r
+
+
+def check_alpha(alpha) -> None:
+    """Raises ValueError unless alpha is a positive, finite number (the part of the rule
+    that needs no rank; :func:`check_hparams` also bounds alpha/r)."""
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not alpha > 0:
+        raise ValueError(f"LoRA alpha must be a positive number, got {alpha!r}")
+    if not math.isfinite(alpha):
+        raise ValueError(f"LoRA alpha must be finite, got {alpha!r}")
+
+
 def check_hparams(
     r,
     alpha,
@@ -102,7 +129,8 @@ def check_hparams(
     """Raises ValueError naming the bad value and the allowed range.
 
     r is a whole number >= 1 (and, given the layer's ``in_features`` and ``out_features``,
-    at most the smaller of them), alpha a finite number > 0, dropout in [0, 1), rslora a
+    at most the smaller of them), alpha a finite number > 0 whose scaling (alpha/r, or
+    alpha/sqrt(r) with rslora) is at most :data:`MAX_SCALING`, dropout in [0, 1), rslora a
     bool. ``where`` names the layer in the message about a rank too large for it.
     """
     if isinstance(r, bool) or not isinstance(r, numbers.Integral):
@@ -117,13 +145,18 @@ def check_hparams(
                 f"LoRA rank r={r} does not fit {where} (in_features={in_features}, "
                 f"out_features={out_features}); r must be between 1 and {limit}"
             )
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not alpha > 0:
-        raise ValueError(f"LoRA alpha must be a positive number, got {alpha!r}")
-    if not math.isfinite(alpha):
-        raise ValueError(f"LoRA alpha must be finite, got {alpha!r}")
+    check_alpha(alpha)
+    if not isinstance(rslora, bool):
+        raise ValueError(f"rslora must be True or False, got {rslora!r}")
+    if lora_scaling(r, alpha, rslora) > MAX_SCALING:
+        most = MAX_SCALING * (math.sqrt(r) if rslora else r)
+        over = "alpha/sqrt(r)" if rslora else "alpha/r"
+        raise ValueError(
+            f"LoRA alpha={alpha:g} is too large for r={r}: the update is scaled by {over} "
+            f"= {lora_scaling(r, alpha, rslora):.4g}, which must be at most {MAX_SCALING:g} "
+            f"(so alpha at most {most:g} at this rank; alpha = r to 2r is usual)"
+        )
     if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real):
         raise ValueError(f"LoRA dropout must be a number in [0, 1), got {dropout!r}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout}")
-    if not isinstance(rslora, bool):
-        raise ValueError(f"rslora must be True or False, got {rslora!r}")

@@ -16,10 +16,23 @@ import pytest
 from cli_util import REPO_ROOT
 
 from minituner.cli import main
-from minituner.finetune.config import FinetuneConfig, check_rank, max_rank, normalize_targets
+from minituner.finetune.config import (
+    MAX_ACTIVATION_BYTES,
+    MAX_BATCH_SIZE,
+    MAX_EVAL_LIMIT,
+    FinetuneConfig,
+    batch_activation_bytes,
+    check_batch,
+    check_before_training,
+    check_eval_limit,
+    check_rank,
+    max_rank,
+    normalize_targets,
+)
 from minituner.finetune.result import load_base
 from minituner.lora.inject import add_lora
-from minituner.minigpt.model import MiniGPT, preset_config
+from minituner.minigpt.model import GPTConfig, MiniGPT, preset_config
+from minituner.store.records import RunConfig
 from minituner.store.runs import RunStore, run_id
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
@@ -243,3 +256,89 @@ def test_replay_and_teach_are_normalised_and_kept_out_of_old_ids():
     for rid, info in {i.run_id: i for i in RunStore().list() if i.shipped}.items():
         assert info.config.finetune.replay == 0.0 and info.config.finetune.teach == ""
         assert "replay" not in info.config.finetune.to_dict(), rid
+
+
+# ---------------------------------------------------------------- bounds (issue 23, item 9)
+
+
+@pytest.mark.parametrize(
+    ("settings", "needles"),
+    [
+        (dict(alpha=1e308), ["LoRA alpha", "1024"]),
+        (dict(alpha=1e30), ["LoRA alpha", "1024"]),
+        (dict(alpha=float("inf")), ["LoRA alpha", "finite"]),
+        (dict(method="qlora", r=2, alpha=4096.0), ["LoRA alpha", "r=2"]),
+        (dict(batch_size=100_000_000), ["batch_size", f"{MAX_BATCH_SIZE}", "memory"]),
+        (dict(batch_size=MAX_BATCH_SIZE + 1), ["batch_size", f"{MAX_BATCH_SIZE}"]),
+    ],
+)
+def test_a_setting_that_breaks_a_run_is_refused_when_the_config_is_made(settings, needles):
+    """issue 23, item 9: the values that failed mid-run (alpha 1e308), learned nothing
+    (alpha 1e30) or ran out of memory (batch 1e8) are refused by FinetuneConfig itself."""
+    with pytest.raises(ValueError) as e:
+        FinetuneConfig(**settings)
+    for needle in needles:
+        assert needle in str(e.value), (needle, str(e.value))
+
+
+def test_the_largest_batch_is_what_the_memory_prediction_allows_the_default_model():
+    """MAX_BATCH_SIZE is the largest power of two whose predicted activations for the
+    default MiniGPT at its full context stay within MAX_ACTIVATION_BYTES."""
+    cfg = FinetuneConfig(method="full", batch_size=MAX_BATCH_SIZE)
+    assert batch_activation_bytes(cfg, GPTConfig()) <= MAX_ACTIVATION_BYTES
+    twice = FinetuneConfig(method="full", batch_size=MAX_BATCH_SIZE)
+    twice.batch_size *= 2  # past the config's own check, for the prediction alone
+    assert batch_activation_bytes(twice, GPTConfig()) > MAX_ACTIVATION_BYTES
+    FinetuneConfig(batch_size=MAX_BATCH_SIZE)  # the bound itself is allowed
+
+
+def test_check_batch_refuses_a_batch_a_larger_model_cannot_hold():
+    large = preset_config("large", 64)
+    cfg = FinetuneConfig(method="full", batch_size=MAX_BATCH_SIZE)
+    with pytest.raises(ValueError, match=r"batch_size=1024 .* predicted") as e:
+        check_batch(cfg, large)
+    most = int(str(e.value).split("at most ")[-1].split()[0])
+    check_batch(FinetuneConfig(method="full", batch_size=most), large)
+    check_batch(FinetuneConfig(batch_size=MAX_BATCH_SIZE), GPTConfig())  # the default fits
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 1.5, "10", MAX_EVAL_LIMIT + 1, 2**62 + 1, 10**30])
+def test_check_eval_limit_refuses_what_a_run_record_could_not_store(bad):
+    """issue 23, items 9/10: the eval limit's one rule, for the CLI, the loop and the app's
+    pre-flight (a huge MINITUNER_EVAL_LIMIT used to fail only when the run was stored)."""
+    with pytest.raises(ValueError, match=rf"eval_limit must be a whole number from 1 to "
+                                         rf"{MAX_EVAL_LIMIT:,}") as e:  # fmt: skip
+        check_eval_limit(bad)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("good", [None, 1, 48, MAX_EVAL_LIMIT])
+def test_good_eval_limits(good):
+    assert check_eval_limit(good) == good
+
+
+def test_the_training_loop_uses_the_same_eval_limit_rule():
+    from minituner.finetune.loop import Training
+
+    with pytest.raises(ValueError, match="eval_limit must be a whole number from 1 to"):
+        Training(FinetuneConfig(), None, eval_limit=MAX_EVAL_LIMIT + 1)
+
+
+def test_check_before_training_runs_every_model_check(tmp_path):
+    base = load_base()
+    check_before_training(FinetuneConfig(), base, eval_limit=8)
+    with pytest.raises(ValueError, match="rank r=4096"):
+        check_before_training(FinetuneConfig(r=4096), base)
+    with pytest.raises(ValueError, match="eval_limit"):
+        check_before_training(FinetuneConfig(), base, eval_limit=0)
+    with pytest.raises(ValueError, match="'æ' not in the model's vocabulary"):
+        check_before_training(FinetuneConfig(teach="swim:swÆm"), base)
+
+
+def test_every_shipped_config_reads_back_valid():
+    """The bounds leave every shipped run valid: each config.json through the record reader."""
+    paths = sorted((REPO_ROOT / "precomputed" / "runs").glob("*/config.json"))
+    assert paths
+    for p in paths:
+        rec = RunConfig.from_json(json.loads(p.read_text(encoding="utf-8")), str(p))
+        assert rec.finetune.batch_size <= MAX_BATCH_SIZE
