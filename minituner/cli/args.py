@@ -36,6 +36,34 @@ def positive_float(s: str) -> float:
     return v
 
 
+def lora_alpha(s: str) -> float:
+    """LoRA alpha: positive and finite (:func:`minituner.lora.targets.check_alpha`); the
+    bound on alpha/r needs the rank, so FinetuneConfig checks it with ``--rank``."""
+    from minituner.lora.targets import check_alpha
+
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    try:
+        check_alpha(v)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return v
+
+
+def batch_size(s: str) -> int:
+    """A fine-tuning batch size within :func:`minituner.finetune.config.check_batch_size`."""
+    from minituner.finetune.config import check_batch_size
+
+    v = positive_int(s)
+    try:
+        check_batch_size(v)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return v
+
+
 def share(s: str) -> float:
     try:
         v = float(s)

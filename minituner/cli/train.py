@@ -9,11 +9,12 @@ modules are imported inside the functions, so the command line starts without to
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from minituner.cli.args import (
     CLIError,
+    batch_size,
+    lora_alpha,
     positive_float,
     positive_int,
     replay_share,
@@ -157,7 +158,13 @@ def final_rows(metrics) -> list[tuple[str, object]]:
 
 
 def finetune_arguments(p) -> None:
-    from minituner.finetune.config import DEFAULT_DROPOUT, DEFAULT_LR, FinetuneConfig
+    from minituner.finetune.config import (
+        DEFAULT_DROPOUT,
+        DEFAULT_LR,
+        MAX_BATCH_SIZE,
+        FinetuneConfig,
+    )
+    from minituner.lora.targets import MAX_SCALING
     from minituner.methods import METHODS
 
     d = FinetuneConfig()
@@ -167,9 +174,9 @@ def finetune_arguments(p) -> None:
     )
     p.add_argument(
         "--alpha",
-        type=positive_float,
+        type=lora_alpha,
         default=d.alpha,
-        help=f"LoRA alpha; scaling = alpha/r (default: {d.alpha:g})",
+        help=f"LoRA alpha; scaling = alpha/r, at most {MAX_SCALING:g} (default: {d.alpha:g})",
     )
     p.add_argument(
         "--targets",
@@ -197,9 +204,9 @@ def finetune_arguments(p) -> None:
     )
     p.add_argument(
         "--batch-size",
-        type=positive_int,
+        type=batch_size,
         default=d.batch_size,
-        help=f"cloze pairs per batch (default: {d.batch_size})",
+        help=f"cloze pairs per batch, 1 to {MAX_BATCH_SIZE} (default: {d.batch_size})",
     )
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default: {d.seed})")
     p.add_argument(
@@ -225,13 +232,13 @@ def finetune_arguments(p) -> None:
 
 
 def cmd_finetune(args) -> None:
-    from minituner.finetune.config import FinetuneConfig, check_rank
+    from minituner.finetune.config import FinetuneConfig, check_before_training
     from minituner.finetune.distributed import from_env
     from minituner.finetune.events import Evaluation, Event, Started, Step
     from minituner.finetune.loop import finetune
     from minituner.finetune.result import load_base
     from minituner.minigpt.trainutil import ProgressBar, resolve_device
-    from minituner.store.runs import RunStore
+    from minituner.store.runs import RunStore, check_writable
 
     cfg = FinetuneConfig(
         method=args.method, r=args.rank, alpha=args.alpha, targets=args.targets,
@@ -240,11 +247,7 @@ def cmd_finetune(args) -> None:
     )  # fmt: skip
     resolve_device(args.device)
     base = load_base(args.base)
-    check_rank(cfg, base.model.config)  # a rank the model cannot take: one line, no training
-    if cfg.teach:  # a character the model cannot read: one line, no training
-        from minituner.minigpt.teach import TeachVerb, check_teach
-
-        check_teach(TeachVerb.parse(cfg.teach), base.tok)
+    check_before_training(cfg, base)  # rank, batch memory, taught verb: one line, no training
     store = RunStore()
     if not args.no_save:  # a cache that cannot take the run: say so before training
         check_writable(store.save_root)
@@ -283,18 +286,6 @@ def cmd_finetune(args) -> None:
     finally:
         bar.close()
     report_and_store(res, store, args.no_save)
-
-
-def check_writable(root: Path) -> None:
-    """Raises CLIError unless runs can be saved under ``root`` (made if missing)."""
-    where = f"the run cache {root} ($MINITUNER_CACHE, default ~/.cache/minituner/runs)"
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        why = "it is a file" if root.is_file() else (e.strerror or str(e))
-        raise CLIError(f"cannot store runs in {where}: {why}") from None
-    if not os.access(root, os.W_OK | os.X_OK):
-        raise CLIError(f"cannot store runs in {where}: it is not writable")
 
 
 def report_and_store(res, store, no_save: bool) -> None:

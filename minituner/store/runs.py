@@ -69,6 +69,20 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "minituner" / "runs"
 
 
+def check_writable(root: Path) -> None:
+    """Raises ValueError unless runs can be saved under ``root`` (made if missing): the
+    pre-flight of the CLI's ``finetune`` and of the app before it starts a training child.
+    """
+    where = f"the run cache {root} ($MINITUNER_CACHE, default ~/.cache/minituner/runs)"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        why = "it is a file" if root.is_file() else (e.strerror or str(e))
+        raise ValueError(f"cannot store runs in {where}: {why}") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot store runs in {where}: it is not writable")
+
+
 def run_id(cfg: FinetuneConfig, base_model_id: str, corpus_version: str) -> str:
     """12 hex digits of the SHA-256 of the whole config, the base model and the corpus."""
     key = json.dumps(

@@ -60,6 +60,9 @@ def test_pretrain_bad_flags_in_process(base_copy, capsys, flags, needles):
     [
         (args.positive_int, "3", 3),
         (args.positive_float, "2e-3", 2e-3),
+        (args.lora_alpha, "16", 16.0),
+        (args.lora_alpha, "1e4", 1e4),  # alpha/r is bounded with the rank, by FinetuneConfig
+        (args.batch_size, "1024", 1024),
         (args.share, "0", 0.0),
         (args.share, "1", 1.0),
         (args.replay_share, "0.25", 0.25),
@@ -79,6 +82,12 @@ def test_good_values(parse, text, value):
     [
         (args.positive_int, "1.5", "whole number"),
         (args.positive_float, "inf", "positive"),
+        (args.lora_alpha, "1e309", "finite"),  # issue 23, item 9
+        (args.lora_alpha, "nan", "positive"),
+        (args.lora_alpha, "0", "positive"),
+        (args.lora_alpha, "x", "expected a number"),
+        (args.batch_size, "100000000", "from 1 to 1024"),  # issue 23, item 9
+        (args.batch_size, "0", "at least 1"),
         (args.share, "x", "[0, 1]"),
         (args.replay_share, "1", "below 1"),
         (args.targets, ",", "at least one target"),

@@ -141,3 +141,42 @@ def test_a_cache_that_cannot_hold_runs_is_reported_before_training(
     assert_user_error(r, str(cache), "cannot store runs")
     assert r.stdout == ""
     assert f.read_text(encoding="utf-8") == "not a folder"
+
+
+# ---------------------------------------------------------------- bounds (issue 23, item 9)
+
+
+@pytest.mark.parametrize(
+    ("flags", "needles"),
+    [
+        (["--alpha", "1e308"], ["alpha", "1024"]),  # was: unexpected RuntimeError mid-run
+        (["--alpha", "1e30"], ["alpha", "1024"]),  # was: exit 0, nothing learned
+        (["--alpha", "1e309"], ["--alpha", "finite"]),
+        (["--rank", "2", "--alpha", "4096"], ["alpha", "r=2"]),
+        (["--batch-size", "100000000"], ["--batch-size", "1024"]),  # was: an allocation error
+        (["--batch-size", "1025"], ["--batch-size", "1024"]),
+    ],
+)
+def test_a_setting_that_breaks_a_run_is_one_line_before_training(
+    capsys, no_finetune, tmp_path, monkeypatch, flags, needles
+):
+    """issue 23, item 9: refused with one ``error:`` line naming the flag, exit 2, before
+    any training (no_finetune fails the test if training starts; nothing printed)."""
+    monkeypatch.setenv("MINITUNER_CACHE", str(tmp_path / "cache"))
+    r = run_main(capsys, "finetune", "--steps", "1", "--device", "cpu", "--force", *flags)
+    assert_user_error(r, *needles)
+    assert r.stdout == ""
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_batch_the_base_model_cannot_hold_is_one_line_before_training(
+    capsys, no_finetune, tmp_path, monkeypatch
+):
+    """The model-aware bound (finetune.config.check_batch), run by the CLI's pre-flight."""
+    from minituner.finetune import config
+
+    monkeypatch.setattr(config, "MAX_ACTIVATION_BYTES", 2**20)  # 1 MiB: batch 32 is over
+    monkeypatch.setenv("MINITUNER_CACHE", str(tmp_path / "cache"))
+    r = run_main(capsys, "finetune", "--steps", "1", "--device", "cpu", "--force")
+    assert_user_error(r, "batch_size=32", "predicted", "at most")
+    assert r.stdout == ""

@@ -53,6 +53,15 @@ def test_in_range_url_values_are_taken():
     assert parsed == {"lr": 1.0, "alpha": 1024.0, "r": 128, "steps": 2000, "seed": 0}
 
 
+@pytest.mark.parametrize("r", [1, 2, 8, helpers.MAX_R])
+@pytest.mark.parametrize("alpha", helpers.RANGES["alpha"])
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_every_alpha_the_train_page_offers_is_a_valid_config(method, r, alpha):
+    """issue 23, item 9: alpha's bound (alpha/r at most 1024) leaves the page's whole
+    range valid at every rank it offers, so the widget never offers a refused value."""
+    FinetuneConfig(method=method, r=r, alpha=alpha)
+
+
 def test_rank_limit_follows_the_model(fbase):
     assert helpers.rank_limit(fbase.model.config) == fbase.model.config.n_embd == 128
     assert helpers.rank_limit(preset_config("tiny", vocab_size=8)) == 32
