@@ -4,6 +4,7 @@ $MINITUNER_TORCH_THREADS (how the CLI reports a bad value: tests/cli/test_cli_ma
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -195,3 +196,27 @@ def test_any_text_is_a_thread_count_or_one_value_error(raw):
     else:
         assert raw.strip().isascii() and raw.strip().isdigit() and int(raw.strip()) == n
         assert 1 <= n <= 1024
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40)
+)
+def test_any_environment_value_applies_a_count_or_raises_value_error(raw):
+    """issue 23, item 7: what the app and the CLI call; for any value the environment can
+    hold, a count (applied), None, or ValueError -- never another exception."""
+    before, old = torch.get_num_threads(), os.environ.get(THREADS_ENV)
+    os.environ[THREADS_ENV] = raw
+    try:
+        try:
+            n = torch_threads_from_env()
+        except ValueError:
+            assert torch.get_num_threads() == before  # nothing applied
+        else:
+            assert n is None or torch.get_num_threads() == n
+    finally:
+        torch.set_num_threads(before)
+        if old is None:
+            os.environ.pop(THREADS_ENV, None)
+        else:
+            os.environ[THREADS_ENV] = old
