@@ -214,10 +214,12 @@ def settings_from_json(o: JsonObject, cls, what: str, required: tuple[str, ...] 
         raise o.error("", f"is not a valid {what} configuration: {e}") from None
 
 
-def read_record(path: str | Path, cls):
-    """``cls.from_json`` of the JSON file at ``path``.
+def read_record(path: str | Path, cls, root: str | Path | None = None):
+    """``cls.from_json`` of the JSON file at ``path`` (read by :func:`minituner.io.read_json`:
+    a regular file, size-capped, depth-limited; inside ``root`` when given).
 
     Raises:
-        ValueError: missing file, invalid JSON or an invalid record (naming the file).
+        ValueError: missing, special or oversized file, invalid JSON or an invalid record
+            (naming the file).
     """
-    return cls.from_json(read_json(path), str(path))
+    return cls.from_json(read_json(path, root), str(path))

@@ -48,7 +48,7 @@ def load_base(directory: str | Path | None = None) -> Base:
     """
     import hashlib
 
-    from minituner.io import read_json
+    from minituner.io import MAX_TENSOR_BYTES, read_bytes, read_json
 
     d = Path(directory) if directory is not None else base_dir()
     model, tok, cfg = load_model(d)
@@ -57,7 +57,7 @@ def load_base(directory: str | Path | None = None) -> Base:
         corpus_cfg = CorpusConfig(**cfg.get("pretrain", {}).get("corpus", {}))
     except (TypeError, AttributeError) as e:
         raise ValueError(f"{d}/config.json has an unreadable corpus config ({e})") from None
-    h = hashlib.sha256((d / "model.safetensors").read_bytes()).hexdigest()[:12]
+    h = hashlib.sha256(read_bytes(d / "model.safetensors", MAX_TENSOR_BYTES)).hexdigest()[:12]
     if metrics.get("corpus_version") != build_corpus(corpus_cfg).version:
         raise ValueError(
             f"{d}: the base model was trained on corpus {metrics.get('corpus_version')}, but "

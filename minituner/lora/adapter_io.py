@@ -15,9 +15,8 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file
 
-from minituner.io import atomic_write_text, save_tensors
+from minituner.io import atomic_write_text, check_tensors, load_tensors, read_json, save_tensors
 from minituner.lora.inject import leaf_name, linear_layers, lora_layers, wrap_layers
 from minituner.lora.targets import check_hparams
 
@@ -91,15 +90,15 @@ def save_adapter(path: str | os.PathLike, model: nn.Module, config: dict | None 
     return out
 
 
-def _read_meta(folder: Path) -> dict:
+def _read_meta(folder: Path, root: Path | None = None) -> dict:
     file = folder / ADAPTER_CONFIG
-    if not file.is_file():
+    if not (file.exists() or file.is_symlink()):
         raise ValueError(f"no adapter at {folder}: {ADAPTER_CONFIG} is missing")
     try:
-        meta = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{file} is not a readable adapter config: {e}") from e
-    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+        meta = read_json(file, root)
+    except ValueError as e:
+        raise ValueError(f"{file} is not a readable adapter config: {e}") from None
+    if meta.get("format") != _FORMAT:
         raise ValueError(f"{file} is not a minituner LoRA adapter config")
     if meta.get("version") != _VERSION:
         raise ValueError(f"{file} has version {meta.get('version')!r}; this code reads {_VERSION}")
@@ -108,6 +107,8 @@ def _read_meta(folder: Path) -> dict:
         raise ValueError(f"{file} lists no adapted modules")
     for p, m in modules.items():
         try:
+            if not isinstance(m, dict):
+                raise ValueError(f"an entry must be an object, not {type(m).__name__}")
             in_f, out_f = m["in_features"], m["out_features"]
             if not (isinstance(in_f, int) and isinstance(out_f, int) and in_f > 0 and out_f > 0):
                 raise ValueError(f"bad in/out features {in_f!r}, {out_f!r}")
@@ -117,36 +118,33 @@ def _read_meta(folder: Path) -> dict:
     return meta
 
 
-def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
+def _read_tensors(folder: Path, root: Path | None = None) -> dict[str, torch.Tensor]:
     file = folder / ADAPTER_WEIGHTS
-    if not file.is_file():
+    if not (file.exists() or file.is_symlink()):
         raise ValueError(f"no adapter at {folder}: {ADAPTER_WEIGHTS} is missing")
-    try:
-        return load_file(file, device="cpu")
-    except Exception as e:  # safetensors raises its own error types for damaged files
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f"{file} is not a readable safetensors file: {msg}") from e
+    return load_tensors(file, root)
 
 
 def _shape(t) -> str:
     return f"({', '.join(str(int(s)) for s in t)})"
 
 
-def load_adapter(path: str | os.PathLike, model: nn.Module) -> dict:
-    """Load an adapter saved by ``save_adapter`` into ``model`` (in place).
-
-    A model without LoRA gets LoRA layers at the saved paths first (everything else frozen,
-    as in ``add_lora``); a model that has LoRA must have it at exactly those paths, with the
-    same shapes, alpha and rslora. Returns the saved JSON config (user config under "config").
+def read_adapter(
+    path: str | os.PathLike, root: str | os.PathLike | None = None
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The config and tensors of an adapter folder, checked against each other: every
+    module's lora_A and lora_B present with the shapes its config gives, floating point,
+    non-empty and finite. Files are read by minituner.io (regular files, size-capped; inside
+    ``root`` when given: a run store).
 
     Raises:
-        ValueError: for a missing or corrupt file, a tensor holding NaN, inf or no floats
-            (the message names the file and the tensor), or a model that does not match;
-            the message says what differs. The model is unchanged when this is raised.
+        ValueError: a missing, special, oversized or corrupt file, or a tensor that is
+            missing, of another shape, or holds NaN, inf or no floats (naming the file).
     """
     folder = Path(path)
-    meta = _read_meta(folder)
-    tensors = _read_tensors(folder)
+    root = Path(root) if root is not None else None
+    meta = _read_meta(folder, root)
+    tensors = _read_tensors(folder, root)
     modules: dict[str, dict] = meta["modules"]
     for p, m in modules.items():
         for key, shape in (
@@ -160,17 +158,29 @@ def load_adapter(path: str | os.PathLike, model: nn.Module) -> dict:
                     f"{folder}: {ADAPTER_WEIGHTS} does not match {ADAPTER_CONFIG}: "
                     f"{p}.{key} is {got}, the config says {_shape(shape)}"
                 )
-            if not t.is_floating_point():
-                raise ValueError(
-                    f"{folder / ADAPTER_WEIGHTS}: tensor {p}.{key} holds {t.dtype} values, "
-                    "not floating point"
-                )
-            if not bool(torch.isfinite(t).all()):  # a diverged or damaged adapter
-                bad = int((~torch.isfinite(t)).sum())
-                raise ValueError(
-                    f"{folder / ADAPTER_WEIGHTS}: tensor {p}.{key} holds {bad} NaN or infinite "
-                    "values; the adapter is unusable"
-                )
+    named = {f"{p}.{key}": tensors[f"{p}.{key}"] for p in modules for key in ("lora_A", "lora_B")}
+    check_tensors(named, str(folder / ADAPTER_WEIGHTS))
+    return meta, tensors
+
+
+def load_adapter(
+    path: str | os.PathLike, model: nn.Module, root: str | os.PathLike | None = None
+) -> dict:
+    """Load an adapter saved by ``save_adapter`` into ``model`` (in place).
+
+    A model without LoRA gets LoRA layers at the saved paths first (everything else frozen,
+    as in ``add_lora``); a model that has LoRA must have it at exactly those paths, with the
+    same shapes, alpha and rslora. Returns the saved JSON config (user config under "config").
+    ``root``: the store the files must stay inside (a symlink leaving it is refused).
+
+    Raises:
+        ValueError: for a missing or corrupt file, a tensor holding NaN, inf or no floats
+            (the message names the file and the tensor), or a model that does not match;
+            the message says what differs. The model is unchanged when this is raised.
+    """
+    folder = Path(path)
+    meta, tensors = read_adapter(folder, root)
+    modules: dict[str, dict] = meta["modules"]
 
     plain, lora = linear_layers(model)
     problems: list[str] = []

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from minituner.io import load_tensors, read_json, save_tensors, write_json
+from minituner.io import check_tensors, load_tensors, read_json, save_tensors, write_json
 from minituner.minigpt.model import GPTConfig, MiniGPT
 from minituner.minigpt.tokenizer import CharTokenizer
 from minituner.paths import base_dir
@@ -49,7 +49,7 @@ def load_model(
             raise ValueError(
                 f"config vocab_size {model_cfg.vocab_size} != tokenizer's {tok.vocab_size}"
             )
-        sd = load_tensors(d / "model.safetensors")
+        sd = check_tensors(load_tensors(d / "model.safetensors"), "model.safetensors")
         model = MiniGPT(model_cfg)
         # check shapes first: load_state_dict's own message spans many lines
         expected = model.state_dict()

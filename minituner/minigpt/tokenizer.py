@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from minituner.io import atomic_write_text
+from minituner.io import atomic_write_text, read_json
 
 NEWLINE = "\n"
 
@@ -81,12 +81,10 @@ class CharTokenizer:
             ValueError: if the file is missing or is not a tokenizer file.
         """
         path = Path(path)
+        data = read_json(path)  # a regular file, size-capped, depth-limited; names the file
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
             if data.get("type") != "char" or not isinstance(data.get("chars"), list):
                 raise ValueError("not a character tokenizer file")
             return cls(data["chars"])
-        except FileNotFoundError:
-            raise ValueError(f"tokenizer file not found: {path}") from None
         except (ValueError, AttributeError, TypeError) as e:
             raise ValueError(f"tokenizer file {path} is corrupt: {e}") from None

@@ -22,8 +22,13 @@ model or a spectrum never see one; :meth:`RunStore.load_model` refuses one.
 Roots are searched in order: the shipped runs (``runs/`` of the data folder,
 :func:`minituner.paths.runs_dir`), then the user
 cache (``$MINITUNER_CACHE`` or ``~/.cache/minituner/runs``), where new runs are saved.
-Every record is validated when a run is read; a run with a missing, corrupt or invalid
-file is skipped with one warning naming the file, and a broken copy in one root does
+Every record is validated when a run is read, and its weights too (read_weights: every
+tensor floating point, non-empty, finite; an adapter's shapes as its config says; a
+delta's keys and shapes against the base model when loaded). Files are read through
+minituner.io's hardened readers: regular files only (a FIFO or a device is refused
+without blocking), size-capped, JSON depth-limited, and no symlink may lead outside the
+run's root. A run with a missing, corrupt, special or invalid file is skipped with one
+warning naming the file, and a broken copy in one root does
 not hide a valid copy in a later one. A run is written into a temporary directory and
 swapped into place by io.atomic_directory: a crash at any point, or a concurrent save of
 the same run, leaves the old run or the new one, complete; readers hold the root's lock
@@ -47,13 +52,14 @@ from minituner.finetune.result import Base, FinetuneResult, full_delta, prepare_
 from minituner.io import (
     LEFTOVER_RE,
     atomic_directory,
+    check_tensors,
     directory_lock,
     load_tensors,
     recover_directory,
     save_tensors,
     write_json,
 )
-from minituner.lora.adapter_io import load_adapter, save_adapter
+from minituner.lora.adapter_io import load_adapter, read_adapter, save_adapter
 from minituner.paths import is_shipped, runs_dir
 from minituner.schema import read_record
 from minituner.store.records import RUN_ID_RE, Figures, MetricsRecord, RunConfig
@@ -146,24 +152,23 @@ class RunStore:
         Raises:
             ValueError: a missing, unreadable or invalid file (the message names it).
         """
+        root = path.parent  # no file of the run may lead outside its store
         try:
-            config = read_record(path / RunConfig.FILE, RunConfig)
+            config = read_record(path / RunConfig.FILE, RunConfig, root)
             if config.run_id != path.name:
                 raise ValueError(
                     f"{path / RunConfig.FILE}: run_id {config.run_id} does not match its "
                     f"directory {path.name}"
                 )
-            metrics = read_record(path / MetricsRecord.FILE, MetricsRecord)
+            metrics = read_record(path / MetricsRecord.FILE, MetricsRecord, root)
             if not metrics.completed:
                 raise ValueError(f"{path / MetricsRecord.FILE}: the run {metrics.status}")
             if metrics.stable_rank_mean is None:
                 raise ValueError(f"{path / MetricsRecord.FILE}: stable_rank_mean is missing")
             if not metrics.weights_saved:  # a metrics-only run: nothing else to read
                 return RunInfo(path.name, path, config, metrics, None, is_shipped(path))
-            spectrum = read_record(path / SpectrumRecord.FILE, SpectrumRecord)
-            for f in weight_files(config.finetune.method):
-                if not (path / f).is_file():
-                    raise ValueError(f"{path / f} is missing")
+            spectrum = read_record(path / SpectrumRecord.FILE, SpectrumRecord, root)
+            read_weights(path, config.finetune.method, root)
         except OSError as e:  # a file that is a directory, unreadable permissions
             raise ValueError(f"{path} cannot be read ({e})") from None
         return RunInfo(path.name, path, config, metrics, spectrum, is_shipped(path))
@@ -279,15 +284,25 @@ class RunStore:
         cfg = info.finetune_config()
         model = prepare_model(base, cfg, torch.device("cpu"))
         if cfg.method == "full":
-            delta = load_tensors(info.path / "delta.safetensors")
-            sd = model.state_dict()
+            delta = read_weights(info.path, "full", info.path.parent)
+            file = info.path / "delta.safetensors"
+            params = dict(model.named_parameters())  # tied weights once, as saved
+            missing = sorted(set(params) - set(delta))
+            if missing:
+                more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+                raise ValueError(f"{file} lacks the change of {', '.join(missing[:3])}{more}")
             with torch.no_grad():
                 for key, d in delta.items():
-                    if key not in sd or sd[key].shape != d.shape:
-                        raise ValueError(f"run {info.run_id}: delta {key} does not fit the base")
-                    sd[key].add_(d.float())
+                    if key not in params or params[key].shape != d.shape:
+                        got, want = tuple(d.shape), params.get(key)
+                        want = "no such parameter" if want is None else tuple(want.shape)
+                        raise ValueError(
+                            f"{file}: {key} {got} does not fit the base model ({want})"
+                        )
+                for key, d in delta.items():
+                    params[key].add_(d.float())
         else:
-            load_adapter(info.path, model)
+            load_adapter(info.path, model, root=info.path.parent)
         return model.eval()
 
     # ---------------------------------------------------------------- writing
@@ -338,6 +353,21 @@ def weight_files(method: str) -> tuple[str, ...]:
     if method == "full":
         return ("delta.safetensors",)
     return ("adapter.safetensors", "adapter_config.json")
+
+
+def read_weights(path: Path, method: str, root: Path) -> dict[str, torch.Tensor]:
+    """The weights of the run in ``path``: the delta (full) or the adapter's tensors, each
+    checked: regular files inside ``root``, at least one tensor, every tensor floating
+    point, non-empty and finite (minituner.io.check_tensors), and an adapter's shapes as
+    its config gives them. Whether they fit the base model is checked on loading.
+
+    Raises:
+        ValueError: a missing, special or damaged file (naming it).
+    """
+    if method == "full":
+        file = path / "delta.safetensors"
+        return check_tensors(load_tensors(file, root), str(file))
+    return read_adapter(path, root)[1]
 
 
 def as_metrics_record(metrics: MetricsRecord | dict) -> MetricsRecord:

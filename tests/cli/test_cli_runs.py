@@ -4,13 +4,18 @@ a run, and the shipped store left untouched by all of it."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import torch
 from cli_util import run_minituner
+from safetensors.torch import load_file, save_file
 
 from minituner.paths import data_dir, runs_dir
 from minituner.store.runs import RunStore
@@ -137,6 +142,130 @@ def test_runs_lists_the_cached_run_too(cache):
     r = run_cli(cache, "runs")
     assert r.returncode == 0, r.stderr
     assert re.search(rf"^{cached[0]}\s+cache\s", r.stdout, flags=re.M), r.stdout
+
+
+# ------------------------------------------------ hostile files in one run (issue 23)
+SHIPPED_IDS = sorted(p.name for p in runs_dir().iterdir() if not p.name.startswith("."))
+VICTIM = "b0b0b0b0b0b0"
+
+
+def shipped_run(method: str) -> Path:
+    return next(i.path for i in sorted(RunStore([runs_dir()]).list(), key=lambda i: i.run_id)
+                if i.method == method)  # fmt: skip
+
+
+def victim_cache(tmp_path: Path, method: str = "lora") -> Path:
+    """A cache holding one copy of a shipped run under the id VICTIM; returns the copy."""
+    dest = tmp_path / "cache" / VICTIM
+    shutil.copytree(shipped_run(method), dest)
+    cfg = json.loads((dest / "config.json").read_text())
+    (dest / "config.json").write_text(json.dumps({**cfg, "run_id": VICTIM}))
+    return dest
+
+
+def hostile_metrics(run: Path, kind: str) -> None:
+    target = run / "metrics.json"
+    target.unlink()
+    if kind == "deep":
+        target.write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    elif kind == "fifo":
+        os.mkfifo(target)
+    else:
+        target.symlink_to("/dev/zero")
+
+
+def one_warning(stderr: str, *needles: str) -> str:
+    assert "Traceback" not in stderr, stderr
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("warning: "), stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+@pytest.mark.parametrize("kind", ["deep", "fifo", "devzero"])
+def test_a_hostile_metrics_file_is_one_warning_and_every_other_run_is_listed(tmp_path, kind):
+    """issue 23, items 3 and 4: a 100,000-deep metrics.json (was: `error: unexpected
+    RecursionError`, nothing listed), a FIFO (was: a hang) or a link to /dev/zero (was:
+    memory until killed) in one run: `runs` lists every other run, warns once, exit 0."""
+    run = victim_cache(tmp_path)
+    hostile_metrics(run, kind)
+    r = run_cli(run.parent, "runs", timeout=90)
+    assert r.returncode == 0, r.stderr
+    one_warning(r.stderr, VICTIM, "metrics.json")
+    listed = re.findall(r"^([0-9a-f]{12})\s+shipped\s", r.stdout, flags=re.M)
+    assert sorted(listed) == SHIPPED_IDS
+    assert VICTIM not in r.stdout
+
+
+@pytest.mark.parametrize("kind", ["deep", "fifo", "devzero"])
+def test_complete_refuses_a_hostile_metrics_file_in_one_line(tmp_path, kind):
+    """issue 23, items 3 and 4: `complete` on that run is one error line, at once."""
+    run = victim_cache(tmp_path)
+    hostile_metrics(run, kind)
+    r = run_cli(run.parent, "complete", "--run", VICTIM, PROMPT, timeout=90)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "metrics.json" in lines[0]
+
+
+def nan_delta(d: dict) -> dict:
+    key = sorted(d)[0]
+    d[key] = d[key].clone()
+    d[key].view(-1)[0] = float("nan")
+    return d
+
+
+def inf_delta(d: dict) -> dict:
+    key = sorted(d)[-1]
+    d[key] = torch.full_like(d[key], float("inf"))
+    return d
+
+
+def empty_delta(d: dict) -> dict:
+    return {}
+
+
+def missing_layer(d: dict) -> dict:
+    return {k: v for k, v in d.items() if "blocks.0.attn.q_proj" not in k}
+
+
+def wrong_shape(d: dict) -> dict:
+    key = "blocks.0.mlp.fc_in.weight"
+    d[key] = d[key].T.contiguous()
+    return d
+
+
+def empty_tensor(d: dict) -> dict:
+    d["blocks.0.attn.q_proj.weight"] = torch.zeros(0, 128, dtype=torch.float16)
+    return d
+
+
+BROKEN_DELTAS = {f.__name__: f for f in (nan_delta, inf_delta, empty_delta, missing_layer,
+                                          wrong_shape, empty_tensor)}  # fmt: skip
+# broken in itself (the listing sees it) vs. not fitting the base model (seen on loading)
+LISTING_SEES = {"nan_delta", "inf_delta", "empty_delta", "empty_tensor"}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_DELTAS))
+def test_a_broken_full_delta_is_refused(tmp_path, case):
+    """issue 23, item 5: a full fine-tune's delta.safetensors with NaN/inf (was: loaded,
+    `P(went)=nan`), with no tensors (was: loaded as the base model), missing a layer or
+    of the wrong shape: `complete` is one error line naming the file, exit 2; a delta
+    broken in itself is a warning in `runs` too."""
+    run = victim_cache(tmp_path, "full")
+    tensors = load_file(run / "delta.safetensors")
+    save_file(BROKEN_DELTAS[case](tensors), run / "delta.safetensors")
+    r = run_cli(run.parent, "complete", "--run", VICTIM, PROMPT, timeout=120)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "delta.safetensors" in lines[0] and "nan" not in r.stdout.lower()
+    if case in LISTING_SEES:
+        listing = run_cli(run.parent, "runs", timeout=90)
+        assert listing.returncode == 0, listing.stderr
+        one_warning(listing.stderr, VICTIM, "delta.safetensors")
 
 
 def test_shipped_store_is_untouched(before, cache, error_runs):

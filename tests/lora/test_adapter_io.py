@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -103,7 +104,7 @@ def test_bad_adapter_files_raise_one_line_value_errors(tmp_path):
     good = weights.read_bytes()
     for damaged in (b"not a safetensors file", good[: len(good) // 2], b""):
         weights.write_bytes(damaged)
-        with pytest.raises(ValueError, match=r"is not a readable safetensors file") as err:
+        with pytest.raises(ValueError, match=r"is not a valid safetensors file") as err:
             load_adapter(tmp_path, tiny())
         assert "\n" not in str(err.value)
     weights.unlink()
@@ -121,6 +122,45 @@ def test_bad_adapter_files_raise_one_line_value_errors(tmp_path):
     meta["modules"]["blocks.0.attn.q_proj"]["r"] = 2
     cfg.write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"does not match adapter_config.json"):
+        load_adapter(tmp_path, tiny())
+
+
+def test_special_or_escaping_adapter_files_are_refused(tmp_path):
+    """issue 23, item 4: a FIFO or a device as an adapter file is refused without reading
+    it, and inside a store (``root``) a link to a file outside the store is refused."""
+    store = tmp_path / "store"
+    folder = save_adapter(store / "run", trained_tiny())
+    weights, cfg = folder / ADAPTER_WEIGHTS, folder / ADAPTER_CONFIG
+    outside = tmp_path / "elsewhere.safetensors"
+    weights.rename(outside)
+    weights.symlink_to(outside)
+    load_adapter(folder, tiny())  # a link is fine where no store is named
+    with pytest.raises(ValueError, match=r"adapter.safetensors is a link .* outside"):
+        load_adapter(folder, tiny(), root=store)
+    weights.unlink()
+    weights.symlink_to("/dev/zero")
+    with pytest.raises(ValueError, match=r"adapter.safetensors is not a regular file"):
+        load_adapter(folder, tiny())
+    weights.unlink()
+    outside.rename(weights)
+    cfg.unlink()
+    os.mkfifo(cfg)
+    with pytest.raises(ValueError, match=r"adapter_config.json is not a regular file"):
+        load_adapter(folder, tiny())
+
+
+def test_an_adapter_config_of_the_wrong_shape_is_a_value_error(tmp_path):
+    """issue 23, item 6 (adapter side): a list where a module entry belongs."""
+    save_adapter(tmp_path, trained_tiny())
+    cfg = tmp_path / ADAPTER_CONFIG
+    meta = json.loads(cfg.read_text())
+    for bad in ([1, 2], None, "x", 3):
+        meta["modules"]["blocks.0.attn.q_proj"] = bad
+        cfg.write_text(json.dumps(meta))
+        with pytest.raises(ValueError, match=r"bad entry for blocks.0.attn.q_proj"):
+            load_adapter(tmp_path, tiny())
+    cfg.write_text(json.dumps([meta]))
+    with pytest.raises(ValueError, match=r"adapter_config.json"):
         load_adapter(tmp_path, tiny())
 
 

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
+from minituner.finetune.result import load_base
 from minituner.io import save_tensors
 from minituner.minigpt.checkpoint import load_model, save_model
 from minituner.minigpt.model import MiniGPT, preset_config
@@ -166,3 +170,47 @@ def test_save_load_round_trip(tmp_path, base):
         "model.safetensors",
         "tokenizer.json",
     ]
+
+
+def _hostile(path: Path, kind: str) -> None:
+    path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "devzero":
+        path.symlink_to("/dev/zero")
+    elif kind == "deep":
+        path.write_text('{"model": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    else:  # nan weights
+        sd = load_file(base_dir() / "model.safetensors")
+        key = sorted(sd)[0]
+        sd[key] = torch.full_like(sd[key], float("nan"))
+        save_file(sd, path)
+
+
+HOSTILE = [
+    (name, kind)
+    for name in ("config.json", "tokenizer.json", "model.safetensors", "metrics.json")
+    for kind in ("fifo", "devzero", "nan" if name.endswith(".safetensors") else "deep")
+]
+
+
+@pytest.mark.parametrize(("name", "kind"), HOSTILE)
+def test_a_hostile_base_file_is_one_value_error(base_copy, name, kind):
+    """issue 23, items 3-5 for the base model: a FIFO (was: a hang), a link to /dev/zero
+    (was: memory until killed), 100,000-deep JSON or NaN weights in any file of the base
+    directory is one ValueError line naming the file, at once."""
+    _hostile(base_copy / name, kind)
+
+    def hung(signum, frame):
+        raise TimeoutError("loading the base model blocked for 30 s")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    try:
+        with pytest.raises(ValueError) as exc:
+            load_base(base_copy)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    msg = str(exc.value)
+    assert "\n" not in msg and name in msg, msg

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shutil
+import signal
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from minituner.finetune.config import FinetuneConfig
 from minituner.finetune.loop import finetune
@@ -295,13 +298,16 @@ def test_missing_roots_and_unknown_ids(tmp_path):
         store.get("000000000000")
 
 
-def test_corrupt_adapter_fails_to_load_with_value_error(fbase, tmp_path):
+def test_corrupt_adapter_is_refused_when_the_run_is_read(fbase, tmp_path):
+    """The weights are checked with the run's records: a damaged adapter is a warning
+    in the listing and a ValueError naming the file from get, never a model."""
     path = _copy_shipped(tmp_path, SHIPPED_LORA)
     (path / "adapter.safetensors").write_bytes(b"\x00garbage" * 10)
     store = _store(tmp_path)
-    info = store.get(SHIPPED_LORA)
-    with pytest.raises(ValueError, match="safetensors"):
-        store.load_model(info, fbase)
+    with pytest.raises(ValueError, match="adapter.safetensors"):
+        store.get(SHIPPED_LORA)
+    with pytest.warns(UserWarning, match="adapter.safetensors"):
+        assert SHIPPED_LORA not in [i.run_id for i in store.list()]
 
 
 # ------------------------------------------------------------------ atomic save
@@ -370,3 +376,117 @@ def test_precomputed_is_small():
     root = data_dir()
     size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     assert 0 < size < 50 * 1024 * 1024, size
+
+
+# ------------------------------------------------------------------ hostile files (issue 23)
+SHIPPED_FULL = next(
+    i.run_id for i in sorted(RunStore([runs_dir()]).list(), key=lambda i: i.run_id)
+    if i.method == "full"
+)  # fmt: skip
+
+
+def _two_runs(tmp_path: Path) -> tuple[RunStore, Path]:
+    """A store with a full and a LoRA run; returns it and the LoRA run (the victim)."""
+    shutil.copytree(runs_dir() / SHIPPED_FULL, tmp_path / SHIPPED_FULL)
+    return _store(tmp_path), _copy_shipped(tmp_path, SHIPPED_LORA)
+
+
+def _only_warning(store: RunStore, *needles: str) -> list[str]:
+    """The ids ``store.list()`` returns; asserts it warned exactly once, naming needles."""
+
+    def hung(signum, frame):
+        raise TimeoutError("listing the store blocked for 30 s")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)  # a FIFO that blocks fails the test instead of hanging it
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ids = [i.run_id for i in store.list()]
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    for n in needles:
+        assert n in str(caught[0].message), (n, str(caught[0].message))
+    return ids
+
+
+@pytest.mark.parametrize("kind", ["deep", "fifo", "devzero", "outside", "huge"])
+def test_a_hostile_metrics_file_is_one_warning(tmp_path, kind):
+    """issue 23, items 3 and 4: a 100,000-deep metrics.json, a FIFO, a link to /dev/zero,
+    a link to a file outside the store, a 20 MB file: the run is skipped with one
+    warning naming the file; the other run is listed."""
+    root = tmp_path / "store"
+    root.mkdir()
+    store, victim = _two_runs(root)
+    target = victim / "metrics.json"
+    good = target.read_text()
+    target.unlink()
+    if kind == "deep":
+        target.write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    elif kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "devzero":
+        target.symlink_to("/dev/zero")
+    elif kind == "outside":
+        (tmp_path / "metrics.json").write_text(good)
+        target.symlink_to(tmp_path / "metrics.json")
+    else:
+        target.write_text(good[:-2] + " " * 20_000_000 + "}\n")
+    assert _only_warning(store, SHIPPED_LORA, "metrics.json") == [SHIPPED_FULL]
+    with pytest.raises(ValueError, match="metrics.json"):
+        store.get(SHIPPED_LORA)
+
+
+def test_a_run_directory_linked_from_outside_the_store_is_refused(tmp_path):
+    root = tmp_path / "store"
+    root.mkdir()
+    store, victim = _two_runs(root)
+    victim.rename(tmp_path / SHIPPED_LORA)
+    victim.symlink_to(tmp_path / SHIPPED_LORA)
+    assert _only_warning(store, SHIPPED_LORA, "outside") == [SHIPPED_FULL]
+
+
+def _delta(path: Path) -> Path:
+    return path / "delta.safetensors"
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "no tensors", "empty tensor", "integers"])
+def test_a_full_delta_broken_in_itself_is_refused_when_listed(tmp_path, bad):
+    """issue 23, item 5: NaN/inf, no tensor at all, an empty or an integer tensor."""
+    store, _ = _two_runs(tmp_path)
+    d = load_file(_delta(tmp_path / SHIPPED_FULL))
+    key = sorted(d)[0]
+    if bad == "nan":
+        d[key][0] = float("nan")
+    elif bad == "inf":
+        d[key] = torch.full_like(d[key], float("-inf"))
+    elif bad == "no tensors":
+        d = {}
+    elif bad == "empty tensor":
+        d[key] = d[key][:0]
+    else:
+        d[key] = d[key].to(torch.int32)
+    save_file(d, _delta(tmp_path / SHIPPED_FULL))
+    assert _only_warning(store, SHIPPED_FULL, "delta.safetensors") == [SHIPPED_LORA]
+    with pytest.raises(ValueError, match="delta.safetensors"):
+        store.get(SHIPPED_FULL)
+
+
+@pytest.mark.parametrize("bad", ["missing layer", "wrong shape", "unknown key"])
+def test_a_full_delta_that_does_not_fit_the_base_is_refused_when_loaded(fbase, tmp_path, bad):
+    """issue 23, item 5: the delta must change every parameter of the base model, each
+    with its shape (an empty delta used to load as the base model itself)."""
+    store, _ = _two_runs(tmp_path)
+    d = load_file(_delta(tmp_path / SHIPPED_FULL))
+    if bad == "missing layer":
+        d = {k: v for k, v in d.items() if not k.startswith("blocks.1.")}
+    elif bad == "wrong shape":
+        d["blocks.0.mlp.fc_in.weight"] = d["blocks.0.mlp.fc_in.weight"].T.contiguous()
+    else:
+        d["blocks.9.extra"] = torch.zeros(3)
+    save_file(d, _delta(tmp_path / SHIPPED_FULL))
+    info = store.get(SHIPPED_FULL)
+    with pytest.raises(ValueError, match=r"delta.safetensors.*(lacks|does not fit)"):
+        store.load_model(info, fbase)
