@@ -13,6 +13,10 @@ replaces the file atomically, at most every ``min_gap_s``. The file is
 ``app/static/live/live-<server pid>-<random>.json``: a random name per server, removed
 when the server exits (files of servers that died are swept by the next one).
 
+A write that fails (a full disk, a folder made read-only or removed) is logged once per
+run and remembered: :meth:`Feed.usable` is then False for that run, and the page draws it
+server-side instead (app/live.py), so a tab never waits for a file that will not change.
+
 Nothing here calls Streamlit.
 """
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import os
 import secrets
 import threading
@@ -30,6 +35,12 @@ FEED_DIR = Path(__file__).resolve().parent / "static" / "live"
 URL_DIR = "app/static/live"  # where Streamlit serves FEED_DIR (relative to the base URL)
 TICK_S = 0.1  # how often the thread looks at the trainer's version (an int read)
 MIN_GAP_S = 0.5  # the file changes at most this often
+log = logging.getLogger(__name__)
+
+
+def run_key(s) -> float:
+    """Which run a snapshot belongs to (its start time; 0 before any run)."""
+    return s.started_at
 
 
 class Feed:
@@ -63,6 +74,8 @@ class Feed:
         self.name = f"live-{os.getpid()}-{secrets.token_hex(8)}.json"
         self.path = self.folder / self.name
         self.written = -1  # the version last written
+        self.error: str | None = None  # why the last write failed (None: it succeeded)
+        self.failed_run: float | None = None  # the run (run_key) during which a write failed
         self._closed = threading.Event()
         self._lock = threading.Lock()  # one writer at a time (the thread, or a caller)
         self.publish()  # the file exists before any tab asks for it
@@ -75,8 +88,17 @@ class Feed:
         base = base_url_path.strip("/")
         return "/" + (f"{base}/" if base else "") + f"{URL_DIR}/{self.name}"
 
+    def usable(self, s) -> bool:
+        """Whether tabs can follow snapshot ``s``'s run through the file: the last write
+        succeeded and none failed during that run."""
+        return self.error is None and self.failed_run != run_key(s)
+
     def publish(self) -> int:
-        """Write the current snapshot now; returns its version."""
+        """Write the current snapshot now; returns its version.
+
+        Raises:
+            OSError: the file cannot be written (logged, and remembered: :meth:`usable`).
+        """
         with self._lock:
             if self._closed.is_set():  # closed: the file stays removed
                 return self.written
@@ -84,10 +106,26 @@ class Feed:
             payload = {"version": s.version, "running": s.running, "status": s.status}
             payload["parts"] = self.render(s) if s.running else {}  # idle tabs poll a tiny file
             tmp = self.path.with_name(self.name + ".tmp")
-            tmp.write_text(json.dumps(payload), encoding="utf-8")
-            os.replace(tmp, self.path)  # a fetch sees the old file or the new one, never half
-            self.written = s.version
+            try:
+                tmp.write_text(json.dumps(payload), encoding="utf-8")
+                os.replace(tmp, self.path)  # a fetch sees the old file or the new one
+            except OSError as e:
+                self._failed(s, e)
+                raise
+            self.written, self.error = s.version, None
             return s.version
+
+    def _failed(self, s, e: OSError) -> None:
+        if self.failed_run != run_key(s):  # once per run: the thread retries on every news
+            log.warning(
+                "the live feed %s cannot be written (%s); the pages draw this run themselves",
+                self.path, e,
+            )  # fmt: skip
+        self.error, self.failed_run = str(e), run_key(s)
+        try:
+            self.path.with_name(self.name + ".tmp").unlink(missing_ok=True)
+        except OSError:
+            pass
 
     def _loop(self) -> None:
         while not self._closed.wait(TICK_S):
@@ -95,7 +133,7 @@ class Feed:
                 continue
             try:
                 self.publish()
-            except OSError:  # a full disk or a removed folder: try again on the next news
+            except OSError:  # logged; the pages draw this run; try again on the next news
                 pass
             self._closed.wait(self.min_gap_s)
 

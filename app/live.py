@@ -13,12 +13,24 @@ to notice a run that another tab starts.
 
 Where static serving is off (the app started from another folder, without
 .streamlit/config.toml), the panel is drawn by Streamlit instead and the fragment waits
-for news server-side and redraws, at most every ``MIN_REDRAW_S``.
+for news server-side and redraws, at most every ``MIN_REDRAW_S``. The same happens for a
+run whose feed file could not be written (a full disk: :meth:`app.feed.Feed.usable`):
+a running panel whose feed has not moved for ``STALE_MS`` asks for a rerun, and the
+server then draws that run itself, so its outcome always appears.
+
+Runs belong to a browser, not to one Streamlit session: :func:`owner` is a random token
+kept in the ``minituner_owner`` cookie (set by a tiny v2 component, :func:`keep_owner`,
+read back by ``st.context.cookies`` when a page is loaded), so a reload or a reopened tab
+of the same browser still owns its run and gets Stop. The trainer checks the token on
+every Stop (app/trainer.py). A cookie rather than the URL: a shared link must not carry
+the right to stop someone's run.
 """
 
 from __future__ import annotations
 
 import math
+import re
+import secrets
 import time
 from html import escape
 
@@ -41,16 +53,22 @@ FEED_POLL_MS = 1000  # how often a live panel fetches the feed while a run goes.
 IDLE_POLL_MS = 2000  # ...and how often an idle tab looks whether a run started
 CHART_MS = 2000  # a chart part of the panel is redrawn at most this often
 SLOW_PARTS = ("loss", "verbs")
+STALE_MS = 15000  # a running panel whose feed has not moved for this long asks for a rerun
 WATCH_KEY = "live_feed"
+OWNER_COOKIE = "minituner_owner"
+OWNER_KEY = "minituner_owner"  # the session's copy of the token (session_state)
+OWNER_MAX_AGE_S = 30 * 24 * 3600
+_TOKEN = re.compile(r"[0-9a-f]{32}")
 
 # The live panel in the browser (a Streamlit v2 component: plain DOM, no iframe). It
 # fetches the feed and redraws the parts whose markup changed; when the run it was drawn
 # for has ended (running), or a run has started or ended since the server drew it (idle),
-# it sends one trigger, and Streamlit reruns the fragment around it.
+# it sends one trigger, and Streamlit reruns the fragment around it. A running panel whose
+# feed has not moved for stale_ms (a feed the server cannot write) sends one too.
 LIVE_JS = """
 export default function (component) {
   const { data, setTriggerValue, parentElement } = component;
-  const { url, version, running, poll_ms, idle_poll_ms, chart_ms, slow } = data;
+  const { url, version, running, poll_ms, idle_poll_ms, chart_ms, slow, stale_ms } = data;
   if (parentElement.liveStop) parentElement.liveStop();  // new data: this call takes over
   let panel = parentElement.querySelector(".live-panel");
   if (running && !panel) {
@@ -62,7 +80,7 @@ export default function (component) {
     panel.remove();
   }
   const shown = {};  // part name -> [element, markup]
-  let chartAt = -Infinity, done = false, timer = null;
+  let chartAt = -Infinity, done = false, timer = null, seen = null, movedAt = performance.now();
   function show(parts) {  // redraw the parts whose markup changed; charts at most every chart_ms
     const now = performance.now(), charts = now - chartAt >= chart_ms;
     let drewChart = false;
@@ -88,6 +106,7 @@ export default function (component) {
       const r = await fetch(url, { cache: "no-cache" });
       if (r.ok && !done) {
         const d = await r.json();
+        if (d.version !== seen) { seen = d.version; movedAt = performance.now(); }
         if (running && d.running && d.parts) show(d.parts);
         if (d.version > version && (!running || !d.running)) {
           done = true;
@@ -95,6 +114,10 @@ export default function (component) {
         }
       }
     } catch (e) {}
+    if (running && !done && performance.now() - movedAt > stale_ms) {
+      done = true;  // no news for long: the server looks (and draws the run itself if need be)
+      setTriggerValue("news", -1);
+    }
     if (!done) timer = setTimeout(poll, running ? poll_ms : idle_poll_ms);
   }
   const stop = () => { done = true; clearTimeout(timer); };
@@ -107,6 +130,40 @@ LIVE_CSS = ".live-panel svg{max-width:100%;height:auto} .live-part{contain:conte
 _live_component = st.components.v2.component(
     "minituner_live", js=LIVE_JS, css=LIVE_CSS, isolate_styles=False
 )
+# Keeps this browser's owner token in a cookie (nothing shown); the server reads it back
+# from st.context.cookies when a page is loaded (a reload, another tab).
+OWNER_JS = """
+export default function (component) {
+  const { name, value, max_age } = component.data;
+  if (!document.cookie.split("; ").includes(name + "=" + value)) {
+    const secure = location.protocol === "https:" ? "; Secure" : "";
+    document.cookie = `${name}=${value}; path=/; max-age=${max_age}; SameSite=Strict${secure}`;
+  }
+}
+"""
+_owner_component = st.components.v2.component("minituner_owner", js=OWNER_JS)
+
+
+def _cookies() -> dict:
+    """The cookies the browser sent when this session's page was loaded."""
+    return dict(st.context.cookies)
+
+
+def owner() -> str:
+    """This browser's owner token: the one in its cookie (a reload, a reopened tab), or a
+    new random one for this session (which :func:`keep_owner` puts in the cookie)."""
+    if OWNER_KEY not in st.session_state:
+        token = _cookies().get(OWNER_COOKIE, "")
+        st.session_state[OWNER_KEY] = token if _TOKEN.fullmatch(token) else secrets.token_hex(16)
+    return st.session_state[OWNER_KEY]
+
+
+def keep_owner() -> None:
+    """Put this session's owner token into the browser's cookie (an invisible component)."""
+    _owner_component(
+        key="minituner_owner",
+        data={"name": OWNER_COOKIE, "value": owner(), "max_age": OWNER_MAX_AGE_S},
+    )
 
 
 def _news() -> None:
@@ -126,6 +183,8 @@ def _mount(s, running: bool) -> None:
             "idle_poll_ms": IDLE_POLL_MS,
             "chart_ms": CHART_MS,
             "slow": list(SLOW_PARTS),
+            "stale_ms": STALE_MS,
+            "drawn": time.time(),  # a redraw at the same version still restarts the poll
         },
         on_news_change=_news,
     )
@@ -165,6 +224,8 @@ def wait_for_news(version: int) -> None:
             return  # ...and a click inside this fragment waits for this run to end
         if trainer.version != version and time.monotonic() - t_draw >= MIN_REDRAW_S:
             st.rerun(scope="fragment")
+    if trainer.busy:  # a fragment without a timer (the feed failed for this run) goes on
+        st.rerun(scope="fragment")
 
 
 def request_pending(ctx) -> bool:
@@ -258,14 +319,22 @@ def feed() -> Feed | None:
         return None
 
 
+def live_feed(s) -> Feed | None:
+    """The live feed, if it can carry snapshot ``s``'s run: None without static serving,
+    or when a write of the feed failed during that run (or the last write failed)."""
+    f = feed()
+    return f if f is not None and f.usable(s) else None
+
+
 def draw_live(s) -> None:
     """Draw the live panel of snapshot ``s``.
 
     With the live feed and a running ``s``: the panel that updates itself in the browser
     and reruns the fragment around it when the run ends; nothing runs on the server
-    meanwhile. Otherwise Streamlit draws ``s`` here, and in the fallback, while ``s``
-    runs, the fragment waits for news server-side (:func:`wait_for_news`)."""
-    if feed() is not None and s.running:
+    meanwhile. Otherwise (no feed, or a feed that failed for this run) Streamlit draws
+    ``s`` here, and while ``s`` runs the fragment waits for news server-side
+    (:func:`wait_for_news`)."""
+    if s.running and live_feed(s) is not None:
         _mount(s, running=True)
         return
     st.html(panel_html(s))
@@ -278,7 +347,7 @@ def watch(s) -> None:
     or ends, ``s`` being what it drew. With the live feed, an invisible watcher in the
     browser fetches the feed every ``IDLE_POLL_MS``; in the fallback the fragment waits
     for news server-side."""
-    if feed() is not None:
+    if live_feed(s) is not None:
         _mount(s, running=False)
     else:
         wait_for_news(s.version)
@@ -287,7 +356,7 @@ def watch(s) -> None:
 def show_outcome(s, cfg, finished_mark: str) -> str | None:
     """How this session's last run of ``cfg`` ended (nothing for another session's run or
     another configuration); returns the status shown, or None."""
-    if s.owner != data.session_id() or s.status == "idle" or s.config != cfg.to_dict():
+    if s.owner != owner() or s.status == "idle" or s.config != cfg.to_dict():
         return None
     if s.status == "completed" and s.run_id:
         st.success(

@@ -8,6 +8,12 @@ redraws only when ``version`` moved. The child saves a completed run to the stor
 so the run is kept when every tab has been closed; a killed server takes its child with
 it (the child exits when its stdin pipe closes).
 
+Before a child starts, :func:`preflight` runs the checks the CLI runs before training
+(device, base model found, rank, taught verb, run cache writable, evaluation limit), so
+a run that could not be stored is refused with one line instead of trained in vain.
+Only the run's owner (a token the browser keeps, see app/live.py) can stop it: the check
+is here, on the server, not only in what the page shows.
+
 Nothing here calls Streamlit.
 """
 
@@ -17,6 +23,7 @@ import dataclasses
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from minituner.finetune import events as ev
 from minituner.finetune.config import FinetuneConfig
@@ -110,7 +117,15 @@ class Trainer:
         cache: str | None = None,
         eval_limit: int | None = None,
     ) -> bool:
-        """Start training ``cfg`` in a child process. False when a run is already going."""
+        """Start training ``cfg`` in a child process. False when a run is already going.
+
+        Raises:
+            ValueError: the run could not be trained or stored (:func:`preflight`, one
+                line); nothing was started and the state is unchanged.
+        """
+        if self._state.running:
+            return False
+        preflight(cfg, device, cache, eval_limit)
         with self._lock:
             if self._state.running:
                 return False
@@ -134,8 +149,19 @@ class Trainer:
             self._state = dataclasses.replace(self._state, pid=self._proc.pid)
             return True
 
-    def stop(self) -> None:
-        """Ask the child to stop after the current step."""
+    def stop(self, owner: str) -> bool:
+        """Ask the child to stop after the current step, if ``owner`` started the run
+        (a stale Stop of another session is refused); True when it was asked. A child
+        that does not end within the worker's grace period is terminated, then killed."""
+        with self._lock:
+            p, s = self._proc, self._state
+        if p is None or not s.running or not owner or owner != s.owner:
+            return False
+        p.stop()
+        return True
+
+    def abort(self) -> None:
+        """Stop the run whoever owns it (server shutdown, tests)."""
         p = self._proc
         if p is not None:
             p.stop()
@@ -154,3 +180,33 @@ class Trainer:
     def _on_event(self, e: ev.Event) -> None:
         with self._lock:
             self._state = fold(self._state, e)
+
+
+def preflight(
+    cfg: FinetuneConfig, device: str = "auto", cache: str | None = None, eval_limit=None
+) -> None:
+    """The checks the CLI runs before it trains (``minituner finetune``), for a live run:
+    the evaluation limit, the device, the base model the child will load, every check of
+    ``cfg`` that needs it (:func:`minituner.finetune.config.check_before_training`) and
+    whether the run cache can take the run.
+
+    Raises:
+        ValueError: the first check that fails, one line.
+    """
+    from minituner.finetune.config import check_before_training, check_eval_limit
+    from minituner.finetune.result import load_base
+    from minituner.minigpt.trainutil import resolve_device
+    from minituner.store.runs import check_writable
+
+    try:
+        check_eval_limit(eval_limit)
+    except ValueError as e:
+        raise ValueError(f"MINITUNER_EVAL_LIMIT: {e}") from None
+    resolve_device(device)
+    try:
+        base = load_base()  # what the child will load (the same $MINITUNER_DATA)
+    except OSError as e:
+        raise ValueError(f"the base model cannot be read: {e.strerror or e}") from None
+    check_before_training(cfg, base, eval_limit)
+    if cache is not None:
+        check_writable(Path(cache))

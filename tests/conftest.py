@@ -73,10 +73,10 @@ def idle_trainer(monkeypatch):
 
     monkeypatch.setenv("MINITUNER_EVAL_LIMIT", "4")
     trainer = data.get_trainer()
-    trainer.stop()
+    trainer.abort()
     trainer.join(APP_TIMEOUT)
     yield trainer
-    trainer.stop()
+    trainer.abort()
     if not trainer.join(APP_TIMEOUT):
         trainer.kill()
         trainer.join(APP_TIMEOUT)

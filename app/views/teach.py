@@ -46,7 +46,7 @@ st.markdown(
 )
 base = data.base_or_stop()
 trainer = data.get_trainer()
-me = data.session_id()
+me = live.owner()  # this browser's token: a reload still owns its run
 
 st.session_state.setdefault("teach_lemma", DEFAULT_LEMMA)
 st.session_state.setdefault("teach_past", DEFAULT_PAST)
@@ -139,7 +139,7 @@ def _live_panel() -> None:
 
 
 def _stop() -> None:
-    data.get_trainer().stop()
+    data.get_trainer().stop(me)  # the trainer stops only its owner's run
 
 
 def _show_result(info) -> None:
@@ -193,6 +193,7 @@ def _show_result(info) -> None:
 
 # ---------------------------------------------------------------- the run
 live.hide_status()
+live.keep_owner()
 if snap.running:
     taught = snap.config.get("teach", "")
     if snap.owner == me and taught:
@@ -220,9 +221,14 @@ if st.button(
     key="teach_start",
     type="primary" if stored is None else "secondary",
 ):
-    if not trainer.start(cfg, owner=me, cache=data.cache_dir(), eval_limit=data.eval_limit()):
-        st.info("Training is busy: another session started a run a moment ago.")
-    st.rerun()
+    try:
+        started = trainer.start(cfg, owner=me, cache=data.cache_dir(), eval_limit=data.eval_limit())
+    except ValueError as e:  # the pre-flight: nothing was started
+        st.error(f"Training cannot start: {e}", icon=":material/error:")
+    else:
+        if not started:
+            st.info("Training is busy: another session started a run a moment ago.")
+        st.rerun()
 live.watch(snap)  # a run that another tab starts reruns this page (it shows that run)
 if stored is not None:
     _show_result(stored)

@@ -127,21 +127,26 @@ m4.metric("device", data.device_label())
 
 
 def _stop() -> None:
-    data.get_trainer().stop()
+    data.get_trainer().stop(live.owner())  # the trainer stops only its owner's run
 
 
 def _start(cfg) -> None:
     """The train button's callback: it runs before the rerun it causes, so that rerun
-    already draws the live view (or says the server is busy)."""
-    started = data.get_trainer().start(
-        cfg, owner=data.session_id(), cache=data.cache_dir(), eval_limit=data.eval_limit()
-    )
+    already draws the live view (or says the server is busy, or why the run cannot
+    start: the trainer's pre-flight, before any child)."""
+    try:
+        started = data.get_trainer().start(
+            cfg, owner=live.owner(), cache=data.cache_dir(), eval_limit=data.eval_limit()
+        )
+    except ValueError as e:
+        st.session_state["train_cannot_start"] = str(e)
+        return
     st.session_state["train_refused"] = not started
 
 
 def _live_header(s) -> None:
     """The run's name and Stop for the tab that started it, a note for every other tab."""
-    if s.owner == data.session_id():
+    if s.owner == live.owner():
         st.subheader(f"Training live: {s.label}")
         st.button("Stop", icon=":material/stop:", key="train_stop", on_click=_stop)
     else:
@@ -180,7 +185,10 @@ def _run_area(cfg, rid: str) -> None:
         return
     live.show_outcome(s, cfg, FINISHED_MARK)
     stored = data.run_by_id(rid)
-    mine = s.owner == data.session_id() and s.config == cfg.to_dict()
+    mine = s.owner == live.owner() and s.config == cfg.to_dict()
+    cannot = st.session_state.pop("train_cannot_start", None)
+    if cannot:
+        st.error(f"Training cannot start: {cannot}", icon=":material/error:")
     if st.session_state.pop("train_refused", False):
         st.info(
             "Training is busy: another session started a run a moment ago. "
@@ -215,4 +223,5 @@ def _run_area(cfg, rid: str) -> None:
 
 # ---------------------------------------------------------------- the run itself
 live.hide_status()
+live.keep_owner()  # a reload or another tab of this browser owns the same runs
 _run_area(cfg, run_id(cfg, base.model_id, data.base_metrics().corpus_version))

@@ -6,6 +6,7 @@ of the panel: tests/e2e/test_live_js.py)."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import subprocess
@@ -39,6 +40,17 @@ class FakeTrainer:
 
     def move(self, **changes) -> None:
         self.state = dataclasses.replace(self.state, version=self.state.version + 1, **changes)
+
+
+class FullDisk:
+    """``os`` for app/feed.py on a full disk: replacing a file fails."""
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    @staticmethod
+    def replace(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
 
 
 def render(s: LiveState) -> dict[str, str]:
@@ -200,3 +212,32 @@ def test_panel_leaves_out_a_non_finite_loss_and_names_a_lessons_verb():
     assert "<b>blick</b> held-out accuracy <b>25.0%</b>" in html
     assert "irregular accuracy <b>50.0%</b>" in html and "+1.00%" in html
     assert "held-out accuracy" not in live.panel_html(state(evals=(evaluation(0),)))
+
+
+def test_a_failed_write_is_logged_and_the_run_is_drawn_by_the_pages(
+    feed, trainer, monkeypatch, caplog
+):
+    """issue 23, item 13: a feed that cannot be written (a full disk) was swallowed, and
+    the panel waited for it forever. Now the failure is logged once per run, and the
+    feed says it cannot carry that run (the page then draws it server-side)."""
+    assert feed.usable(trainer.snapshot())
+    monkeypatch.setattr(feedmod, "os", FullDisk())  # only app/feed.py sees a full disk
+    with caplog.at_level("WARNING", logger=feedmod.__name__):
+        trainer.move(status="running", step=1, started_at=11.0)
+        assert wait_until(lambda: feed.error is not None)
+        run = trainer.snapshot()
+        for step in range(2, 5):  # the thread retries on news, and logs nothing more
+            trainer.move(step=step)
+        assert wait_until(lambda: trainer.snapshots >= 4)
+    warnings = [r for r in caplog.records if "cannot be written" in r.getMessage()]
+    assert len(warnings) == 1 and "No space left on device" in warnings[0].getMessage()
+    assert not feed.usable(run) and not feed.usable(trainer.snapshot())
+    assert read(feed)["version"] == 0  # the file still holds the old state...
+    assert [p.name for p in feed.folder.iterdir()] == [feed.name]  # ...and no temp file
+    # space again: the file follows, but this run stays drawn by the pages
+    monkeypatch.setattr(feedmod, "os", os)
+    trainer.move(step=5)
+    assert wait_until(lambda: read(feed)["version"] == trainer.version)
+    assert feed.error is None and not feed.usable(trainer.snapshot())
+    trainer.move(status="running", step=0, started_at=12.0)  # the next run uses the feed
+    assert feed.usable(trainer.snapshot())

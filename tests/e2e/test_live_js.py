@@ -180,3 +180,28 @@ def test_new_data_on_the_same_element_stops_the_previous_poll(browser):
     p.settle()
     assert p.triggers() == [["news", 8]]
     p.page.close()
+
+
+def test_a_running_panel_whose_feed_never_moves_asks_the_server_once(browser):
+    """issue 23, item 13: a feed the server cannot write stays at an old version; the
+    panel showed "starting…" forever. After ``stale_ms`` without news it asks for one
+    rerun (the server then draws the run itself), and stops polling."""
+    p = Panel(browser, version=12, running=True, stale_ms=400)
+    p.serve(version=10, running=False, status="idle", parts={})  # never written for this run
+    p.until("window.triggers.length > 0")
+    p.settle()
+    assert p.triggers() == [["news", -1]]
+    n = p.fetches
+    p.settle()
+    assert p.fetches == n
+    p.page.close()
+
+
+def test_a_feed_that_moves_never_counts_as_stale(browser):
+    p = Panel(browser, version=5, running=True, stale_ms=400)
+    for step in range(12):  # news every ~100 ms for more than twice stale_ms
+        p.serve(version=5 + step, running=True, status="running",
+                parts={"progress": f"<p>step {step}</p>"})  # fmt: skip
+        p.page.wait_for_timeout(100)
+    assert p.triggers() == []
+    p.page.close()

@@ -202,7 +202,8 @@ def test_the_trainer_runs_one_child_at_a_time(tmp_path):
         v = t.version
         snap = t.snapshot()
         assert snap.running and snap.pid and _alive(snap.pid) and snap.device == "CPU"
-        t.stop()
+        assert not t.stop("b")  # only the owner stops a run
+        assert t.stop("a")
         assert t.join(60)
         end = t.snapshot()
         assert end.status == "stopped" and end.version > v and not _alive(end.pid)

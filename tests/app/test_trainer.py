@@ -1,0 +1,263 @@
+"""app/trainer.py without a browser or Streamlit: the server's one live run checks a run
+before it starts a child (issue 23, item 10) and stops a run only for its owner (item 12);
+the training child is replaced by a fake that records what the trainer asked of it
+(tests/finetune/test_worker.py runs real children). Then the Train page under AppTest:
+a refused run is one error box (item 10), a reload of the same browser still owns its
+run (item 11), a feed that cannot be written leaves the run to the page (item 13).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT))
+APP_TIMEOUT = 180  # seconds: a live run on a loaded 2-core machine
+
+from app import trainer as trainermod  # noqa: E402
+from app.trainer import Trainer  # noqa: E402
+from minituner.finetune import events as ev  # noqa: E402
+from minituner.finetune.config import FinetuneConfig  # noqa: E402
+
+
+class FakeProcess:
+    """Stands in for minituner.finetune.worker.TrainingProcess: no child at all."""
+
+    started: list[FakeProcess] = []
+
+    def __init__(self, config, on_event, device="auto", cache=None, eval_limit=None):
+        self.config, self.on_event, self.cache, self.eval_limit = (
+            config,
+            on_event,
+            cache,
+            eval_limit,
+        )
+        self.stops = 0
+        self.pid = 4242
+        FakeProcess.started.append(self)
+
+    def stop(self) -> None:
+        self.stops += 1
+        self.on_event(ev.Stopped("stopped by the user after 1 steps", 1))
+
+    def kill(self) -> None:
+        self.on_event(ev.Failed("killed"))
+
+    def join(self, timeout=None) -> bool:
+        return True
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    FakeProcess.started = []
+    monkeypatch.setattr(trainermod, "TrainingProcess", FakeProcess)
+    return FakeProcess.started
+
+
+# ---------------------------------------------------------------------- item 12: ownership
+def test_stop_from_another_owner_is_refused_on_the_server(fake, tmp_path):
+    """issue 23, item 12: a stale Stop button of another session does not stop the run."""
+    t = Trainer()
+    assert t.start(FinetuneConfig(steps=5), owner="alice", cache=str(tmp_path / "c"))
+    (proc,) = fake
+    assert t.stop("bob") is False and t.stop("") is False
+    assert proc.stops == 0 and t.busy and t.snapshot().owner == "alice"
+    assert t.stop("alice") is True
+    assert proc.stops == 1 and t.snapshot().status == "stopped"
+    assert t.stop("alice") is False  # nothing runs any more
+
+
+@settings(max_examples=30, deadline=None)
+@given(other=st.text(max_size=40))
+def test_only_the_owner_token_stops_a_run(other):
+    """issue 23, item 12: any other owner string, the empty one included, is refused."""
+    t = Trainer()
+    owner = "0123456789abcdef0123456789abcdef"
+    t._state = trainermod.LiveState(status=trainermod.RUNNING, owner=owner)
+    stops = []
+    t._proc = type("P", (), {"stop": lambda self: stops.append(1)})()
+    assert t.stop(other) is (other == owner)
+    assert len(stops) == (other == owner)
+
+
+def test_abort_stops_whoever_owns_the_run(fake, tmp_path):
+    """The server itself (shutdown, tests) stops a run without an owner token."""
+    t = Trainer()
+    assert t.start(FinetuneConfig(steps=5), owner="alice", cache=str(tmp_path / "c"))
+    t.abort()
+    assert fake[0].stops == 1 and t.snapshot().status == "stopped"
+
+
+# ---------------------------------------------------------------------- item 10: pre-flight
+def _refused(t: Trainer, fake, match: str, cfg=None, **kw) -> None:
+    before = t.snapshot()
+    with pytest.raises(ValueError, match=match) as e:
+        t.start(cfg or FinetuneConfig(steps=5), owner="alice", **kw)
+    assert "\n" not in str(e.value)
+    assert fake == [], "a child was started although the run cannot be stored"
+    assert t.snapshot() == before and not t.busy
+
+
+def test_a_cache_that_is_a_file_is_refused_before_any_child(fake, tmp_path):
+    """issue 23, item 10: the app trained the whole run, then failed to save it."""
+    f = tmp_path / "cache"
+    f.write_text("not a folder")
+    _refused(Trainer(), fake, "cannot store runs in .*it is a file", cache=str(f))
+    assert f.read_text() == "not a folder"
+
+
+def test_a_cache_below_a_file_is_refused_before_any_child(fake, tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    _refused(Trainer(), fake, "cannot store runs in", cache=str(f / "runs"))
+
+
+@pytest.mark.parametrize("limit", [0, -3, 2**62 + 1, 10**30, True, 2.5])
+def test_an_eval_limit_out_of_range_is_refused_before_any_child(fake, tmp_path, limit):
+    """issue 23, item 10: a huge MINITUNER_EVAL_LIMIT failed only when the run was saved."""
+    _refused(Trainer(), fake, "MINITUNER_EVAL_LIMIT", cache=str(tmp_path / "c"), eval_limit=limit)
+
+
+def test_missing_data_is_refused_before_any_child(fake, tmp_path, monkeypatch):
+    """issue 23, item 10: the child would not find the base model."""
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("MINITUNER_DATA", str(tmp_path / "empty"))
+    _refused(Trainer(), fake, ".", cache=str(tmp_path / "c"))
+
+
+def test_a_rank_the_model_cannot_take_is_refused_before_any_child(fake, tmp_path):
+    cfg = FinetuneConfig(steps=5, r=100000)
+    _refused(Trainer(), fake, "rank r=100000 is too large", cfg, cache=str(tmp_path / "c"))
+
+
+def test_a_run_that_passes_the_pre_flight_starts(fake, tmp_path):
+    t = Trainer()
+    assert t.start(FinetuneConfig(steps=5), owner="a", cache=str(tmp_path / "c"), eval_limit=4)
+    (proc,) = fake
+    assert proc.eval_limit == 4 and proc.cache == str(tmp_path / "c") and t.busy
+
+
+# ---------------------------------------------------------------------- the pages (AppTest)
+def _page(query: dict):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(REPO_ROOT / "app" / "main.py"), default_timeout=APP_TIMEOUT)
+    at.run()
+    at.query_params.update(query)
+    at.switch_page("views/train.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def _components(at, name: str) -> list[dict]:
+    return [json.loads(e.proto.json) for e in at.get("bidi_component")
+            if e.proto.component_name == name]  # fmt: skip
+
+
+def _wait_for_step(trainer, step: int = 1) -> None:
+    deadline = time.monotonic() + APP_TIMEOUT
+    while trainer.snapshot().step < step and trainer.busy:
+        assert time.monotonic() < deadline, "no training step in time"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("problem", ["cache is a file", "huge eval limit"])
+def test_train_page_refuses_a_run_it_could_not_store(problem, idle_trainer, tmp_path, monkeypatch):
+    """issue 23, item 10: one error box, and no child is started."""
+    monkeypatch.setenv("MINITUNER_CACHE", str(tmp_path / "cache"))
+    at = _page({"method": "lora", "r": "2", "steps": "3", "seed": "4848"})
+    if problem == "cache is a file":
+        (tmp_path / "cache").write_text("not a folder")
+        named = "cannot store runs in the run cache"
+    else:
+        monkeypatch.setenv("MINITUNER_EVAL_LIMIT", "1" + "0" * 30)
+        named = "MINITUNER_EVAL_LIMIT"
+    before = idle_trainer.snapshot()
+    at.button(key="train_start").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    errors = [str(e.value) for e in at.error]
+    assert len(errors) == 1 and errors[0].startswith("Training cannot start: "), errors
+    assert named in errors[0] and "\n" not in errors[0]
+    assert idle_trainer.snapshot() == before and not idle_trainer.busy
+    assert at.button(key="train_start").label == "Train live"
+
+
+def test_a_reload_of_the_same_browser_still_owns_its_run(empty_cache, idle_trainer, monkeypatch):
+    """issue 23, item 11: after a reload the run's owner was "another session" and no tab
+    had Stop. The owner token lives in the browser's cookie: a reload (a new session of
+    the same browser) gets Stop; another browser is told that training is busy."""
+    from app import live
+
+    jar: dict[str, str] = {}  # this browser's cookies, as the next page load sends them
+    monkeypatch.setattr(live, "_cookies", lambda: dict(jar))
+    query = {"method": "lora", "r": "2", "steps": "2000", "seed": "4949"}
+    first = _page(query)
+    (keep,) = _components(first, "minituner_owner")
+    assert keep["name"] == live.OWNER_COOKIE and len(keep["value"]) == 32
+    jar[keep["name"]] = keep["value"]  # what the component does in the browser
+    first.button(key="train_start").click().run()
+    assert idle_trainer.busy and idle_trainer.snapshot().owner == keep["value"]
+
+    reloaded = _page(query)
+    assert "Training live" in _texts(reloaded.subheader)
+    assert [b.label for b in reloaded.button if b.key == "train_stop"] == ["Stop"]
+    jar.clear()
+    jar[live.OWNER_COOKIE] = "0" * 31 + "g"  # another browser, with a forged token
+    other = _page(query)
+    assert "Training is busy" in _texts(other.info)
+    assert not [b for b in other.button if b.key in ("train_start", "train_stop")]
+
+    _wait_for_step(idle_trainer)
+    reloaded.button(key="train_stop").click().run()
+    idle_trainer.join(APP_TIMEOUT)
+    assert idle_trainer.snapshot().status == "stopped"
+    reloaded.run()
+    assert "Training stopped" in _texts(reloaded.warning)
+
+
+def test_a_feed_that_cannot_be_written_leaves_the_run_to_the_page(
+    empty_cache, idle_trainer, monkeypatch
+):
+    """issue 23, item 13: the live feed cannot be written (a full disk): the page draws
+    the run itself instead of a panel waiting for the file, and the outcome appears."""
+    from app import feed as feedmod
+    from app import live
+
+    sys.path.insert(0, str(REPO_ROOT / "tests" / "app"))
+    from test_feed import FullDisk
+
+    f = live.feed()
+    assert f is not None, "the app tests run with static serving (the live feed)"
+    at = _page({"method": "lora", "r": "2", "steps": "6", "seed": "5050"})
+    monkeypatch.setattr(feedmod, "os", FullDisk())
+    try:
+        at.button(key="train_start").click().run()
+        deadline = time.monotonic() + APP_TIMEOUT
+        while f.error is None and idle_trainer.busy:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        if idle_trainer.busy:  # drawn while it runs: by Streamlit, not a panel on the feed
+            at.run()
+            assert not at.exception, [e.value for e in at.exception]
+            assert not [c for c in _components(at, "minituner_live") if c["running"]]
+            assert 'class="live-progress"' in _texts(at.get("html"))
+        idle_trainer.join(APP_TIMEOUT)
+        at.run()
+        assert "Training finished" in _texts(at.success), _texts(at.warning) + _texts(at.error)
+    finally:
+        monkeypatch.setattr(feedmod, "os", os)
+        f.publish()  # the feed works again for the tests after this one
+    assert f.error is None
