@@ -125,8 +125,8 @@ class TrainingProcess:
         eval_limit: int | None = None,
         python: str = sys.executable,
         env: dict | None = None,
-        stop_grace_s: float = STOP_GRACE_S,
-        kill_grace_s: float = KILL_GRACE_S,
+        stop_grace_s: float | None = None,
+        kill_grace_s: float | None = None,
     ) -> None:
         job = {
             "config": config,
@@ -135,7 +135,8 @@ class TrainingProcess:
             "eval_limit": eval_limit,
         }
         self._on_event = on_event
-        self.stop_grace_s, self.kill_grace_s = stop_grace_s, kill_grace_s
+        self.stop_grace_s = STOP_GRACE_S if stop_grace_s is None else stop_grace_s
+        self.kill_grace_s = KILL_GRACE_S if kill_grace_s is None else kill_grace_s
         self._stop_asked = False
         self._forced = ""  # the signal that ended a child which ignored stop, if any
         self._steps = 0  # the last step reported (for a forced Stopped)

@@ -261,3 +261,29 @@ def test_a_feed_that_cannot_be_written_leaves_the_run_to_the_page(
         monkeypatch.setattr(feedmod, "os", os)
         f.publish()  # the feed works again for the tests after this one
     assert f.error is None
+
+
+# ---------------------------------------------------------------------- item 14: a frozen child
+def test_stop_ends_a_frozen_child_and_the_server_is_free_again(tmp_path, monkeypatch):
+    """issue 23, item 14: a child frozen with SIGSTOP kept the server busy after Stop (every
+    tab "busy"). Now it is ended after the worker's grace period: the run ends as
+    stopped and the next run can start."""
+    import signal
+
+    from minituner.finetune import worker
+
+    monkeypatch.setattr(worker, "STOP_GRACE_S", 1.0)
+    monkeypatch.setattr(worker, "KILL_GRACE_S", 1.0)
+    t = Trainer()
+    cfg = FinetuneConfig(steps=100000, batch_size=8, eval_every=100000, eval_sample=4)
+    assert t.start(cfg, owner="a", device="cpu", cache=str(tmp_path / "c"), eval_limit=4)
+    try:
+        _wait_for_step(t)
+        os.kill(t.snapshot().pid, signal.SIGSTOP)
+        assert t.stop("a")
+        assert t.join(60), "Stop waited for a frozen child"
+        end = t.snapshot()
+        assert end.status == "stopped" and not t.busy and "did not stop" in end.message
+    finally:
+        t.kill()
+        t.join(30)

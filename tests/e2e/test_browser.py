@@ -296,3 +296,35 @@ def test_a_second_tab_watches_and_stop_ends_the_child(server, browser):
     finally:
         a.context.close()
         b.context.close()
+
+
+def test_a_reload_or_a_reopened_tab_keeps_stop(server, browser):
+    """issue 23, item 11: a reload made the run "another session's", with no Stop
+    anywhere. The owner token lives in a cookie of the browser (app/live.py): a reload
+    and a reopened tab of the same browser still get Stop, and Stop ends the child."""
+    ctx = browser.new_context(viewport=VIEWPORT)
+    query = LONG_QUERY.replace("seed=9092", "seed=9093")
+    try:
+        a = ctx.new_page()
+        a.goto(f"{server}/train?{query}")
+        _settle(a, "Train")
+        a.wait_for_function("document.cookie.includes('minituner_owner=')", timeout=30_000)
+        a.get_by_role("button", name="Train live").click()
+        live_progress(a).first.wait_for(timeout=60_000)
+        a.reload()
+        a.get_by_role("heading", name="Train").first.wait_for(timeout=60_000)
+        a.locator(".st-key-train_stop button").wait_for(timeout=60_000)
+        assert a.get_by_text("Training is busy").count() == 0
+        a.close()
+        b = ctx.new_page()  # the tab closed, then the page opened again
+        b.goto(f"{server}/train?{query}")
+        b.locator(".st-key-train_stop button").wait_for(timeout=60_000)
+        b.locator(".st-key-train_stop button").click()
+        b.get_by_text("Training stopped").first.wait_for(timeout=60_000)
+        _assert_no_errors(b, "train (stopped after a reload)")
+        deadline = time.time() + 30
+        while _training_children() and time.time() < deadline:
+            time.sleep(0.2)
+        assert _training_children() == [], "a training process outlived Stop"
+    finally:
+        ctx.close()
