@@ -13,7 +13,8 @@
 
 Broken runs, a missing or unreadable experiments file and a malformed section of it
 become warnings on the page that needs them; nothing here raises into a page except a
-missing base model.
+missing base model. What a message quotes from a file or an error is shown as text
+(app.format.md_text, md_code): a crafted store cannot put a link on the page.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 import streamlit as st
 import torch
 
+from app.format import md_code, md_text
 from app.helpers import distance_to_defaults
 from app.trainer import Trainer
 from minituner.experiments.record import ExperimentsRecord
@@ -52,7 +54,7 @@ def base_or_stop() -> Base:
     try:
         return get_base()
     except ValueError as e:
-        st.error(f"The base model cannot be loaded: {e}")
+        st.error(f"The base model cannot be loaded: {md_text(e)}")
         st.stop()
 
 
@@ -68,7 +70,7 @@ def base_metrics() -> BaseMetrics:
     try:
         return _base_metrics(base.model_id)
     except ValueError as e:
-        st.error(f"The base model's figures cannot be read: {e}")
+        st.error(f"The base model's figures cannot be read: {md_text(e)}")
         st.stop()
 
 
@@ -133,7 +135,7 @@ def runs_with_warnings() -> list[RunInfo]:
             f"{len(problems)} run(s) in the store could not be read", icon=":material/warning:"
         ):
             for p in problems:
-                st.warning(p)
+                st.warning(md_text(p))
     return found
 
 
@@ -153,7 +155,7 @@ def run_model(info: RunInfo) -> torch.nn.Module | None:
         mtime = (info.path / "metrics.json").stat().st_mtime_ns
         return _run_model(info.run_id, str(info.path), mtime)
     except (ValueError, OSError, RuntimeError, KeyError) as e:
-        st.warning(f"Run {info.run_id} cannot be loaded: {e}")
+        st.warning(f"Run {md_text(info.run_id)} cannot be loaded: {md_text(e)}")
         return None
 
 
@@ -172,8 +174,9 @@ def default_run(found: list[RunInfo]) -> RunInfo | None:
 
 
 def preferred_run_ids() -> list[str]:
-    """The runs the experiments compare (first seed of each method), for menus' defaults."""
-    exp = load_experiments(quiet=True)
+    """The runs the experiments compare (first seed of each method), for menus' defaults
+    (a missing experiments file is no news here; one that cannot be read is a warning)."""
+    exp = load_experiments(quiet="missing")
     forgetting = exp.forgetting if exp is not None else None
     return [a.run_ids[0] for a in (forgetting or {}).values() if a.run_ids]
 
@@ -185,20 +188,30 @@ def _read_experiments(path: str, mtime: int) -> ExperimentsRecord:
     return ExperimentsRecord.from_json(read_json(path), path, lenient=True)
 
 
-def load_experiments(path: Path | None = None, quiet: bool = False) -> ExperimentsRecord | None:
+def load_experiments(
+    path: Path | None = None, quiet: bool | str = False
+) -> ExperimentsRecord | None:
     """precomputed/experiments.json (or ``path``), read leniently (a malformed section is
-    None, its reason in ``problems``), or None, with a warning on the page (unless
-    ``quiet``), when it is missing or unreadable."""
-    path = Path(path or EXPERIMENTS_PATH or experiments_file())
+    None, its reason in ``problems``), or None, with a warning on the page when it is
+    missing or unreadable (``quiet``: no warning; ``quiet="missing"``: none when it is
+    missing). Without a data folder (an invalid MINITUNER_DATA): an error box and the end
+    of the page's run."""
+    try:
+        path = Path(path or EXPERIMENTS_PATH or experiments_file())
+    except ValueError as e:
+        st.error(f"The data folder cannot be used: {md_text(e)}")
+        st.stop()
     if not path.is_file():
         if not quiet:
-            st.warning(f"The experiment summaries ({path.name}) are missing: {PRECOMPUTE_HINT}.")
+            st.warning(
+                f"The experiment summaries ({md_text(path.name)}) are missing: {PRECOMPUTE_HINT}."
+            )
         return None
     try:
         return _read_experiments(str(path), path.stat().st_mtime_ns)
     except (OSError, ValueError) as e:
-        if not quiet:
-            st.warning(f"{path.name} cannot be read ({e}): {PRECOMPUTE_HINT}.")
+        if quiet is not True:
+            st.warning(f"{md_text(path.name)} cannot be read ({md_text(e)}): {PRECOMPUTE_HINT}.")
         return None
 
 
@@ -212,7 +225,8 @@ def experiment_section(
     if experiments is None:
         return None
     if key in experiments.problems:
-        st.warning(f"The {what} in experiments.json is malformed ({experiments.problems[key]}).")
+        problem = md_text(experiments.problems[key])
+        st.warning(f"The {what} in experiments.json is malformed ({problem}).")
         return None
     section = getattr(experiments, key)
     if not section:
@@ -247,7 +261,9 @@ def eval_limit() -> int | None:
     except ValueError:
         n = 0
     if n < 1:
-        st.warning(f"MINITUNER_EVAL_LIMIT={v!r} ignored: it must be a whole number >= 1")
+        st.warning(
+            f"{md_code(f'MINITUNER_EVAL_LIMIT={v!r}')} ignored: it must be a whole number >= 1"
+        )
         return None
     return n
 

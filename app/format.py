@@ -1,9 +1,77 @@
-"""How the pages write sizes: bytes in KiB / MiB / GiB, and memory breakdowns as rows
-for a table or a stacked bar chart (:func:`app.charts.memory.memory_stacked`)."""
+"""How the pages write things: any string from outside the app as text, sizes in KiB /
+MiB / GiB, and memory breakdowns as rows for a table or a stacked bar chart
+(:func:`app.charts.memory.memory_stacked`).
+
+**The one escaping rule.** Every string that comes from a URL, a file, a run record or a
+user field is shown as text, never as Markdown or HTML (issue 23):
+
+* in Markdown (st.markdown, st.caption, st.info/warning/error, st.metric, st.table
+  cells, which Streamlit all render as GitHub Markdown with its ``:red[…]`` directives,
+  ``$…$`` math and bare-URL links): :func:`md_text`, which escapes every ASCII
+  punctuation character with a backslash and writes control characters and line breaks
+  as spaces, or :func:`md_code`, one code span (the URL warnings quote values so);
+* in plotly text (titles, legend names, tick labels, hover text, annotations, where
+  plotly renders ``<a href>``, ``<b>``, ``<br>``): :func:`plotly_text`, HTML escaping;
+  :func:`app.charts.common.style`, which every chart ends with, applies it to every
+  string of the figure but the app's own hover templates.
+
+Data frames (st.dataframe), st.text and st.code show text as it is: no escaping there.
+"""
 
 from __future__ import annotations
 
+import html
+import re
 from collections.abc import Mapping, Sequence
+
+# control characters (line breaks, tabs, escape sequences), Unicode line and paragraph
+# separators and the bidirectional overrides that can make text read backwards
+_INVISIBLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_MD_SPECIAL = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation character
+_BACKTICKS = re.compile(r"`+")
+LIMIT = 200  # characters of an outside value a message quotes (md_code's default)
+
+
+def visible(value: object, limit: int | None = None) -> str:
+    """``str(value)`` on one line: control characters and line breaks as spaces, at most
+    ``limit`` characters (then "…")."""
+    s = _INVISIBLE.sub(" ", str(value))
+    if limit is not None and len(s) > limit:
+        s = s[:limit] + "…"
+    return s
+
+
+def md_text(value: object, limit: int | None = None) -> str:
+    """Markdown that shows ``value`` as exactly its text (:func:`visible`): no link,
+    image, emphasis, heading, list, math, HTML or Streamlit directive, whatever it holds."""
+    return _MD_SPECIAL.sub(r"\\\1", visible(value, limit))
+
+
+def md_code(value: object, limit: int | None = LIMIT) -> str:
+    """``value`` (:func:`visible`, at most ``limit`` characters) as one Markdown code
+    span: a fence longer than any run of backticks inside, so nothing breaks out."""
+    s = visible(value, limit)
+    if not s.strip():
+        return "` `" if not s else f"`{s}`"
+    fence = "`" * (1 + max((len(m) for m in _BACKTICKS.findall(s)), default=0))
+    pad = " " if s[0] in "` " or s[-1] in "` " else ""
+    return f"{fence}{pad}{s}{pad}{fence}"
+
+
+def md_rows(rows: Sequence[Mapping], limit: int | None = LIMIT) -> list[dict]:
+    """Rows for st.table, which renders Markdown in its cells and headers: every string
+    key and value as :func:`md_text` (a value at most ``limit`` characters)."""
+    return [
+        {md_text(k): md_text(v, limit) if isinstance(v, str) else v for k, v in row.items()}
+        for row in rows
+    ]
+
+
+def plotly_text(value: object) -> str:
+    """Text that plotly shows as it is: ``<``, ``>`` and ``&`` escaped (plotly reads
+    ``<a href>``, ``<b>``, ``<br>`` as markup and decodes the entities back)."""
+    return html.escape(str(value), quote=False)
+
 
 _BINARY = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 _DECIMAL = ("B", "kB", "MB", "GB", "TB", "PB")

@@ -9,7 +9,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 
-from app.format import breakdown_table, format_bytes
+from app.format import breakdown_table, format_bytes, md_code
 from minituner.experiments.record_sections import MeanStd
 from minituner.finetune.config import DEFAULT_LR, FinetuneConfig, check_rank, max_rank
 from minituner.methods import METHODS
@@ -73,14 +73,18 @@ def parse_train_params(
     Returns ``(choices, problems)``: only the keys present and valid are in ``choices``;
     each unusable value (not a number, or outside the page's range: RANGES, and for r
     ``max_r``, default :func:`rank_limit`) gives a message in ``problems`` (the page
-    shows them and uses the default instead), never an exception.
+    shows them and uses the default instead), never an exception. The messages are
+    Markdown: each value from the URL is quoted as code (app.format.md_code), so a
+    shared link cannot put a link, an image or styled text on the page.
     """
     out: dict = {}
     problems: list[str] = []
     ranges = {**RANGES, "r": (1, max_r if max_r is not None else rank_limit())}
 
     def bad(key, value, why):
-        problems.append(f"URL parameter {key}={value!r} ignored (the default is used): {why}")
+        problems.append(
+            f"URL parameter {md_code(f'{key}={value!r}')} ignored (the default is used): {why}"
+        )
 
     if "method" in qp:
         v = str(_first(qp["method"])).strip().lower()
@@ -120,7 +124,8 @@ def parse_train_params(
         names = [t.strip() for item in items for t in str(item).split(",") if t.strip()]
         unknown = [t for t in names if t not in TARGETS]
         if unknown:
-            bad("targets", ",".join(names), f"unknown {unknown}; choose from {', '.join(TARGETS)}")
+            listed = md_code(", ".join(unknown))
+            bad("targets", ",".join(names), f"unknown {listed}; choose from {', '.join(TARGETS)}")
         elif names:
             out["targets"] = [t for t in TARGETS if t in names]
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 
 def live_components(at) -> list[dict]:
@@ -27,3 +28,12 @@ def live_panel(at) -> str:
     assert len(panels) == 1 and feed is not None and panels[0]["url"].endswith(feed.name)
     feed.publish()
     return "".join(json.loads(feed.path.read_text(encoding="utf-8"))["parts"].values())
+
+
+_MD_ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
+
+
+def shown(markdown: str) -> str:
+    """The text a Markdown body shows where the app escaped it (app.format.md_text): the
+    backslash escapes taken out."""
+    return _MD_ESCAPE.sub(r"\1", markdown)

@@ -24,6 +24,7 @@ from html import escape
 import plotly.graph_objects as go
 
 from app.charts.common import FONT_SIZE, PALETTE, legend_below, style
+from app.format import md_text
 from minituner.minigpt.verbs import IRREGULAR_VERBS
 
 LEARNED = 0.8  # the accuracy a verb must keep from some evaluation on to count as learned
@@ -97,13 +98,13 @@ def learning_order(points: Points, threshold: float = LEARNED) -> list[Learning]
 
 
 def _names(items: Sequence[Learning]) -> str:
-    names = [f"**{x.verb}**" for x in items]
+    names = [f"**{md_text(x.verb, 100)}**" for x in items]  # verb names come from records
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def order_sentence(points: Points, total_steps: int, threshold: float = LEARNED) -> str:
-    """Which verb was learned first and which last, in words (Markdown), from the
-    measured series; :data:`NO_DATA` when there is none."""
+    """Which verb was learned first and which last, in words (Markdown, the verb names
+    as text), from the measured series; :data:`NO_DATA` when there is none."""
     if not points:
         return f"Per-verb curves: {NO_DATA}."
     order = learning_order(points, threshold)
@@ -125,7 +126,7 @@ def order_sentence(points: Points, total_steps: int, threshold: float = LEARNED)
     if known:
         parts.append(f"Already at {bar} before training: {_names(known)}.")
     if missed:
-        finals = ", ".join(f"{x.verb} {100 * x.final:.0f}%" for x in missed)
+        finals = ", ".join(f"{md_text(x.verb, 100)} {100 * x.final:.0f}%" for x in missed)
         parts.append(f"Not learned within {total_steps} steps: {_names(missed)} (last: {finals}).")
     rule = (
         f"(learned: at least {bar} of its evaluation prompts right from that step to the "

@@ -6,6 +6,7 @@ import streamlit as st
 
 from app import data, helpers
 from app.charts import completions as charts
+from app.format import md_text
 from minituner.minigpt.evaluate import candidate_logprobs, check_prompt, complete, greedy_answers
 
 DEFAULT_PROMPT = "He __ to school yesterday."
@@ -73,12 +74,12 @@ try:  # empty, no blank __, unknown characters, too long: refused before any ans
             ],
         }
 except ValueError as e:
-    st.error(f"The model cannot answer this prompt: {e}")
+    st.error(f"The model cannot answer this prompt: {md_text(e)}")
     st.stop()
 
 a, b = st.columns(2)
-a.metric("base model's greedy answer", before or "(nothing)")
-b.metric(f"fine-tuned model's greedy answer ({info.method})", after or "(nothing)")
+a.metric("base model's greedy answer", md_text(before) or "(nothing)")
+b.metric(f"fine-tuned model's greedy answer ({info.method})", md_text(after) or "(nothing)")
 if probs:
     st.plotly_chart(charts.candidate_bars(probs, f"“{prompt}”"), key="compl_bars")
     st.caption(

@@ -7,7 +7,7 @@ import streamlit as st
 
 from app import data, helpers
 from app.charts import memory as charts
-from app.format import breakdown_table, format_bytes
+from app.format import breakdown_table, format_bytes, md_code, md_text
 from minituner.memory import predict as memmath
 from minituner.memory.chapter import seed_figures
 from minituner.memory.shapes import SHAPES, ModelShape
@@ -54,7 +54,7 @@ else:
         if cuda:
             st.caption(
                 "CUDA peak allocated during the first step: "
-                + "; ".join(f"{k}: {format_bytes(v)}" for k, v in cuda.items())
+                + "; ".join(f"{md_text(k)}: {format_bytes(v)}" for k, v in cuda.items())
             )
     elif picked:
         st.warning("The chosen runs hold no memory figures.")
@@ -85,7 +85,7 @@ except ValueError as e:
             "`benchmarks/bench_7b_qlora.py` makes them on a CUDA GPU."
         )
     else:
-        st.warning(f"The 7B measurements cannot be shown: {e}")
+        st.warning(f"The 7B measurements cannot be shown: {md_text(e)}")
 if scaling is not None:
     llama = SHAPES["llama-7b"]
     setup = scaling["args"]
@@ -98,10 +98,14 @@ if scaling is not None:
         f"({llama.n_layers} layers, hidden size {llama.d_model:,}, MLP {llama.d_ff:,}, "
         f"{llama.total_params() / 1e9:.2f} B parameters) is filled with random weights and "
         "built one layer at a time straight into NF4, so it never exists whole in bf16. "
-        f"Each configuration trains with batch {setup['batch']} × {setup['seq']} tokens, "
-        f"{setup['dtype']} compute"
+        f"Each configuration trains with batch {md_text(setup['batch'])} × "
+        f"{md_text(setup['seq'])} tokens, {md_text(setup['dtype'])} compute"
         + (", activation checkpointing" if setup["checkpointing"] else "")
-        + (f", LoRA A, B and AdamW's state in {lora_dtype}" if isinstance(lora_dtype, str) else "")
+        + (
+            f", LoRA A, B and AdamW's state in {md_text(lora_dtype)}"
+            if isinstance(lora_dtype, str)
+            else ""
+        )
         + ". *Measured peak* is `torch.cuda.max_memory_allocated` over the training steps "
         "(weights, LoRA, gradients, optimizer state, activations and temporaries); "
         "*predicted* is `memory.predict_memory` for the same shape and settings. "
@@ -111,7 +115,7 @@ if scaling is not None:
             if with_peft
             else ""
         )
-        + f"Step times are medians of {timed} timed steps and change from "
+        + f"Step times are medians of {md_text(timed)} timed steps and change from "
         "one run of the command to the next: treat the step ratios as rough. *qv*: LoRA "
         "on q_proj and v_proj; *all*: on the seven Linears of every layer."
     )
@@ -147,10 +151,14 @@ if scaling is not None:
         else scaling_path
     )
     st.caption(
-        f"{summary}. Measured on {scaling['device_name']}"
-        + (f", torch {scaling['torch']}" if isinstance(scaling.get("torch"), str) else "")
-        + (f"; {scaling['measured_on']}" if isinstance(scaling.get("measured_on"), str) else "")
-        + f". `{shown}` was written by:"
+        f"{summary}. Measured on {md_text(scaling['device_name'])}"
+        + (f", torch {md_text(scaling['torch'])}" if isinstance(scaling.get("torch"), str) else "")
+        + (
+            f"; {md_text(scaling['measured_on'])}"
+            if isinstance(scaling.get("measured_on"), str)
+            else ""
+        )
+        + f". {md_code(shown)} was written by:"
     )
     st.code(scaling["command"], language="bash")
 

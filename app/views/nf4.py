@@ -9,7 +9,7 @@ import torch
 
 from app import data
 from app.charts import nf4 as charts
-from app.format import format_bytes
+from app.format import format_bytes, md_text
 from minituner.nf4.format import (
     DEFAULT_BLOCK_SIZE,
     FP4_CODEBOOK,
@@ -64,7 +64,9 @@ with b:
         ],
         hide_index=True,
     )
-    st.caption(f"{layer}: {errors['nf4'].size:,} weights, std {w_std:.3e}, blocks of {block}.")
+    st.caption(
+        f"{md_text(layer)}: {errors['nf4'].size:,} weights, std {w_std:.3e}, blocks of {block}."
+    )
 
 report = data.quant_report(int(block), base.model_id)
 st.plotly_chart(charts.error_rmse_bars(report), key="nf4_layers")

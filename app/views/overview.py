@@ -7,6 +7,7 @@ import streamlit as st
 from app import data, helpers
 from app.charts.compare import loss_curves
 from app.charts.completions import candidate_bars
+from app.format import md_text
 from minituner.minigpt.evaluate import candidate_logprobs, complete
 from minituner.nf4.storage import bits_per_param
 
@@ -77,8 +78,10 @@ cols[4].metric("control EN perplexity", f"{bm.control_en_ppl:.3f}")
 if bm.irregular_accuracy_per_verb:
     st.caption(
         "Irregular accuracy per verb: "
-        + ", ".join(f"{v} {100 * a:.0f}%" for v, a in bm.irregular_accuracy_per_verb.items())
-        + f" · corpus {bm.corpus_version}"
+        + ", ".join(
+            f"{md_text(v, 100)} {100 * a:.0f}%" for v, a in bm.irregular_accuracy_per_verb.items()
+        )
+        + f" · corpus {md_text(bm.corpus_version)}"
     )
 
 st.header("A run to start from")
@@ -92,7 +95,7 @@ if run is None:
     st.stop()
 
 m, f = run.metrics, run.final
-st.markdown(f"**{helpers.run_label(run)}** ({'shipped' if run.shipped else 'your cache'})")
+st.markdown(f"**{md_text(helpers.run_label(run))}** ({'shipped' if run.shipped else 'your cache'})")
 cols = st.columns(5)
 cols[0].metric(
     "irregular accuracy",
@@ -115,7 +118,7 @@ cols[3].metric(
 cols[4].metric(
     "training time",
     f"{m.wall_time_s:.1f} s",
-    delta=m.device,
+    delta=md_text(m.device, 100),
     delta_color="off",
 )
 
@@ -132,8 +135,8 @@ with c2:
         before = complete(base.model, base.tok, PROMPT)
         after = complete(model, base.tok, PROMPT)
         a, b = st.columns(2)
-        a.metric("base model answers", before)
-        b.metric("fine-tuned answers", after)
+        a.metric("base model answers", md_text(before))
+        b.metric("fine-tuned answers", md_text(after))
         probs = {
             "base": candidate_logprobs(base.model, base.tok, PROMPT, ["went", "goed"])["probs"],
             "fine-tuned": candidate_logprobs(model, base.tok, PROMPT, ["went", "goed"])["probs"],

@@ -6,6 +6,7 @@ import streamlit as st
 
 from app import data, helpers
 from app.charts import rank_sweep as charts
+from app.format import md_text
 
 st.title("Rank sweep")
 st.markdown(
@@ -60,7 +61,7 @@ if sweep is not None and sweep.ranks:
         rows.append(row)
     st.dataframe(rows, hide_index=True)
     if elbow is not None:
-        st.caption(f"Elbow: r = {elbow}. {sweep.elbow.definition}")
+        st.caption(f"Elbow: r = {elbow}. {md_text(sweep.elbow.definition)}")
 elif sweep is not None:
     st.info(f"The rank sweep has no runs yet: {data.PRECOMPUTE_HINT}.")
 

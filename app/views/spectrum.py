@@ -8,6 +8,7 @@ import streamlit as st
 
 from app import data, helpers
 from app.charts import spectrum as charts
+from app.format import md_code, md_text
 from minituner.analysis import subspace_record
 
 st.title("Spectrum of the weight update ΔW")
@@ -105,9 +106,9 @@ if truncation is not None:
         key="spec_trunc",
     )
     st.caption(
-        f"Run {truncation.run_id}: every ΔW of full fine-tuning replaced by its best rank-k "
-        "approximation (Eckart–Young), then the model re-evaluated. If a small k recovers "
-        "the accuracy, the useful part of the update is low-rank."
+        f"Run {md_text(truncation.run_id)}: every ΔW of full fine-tuning replaced by its best "
+        "rank-k approximation (Eckart–Young), then the model re-evaluated. If a small k "
+        "recovers the accuracy, the useful part of the update is low-rank."
     )
 
 st.subheader("Subspace similarity: do two updates use the same directions?")
@@ -130,7 +131,7 @@ def _load_subspace() -> subspace_record.SubspaceRecord | None:
     try:
         path = Path(subspace_record.subspace_file())
     except ValueError as e:
-        st.warning(str(e))
+        st.warning(md_text(e))
         return None
     if not path.is_file():
         st.info(f"No subspace similarity computed yet: run `{subspace_record.COMMAND}`.")
@@ -138,7 +139,10 @@ def _load_subspace() -> subspace_record.SubspaceRecord | None:
     try:
         return _subspace_record(str(path), path.stat().st_mtime_ns)
     except (OSError, ValueError) as e:
-        st.warning(f"{path.name} cannot be read ({e}): run `{subspace_record.COMMAND}` again.")
+        st.warning(
+            f"{md_text(path.name)} cannot be read ({md_text(e)}): "
+            f"run `{subspace_record.COMMAND}` again."
+        )
         return None
 
 
@@ -148,7 +152,7 @@ record = _load_subspace()
 if record is not None:
     verdict = subspace_record.conclusion(record)
     if verdict:
-        st.markdown(f"**What the numbers say.** {verdict}")
+        st.markdown(f"**What the numbers say.** {md_text(verdict)}")
     labels = {p.label: p for p in record.pairs}
     first = [p.label for p in record.pairs if p.name in DEFAULT_PAIRS] or list(labels)[:3]
     c5, c6 = st.columns([3, 2])
@@ -163,10 +167,11 @@ if record is not None:
     if shown:
         st.plotly_chart(charts.subspace_heatmaps(shown, sub_layer), key="spec_subspace")
     for label in picked:
-        st.caption(subspace_record.headline(labels[label]))
+        st.caption(md_text(subspace_record.headline(labels[label])))
     with st.expander("means over layers, every comparison"):
         st.dataframe(subspace_record.summary_rows(record), hide_index=True)
     st.caption(
-        f"Runs: {'; '.join(f'{p.label}: {p.a.run_id} vs {p.b.run_id}' for p in record.pairs)}. "
-        f"Made by `{record.command}` from the stored adapters and deltas."
+        "Runs: "
+        + md_text("; ".join(f"{p.label}: {p.a.run_id} vs {p.b.run_id}" for p in record.pairs))
+        + f". Made by {md_code(record.command)} from the stored adapters and deltas."
     )

@@ -20,6 +20,7 @@ import streamlit as st
 
 from app import data, helpers, live
 from app.charts import verbs as verb_charts
+from app.format import md_text
 from app.trainer import RUNNING
 from minituner.finetune.config import DEFAULT_LR, FinetuneConfig
 from minituner.minigpt.evaluate import cloze_metrics
@@ -76,7 +77,7 @@ try:  # every character the model cannot read is named first, with a hint where 
     check_vocab(f"{lemma_in} {past_in}".lower(), base.tok)
     verb = check_teach(TeachVerb.parse(f"{lemma_in}:{past_in}"), base.tok)
 except ValueError as e:
-    st.error(f"This verb cannot be taught: {e}")
+    st.error(f"This verb cannot be taught: {md_text(e)}")
     st.stop()
 
 split = teach_split(verb, base.corpus_config)
@@ -201,8 +202,8 @@ if snap.running:
         st.button("Stop", icon=":material/stop:", key="teach_stop", on_click=_stop)
     else:
         st.info(
-            f"Training is busy: **{snap.label}** is training. One run at a time per server; "
-            "it is shown here and on the Train page; teach yours when it ends."
+            f"Training is busy: **{md_text(snap.label)}** is training. One run at a time per "
+            "server; it is shown here and on the Train page; teach yours when it ends."
         )
     _live_panel()
     st.stop()

@@ -15,7 +15,7 @@ import streamlit as st
 
 from app import data, helpers, live
 from app.charts import train as charts
-from app.format import format_bytes
+from app.format import format_bytes, md_rows, md_text
 from minituner.finetune.config import DEFAULT_LR
 from minituner.memory import predict as memmath
 from minituner.memory.shapes import ModelShape
@@ -96,7 +96,7 @@ st.query_params.from_dict(helpers.choices_to_params(choices))
 try:
     cfg = helpers.config_from_choices(choices)
 except ValueError as e:
-    st.warning(f"This configuration cannot be trained: {e}")
+    st.warning(f"This configuration cannot be trained: {md_text(e)}")
     st.stop()
 
 # ---------------------------------------------------------------- what it costs
@@ -151,7 +151,7 @@ def _live_header(s) -> None:
         st.button("Stop", icon=":material/stop:", key="train_stop", on_click=_stop)
     else:
         st.info(
-            f"Training is busy: another session is training **{s.label}**. "
+            f"Training is busy: another session is training **{md_text(s.label)}**. "
             "One run at a time per server; you can watch it here and start yours when it ends."
         )
 
@@ -162,7 +162,7 @@ def _show_stored(info, heading: str) -> None:
     svg = charts.live_training(m.curves.step, m.curves.loss, m.evals, info.finetune_config().steps)
     st.markdown(svg, unsafe_allow_html=True)
     # a static table: a data grid costs every tab a canvas redraw
-    st.table(helpers.final_figures_rows([info], data.base_metrics()))
+    st.table(md_rows(helpers.final_figures_rows([info], data.base_metrics())))  # Markdown cells
     st.caption(
         "Curves: loss per step and the periodic evaluation on a sample of each split; the "
         "table: the final evaluation on the full held-out splits."

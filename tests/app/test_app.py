@@ -20,7 +20,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
-from app_util import live_components, live_panel  # noqa: E402
+from app_util import live_components, live_panel, shown  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from app import data, helpers  # noqa: E402
@@ -86,7 +86,8 @@ def open_page(page: str, query: dict | None = None) -> AppTest:
 
 
 def texts(elements) -> str:
-    return "\n".join(str(e.value) for e in elements)
+    """What the elements show (the app's escapes of outside text taken out)."""
+    return "\n".join(shown(str(e.value)) for e in elements)
 
 
 def charts_of(at: AppTest) -> int:
@@ -365,7 +366,7 @@ def test_second_session_is_told_training_is_busy_and_stop_stops(empty_cache, idl
 def test_train_choices_live_in_the_url(empty_cache):
     at = open_page("train", {"method": "full", "lr": "0.001", "steps": "7", "r": "abc"})
     assert not at.exception
-    assert "r='abc' ignored" in texts(at.warning)
+    assert "`r='abc'` ignored" in texts(at.warning)  # the URL's value quoted as code
     assert at.radio(key="train_method").value == "full"
     assert at.number_input(key="train_lr").value == pytest.approx(0.001)
     assert at.number_input(key="train_r").disabled

@@ -37,7 +37,10 @@ def heatmaps(at: AppTest) -> list[dict]:
 
 
 def texts(elements) -> str:
-    return "\n".join(str(e.value) for e in elements)
+    """What the elements show (the app's escapes of outside text taken out)."""
+    from app_util import shown
+
+    return "\n".join(shown(str(e.value)) for e in elements)
 
 
 def excess(pair: subspace_record.Pair, i: int, j: int) -> float:

@@ -25,7 +25,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
-from app_util import live_components, live_panel  # noqa: E402
+from app_util import live_components, live_panel, shown  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from app import data, helpers  # noqa: E402
@@ -61,7 +61,8 @@ def open_page(page: str) -> AppTest:
 
 
 def texts(elements) -> str:
-    return "\n".join(str(e.value) for e in elements)
+    """What the elements show (the app's escapes of outside text taken out)."""
+    return "\n".join(shown(str(e.value)) for e in elements)
 
 
 def frame(at: AppTest, column: str):
