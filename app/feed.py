@@ -89,9 +89,10 @@ class Feed:
         return "/" + (f"{base}/" if base else "") + f"{URL_DIR}/{self.name}"
 
     def usable(self, s) -> bool:
-        """Whether tabs can follow snapshot ``s``'s run through the file: the last write
-        succeeded and none failed during that run."""
-        return self.error is None and self.failed_run != run_key(s)
+        """Whether tabs can follow snapshot ``s`` through the file: the last write
+        succeeded and, while ``s`` runs, none failed during its run (an idle watcher
+        needs only a working file)."""
+        return self.error is None and not (s.running and self.failed_run == run_key(s))
 
     def publish(self) -> int:
         """Write the current snapshot now; returns its version.

@@ -199,8 +199,10 @@ def hide_status() -> None:
 
 def fragment_timer() -> float | None:
     """``run_every`` for a fragment that holds the live panel: none with the live feed
-    (the panel in the browser asks for a rerun), ``POLL_S`` in the fallback."""
-    return None if feed() is not None else POLL_S
+    (the panel in the browser asks for a rerun), ``POLL_S`` in the fallback (and while
+    the feed's last write failed)."""
+    f = feed()
+    return None if f is not None and f.error is None else POLL_S
 
 
 def wait_for_news(version: int) -> None:
@@ -337,6 +339,8 @@ def draw_live(s) -> None:
     if s.running and live_feed(s) is not None:
         _mount(s, running=True)
         return
+    if s.running and feed() is not None:  # the feed failed for this run: keep quiet too
+        st.html(HIDE_STATUS)
     st.html(panel_html(s))
     if s.running:
         wait_for_news(s.version)

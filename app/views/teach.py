@@ -225,7 +225,7 @@ if st.button(
     try:
         started = trainer.start(cfg, owner=me, cache=data.cache_dir(), eval_limit=data.eval_limit())
     except ValueError as e:  # the pre-flight: nothing was started
-        st.error(f"Training cannot start: {e}", icon=":material/error:")
+        st.error(f"Training cannot start: {md_text(e)}", icon=":material/error:")
     else:
         if not started:
             st.info("Training is busy: another session started a run a moment ago.")

@@ -188,7 +188,7 @@ def _run_area(cfg, rid: str) -> None:
     mine = s.owner == live.owner() and s.config == cfg.to_dict()
     cannot = st.session_state.pop("train_cannot_start", None)
     if cannot:
-        st.error(f"Training cannot start: {cannot}", icon=":material/error:")
+        st.error(f"Training cannot start: {md_text(cannot)}", icon=":material/error:")
     if st.session_state.pop("train_refused", False):
         st.info(
             "Training is busy: another session started a run a moment ago. "

@@ -239,5 +239,8 @@ def test_a_failed_write_is_logged_and_the_run_is_drawn_by_the_pages(
     trainer.move(step=5)
     assert wait_until(lambda: read(feed)["version"] == trainer.version)
     assert feed.error is None and not feed.usable(trainer.snapshot())
+    trainer.move(status="completed")  # idle again: watchers use the working file
+    assert wait_until(lambda: read(feed)["version"] == trainer.version)
+    assert feed.usable(trainer.snapshot())
     trainer.move(status="running", step=0, started_at=12.0)  # the next run uses the feed
     assert feed.usable(trainer.snapshot())

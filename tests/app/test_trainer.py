@@ -22,6 +22,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 APP_TIMEOUT = 180  # seconds: a live run on a loaded 2-core machine
 
+from app_util import shown  # noqa: E402
+
 from app import trainer as trainermod  # noqa: E402
 from app.trainer import Trainer  # noqa: E402
 from minituner.finetune import events as ev  # noqa: E402
@@ -188,7 +190,7 @@ def test_train_page_refuses_a_run_it_could_not_store(problem, idle_trainer, tmp_
     before = idle_trainer.snapshot()
     at.button(key="train_start").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    errors = [str(e.value) for e in at.error]
+    errors = [shown(str(e.value)) for e in at.error]
     assert len(errors) == 1 and errors[0].startswith("Training cannot start: "), errors
     assert named in errors[0] and "\n" not in errors[0]
     assert idle_trainer.snapshot() == before and not idle_trainer.busy
