@@ -289,3 +289,22 @@ def test_stop_ends_a_frozen_child_and_the_server_is_free_again(tmp_path, monkeyp
     finally:
         t.kill()
         t.join(30)
+
+
+def test_teach_page_refuses_a_lesson_it_could_not_store(idle_trainer, tmp_path, monkeypatch):
+    """issue 23, item 10, on the Teach page: one error box, and no child is started."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("MINITUNER_CACHE", str(tmp_path / "cache"))
+    at = AppTest.from_file(str(REPO_ROOT / "app" / "main.py"), default_timeout=APP_TIMEOUT)
+    at.run()
+    at.switch_page("views/teach.py")
+    at.run()
+    (tmp_path / "cache").write_text("not a folder")
+    before = idle_trainer.snapshot()
+    at.button(key="teach_start").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    errors = [shown(str(e.value)) for e in at.error]
+    assert len(errors) == 1 and errors[0].startswith("Training cannot start: "), errors
+    assert "cannot store runs in the run cache" in errors[0] and "it is a file" in errors[0]
+    assert idle_trainer.snapshot() == before and not idle_trainer.busy
