@@ -83,8 +83,13 @@ def device_label() -> str:
 # ---------------------------------------------------------------------- run store
 def store() -> RunStore:
     """A RunStore over precomputed/runs and the user cache (read from the environment
-    each time, so tests can point MINITUNER_CACHE somewhere else)."""
-    return RunStore()
+    each time, so tests can point MINITUNER_CACHE somewhere else), or an error box and
+    the end of the page's run when the data folder cannot be used."""
+    try:
+        return RunStore()
+    except ValueError as e:
+        st.error(f"The data folder cannot be used: {md_text(e)}")
+        st.stop()
 
 
 def _stamp(path: Path) -> tuple[int, int]:

@@ -227,6 +227,127 @@ def test_experiment_pages_read_the_summaries(cache, tmp_path, monkeypatch):
     assert "cannot be read" in texts(at.warning)
 
 
+# ---------------------------------------------------------------------- issue 23, items 6 and 8
+EXPERIMENT_PAGES = ("spectrum", "forgetting", "rank_sweep", "memory", "compare")
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def _shipped_experiments() -> dict:
+    return json.loads(experiments_file().read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [DEEP, '{"rank_sweep": ' * 100_000 + "1" + "}" * 100_000, "[1, 2]", "5", "[1, 2"],
+    ids=["deep-list", "deep-object", "list", "number", "truncated"],
+)
+def test_an_unreadable_experiments_file_is_a_warning_on_every_page_that_reads_it(
+    cache, tmp_path, monkeypatch, text
+):
+    """Issue 23, item 6: a malformed experiments.json (deep nesting, a list or a number
+    where the object belongs) is one warning on Spectrum, Forgetting, Rank sweep, Memory
+    and Compare, never an exception; the rest of each page still works."""
+    path = tmp_path / "experiments.json"
+    path.write_text(text)
+    monkeypatch.setattr(data, "EXPERIMENTS_PATH", path)
+    for page in EXPERIMENT_PAGES:
+        at = open_page(page)
+        assert not at.exception, (page, [e.value[:300] for e in at.exception])
+        assert "experiments.json cannot be read" in texts(at.warning), page
+        assert [t.value for t in at.title] == [dict((p, t) for p, t, _ in PAGES)[page]]
+
+
+def _with(section: str, value, *inside: str) -> dict:
+    """The shipped experiments.json with ``value`` at ``section`` (or deeper, ``inside``)."""
+    exp = _shipped_experiments()
+    if not inside:
+        exp[section] = value
+        return exp
+    target = exp[section]
+    for key in inside[:-1]:
+        target = target[key]
+    target[inside[-1]] = value
+    return exp
+
+
+@pytest.mark.parametrize(
+    ("page", "exp", "what"),
+    [
+        ("rank_sweep", lambda: _with("rank_sweep", [1]), "rank sweep"),
+        ("rank_sweep", lambda: _with("rank_sweep", 5, "ranks"), "rank sweep"),
+        ("rank_sweep", lambda: _with("rank_sweep", [1], "summary"), "rank sweep"),
+        ("rank_sweep", lambda: _with("targets", {"q": json.loads("[" * 40 + "]" * 40)}),
+         "targets summary"),
+        ("forgetting", lambda: _with("forgetting", 5), "forgetting summary"),
+        ("forgetting", lambda: _with("forgetting", [1, 2], "lora"), "forgetting summary"),
+        ("forgetting", lambda: _with("frontier", [1]), "frontier summary"),
+        ("forgetting", lambda: _with("replay", {"lora": 5}), "replay summary"),
+        ("spectrum", lambda: _with("truncation", 5, "k"), "truncation summary"),
+        ("spectrum", lambda: _with("truncation", {"a": 1}), "truncation summary"),
+    ],
+    ids=["sweep-list", "ranks-number", "summary-list", "targets-deep", "forgetting-number",
+         "forgetting-entry-list", "frontier-list", "replay-number", "k-number", "truncation"],
+)  # fmt: skip
+def test_a_malformed_section_is_a_warning_on_its_page(
+    cache, tmp_path, monkeypatch, page, exp, what
+):
+    """Issue 23, item 6: a section of experiments.json with a list where a mapping
+    belongs, a number where a list belongs, or nested too deep is a warning naming it on
+    the page that shows it; Memory and Compare (which read the file for their menus'
+    defaults) still run."""
+    path = tmp_path / "experiments.json"
+    path.write_text(json.dumps(exp()))
+    monkeypatch.setattr(data, "EXPERIMENTS_PATH", path)
+    at = open_page(page)
+    assert not at.exception, [e.value[:300] for e in at.exception]
+    warned = texts(at.warning)
+    assert f"The {what} in experiments.json is malformed" in warned or "cannot be read" in warned
+    for other in ("memory", "compare"):
+        at = open_page(other)
+        assert not at.exception, (other, [e.value[:300] for e in at.exception])
+        assert charts_of(at) >= 3
+
+
+@pytest.mark.parametrize(
+    "text",
+    [DEEP, '{"pairs": ' * 100_000 + "1" + "}" * 100_000, "[1]", '{"pairs": 5}',
+     '{"pairs": [{"layers": [1]}]}'],
+    ids=["deep-list", "deep-object", "list", "pairs-number", "layers-list"],
+)  # fmt: skip
+def test_a_malformed_subspace_file_is_a_warning_on_spectrum(cache, tmp_path, monkeypatch, text):
+    """Issue 23, item 6: a malformed subspace.json is a warning on Spectrum, never an
+    exception; the page's other charts still show."""
+    from minituner.analysis import subspace_record
+
+    path = tmp_path / "subspace.json"
+    path.write_text(text)
+    monkeypatch.setattr(subspace_record, "subspace_file", lambda: path)
+    at = open_page("spectrum")
+    assert not at.exception, [e.value[:300] for e in at.exception]
+    assert "subspace.json cannot be read" in texts(at.warning)
+    assert charts_of(at) >= 3
+
+
+def test_an_invalid_data_folder_is_an_error_box_on_every_page(empty_cache, tmp_path, monkeypatch):
+    """Issue 23, item 8: MINITUNER_DATA naming no folder is a clean error box on every
+    page, Rank sweep included (it raised), never an exception: on a fresh server, and on
+    one whose base model was loaded before the folder went away."""
+    import streamlit
+
+    open_page("overview")  # the base model is loaded and cached
+    monkeypatch.setenv("MINITUNER_DATA", str(tmp_path / "no such folder"))
+    for fresh in (False, True):
+        if fresh:
+            streamlit.cache_resource.clear()
+        for page, title, _ in PAGES:
+            at = open_page(page)
+            assert not at.exception, (page, fresh, [e.value[:300] for e in at.exception])
+            assert [t.value for t in at.title] == [title]
+            if fresh or page == "rank_sweep":  # a page that needs only the model may run
+                assert "MINITUNER_DATA" in texts(at.error), (page, fresh)
+    streamlit.cache_resource.clear()
+
+
 # ---------------------------------------------------------------------- Memory page
 SCALING_HEADER = "7B QLoRA, measured on an H200"
 
