@@ -20,7 +20,6 @@ missing base model. What a message quotes from a file or an error is shown as te
 from __future__ import annotations
 
 import os
-import uuid
 import warnings
 from pathlib import Path
 
@@ -271,12 +270,6 @@ def eval_limit() -> int | None:
         )
         return None
     return n
-
-
-def session_id() -> str:
-    if "minituner_session" not in st.session_state:
-        st.session_state["minituner_session"] = uuid.uuid4().hex
-    return st.session_state["minituner_session"]
 
 
 # ---------------------------------------------------------------------- NF4
