@@ -50,3 +50,55 @@ def subspace_record(phi_a=0.25) -> R.SubspaceRecord:
         "p", "LoRA r=2 vs LoRA r=3", R.RunRef("a" * 12, "A"), R.RunRef("b" * 12, "B"), 2, 3, layers
     )
     return R.SubspaceRecord(base_model_id="m", pairs=(pair,))
+
+
+# ------------------------------------------------ random damage to a whole file (issue 23)
+DEEP = "<deep>"  # mutation value: 100,000 nested lists (written as text, not built)
+
+
+def node_paths(doc, prefix: tuple = ()) -> list[tuple]:
+    """The path (keys and indices) of every node of a JSON document, the root included."""
+    out = [prefix]
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            out += node_paths(v, (*prefix, k))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            out += node_paths(v, (*prefix, i))
+    return out
+
+
+def replacements():
+    """What a damaged node becomes: a list, a number, a string, null, an object, or a
+    100,000-deep nesting."""
+    from hypothesis import strategies as st
+
+    scalars = st.one_of(
+        st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=5)
+    )
+    return st.one_of(
+        scalars,
+        st.lists(scalars, max_size=3),
+        st.dictionaries(st.text(max_size=3), scalars, max_size=2),
+        st.just([]),
+        st.just({}),
+        st.just(DEEP),
+    )
+
+
+def mutated_text(doc, path: tuple, value) -> str:
+    """``doc`` as JSON text with the node at ``path`` replaced by ``value``."""
+    import copy
+    import json
+
+    if not path:
+        new = value
+    else:
+        new = copy.deepcopy(doc)
+        d = new
+        for k in path[:-1]:
+            d = d[k]
+        d[path[-1]] = value
+    text = json.dumps(new)
+    marker = json.dumps(DEEP)
+    return text.replace(marker, "[" * 100_000 + "]" * 100_000, 1) if value == DEEP else text

@@ -6,9 +6,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from record_util import mutated_text, node_paths, replacements
 from record_util import subspace_record as record
 
 from minituner.analysis import subspace_record as R
@@ -80,6 +86,37 @@ def test_missing_or_invalid_json_names_the_file(tmp_path):
     bad.write_text("{oops")
     with pytest.raises(ValueError, match="bad.json is not valid JSON"):
         R.read_subspace(bad)
+
+
+SHIPPED_DOC = json.loads(R.subspace_file().read_text(encoding="utf-8"))
+# every node down to a pair's layer, and each layer's first rows and numbers (the
+# thousands of other φ values are alike)
+SHIPPED_PATHS = [p for p in node_paths(SHIPPED_DOC) if len(p) < 6 or p[-1] in (0, 1)]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(path=st.sampled_from(SHIPPED_PATHS), value=replacements())
+def test_any_damaged_node_is_a_value_error(path, value):
+    """issue 23, item 6: any node of the shipped subspace.json replaced by a list, a
+    number, a string, null, an object or a 100,000-deep nesting: read_subspace raises a
+    one-line ValueError naming the file, nothing else (was: RecursionError)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        file = Path(tmp) / "subspace.json"
+        file.write_text(mutated_text(SHIPPED_DOC, path, value), encoding="utf-8")
+        try:
+            R.read_subspace(file)
+        except ValueError as e:
+            assert "\n" not in str(e) and "subspace.json" in str(e)
+
+
+def test_a_special_subspace_file_is_a_value_error(tmp_path):
+    """issue 23, items 4 and 6: a FIFO or a link to /dev/zero is refused at once."""
+    fifo, dev = tmp_path / "fifo.json", tmp_path / "dev.json"
+    os.mkfifo(fifo)
+    dev.symlink_to("/dev/zero")
+    for path in (fifo, dev):
+        with pytest.raises(ValueError, match="not a regular file"):
+            R.read_subspace(path)
 
 
 # ---------------------------------------------------------------------- the shipped file

@@ -7,14 +7,28 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import tempfile
+from dataclasses import fields
+from pathlib import Path
 
 import pytest
-from record_util import DELETE, assert_refused, set_field
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from record_util import (
+    DEEP,
+    DELETE,
+    assert_refused,
+    mutated_text,
+    node_paths,
+    replacements,
+    set_field,
+)
 
 from minituner.experiments.record import ExperimentsRecord, read_experiments
 from minituner.experiments.record_grids import Frontier, GridConfig, Replay
 from minituner.experiments.record_sections import Aggregate, MeanStd, RankSweep
-from minituner.io import write_json
+from minituner.io import read_json, write_json
 from minituner.paths import experiments_file
 
 
@@ -125,3 +139,49 @@ def test_a_lenient_read_keeps_the_good_sections_and_names_the_bad(shipped_json, 
     assert rec.rank_sweep == shipped.rank_sweep and rec.forgetting == shipped.forgetting
     with pytest.raises(ValueError, match="e.json: targets is missing"):
         ExperimentsRecord.from_json(data, "e.json")  # a strict read refuses the file
+
+
+SHIPPED_DOC = json.loads(experiments_file().read_text(encoding="utf-8"))
+SHIPPED_PATHS = node_paths(SHIPPED_DOC)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(path=st.sampled_from(SHIPPED_PATHS), value=replacements())
+def test_any_damaged_node_is_a_value_error_or_a_lenient_problem(path, value):
+    """issue 23, item 6: any node of the shipped experiments.json replaced by a list, a
+    number, a string, null, an object or a 100,000-deep nesting: the strict reader raises
+    ValueError and nothing else (was: TypeError, AttributeError, RecursionError …); the
+    lenient reader (the app's) records the problem for the section instead."""
+    with tempfile.TemporaryDirectory() as tmp:
+        file = Path(tmp) / "experiments.json"
+        file.write_text(mutated_text(SHIPPED_DOC, path, value), encoding="utf-8")
+        try:
+            read_experiments(file)
+        except ValueError as e:
+            assert "\n" not in str(e) and "experiments.json" in str(e)
+        try:
+            doc = read_json(file)
+        except ValueError:
+            assert value == DEEP or not path  # the file as a whole: the page warns
+            return
+        in_section = len(path) >= 1 and path[0] in {f.name for f in fields(ExperimentsRecord)}
+        if not in_section:  # the root or schema_version: refused as a whole
+            try:
+                ExperimentsRecord.from_json(doc, str(file), lenient=True)
+            except ValueError:
+                pass
+            return
+        rec = ExperimentsRecord.from_json(doc, str(file), lenient=True)
+        if path[0] in rec.problems:
+            assert getattr(rec, path[0]) is None
+        assert set(rec.problems) <= {path[0]}
+
+
+def test_a_special_experiments_file_is_a_value_error(tmp_path):
+    """issue 23, items 4 and 6: a FIFO or a link to /dev/zero is refused at once."""
+    fifo, dev = tmp_path / "fifo.json", tmp_path / "dev.json"
+    os.mkfifo(fifo)
+    dev.symlink_to("/dev/zero")
+    for path in (fifo, dev):
+        with pytest.raises(ValueError, match="not a regular file"):
+            read_experiments(path)
