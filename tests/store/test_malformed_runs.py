@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import shutil
 import sys
 import warnings
@@ -283,6 +285,8 @@ def test_every_page_still_works_and_lists_the_other_runs(store_dirs, page, menu,
     at = _open(page)
     assert not at.exception, [e.value for e in at.exception]
     warnings_text = "\n".join(str(w.value) for w in at.warning)
+    # the text a reader sees: warnings escape Markdown (backslashes, word joiners)
+    warnings_text = re.sub(r"\\(.)", r"\1", warnings_text).replace("\u2060", "")
     if not valid and page not in ("train",):
         assert str(bad) in warnings_text, warnings_text
     if menu is not None:
@@ -298,3 +302,35 @@ def _valid(rid: str) -> bool:
         return RunStore().find(rid) is not None
     except ValueError:
         return False
+
+
+def plant_special(cache: Path, pristine: Path, kind: str) -> Path:
+    """The victim with its metrics.json a 100,000-deep JSON file, a FIFO or a link to
+    /dev/zero."""
+    bad = plant(cache, pristine, "metrics.json", "{}")
+    bad.unlink()
+    if kind == "deep":
+        bad.write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    elif kind == "fifo":
+        os.mkfifo(bad)
+    else:
+        bad.symlink_to("/dev/zero")
+    return bad
+
+
+@pytest.mark.parametrize("kind", ["deep", "fifo", "devzero"])
+@pytest.mark.parametrize("page", ["overview", "compare", "spectrum", "completions"])
+def test_a_special_metrics_file_is_a_warning_on_the_pages(store_dirs, page, kind):
+    """issue 23, items 3 and 4: a deep, FIFO or /dev/zero metrics.json in one run: the
+    page runs (was: a traceback, a hang, memory until killed) and warns naming it."""
+    data, cache, pristine = store_dirs
+    bad = plant_special(cache, pristine, kind)
+    try:
+        at = _open(page)
+        assert not at.exception, [e.value for e in at.exception]
+        shown = "\n".join(str(w.value) for w in at.warning)
+        shown = re.sub(r"\\(.)", r"\1", shown).replace("\u2060", "")
+        assert str(bad) in shown, shown
+    finally:
+        shutil.rmtree(cache / VICTIM)
+        shutil.copytree(pristine, cache / VICTIM)
