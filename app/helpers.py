@@ -5,7 +5,6 @@ No Streamlit here, so these are tested directly (tests/test_app.py).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping
 
@@ -29,11 +28,12 @@ RANGES = {"r": (1, MAX_R), "steps": (1, MAX_STEPS), "seed": (0, 2**31 - 1),
 def base_model_config():
     """The GPTConfig of the data folder's base model, or None when it cannot be read
     (the page that needs the model reports that)."""
+    from minituner.io import read_json
     from minituner.minigpt.model import GPTConfig
     from minituner.paths import base_dir
 
-    try:
-        return GPTConfig.from_dict(json.loads((base_dir() / "config.json").read_text())["model"])
+    try:  # read_json: a regular file of bounded size and depth, or ValueError
+        return GPTConfig.from_dict(read_json(base_dir() / "config.json")["model"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
