@@ -29,6 +29,8 @@ from collections.abc import Mapping, Sequence
 _INVISIBLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _MD_SPECIAL = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation character
 _BACKTICKS = re.compile(r"`+")
+_BARE_LINK = re.compile(r"(?i)(?<=:)(?=//)|(?<=www)(?=\.)|(?=@)")  # where GFM finds links
+_JOINER = "\u2060"
 LIMIT = 200  # characters of an outside value a message quotes (md_code's default)
 
 
@@ -42,9 +44,14 @@ def visible(value: object, limit: int | None = None) -> str:
 
 
 def md_text(value: object, limit: int | None = None) -> str:
-    """Markdown that shows ``value`` as exactly its text (:func:`visible`): no link,
-    image, emphasis, heading, list, math, HTML or Streamlit directive, whatever it holds."""
-    return _MD_SPECIAL.sub(r"\\\1", visible(value, limit))
+    """Markdown that shows ``value`` as its text (:func:`visible`): no link, image,
+    emphasis, heading, list, math, HTML or Streamlit directive, whatever it holds.
+
+    Backslash escapes do not stop GitHub's bare links: Streamlit's Markdown (remark-gfm)
+    turns ``http://…``, ``www.…`` and ``name@host.org`` in the parsed text into links. An
+    invisible WORD JOINER (U+2060) inside ``://``, after ``www`` and before ``@`` keeps
+    them text."""
+    return _MD_SPECIAL.sub(r"\\\1", _BARE_LINK.sub(_JOINER, visible(value, limit)))
 
 
 def md_code(value: object, limit: int | None = LIMIT) -> str:

@@ -67,7 +67,9 @@ ATTACKS = (
 # ---------------------------------------------------------------------- the check
 _MD = MarkdownIt("commonmark", {"html": True}).enable(["table", "strikethrough"])
 _CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)", re.S)
-_BARE = re.compile(r"(?i)(?<![\\\w])(?:https?|ftp|mailto|javascript):|(?<![\\\w])www\.|[\w+-]@\w")
+# what GitHub's autolink-literal extension (remark-gfm, in Streamlit's Markdown) links in
+# the parsed text, after the backslash escapes are gone
+_BARE = re.compile(r"(?i)(?:https?://|www(?=\.))[-.\w]+|(?<![-.\w+])[-.\w+]+@[-\w]+(?:\.[-\w]+)+")
 _DIRECTIVE = re.compile(r"(?<!\\):[A-Za-z][\w-]*(?:/[\w-]+)?(?:\[|:)")
 _TAG = re.compile(r"(?i)<\s*(?:a|img|iframe|image|svg:a)\b")
 _LINKS = ("link_open", "image", "html_inline", "html_block")
@@ -81,11 +83,13 @@ def _tokens(tokens):
 
 def markdown_injections(src: str) -> list[str]:
     """The links, images, raw HTML, bare URLs and Streamlit directives in a Markdown body."""
-    found = [
-        f"{t.type} {t.content or t.attrs}" for t in _tokens(_MD.parse(src)) if t.type in _LINKS
-    ]
+    tokens = list(_tokens(_MD.parse(src)))
+    found = [f"{t.type} {t.content or t.attrs}" for t in tokens if t.type in _LINKS]
+    for t in tokens:  # each run of text, as the reader sees it
+        if t.type == "inline":
+            text = "".join(c.content if c.type == "text" else "\n" for c in t.children or [])
+            found += [f"bare link {m.group(0)!r}" for m in _BARE.finditer(text)]
     text = _CODE_SPAN.sub("", src)  # a code span shows its content as it is
-    found += [f"bare link {m.group(0)!r}" for m in _BARE.finditer(text)]
     found += [f"directive {m.group(0)!r}" for m in _DIRECTIVE.finditer(text)]
     return found
 
@@ -139,6 +143,7 @@ def test_the_check_finds_what_the_issue_reports():
     assert markdown_injections(f"steps='[Log in again]({HOST}/phish)'")
     assert markdown_injections("device: :red[**alarm**]")
     assert markdown_injections(f"see {HOST}/x")
+    assert markdown_injections("see http\\://x, www\\.example\\.org or a\\@b\\.org")  # GFM links
     assert not markdown_injections(f"value `![i]({HOST}/x.gif)` ignored")
     assert not markdown_injections("**bold** and *words* (the app's own Markdown)")
     assert _TAG.search(f"<a href='{HOST}'>x</a>") and not _TAG.search("&lt;a href")
@@ -164,7 +169,7 @@ def test_md_text_shows_any_string_as_its_text(s):
     assert "<a" not in html and "<img" not in html
     shown = _MD.parseInline(src)[0].children
     text = "".join(t.content for t in shown if t.type == "text")
-    assert text == format.visible(s) or "\\" in s  # a backslash before a letter stays
+    assert text.replace("\u2060", "") == format.visible(s)  # the joiners are invisible
 
 
 @given(payloads)
