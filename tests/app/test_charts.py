@@ -257,3 +257,27 @@ def test_series_colors_by_method_or_distinct():
     assert by_method == {"full a": "#d62728", "lora b": "#1f77b4", "qlora c": "#2ca02c"}
     same_method = common.series_colors(["lora r=1", "lora r=8"])
     assert len(set(same_method.values())) == 2
+
+
+# ---------------------------------------------------------------------- issue 23, item 2
+LINK = "<a href='http://127.0.0.1:9/x'>click</a><br><b>b</b>"
+
+
+def test_names_from_the_data_are_text_in_every_chart():
+    """Issue 23, item 2: plotly renders <a href>, <b>, <br> in legends, titles, tick labels
+    and hover text; a verb, run or layer name from a record is escaped there (plotly shows
+    the entities as the characters), while the app's own hover templates keep their
+    markup."""
+    from app.charts import spectrum, verbs
+
+    escaped = "&lt;a href='http://127.0.0.1:9/x'&gt;click&lt;/a&gt;&lt;br&gt;&lt;b&gt;b&lt;/b&gt;"
+    fig = verbs.verb_curves([(1, {LINK: 0.5, "go": 1.0})], f"Per-verb accuracy: {LINK}", LINK)
+    assert sorted(t.name for t in fig.data) == sorted([escaped, "go"])
+    assert fig.layout.title.text == f"Per-verb accuracy: {escaped}"
+    fig = spectrum.stable_rank_bars({LINK: {"blocks.0.<a href='x'>q</a>": 1.0}})
+    assert fig.data[0].name == escaped
+    assert list(fig.data[0].x) == ["L0 &lt;a href='x'&gt;q&lt;/a&gt;"]
+    fig = spectrum.subspace_heatmaps({LINK: [[1.0]]}, "blocks.0.attn.q_proj")
+    assert fig.layout.annotations[0].text == escaped
+    assert fig.data[0].hovertemplate.endswith("<extra></extra>")  # the app's own markup
+    assert "<a" not in fig.to_json()
