@@ -4,6 +4,8 @@ field, and a small subspace.json record."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from minituner.analysis import subspace_record as R
@@ -102,3 +104,22 @@ def mutated_text(doc, path: tuple, value) -> str:
     text = json.dumps(new)
     marker = json.dumps(DEEP)
     return text.replace(marker, "[" * 100_000 + "]" * 100_000, 1) if value == DEEP else text
+
+
+DEEP_JSON = '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}"  # valid JSON, 100,000 deep
+HOSTILE = ("deep", "fifo", "devzero")
+
+
+def make_hostile(path, kind: str) -> None:
+    """Replace the file at ``path`` with a hostile one (issue 23, items 3 and 4): a
+    100,000-deep JSON file, a FIFO (opening it for reading would block) or a link to
+    /dev/zero (reading it would never end)."""
+    path.unlink()
+    if kind == "deep":
+        path.write_text(DEEP_JSON)
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "devzero":
+        path.symlink_to("/dev/zero")
+    else:
+        raise ValueError(f"unknown hostile kind {kind!r}; one of {HOSTILE}")

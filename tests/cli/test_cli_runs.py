@@ -5,7 +5,6 @@ a run, and the shipped store left untouched by all of it."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from cli_util import run_minituner
+from record_util import make_hostile
 from safetensors.torch import load_file, save_file
 
 from minituner.paths import data_dir, runs_dir
@@ -164,14 +164,7 @@ def victim_cache(tmp_path: Path, method: str = "lora") -> Path:
 
 
 def hostile_metrics(run: Path, kind: str) -> None:
-    target = run / "metrics.json"
-    target.unlink()
-    if kind == "deep":
-        target.write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")
-    elif kind == "fifo":
-        os.mkfifo(target)
-    else:
-        target.symlink_to("/dev/zero")
+    make_hostile(run / "metrics.json", kind)
 
 
 def one_warning(stderr: str, *needles: str) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 import sys
@@ -24,6 +23,7 @@ import pytest
 from cli_util import run_minituner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from record_util import make_hostile
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
@@ -308,13 +308,7 @@ def plant_special(cache: Path, pristine: Path, kind: str) -> Path:
     """The victim with its metrics.json a 100,000-deep JSON file, a FIFO or a link to
     /dev/zero."""
     bad = plant(cache, pristine, "metrics.json", "{}")
-    bad.unlink()
-    if kind == "deep":
-        bad.write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")
-    elif kind == "fifo":
-        os.mkfifo(bad)
-    else:
-        bad.symlink_to("/dev/zero")
+    make_hostile(bad, kind)
     return bad
 
 

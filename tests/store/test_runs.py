@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import shutil
 import signal
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from record_util import HOSTILE, make_hostile
 from safetensors.torch import load_file, save_file
 
 from minituner.finetune.config import FinetuneConfig
@@ -422,14 +422,10 @@ def test_a_hostile_metrics_file_is_one_warning(tmp_path, kind):
     store, victim = _two_runs(root)
     target = victim / "metrics.json"
     good = target.read_text()
-    target.unlink()
-    if kind == "deep":
-        target.write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")
-    elif kind == "fifo":
-        os.mkfifo(target)
-    elif kind == "devzero":
-        target.symlink_to("/dev/zero")
+    if kind in HOSTILE:
+        make_hostile(target, kind)
     elif kind == "outside":
+        target.unlink()
         (tmp_path / "metrics.json").write_text(good)
         target.symlink_to(tmp_path / "metrics.json")
     else:
