@@ -5,7 +5,8 @@ names in a chart come from run records and files), and short layer names."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
@@ -13,27 +14,97 @@ import plotly.graph_objects as go
 from app.format import plotly_text
 
 FONT_SIZE = 18
-COLORS = {
-    "full": "#d62728",
-    "lora": "#1f77b4",
-    "qlora": "#2ca02c",
-    "base": "#7f7f7f",
-    "nf4": "#2ca02c",
-    "int4": "#ff7f0e",
-    "fp4": "#9467bd",
+TICK_FONT_SIZE = 16  # projected: ticks at 14 px or more, dark (not plotly's light grey)
+TICK_COLOR = "#222222"
+
+# One visual language (issue 24). Two disjoint sets of colours, so a colour means one
+# thing on every page: a METHOD colour (full, LoRA, QLoRA, base) wherever runs or methods
+# are compared, and a METRIC colour wherever one run's measures are drawn (Train, Teach).
+# A run is drawn in a shade of its method's colour chosen from the run's own key
+# (:func:`run_color`), never from the order of the runs in a chart.
+METHOD_COLORS = {
+    "full": "#D55E00",  # vermillion
+    "lora": "#0072B2",  # blue
+    "qlora": "#AA3377",  # purple
+    "base": "#8C8C8C",  # grey
 }
-PALETTE = (
-    "#1f77b4",
-    "#d62728",
-    "#2ca02c",
-    "#ff7f0e",
-    "#9467bd",
-    "#8c564b",
-    "#e377c2",
-    "#17becf",
-    "#bcbd22",
-    "#7f7f7f",
+METRIC_COLORS = {
+    "loss": "#222222",  # near black
+    "irregular_accuracy": "#009E73",  # bluish green: the task
+    "regular_accuracy": "#E69F00",  # orange: the cost on the control verbs
+    "control_drift": "#882255",  # wine: control-English perplexity drift
+    "spanish_drift": "#CC79A7",  # pink: control-Spanish perplexity drift
+}
+METRIC_NAMES = {
+    "loss": "training loss",
+    "irregular_accuracy": "irregular-verb accuracy (%)",
+    "regular_accuracy": "regular-verb accuracy (%)",
+    "control_drift": "control English drift (%)",
+    "spanish_drift": "control Spanish drift (%)",
+}
+# the 4-bit formats on the NF4 page: NF4 is QLoRA's format and keeps QLoRA's colour
+FORMAT_COLORS = {"nf4": METHOD_COLORS["qlora"], "int4": "#56B4E9", "fp4": "#117733"}
+# categories that are neither methods nor metrics (layers, verbs, targets): a neutral
+# qualitative palette with none of the method or metric colours in it
+CATEGORY_PALETTE = (
+    "#332288",
+    "#44AA99",
+    "#999933",
+    "#DDCC77",
+    "#661100",
+    "#6699CC",
+    "#117733",
+    "#88CCEE",
+    "#AA4499",
+    "#555555",
 )
+_SHADES = (0.0, -0.28, 0.32, -0.5, 0.55, -0.14, 0.16)  # <0 darker, >0 lighter
+
+
+def _mix(color: str, amount: float) -> str:
+    """``color`` moved toward black (amount < 0) or white (amount > 0)."""
+    rgb = [int(color[i : i + 2], 16) for i in (1, 3, 5)]
+    target = 255 if amount > 0 else 0
+    out = [round(c + (target - c) * abs(amount)) for c in rgb]
+    return "#" + "".join(f"{c:02X}" for c in out)
+
+
+def method_color(method: str) -> str:
+    """The fixed colour of a method ("full", "lora", "qlora", "base"); a label such as
+    "LoRA r=8 ..." or "full ..." is read by its first word."""
+    key = method.split()[0].lower() if method.strip() else ""
+    if key not in METHOD_COLORS:
+        raise KeyError(f"no colour for method {method!r}")
+    return METHOD_COLORS[key]
+
+
+def run_color(method: str, run_key: str) -> str:
+    """A run's colour: a shade of its method's colour picked by a stable hash of the
+    run's own key (run id or label), so adding or removing other runs never changes it."""
+    digest = hashlib.sha256(run_key.encode("utf-8", "replace")).digest()
+    return _mix(method_color(method), _SHADES[digest[0] % len(_SHADES)])
+
+
+def run_colors(runs: Mapping[str, str]) -> dict[str, str]:
+    """``{label: method}`` -> ``{label: colour}``: each run a shade of its method.
+    Where only one run of a method is drawn it gets the method's own colour."""
+    per_method: dict[str, int] = {}
+    for method in runs.values():
+        per_method[method] = per_method.get(method, 0) + 1
+    return {
+        label: method_color(m) if per_method[m] == 1 else run_color(m, label)
+        for label, m in runs.items()
+    }
+
+
+def metric_color(metric: str) -> str:
+    """The fixed colour of a measure (see METRIC_COLORS)."""
+    return METRIC_COLORS[metric]
+
+
+# TEMPORARY (issue 24, while the charts move to the names above): removed at the end.
+COLORS = {**METHOD_COLORS, **FORMAT_COLORS}
+PALETTE = CATEGORY_PALETTE
 
 
 def style(fig: go.Figure, title: str = "", height: int = 460) -> go.Figure:
@@ -48,6 +119,13 @@ def style(fig: go.Figure, title: str = "", height: int = 460) -> go.Figure:
         legend=dict(font=dict(size=FONT_SIZE - 2)),
         hoverlabel=dict(font=dict(size=FONT_SIZE - 2)),
     )
+    axis_look = dict(
+        tickfont=dict(size=TICK_FONT_SIZE, color=TICK_COLOR),
+        title_font=dict(size=FONT_SIZE, color=TICK_COLOR),
+        automargin=True,
+    )
+    fig.update_xaxes(**axis_look)
+    fig.update_yaxes(**axis_look)
     fig.update_annotations(font_size=FONT_SIZE)
     return escape_text(fig)
 
