@@ -86,15 +86,10 @@ def run_color(method: str, run_key: str) -> str:
 
 
 def run_colors(runs: Mapping[str, str]) -> dict[str, str]:
-    """``{label: method}`` -> ``{label: colour}``: each run a shade of its method.
-    Where only one run of a method is drawn it gets the method's own colour."""
-    per_method: dict[str, int] = {}
-    for method in runs.values():
-        per_method[method] = per_method.get(method, 0) + 1
-    return {
-        label: method_color(m) if per_method[m] == 1 else run_color(m, label)
-        for label, m in runs.items()
-    }
+    """``{run key: method}`` -> ``{run key: colour}``: each run a shade of its method's
+    colour, by :func:`run_color`, so a run keeps its colour on every page and whichever
+    other runs are drawn beside it. Key runs by their run id where there is one."""
+    return {key: run_color(method, key) for key, method in runs.items()}
 
 
 def metric_color(metric: str) -> str:
