@@ -11,6 +11,7 @@ from app.format import breakdown_table, format_bytes, md_code, md_text
 from minituner.memory import predict as memmath
 from minituner.memory.chapter import seed_figures
 from minituner.memory.shapes import SHAPES, ModelShape
+from minituner.nf4.format import QLORA_DOUBLE_QUANT
 from minituner.paths import data_dir
 from minituner.scale import scaling as scaling_mod
 
@@ -27,6 +28,19 @@ st.markdown(
     "prediction, as an estimate)."
 )
 
+
+def _unit_table(rows: list[dict], unit: str) -> list[dict]:
+    """One row per source, one column per category and the total, all in ``unit``: the
+    unit of the chart above it, so a cell and its bar read the same number."""
+    table: dict[str, dict] = {}
+    for row in rows:
+        t = table.setdefault(row["source"], {"": row["source"]})
+        t[row["category"]] = charts.in_unit(row["bytes"], unit)
+    for source, total in charts.source_totals(rows).items():
+        table[source]["total"] = charts.in_unit(total, unit)
+    return list(table.values())
+
+
 st.header("MiniGPT, as trained here")
 if not found:
     st.info("No runs in the store yet: train some on the **Train** page.")
@@ -41,10 +55,13 @@ else:
     if not with_act:
         rows = [r for r in rows if r["category"] != "activations"]
     if rows:
+        unit = charts.byte_unit(charts.source_totals(rows).values())
         st.plotly_chart(
-            charts.memory_stacked(rows, "MiniGPT training memory"), key="mem_runs_chart"
+            charts.memory_stacked(rows, "MiniGPT training memory", unit),
+            key="mem_runs_chart",
+            width="stretch",
         )
-        st.dataframe(helpers.bytes_table(rows), hide_index=True)
+        st.dataframe(_unit_table(rows, unit), hide_index=True)
         cuda = {
             label: mem.measured.get("cuda_peak_allocated")
             for label in picked
@@ -71,7 +88,16 @@ def _ms(seconds: float | None) -> str:
 
 
 def _bytes(n: int | None) -> str:
-    return "–" if n is None else format_bytes(n, 2)
+    return "–" if n is None else charts.in_unit(n, "GiB")
+
+
+# The setting of the measured 7B runs (overwritten from the file when it is there): the
+# calculator starts from it, so its first QLoRA figure is the prediction the 7B table
+# compares with the measured peak, not a setting nobody measured.
+MEASURED = {"batch": 1, "seq": 512, "checkpointing": True, "precision": "mixed", "r": 8,
+            "targets": "qv", "double_quant": QLORA_DOUBLE_QUANT}  # fmt: skip
+PREDICTED_KEY = {"mixed": "predicted_mixed_bytes", "bf16": "predicted_bf16_bytes"}
+SHORT_TARGETS = {"qv": ["q", "v"], "all": [lin.target for lin in SHAPES["llama-7b"].layer_linears]}
 
 
 scaling_path = scaling_mod.qlora_7b_h200()
@@ -93,14 +119,20 @@ if scaling is not None:
     with_peft = any(r["peft_peak_bytes"] is not None for r in srows)
     lora_dtype = scaling.get("lora_dtype")
     timed = setup.get("steps", "a few")
+    MEASURED.update(
+        batch=int(setup["batch"]), seq=int(setup["seq"]), r=srows[0]["r"],
+        checkpointing=bool(setup["checkpointing"]), targets=srows[0]["targets"],
+        precision="bf16" if lora_dtype == "bfloat16" else "mixed",
+    )  # fmt: skip
     st.markdown(
         "The same formula, checked at full size. A model of the LLaMA-7B shape "
         f"({llama.n_layers} layers, hidden size {llama.d_model:,}, MLP {llama.d_ff:,}, "
         f"{llama.total_params() / 1e9:.2f} B parameters) is filled with random weights and "
         "built one layer at a time straight into NF4, so it never exists whole in bf16. "
         f"Each configuration trains with batch {md_text(setup['batch'])} × "
-        f"{md_text(setup['seq'])} tokens, {md_text(setup['dtype'])} compute"
-        + (", activation checkpointing" if setup["checkpointing"] else "")
+        f"{md_text(setup['seq'])} tokens, {md_text(setup['dtype'])} compute, "
+        f"**activation checkpointing {'on' if setup['checkpointing'] else 'off'}**, NF4 "
+        f"{'with' if QLORA_DOUBLE_QUANT else 'without'} double quantization"
         + (
             f", LoRA A, B and AdamW's state in {md_text(lora_dtype)}"
             if isinstance(lora_dtype, str)
@@ -117,9 +149,9 @@ if scaling is not None:
         )
         + f"Step times are medians of {md_text(timed)} timed steps and change from "
         "one run of the command to the next: treat the step ratios as rough. *qv*: LoRA "
-        "on q_proj and v_proj; *all*: on the seven Linears of every layer."
+        "on `q_proj` and `v_proj`; *all*: on the seven Linears of every layer."
     )
-    st.plotly_chart(charts.scaling_bars(srows), key="mem_scaling_chart")
+    st.plotly_chart(charts.scaling_bars(srows), key="mem_scaling_chart", width="stretch")
     st.dataframe(
         [
             {
@@ -162,7 +194,63 @@ if scaling is not None:
     )
     st.code(scaling["command"], language="bash")
 
+
+def _setting(r: int, targets, precision: str, batch: int, seq: int, ckpt: bool, dq: bool):
+    return {"rank r": int(r), "LoRA targets": sorted(targets), "precision": precision,
+            "batch": int(batch), "sequence length": int(seq),
+            "activation checkpointing": bool(ckpt), "NF4 double quantization": bool(dq)}  # fmt: skip
+
+
+def _shown(v) -> str:
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    return ", ".join(v) if isinstance(v, list) else str(v)
+
+
+def _against_measured(chosen: dict, qlora_bytes: int, srows: list[dict]) -> str:
+    """The calculator's QLoRA figure next to the measured 7B peak: the same setting gives
+    both numbers; another names what differs and quotes the prediction at the measured
+    setting, so the two figures on the page never disagree unexplained."""
+    runs = []
+    for row in srows:
+        if row["targets"] in SHORT_TARGETS:
+            m = {**MEASURED, "r": row["r"], "targets": SHORT_TARGETS[row["targets"]]}
+            setting = _setting(m["r"], m["targets"], m["precision"], m["batch"], m["seq"],
+                               m["checkpointing"], m["double_quant"])  # fmt: skip
+            runs.append((row, setting))
+    if not runs:
+        return ""
+    for row, setting in runs:
+        if setting == chosen:
+            return (
+                f"This is the setting of the measured 7B run {md_text(row['label'])}: QLoRA "
+                f"predicted {charts.in_unit(qlora_bytes, 'GiB')}, measured peak "
+                f"{charts.in_unit(row['peak_bytes'], 'GiB')} (measured / predicted "
+                f"{row['peak_bytes'] / qlora_bytes:.3f})."
+            )
+    row, setting = min(runs, key=lambda rs: sum(rs[1][k] != chosen[k] for k in chosen))
+    diffs = "; ".join(
+        f"{k} {md_text(_shown(chosen[k]))} (measured: {md_text(_shown(v))})"
+        for k, v in setting.items()
+        if chosen[k] != v
+    )
+    return (
+        f"Not a measured setting: {diffs}. At the setting of the measured run "
+        f"{md_text(row['label'])} QLoRA is predicted at "
+        f"{charts.in_unit(row[PREDICTED_KEY[MEASURED['precision']]], 'GiB')} and "
+        f"measured at "
+        f"{charts.in_unit(row['peak_bytes'], 'GiB')}."
+    )
+
+
 st.header("Calculator")
+st.caption(
+    "It starts from the setting of the measured 7B run above (LLaMA-7B shape, "
+    f"r = {MEASURED['r']}, targets {MEASURED['targets']}, batch {MEASURED['batch']} × "
+    f"{MEASURED['seq']} tokens, fp32 LoRA + Adam, activation checkpointing "
+    f"{'on' if MEASURED['checkpointing'] else 'off'}), so its QLoRA figure is the one the "
+    "7B table compares with the measured peak. Change any setting to see what it costs."
+)
 minigpt = ModelShape.from_gpt_config(base.model.config)
 PRESETS = {
     "MiniGPT (this app)": minigpt,
@@ -192,18 +280,23 @@ else:
 
 targets_all = [lin.target for lin in shape.layer_linears]
 d1, d2, d3, d4, d5 = st.columns([1, 2, 1, 1, 1])
-r = d1.number_input("rank r", 1, 4096, 8, key="mem_r")
-default_t = [t for t in ("q", "v") if t in targets_all]
+r = d1.number_input("rank r", 1, 4096, MEASURED["r"], key="mem_r")
+default_t = [t for t in SHORT_TARGETS.get(MEASURED["targets"], ["q", "v"]) if t in targets_all]
 targets = d2.multiselect("LoRA targets", targets_all, default=default_t, key="mem_targets")
 precision = d3.selectbox(
-    "precision", list(memmath.PRECISIONS), index=1, key="mem_prec",
-    help="fp32: everything 4 B; mixed: 2 B weights and gradients, fp32 Adam; bf16: all 2 B",
+    "precision", list(memmath.PRECISIONS), index=list(memmath.PRECISIONS).index(
+        MEASURED["precision"]), key="mem_prec",
+    help="fp32: everything 4 B; mixed: 2 B weights and gradients, fp32 LoRA and Adam; "
+    "bf16: all 2 B",
 )  # fmt: skip
-batch = d4.number_input("batch", 1, 4096, 1, key="mem_batch")
-seq = d5.number_input("sequence length", 1, 131072, 512, step=128, key="mem_seq")
+batch = d4.number_input("batch", 1, 4096, MEASURED["batch"], key="mem_batch")
+seq = d5.number_input("sequence length", 1, 131072, MEASURED["seq"], step=128, key="mem_seq")
 e1, e2, _ = st.columns([1, 1, 2])
-dq = e1.checkbox("NF4 double quantization", value=True, key="mem_dq")
-ckpt = e2.checkbox("activation checkpointing", value=False, key="mem_ckpt")
+dq = e1.checkbox("NF4 double quantization", value=MEASURED["double_quant"], key="mem_dq")
+ckpt = e2.checkbox(
+    "activation checkpointing", value=MEASURED["checkpointing"], key="mem_ckpt",
+    help="keep only each layer's input for the backward pass and recompute the rest",
+)  # fmt: skip
 
 if not targets:
     st.warning("Choose at least one LoRA target.")
@@ -219,16 +312,23 @@ try:
         for row in breakdown_table(pred):
             rows.append({**row, "source": helpers.METHOD_NAMES[method]})
 except ValueError as e:
-    st.warning(f"This shape cannot be computed: {e}")
+    st.warning(f"This shape cannot be computed: {md_text(e)}")
     st.stop()
 
+unit = charts.byte_unit(charts.source_totals(rows).values())
 st.plotly_chart(
-    charts.memory_stacked(rows, f"Predicted training memory: {shape.name}"), key="mem_calc"
+    charts.memory_stacked(rows, f"Predicted training memory: {shape.name}", unit),
+    key="mem_calc",
+    width="stretch",
 )
-table = helpers.bytes_table(rows)
+table = _unit_table(rows, unit)
 for t, method in zip(table, ("full", "lora", "qlora"), strict=True):
     t["trainable params"] = f"{params[method]:,}"
 st.dataframe(table, hide_index=True)
+if scaling is not None and preset == "7B (LLaMA-7B shape)":
+    qlora_total = charts.source_totals(rows)[helpers.METHOD_NAMES["qlora"]]
+    chosen = _setting(r, targets, precision, batch, seq, ckpt, dq)
+    st.caption(_against_measured(chosen, qlora_total, srows))
 
 with st.expander("The source chapter's figures, recomputed exactly"):
     st.caption(

@@ -10,6 +10,8 @@ from types import SimpleNamespace
 import numpy as np
 import plotly.graph_objects as go
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -199,8 +201,25 @@ def test_memory_stacked_one_trace_per_category():
     assert fig.layout.barmode == "stack"
     assert names(fig) == ["weights", "nf4", "lora", "gradients", "optimizer", "activations"]
     assert list(fig.data[0].x) == ["predicted", "measured"]
-    assert fig.data[0].y[1] == 10
+    unit = memory.byte_unit([pred["states_total"] + pred["activations"]])
+    assert fig.layout.yaxis.title.text == f"memory ({unit})"  # not "bytes"
+    assert fig.data[0].y[1] == pytest.approx(10 / memory.UNITS[unit])
     assert fig.data[-1].y[1] == 0  # nothing measured for activations
+    assert fig.data[0].customdata[1] == memory.in_unit(10, unit)  # hover: the table's unit
+    assert {t.marker.color for t in fig.data} <= set(common.CATEGORY_PALETTE)
+    in_gib = memory.memory_stacked(rows, unit="GiB")
+    assert in_gib.layout.yaxis.title.text == "memory (GiB)"
+
+
+@given(st.integers(min_value=1, max_value=2**50))
+def test_byte_unit_keeps_the_largest_size_between_1_and_1024_units(n):
+    unit = memory.byte_unit([n, n // 3, 0])
+    assert 1 <= n / memory.UNITS[unit] < 1024 or unit == "TiB"
+    shown = memory.in_unit(n, unit)
+    assert shown.endswith(" " + unit)
+    assert float(shown.split()[0].replace(",", "")) == pytest.approx(
+        n / memory.UNITS[unit], rel=5e-3
+    )  # three significant digits
 
 
 def test_scaling_bars_grouped_in_gib_with_peft_when_present():
@@ -220,6 +239,14 @@ def test_scaling_bars_grouped_in_gib_with_peft_when_present():
     assert list(fig.data[0].x) == ["r=8 qv", "r=8 all"]
     assert list(fig.data[0].y) == pytest.approx([4.0, 1.0])
     assert fig.data[2].y[0] == pytest.approx(3.0) and np.isnan(fig.data[2].y[1])
+    assert fig.layout.yaxis.title.text == "peak memory (GiB)"
+    ours, predicted, peft = fig.data
+    assert ours.meta == {"method": "qlora", "run": "ours"}
+    assert ours.marker.color == common.method_color("qlora")
+    assert peft.meta["method"] == "qlora"
+    assert peft.marker.color == common.run_color("qlora", peft.meta["run"])
+    assert peft.marker.color != ours.marker.color  # a shade of QLoRA's colour, not the same
+    assert predicted.marker.color not in set(common.METHOD_COLORS.values())
     no_peft = memory.scaling_bars([{**r, "peft_peak_bytes": None} for r in rows])
     assert len(no_peft.data) == 2
 
