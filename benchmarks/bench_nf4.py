@@ -2,6 +2,8 @@
 
     python benchmarks/bench_nf4.py                  # CPU, 4096 x 4096 float32
     python benchmarks/bench_nf4.py --device cuda    # adds copy bandwidth and GB/s
+    python benchmarks/bench_nf4.py --device cuda --shapes 4096x4096 4096x11008 11008x4096 \
+        --graph --json nf4.json    # the 7B layer shapes; + our kernel's time inside a CUDA graph
 
 Both implementations run on the same normal tensor, interleaved (ours, bnb, bnb, ours,
 ...) after a warm-up, and the table prints the median of the repeats and the ratio
@@ -26,11 +28,15 @@ twice and a ratio can flip. Pin the regime with glibc's variables:
 Where a fused dequantize runs (the Triton kernel on CUDA, the C loop of
 minituner/nf4/backends/cpu_c.py on the CPU when a C compiler is there), "ours" is that and an
 extra column, "torch", is our plain PyTorch path (MINITUNER_NF4_KERNEL=torch) on the same data.
+``--graph`` (CUDA) also times 20 of our dequantize calls captured in one CUDA graph: the
+device's time per call with no host work at all, which says how much of a stream-of-calls
+time is the kernel and how much the host.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -47,6 +53,7 @@ from minituner.nf4.backends import cpu_c as nf4_cpu  # noqa: E402
 from minituner.nf4.backends import triton_dequant as nf4_kernels  # noqa: E402
 from minituner.nf4.backends import triton_quant as nf4_quant_kernels  # noqa: E402
 from minituner.nf4.codec import dequantize_nf4, quantize_nf4  # noqa: E402
+from minituner.nf4.storage import nf4_storage_bytes  # noqa: E402
 
 MALLOC_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
@@ -135,13 +142,53 @@ def _load_bnb(device: torch.device):
         return None, f"{type(exc).__name__}: {exc}".splitlines()[0][:120]
 
 
+def _shape(text: str) -> tuple[int, int]:
+    rows, _, cols = text.lower().partition("x")
+    try:
+        shape = int(rows), int(cols or rows)
+    except ValueError:
+        msg = f"expected ROWSxCOLS such as 4096x11008, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"a shape needs positive sizes, got {text!r}")
+    return shape
+
+
+def graph_seconds(fn: Callable[[], object], device: torch.device, calls: int = 20) -> float:
+    """Device seconds per call of ``fn`` with ``calls`` of them captured in one CUDA graph
+    and replayed (median of 5 replays): the kernels' own time, no host work in it."""
+    for _ in range(2):
+        fn()
+    _sync(device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    graph.replay()
+    times = []
+    for _ in range(5):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3 / calls)
+    del graph
+    return statistics.median(times)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     ap.add_argument("--size", type=int, default=4096, help="the tensor is size x size")
+    ap.add_argument(
+        "--shapes", nargs="+", type=_shape, default=None, metavar="ROWSxCOLS",
+        help="measure these shapes instead of --size (e.g. 4096x4096 4096x11008 11008x4096)",
+    )  # fmt: skip
     ap.add_argument("--block-size", type=int, default=64)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--graph", action="store_true", help="also time ours inside a CUDA graph")
     ap.add_argument(
         "--kernel-configs", nargs="*", default=[], metavar="BYTES:WARPS",
         help="also time the dequantize kernel with these packed bytes per program and warps",
@@ -156,11 +203,42 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda asked for, but torch.cuda.is_available() is False")
-    torch.manual_seed(0)
-    w = torch.randn(args.size, args.size, device=device)
-    bs = args.block_size
-    bnbF, why_not = _load_bnb(device)
+    bnb = _load_bnb(device)
+    clone_gbs = None
+    if device.type == "cuda":
+        clone_gbs = copy_bandwidth(device, 1 << 30, args.warmup, args.repeats)
+    records = [
+        bench_shape(shape, args, device, bnb, clone_gbs)
+        for shape in (args.shapes or [(args.size, args.size)])
+    ]
+    if args.json:
+        record = records[0] if args.shapes is None else {"shapes": records}
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
 
+
+def _bnb_pairs(bnbF, w: torch.Tensor, bs: int, pairs: dict) -> None:
+    """bitsandbytes' quantize and dequantize on the same tensor, next to ours in ``pairs``."""
+    bq, st = bnbF.quantize_4bit(w, blocksize=bs, quant_type="nf4")
+    bq_dq, st_dq = bnbF.quantize_4bit(w, blocksize=bs, quant_type="nf4", compress_statistics=True)
+    st_bf16, st_dq_bf16 = copy.copy(st), copy.copy(st_dq)
+    st_bf16.dtype = st_dq_bf16.dtype = torch.bfloat16
+    pairs["quantize"]["bnb"] = lambda: bnbF.quantize_4bit(w, blocksize=bs, quant_type="nf4")
+    pairs["quantize +DQ"]["bnb"] = lambda: bnbF.quantize_4bit(
+        w, blocksize=bs, quant_type="nf4", compress_statistics=True
+    )
+    pairs["dequantize fp32"]["bnb"] = lambda: bnbF.dequantize_4bit(bq, st)
+    pairs["dequantize bf16"]["bnb"] = lambda: bnbF.dequantize_4bit(bq, st_bf16)
+    pairs["dequantize +DQ fp32"]["bnb"] = lambda: bnbF.dequantize_4bit(bq_dq, st_dq)
+    pairs["dequantize +DQ bf16"]["bnb"] = lambda: bnbF.dequantize_4bit(bq_dq, st_dq_bf16)
+
+
+def bench_shape(shape, args, device, bnb, clone_gbs) -> dict:
+    """Every operation on one (rows, cols) float32 normal tensor; prints the table and
+    returns the record written to --json."""
+    bnbF, why_not = bnb
+    torch.manual_seed(0)
+    w = torch.randn(*shape, device=device)
+    bs = args.block_size
     q = quantize_nf4(w, bs)
     q_dq = quantize_nf4(w, bs, double_quant=True)
     pairs: dict = {
@@ -169,6 +247,7 @@ def main(argv: list[str] | None = None) -> None:
         "dequantize fp32": {"ours": lambda: dequantize_nf4(q)},
         "dequantize bf16": {"ours": lambda: dequantize_nf4(q, torch.bfloat16)},
         "dequantize +DQ fp32": {"ours": lambda: dequantize_nf4(q_dq)},
+        "dequantize +DQ bf16": {"ours": lambda: dequantize_nf4(q_dq, torch.bfloat16)},
     }
     kernel = nf4_kernels.available(q.codes, torch.float32)
     c_loop = nf4_cpu.available(q.codes, torch.float32)
@@ -178,26 +257,12 @@ def main(argv: list[str] | None = None) -> None:
             if op.startswith("dequantize") or quant_kernel:
                 impls["torch"] = torch_path(impls["ours"])
     if bnbF is not None:
-        bq, st = bnbF.quantize_4bit(w, blocksize=bs, quant_type="nf4")
-        bq_dq, st_dq = bnbF.quantize_4bit(
-            w, blocksize=bs, quant_type="nf4", compress_statistics=True
-        )
-        st_bf16 = bnbF.QuantState(
-            absmax=st.absmax, shape=st.shape, dtype=torch.bfloat16, blocksize=bs,
-            code=st.code, quant_type="nf4",
-        )  # fmt: skip
-        pairs["quantize"]["bnb"] = lambda: bnbF.quantize_4bit(w, blocksize=bs, quant_type="nf4")
-        pairs["quantize +DQ"]["bnb"] = lambda: bnbF.quantize_4bit(
-            w, blocksize=bs, quant_type="nf4", compress_statistics=True
-        )
-        pairs["dequantize fp32"]["bnb"] = lambda: bnbF.dequantize_4bit(bq, st)
-        pairs["dequantize bf16"]["bnb"] = lambda: bnbF.dequantize_4bit(bq, st_bf16)
-        pairs["dequantize +DQ fp32"]["bnb"] = lambda: bnbF.dequantize_4bit(bq_dq, st_dq)
+        _bnb_pairs(bnbF, w, bs, pairs)
 
     res = measure(pairs, device, args.warmup, args.repeats)
-
+    name = f"{shape[0]}x{shape[1]}"
     print(f"NF4 on {device} ({torch.__version__}, {torch.get_num_threads()} threads): "
-          f"{args.size}x{args.size} float32 normal, block {bs}, "
+          f"{name} float32 normal, block {bs}, "
           f"median of {args.repeats} after {args.warmup} warm-up, interleaved")  # fmt: skip
     if bnbF is None:
         print(f"bitsandbytes comparison skipped ({why_not})")
@@ -212,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     print(head)
     for op, d in res.items():
         row = f"{op:<22}" + "".join(
-            f"{d[c] * 1e3:>10.2f}" if c in d else f"{'-':>10}" for c in cols
+            f"{d[c] * 1e3:>10.3f}" if c in d else f"{'-':>10}" for c in cols
         )
         for c in ["ours"] + (["torch"] if fused else []):
             if c == "torch" and c not in d:
@@ -227,8 +292,9 @@ def main(argv: list[str] | None = None) -> None:
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
+        "triton": getattr(nf4_kernels.triton, "__version__", None),
         "threads": torch.get_num_threads(),
-        "size": args.size,
+        "shape": list(shape),
         "block_size": bs,
         "repeats": args.repeats,
         "fused_kernel": kernel,
@@ -240,28 +306,37 @@ def main(argv: list[str] | None = None) -> None:
         "median_s": res,
         "ours_over_bnb": {op: d["ours"] / d["bnb"] for op, d in res.items() if "bnb" in d},
     }
+    if shape[0] == shape[1]:
+        record["size"] = shape[0]
     if device.type == "cuda":
         n = w.numel()
-        read = q.codes.numel() + 4 * q.absmax.numel()  # codes + absmax
-        moved = {"fp32": read + 4 * n, "bf16": read + 2 * n}  # ... + the output written
-        clone_gbs = copy_bandwidth(device, 1 << 30, args.warmup, args.repeats)
-        print(f"device copy bandwidth (clone of 1 GiB, read + write): {clone_gbs:8.1f} GB/s")
+        codes = q.codes.numel()
+        read = {"": codes + 4 * q.absmax.numel(), "+DQ ": codes + nf4_storage_bytes(q_dq) - codes}
         gbs: dict = {}
-        for out in ("fp32", "bf16"):
-            for impl, secs in res[f"dequantize {out}"].items():
-                gbs[f"{impl} {out}"] = moved[out] / secs / 1e9
-                print(f"dequantize {out} {impl:<6} bytes read + written / time: "
-                      f"{gbs[f'{impl} {out}']:8.1f} GB/s "
-                      f"({100 * gbs[f'{impl} {out}'] / clone_gbs:.0f}% of copy)")  # fmt: skip
+        print(f"device copy bandwidth (clone of 1 GiB, read + write): {clone_gbs:8.1f} GB/s")
+        for dq in ("", "+DQ "):
+            for out, size in (("fp32", 4), ("bf16", 2)):
+                moved = read[dq] + size * n  # ... + the output written
+                for impl, secs in res[f"dequantize {dq}{out}"].items():
+                    key = f"{impl} {dq}{out}"
+                    gbs[key] = moved / secs / 1e9
+                    print(f"dequantize {dq}{out:<5} {impl:<6} bytes read + written / time: "
+                          f"{gbs[key]:8.1f} GB/s ({100 * gbs[key] / clone_gbs:.0f}% of copy)")  # fmt: skip
+                if args.graph and kernel:
+                    fn = pairs[f"dequantize {dq}{out}"]["ours"]
+                    key = f"ours graph {dq}{out}"
+                    gbs[key] = moved / graph_seconds(fn, device) / 1e9
+                    print(f"dequantize {dq}{out:<5} ours in a CUDA graph (device only): "
+                          f"{gbs[key]:8.1f} GB/s ({100 * gbs[key] / clone_gbs:.0f}% of copy)")  # fmt: skip
         record["copy_gbs"] = clone_gbs
         record["dequantize_gbs"] = gbs
         record["copy_fraction"] = {k: g / clone_gbs for k, g in gbs.items()}
+        moved = {"fp32": read[""] + 4 * n, "bf16": read[""] + 2 * n}
         if kernel and args.kernel_configs:
             record["kernel_configs_gbs"] = sweep_kernel(q, args, device, moved, clone_gbs)
         if quant_kernel and args.quant_configs:
             record["quant_configs_s"] = sweep_quant(w, args, device)
-    if args.json:
-        args.json.write_text(json.dumps(record, indent=2) + "\n")
+    return record
 
 
 def _configs(specs: list[str]) -> list[tuple[int, int]]:

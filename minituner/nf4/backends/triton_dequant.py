@@ -17,9 +17,23 @@ Triton is optional: :func:`available` says whether this path can run for a tenso
 :mod:`minituner.nf4.codec` falls back to PyTorch on the CPU, without Triton, or when the
 environment variable ``MINITUNER_NF4_KERNEL=torch`` asks for it (the benchmark compares
 the two that way).
+
+Launch cost. At the 7B layer shapes one dequantize moves 40-200 MB, 15-70 us of an
+H100's bandwidth, while Triton's generic launch path (bind the arguments, compute the
+specialization key, look the kernel up, build launch metadata) costs tens of
+microseconds of Python per call: in a stream of calls (a training step without a CUDA
+graph, or ``benchmarks/bench_nf4.py``) the host, not the GPU, set the pace. So the first
+launch of each specialization goes through Triton, and the compiled kernel is kept under
+a key that holds every fact Triton specializes on (each pointer's 16-byte alignment and
+dtype, each integer's ==1, %16 and 32-bit range, the constexprs and options); later
+launches with the same key call the compiled kernel's launcher directly (:func:`_launch`).
+Where that is not possible (an older Triton, launch hooks installed, the interpreter) the
+generic path runs.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -130,6 +144,61 @@ if triton is not None:
             tl.store(out_ptr + out_offs, out, mask=out_offs < n_out)
 
 
+_COMPILED: dict[tuple, object] = {}  # launch key -> Triton's compiled kernel
+_FAST = {"on": True}  # switched off for good if a direct launch is ever refused
+
+
+def _int_facts(v: int) -> tuple[bool, bool, bool]:
+    """What Triton specializes an integer argument on: == 1, % 16 == 0, fits int32."""
+    return v == 1, v % 16 == 0, -(2**31) <= v < 2**31
+
+
+def _launch_key(kernel, grid: int, args: tuple, consts: dict, options: dict) -> tuple:
+    facts = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            facts.append((a.dtype, a.data_ptr() % 16 == 0))
+        else:
+            facts.append(_int_facts(a))
+    device = torch.cuda.current_device()
+    return (kernel, device, tuple(facts), tuple(consts.items()), tuple(options.items()))
+
+
+def _hooks_installed() -> bool:
+    knobs = getattr(triton, "knobs", None)
+    if knobs is None:  # a Triton without knobs: no direct launches
+        return True
+    rt = knobs.runtime
+    return any(getattr(h, "calls", h) for h in (rt.launch_enter_hook, rt.launch_exit_hook))
+
+
+def _launch(kernel, grid: int, args: tuple, consts: dict, options: dict) -> None:
+    """``kernel[(grid,)](*args, **consts, **options)``, through the compiled kernel's own
+    launcher once this specialization has been compiled (see the module docstring).
+
+    ``args`` are the kernel's run-time arguments in order (tensors and ints), ``consts``
+    its constexprs in order after them, ``options`` launch options (num_warps, ...).
+    """
+    direct = _FAST["on"] and os.environ.get("TRITON_INTERPRET") != "1"
+    key = _launch_key(kernel, grid, args, consts, options) if direct else None
+    compiled = _COMPILED.get(key) if direct else None
+    if compiled is not None and not _hooks_installed():
+        try:
+            stream = torch.cuda.current_stream().cuda_stream
+            compiled.run(
+                grid, 1, 1, stream, compiled.function, compiled.packed_metadata,
+                None, None, None, *args, *consts.values(),
+            )  # fmt: skip
+            return
+        except TypeError:  # this Triton's launcher takes other arguments: never again
+            _FAST["on"] = False
+    compiled = kernel[(grid,)](*args, **consts, **options)
+    names = list(getattr(kernel, "arg_names", ()))  # the launcher takes them in this order
+    in_order = names[len(args) :] == list(consts) and len(names) == len(args) + len(consts)
+    if direct and in_order and hasattr(compiled, "packed_metadata"):
+        _COMPILED[key] = compiled
+
+
 def dequantize_packed(
     codes: torch.Tensor,
     absmax: torch.Tensor,
@@ -176,17 +245,17 @@ def dequantize_packed(
         rows = max(1, BYTES_PER_PROGRAM // half)
         n_blocks = -(-numel // block_size)
         even = n_bytes % (rows * half) == 0 and numel == 2 * n_bytes
-        _dequant_rows_kernel[(triton.cdiv(n_blocks, rows),)](
-            codes, absmax, table, grids, map_index, scale, offset, out,
-            n_bytes, numel, n_blocks,
-            HALF=half, ROWS=rows, DOUBLE_QUANT=double_quant, DQ_BLOCK=dq_block_size,
-            EVEN=even, num_warps=NUM_WARPS,
-            enable_fp_fusion=False,  # no fused multiply-add: round as the PyTorch path does
-        )  # fmt: skip
+        args = (codes, absmax, table, grids, map_index, scale, offset, out,
+                n_bytes, numel, n_blocks)  # fmt: skip
+        consts = {"HALF": half, "ROWS": rows, "DOUBLE_QUANT": double_quant,
+                  "DQ_BLOCK": dq_block_size, "EVEN": even}  # fmt: skip
+        # enable_fp_fusion=False: no fused multiply-add, round as the PyTorch path does
+        options = {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
+        _launch(_dequant_rows_kernel, triton.cdiv(n_blocks, rows), args, consts, options)
         return out
-    _dequant_kernel[(triton.cdiv(n_bytes, BYTES_PER_PROGRAM),)](
-        codes, absmax, table, grids, map_index, scale, offset, out, n_bytes, numel,
-        BLOCK=block_size, BYTES=BYTES_PER_PROGRAM, DOUBLE_QUANT=double_quant,
-        DQ_BLOCK=dq_block_size, num_warps=NUM_WARPS, enable_fp_fusion=False,
-    )  # fmt: skip
+    args = (codes, absmax, table, grids, map_index, scale, offset, out, n_bytes, numel)
+    consts = {"BLOCK": block_size, "BYTES": BYTES_PER_PROGRAM, "DOUBLE_QUANT": double_quant,
+              "DQ_BLOCK": dq_block_size}  # fmt: skip
+    options = {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
+    _launch(_dequant_kernel, triton.cdiv(n_bytes, BYTES_PER_PROGRAM), args, consts, options)
     return out

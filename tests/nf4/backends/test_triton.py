@@ -257,3 +257,76 @@ def test_interpreted_kernel_equals_pytorch_path():
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "kernel ok" in out.stdout
+
+
+@pytest.mark.skipif(not CUDA_KERNEL, reason="needs CUDA and Triton")
+@pytest.mark.parametrize("shape", [(4096, 11008), (11008, 4096)])
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_cuda_kernel_at_the_7b_layer_shapes(shape, double_quant, monkeypatch):
+    w = torch.randn(shape, device="cuda", dtype=torch.bfloat16)
+    q = quantize_nf4(w, 64, double_quant=double_quant)
+    for dtype in (torch.float32, torch.bfloat16):
+        got = dequantize_nf4(q, dtype)
+        got_again = dequantize_nf4(q, dtype)  # the second call takes the direct launch
+        want = _torch_path(q, dtype, monkeypatch)
+        assert torch.equal(got, want) and torch.equal(got_again, want)
+
+
+class _CountingKernel:
+    """Stands in for a cached compiled kernel and counts the direct launches through it."""
+
+    def __init__(self, compiled):
+        self.compiled, self.launches = compiled, 0
+
+    def __getattr__(self, name):
+        return getattr(self.compiled, name)
+
+    @property
+    def run(self):
+        self.launches += 1
+        return self.compiled.run
+
+
+@pytest.mark.skipif(not CUDA_KERNEL, reason="needs CUDA and Triton")
+def test_cuda_direct_launch_is_taken_and_keeps_specializations(monkeypatch):
+    """After the first launch of a specialization the compiled kernel's own launcher runs
+    it; a misaligned codes view, a ragged size or another dtype is a new specialization
+    (a kernel compiled for 16-byte aligned pointers must never get an odd address)."""
+    w = torch.randn(129, 64, device="cuda")
+    q = quantize_nf4(w, 64, double_quant=True)
+    want = _torch_path(q, torch.float32, monkeypatch)
+    assert torch.equal(dequantize_nf4(q), want)  # compiles and caches
+    monkeypatch.setattr(
+        nf4_kernels, "_COMPILED", {k: _CountingKernel(v) for k, v in nf4_kernels._COMPILED.items()}
+    )
+    assert torch.equal(dequantize_nf4(q), want)
+    assert sum(k.launches for k in nf4_kernels._COMPILED.values()) == 1
+    # the same codes at an odd address: another key, so Triton compiles for it
+    buf = torch.empty(q.codes.numel() + 1, dtype=torch.uint8, device="cuda")
+    buf[1:].copy_(q.codes)
+    shifted = nf4_kernels.dequantize_packed(
+        buf[1:], q.absmax, q.codebook, q.numel, q.block_size, torch.float32,
+        **{"dq_block_size": q.dq_block_size, "dq_grids": q.dq_grids(), "dq_map": q.absmax_map,
+           "dq_scale": q.absmax_scale, "dq_offset": q.absmax_offset},
+    )  # fmt: skip
+    assert torch.equal(shifted.view(q.shape), want)
+    for shape in ((7, 33), (1000, 65)):  # ragged sizes (ints that are not multiples of 16)
+        qr = quantize_nf4(torch.randn(shape, device="cuda"), 64)
+        for _ in range(2):
+            for dtype in (torch.float32, torch.bfloat16):
+                assert torch.equal(dequantize_nf4(qr, dtype), _torch_path(qr, dtype, monkeypatch))
+
+
+@pytest.mark.skipif(not CUDA_KERNEL, reason="needs CUDA and Triton")
+def test_cuda_dequantize_replays_in_a_cuda_graph(monkeypatch):
+    q = quantize_nf4(torch.randn(256, 320, device="cuda"), 64, double_quant=True)
+    for _ in range(2):  # warm: compiled and cached before the capture
+        dequantize_nf4(q, torch.bfloat16)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = dequantize_nf4(q, torch.bfloat16)
+    out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, _torch_path(q, torch.bfloat16, monkeypatch))
