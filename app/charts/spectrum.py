@@ -7,9 +7,45 @@ from collections.abc import Mapping, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from app.charts.common import COLORS, PALETTE, legend_below, series_colors, short_layer, style
+from app.charts.common import (
+    CATEGORY_PALETTE,
+    METHOD_COLORS,
+    METRIC_NAMES,
+    legend_below,
+    metric_color,
+    run_color,
+    short_layer,
+    style,
+)
 
 NUMERICAL_ZERO = 1e-6  # singular values below this share of σ₁ are rounding noise
+# Labels are plain Unicode: plotly shows "_F" and "^2" raw, so the squared Frobenius
+# norm ‖ΔW‖²_F is written as the sum of the squared singular values, Σσᵢ², which it is.
+STABLE_RANK = "stable rank Σσᵢ² / σ₁² (directions)"
+
+
+RunKey = tuple[str, str]  # (method, run id): what a run's colour is chosen by
+
+
+def _run_looks(
+    labels: Sequence[str], runs: Mapping[str, RunKey] | None
+) -> dict[str, tuple[str, dict]]:
+    """``{label: (colour, meta)}``: a run in a shade of its method's colour picked by its
+    run id (:func:`run_color`), with the trace meta the browser test reads. ``runs[label]
+    = (method, run id)``; a label not in it is read as a run label (its first word the
+    method, the label the key); one with no method gets a neutral colour."""
+    out = {}
+    for i, label in enumerate(labels):
+        method, key = (runs or {}).get(label) or (label.split(" ", 1)[0].lower(), label)
+        if method in METHOD_COLORS:
+            out[label] = (run_color(method, key), {"method": method, "run": key})
+        else:
+            out[label] = (CATEGORY_PALETTE[i % len(CATEGORY_PALETTE)], {"run": label})
+    return out
+
+
+DASHES = ("solid", "dash", "dot", "dashdot")  # runs told apart by line as well as colour
+SYMBOLS = ("circle", "square", "diamond", "triangle-up")
 
 
 def spectrum_side_by_side(
@@ -31,7 +67,7 @@ def spectrum_side_by_side(
         horizontal_spacing=0.06,
     )
     layers = sorted({layer for p in panels.values() for layer in p})
-    colors = {layer: PALETTE[i % len(PALETTE)] for i, layer in enumerate(layers)}
+    colors = {layer: CATEGORY_PALETTE[i % len(CATEGORY_PALETTE)] for i, layer in enumerate(layers)}
     for col, label in enumerate(labels, start=1):
         for layer, sv in panels.get(label, {}).items():
             y = [float(s) for s in sv]
@@ -54,52 +90,67 @@ def spectrum_side_by_side(
                 row=1,
                 col=col,
             )
-    fig.update_yaxes(type="log", exponentformat="power")
-    fig.update_yaxes(title_text="σᵢ / σ₁" if normalized else "singular value σᵢ", row=1, col=1)
-    fig.update_xaxes(title_text="index i", type="log")
+    fig.update_yaxes(type="log", exponentformat="power", dtick=1)  # 10⁻³, 10⁻², ...
+    y_title = "σᵢ / σ₁ (share of the largest)" if normalized else "singular value σᵢ (weight units)"
+    fig.update_yaxes(title_text=y_title, row=1, col=1)
+    fig.update_xaxes(title_text="index i (largest first)", type="log", dtick="D1")
     return style(fig, "Singular values of ΔW per layer", height=520)
 
 
-def cumulative_energy(series: Mapping[str, Sequence[float]], max_k: int | None = None) -> go.Figure:
-    """Share of ‖ΔW‖²_F held by the top-k singular values: ``series[label] = energies``."""
+def cumulative_energy(
+    series: Mapping[str, Sequence[float]],
+    max_k: int | None = None,
+    runs: Mapping[str, RunKey] | None = None,
+) -> go.Figure:
+    """Share of the energy Σσᵢ² (the squared Frobenius norm of ΔW) held by the top-k
+    singular values: ``series[label] = energies``, ``runs[label] = (method, run id)``
+    (else read from the label). Each run a dash of its own as well as its
+    colour, so a line that lies on another still shows."""
     fig = go.Figure()
-    colors = series_colors(list(series))
-    for label, energy in series.items():
+    looks = _run_looks(list(series), runs)
+    for i, (label, energy) in enumerate(series.items()):
         e = [float(v) for v in energy][: max_k or None]
+        color, meta = looks[label]
         fig.add_trace(
             go.Scatter(
                 x=list(range(1, len(e) + 1)),
                 y=[100 * v for v in e],
                 mode="lines+markers",
                 name=label,
-                line=dict(width=3, color=colors[label]),
-                marker=dict(size=6),
+                line=dict(width=3, color=color, dash=DASHES[i % len(DASHES)]),
+                marker=dict(size=7, symbol=SYMBOLS[i % len(SYMBOLS)]),
+                meta=meta,
             )
         )
-    fig.add_hline(y=90, line_dash="dash", line_color="#555", annotation_text="90% of the energy")
-    fig.update_xaxes(title_text="top-k singular values", type="log")
-    fig.update_yaxes(title_text="cumulative energy (%)", range=[0, 102])
+    fig.add_hline(y=90, line_dash="dash", line_color="#555", annotation_text="90% of Σσᵢ²")
+    fig.update_xaxes(title_text="top-k singular values (k)", type="log", dtick="D1")
+    fig.update_yaxes(title_text="cumulative energy (% of Σσᵢ²)", range=[0, 102], dtick=20)
     legend_below(fig)
     return style(fig, "Cumulative energy of ΔW", height=520)
 
 
-def stable_rank_bars(ranks: Mapping[str, Mapping[str, float]]) -> go.Figure:
-    """Stable rank per layer, one bar group per run: ``ranks[run_label][layer] = value``."""
+def stable_rank_bars(
+    ranks: Mapping[str, Mapping[str, float]], runs: Mapping[str, RunKey] | None = None
+) -> go.Figure:
+    """Stable rank per layer, one bar group per run: ``ranks[run_label][layer] = value``,
+    ``runs[run_label] = (method, run id)`` (else read from the label)."""
     fig = go.Figure()
-    colors = series_colors(list(ranks))
+    looks = _run_looks(list(ranks), runs)
     for label, per_layer in ranks.items():
         layers = list(per_layer)
+        color, meta = looks[label]
         fig.add_trace(
             go.Bar(
                 x=[short_layer(x) for x in layers],
                 y=[float(per_layer[x]) for x in layers],
                 name=label,
-                marker_color=colors[label],
+                marker_color=color,
+                meta=meta,
             )
         )
     fig.update_layout(barmode="group")
-    fig.update_yaxes(title_text="stable rank ‖ΔW‖²_F / ‖ΔW‖²₂")
-    fig.update_xaxes(tickangle=-45)
+    fig.update_yaxes(title_text=STABLE_RANK, rangemode="tozero")
+    fig.update_xaxes(title_text="layer and matrix", tickangle=-45)
     legend_below(fig, y=-0.35)
     return style(fig, "Stable rank of ΔW per layer", height=560)
 
@@ -118,9 +169,10 @@ def truncation_curve(
             x=xs,
             y=[100 * float(a) for a in accuracy],
             mode="lines+markers",
-            name="irregular accuracy (%)",
-            line=dict(width=3, color=COLORS["qlora"]),
+            name=METRIC_NAMES["irregular_accuracy"],
+            line=dict(width=3, color=metric_color("irregular_accuracy")),
             marker=dict(size=10),
+            meta={"metric": "irregular_accuracy"},
         ),
         secondary_y=False,
     )
@@ -130,15 +182,24 @@ def truncation_curve(
                 x=xs,
                 y=[100 * float(d) for d in drift],
                 mode="lines+markers",
-                name="control EN drift (%)",
-                line=dict(width=3, dash="dot", color=COLORS["full"]),
-                marker=dict(size=10),
+                name=METRIC_NAMES["control_drift"],
+                line=dict(width=3, dash="dot", color=metric_color("control_drift")),
+                marker=dict(size=10, symbol="diamond"),
+                meta={"metric": "control_drift"},
             ),
             secondary_y=True,
         )
     fig.update_xaxes(title_text="rank k kept of full fine-tuning's ΔW", type="category")
-    fig.update_yaxes(title_text="accuracy (%)", range=[0, 101], secondary_y=False)
-    fig.update_yaxes(title_text="drift (%)", tickformat=".1f", secondary_y=True, showgrid=False)
+    fig.update_yaxes(
+        title_text=METRIC_NAMES["irregular_accuracy"], range=[0, 101], dtick=20, secondary_y=False
+    )
+    fig.update_yaxes(
+        title_text=METRIC_NAMES["control_drift"],
+        secondary_y=True,
+        showgrid=False,
+        rangemode="tozero",
+    )
+    legend_below(fig)
     return style(fig, "Truncating full fine-tuning's update to rank k")
 
 
@@ -167,11 +228,16 @@ def subspace_heatmaps(grids: Mapping[str, Sequence[Sequence[float]]], layer: str
             row=row,
             col=1,
         )
-        fig.update_yaxes(title_text="i (A)", autorange="reversed", dtick=1, row=row, col=1)
-    fig.update_xaxes(title_text="j (B)", row=len(labels), col=1)
+        fig.update_yaxes(
+            title_text="top-i directions of A (i)", autorange="reversed", row=row, col=1
+        )
+        fig.update_xaxes(title_text="top-j directions of B (j)", row=row, col=1)
     fig.update_layout(
         coloraxis=dict(
-            colorscale="Viridis", cmin=0.0, cmax=1.0, colorbar=dict(title=dict(text="φ"))
+            colorscale="Viridis",
+            cmin=0.0,
+            cmax=1.0,
+            colorbar=dict(title=dict(text="φ (0 to 1)"), dtick=0.2),
         )
     )
     title = f"Subspace similarity φ(i, j), {short_layer(layer)}"

@@ -13,8 +13,8 @@ from minituner.analysis import subspace_record
 
 st.title("Spectrum of the weight update ΔW")
 st.markdown(
-    "For each adapted matrix, ΔW = W_fine-tuned − W_base (full fine-tuning) or "
-    "(α/r)·B·A (LoRA). Few large singular values followed by a fast drop mean the update "
+    "For each adapted matrix, ΔW = W(fine-tuned) − W(base) for full fine-tuning, or "
+    "(α/r)·B·A for LoRA. Few large singular values followed by a fast drop mean the update "
     "lives in a few directions: what LoRA assumes. A LoRA update has at most r non-zero "
     "singular values by construction; full fine-tuning is free to use them all."
 )
@@ -54,6 +54,7 @@ with c2:
 
 chosen = [r for r in (full, lora) if r is not None]
 spectra = {helpers.run_label(r): data.spectrum(r).layers for r in chosen}
+run_keys = {helpers.run_label(r): (r.method, r.run_id) for r in chosen}
 if not spectra:
     st.stop()
 
@@ -68,19 +69,23 @@ panels = {
     }
     for label, s in spectra.items()
 }
-st.plotly_chart(charts.spectrum_side_by_side(panels, normalized=normalized), key="spec_sv")
+st.plotly_chart(
+    charts.spectrum_side_by_side(panels, normalized=normalized), key="spec_sv", width="stretch"
+)
 
 st.subheader("Stable rank and energy")
 ranks = {label: {layer: v.stable_rank for layer, v in s.items()} for label, s in spectra.items()}
 a, b = st.columns([3, 2])
 with a:
-    st.plotly_chart(charts.stable_rank_bars(ranks), key="spec_stable")
+    st.plotly_chart(charts.stable_rank_bars(ranks, run_keys), key="spec_stable", width="stretch")
 with b:
     layers = sorted({layer for s in spectra.values() for layer in s})
     shared = [layer for layer in layers if all(layer in s for s in spectra.values())] or layers
     layer = st.selectbox("layer", shared, key="spec_layer")
     energy = {label: s[layer].cumulative_energy for label, s in spectra.items() if layer in s}
-    st.plotly_chart(charts.cumulative_energy(energy), key="spec_energy")
+    st.plotly_chart(
+        charts.cumulative_energy(energy, runs=run_keys), key="spec_energy", width="stretch"
+    )
 rows = []
 for label, s in spectra.items():
     for name, v in s.items():
@@ -90,8 +95,8 @@ for label, s in spectra.items():
                 "layer": name,
                 "stable rank": round(v.stable_rank, 2),
                 "rank for 90% energy": v.rank_90,
-                "‖ΔW‖_F": f"{v.frobenius_norm:.4g}",
-                "σ₁": f"{v.spectral_norm:.4g}",
+                "Frobenius norm ‖ΔW‖": f"{v.frobenius_norm:.4g}",
+                "largest singular value σ₁": f"{v.spectral_norm:.4g}",
             }
         )
 with st.expander("per-layer table"):
@@ -104,6 +109,7 @@ if truncation is not None:
             truncation.k, truncation.irregular_accuracy, truncation.control_en_drift
         ),
         key="spec_trunc",
+        width="stretch",
     )
     st.caption(
         f"Run {md_text(truncation.run_id)}: every ΔW of full fine-tuning replaced by its best "
@@ -114,8 +120,10 @@ if truncation is not None:
 st.subheader("Subspace similarity: do two updates use the same directions?")
 st.markdown(
     "As in section 7 of the LoRA paper: for two updates A and B of one layer, take the top-i "
-    "right singular vectors of ΔW_A and the top-j of ΔW_B (directions in the layer's *input* "
-    "space) and measure φ(i, j) = ‖V_Aᵢᵀ V_Bⱼ‖²_F / min(i, j): 1 when the smaller set of "
+    "right singular vectors of A's ΔW and the top-j of B's (directions in the layer's *input* "
+    "space) and measure φ(i, j) = ‖Aᵢᵀ Bⱼ‖² / min(i, j), where the columns of Aᵢ and Bⱼ are "
+    "those directions and ‖·‖² the squared Frobenius norm (the sum of the squared "
+    "entries: here the sum of the squared cosines between the two sets): 1 when the smaller set of "
     "directions lies inside the larger, 0 when they are orthogonal. Random directions are "
     "not 0: two random subspaces of dimensions i and j in d dimensions give max(i, j)/d."
 )
@@ -147,6 +155,9 @@ def _load_subspace() -> subspace_record.SubspaceRecord | None:
 
 
 # the paper's Figure 3 with the same seed and another, and LoRA against full fine-tuning
+# the summary's keys as a reader writes them (a column header shows "phi_ij" raw)
+SUMMARY_COLUMNS = {"phi_11": "φ(1, 1)", "phi_ii": "φ(i, min(i, j))", "phi_ij": "φ(i, j)",
+                   "random_11": "random φ(1, 1)", "random_ij": "random φ(i, j)"}  # fmt: skip
 DEFAULT_PAIRS = ("r8_vs_r64", "r8_vs_r64_other_seed", "r8_vs_full")
 record = _load_subspace()
 if record is not None:
@@ -165,11 +176,19 @@ if record is not None:
         if sub_layer in labels[label].layers
     }
     if shown:
-        st.plotly_chart(charts.subspace_heatmaps(shown, sub_layer), key="spec_subspace")
+        st.plotly_chart(
+            charts.subspace_heatmaps(shown, sub_layer), key="spec_subspace", width="stretch"
+        )
     for label in picked:
         st.caption(md_text(subspace_record.headline(labels[label])))
     with st.expander("means over layers, every comparison"):
-        st.dataframe(subspace_record.summary_rows(record), hide_index=True)
+        st.dataframe(
+            [
+                {SUMMARY_COLUMNS.get(k, k): v for k, v in row.items()}
+                for row in subspace_record.summary_rows(record)
+            ],
+            hide_index=True,
+        )
     st.caption(
         "Runs: "
         + md_text("; ".join(f"{p.label}: {p.a.run_id} vs {p.b.run_id}" for p in record.pairs))

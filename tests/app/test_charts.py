@@ -140,17 +140,37 @@ def test_spectrum_side_by_side_log_scale_and_zeros_dropped():
 
 
 def test_cumulative_energy_stable_rank_and_truncation():
-    fig = spectrum.cumulative_energy({"full": [0.5, 0.8, 1.0], "lora": [0.9, 1.0]})
+    runs = {"full": ("full", "aaaaaaaaaaaa"), "lora": ("lora", "bbbbbbbbbbbb")}
+    fig = spectrum.cumulative_energy({"full": [0.5, 0.8, 1.0], "lora": [0.9, 1.0]}, runs=runs)
     assert names(fig) == ["full", "lora"]
     assert list(fig.data[0].y) == pytest.approx([50.0, 80.0, 100.0])
+    assert [t.meta for t in fig.data] == [{"method": m, "run": r} for m, r in runs.values()]
+    assert [t.line.color for t in fig.data] == [common.run_color(*k) for k in runs.values()]
+    assert fig.data[0].line.dash != fig.data[1].line.dash  # a line on another still shows
     sr = spectrum.stable_rank_bars(
-        {"full": {"blocks.0.attn.q_proj": 3.2}, "lora": {"blocks.0.attn.q_proj": 1.4}}
+        {"full": {"blocks.0.attn.q_proj": 3.2}, "lora": {"blocks.0.attn.q_proj": 1.4}}, runs
     )
     assert names(sr) == ["full", "lora"] and list(sr.data[0].x) == ["L0 q_proj"]
+    assert [t.marker.color for t in sr.data] == [common.run_color(*k) for k in runs.values()]
+    assert "_" not in sr.layout.yaxis.title.text  # not "‖ΔW‖²_F": plotly shows it raw
+    guessed = spectrum.stable_rank_bars({"lora r=8 · seed 0": {"a": 1.0}})  # from the label
+    assert guessed.data[0].meta == {"method": "lora", "run": "lora r=8 · seed 0"}
     tr = spectrum.truncation_curve(
         [1, 2, 4, "full"], [0.3, 0.6, 0.9, 0.95], [0.0, 0.01, 0.02, 0.05]
     )
-    assert names(tr) == ["irregular accuracy (%)", "control EN drift (%)"]
+    assert names(tr) == [
+        common.METRIC_NAMES["irregular_accuracy"],
+        common.METRIC_NAMES["control_drift"],
+    ]
+    assert [t.meta for t in tr.data] == [
+        {"metric": "irregular_accuracy"},
+        {"metric": "control_drift"},
+    ]
+    assert [t.line.color for t in tr.data] == [
+        common.metric_color("irregular_accuracy"),
+        common.metric_color("control_drift"),
+    ]
+    assert tr.layout.yaxis2.title.text == common.METRIC_NAMES["control_drift"]  # right axis
     assert list(tr.data[0].x) == ["1", "2", "4", "full"]
     assert len(spectrum.truncation_curve([1, 2], [0.1, 0.2]).data) == 1
 
