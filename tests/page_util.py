@@ -85,3 +85,55 @@ def raw_underscores(markdown: str) -> list[str]:
 def deltas(at: AppTest) -> dict[str, str]:
     """The metrics that show a delta badge: ``{label: delta}``."""
     return {m.label: m.proto.delta for m in at.metric if m.proto.delta}
+
+
+def _nice(v: float) -> bool:
+    """At most two significant digits: 0.25, 20, 1000, 64; not 0.0826 or 0.165."""
+    return float(f"{v:.2g}") == float(v)
+
+
+def ragged_ticks(fig: dict) -> list[tuple[str, float]]:
+    """Fixed tick positions (tickvals, dtick, tick0) of a linear axis that are not nice
+    numbers (a log axis' tickvals are data, such as the ranks, and fine)."""
+    out = []
+    for name, ax in _axes(fig).items():
+        if ax.get("type") in ("log", "category"):
+            continue
+        for v in ax.get("tickvals") or []:
+            if isinstance(v, (int, float)) and not _nice(v):
+                out.append((name, v))
+        for key in ("dtick", "tick0"):
+            if isinstance(ax.get(key), (int, float)) and not _nice(ax[key]):
+                out.append((name, ax[key]))
+    return out
+
+
+def colour_of(trace: dict) -> str | None:
+    for part in ("line", "marker"):
+        color = (trace.get(part) or {}).get("color")
+        if isinstance(color, str):
+            return color
+    return None
+
+
+def off_contract(fig: dict) -> list[str]:
+    """Traces that stand for a method, a run, a metric or a 4-bit format (their meta says
+    which) but are not drawn in its colour of app.charts.common."""
+    from app.charts import common
+
+    out = []
+    for t in fig["data"]:
+        meta, color = t.get("meta") or {}, colour_of(t)
+        if "method" in meta:
+            ok = {common.method_color(meta["method"])}
+            if "run" in meta:
+                ok.add(common.run_color(meta["method"], meta["run"]))
+        elif "metric" in meta:
+            ok = {common.metric_color(meta["metric"])}
+        elif "format" in meta:
+            ok = {common.FORMAT_COLORS[meta["format"]]}
+        else:
+            continue
+        if color not in ok:
+            out.append(f"{t.get('name')}: {color} not in {sorted(ok)}")
+    return out

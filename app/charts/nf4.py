@@ -9,7 +9,20 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from app.charts.common import COLORS, PALETTE, short_layer, style
+from app.charts.common import CATEGORY_PALETTE, FORMAT_COLORS, legend_below, short_layer, style
+
+FORMAT_NAMES = {"nf4": "NF4", "int4": "int4", "fp4": "FP4"}
+DENSITY_COLOR = "#555555"  # the normal distribution: neither a format nor a method
+DASHES = ("solid", "dash", "dot", "dashdot")
+
+
+def _look(name: str, i: int) -> tuple[str, str, dict]:
+    """A 4-bit format's display name, colour (FORMAT_COLORS; NF4 is QLoRA's) and trace
+    meta; a name that is no known format keeps its name and gets a neutral colour."""
+    key = name.lower()
+    if key in FORMAT_COLORS:
+        return FORMAT_NAMES.get(key, name), FORMAT_COLORS[key], {"format": key}
+    return name, CATEGORY_PALETTE[i % len(CATEGORY_PALETTE)], {}
 
 
 def _normal_pdf(x: float) -> float:
@@ -40,7 +53,7 @@ def nf4_codebook(
             y=[_normal_pdf(x * scale) * scale for x in xs],
             mode="lines",
             name="normal weights (density)",
-            line=dict(width=3, color="#555"),
+            line=dict(width=3, color=DENSITY_COLOR),
             fill="tozeroy",
             fillcolor="rgba(120,120,120,0.15)",
         ),
@@ -50,25 +63,32 @@ def nf4_codebook(
     names = list(codebooks)
     for i, name in enumerate(names):
         values = sorted({float(v) for v in codebooks[name]})
-        color = COLORS.get(name, PALETTE[i % len(PALETTE)])
+        shown, color, meta = _look(name, i)
         if i == 0:  # the first set also as lines over the density
             for v in values:
                 fig.add_vline(x=v, line_color=color, line_width=1.5, opacity=0.6, row=1, col=1)
         fig.add_trace(
             go.Scatter(
                 x=values,
-                y=[name] * len(values),
+                y=[shown] * len(values),
                 mode="markers",
-                name=f"{name} ({len(values)} values)",
+                name=f"{shown} ({len(values)} values)",
                 marker=dict(size=14, color=color, line=dict(width=1, color="white")),
+                meta=meta,
             ),
             row=2,
             col=1,
         )
-    fig.update_xaxes(title_text="value / block absmax", range=[-1.15, 1.15], row=2, col=1)
-    fig.update_yaxes(title_text="density", row=1, col=1)
-    fig.update_yaxes(categoryorder="array", categoryarray=names[::-1], row=2, col=1)
-    fig.update_layout(legend=dict(orientation="h", y=-0.18))
+    fig.update_xaxes(
+        title_text="value / block absmax (no unit)", range=[-1.15, 1.15], dtick=0.25, row=2, col=1
+    )
+    fig.update_yaxes(title_text="probability density", row=1, col=1)
+    shown_names = [_look(n, i)[0] for i, n in enumerate(names)]
+    fig.update_yaxes(
+        title_text="4-bit format", categoryorder="array", categoryarray=shown_names[::-1],
+        row=2, col=1,
+    )  # fmt: skip
+    legend_below(fig, y=-0.18)
     return style(fig, "4-bit value sets against the normal distribution", height=600)
 
 
@@ -85,20 +105,22 @@ def error_histograms(
     fig = go.Figure()
     for i, (name, a) in enumerate(arrays.items()):
         counts, _ = np.histogram(a, bins=edges)
-        color = COLORS.get(name, PALETTE[i % len(PALETTE)])
-        fig.add_trace(
+        shown, color, meta = _look(name, i)
+        fig.add_trace(  # outlines with their own dash, no fill: no format hides another
             go.Scatter(
                 x=centers,
                 y=counts,
                 mode="lines",
-                line=dict(shape="hvh", width=2.5, color=color),
-                fill="tozeroy",
-                opacity=0.5,
-                name=name,
+                line=dict(shape="hvh", width=3, color=color, dash=DASHES[i % len(DASHES)]),
+                name=shown,
+                meta=meta,
             )
         )
-    fig.update_xaxes(title_text="dequantized − original weight")
-    fig.update_yaxes(title_text="weights per bin")
+    fig.update_xaxes(
+        title_text="error: dequantized − original weight (weight units)", exponentformat="power"
+    )
+    fig.update_yaxes(title_text="weights per bin (count)", rangemode="tozero")
+    legend_below(fig)
     return style(fig, title or "Quantization error")
 
 
@@ -111,31 +133,39 @@ def error_rmse_bars(rows: Sequence[Mapping]) -> go.Figure:
             methods.append(row["method"])
     for i, m in enumerate(methods):
         sel = [row for row in rows if row["method"] == m]
+        shown, color, meta = _look(m, i)
         fig.add_trace(
             go.Bar(
                 x=[short_layer(row["layer"].removesuffix(".weight")) for row in sel],
                 y=[float(row["rel_rmse"]) for row in sel],
-                name=m,
-                marker_color=COLORS.get(m, PALETTE[i % len(PALETTE)]),
+                name=shown,
+                marker_color=color,
+                meta=meta,
             )
         )
     fig.update_layout(barmode="group")
-    fig.update_yaxes(title_text="RMSE / weight std")
-    fig.update_xaxes(tickangle=-45)
+    fig.update_yaxes(title_text="relative error: RMSE / weight std (ratio)", rangemode="tozero")
+    fig.update_xaxes(title_text="layer and matrix", tickangle=-45)
+    legend_below(fig, y=-0.4)
     return style(fig, "Error per layer (lower is better)")
 
 
 def bits_bars(bits: Mapping[str, float], title: str = "Storage per parameter") -> go.Figure:
     """Bits per parameter of each storage format: ``bits[label] = bits``."""
     labels = list(bits)
+    colors = [  # an NF4 format in NF4's colour (QLoRA's), the others neutral
+        _look(k.split(",")[0].split()[0], i)[1] for i, k in enumerate(labels)
+    ]
     fig = go.Figure(
         go.Bar(
             x=labels,
             y=[float(bits[k]) for k in labels],
-            text=[f"{float(bits[k]):.3f}" for k in labels],
+            text=[f"{float(bits[k]):.3g}" for k in labels],
             textposition="outside",
-            marker_color=[PALETTE[i % len(PALETTE)] for i in range(len(labels))],
+            marker_color=colors,
+            name="bits per parameter",
         )
     )
-    fig.update_yaxes(title_text="bits per parameter")
+    fig.update_xaxes(title_text="storage format")
+    fig.update_yaxes(title_text="bits per parameter (bits)", dtick=4, rangemode="tozero")
     return style(fig, title)

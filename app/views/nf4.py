@@ -33,6 +33,7 @@ scale = float(torch.special.ndtri(torch.tensor(NF4_OFFSET, dtype=torch.float64))
 st.plotly_chart(
     charts.nf4_codebook({"nf4": NF4_CODEBOOK, "int4": INT4_CODEBOOK, "fp4": FP4_CODEBOOK}, scale),
     key="nf4_codebook",
+    width="stretch",
 )
 st.caption(
     f"The density is a standard normal squeezed so that NF4's outermost level ±1 sits at "
@@ -49,13 +50,17 @@ block = c2.select_slider(
 errors = data.quant_errors(layer, int(block), base.model_id)
 a, b = st.columns([3, 2])
 with a:
-    st.plotly_chart(charts.error_histograms(errors, f"Quantization error: {layer}"), key="nf4_hist")
+    st.plotly_chart(
+        charts.error_histograms(errors, f"Quantization error: {layer}"),
+        key="nf4_hist",
+        width="stretch",
+    )
 with b:
     w_std = float(base.model.get_submodule(layer).weight.detach().float().std())
     st.dataframe(
         [
             {
-                "format": m,
+                "format": charts.FORMAT_NAMES.get(m, m),
                 "RMSE": f"{math.sqrt(float((e.astype('float64') ** 2).mean())):.3e}",
                 "RMSE / weight std": f"{math.sqrt(float((e.astype('float64') ** 2).mean())) / w_std:.3f}",
                 "max |error|": f"{float(abs(e).max()):.3e}",
@@ -69,7 +74,7 @@ with b:
     )
 
 report = data.quant_report(int(block), base.model_id)
-st.plotly_chart(charts.error_rmse_bars(report), key="nf4_layers")
+st.plotly_chart(charts.error_rmse_bars(report), key="nf4_layers", width="stretch")
 
 st.header("Bits per parameter")
 shapes = [tuple(base.model.get_submodule(n).weight.shape) for n in layers]
@@ -81,7 +86,7 @@ with c3:
         f"NF4, blocks of {block}": bits_per_param(int(block), False),
         "NF4 + double quant.": bits_per_param(int(block), True),
     }
-    st.plotly_chart(charts.bits_bars(bits), key="nf4_bits")
+    st.plotly_chart(charts.bits_bars(bits), key="nf4_bits", width="stretch")
 with c4:
     sizes = {dq: nf4_model_bytes(shapes, int(block), dq) for dq in (False, True)}
     s = sizes[True]

@@ -24,7 +24,7 @@ if sweep is not None and sweep.ranks:
     others = None
     if all(a.regular_accuracy is not None for a in aggs):
         others = {
-            "regular verbs (control)": (
+            "regular_accuracy": (
                 [a.regular_accuracy.mean for a in aggs],
                 [a.regular_accuracy.std for a in aggs],
             )
@@ -42,6 +42,7 @@ if sweep is not None and sweep.ranks:
             others=others,
         ),
         key="sweep_elbow",
+        width="stretch",
     )
     rows = []
     for key, ids, s in [
@@ -68,7 +69,7 @@ elif sweep is not None:
 st.header("Which layers to adapt")
 targets = data.experiment_section(experiments, "targets", "targets summary")
 if targets is not None:
-    st.plotly_chart(charts.targets_bars(targets), key="sweep_targets")
+    st.plotly_chart(charts.targets_bars(targets), key="sweep_targets", width="stretch")
     rows = []
     for name, v in targets.items():
         row = {

@@ -107,10 +107,11 @@ def test_metric_bars_mean_and_std():
          "lora": aggregate(regular_accuracy=(0.75, 0.05))},
         lambda a: a.regular_accuracy, "t", "%",
     )  # fmt: skip
-    assert len(fig.data) == 1
-    assert list(fig.data[0].x) == ["full", "lora"]
-    assert list(fig.data[0].y) == pytest.approx([2.0, 75.0])
-    assert list(fig.data[0].error_y.array) == pytest.approx([1.0, 5.0])
+    # one bar (trace) per method, in the method's colour (issue 24's trace contract)
+    assert [t.x[0] for t in fig.data] == ["full", "lora"]
+    assert [t.y[0] for t in fig.data] == pytest.approx([2.0, 75.0])
+    assert [t.error_y.array[0] for t in fig.data] == pytest.approx([1.0, 5.0])
+    assert [t.marker.color for t in fig.data] == [common.method_color(m) for m in ("full", "lora")]
 
 
 def test_candidate_bars_grouped_per_model():
@@ -182,20 +183,32 @@ def test_rank_elbow_marks_the_elbow_on_a_log_axis():
     )  # fmt: skip
     assert names(fig) == [
         "± 1 std over seeds",
-        "irregular verbs (mean)",
-        "full fine-tuning (97.0% ± 1.0)",
+        "LoRA: irregular-verb accuracy (mean)",
+        "full fine-tuning: irregular-verb accuracy (97.0% ± 1.0)",
         "trainable parameters",
     ]
     assert fig.layout.xaxis.type == "log"
+    accuracy, full = fig.data[1], fig.data[2]
+    assert accuracy.meta == {"metric": "irregular_accuracy"}
+    assert accuracy.line.color == common.metric_color("irregular_accuracy")
+    assert full.meta["method"] == "full" and full.line.color == common.method_color("full")
+    assert fig.layout.yaxis2.title.text == "trainable parameters (log scale)"
+    assert fig.layout.yaxis.dtick == 20  # 0, 20, ..., 100
     assert list(fig.data[1].y) == pytest.approx([50.0, 80.0, 95.0, 96.0])
     assert any("elbow r = 4" in a.text for a in fig.layout.annotations)
     assert any(s.type == "line" for s in fig.layout.shapes)
     bare = rank_sweep.rank_elbow([1, 2], [0.5, 0.6], [0.0, 0.0])
     assert len(bare.data) == 2
+    assert "yaxis2" not in bare.layout.to_plotly_json()  # no empty right axis without params
     more = rank_sweep.rank_elbow(
-        [1, 2], [0.5, 0.6], [0.0, 0.0], others={"regular": ([0.9, 0.8], [0, 0])}
+        [1, 2], [0.5, 0.6], [0.0, 0.0], others={"regular_accuracy": ([0.9, 0.8], [0, 0])}
     )
-    assert names(more)[-1] == "regular" and list(more.data[-1].y) == pytest.approx([90.0, 80.0])
+    assert names(more)[-1] == "LoRA: regular-verb accuracy (mean)"
+    assert list(more.data[-1].y) == pytest.approx([90.0, 80.0])
+    assert more.data[-1].line.color == common.metric_color("regular_accuracy")
+    assert more.data[-1].marker.symbol != more.data[1].marker.symbol  # both still show
+    named = rank_sweep.rank_elbow([1], [0.5], [0.0], others={"other": ([0.4], [0.0])})
+    assert names(named)[-1] == "other" and named.data[-1].meta is None
 
 
 def test_targets_bars():
@@ -210,6 +223,10 @@ def test_targets_bars():
         {"q,v": aggregate(irregular_accuracy=(0.9, 0.0), regular_accuracy=(0.7, 0.0))}
     )
     assert names(both) == ["irregular verbs (task)", "regular verbs (control)"]
+    assert [t.marker.color for t in both.data] == [
+        common.metric_color("irregular_accuracy"),
+        common.metric_color("regular_accuracy"),
+    ]
 
 
 def test_memory_stacked_one_trace_per_category():
@@ -274,8 +291,12 @@ def test_scaling_bars_grouped_in_gib_with_peft_when_present():
 def test_nf4_codebook_against_the_normal():
     fig = nf4.nf4_codebook({"nf4": NF4_CODEBOOK, "int4": INT4_CODEBOOK, "fp4": FP4_CODEBOOK}, 1.85)
     assert names(fig)[0] == "normal weights (density)"
-    assert names(fig)[1:] == ["nf4 (16 values)", "int4 (15 values)", "fp4 (15 values)"]
+    assert names(fig)[1:] == ["NF4 (16 values)", "int4 (15 values)", "FP4 (15 values)"]
     assert list(fig.data[1].x) == sorted(NF4_CODEBOOK)
+    assert [t.marker.color for t in fig.data[1:]] == [
+        common.FORMAT_COLORS[f] for f in ("nf4", "int4", "fp4")
+    ]
+    assert fig.layout.yaxis2.title.text == "4-bit format"
     assert max(fig.data[0].y) == pytest.approx(1.85 / np.sqrt(2 * np.pi), rel=1e-3)
 
 
@@ -283,7 +304,9 @@ def test_error_histograms_share_bins_and_count_every_weight():
     rng = np.random.default_rng(0)
     errors = {"nf4": rng.normal(0, 0.01, 1000), "int4": rng.normal(0, 0.02, 1000), "fp4": [0.0]}
     fig = nf4.error_histograms(errors, bins=21)
-    assert names(fig) == ["nf4", "int4", "fp4"]
+    assert names(fig) == ["NF4", "int4", "FP4"]
+    assert [t.meta for t in fig.data] == [{"format": f} for f in ("nf4", "int4", "fp4")]
+    assert len({t.line.dash for t in fig.data}) == 3  # no outline hides another
     assert list(fig.data[0].x) == list(fig.data[1].x)
     assert sum(fig.data[0].y) == 1000 and sum(fig.data[2].y) == 1
 
@@ -294,16 +317,70 @@ def test_error_rmse_bars_and_bits_bars():
         for m, v in (("nf4", 0.1), ("int4", 0.12), ("fp4", 0.15))
     ]
     fig = nf4.error_rmse_bars(rows)
-    assert names(fig) == ["nf4", "int4", "fp4"] and list(fig.data[0].x) == ["L0 q_proj"]
-    bits = nf4.bits_bars({"fp32": 32, "NF4": 4.5})
+    assert names(fig) == ["NF4", "int4", "FP4"] and list(fig.data[0].x) == ["L0 q_proj"]
+    assert fig.data[0].marker.color == common.FORMAT_COLORS["nf4"]
+    assert fig.layout.xaxis.title.text and fig.layout.yaxis.title.text
+    bits = nf4.bits_bars({"fp32": 32, "NF4, blocks of 64": 4.5})
     assert list(bits.data[0].y) == [32.0, 4.5]
+    assert list(bits.data[0].text) == ["32", "4.5"]
+    fp32, nf4_bar = bits.data[0].marker.color
+    assert nf4_bar == common.FORMAT_COLORS["nf4"]
+    assert fp32 not in set(common.METHOD_COLORS.values()) | set(common.FORMAT_COLORS.values())
 
 
-def test_series_colors_by_method_or_distinct():
-    by_method = common.series_colors(["full a", "lora b", "qlora c"])
-    assert by_method == {"full a": "#d62728", "lora b": "#1f77b4", "qlora c": "#2ca02c"}
-    same_method = common.series_colors(["lora r=1", "lora r=8"])
-    assert len(set(same_method.values())) == 2
+METHODS = ("full", "lora", "qlora", "base")
+run_keys = st.text(min_size=1, max_size=30)
+run_sets = st.dictionaries(run_keys, st.sampled_from(METHODS), max_size=8)
+
+
+def test_each_method_has_one_fixed_colour_disjoint_from_the_metrics():
+    """Issue 24: a colour means one thing on every page: the methods' colours, the
+    metrics' colours and the 4-bit formats other than NF4 are all different."""
+    methods = [common.method_color(m) for m in METHODS]
+    metrics = [common.metric_color(m) for m in common.METRIC_COLORS]
+    assert len(set(methods)) == len(methods) and len(set(metrics)) == len(metrics)
+    assert not set(methods) & set(metrics)
+    assert set(common.METRIC_NAMES) == set(common.METRIC_COLORS)
+    assert common.FORMAT_COLORS["nf4"] == common.method_color("qlora")  # QLoRA's format
+    others = {common.FORMAT_COLORS[f] for f in ("int4", "fp4")}
+    assert not others & (set(methods) | set(metrics))
+    assert not set(common.CATEGORY_PALETTE) & (set(methods) | set(metrics))
+    assert common.method_color("LoRA r=8 q,v · seed 0") == common.method_color("lora")
+    with pytest.raises(KeyError):
+        common.method_color("adapter")
+
+
+@given(run_sets, run_sets)
+def test_a_runs_colour_does_not_depend_on_the_other_runs(runs, others):
+    """Issue 24: full was red and LoRA blue on Compare until a run was added, then the
+    colours swapped. A run's colour comes from its method and its own key only."""
+    alone = common.run_colors(runs)
+    together = common.run_colors({**others, **runs})
+    assert {k: together[k] for k in runs} == alone
+    reordered = common.run_colors(dict(reversed(list(runs.items()))))
+    assert reordered == alone
+    for key, method in runs.items():
+        assert alone[key] == common.run_color(method, key)
+
+
+@given(run_keys, st.sampled_from(METHODS))
+def test_a_run_is_a_shade_of_its_methods_colour(key, method):
+    """Closer to its own method's colour than to any other method's or metric's."""
+
+    def rgb(c: str) -> np.ndarray:
+        return np.array([int(c[i : i + 2], 16) for i in (1, 3, 5)], dtype=float)
+
+    def angle(a: str, b: str) -> float:  # hue-like: the direction of the colour from grey
+        u, v = rgb(a) - rgb(a).mean(), rgb(b) - rgb(b).mean()
+        nu, nv = np.linalg.norm(u), np.linalg.norm(v)
+        return 0.0 if nu < 1 or nv < 1 else float(np.arccos(np.clip(u @ v / nu / nv, -1, 1)))
+
+    shade = common.run_color(method, key)
+    assert shade == common.run_color(method, key)  # stable
+    own = common.method_color(method)
+    if method != "base":  # grey's shades are greys: no hue to compare
+        rivals = [common.method_color(m) for m in METHODS if m not in (method, "base")]
+        assert all(angle(shade, own) < angle(shade, other) for other in rivals)
 
 
 # ---------------------------------------------------------------------- issue 23, item 2
