@@ -1,185 +1,373 @@
-"""The server's one live run: a training child process and the state every tab reads.
+"""The server's runs: a queue of training jobs, up to K child processes, one live state each.
 
 Training never happens in the Streamlit server's interpreter. :class:`Trainer` (one per
-server, ``st.cache_resource``) starts a :class:`minituner.finetune.worker.TrainingProcess`; its
-reader thread folds each typed event into a :class:`LiveState` under a lock and bumps
-``version``. Sessions only read: ``snapshot()`` is a cheap copy, and the Train page
-redraws only when ``version`` moved. The child saves a completed run to the store itself,
-so the run is kept when every tab has been closed; a killed server takes its child with
-it (the child exits when its stdin pipe closes).
+server, ``st.cache_resource``) is a scheduler over the persistent run queue
+(:class:`minituner.finetune.queue.JobQueue`, ``queue.sqlite3`` in the run cache): a
+submitted job waits in order until one of the K slots is free (K:
+:func:`minituner.finetune.capacity.max_runs`, ``MINITUNER_MAX_RUNS``), then trains in a
+:class:`minituner.finetune.worker.TrainingProcess` whose reader thread folds each typed
+event into that job's :class:`LiveState` under a lock and bumps ``version``. Sessions
+only read. The child saves a completed run to the store itself, so a closed tab loses
+nothing: the server trains the run and the tab finds it again (same browser: the owner
+token). A child that fails ends its job as ``failed`` and the next job starts. A killed
+server takes its children with it; the next server on the cache reports their jobs as
+interrupted and starts the waiting ones. A thread beats the heartbeat of this server's
+jobs, sweeps dead servers' jobs and claims waiting jobs whenever a slot is free.
 
-Before a child starts, :func:`preflight` runs the checks the CLI runs before training
+Before a job is queued, :func:`preflight` runs the checks the CLI runs before training
 (device, base model found, rank, taught verb, run cache writable, evaluation limit), so
 a run that could not be stored is refused with one line instead of trained in vain.
-Only the run's owner (a token the browser keeps, see app/live.py) can stop it: the check
-is here, on the server, not only in what the page shows.
+Only a job's owner (a token the browser keeps, see app/live.py) can stop it: the check is
+here, on the server, not only in what the page shows.
 
-Nothing here calls Streamlit.
+The API for the pages (nothing here calls Streamlit):
+
+* ``submit(cfg, owner, device, cache, eval_limit, nickname=None) -> int``: queue a run
+  (pre-flight first; ``ValueError`` with one line, ``QueueFull`` beyond 2 waiting runs
+  of one owner); returns the job id. It starts at once when a slot is free.
+* ``snapshot(job_id)``: that job's :class:`LiveState` (``status`` waiting | running |
+  completed | stopped | diverged | error | interrupted; ``position`` and ``eta_s`` while
+  waiting; ``run_id`` when stored). A job this server does not train is read from the
+  queue (no curves).
+* ``snapshot_for(owner)``: the run an owner's tab follows: its training job, else its
+  first waiting one, else its latest; ``LiveState()`` when it has none.
+* ``jobs(owner=None, since=today)``: every job as a :class:`LiveState` (the Class page).
+* ``stop(job_id, owner)``: stop the owner's training job, or take its waiting job out of
+  the queue; False for anyone else. ``set_nickname(owner, name)``.
+* ``version``: moves on every change of any job (a tab redraws only when it moved).
+
+Until the Train and Teach pages use those, the single-run API they call still works:
+``start(cfg, owner, ...) -> bool`` trains now or refuses (False) when every slot is
+taken or jobs are waiting; ``snapshot()`` is the latest run this server started (the
+running one first); ``stop(owner)`` stops that owner's runs; ``busy`` is "a run trains".
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
+import socket
 import threading
 import time
-from dataclasses import dataclass, field
+import uuid
 from pathlib import Path
 
+from app.run_state import RUNNING, WAITING, LiveState, fold, from_job, label_of, today
+from minituner.finetune import capacity
 from minituner.finetune import events as ev
+from minituner.finetune import queue as q
 from minituner.finetune.config import FinetuneConfig
 from minituner.finetune.worker import TrainingProcess
 
-RUNNING = "running"
+__all__ = ["RUNNING", "WAITING", "LiveState", "Trainer", "fold", "preflight", "today"]
 
-
-@dataclass(frozen=True)
-class LiveState:
-    """What every tab shows about the current (or last) live run."""
-
-    version: int = 0  # bumped by every event: a tab redraws only when it changed
-    status: str = "idle"  # idle | running | completed | stopped | diverged | error
-    owner: str = ""  # the session that started it (only it gets the Stop button)
-    config: dict = field(default_factory=dict)
-    label: str = ""
-    device: str = ""
-    step: int = 0
-    steps: int = 0
-    trainable_params: int = 0
-    total_params: int = 0
-    loss_steps: tuple[int, ...] = ()
-    losses: tuple[float, ...] = ()
-    evals: tuple[ev.Evaluation, ...] = ()
-    tokens_per_s: float = 0.0
-    message: str = ""
-    run_id: str = ""  # set once the finished run is in the store
-    started_at: float = 0.0
-    elapsed_s: float = 0.0
-    phase: str = ""  # what the child is doing now
-    pid: int = 0
-
-    @property
-    def running(self) -> bool:
-        return self.status == RUNNING
-
-
-def fold(s: LiveState, e: ev.Event) -> LiveState:
-    """The state after one event (pure: the reader thread and the tests use it)."""
-    r = dataclasses.replace
-    match e:
-        case ev.Phase(name=name):
-            s = r(s, phase=name)
-        case ev.Started():
-            s = r(s, device=e.device, trainable_params=e.trainable_params,
-                  total_params=e.total_params, steps=e.steps, label=e.label)  # fmt: skip
-        case ev.Step():
-            s = r(s, step=e.step, loss_steps=(*s.loss_steps, e.step),
-                  losses=(*s.losses, e.loss), tokens_per_s=e.tokens_per_s)  # fmt: skip
-        case ev.Evaluation():
-            s = r(s, evals=(*s.evals, e))
-        case ev.Finished():
-            s = r(s, status=ev.STATUS[type(e)], run_id=e.run_id, phase="")
-        case ev.Stopped() | ev.Diverged() | ev.Failed():
-            s = r(s, status=ev.STATUS[type(e)], message=e.message, phase="")
-    return r(s, version=s.version + 1, elapsed_s=time.perf_counter() - s.started_at)
+TICK_S = 1.0  # the scheduler thread's tick: claims, heartbeats
+RECOVER_S = 15.0  # how often it looks for dead servers' jobs
+END_STATE = {"completed": "finished", "stopped": "stopped", "diverged": "failed", "error": "failed"}
+log = logging.getLogger(__name__)
 
 
 class Trainer:
-    """The server's single live run (thread-safe)."""
+    """The server's queue of runs and its up to K training children (thread-safe).
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._state = LiveState()
-        self._proc: TrainingProcess | None = None
+    Args:
+        db: the queue file (default: ``queue.sqlite3`` in the run cache). One that cannot
+            be used (corrupt, another program's) is reported in ``problems`` and the
+            server queues in a temporary file instead: the app never fails for it.
+        max_runs: K (default: ``MINITUNER_MAX_RUNS``, else what fits: 1 on a CPU). A bad
+            ``MINITUNER_MAX_RUNS`` is reported in ``problems`` and the default is used.
+        device: where runs train ("auto": the GPU when there is one).
+        background: run the scheduler thread (claims, heartbeats, dead servers' jobs).
+    """
+
+    def __init__(self, db: str | os.PathLike | None = None, max_runs: int | None = None,
+                 device: str = "auto", background: bool = True) -> None:  # fmt: skip
+        self._lock = threading.RLock()
+        self._states: dict[int, LiveState] = {}  # jobs this server trains or trained
+        self._procs: dict[int, TrainingProcess] = {}  # the running ones
+        self._version = 0
+        self._latest = 0  # the job this server started last (the single-run snapshot())
+        self.problems: list[str] = []  # one line each, for the pages to show
+        self.server = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.device = device
+        self.queue = self._open(db)
+        self.interrupted = self.queue.recover()  # jobs a dead server left training
+        if max_runs is not None:
+            if isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1:
+                raise ValueError(f"max_runs must be a whole number >= 1, got {max_runs!r}")
+            self.max_runs = max_runs
+        else:
+            try:
+                self.max_runs = capacity.max_runs(device)
+            except ValueError as e:
+                self.problems.append(f"{e}; using the default")
+                self.max_runs = capacity.default_max_runs(device)
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+        if background:
+            threading.Thread(target=self._loop, name="minituner-scheduler", daemon=True).start()
+        self._wake.set()
+
+    def _open(self, db) -> q.JobQueue:
+        try:
+            return q.JobQueue(db)
+        except q.QueueError as e:
+            import tempfile
+
+            self.problems.append(f"{e}. Until then runs queue in memory and a restart loses them.")
+            log.warning("%s", e)
+            return q.JobQueue(Path(tempfile.mkdtemp(prefix="minituner-queue-")) / q.FILE_NAME)
 
     # ------------------------------------------------------------------ queries
-    def snapshot(self) -> LiveState:
-        """The current state (immutable; the elapsed time is brought up to now)."""
-        with self._lock:
-            s = self._state
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def busy(self) -> bool:
+        """Whether a run trains on this server."""
+        return bool(self._procs)
+
+    def free_slots(self) -> int:
+        return max(0, self.max_runs - len(self._procs))
+
+    def _now(self, s: LiveState) -> LiveState:
+        s = dataclasses.replace(s, version=self._version)
         if s.running:
             s = dataclasses.replace(s, elapsed_s=time.perf_counter() - s.started_at)
         return s
 
-    @property
-    def version(self) -> int:
-        return self._state.version
+    def snapshot(self, job_id: int | None = None) -> LiveState:
+        """Job ``job_id``'s state; without it, the run this server started last (its
+        newest running one first). Immutable; the elapsed time is brought up to now."""
+        with self._lock:
+            if job_id is None:
+                running = [j for j in self._procs if j in self._states]
+                job_id = max(running) if running else self._latest
+                if not job_id:
+                    return LiveState(version=self._version)
+            s = self._states.get(job_id)
+            if s is not None:
+                return self._now(s)
+        job = self.queue.get(job_id)
+        return LiveState(version=self._version) if job is None else self._from_queue(job)
 
-    @property
-    def busy(self) -> bool:
-        return self._state.running
+    def _from_queue(self, job: q.Job, waiting: list[q.Job] | None = None) -> LiveState:
+        if job.state != "waiting":
+            return from_job(job, self._version)
+        order = waiting if waiting is not None else self.queue.waiting()
+        ids = [j.id for j in order]
+        if job.id not in ids:
+            return from_job(job, self._version)
+        i = ids.index(job.id)
+        return from_job(job, self._version, position=i + 1, eta_s=self._etas(order)[i])
+
+    def _etas(self, waiting: list[q.Job]) -> list[float]:
+        per_step = capacity.seconds_per_step(self.queue.durations())
+        now = time.time()
+        left = [j.steps * per_step - (now - j.started_at) for j in self.queue.training()]
+        return capacity.start_estimates(left, [j.steps * per_step for j in waiting], self.max_runs)
+
+    def snapshot_for(self, owner: str) -> LiveState:
+        """The run ``owner``'s tab follows: its training job (the newest), else its first
+        waiting job, else its latest job; ``LiveState()`` when it has none today."""
+        mine = [s for s in self.jobs(owner=owner) if owner]
+        for pick in (
+            [s for s in mine if s.running][-1:],
+            [s for s in mine if s.status == WAITING][:1],
+            mine[-1:],
+        ):
+            if pick:
+                return pick[0]
+        return LiveState(version=self._version)
+
+    def jobs(self, owner: str | None = None, since: float | None = None) -> list[LiveState]:
+        """Every job submitted since ``since`` (default: today), of ``owner`` if given,
+        in submission order; the ones this server trains with their live state."""
+        rows = self.queue.jobs(today() if since is None else since, owner)
+        waiting = self.queue.waiting()
+        out = []
+        for job in rows:
+            with self._lock:
+                s = self._states.get(job.id)
+            if s is not None:
+                out.append(self._now(dataclasses.replace(s, nickname=job.nickname)))
+            else:
+                out.append(self._from_queue(job, waiting))
+        return out
+
+    def set_nickname(self, owner: str, nickname: str) -> str:
+        name = self.queue.set_nickname(owner, nickname)
+        self._bump()
+        return name
 
     # ------------------------------------------------------------------ control
-    def start(
-        self,
-        cfg: FinetuneConfig,
-        owner: str,
-        device: str = "auto",
-        cache: str | None = None,
-        eval_limit: int | None = None,
-    ) -> bool:
-        """Start training ``cfg`` in a child process. False when a run is already going.
+    def submit(self, cfg: FinetuneConfig, owner: str, device: str | None = None,
+               cache: str | None = None, eval_limit: int | None = None,
+               nickname: str | None = None) -> int:  # fmt: skip
+        """Queue ``cfg`` for ``owner``; returns the job id (it starts at once if a slot
+        is free).
 
         Raises:
-            ValueError: the run could not be trained or stored (:func:`preflight`, one
-                line); nothing was started and the state is unchanged.
+            ValueError: the run could not be trained or stored (:func:`preflight`), or
+                ``owner`` already has runs waiting (:class:`~minituner.finetune.queue.QueueFull`);
+                one line, nothing queued.
         """
-        if self._state.running:
+        device = self.device if device is None else device
+        preflight(cfg, device, cache, eval_limit)
+        job = self.queue.submit(owner, _payload(cfg, device, cache, eval_limit), nickname)
+        self._bump()
+        self.pump()
+        return job.id
+
+    def start(self, cfg: FinetuneConfig, owner: str, device: str | None = None,
+              cache: str | None = None, eval_limit: int | None = None) -> bool:  # fmt: skip
+        """The single-run API: train ``cfg`` now, or False when every slot is taken or
+        runs are waiting (nothing queued then).
+
+        Raises:
+            ValueError: the run could not be trained or stored (:func:`preflight`).
+        """
+        device = self.device if device is None else device
+        if self.free_slots() == 0:
             return False
         preflight(cfg, device, cache, eval_limit)
         with self._lock:
-            if self._state.running:
+            if self.free_slots() == 0 or self.queue.waiting():
                 return False
-            self._state = LiveState(
-                version=self._state.version + 1,
-                status=RUNNING,
-                owner=owner,
-                config=cfg.to_dict(),
-                label=cfg.label(),
-                steps=cfg.steps,
-                started_at=time.perf_counter(),
-                phase="starting the training process",
-            )
-            try:
-                self._proc = TrainingProcess(
-                    cfg.to_dict(), self._on_event, device, cache=cache, eval_limit=eval_limit
-                )
-            except OSError as e:
-                self._state = fold(self._state, ev.Failed(f"cannot start training: {e}"))
-                return True
-            self._state = dataclasses.replace(self._state, pid=self._proc.pid)
+            job = self.queue.submit(owner, _payload(cfg, device, cache, eval_limit))
+            job = self.queue.claim(self.server, job_id=job.id)
+            if job is None:  # another server on the cache took it: it trains there
+                return False
+            self._launch(job)
             return True
 
-    def stop(self, owner: str) -> bool:
-        """Ask the child to stop after the current step, if ``owner`` started the run
-        (a stale Stop of another session is refused); True when it was asked. A child
-        that does not end within the worker's grace period is terminated, then killed."""
+    def pump(self) -> list[int]:
+        """Start waiting jobs while slots are free; returns the ids started."""
+        started = []
         with self._lock:
-            p, s = self._proc, self._state
-        if p is None or not s.running or not owner or owner != s.owner:
+            while self.free_slots() > 0 and not self._closed.is_set():
+                job = self.queue.claim(self.server)
+                if job is None:
+                    break
+                self._launch(job)
+                started.append(job.id)
+        return started
+
+    def _launch(self, job: q.Job) -> None:
+        cfg = job.config
+        self._states[job.id] = LiveState(
+            version=self._version + 1, status=RUNNING, owner=job.owner, config=cfg,
+            label=label_of(cfg), steps=job.steps, started_at=time.perf_counter(),
+            phase="starting the training process", job_id=job.id, nickname=job.nickname,
+            submitted_at=job.submitted_at,
+        )  # fmt: skip
+        self._latest = job.id
+        self._bump()
+
+        def on_event(e: ev.Event, job_id: int = job.id) -> None:
+            self._on_event(job_id, e)
+
+        try:
+            proc = TrainingProcess(
+                cfg, on_event, job.job.get("device", "auto"), cache=job.job.get("cache"),
+                eval_limit=job.job.get("eval_limit"),
+            )  # fmt: skip
+        except OSError as e:
+            self._on_event(job.id, ev.Failed(f"cannot start training: {e}"))
+            return
+        self._procs[job.id] = proc
+        self._states[job.id] = dataclasses.replace(self._states[job.id], pid=proc.pid)
+
+    def _on_event(self, job_id: int, e: ev.Event) -> None:
+        with self._lock:
+            s = self._states[job_id] = fold(self._states[job_id], e)
+            if isinstance(e, ev.TERMINAL):
+                self._procs.pop(job_id, None)
+            self._bump()
+        if isinstance(e, ev.TERMINAL):
+            try:
+                self.queue.finish(job_id, END_STATE[s.status], self.server, s.run_id, s.message)
+            except Exception as err:  # noqa: BLE001 - the run is stored; the queue row lags
+                log.warning("the run queue did not record job %s's end: %s", job_id, err)
+            self._wake.set()  # the next job starts (from the scheduler thread)
+
+    def _bump(self) -> None:
+        with self._lock:
+            self._version += 1
+
+    def stop(self, job_id: int | str, owner: str | None = None) -> bool:
+        """``stop(job_id, owner)``: stop ``owner``'s training job (after the current step;
+        a child that does not end within the worker's grace period is terminated, then
+        killed) or take its waiting job out of the queue. True when done or asked.
+        ``stop(owner)`` (the single-run API): stop every run of ``owner`` on this server.
+        Anyone else's request (a stale Stop of another session) is refused."""
+        if owner is None:  # the single-run API: stop(owner)
+            owner = job_id if isinstance(job_id, str) else ""
+            with self._lock:
+                mine = [j for j in self._procs if self._states[j].owner == owner]
+            return bool(owner) and any([self.stop(j, owner) for j in mine])
+        if not owner or not isinstance(job_id, int):
             return False
-        p.stop()
-        return True
+        with self._lock:
+            p, s = self._procs.get(job_id), self._states.get(job_id)
+        if p is not None and s is not None and s.running and s.owner == owner:
+            p.stop()
+            return True
+        if self.queue.cancel(job_id, owner):
+            self._bump()
+            return True
+        return False
 
     def abort(self) -> None:
-        """Stop the run whoever owns it (server shutdown, tests)."""
-        p = self._proc
-        if p is not None:
+        """Stop every run of this server, whoever owns it (server shutdown, tests)."""
+        for p in list(self._procs.values()):
             p.stop()
 
     def kill(self) -> None:
-        """End the child now (server shutdown, tests)."""
-        p = self._proc
-        if p is not None:
+        """End every child now (server shutdown, tests)."""
+        for p in list(self._procs.values()):
             p.kill()
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait until the run has ended (its terminal event is in the state)."""
-        p = self._proc
-        return True if p is None else p.join(timeout)
+        """Wait until every run of this server has ended (its terminal event is in)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for p in list(self._procs.values()):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not p.join(left):
+                return False
+        return True
 
-    def _on_event(self, e: ev.Event) -> None:
-        with self._lock:
-            self._state = fold(self._state, e)
+    def close(self) -> None:
+        """Stop the scheduler thread (running children go on to their end)."""
+        self._closed.set()
+        self._wake.set()
+
+    def _loop(self) -> None:
+        beat = recover = time.monotonic()
+        while not self._closed.is_set():
+            self._wake.wait(TICK_S)
+            self._wake.clear()
+            if self._closed.is_set():
+                return
+            try:
+                now = time.monotonic()
+                if now - beat >= q.HEARTBEAT_S and self._procs:
+                    self.queue.beat(self.server)
+                    beat = now
+                if now - recover >= RECOVER_S:
+                    if self.queue.recover():
+                        self._bump()
+                    recover = now
+                self.pump()
+            except Exception as e:  # noqa: BLE001 - a busy or broken file: retry next tick
+                log.warning("the run queue: %s", e)
+
+
+def _payload(cfg: FinetuneConfig, device: str, cache, eval_limit) -> dict:
+    cache = None if cache is None else str(cache)
+    return {"config": cfg.to_dict(), "device": device, "cache": cache, "eval_limit": eval_limit}
 
 
 def preflight(
