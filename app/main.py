@@ -36,6 +36,7 @@ PAGES = [
     ),
     st.Page(VIEWS / "train.py", title="Train", icon=":material/model_training:", url_path="train"),
     st.Page(VIEWS / "teach.py", title="Teach a verb", icon=":material/school:", url_path="teach"),
+    st.Page(VIEWS / "class_page.py", title="Class", icon=":material/groups:", url_path="class"),
     st.Page(
         VIEWS / "compare.py", title="Compare runs", icon=":material/show_chart:", url_path="compare"
     ),
