@@ -93,11 +93,11 @@ def _nice(v: float) -> bool:
 
 
 def ragged_ticks(fig: dict) -> list[tuple[str, float]]:
-    """Fixed tick positions (tickvals, dtick, tick0) of a linear axis that are not nice
-    numbers (a log axis' tickvals are data, such as the ranks, and fine)."""
+    """Fixed tick positions (tickvals, dtick, tick0) of a numeric axis that are not nice
+    numbers (a log axis' dtick such as "D1" is plotly's own and fine)."""
     out = []
     for name, ax in _axes(fig).items():
-        if ax.get("type") in ("log", "category"):
+        if ax.get("type") == "category":
             continue
         for v in ax.get("tickvals") or []:
             if isinstance(v, (int, float)) and not _nice(v):

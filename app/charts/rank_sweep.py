@@ -30,6 +30,30 @@ def _rgba(color: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
+def nice_log_ticks(values: Sequence[float]) -> list[float]:
+    """1, 2 and 5 times the powers of ten from just below the smallest of ``values`` to
+    just above the largest (on a log axis plotly would otherwise line the ticks up with
+    the other axis' grid: 145.333k, 57.9703k, ...)."""
+    pos = [float(v) for v in values if v > 0]
+    if not pos:
+        return []
+    lo, hi = min(pos), max(pos)
+    out = []
+    for k in range(math.floor(math.log10(lo)), math.floor(math.log10(hi)) + 2):
+        out += [m * 10.0**k for m in (1, 2, 5)]
+    below = max((v for v in out if v <= lo), default=lo)
+    above = min((v for v in out if v >= hi), default=hi)
+    return [v for v in out if below <= v <= above]
+
+
+def _si(v: float) -> str:
+    """2000 -> "2k", 5e6 -> "5M": the tick labels of :func:`nice_log_ticks`."""
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if v >= size:
+            return f"{v / size:.3g}{suffix}"
+    return f"{v:.3g}"
+
+
 def _lora_name(metric: str) -> str:
     return f"LoRA: {METRIC_NAMES[metric].removesuffix(' (%)')} (mean)"
 
@@ -60,9 +84,9 @@ def rank_elbow(
             x=r + r[::-1],
             y=[a + b for a, b in zip(m, s, strict=True)]
             + [a - b for a, b in zip(m, s, strict=True)][::-1],
+            mode="none",
             fill="toself",
             fillcolor=_rgba(metric_color("irregular_accuracy"), 0.18),
-            line=dict(width=0),
             hoverinfo="skip",
             name="± 1 std over seeds",
         )
@@ -125,26 +149,26 @@ def rank_elbow(
             line_color=TICK_COLOR,
             line_width=2,
         )
-        i = r.index(int(elbow_r)) if int(elbow_r) in r else None
-        fig.add_annotation(
+        fig.add_annotation(  # above the plot, where no line can run through it
             x=math.log10(int(elbow_r)),
-            y=(m[i] if i is not None else 50),
+            y=1.0,
+            yref="paper",
+            yanchor="bottom",
             text=f"elbow r = {elbow_r}",
-            showarrow=True,
-            arrowhead=2,
-            ax=60,
-            ay=40,
+            showarrow=False,
             font=dict(size=FONT_SIZE, color=TICK_COLOR),
         )
     fig.update_xaxes(
         title_text="LoRA rank r (log scale)", type="log", tickvals=r, ticktext=[str(v) for v in r]
     )
     fig.update_yaxes(title_text="accuracy (%)", range=[0, 105], dtick=20, secondary_y=False)
-    if params is not None:  # 1k, 2k, 5k, ...: plotly's log ticks with SI prefixes
+    if params is not None:  # 1k, 2k, 5k, ... (left alone, plotly matches the left grid)
+        ticks = nice_log_ticks([int(p) for p in params])
         fig.update_yaxes(
             title_text="trainable parameters (log scale)",
             type="log",
-            tickformat="~s",
+            tickvals=ticks,
+            ticktext=[_si(v) for v in ticks],
             secondary_y=True,
             showgrid=False,
         )
@@ -153,15 +177,15 @@ def rank_elbow(
 
 
 def targets_bars(summary: Mapping[str, Aggregate]) -> go.Figure:
-    """Accuracy (± std) per choice of target modules, trainable parameters as text; the
-    regular-verb control next to it when the summary has it."""
+    """Accuracy (± std) per choice of target modules, its trainable parameters in the
+    tick label; the regular-verb control next to it when the summary has it."""
     names = list(summary)
     aggs = list(summary.values())
     series = [(lambda a: a.irregular_accuracy, "irregular verbs (task)", "irregular_accuracy")]
     if all(a.regular_accuracy is not None for a in aggs):
         series.append((lambda a: a.regular_accuracy, "regular verbs (control)", "regular_accuracy"))
     fig = go.Figure()
-    for i, (figure, label, metric) in enumerate(series):
+    for figure, label, metric in series:
         fig.add_trace(
             go.Bar(
                 x=names,
@@ -173,14 +197,16 @@ def targets_bars(summary: Mapping[str, Aggregate]) -> go.Figure:
                     thickness=2,
                 ),
                 marker_color=metric_color(metric),
-                text=[f"{a.trainable_params:,} params" for a in aggs] if i == 0 else None,
-                textposition="inside",
                 name=label,
                 meta={"metric": metric},
             )
         )
     fig.update_layout(barmode="group")
-    fig.update_xaxes(title_text="LoRA target modules")
+    fig.update_xaxes(  # the parameter count under each choice, not over the error bars
+        title_text="LoRA target modules (trainable parameters)",
+        tickvals=names,
+        ticktext=[f"{n} ({_si(a.trainable_params)})" for n, a in zip(names, aggs, strict=True)],
+    )
     fig.update_yaxes(title_text="accuracy (%)", range=[0, 105], dtick=20)
     legend_below(fig)
     return style(fig, "Which layers to adapt", height=500)

@@ -11,6 +11,8 @@ from app.charts.common import (
     CATEGORY_PALETTE,
     METHOD_COLORS,
     METRIC_NAMES,
+    TICK_COLOR,
+    TICK_FONT_SIZE,
     legend_below,
     metric_color,
     run_color,
@@ -44,6 +46,13 @@ def _run_looks(
     return out
 
 
+def short_run(label: str) -> str:
+    """A run label's method part and run id ("full · 1f93a7"): two long labels side by
+    side over half-width panels would run into each other."""
+    parts = label.split(" · ")
+    return f"{parts[0]} · {parts[-1]}" if len(parts) > 2 else label
+
+
 DASHES = ("solid", "dash", "dot", "dashdot")  # runs told apart by line as well as colour
 SYMBOLS = ("circle", "square", "diamond", "triangle-up")
 
@@ -62,7 +71,7 @@ def spectrum_side_by_side(
     fig = make_subplots(
         rows=1,
         cols=len(labels),
-        subplot_titles=labels,
+        subplot_titles=[short_run(label) for label in labels],
         shared_yaxes=True,
         horizontal_spacing=0.06,
     )
@@ -93,7 +102,7 @@ def spectrum_side_by_side(
     fig.update_yaxes(type="log", exponentformat="power", dtick=1)  # 10⁻³, 10⁻², ...
     y_title = "σᵢ / σ₁ (share of the largest)" if normalized else "singular value σᵢ (weight units)"
     fig.update_yaxes(title_text=y_title, row=1, col=1)
-    fig.update_xaxes(title_text="index i (largest first)", type="log", dtick="D1")
+    fig.update_xaxes(title_text="index i (largest first)", type="log", dtick="D2")
     return style(fig, "Singular values of ΔW per layer", height=520)
 
 
@@ -123,7 +132,7 @@ def cumulative_energy(
             )
         )
     fig.add_hline(y=90, line_dash="dash", line_color="#555", annotation_text="90% of Σσᵢ²")
-    fig.update_xaxes(title_text="top-k singular values (k)", type="log", dtick="D1")
+    fig.update_xaxes(title_text="top-k singular values (k)", type="log", dtick="D2")
     fig.update_yaxes(title_text="cumulative energy (% of Σσᵢ²)", range=[0, 102], dtick=20)
     legend_below(fig)
     return style(fig, "Cumulative energy of ΔW", height=520)
@@ -228,16 +237,18 @@ def subspace_heatmaps(grids: Mapping[str, Sequence[Sequence[float]]], layer: str
             row=row,
             col=1,
         )
-        fig.update_yaxes(
-            title_text="top-i directions of A (i)", autorange="reversed", row=row, col=1
-        )
+        fig.update_yaxes(title_text="i (top of A)", autorange="reversed", row=row, col=1)
         fig.update_xaxes(title_text="top-j directions of B (j)", row=row, col=1)
     fig.update_layout(
         coloraxis=dict(
             colorscale="Viridis",
             cmin=0.0,
             cmax=1.0,
-            colorbar=dict(title=dict(text="φ (0 to 1)"), dtick=0.2),
+            colorbar=dict(
+                title=dict(text="φ (0 to 1)"),
+                dtick=0.2,
+                tickfont=dict(size=TICK_FONT_SIZE, color=TICK_COLOR),
+            ),
         )
     )
     title = f"Subspace similarity φ(i, j), {short_layer(layer)}"

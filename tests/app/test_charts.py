@@ -211,6 +211,17 @@ def test_rank_elbow_marks_the_elbow_on_a_log_axis():
     assert names(named)[-1] == "other" and named.data[-1].meta is None
 
 
+@given(st.lists(st.integers(min_value=1, max_value=10**9), min_size=1, max_size=8))
+def test_parameter_ticks_are_nice_and_span_the_values(values):
+    """Issue 24: the right axis of the rank sweep read 145.333k, 57.9703k, ... (plotly
+    lined its log ticks up with the accuracy grid)."""
+    ticks = rank_sweep.nice_log_ticks(values)
+    assert ticks == sorted(ticks) and ticks[0] <= min(values) and ticks[-1] >= max(values)
+    for t in ticks:
+        mantissa = t / 10 ** np.floor(np.log10(t))
+        assert min(abs(mantissa - m) for m in (1, 2, 5)) < 1e-9
+
+
 def test_targets_bars():
     fig = rank_sweep.targets_bars(
         {"q,v": aggregate(irregular_accuracy=(0.9, 0.02), trainable_params=16384),
@@ -218,6 +229,7 @@ def test_targets_bars():
     )  # fmt: skip
     assert list(fig.data[0].x) == ["q,v", "all"]
     assert list(fig.data[0].y) == pytest.approx([90.0, 95.0])
+    assert list(fig.layout.xaxis.ticktext) == ["q,v (16.4k)", "all (60k)"]  # parameters
     assert len(fig.data) == 1  # no regular-verb figures given
     both = rank_sweep.targets_bars(
         {"q,v": aggregate(irregular_accuracy=(0.9, 0.0), regular_accuracy=(0.7, 0.0))}
