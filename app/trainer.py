@@ -1,18 +1,16 @@
 """The server's runs: a queue of training jobs, up to K child processes, one live state each.
 
 Training never happens in the Streamlit server's interpreter. :class:`Trainer` (one per
-server, ``st.cache_resource``) is a scheduler over the persistent run queue
-(:class:`minituner.finetune.queue.JobQueue`, ``queue.sqlite3`` in the run cache): a
-submitted job waits in order until one of the K slots is free (K:
-:func:`minituner.finetune.capacity.max_runs`, ``MINITUNER_MAX_RUNS``), then trains in a
-:class:`minituner.finetune.worker.TrainingProcess` whose reader thread folds each typed
-event into that job's :class:`LiveState` under a lock and bumps ``version``. Sessions
-only read. The child saves a completed run to the store itself, so a closed tab loses
-nothing: the server trains the run and the tab finds it again (same browser: the owner
-token). A child that fails ends its job as ``failed`` and the next job starts. A killed
-server takes its children with it; the next server on the cache reports their jobs as
-interrupted and starts the waiting ones. A thread beats the heartbeat of this server's
-jobs, sweeps dead servers' jobs and claims waiting jobs whenever a slot is free.
+server, ``st.cache_resource``) schedules the persistent run queue
+(:class:`minituner.finetune.queue.JobQueue`): a job waits in order until one of K slots
+is free (:mod:`minituner.finetune.capacity`: ``MINITUNER_MAX_RUNS``, else 1 on a CPU and
+what fits on a GPU by a run's measured memory), then trains in a
+:class:`~minituner.finetune.worker.TrainingProcess` whose events are folded into that
+job's :class:`LiveState`. The child stores a completed run itself, so a closed tab loses
+nothing (the same browser finds it again: the owner token). A failed child ends its job
+as ``failed`` and the next starts; a killed server takes its children with it, and the
+next server on the cache reports their jobs interrupted and starts the waiting ones. A
+thread beats this server's heartbeat, sweeps dead servers' jobs and claims waiting jobs.
 
 Before a job is queued, :func:`preflight` runs the checks the CLI runs before training
 (device, base model found, rank, taught verb, run cache writable, evaluation limit), so
@@ -61,7 +59,6 @@ from minituner.finetune.config import FinetuneConfig
 from minituner.finetune.worker import TrainingProcess
 
 __all__ = ["RUNNING", "WAITING", "LiveState", "Trainer", "fold", "preflight", "today"]
-
 TICK_S = 1.0  # the scheduler thread's tick: claims, heartbeats
 RECOVER_S = 15.0  # how often it looks for dead servers' jobs
 END_STATE = {"completed": "finished", "stopped": "stopped", "diverged": "failed", "error": "failed"}
@@ -93,16 +90,12 @@ class Trainer:
         self.device = device
         self.queue = self._open(db)
         self.interrupted = self.queue.recover()  # jobs a dead server left training
-        if max_runs is not None:
-            if isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1:
-                raise ValueError(f"max_runs must be a whole number >= 1, got {max_runs!r}")
-            self.max_runs = max_runs
-        else:
-            try:
-                self.max_runs = capacity.max_runs(device)
-            except ValueError as e:
-                self.problems.append(f"{e}; using the default")
-                self.max_runs = capacity.default_max_runs(device)
+        self.max_runs, problem = capacity.choose(max_runs, device)
+        self.problems += [problem] if problem else []
+        # K from the measured memory of a run, on a GPU, unless it was given
+        self._gpu_free = None
+        if max_runs is None and not problem and capacity.max_runs_from_env() is None:
+            self._gpu_free = capacity.gpu_free_bytes() if capacity.on_gpu(device) else None
         self._wake = threading.Event()
         self._closed = threading.Event()
         if background:
@@ -291,7 +284,16 @@ class Trainer:
                 self.queue.finish(job_id, END_STATE[s.status], self.server, s.run_id, s.message)
             except Exception as err:  # noqa: BLE001 - the run is stored; the queue row lags
                 log.warning("the run queue did not record job %s's end: %s", job_id, err)
+            if s.run_id and self._gpu_free:
+                self._learn_memory(job_id, s.run_id)
             self._wake.set()  # the next job starts (from the scheduler thread)
+
+    def _learn_memory(self, job_id: int, run_id: str) -> None:
+        """K from a finished GPU run's measured peak: how many such runs fit in the GPU
+        memory that was free when this server started (capped at 8)."""
+        job = self.queue.get(job_id)
+        peak = capacity.stored_peak(run_id, job.job.get("cache") if job else None)
+        self.max_runs = capacity.fits(self._gpu_free, peak) if peak else self.max_runs
 
     def _bump(self) -> None:
         with self._lock:
@@ -322,13 +324,11 @@ class Trainer:
 
     def abort(self) -> None:
         """Stop every run of this server, whoever owns it (server shutdown, tests)."""
-        for p in list(self._procs.values()):
-            p.stop()
+        _ = [p.stop() for p in list(self._procs.values())]
 
     def kill(self) -> None:
         """End every child now (server shutdown, tests)."""
-        for p in list(self._procs.values()):
-            p.kill()
+        _ = [p.kill() for p in list(self._procs.values())]
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until every run of this server has ended (its terminal event is in)."""

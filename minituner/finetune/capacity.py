@@ -24,6 +24,7 @@ import os
 import shutil
 import statistics
 import subprocess
+from pathlib import Path
 
 ENV_VAR = "MINITUNER_MAX_RUNS"
 MAX_RUNS = 64
@@ -102,6 +103,44 @@ def max_runs(device: str = "auto", run_bytes: int | None = None, env: dict | Non
     """
     n = max_runs_from_env(env)
     return n if n is not None else default_max_runs(device, run_bytes)
+
+
+def choose(max_runs: int | None = None, device: str = "auto") -> tuple[int, str | None]:
+    """A server's K and the problem to report, if any: ``max_runs`` when given, else
+    ``MINITUNER_MAX_RUNS``, else :func:`default_max_runs`; a bad variable is reported
+    (one line) and the default used, so the app still starts.
+
+    Raises:
+        ValueError: ``max_runs`` given and not a whole number >= 1.
+    """
+    if max_runs is not None:
+        if isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1:
+            raise ValueError(f"max_runs must be a whole number >= 1, got {max_runs!r}")
+        return max_runs, None
+    try:
+        return max_runs_from_env() or default_max_runs(device), None
+    except ValueError as e:
+        return default_max_runs(device), f"{e}; using the default"
+
+
+def on_gpu(device: str) -> bool:
+    from minituner.minigpt.trainutil import resolve_device
+
+    return resolve_device(device).type == "cuda"
+
+
+def stored_peak(run_id: str, cache: str | None = None) -> int | None:
+    """A stored run's measured CUDA peak in bytes (its metrics.json), or None."""
+    from minituner.store.runs import RunStore
+
+    try:
+        info = (RunStore(roots=[Path(cache)]) if cache else RunStore()).find(run_id)
+    except (OSError, ValueError):
+        return None
+    memory = None if info is None else info.metrics.memory
+    if memory is None or memory.measured_on not in (None, "cuda"):
+        return None
+    return memory.measured.get("cuda_peak_allocated")
 
 
 # ---------------------------------------------------------------------- when a job starts

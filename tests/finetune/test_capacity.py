@@ -69,3 +69,24 @@ def test_start_estimates_follow_the_queue_order(remaining, waiting, slots):
     assert all(t == 0 for t in eta[:free])
     if len(waiting) > slots and not remaining:
         assert eta[slots] == min(max(0.0, w) for w in waiting[:slots])
+
+
+def test_a_server_reports_a_bad_variable_and_uses_the_default(monkeypatch):
+    monkeypatch.setenv(capacity.ENV_VAR, "all of them")
+    k, problem = capacity.choose(None, "cpu")
+    assert k == 1 and "MINITUNER_MAX_RUNS='all of them'" in problem and "default" in problem
+    assert capacity.choose(3, "cpu") == (3, None)  # given by the caller: the variable is not read
+    with pytest.raises(ValueError, match="max_runs"):
+        capacity.choose(0, "cpu")
+
+
+def test_the_measured_peak_of_a_stored_run_is_read_from_its_metrics():
+    """K on a GPU follows a finished run's measured CUDA peak (the shipped runs were
+    measured on a GPU); a run without one, or no run, gives None."""
+    from minituner.store.runs import RunStore
+
+    for info in RunStore().list()[:5]:
+        m = info.metrics.memory
+        want = m.measured.get("cuda_peak_allocated") if m and m.measured_on == "cuda" else None
+        assert capacity.stored_peak(info.run_id) == want
+    assert capacity.stored_peak("ffffffffffff") is None
