@@ -46,8 +46,10 @@ MAY_IMPORT: dict[str, set[str]] = {
     "store": BOTTOM | {"minigpt", "nf4", "lora", "analysis", "finetune"},
     "experiments": BOTTOM | {"minigpt", "nf4", "lora", "memory", "analysis", "finetune", "store"},
     "scale": BOTTOM | {"minigpt", "nf4", "lora", "memory"},
+    # the optional transformers/PEFT extra: MiniGPT as a transformers model, run export
+    "hf": BOTTOM | {"minigpt", "nf4", "lora", "finetune", "store"},
     "cli": BOTTOM
-    | {"minigpt", "nf4", "lora", "memory", "analysis", "finetune", "store", "experiments"},
+    | {"minigpt", "nf4", "lora", "memory", "analysis", "finetune", "store", "experiments", "hf"},
     "__init__": {"minigpt", "nf4", "lora", "finetune", "store"},  # the public API, lazily
     "__main__": {"cli"},
 }

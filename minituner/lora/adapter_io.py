@@ -1,6 +1,11 @@
-"""LoRA adapter files (minituner's own format): save_adapter, load_adapter.
+"""LoRA adapter files: save_adapter, load_adapter, in minituner's own layout or PEFT's.
 
-An adapter is a folder with ``adapter.safetensors`` (the ``<path>.lora_A`` / ``lora_B``
+``save_adapter(path, model)`` writes the own layout (below); ``format="peft"`` writes
+PEFT's (:mod:`minituner.lora.peft_format`: adapter_config.json + adapter_model.safetensors
+that ``peft.PeftModel.from_pretrained`` loads). ``load_adapter`` recognises either by its
+adapter_config.json (PEFT's has ``peft_type``, ours ``"format": "minituner-lora"``).
+
+The own layout is a folder with ``adapter.safetensors`` (the ``<path>.lora_A`` / ``lora_B``
 tensors, keyed like ``model.state_dict()``) and ``adapter_config.json`` (format name and
 version, r, alpha, rslora, dropout, the adapted module paths with their shapes, and the
 caller's own config). Each file is written atomically; nothing is ever unpickled, and a
@@ -18,11 +23,13 @@ import torch.nn as nn
 
 from minituner.io import atomic_write_text, check_tensors, load_tensors, read_json, save_tensors
 from minituner.lora.inject import leaf_name, linear_layers, lora_layers, wrap_layers
+from minituner.lora.peft_format import check_against_model, is_peft_config, read_peft, save_peft
 from minituner.lora.targets import check_hparams
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 _FORMAT, _VERSION = "minituner-lora", 1
+FORMATS = ("own", "peft")
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -37,18 +44,31 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_adapter(path: str | os.PathLike, model: nn.Module, config: dict | None = None) -> Path:
+def save_adapter(
+    path: str | os.PathLike,
+    model: nn.Module,
+    config: dict | None = None,
+    format: str = "own",
+    base_model: str | None = None,
+) -> Path:
     """Write ``path/adapter.safetensors`` and ``path/adapter_config.json``; return ``path``.
 
-    The JSON records r, alpha, rslora, dropout (null where layers differ), the targeted
+    ``format="peft"`` writes PEFT's layout instead (``adapter_model.safetensors``, PEFT's
+    key names and config; ``base_model`` goes into its ``base_model_name_or_path``, and
+    ``config`` is not written: PEFT's file has no place for it). The own layout's JSON records r, alpha, rslora, dropout (null where layers differ), the targeted
     attribute names, every adapted module path with its in/out features and
     hyperparameters, and ``config`` (any JSON-serializable dict of the caller's). Each file
     is written to a temporary file in the same folder and renamed into place.
 
     Raises:
         ValueError: if the model has no LoRA layers, ``config`` is not a JSON-serializable
-            dict, or ``path`` is a file.
+            dict, ``path`` is a file, ``format`` is unknown, or (PEFT) the layers differ in
+            r, alpha, dropout or rslora.
     """
+    if format not in FORMATS:
+        raise ValueError(f"unknown adapter format {format!r}; choose one of: {', '.join(FORMATS)}")
+    if format == "peft":
+        return save_peft(path, model, base_model)
     layers = lora_layers(model)
     if not layers:
         raise ValueError("the model has no LoRA layers to save; call add_lora(model, ...) first")
@@ -125,6 +145,13 @@ def _read_tensors(folder: Path, root: Path | None = None) -> dict[str, torch.Ten
     return load_tensors(file, root)
 
 
+def _is_peft(file: Path, root: Path | None) -> bool:
+    try:
+        return is_peft_config(read_json(file, root))
+    except ValueError:
+        return False  # _read_meta reports it
+
+
 def _shape(t) -> str:
     return f"({', '.join(str(int(s)) for s in t)})"
 
@@ -132,7 +159,8 @@ def _shape(t) -> str:
 def read_adapter(
     path: str | os.PathLike, root: str | os.PathLike | None = None
 ) -> tuple[dict, dict[str, torch.Tensor]]:
-    """The config and tensors of an adapter folder, checked against each other: every
+    """The config and tensors of an adapter folder (either layout; a PEFT one in the own
+    layout's terms, :func:`minituner.lora.peft_format.read_peft`), checked against each other: every
     module's lora_A and lora_B present with the shapes its config gives, floating point,
     non-empty and finite. Files are read by minituner.io (regular files, size-capped; inside
     ``root`` when given: a run store).
@@ -143,6 +171,9 @@ def read_adapter(
     """
     folder = Path(path)
     root = Path(root) if root is not None else None
+    file = folder / ADAPTER_CONFIG
+    if (file.exists() or file.is_symlink()) and _is_peft(file, root):
+        return read_peft(folder, root)
     meta = _read_meta(folder, root)
     tensors = _read_tensors(folder, root)
     modules: dict[str, dict] = meta["modules"]
@@ -166,7 +197,8 @@ def read_adapter(
 def load_adapter(
     path: str | os.PathLike, model: nn.Module, root: str | os.PathLike | None = None
 ) -> dict:
-    """Load an adapter saved by ``save_adapter`` into ``model`` (in place).
+    """Load an adapter saved by ``save_adapter`` (either format) or by PEFT into ``model``
+    (in place).
 
     A model without LoRA gets LoRA layers at the saved paths first (everything else frozen,
     as in ``add_lora``); a model that has LoRA must have it at exactly those paths, with the
@@ -184,6 +216,8 @@ def load_adapter(
 
     plain, lora = linear_layers(model)
     problems: list[str] = []
+    if meta.get("format") == "peft":
+        problems += check_against_model(meta, model, folder)
     if lora:
         problems += [
             f"adapter has {p} but the model has no LoRA layer there"
