@@ -108,6 +108,17 @@ def ragged_ticks(fig: dict) -> list[tuple[str, float]]:
     return out
 
 
+def synced_axes(fig: dict) -> list[str]:
+    """Right-hand axes left to plotly's default, which lines their ticks up with the
+    left axis' grid (ticks such as 0.85, 1.79, 2.74): each must set tickmode "auto" or
+    its own tick values."""
+    return [
+        name
+        for name, ax in _axes(fig).items()
+        if ax.get("overlaying") and ax.get("tickmode") not in ("auto", "array", "linear")
+    ]
+
+
 def colour_of(trace: dict) -> str | None:
     for part in ("line", "marker"):
         color = (trace.get(part) or {}).get("color")

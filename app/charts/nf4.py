@@ -144,7 +144,7 @@ def error_rmse_bars(rows: Sequence[Mapping]) -> go.Figure:
             )
         )
     fig.update_layout(barmode="group")
-    fig.update_yaxes(title_text="relative error: RMSE / weight std (ratio)", rangemode="tozero")
+    fig.update_yaxes(title_text="RMSE / weight std (ratio)", rangemode="tozero")
     fig.update_xaxes(title_text="layer and matrix", tickangle=-45)
     legend_below(fig, y=-0.4)
     return style(fig, "Error per layer (lower is better)")

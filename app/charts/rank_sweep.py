@@ -167,6 +167,7 @@ def rank_elbow(
         fig.update_yaxes(
             title_text="trainable parameters (log scale)",
             type="log",
+            tickmode="array",
             tickvals=ticks,
             ticktext=[_si(v) for v in ticks],
             secondary_y=True,

@@ -127,7 +127,7 @@ def cumulative_energy(
                 mode="lines+markers",
                 name=label,
                 line=dict(width=3, color=color, dash=DASHES[i % len(DASHES)]),
-                marker=dict(size=7, symbol=SYMBOLS[i % len(SYMBOLS)]),
+                marker=dict(size=8, symbol=SYMBOLS[i % len(SYMBOLS)], maxdisplayed=24),
                 meta=meta,
             )
         )
@@ -204,6 +204,7 @@ def truncation_curve(
     )
     fig.update_yaxes(
         title_text=METRIC_NAMES["control_drift"],
+        tickmode="auto",  # plotly would line the ticks up with the left grid: 0.85, 1.79
         secondary_y=True,
         showgrid=False,
         rangemode="tozero",

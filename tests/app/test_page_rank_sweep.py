@@ -18,6 +18,7 @@ from page_util import (  # noqa: E402
     open_page,
     ragged_ticks,
     raw_underscores,
+    synced_axes,
     untitled_axes,
 )
 
@@ -28,6 +29,7 @@ def test_rank_sweep_page_titles_every_axis_in_the_contract_colours(empty_cache):
     assert len(figs) == 2, list(figs)  # the elbow chart and the targets chart
     for key, fig in figs.items():
         assert not untitled_axes(fig), key
+        assert not synced_axes(fig), key
         assert not ragged_ticks(fig), key
         assert not off_contract(fig), key
         assert not any("_" in s for s in labels(fig)), key

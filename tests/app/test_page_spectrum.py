@@ -9,7 +9,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from page_util import deltas, figures, labels, open_page, raw_underscores, untitled_axes  # noqa: E402
+from page_util import (  # noqa: E402
+    deltas,
+    figures,
+    labels,
+    open_page,
+    raw_underscores,
+    synced_axes,
+    untitled_axes,
+)
 
 from app.charts.common import run_color  # noqa: E402
 from minituner.store.runs import RunStore  # noqa: E402
@@ -29,6 +37,7 @@ def test_spectrum_page_titles_every_axis_and_shows_no_raw_underscore(empty_cache
     names = sorted(layer_names(at), key=len, reverse=True)
     for key, fig in figs.items():
         assert not untitled_axes(fig), key
+        assert not synced_axes(fig), key
         for text in labels(fig):
             for name in names:  # a layer's name is its identifier, underscore and all
                 text = text.replace(name, "")
