@@ -3,6 +3,8 @@
     python benchmarks/bench_7b_qlora.py --device cuda --out bench_7b.json
     python benchmarks/bench_7b_qlora.py --device cuda --peft --dequant-bw --out b.json
     python benchmarks/bench_7b_qlora.py --device cpu --shape tiny --steps 2   # smoke test
+    python benchmarks/bench_7b_qlora.py --batch 8 --r 8 --peft --liger --torchao \
+        --kernels both --profile --out b8.json    # issue 27's comparison at full load
 
 Builds ``minituner.scale.llama.build_nf4_llama`` once (random seeded weights, NF4 block Linears
 made one at a time), then for every (r, targets) pair adds LoRA, trains ``--warmup`` +
@@ -14,6 +16,25 @@ parameters) and records: the median step time, tokens/s, the memory held after t
 "bf16" (as asked) and "mixed" (float32 LoRA and Adam states, which is what runs here).
 The 7b shape is ``shapes.SHAPES["llama-7b"]``. targets ``qv`` are q_proj and v_proj;
 ``all`` are the seven Linears of a layer. On CPU no peak is measured (the JSON says so).
+
+Peers, each on the same random weights and batches in the same process, eager as their
+users run them, ratios ours / theirs stored beside each of their runs:
+
+* ``--peft``: Hugging Face + bitsandbytes + PEFT (below);
+* ``--liger``: the same with Liger-Kernel's ``apply_liger_kernel_to_llama()`` applied
+  before the model is built (fused RMSNorm, RoPE, SwiGLU) and the loss through the
+  model's ``labels`` so that its fused linear cross-entropy runs (HF scores positions
+  0..T-2 on x[t+1]: one position fewer of 512); run last, its patch is process-wide;
+* ``--torchao``: this benchmark's LLaMA with torchao's NF4 tensor (``to_nf4``, blocks of
+  64, scalers in blocks of 256) + LoRA Linears, each decoder layer under
+  ``torch.compile`` (as torchtune does); a failure to build or compile is recorded.
+
+Our step runs with the Triton kernels of ``minituner.scale.fused_*`` (``--kernels
+fused``, default), without (``plain``) or both. Every run gets its model FLOPs and MFU
+(``minituner.scale.flops``: decoder GEMMs forward + recompute + input gradient, head
+forward + input gradient, LoRA 4 passes, causal attention; the card's dense bf16 peak),
+and with ``--profile`` the GPU time by kind (GEMM, attention, NF4 dequantize, other):
+the GEMM time is the floor the step cannot go under.
 
 ``--peft`` repeats each pair with Hugging Face's LlamaForCausalLM, bitsandbytes NF4
 (Linear4bit, double quantization, blocks of 64) and PEFT LoRA, and reports the ratios
@@ -39,6 +60,8 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
+import re
 import shlex
 import statistics
 import sys
@@ -58,6 +81,7 @@ from minituner.memory.shapes import SHAPES  # noqa: E402
 from minituner.nf4.codec import dequantize_nf4, quantize_nf4  # noqa: E402
 from minituner.nf4.format import QLORA_DOUBLE_QUANT  # noqa: E402
 from minituner.nf4.storage import nf4_storage_bytes  # noqa: E402
+from minituner.scale.flops import peak_bf16, step_flops  # noqa: E402
 from minituner.scale.graphs import CapturedTrainStep  # noqa: E402
 from minituner.scale.llama import LLAMA_LINEARS, LlamaConfig, build_nf4_llama  # noqa: E402
 
@@ -92,6 +116,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--peft", action="store_true", help="also run HF + bitsandbytes + PEFT")
+    p.add_argument(
+        "--liger", action="store_true",
+        help="also run HF + bitsandbytes + PEFT with Liger-Kernel's Llama patches (loss via labels)",
+    )  # fmt: skip
+    p.add_argument(
+        "--torchao", action="store_true",
+        help="also run torchao's NF4 + LoRA on this model, each layer under torch.compile",
+    )  # fmt: skip
+    p.add_argument(
+        "--kernels", choices=["fused", "plain", "both"], default="fused",
+        help="our step with the fused Triton kernels (RMSNorm, RoPE, SwiGLU, head + loss; "
+        "minituner.scale.fused_*), without them, or both (default fused)",
+    )  # fmt: skip
     p.add_argument("--dequant-bw", action="store_true", help="NF4 dequantize GB/s vs a clone")
     p.add_argument("--bw-shape", type=int, nargs=2, default=[4096, 11008], metavar=("OUT", "IN"))
     p.add_argument(
@@ -248,11 +285,28 @@ def busy_time(intervals) -> float:
 _DEVICE_CATS = ("kernel", "gpu_memcpy", "gpu_memset")
 
 
+_CATEGORIES = (  # first match wins: attention kernels are GEMM-like but counted apart
+    ("attention", re.compile(r"flash|fmha|attention|sdpa", re.I)),
+    ("gemm", re.compile(r"nvjet|gemm|cutlass|xmma|cublas|wgmma|splitk", re.I)),
+    ("nf4_dequantize", re.compile(r"dequant", re.I)),
+)
+
+
+def kernel_category(name: str) -> str:
+    """attention, gemm (cuBLAS / CUTLASS matrix products), nf4_dequantize or other."""
+    for category, pattern in _CATEGORIES:
+        if pattern.search(name):
+            return category
+    return "other"
+
+
 def trace_summary(trace: dict, top: int = 12) -> dict:
     """Device activity of a chrome trace (``prof.export_chrome_trace``), times in seconds:
     ``device_busy_s`` (union of kernel, memcpy and memset intervals), ``device_span_s``
-    (first start to last end), ``kernels`` (how many ran) and ``top_kernels`` (the ``top``
-    names by summed time: name cut to 90 characters, count, seconds, share of busy time)."""
+    (first start to last end), ``kernels`` (how many ran), ``top_kernels`` (the ``top``
+    names by summed time: name cut to 90 characters, count, seconds, share of busy time)
+    and ``categories`` (summed kernel seconds and counts by :func:`kernel_category`: the
+    GEMM-only floor of the step is ``categories["gemm"]["seconds"]``)."""
     events = [
         e
         for e in trace.get("traceEvents", [])
@@ -266,6 +320,12 @@ def trace_summary(trace: dict, top: int = 12) -> dict:
         entry[0] += 1
         entry[1] += float(e["dur"]) / 1e6
     ranked = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:top]
+    categories: dict[str, dict] = {}
+    for e in events:
+        if e.get("cat") == "kernel":
+            c = categories.setdefault(kernel_category(str(e.get("name", ""))), [0, 0.0])
+            c[0] += 1
+            c[1] += float(e["dur"]) / 1e6
     return {
         "device_busy_s": busy,
         "device_span_s": (max(b for _, b in spans) - min(a for a, _ in spans)) / 1e6
@@ -276,6 +336,10 @@ def trace_summary(trace: dict, top: int = 12) -> dict:
             {"name": n, "count": c, "seconds": t, "share_of_busy": t / busy if busy else 0.0}
             for n, (c, t) in ranked
         ],
+        "categories": {
+            k: {"count": c, "seconds": t, "share_of_busy": t / busy if busy else 0.0}
+            for k, (c, t) in sorted(categories.items())
+        },
     }
 
 
@@ -292,6 +356,11 @@ def _print_top_kernels(res: dict, n: int = 8) -> None:
             f"    {k['seconds'] * 1e3:8.2f} ms {k['share_of_busy']:6.1%} x{k['count']:<5} "
             f"{k['name'][:70]}"
         )
+    cats = prof.get("categories", {})
+    print("    by kind: " + ", ".join(
+        f"{k} {v['seconds'] * 1e3:.1f} ms ({v['share_of_busy']:.0%}, x{v['count']})"
+        for k, v in cats.items()
+    ))  # fmt: skip
 
 
 def profile_step(run, batch, device) -> dict:
@@ -361,8 +430,20 @@ def _hf_loss(model, x, y):
 # ---------------------------------------------------------------------------- PEFT
 
 
-def build_peft_llama(cfg: LlamaConfig, device, r: int, targets: list, args):
-    """HF LlamaForCausalLM, NF4 via bitsandbytes Linear4bit (made one at a time), PEFT LoRA."""
+def _hf_labels_loss(model, x, y):
+    """The model's own loss through ``labels`` (Hugging Face shifts them: position t is
+    scored on x[t + 1] = y[t], the last position unscored), so that Liger-Kernel's fused
+    linear cross-entropy runs instead of materializing the logits."""
+    return model(input_ids=x, labels=x).loss
+
+
+def build_peft_llama(cfg: LlamaConfig, device, r: int, targets: list, args, liger=False):
+    """HF LlamaForCausalLM, NF4 via bitsandbytes Linear4bit (made one at a time), PEFT LoRA.
+
+    With ``liger`` Liger-Kernel's ``apply_liger_kernel_to_llama()`` (RMSNorm, RoPE,
+    SwiGLU, fused linear cross-entropy) patches transformers' Llama classes first. The
+    patch is global to the process: run the plain PEFT peer before this one.
+    """
     import bitsandbytes as bnb
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig as HFLlamaConfig
@@ -371,6 +452,13 @@ def build_peft_llama(cfg: LlamaConfig, device, r: int, targets: list, args):
 
     from minituner.scale.llama import _normal
 
+    if liger:
+        from liger_kernel.transformers import apply_liger_kernel_to_llama
+
+        apply_liger_kernel_to_llama(
+            rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+            fused_linear_cross_entropy=True,
+        )  # fmt: skip
     dtype = DTYPES[args.dtype]
     hf = HFLlamaConfig(
         vocab_size=cfg.vocab_size,
@@ -438,33 +526,142 @@ def _peft_layer_type(model) -> str:
     return "?"
 
 
-def run_peft(cfg, device, args, batches) -> dict:
+def _versions(*names: str) -> dict:
+    from importlib import metadata
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+PEERS = {  # name: (the packages it needs, what it is)
+    "peft": (("bitsandbytes", "peft", "transformers"), "HF Llama + bitsandbytes NF4 + PEFT LoRA"),
+    "liger": (
+        ("bitsandbytes", "peft", "transformers", "liger_kernel"),
+        "the same + Liger-Kernel's Llama patches, loss through labels (fused linear CE)",
+    ),
+    "torchao": (("torchao",), "this model's layers with torchao NF4 + LoRA, torch.compile"),
+}
+
+
+def run_peer(name: str, cfg, device, args, batches) -> dict:
+    """One peer (:data:`PEERS`) for every (r, targets): eager steps as its users run them."""
+    needs, what = PEERS[name]
     try:
-        import bitsandbytes  # noqa: F401
-        import peft  # noqa: F401
-        import transformers  # noqa: F401
+        for module in needs:
+            __import__(module)
     except Exception as exc:  # ImportError, or bitsandbytes failing to load its library
-        note = f"--peft skipped: {type(exc).__name__}: {exc}"
+        note = f"--{name} skipped: {type(exc).__name__}: {exc}"
         print(note)
-        return {"skipped": note}
+        return {"skipped": note, "what": what}
+    pkgs = {"liger_kernel": "liger-kernel"}
     runs = {}
     for r in args.r:
         for t in args.targets:
             _reset_peak(device)
-            model, params = build_peft_llama(cfg, device, r, TARGETS[t], args)
-            res = train_steps(model, params, batches, _hf_loss, args, device)
+            try:
+                if name == "torchao":
+                    model, params = build_torchao_llama(cfg, device, r, TARGETS[t], args)
+                    loss_fn = _ours_loss
+                else:
+                    model, params = build_peft_llama(
+                        cfg, device, r, TARGETS[t], args, liger=name == "liger"
+                    )
+                    loss_fn = _hf_labels_loss if name == "liger" else _hf_loss
+                res = train_steps(model, params, batches, loss_fn, args, device)
+            except Exception as exc:  # a peer that does not build or run here: say so
+                note = f"{name} r={r} {t} failed: {type(exc).__name__}: {str(exc)[:400]}"
+                print(note)
+                runs[f"r{r}_{t}"] = {"skipped": note}
+                model = params = None
+                _reset_peak(device)
+                continue
             res["trainable_params"] = sum(p.numel() for p in params)
-            res["lora_layer_type"] = _peft_layer_type(model)
-            busy = res.get("profile", {}).get("device_busy_fraction")
-            print(
-                f"peft r={r:<3} {t:<4} step {res['step_s_median'] * 1e3:8.1f} ms  "
-                f"peak {res['peak_bytes'] / MiB if res['peak_bytes'] else float('nan'):.1f} MiB"
-                + ("" if busy is None else f"  GPU busy {busy:.0%}")
-            )
-            _print_top_kernels(res)
+            if name != "torchao":
+                res["lora_layer_type"] = _peft_layer_type(model)
+            _report_run(f"{name} r={r:<3} {t:<4}", res, cfg, args)
             runs[f"r{r}_{t}"] = res
             del model, params
-    return {"runs": runs}
+    versions = _versions(*(pkgs.get(n, n) for n in needs))
+    return {"runs": runs, "what": what, "versions": versions}
+
+
+def _report_run(label: str, res: dict, cfg, args) -> None:
+    busy = res.get("profile", {}).get("device_busy_fraction")
+    mfu = res.get("mfu")
+    print(
+        f"{label} step {res['step_s_median'] * 1e3:8.1f} ms  "
+        f"peak {res['peak_bytes'] / MiB if res.get('peak_bytes') else float('nan'):.1f} MiB"
+        + ("" if mfu is None else f"  MFU {mfu:.1%}")
+        + ("" if busy is None else f"  GPU busy {busy:.0%}")
+    )
+    _print_top_kernels(res)
+
+
+# ---------------------------------------------------------------------------- torchao
+
+
+def _torchao_nf4():
+    """(to_nf4, linear_nf4) from wherever this torchao keeps them (moved in 0.1x)."""
+    try:
+        from torchao.quantization.quantize_.workflows.nf4 import nf4_tensor as m
+    except ImportError:
+        from torchao.dtypes import nf4tensor as m
+    return m.to_nf4, m.linear_nf4
+
+
+class TorchaoLoRALinear(torch.nn.Module):
+    """A frozen torchao NF4 weight (blocks of 64, scalers quantized in blocks of 256, as
+    torchtune's QLoRA) plus float32 LoRA A, B: y = linear_nf4(x, W) + s·(x Aᵀ) Bᵀ."""
+
+    def __init__(self, weight: torch.Tensor, r: int, alpha: float):
+        to_nf4, _ = _torchao_nf4()
+        super().__init__()
+        out_f, in_f = weight.shape
+        self.in_features, self.out_features, self.r = in_f, out_f, r
+        scalers = math.gcd(256, weight.numel() // 64)  # 256 at every 7B shape; tiny: fewer
+        self.weight = torch.nn.Parameter(to_nf4(weight, 64, scalers), requires_grad=False)
+        if r:
+            dev = weight.device
+            self.lora_A = torch.nn.Parameter(torch.empty(r, in_f, device=dev))
+            torch.nn.init.kaiming_uniform_(self.lora_A, a=5**0.5)
+            self.lora_B = torch.nn.Parameter(torch.zeros(out_f, r, device=dev))
+            self.scaling = alpha / r
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = _torchao_nf4()[1](x, self.weight)
+        if not self.r:
+            return y
+        a, b = self.lora_A.to(x.dtype), self.lora_B.to(x.dtype)
+        return y + (x @ a.t()) @ b.t() * self.scaling
+
+
+def build_torchao_llama(cfg: LlamaConfig, device, r: int, targets: list, args):
+    """This benchmark's LlamaQLoRA with torchao NF4 + LoRA Linears, every decoder layer
+    wrapped in ``torch.compile`` (as torchtune compiles per layer)."""
+    from minituner.scale.llama import LlamaQLoRA, _normal
+
+    dtype = DTYPES[args.dtype]
+
+    def make_linear(path: str, in_f: int, out_f: int):
+        w = _normal((out_f, in_f), device, dtype, args.seed, path)
+        return TorchaoLoRALinear(w, r if path.rpartition(".")[2] in targets else 0, args.alpha)
+
+    torch.manual_seed(args.seed)
+    model = LlamaQLoRA(cfg, make_linear, device, dtype, args.seed, args.checkpointing)
+    model.use_fused_kernels(False)
+    for m in model.modules():
+        if isinstance(m, TorchaoLoRALinear) and m.r:
+            m.lora_A.requires_grad_(True)
+            m.lora_B.requires_grad_(True)
+    for i, layer in enumerate(model.layers):
+        model.layers[i] = torch.compile(layer)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return model, params
 
 
 # ---------------------------------------------------------------------------- bandwidth
@@ -505,6 +702,36 @@ def dequant_bandwidth(device: torch.device, shape, repeats: int = 20) -> dict:
     }
 
 
+MFU_FORMULA = (
+    "model FLOPs / (median step time x peak), model FLOPs from minituner.scale.flops."
+    "step_flops: decoder Linears 3 passes (forward, recompute, input gradient) of "
+    "2*N*in*out, lm_head 2 passes, LoRA 4 passes of 2*N*r*(in+out), causal attention "
+    "4 x 2*B*T^2*C per layer; peak = the dense bf16 Tensor Core figure of the card"
+)
+
+
+def _add_mfu(res: dict, cfg: LlamaConfig, args, r: int, targets: str, peak) -> None:
+    flops = step_flops(
+        cfg.hidden, cfg.intermediate, cfg.n_layers, cfg.vocab_size, args.batch, args.seq,
+        r, TARGETS[targets],
+    )  # fmt: skip
+    res["model_flops"] = flops.total
+    res["mfu"] = flops.mfu(res["step_s_median"], peak) if peak else None
+    gemm = res.get("profile", {}).get("categories", {}).get("gemm")
+    if gemm and res.get("profile", {}).get("device_busy_s"):
+        res["gemm_share_of_busy"] = gemm["share_of_busy"]
+        res["gemm_seconds"] = gemm["seconds"]
+
+
+def _ratio(ours: dict, theirs: dict) -> dict:
+    ratio = {"step_time_ours_over_peer": ours["step_s_median"] / theirs["step_s_median"]}
+    if ours.get("peak_bytes") and theirs.get("peak_bytes"):
+        ratio["peak_ours_over_peer"] = ours["peak_bytes"] / theirs["peak_bytes"]
+    if "device_busy_fraction" in ours.get("profile", {}):
+        ratio["ours_device_busy_fraction"] = ours["profile"]["device_busy_fraction"]
+    return ratio
+
+
 # ---------------------------------------------------------------------------- main
 
 
@@ -513,7 +740,7 @@ def _measured_on(device_name: str) -> str:
     from importlib import metadata
 
     parts = [device_name, f"torch {torch.__version__}"]
-    for name in ("bitsandbytes", "peft", "transformers"):
+    for name in ("bitsandbytes", "peft", "transformers", "liger-kernel", "torchao", "triton"):
         try:
             parts.append(f"{name} {metadata.version(name)}")
         except metadata.PackageNotFoundError:
@@ -550,50 +777,69 @@ def main(argv=None) -> dict:
     print(f"built {args.shape} on {device} in {result['build']['seconds']:.1f} s")
     batches = _batches(args, cfg, device, args.warmup + args.steps)
     graph = args.graph and device.type == "cuda"
-    modes = [graph] + ([False] if args.eager_too and graph else [])
-    runs, runs_eager = {}, {}
+    peak = peak_bf16(result["device_name"])
+    result["mfu_peak_flops"] = peak
+    result["mfu_formula"] = MFU_FORMULA
+    kernels = ["fused", "plain"] if args.kernels == "both" else [args.kernels]
+    modes = [(k, graph) for k in kernels] + (
+        [(kernels[0], False)] if args.eager_too and graph else []
+    )
+    runs, runs_eager, runs_plain = {}, {}, {}
     for r in args.r:
         for t in args.targets:
-            for mode in modes:
+            for kind, mode in modes:
                 remove_lora(model)
                 torch.manual_seed(args.seed)
                 add_lora(model, TARGETS[t], r=r, alpha=args.alpha)
+                model.use_fused_kernels(kind == "fused")
                 params = [p for p in model.parameters() if p.requires_grad]
                 res = train_steps(model, params, batches, _ours_loss, args, device, graph=mode)
+                res["kernels"] = kind
                 res["trainable_params"] = sum(p.numel() for p in params)
                 res["predicted"] = _prediction(shape, r, t, args)
                 res["ratios"] = _ratios(res, res["predicted"])
-                (runs if mode == graph else runs_eager)[f"r{r}_{t}"] = res
-                peak = res["peak_bytes"]
-                busy = res.get("profile", {}).get("device_busy_fraction")
+                _add_mfu(res, cfg, args, r, t, peak)
+                where = runs_eager if mode != graph else runs if kind == kernels[0] else runs_plain
+                where[f"r{r}_{t}"] = res
+                _report_run(f"ours ({kind}, {res['step_mode']}) r={r:<3} {t:<4}", res, cfg, args)
                 print(
-                    f"r={r:<3} {t:<4} {res['step_mode']:<10} step "
-                    f"{res['step_s_median'] * 1e3:8.1f} ms  "
-                    f"peak {'n/a' if peak is None else f'{peak / MiB:.1f} MiB'}  "
-                    f"predicted total {res['predicted']['bf16']['total'] / MiB:.1f} MiB (bf16), "
-                    f"{res['predicted']['mixed']['total'] / MiB:.1f} MiB (mixed)"
-                    + ("" if busy is None else f"  GPU busy {busy:.0%}")
+                    f"    predicted total {res['predicted']['bf16']['total'] / MiB:.1f} MiB "
+                    f"(bf16), {res['predicted']['mixed']['total'] / MiB:.1f} MiB (mixed)"
                 )
-                _print_top_kernels(res)
     result["runs"] = runs
     if runs_eager:
         result["runs_eager"] = runs_eager
-    if args.peft:
+    if runs_plain:
+        result["runs_plain"] = runs_plain
+    peers = [n for n in ("peft", "torchao", "liger") if getattr(args, n)]  # liger patches last
+    if peers:
         del model, params
-        peft_res = run_peft(cfg, device, args, batches)
-        result["peft"] = peft_res
-        for key, theirs in peft_res.get("runs", {}).items():
-            ours = runs[key]
-            ratio = {"step_time_ours_over_peft": ours["step_s_median"] / theirs["step_s_median"]}
-            if ours.get("peak_bytes") and theirs.get("peak_bytes"):
-                ratio["peak_ours_over_peft"] = ours["peak_bytes"] / theirs["peak_bytes"]
-            if "device_busy_fraction" in ours.get("profile", {}):
-                ratio["ours_device_busy_fraction"] = ours["profile"]["device_busy_fraction"]
+        _reset_peak(device)
+    for name in peers:
+        res_peer = run_peer(name, cfg, device, args, batches)
+        for key, theirs in res_peer.get("runs", {}).items():
+            if "step_s_median" not in theirs:
+                continue
+            r, t = key[1:].split("_", 1)
+            _add_mfu(theirs, cfg, args, int(r), t, peak)
+            theirs[f"ratios_ours_over_{name}"] = ratio = _ratio(runs[key], theirs)
+            if key in runs_plain:
+                plain = runs_plain[key]["step_s_median"] / theirs["step_s_median"]
+                ratio["plain_kernels_step_time_ours_over_peer"] = plain
             if key in runs_eager:
-                eager = runs_eager[key]["step_s_median"]
-                ratio["eager_step_time_ours_over_peft"] = eager / theirs["step_s_median"]
-            theirs["ratios_ours_over_peft"] = ratio
-            print(f"{key}: ours/peft {ratio}")
+                eager = runs_eager[key]["step_s_median"] / theirs["step_s_median"]
+                ratio["eager_step_time_ours_over_peer"] = eager
+            print(f"{key}: ours/{name} {ratio}")
+        if name == "peft":
+            result["peft"] = res_peer
+            for theirs in res_peer.get("runs", {}).values():  # the name scaling.py reads
+                if "ratios_ours_over_peft" in theirs:
+                    old = theirs["ratios_ours_over_peft"]
+                    old["step_time_ours_over_peft"] = old["step_time_ours_over_peer"]
+                    if "peak_ours_over_peer" in old:
+                        old["peak_ours_over_peft"] = old["peak_ours_over_peer"]
+        else:
+            result.setdefault("peers", {})[name] = res_peer
     result["measured_on"] = _measured_on(result["device_name"])
     if args.dequant_bw:
         result["dequant_bw"] = dequant_bandwidth(device, args.bw_shape)

@@ -32,6 +32,10 @@ Choices worth knowing:
 - A LoRA-wrapped NF4 Linear is evaluated as one autograd node (``minituner.lora.qlora``:
   the scaling and the add inside the GEMMs, six kernels forward instead of about eleven);
   ``use_fused_lora(False)`` calls the LoRA modules instead (same function, more roundings).
+- The memory-bound work around the GEMMs runs in Triton kernels on CUDA (RMSNorm, rotary
+  on the projection's layout, SwiGLU, and the head + loss as one node that makes its
+  gradient in the forward pass: ``minituner.scale.fused_*``); ``use_fused_kernels(False)``
+  gives the eager PyTorch ops (the same function, to the compute dtype's rounding).
 - LoRA comes from ``minituner.lora.inject.add_lora``; short names ``q,v`` map to ``q_proj``
   and ``v_proj``. For every Linear pass :data:`LLAMA_LINEARS` (the ``all`` group of
   ``minituner.lora.targets`` names MiniGPT's fc_in/fc_out, which this model lacks). LoRA
@@ -65,6 +69,10 @@ from torch.utils.checkpoint import checkpoint
 from minituner.lora.qlora import qlora_linear
 from minituner.nf4.format import DEFAULT_BLOCK_SIZE, QLORA_DOUBLE_QUANT
 from minituner.nf4.linear import NF4Linear, NF4LinearLowMem
+from minituner.scale import fused_ce
+from minituner.scale.fused_rmsnorm import rms_norm
+from minituner.scale.fused_rope import apply_rotary, rotary, rotary_tables
+from minituner.scale.fused_swiglu import swiglu
 
 LLAMA_ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 LLAMA_MLP = ("gate_proj", "up_proj", "down_proj")
@@ -135,40 +143,22 @@ class LlamaConfig:
 class RMSNorm(nn.Module):
     """y = weight * (x / sqrt(mean(x²) + eps)), normalized in float32 (no bias)."""
 
+    fused = True  # one Triton kernel each way where it applies (minituner.scale.fused_rmsnorm)
+
     def __init__(self, dim: int, eps: float, device=None, dtype=None):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x * rsqrt(mean(x²) + eps) in float32 (one fused kernel on CUDA, forward and
-        # backward), rounded to x's dtype, then scaled: Hugging Face's LlamaRMSNorm order
-        h = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
-        return self.weight * h.to(x.dtype)
-
-
-def rotary_tables(
-    head_dim: int, n_pos: int, theta: float = 10000.0, device=None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin, float32 (n_pos, head_dim), for the rotate-half convention."""
-    inv_freq = 1.0 / theta ** (
-        torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim
-    )
-    angles = torch.outer(torch.arange(n_pos, dtype=torch.float32, device=device), inv_freq)
-    angles = torch.cat([angles, angles], dim=-1)  # (n_pos, head_dim)
-    return angles.cos(), angles.sin()
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (i, i + D/2) of x (..., T, D) by position angles; float32 inside."""
-    h = x.float()
-    x1, x2 = h.chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    return (h * cos + rotated * sin).to(x.dtype)
+        # x * rsqrt(mean(x²) + eps) in float32, rounded to x's dtype, then scaled: Hugging
+        # Face's LlamaRMSNorm order, eagerly or in one Triton kernel
+        return rms_norm(x, self.weight, self.eps, self.fused)
 
 
 class LlamaAttention(nn.Module):
     fused_lora = True  # LoRA-wrapped NF4 Linears through minituner.lora.qlora
+    fused_kernels = True  # rotary in one Triton kernel (minituner.scale.fused_rope)
 
     def __init__(self, cfg: LlamaConfig, make_linear):
         super().__init__()
@@ -185,9 +175,13 @@ class LlamaAttention(nn.Module):
         def heads(t: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, H, T, D)
             return t.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
 
-        f = self.fused_lora
-        q = apply_rotary(heads(qlora_linear(self.q_proj, x, f)), cos, sin)
-        k = apply_rotary(heads(qlora_linear(self.k_proj, x, f)), cos, sin)
+        f, H = self.fused_lora, self.n_heads
+        if self.fused_kernels:  # rotated in the projection's (B, T, C) layout
+            q = heads(rotary(qlora_linear(self.q_proj, x, f), cos, sin, H))
+            k = heads(rotary(qlora_linear(self.k_proj, x, f), cos, sin, H))
+        else:
+            q = apply_rotary(heads(qlora_linear(self.q_proj, x, f)), cos, sin)
+            k = apply_rotary(heads(qlora_linear(self.k_proj, x, f)), cos, sin)
         v = heads(qlora_linear(self.v_proj, x, f))
         y = F.scaled_dot_product_attention(q, k, v.to(q.dtype), is_causal=True)
         return qlora_linear(self.o_proj, y.transpose(1, 2).reshape(B, T, C), f)
@@ -195,6 +189,7 @@ class LlamaAttention(nn.Module):
 
 class LlamaMLP(nn.Module):
     fused_lora = True  # as LlamaAttention
+    fused_kernels = True  # silu(gate) * up in one Triton kernel (minituner.scale.fused_swiglu)
 
     def __init__(self, cfg: LlamaConfig, make_linear):
         super().__init__()
@@ -204,7 +199,8 @@ class LlamaMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.fused_lora
-        h = F.silu(qlora_linear(self.gate_proj, x, f)) * qlora_linear(self.up_proj, x, f)
+        gate, up = qlora_linear(self.gate_proj, x, f), qlora_linear(self.up_proj, x, f)
+        h = swiglu(gate, up, self.fused_kernels)
         return qlora_linear(self.down_proj, h, f)
 
 
@@ -258,6 +254,8 @@ class LlamaQLoRA(nn.Module):
     per decoder layer on.
     """
 
+    fused_kernels = True  # head + loss as one node (minituner.scale.fused_ce)
+
     def __init__(
         self,
         cfg: LlamaConfig,
@@ -305,6 +303,12 @@ class LlamaQLoRA(nn.Module):
                 x = layer(x, cos, sin)
         if labels is None:
             return self.lm_head(self.norm(x))  # (B, T, V)
+        if self.fused_kernels and fused_ce.fused_applies(x, self.lm_head.weight):
+            # head + loss as one node: its gradient is made in the forward pass, chunk by
+            # chunk, so nothing is recomputed and no float32 logits exist
+            h = self.norm(x).flatten(0, 1)  # (B*T, C)
+            total = fused_ce.linear_cross_entropy_sum(h, self.lm_head.weight, labels.reshape(-1))
+            return total / (labels != -100).sum()
         if not (self.checkpointing and torch.is_grad_enabled()):
             return self._loss_sum(x, labels) / (labels != -100).sum()
         # the head in chunks of loss_chunk positions, each recomputed in the backward pass:
@@ -330,6 +334,17 @@ class LlamaQLoRA(nn.Module):
         for m in self.modules():
             if isinstance(m, LlamaAttention | LlamaMLP):
                 m.fused_lora = bool(on)
+        return self
+
+    def use_fused_kernels(self, on: bool = True) -> LlamaQLoRA:
+        """RMSNorm, rotary, SwiGLU and head + loss in Triton kernels (default) where they
+        apply (CUDA; ``minituner.scale.fused_*``), or the eager PyTorch ops everywhere."""
+        self.fused_kernels = bool(on)
+        for m in self.modules():
+            if isinstance(m, LlamaAttention | LlamaMLP):
+                m.fused_kernels = bool(on)
+            elif isinstance(m, RMSNorm):
+                m.fused = bool(on)
         return self
 
     def nf4_linears(self) -> dict[str, NF4Linear]:

@@ -21,8 +21,9 @@ def _loss(model, x, y):
     return model(x, y)
 
 
-def _model(device: str, targets=LLAMA_LINEARS, checkpointing: bool = True):
+def _model(device: str, targets=LLAMA_LINEARS, checkpointing: bool = True, fused_kernels=True):
     model = build_nf4_llama(CFG, device, torch.bfloat16, seed=0, checkpointing=checkpointing)
+    model.use_fused_kernels(fused_kernels)
     torch.manual_seed(0)
     add_lora(model, list(targets), r=4, alpha=8)
     g = torch.Generator().manual_seed(1)
@@ -38,8 +39,8 @@ def _batches(device: str, n: int, batch: int = 2, seq: int = 16):
     return [(b[:, :-1].to(device), b[:, 1:].to(device)) for b in t]
 
 
-def _eager_steps(batches, capturable: bool, checkpointing: bool = True):
-    model, params = _model("cuda", checkpointing=checkpointing)
+def _eager_steps(batches, capturable: bool, checkpointing: bool = True, fused_kernels=True):
+    model, params = _model("cuda", checkpointing=checkpointing, fused_kernels=fused_kernels)
     opt = torch.optim.AdamW(params, lr=1e-2, capturable=capturable)
     losses = []
     for x, y in batches:
@@ -53,11 +54,14 @@ def _eager_steps(batches, capturable: bool, checkpointing: bool = True):
 
 
 @needs_cuda
+@pytest.mark.parametrize("fused_kernels", [True, False])
 @pytest.mark.parametrize("checkpointing", [True, False])
-def test_captured_steps_equal_eager_steps(checkpointing):
+def test_captured_steps_equal_eager_steps(checkpointing, fused_kernels):
+    """Also with the Triton kernels of minituner.scale.fused_* (norm, rotary, SwiGLU, head
+    + loss) inside the captured step."""
     batches = _batches("cuda", 6)
-    ref_losses, ref_params = _eager_steps(batches, True, checkpointing)
-    model, params = _model("cuda", checkpointing=checkpointing)
+    ref_losses, ref_params = _eager_steps(batches, True, checkpointing, fused_kernels)
+    model, params = _model("cuda", checkpointing=checkpointing, fused_kernels=fused_kernels)
     step = CapturedTrainStep(model, torch.optim.AdamW(params, lr=1e-2, capturable=True), _loss)
     losses = []
     for i, (x, y) in enumerate(batches):
@@ -70,7 +74,7 @@ def test_captured_steps_equal_eager_steps(checkpointing):
     for got, want in zip(params, ref_params, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
     # and the parameters moved: the replays trained
-    first, _ = _model("cuda", checkpointing=checkpointing)
+    first, _ = _model("cuda", checkpointing=checkpointing, fused_kernels=fused_kernels)
     moved = [
         (a - b).abs().max().item()
         for a, b in zip(params, [p for p in first.parameters() if p.requires_grad], strict=True)
@@ -108,6 +112,26 @@ def test_fused_qlora_on_cuda_agrees_with_the_lora_modules():
     (loss_f, grads_f), (loss_m, grads_m) = runs
     assert loss_f == pytest.approx(loss_m, rel=1e-2)
     for a, b in zip(grads_f, grads_m, strict=True):
+        assert ((a - b).norm() / b.norm()).item() < 3e-2
+
+
+@needs_cuda
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_fused_kernels_step_agrees_with_the_eager_ops(checkpointing):
+    """The fused norm, rotary, SwiGLU and head + loss compute the eager ops' function: the
+    same loss and LoRA gradients to bf16 rounding, on a model with one of every piece."""
+    x, y = _batches("cuda", 1)[0]
+    y[0, :3] = -100  # ignored positions too
+    runs = []
+    for fused in (True, False):
+        model, params = _model("cuda", checkpointing=checkpointing, fused_kernels=fused)
+        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+            loss = _loss(model, x, y)
+        loss.backward()
+        runs.append((loss.item(), [p.grad.clone() for p in params]))
+    (loss_f, grads_f), (loss_e, grads_e) = runs
+    assert loss_f == pytest.approx(loss_e, rel=5e-3)
+    for a, b in zip(grads_f, grads_e, strict=True):
         assert ((a - b).norm() / b.norm()).item() < 3e-2
 
 

@@ -1,0 +1,111 @@
+"""RMSNorm in one Triton kernel each way, for the frozen norms of a QLoRA model.
+
+The eager norm of :class:`minituner.scale.llama.RMSNorm` (Hugging Face's order: normalize
+in float32, round to the input's dtype, multiply by the weight) runs as a cast, the
+norm, a cast back and a multiply forward, and about as many kernels again backward, each
+a full pass over the (tokens, hidden) activations. Here one pass reads x and writes y:
+
+    forward   h = x · rsqrt(mean(x²) + eps)   float32, rounded to x's dtype
+              y = w · h                        in x's dtype
+    backward  gh = w · gy                      (rounded to x's dtype, as eager)
+              gx = rstd · (gh - h · mean(gh · h))   float32, rounded to x's dtype
+
+The weight is frozen in QLoRA (no gradient is computed for it; :func:`rms_norm` falls back
+to the eager path when it requires one). The per-row rstd (float32) is saved for the
+backward pass, not the normalized activations. Same function as the eager path: the
+results agree to the rounding of x's dtype (``tests/scale/test_fused_kernels.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from minituner.nf4.backends import tl, triton, triton_runs_on
+
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def eager_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """The reference: normalize in float32, round to x's dtype, then scale."""
+    h = F.rms_norm(x.float(), (x.shape[-1],), eps=eps)
+    return weight * h.to(x.dtype)
+
+
+def fused_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Triton present, x on a device it runs on, weight frozen and of x's dtype."""
+    return (
+        triton is not None
+        and triton_runs_on(x)
+        and x.dtype in _DTYPES
+        and weight.dtype == x.dtype
+        and not weight.requires_grad
+        and x.shape[-1] <= 65536
+    )
+
+
+if triton is not None:
+
+    @triton.jit
+    def _rms_fwd(x_ptr, w_ptr, y_ptr, rstd_ptr, n_cols, eps, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.arange(0, BLOCK)
+        mask = cols < n_cols
+        x = tl.load(x_ptr + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / n_cols + eps)
+        h = (x * rstd).to(y_ptr.dtype.element_ty)  # rounded as eager's h.to(x.dtype)
+        w = tl.load(w_ptr + cols, mask=mask, other=0.0)
+        y = (w.to(tl.float32) * h.to(tl.float32)).to(y_ptr.dtype.element_ty)
+        tl.store(y_ptr + row * n_cols + cols, y, mask=mask)
+        tl.store(rstd_ptr + row, rstd)
+
+    @triton.jit
+    def _rms_bwd(gy_ptr, x_ptr, w_ptr, rstd_ptr, gx_ptr, n_cols, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.arange(0, BLOCK)
+        mask = cols < n_cols
+        gy = tl.load(gy_ptr + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        rstd = tl.load(rstd_ptr + row)
+        gh = (gy * w).to(gx_ptr.dtype.element_ty).to(tl.float32)  # eager rounds w · gy
+        h = x * rstd
+        dot = tl.sum(gh * h, axis=0) / n_cols
+        gx = rstd * (gh - h * dot)
+        tl.store(gx_ptr + row * n_cols + cols, gx.to(gx_ptr.dtype.element_ty), mask=mask)
+
+
+def _warps(block: int) -> int:
+    return max(1, min(16, block // 512))
+
+
+class _RMSNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        C = x.shape[-1]
+        x2 = x.reshape(-1, C).contiguous()  # (N, C)
+        y = torch.empty_like(x2)
+        rstd = torch.empty(x2.shape[0], dtype=torch.float32, device=x.device)
+        block = triton.next_power_of_2(C)
+        _rms_fwd[(x2.shape[0],)](x2, weight, y, rstd, C, eps, BLOCK=block, num_warps=_warps(block))
+        ctx.save_for_backward(x2, weight, rstd)
+        ctx.x_shape = x.shape
+        return y.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x2, weight, rstd = ctx.saved_tensors
+        C = x2.shape[-1]
+        gy2 = gy.reshape(-1, C).to(x2.dtype).contiguous()
+        gx = torch.empty_like(x2)
+        block = triton.next_power_of_2(C)
+        _rms_bwd[(x2.shape[0],)](gy2, x2, weight, rstd, gx, C, BLOCK=block, num_warps=_warps(block))
+        return gx.view(ctx.x_shape), None, None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, fused: bool = True):
+    """RMSNorm of x (..., C) with a (C,) weight: one Triton kernel each way where
+    :func:`fused_applies` (and ``fused``), else :func:`eager_rms_norm`."""
+    if fused and fused_applies(x, weight) and x.numel() > 0:
+        return _RMSNorm.apply(x, weight, eps)
+    return eager_rms_norm(x, weight, eps)
