@@ -146,21 +146,20 @@ class Trainer:
         job = self.queue.get(job_id)
         return LiveState(version=self._version) if job is None else self._from_queue(job)
 
-    def _from_queue(self, job: q.Job, waiting: list[q.Job] | None = None) -> LiveState:
+    def _from_queue(self, job: q.Job, places: dict | None = None) -> LiveState:
         if job.state != "waiting":
             return from_job(job, self._version)
-        order = waiting if waiting is not None else self.queue.waiting()
-        ids = [j.id for j in order]
-        if job.id not in ids:
-            return from_job(job, self._version)
-        i = ids.index(job.id)
-        return from_job(job, self._version, position=i + 1, eta_s=self._etas(order)[i])
+        places = self._places() if places is None else places
+        return from_job(job, self._version, *places.get(job.id, (0, None)))
 
-    def _etas(self, waiting: list[q.Job]) -> list[float]:
+    def _places(self) -> dict[int, tuple[int, float]]:
+        """Each waiting job's place in line and estimated seconds until it starts."""
+        waiting = self.queue.waiting()
         per_step = capacity.seconds_per_step(self.queue.durations())
         now = time.time()
         left = [j.steps * per_step - (now - j.started_at) for j in self.queue.training()]
-        return capacity.start_estimates(left, [j.steps * per_step for j in waiting], self.max_runs)
+        etas = capacity.start_estimates(left, [j.steps * per_step for j in waiting], self.max_runs)
+        return {j.id: (i + 1, eta) for i, (j, eta) in enumerate(zip(waiting, etas, strict=True))}
 
     def snapshot_for(self, owner: str) -> LiveState:
         """The run ``owner``'s tab follows: its training job (the newest), else its first
@@ -179,7 +178,7 @@ class Trainer:
         """Every job submitted since ``since`` (default: today), of ``owner`` if given,
         in submission order; the ones this server trains with their live state."""
         rows = self.queue.jobs(today() if since is None else since, owner)
-        waiting = self.queue.waiting()
+        places = self._places()
         out = []
         for job in rows:
             with self._lock:
@@ -187,7 +186,7 @@ class Trainer:
             if s is not None:
                 out.append(self._now(dataclasses.replace(s, nickname=job.nickname)))
             else:
-                out.append(self._from_queue(job, waiting))
+                out.append(self._from_queue(job, places))
         return out
 
     def set_nickname(self, owner: str, nickname: str) -> str:
