@@ -83,7 +83,12 @@ from minituner.nf4.format import QLORA_DOUBLE_QUANT  # noqa: E402
 from minituner.nf4.storage import nf4_storage_bytes  # noqa: E402
 from minituner.scale.flops import peak_bf16, step_flops  # noqa: E402
 from minituner.scale.graphs import CapturedTrainStep  # noqa: E402
-from minituner.scale.llama import LLAMA_LINEARS, LlamaConfig, build_nf4_llama  # noqa: E402
+from minituner.scale.llama import (  # noqa: E402
+    LLAMA_LINEARS,
+    LlamaAttention,
+    LlamaConfig,
+    build_nf4_llama,
+)
 
 TARGETS = {"qv": ["q_proj", "v_proj"], "all": list(LLAMA_LINEARS)}
 PREDICT_TARGETS = {"qv": ("q", "v"), "all": "all"}  # ModelShape short names
@@ -134,6 +139,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--profile", action="store_true",
         help="profile one more step of each configuration: GPU busy time vs wall time",
+    )  # fmt: skip
+    p.add_argument(
+        "--attention", choices=["auto", "cudnn"], default="auto",
+        help="our attention: PyTorch's choice, or cuDNN's first (then flash)",
+    )  # fmt: skip
+    p.add_argument(
+        "--attention-bench", action="store_true",
+        help="time causal SDPA forward + backward per backend at this batch's shape (CUDA)",
     )  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="write the JSON here")
     return p.parse_args(argv)
@@ -655,6 +668,8 @@ def build_torchao_llama(cfg: LlamaConfig, device, r: int, targets: list, args):
     model = LlamaQLoRA(cfg, make_linear, device, dtype, args.seed, args.checkpointing)
     model.use_fused_kernels(False)
     for m in model.modules():
+        if isinstance(m, LlamaAttention):
+            m.sdpa_backends = ()  # PyTorch's choice, whatever --attention says for ours
         if isinstance(m, TorchaoLoRALinear) and m.r:
             m.lora_A.requires_grad_(True)
             m.lora_B.requires_grad_(True)
@@ -662,6 +677,46 @@ def build_torchao_llama(cfg: LlamaConfig, device, r: int, targets: list, args):
         model.layers[i] = torch.compile(layer)
     params = [p for p in model.parameters() if p.requires_grad]
     return model, params
+
+
+# ---------------------------------------------------------------------------- attention
+
+
+def attention_backends(cfg: LlamaConfig, args, device, repeats: int = 10) -> dict:
+    """Milliseconds of one causal SDPA forward + backward (bf16, this batch's shape) per
+    backend PyTorch has here, timed with CUDA events; a backend that refuses is noted."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    B, H, T, D = args.batch, cfg.n_heads, args.seq, cfg.head_dim
+    g = torch.Generator(device=device).manual_seed(0)
+    qkv = [
+        torch.randn(B, T, H, D, generator=g, device=device, dtype=torch.bfloat16)
+        .transpose(1, 2)
+        .requires_grad_()
+        for _ in range(3)
+    ]  # (B, H, T, D) views of (B, T, H, D) memory, as the model passes them
+    grad = torch.randn(B, H, T, D, device=device, dtype=torch.bfloat16)
+    out = {}
+    for name in ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION"):
+        backend = getattr(SDPBackend, name, None)
+        try:
+            with sdpa_kernel([backend]):
+                for _ in range(3):
+                    y = torch.nn.functional.scaled_dot_product_attention(*qkv, is_causal=True)
+                    y.backward(grad)
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(repeats):
+                    y = torch.nn.functional.scaled_dot_product_attention(*qkv, is_causal=True)
+                    y.backward(grad)
+                end.record()
+                end.synchronize()
+            out[name] = {"ms_fwd_bwd": start.elapsed_time(end) / repeats}
+        except Exception as exc:  # not built in, or refuses these inputs
+            out[name] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+        print(f"attention {name}: {out[name]}")
+    return out
 
 
 # ---------------------------------------------------------------------------- bandwidth
@@ -723,6 +778,13 @@ def _add_mfu(res: dict, cfg: LlamaConfig, args, r: int, targets: str, peak) -> N
         res["gemm_seconds"] = gemm["seconds"]
 
 
+def _write_partial(result: dict, args) -> None:
+    """The JSON so far (a run stopped by a time limit keeps what it measured)."""
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({**result, "partial": True}, indent=2))
+
+
 def _ratio(ours: dict, theirs: dict) -> dict:
     ratio = {"step_time_ours_over_peer": ours["step_s_median"] / theirs["step_s_median"]}
     if ours.get("peak_bytes") and theirs.get("peak_bytes"):
@@ -775,6 +837,12 @@ def main(argv=None) -> dict:
     _sync(device)
     result["build"] = {"seconds": time.perf_counter() - t0, **_mem(device)}
     print(f"built {args.shape} on {device} in {result['build']['seconds']:.1f} s")
+    if args.attention_bench and device.type == "cuda":
+        result["attention_backends"] = attention_backends(cfg, args, device)
+    if args.attention == "cudnn":
+        from torch.nn.attention import SDPBackend
+
+        LlamaAttention.sdpa_backends = (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION)
     batches = _batches(args, cfg, device, args.warmup + args.steps)
     graph = args.graph and device.type == "cuda"
     peak = peak_bf16(result["device_name"])
@@ -811,7 +879,11 @@ def main(argv=None) -> dict:
         result["runs_eager"] = runs_eager
     if runs_plain:
         result["runs_plain"] = runs_plain
-    peers = [n for n in ("peft", "torchao", "liger") if getattr(args, n)]  # liger patches last
+    result["measured_on"] = _measured_on(result["device_name"])
+    _write_partial(result, args)
+    # Liger's patch is process-wide but only touches transformers: torchao (slowest: it
+    # compiles) can come after it
+    peers = [n for n in ("peft", "liger", "torchao") if getattr(args, n)]
     if peers:
         del model, params
         _reset_peak(device)
@@ -840,6 +912,7 @@ def main(argv=None) -> dict:
                         old["peak_ours_over_peft"] = old["peak_ours_over_peer"]
         else:
             result.setdefault("peers", {})[name] = res_peer
+        _write_partial(result, args)
     result["measured_on"] = _measured_on(result["device_name"])
     if args.dequant_bw:
         result["dequant_bw"] = dequant_bandwidth(device, args.bw_shape)

@@ -64,6 +64,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from minituner.lora.qlora import qlora_linear
@@ -159,6 +160,7 @@ class RMSNorm(nn.Module):
 class LlamaAttention(nn.Module):
     fused_lora = True  # LoRA-wrapped NF4 Linears through minituner.lora.qlora
     fused_kernels = True  # rotary in one Triton kernel (minituner.scale.fused_rope)
+    sdpa_backends: tuple = ()  # SDPBackend members to try first; () lets PyTorch choose
 
     def __init__(self, cfg: LlamaConfig, make_linear):
         super().__init__()
@@ -183,7 +185,11 @@ class LlamaAttention(nn.Module):
             q = apply_rotary(heads(qlora_linear(self.q_proj, x, f)), cos, sin)
             k = apply_rotary(heads(qlora_linear(self.k_proj, x, f)), cos, sin)
         v = heads(qlora_linear(self.v_proj, x, f))
-        y = F.scaled_dot_product_attention(q, k, v.to(q.dtype), is_causal=True)
+        if self.sdpa_backends and q.is_cuda:  # e.g. cuDNN's attention, faster on Hopper
+            with sdpa_kernel(list(self.sdpa_backends), set_priority=True):
+                y = F.scaled_dot_product_attention(q, k, v.to(q.dtype), is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v.to(q.dtype), is_causal=True)
         return qlora_linear(self.o_proj, y.transpose(1, 2).reshape(B, T, C), f)
 
 
