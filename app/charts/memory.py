@@ -68,11 +68,17 @@ def source_totals(rows: Sequence[Mapping]) -> dict[str, int]:
 def memory_stacked(
     rows: Sequence[Mapping], title: str = "Training memory", unit: str | None = None
 ) -> go.Figure:
-    """Stacked bars, one bar per ``row["source"]`` (e.g. "LoRA predicted"), one colour per
-    ``row["category"]``, in ``unit`` (default: :func:`byte_unit` of the tallest bar);
-    rows as :func:`app.format.breakdown_table` gives them."""
+    """Stacked horizontal bars, one bar per ``row["source"]`` (e.g. "LoRA predicted"), one
+    colour per ``row["category"]``, in ``unit`` (default: :func:`byte_unit` of the longest
+    bar); rows as :func:`app.format.breakdown_table` gives them. Rows that all carry
+    ``run`` and ``kind`` ("predicted", "measured") are labelled on two levels, the run
+    beside its kinds. Horizontal, so that run labels read across, however many runs."""
     unit = unit or byte_unit(source_totals(rows).values())
     sources = list(dict.fromkeys(row["source"] for row in rows))
+    y: list = sources
+    if rows and all("run" in row and "kind" in row for row in rows):
+        first = {row["source"]: row for row in reversed(rows)}
+        y = [[first[s]["run"] for s in sources], [first[s]["kind"] for s in sources]]
     categories = list(dict.fromkeys(row["category"] for row in rows))
     fig = go.Figure()
     for i, cat in enumerate(categories):
@@ -80,19 +86,24 @@ def memory_stacked(
         sizes = [by_source[s]["bytes"] if s in by_source else 0 for s in sources]
         fig.add_trace(
             go.Bar(
-                x=sources,
-                y=[b / UNITS[unit] for b in sizes],
+                y=y,
+                x=[b / UNITS[unit] for b in sizes],
+                orientation="h",
                 name=cat,
                 marker_color=CATEGORY_COLORS.get(cat, CATEGORY_PALETTE[i % len(CATEGORY_PALETTE)]),
                 customdata=[in_unit(b, unit) for b in sizes],
-                hovertemplate="%{x}<br>" + cat + ": %{customdata}<extra></extra>",
+                hovertemplate=cat + ": %{customdata}<extra></extra>",
                 meta={"category": cat},
             )
         )
     fig.update_layout(barmode="stack", legend=dict(traceorder="normal"))
-    fig.update_xaxes(title_text="method and source")
-    fig.update_yaxes(title_text=f"memory ({unit})", rangemode="tozero")
-    return style(fig, title, height=500)
+    fig.update_yaxes(
+        title_text="run and source" if y is not sources else "method and source",
+        autorange="reversed",  # the first run on top, as in the table
+    )
+    fig.update_xaxes(title_text=f"memory ({unit})", rangemode="tozero")
+    legend_below(fig, y=-0.12 - 0.6 / (len(sources) + 4))
+    return style(fig, title, height=230 + 42 * len(sources))
 
 
 def scaling_bars(

@@ -51,7 +51,15 @@ else:
     ]
     picked = st.multiselect("runs", list(by_label), default=default, key="mem_runs")
     with_act = st.toggle("include predicted activations", value=False, key="mem_act")
-    rows = helpers.memory_rows(by_label[label] for label in picked)
+    rows = []  # by run, not by method: two LoRA runs are two bars, not one
+    for label in picked:
+        run = by_label[label]
+        if (mem := run.metrics.memory) is None:
+            continue
+        short = f"{label.split(' · ')[0]} · {run.run_id[:6]}"
+        for row in breakdown_table(mem.predicted, mem.measured):
+            kind = row["source"]
+            rows.append({**row, "run": short, "kind": kind, "source": f"{short} {kind}"})
     if not with_act:
         rows = [r for r in rows if r["category"] != "activations"]
     if rows:

@@ -251,15 +251,25 @@ def test_memory_stacked_one_trace_per_category():
     fig = memory.memory_stacked(rows)
     assert fig.layout.barmode == "stack"
     assert names(fig) == ["weights", "nf4", "lora", "gradients", "optimizer", "activations"]
-    assert list(fig.data[0].x) == ["predicted", "measured"]
+    assert list(fig.data[0].y) == ["predicted", "measured"]  # horizontal bars
     unit = memory.byte_unit([pred["states_total"] + pred["activations"]])
-    assert fig.layout.yaxis.title.text == f"memory ({unit})"  # not "bytes"
-    assert fig.data[0].y[1] == pytest.approx(10 / memory.UNITS[unit])
-    assert fig.data[-1].y[1] == 0  # nothing measured for activations
+    assert fig.layout.xaxis.title.text == f"memory ({unit})"  # not "bytes"
+    assert fig.data[0].x[1] == pytest.approx(10 / memory.UNITS[unit])
+    assert fig.data[-1].x[1] == 0  # nothing measured for activations
     assert fig.data[0].customdata[1] == memory.in_unit(10, unit)  # hover: the table's unit
     assert {t.marker.color for t in fig.data} <= set(common.CATEGORY_PALETTE)
     in_gib = memory.memory_stacked(rows, unit="GiB")
-    assert in_gib.layout.yaxis.title.text == "memory (GiB)"
+    assert in_gib.layout.xaxis.title.text == "memory (GiB)"
+    by_run = [
+        {**row, "run": run, "kind": row["source"], "source": f"{run} {row['source']}"}
+        for run in ("lora a", "lora b")
+        for row in rows
+    ]
+    two = memory.memory_stacked(by_run)  # two runs of one method: four bars, not two
+    assert [list(level) for level in two.data[0].y] == [
+        ["lora a", "lora a", "lora b", "lora b"],
+        ["predicted", "measured", "predicted", "measured"],
+    ]
 
 
 @given(st.integers(min_value=1, max_value=2**50))

@@ -51,11 +51,11 @@ def test_memory_charts_use_the_unit_of_the_table_beside_them(empty_cache):
     at = open_page("memory")
     figs = by_title(at)
     minigpt = figs["MiniGPT training memory"]
-    assert minigpt["layout"]["yaxis"]["title"]["text"] == "memory (MiB)"  # a small model
+    assert minigpt["layout"]["xaxis"]["title"]["text"] == "memory (MiB)"  # a small model
     runs = table_with(at, "weights")
     assert all(str(v).endswith(" MiB") for v in runs.drop(columns=[""]).to_numpy().ravel())
     calc = next(f for t, f in figs.items() if t.startswith("Predicted training memory"))
-    assert calc["layout"]["yaxis"]["title"]["text"] == "memory (GiB)"  # the 7B preset
+    assert calc["layout"]["xaxis"]["title"]["text"] == "memory (GiB)"  # the 7B preset
     table = table_with(at, "trainable params", "total")
     assert all(str(v).endswith(" GiB") for v in table["total"])
     scaled = figs["7B QLoRA: measured peak vs prediction"]
@@ -63,6 +63,19 @@ def test_memory_charts_use_the_unit_of_the_table_beside_them(empty_cache):
     assert all(str(v).endswith(" GiB") for v in table_with(at, "measured peak")["measured peak"])
     for fig in figs.values():
         assert "bytes" not in " ".join(axis_titles(fig))
+
+
+def test_two_runs_of_one_method_are_two_bars(empty_cache):
+    """The bars were keyed by method: a second LoRA run replaced the first."""
+    at = open_page("memory")
+    runs = at.multiselect(key="mem_runs")
+    loras = [o for o in runs.options if o.startswith("lora ")][:2]
+    assert len(loras) == 2, "the shipped store holds several LoRA runs"
+    runs.set_value(loras).run()
+    fig = by_title(at)["MiniGPT training memory"]
+    shown = {run for run in fig["data"][0]["y"][0]}
+    assert shown == {f"{label.split(' · ')[0]} · {label.split(' · ')[-1]}" for label in loras}
+    assert len(table_with(at, "weights", "total")) == 4  # predicted and measured, each
 
 
 def test_memory_page_shows_no_delta_badges(empty_cache):
