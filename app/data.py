@@ -177,6 +177,25 @@ def default_run(found: list[RunInfo]) -> RunInfo | None:
     return min(lora or found, key=distance_to_defaults)
 
 
+def run_stamp(info: RunInfo) -> float:
+    """When a run was stored (its metrics.json's modification time; 0 when unreadable):
+    run menus list the newest first."""
+    return _stamp(info.path / "metrics.json")[0] / 1e9
+
+
+def just_trained(owner: str) -> str | None:
+    """The run this browser (``owner``, app.live.owner()) trained last, when the server's
+    live run is its own and finished in the store; remembered in the session so that
+    another session's later run does not take it away."""
+    t = get_trainer()
+    # the run queue's view of this browser's runs where the trainer has one, else the
+    # server's single live run
+    s = t.snapshot_for(owner) if hasattr(t, "snapshot_for") else t.snapshot()
+    if owner and s.owner == owner and s.status == "completed" and s.run_id:
+        st.session_state["just_trained_run"] = s.run_id
+    return st.session_state.get("just_trained_run")
+
+
 def preferred_run_ids() -> list[str]:
     """The runs the experiments compare (first seed of each method), for menus' defaults
     (a missing experiments file is no news here; one that cannot be read is a warning)."""

@@ -181,6 +181,15 @@ def run_label(info: RunInfo) -> str:
     return f"{core}{taught} · {f.steps} steps · lr {f.lr:g} · seed {f.seed} · {info.run_id[:6]}"
 
 
+def short_label(info: RunInfo) -> str:
+    """The run in a few words for a metric or a narrow legend: method, r, seed and the
+    id's first characters ("lora r=8 · seed 0 · 0e9eca")."""
+    f = info.finetune_config()
+    core = "full" if f.method == "full" else f"{f.method} r={f.r}"
+    taught = f" · teach {f.teach.split(':')[0]}" if f.teach else ""
+    return f"{core}{taught} · seed {f.seed} · {info.run_id[:6]}"
+
+
 def pct(x) -> str:
     return "–" if x is None else f"{100 * float(x):.1f}%"
 
@@ -191,24 +200,34 @@ def mean_std(ms: MeanStd, signed: bool = False) -> str:
     return f"{m:+.2f}% ± {sd:.2f}" if signed else f"{m:.1f}% ± {sd:.1f}"
 
 
+def points(x, base=None) -> str:
+    """A change of a rate in percentage points ("-25.0 pts"); "–" without a base."""
+    return "–" if x is None or base is None else f"{100 * (float(x) - float(base)):+.1f} pts"
+
+
 def final_figures_rows(
     runs: Iterable[RunInfo], base_metrics: BaseMetrics | None = None
 ) -> list[dict]:
-    """One row of final figures per run (and the base model first, when given)."""
+    """One row of final figures per run (and the base model first, when given).
+
+    Regular-verb accuracy and its change against the base model sit next to irregular
+    accuracy and the drift (issue 24: the cost of the fine-tune is shown where its gain
+    is); the change is "–" without the base model's figures."""
     rows = []
-    if base_metrics is not None:
-        b = base_metrics
+    b = base_metrics
+    if b is not None:
         rows.append(
             {
                 "run": "base model (no fine-tuning)",
                 "method": "base",
                 "irregular acc.": pct(b.irregular_accuracy),
-                "over-regularized": pct(b.overregularized_rate),
                 "regular acc.": pct(b.regular_accuracy),
-                "control EN ppl": f"{b.control_en_ppl:.4f}",
-                "control ES ppl": f"{b.control_es_ppl:.4f}",
+                "regular acc. change": points(b.regular_accuracy, b.regular_accuracy),
                 "EN drift": "0.0%",
                 "ES drift": "0.0%",
+                "over-regularized": pct(b.overregularized_rate),
+                "control EN ppl": f"{b.control_en_ppl:.4f}",
+                "control ES ppl": f"{b.control_es_ppl:.4f}",
                 "trainable params": "–",
                 "final loss": "–",
                 "time (s)": "–",
@@ -222,12 +241,15 @@ def final_figures_rows(
                 "run": run_label(r),
                 "method": r.method,
                 "irregular acc.": pct(f.irregular_accuracy),
-                "over-regularized": pct(f.overregularized_rate),
                 "regular acc.": pct(f.regular_accuracy),
-                "control EN ppl": f"{f.control_en_ppl:.4f}",
-                "control ES ppl": f"{f.control_es_ppl:.4f}",
+                "regular acc. change": points(
+                    f.regular_accuracy, b.regular_accuracy if b is not None else None
+                ),
                 "EN drift": f"{100 * f.control_en_drift:+.2f}%",
                 "ES drift": f"{100 * f.control_es_drift:+.2f}%",
+                "over-regularized": pct(f.overregularized_rate),
+                "control EN ppl": f"{f.control_en_ppl:.4f}",
+                "control ES ppl": f"{f.control_es_ppl:.4f}",
                 "trainable params": f"{m.trainable_params:,}",
                 "final loss": f"{m.curves.loss[-1]:.4f}",
                 "time (s)": f"{m.wall_time_s:.1f}",
@@ -284,3 +306,42 @@ def bytes_table(rows: Iterable[Mapping]) -> list[dict]:
     for src, t in table.items():
         t["total"] = format_bytes(sum(r["bytes"] for r in rows if r["source"] == src))
     return list(table.values())
+
+
+def matched_answer(matched: Mapping) -> str | None:
+    """The Forgetting page's first sentence (Markdown, every number from the record):
+    does LoRA forget less than full fine-tuning at matched learning? ``matched``: the
+    experiments record's frontier.matched (``control_en_drift`` and ``regular_accuracy``
+    entries: the best each method reaches with at least each level of irregular
+    accuracy). Held, as in minituner.experiments.claims.frontier_claim, when LoRA is
+    ahead on both on average. The numbers are written as the table beside it writes
+    them (accuracies "76.0%", drift "+0.17%", differences in percentage points). None
+    without both entries."""
+    d, r = matched.get("control_en_drift"), matched.get("regular_accuracy")
+    if d is None or r is None:
+        return None
+    if d.mean_advantage is None or r.mean_advantage is None or not d.levels:
+        return (
+            "**At matched learning, LoRA and full fine-tuning cannot be compared:** the "
+            "irregular-verb accuracies their runs reach do not overlap."
+        )
+    held = d.mean_advantage > 0 and r.mean_advantage > 0
+    k = len(d.levels)
+
+    def part(m, what, lower_word, higher_word, digits):  # what: "LoRA's drift", ...
+        ahead = m.mean_advantage > 0  # LoRA forgets less on this measure
+        word = lower_word if ahead else higher_word
+        n = sum(1 for a in m.advantage if (a > 0 if ahead else a < 0))
+        return (
+            f"{what} is {word} by {abs(100 * m.mean_advantage):.{digits}f} percentage "
+            f"points on average ({word} at {n} of {k})"
+        )
+
+    verdict = "Yes" if held else "No"
+    claim = "forgets less" if held else "does not forget less"
+    return (
+        f"**{verdict}: at matched learning, LoRA {claim} than full fine-tuning** — over "
+        f"{k} levels of irregular-verb accuracy from {pct(d.levels[0])} to "
+        f"{pct(d.levels[-1])}, {part(d, 'LoRA’s control English drift', 'lower', 'higher', 2)}"
+        f" and {part(r, 'its regular-verb accuracy', 'higher', 'lower', 1)}."
+    )

@@ -6,27 +6,42 @@ from collections.abc import Mapping
 
 import plotly.graph_objects as go
 
-from app.charts.common import COLORS, PALETTE, legend_below, style
+from app.charts.common import legend_below, style
+from app.charts.compare import Runs, run_looks
+
+BASE_LABEL = "base model"
 
 
-def candidate_bars(probs: Mapping[str, Mapping[str, float]], title: str = "") -> go.Figure:
-    """Probability of each candidate answer, one bar group per model:
-    ``probs[model_label][candidate] = p`` (renormalized over the candidates)."""
+def candidate_bars(
+    probs: Mapping[str, Mapping[str, float]], title: str = "", runs: Runs | None = None
+) -> go.Figure:
+    """Probability of each candidate answer among the candidates (renormalized over
+    them), one bar group per model: ``probs[model_label][candidate] = p``. The base
+    model is grey; each run is drawn in its method's colour (``runs``: label ->
+    (method, run id), see app.charts.compare.run_looks; a label starting with
+    "base" is the base model)."""
     fig = go.Figure()
-    for i, (model, p) in enumerate(probs.items()):
+    runs = dict(runs or {})
+    for label in probs:
+        if label.lower().startswith("base") and label not in runs:
+            runs[label] = ("base", "base")
+    looks = run_looks(list(probs), runs)
+    for model, p in probs.items():
         cands = list(p)
+        color, meta = looks[model]
         fig.add_trace(
             go.Bar(
                 x=cands,
                 y=[100 * p[c] for c in cands],
                 name=model,
-                marker_color=COLORS["base"] if i == 0 else PALETTE[(i - 1) % len(PALETTE)],
+                meta=meta,
+                marker_color=color,
                 text=[f"{100 * p[c]:.1f}%" for c in cands],
                 textposition="outside",
             )
         )
     fig.update_layout(barmode="group")
-    fig.update_yaxes(title_text="probability among the candidates (%)", range=[0, 110])
+    fig.update_yaxes(title_text="probability among these candidates (%)", range=[0, 115])
     fig.update_xaxes(title_text="candidate answer")
     legend_below(fig)
-    return style(fig, title or "Which answer does the model prefer?", height=460)
+    return style(fig, title or "Which answer does the model prefer?", height=480)

@@ -1,16 +1,30 @@
-"""Completions: the base model and a fine-tuned model answer the same cloze prompts."""
+"""Completions: the base model and any number of fine-tuned runs answer the same cloze
+prompt, side by side.
+
+The candidate answers follow the prompt (app/candidates.py: a sentence of a known verb
+gets its irregular past and its "-ed" form) and stay editable. Runs are found as on
+Compare (app/run_picker.py: newest first, a filter, the run just trained selected, the
+selection and the prompt kept in the URL)."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from app import data, helpers
+from app import data, helpers, live
+from app.candidates import candidates_for
 from app.charts import completions as charts
 from app.format import md_text
+from app.run_picker import pick_runs
 from minituner.minigpt.evaluate import candidate_logprobs, check_prompt, complete, greedy_answers
 
 DEFAULT_PROMPT = "He __ to school yesterday."
-DEFAULT_CANDIDATES = "went, goed"
+BASE = "base model"
+EXPLAIN = (
+    "**Greedy answer**: what each model writes, taking its most likely character each "
+    "time. **Bars**: the probability of each candidate *among these candidates only* "
+    "(log P(answer | prompt) summed over the answer's characters, renormalized over the "
+    "list), so a model may write a word that is not listed."
+)
 
 st.title("Completions: before and after")
 base = data.base_or_stop()
@@ -19,19 +33,15 @@ if not found:
     st.info("No fine-tuned runs in the store yet: train one on the **Train** page.")
     st.stop()
 
-by_label = {helpers.run_label(r): r for r in found}
-labels = list(by_label)
 first = data.default_run(found)
-run_label = st.selectbox(
-    "fine-tuned run",
-    labels,
-    index=labels.index(helpers.run_label(first)) if first else 0,
-    key="compl_run",
+chosen, params = pick_runs(
+    found,
+    "compl",
+    helpers.run_label,
+    data.run_stamp,
+    [first.run_id] if first else [],
+    just_trained=data.just_trained(live.owner()),
 )
-info = by_label[run_label]
-model = data.run_model(info)
-if model is None:
-    st.stop()
 
 examples = {f"{e.prompt}  →  {e.answer}": e for e in base.corpus.finetune_test}
 seen_verbs: dict[str, str] = {}
@@ -39,52 +49,96 @@ for label, e in examples.items():
     seen_verbs.setdefault(e.verb, label)
 
 
+def _follow(prompt: str) -> None:
+    """Candidates for a new prompt: its verb's forms; none (to be typed) when the
+    sentence names no known verb, unless the user typed their own."""
+    guess = candidates_for(prompt)
+    if guess is not None:
+        st.session_state["compl_cands"] = ", ".join(guess.candidates)
+        st.session_state["compl_cands_auto"] = True
+    elif st.session_state.get("compl_cands_auto", True):
+        st.session_state["compl_cands"] = ""
+
+
+def _prompt_changed() -> None:
+    _follow(st.session_state["compl_prompt"])
+
+
+def _cands_changed() -> None:
+    st.session_state["compl_cands_auto"] = False
+
+
 def _use_example() -> None:
     e = examples.get(st.session_state["compl_example"])
     if e is not None:
         st.session_state["compl_prompt"] = e.prompt
-        cands = [e.answer] + ([e.overregularized] if e.overregularized else [])
-        st.session_state["compl_cands"] = ", ".join(cands)
+        _follow(e.prompt)
 
 
-st.session_state.setdefault("compl_prompt", DEFAULT_PROMPT)
-st.session_state.setdefault("compl_cands", DEFAULT_CANDIDATES)
+if "compl_prompt" not in st.session_state:  # the URL's prompt on the page's first visit
+    url_prompt = st.query_params.get("prompt", "")
+    st.session_state["compl_prompt"] = url_prompt.strip() or DEFAULT_PROMPT
+    _follow(st.session_state["compl_prompt"])
+st.session_state.setdefault("compl_cands", "")
 c1, c2 = st.columns([3, 2])
-c1.text_input("prompt (write __ for the blank)", key="compl_prompt")
-c2.text_input("candidate answers, comma-separated", key="compl_cands")
+c1.text_input("prompt (write __ for the blank)", key="compl_prompt", on_change=_prompt_changed)
+c2.text_input(
+    "candidate answers, comma-separated (they follow the prompt; edit them)",
+    key="compl_cands",
+    on_change=_cands_changed,
+)
 st.selectbox(
     "or take a held-out test prompt (never seen in training)",
     ["—", *seen_verbs.values()],
     key="compl_example",
     on_change=_use_example,
 )
-
 prompt = st.session_state["compl_prompt"].strip()
+st.query_params.from_dict({**params, "prompt": prompt})
+guess = candidates_for(prompt)
+if guess is not None:
+    st.caption(
+        f"The sentence belongs to the verb **{md_text(guess.verb)}**: its candidates are "
+        "its correct form and the form a learner writes instead."
+    )
+
+models = {BASE: base.model}
+runs = {BASE: ("base", "base")}
+for r in chosen:
+    model = data.run_model(r)
+    if model is not None:
+        label = helpers.short_label(r)
+        models[label] = model
+        runs[label] = (r.method, r.run_id)
+if len(models) == 1:
+    st.info("Pick one or more fine-tuned runs above to compare them with the base model.")
+
 cands = [c.strip() for c in st.session_state["compl_cands"].split(",") if c.strip()]
 try:  # empty, no blank __, unknown characters, too long: refused before any answer
     check_prompt(base.tok, prompt, base.model.config.block_size, cands)
-    before = complete(base.model, base.tok, prompt)
-    after = complete(model, base.tok, prompt)
-    probs = None
-    if cands:
-        probs = {
-            "base model": candidate_logprobs(base.model, base.tok, prompt, cands)["probs"],
-            f"fine-tuned ({info.method})": candidate_logprobs(model, base.tok, prompt, cands)[
-                "probs"
-            ],
-        }
+    greedy = {label: complete(m, base.tok, prompt) for label, m in models.items()}
+    probs = {
+        label: candidate_logprobs(m, base.tok, prompt, cands)["probs"]
+        for label, m in models.items()
+    }
 except ValueError as e:
     st.error(f"The model cannot answer this prompt: {md_text(e)}")
     st.stop()
 
-a, b = st.columns(2)
-a.metric("base model's greedy answer", md_text(before) or "(nothing)")
-b.metric(f"fine-tuned model's greedy answer ({info.method})", md_text(after) or "(nothing)")
-if probs:
-    st.plotly_chart(charts.candidate_bars(probs, f"“{prompt}”"), key="compl_bars")
+st.markdown(EXPLAIN)
+cols = st.columns(min(len(greedy), 4))
+for i, (label, answer) in enumerate(greedy.items()):
+    name = "base model's greedy answer" if label == BASE else f"greedy answer: {md_text(label)}"
+    cols[i % len(cols)].metric(name, md_text(answer) or "(nothing)")
+unlisted = [f"{label}: {answer}" for label, answer in greedy.items() if answer not in cands]
+if cands and unlisted:
     st.caption(
-        "log P(answer | prompt) summed over the answer's characters, renormalized over "
-        "the candidates you listed."
+        "Greedy answers that are not among the candidates (add them to see their "
+        f"probability): {md_text('; '.join(unlisted))}."
+    )
+if cands:
+    st.plotly_chart(
+        charts.candidate_bars(probs, f"“{prompt}”", runs=runs), key="compl_bars", width="stretch"
     )
 else:
     st.info("Add candidate answers to compare their probabilities.")
@@ -92,17 +146,18 @@ else:
 st.subheader("One held-out prompt per verb")
 sample = [examples[label] for label in seen_verbs.values()]
 prompts = [e.prompt for e in sample]
-ans_base = greedy_answers(base.model, base.tok, prompts)
-ans_ft = greedy_answers(model, base.tok, prompts)
+answers = {label: greedy_answers(m, base.tok, prompts) for label, m in models.items()}
 st.dataframe(
     [
         {
             "prompt": e.prompt,
             "correct": e.answer,
-            "base model": f"{'✓' if x == e.answer else '✗'} {x}",
-            "fine-tuned": f"{'✓' if y == e.answer else '✗'} {y}",
+            **{
+                label: f"{'✓' if got[i] == e.answer else '✗'} {got[i]}"
+                for label, got in answers.items()
+            },
         }
-        for e, x, y in zip(sample, ans_base, ans_ft, strict=True)
+        for i, e in enumerate(sample)
     ],
     hide_index=True,
 )

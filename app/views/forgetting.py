@@ -1,31 +1,90 @@
-"""Forgetting: the final drift per method, the learning-forgetting frontier, the replay
-sweep, and control perplexity over steps."""
+"""Forgetting: the answer first (at matched learning, does LoRA forget less than full
+fine-tuning? one sentence and the chart that shows it, from the frontier grid of
+experiments.json), then the final drift per method at each method's own defaults, the
+learning-forgetting frontier, the replay sweep, and control perplexity over steps.
+
+Every number comes from the shipped records (experiments.json, the run store)."""
 
 from __future__ import annotations
+
+import re
 
 import streamlit as st
 
 from app import data, helpers
 from app.charts import forgetting as charts
-from minituner.experiments.claims import frontier_claim
 from minituner.experiments.plan import REGENERATE
 
 st.title("Forgetting")
+base_metrics = data.base_metrics()
+found = data.runs_with_warnings()
+experiments = data.load_experiments()
+FRONTIER_CMD = f"{REGENERATE} --only frontier"
+frontier = data.experiment_section(experiments, "frontier", "frontier summary", FRONTIER_CMD)
+forgetting = data.experiment_section(experiments, "forgetting", "forgetting summary")
+
+# ---------------------------------------------------------------- the answer first
+answer = helpers.matched_answer(frontier.matched) if frontier is not None else None
+if answer is not None:
+    st.markdown(answer)
+    d = frontier.matched["control_en_drift"]
+    r = frontier.matched["regular_accuracy"]
+    a, b = st.columns([3, 2])
+    with a:
+        st.plotly_chart(
+            charts.matched_learning(frontier.matched), key="forget_matched", width="stretch"
+        )
+    with b:
+        if d.levels and len(r.levels) == len(d.levels):
+            st.dataframe(
+                [
+                    {
+                        "irregular acc. at least": helpers.pct(x),
+                        "LoRA: EN drift": f"{100 * d.lora[i]:+.2f}%",
+                        "full: EN drift": f"{100 * d.full[i]:+.2f}%",
+                        "LoRA: regular acc.": helpers.pct(r.lora[i]),
+                        "full: regular acc.": helpers.pct(r.full[i]),
+                    }
+                    for i, x in enumerate(d.levels)
+                ],
+                hide_index=True,
+                key="frontier_matched",
+            )
+        st.caption(
+            "At each level, the least forgetting each method reaches in its grid with at "
+            "least that irregular-verb accuracy (mean over seeds): learning held equal, so "
+            "forgetting can be compared. The frontier below shows every configuration."
+        )
+
 st.markdown(
     "The control splits are held-out sentences the fine-tune never trains on: regular "
     "English verbs and Spanish. Their perplexity before and after fine-tuning shows what "
     "else the update changed. Drift = perplexity / base perplexity − 1; the design goal "
     "for LoRA is a drift within 5%. The charts show what was measured."
 )
-base_metrics = data.base_metrics()
-found = data.runs_with_warnings()
-experiments = data.load_experiments()
-forgetting = data.experiment_section(experiments, "forgetting", "forgetting summary")
+
+
+def _settings(rid: str) -> str:
+    """A run's settings without its seed ("lora r=8 a=16 q,v lr=0.005 steps=40")."""
+    info = data.run_by_id(rid)
+    return re.sub(r" seed=\d+", "", info.finetune_config().label()) if info else rid
+
 
 if forgetting is not None:
+    st.subheader("Each method at its own default settings")
+    learned = ", ".join(
+        f"{m} {helpers.pct(v.irregular_accuracy.mean)}" for m, v in forgetting.items()
+    )
+    used = "; ".join(_settings(v.run_ids[0]) for v in forgetting.values() if v.run_ids)
+    st.info(
+        f"These bars compare each method at its own default settings ({used}), so the "
+        f"methods also learn different amounts (irregular-verb accuracy: {learned}) and a "
+        "method that learns more may forget more. The answer above compares them at "
+        "matched learning."
+    )
     a, b = st.columns(2)
     with a:
-        st.plotly_chart(charts.drift_bars(forgetting), key="forget_bars")
+        st.plotly_chart(charts.drift_bars(forgetting), key="forget_bars", width="stretch")
     if all(v.regular_accuracy is not None for v in forgetting.values()):
         with b:
             st.plotly_chart(
@@ -33,21 +92,22 @@ if forgetting is not None:
                     forgetting,
                     lambda v: v.regular_accuracy,
                     "Regular past tense, cloze accuracy",
-                    "accuracy (%)",
+                    "regular-verb accuracy (%)",
                 ),
                 key="forget_regular",
+                width="stretch",
             )
     rows = []
     for m, v in forgetting.items():
         row = {
             "method": m,
             "runs": len(v.run_ids),
-            "EN drift": helpers.mean_std(v.control_en_drift, signed=True),
-            "ES drift": helpers.mean_std(v.control_es_drift, signed=True),
+            "irregular acc.": helpers.mean_std(v.irregular_accuracy),
         }
         if v.regular_accuracy is not None:
             row["regular acc."] = helpers.mean_std(v.regular_accuracy)
-        row["irregular acc."] = helpers.mean_std(v.irregular_accuracy)
+        row["EN drift"] = helpers.mean_std(v.control_en_drift, signed=True)
+        row["ES drift"] = helpers.mean_std(v.control_es_drift, signed=True)
         rows.append(row)
     st.dataframe(rows, hide_index=True)
     st.caption(
@@ -65,39 +125,15 @@ st.markdown(
     "each method's Pareto front: the least forgetting it reaches with at least that much "
     "learning."
 )
-FRONTIER_CMD = f"{REGENERATE} --only frontier"
-frontier = data.experiment_section(experiments, "frontier", "frontier summary", FRONTIER_CMD)
 if frontier is not None:
     cols = st.columns(len(charts.FRONTIER_PANELS))
     for col, (measure, y_title, scale) in zip(cols, charts.FRONTIER_PANELS, strict=True):
         with col:
             st.plotly_chart(
-                charts.frontier(frontier, measure, y_title, scale), key=f"frontier_{measure}"
+                charts.frontier(frontier, measure, y_title, scale),
+                key=f"frontier_{measure}",
+                width="stretch",
             )
-    claim = frontier_claim(frontier)
-    if claim is not None:
-        answer = "Yes" if claim.held else "No"
-        st.markdown(
-            f"**At matched learning, does LoRA forget less than full fine-tuning?** "
-            f"{answer}, as measured: {claim.figures}."
-        )
-    d = frontier.matched.get("control_en_drift")
-    r = frontier.matched.get("regular_accuracy")
-    if d and r and d.levels and len(r.levels) == len(d.levels):
-        st.dataframe(
-            [
-                {
-                    "irregular acc. at least": helpers.pct(x),
-                    "LoRA: EN drift": f"{100 * d.lora[i]:+.2f}%",
-                    "full: EN drift": f"{100 * d.full[i]:+.2f}%",
-                    "LoRA: regular acc.": helpers.pct(r.lora[i]),
-                    "full: regular acc.": helpers.pct(r.full[i]),
-                }
-                for i, x in enumerate(d.levels)
-            ],
-            hide_index=True,
-            key="frontier_matched",
-        )
     grid = sorted({c.label for c in frontier.configs})
     st.caption(
         f"{len(grid)} configurations, {sum(c.stats.n for c in frontier.configs)} runs "
@@ -114,7 +150,7 @@ st.markdown(
 REPLAY_CMD = f"{REGENERATE} --only replay"
 replay = data.experiment_section(experiments, "replay", "replay summary", REPLAY_CMD)
 if replay is not None:
-    st.plotly_chart(charts.replay(replay), key="replay_chart")
+    st.plotly_chart(charts.replay(replay), key="replay_chart", width="stretch")
     st.dataframe(
         [
             {
@@ -145,8 +181,12 @@ picked = st.multiselect("runs", list(by_label), default=default, key="forget_run
 chosen = [by_label[label] for label in picked]
 if chosen:
     st.plotly_chart(
-        charts.perplexity_over_steps({helpers.run_label(r): r.metrics.evals for r in chosen}),
+        charts.perplexity_over_steps(
+            {helpers.run_label(r): r.metrics.evals for r in chosen},
+            runs={helpers.run_label(r): (r.method, r.run_id) for r in chosen},
+        ),
         key="forget_ppl",
+        width="stretch",
     )
     st.caption(
         "During training the perplexity is measured on a sample of each control split "
@@ -158,10 +198,13 @@ if chosen:
         [
             {
                 "run": helpers.run_label(r),
+                "irregular acc.": helpers.pct(r.final.irregular_accuracy),
+                "regular acc.": helpers.pct(r.final.regular_accuracy),
+                "regular acc. change": helpers.points(
+                    r.final.regular_accuracy, base_metrics.regular_accuracy
+                ),
                 "EN drift": f"{100 * r.final.control_en_drift:+.2f}%",
                 "ES drift": f"{100 * r.final.control_es_drift:+.2f}%",
-                "regular acc.": helpers.pct(r.final.regular_accuracy),
-                "irregular acc.": helpers.pct(r.final.irregular_accuracy),
             }
             for r in chosen
         ],

@@ -257,7 +257,7 @@ def test_complete_of_another_run_works_beside_a_broken_one(store_dirs):
 PAGES = [
     ("overview", None),
     ("compare", "compare_runs"),
-    ("completions", "compl_run"),
+    ("completions", "compl_runs"),
     ("spectrum", "spec_full"),
     ("forgetting", "forget_runs"),
     ("memory", "mem_runs"),
