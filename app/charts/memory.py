@@ -98,12 +98,13 @@ def memory_stacked(
         )
     fig.update_layout(barmode="stack", legend=dict(traceorder="normal"))
     fig.update_yaxes(
-        title_text="run and source" if y is not sources else "method and source",
+        title_text="run and source" if y is not sources else "method",
         autorange="reversed",  # the first run on top, as in the table
     )
     fig.update_xaxes(title_text=f"memory ({unit})", rangemode="tozero")
-    legend_below(fig, y=-0.12 - 0.6 / (len(sources) + 4))
-    return style(fig, title, height=230 + 42 * len(sources))
+    height = 230 + 42 * len(sources)
+    legend_below(fig, y=-85 / (height - 130))  # 85 px under the plot: below the axis title
+    return style(fig, title, height=height)
 
 
 def scaling_bars(
