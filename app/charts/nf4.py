@@ -167,5 +167,5 @@ def bits_bars(bits: Mapping[str, float], title: str = "Storage per parameter") -
         )
     )
     fig.update_xaxes(title_text="storage format")
-    fig.update_yaxes(title_text="bits per parameter (bits)", dtick=4, rangemode="tozero")
+    fig.update_yaxes(title_text="bits per parameter (bits)", dtick=8, rangemode="tozero")
     return style(fig, title)
