@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from minituner.cli import precompute, runs, train
+from minituner.cli import export, precompute, runs, train
 from minituner.cli.args import CLIError
 from minituner.paths import using_data_dir
 
@@ -57,6 +57,12 @@ COMMANDS: tuple[Command, ...] = (
         "base vs fine-tuned answer to a cloze prompt",
         runs.cmd_complete,
         runs.complete_arguments,
+    ),
+    Command(
+        "export",
+        "write a stored run for transformers + PEFT (base/ + adapter/, or one merged model)",
+        export.cmd_export,
+        export.export_arguments,
     ),
     Command(
         "precompute",

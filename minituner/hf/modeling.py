@@ -11,8 +11,10 @@ MiniGPT would. No key/value cache: each step reads the whole context (at most
 
 Token ids are the character tokenizer's (:class:`minituner.minigpt.tokenizer.CharTokenizer`,
 saved beside the weights as tokenizer.json): the newline, id 0, is BOS, EOS and padding.
-A padded batch (an ``attention_mask`` with zeros) is refused: MiniGPT has no padding mask,
-so generate one prompt at a time. :func:`register` makes ``AutoConfig`` and
+A batch of prompts of different lengths is LEFT-padded, as transformers generates: with an
+``attention_mask`` holding zeros, each row's positions count from its first real token and
+no real token attends to padding (:func:`_padded_forward`), so a row's logits are those of
+the row alone, up to float rounding. :func:`register` makes ``AutoConfig`` and
 ``AutoModelForCausalLM`` know the classes (importing :mod:`minituner.hf` does it).
 """
 
@@ -99,16 +101,14 @@ class MiniGPTForCausalLM(PreTrainedModel, GenerationMixin):
         next-token cross-entropy (labels shifted inside, -100 ignored, as transformers does).
 
         Raises:
-            ValueError: no input_ids, a padded batch, or more than block_size tokens.
+            ValueError: no input_ids, or more than block_size tokens.
         """
         if input_ids is None:
             raise ValueError("MiniGPTForCausalLM needs input_ids (no inputs_embeds)")
         if attention_mask is not None and not bool(attention_mask.all()):
-            raise ValueError(
-                "MiniGPT has no padding mask: generate one prompt at a time "
-                "(the attention_mask holds zeros)"
-            )
-        logits = MiniGPT.forward(self, input_ids)  # (B, T, vocab)
+            logits = _padded_forward(self, input_ids, attention_mask.bool())
+        else:
+            logits = MiniGPT.forward(self, input_ids)  # (B, T, vocab)
         loss = None
         if labels is not None:
             loss = torch.nn.functional.cross_entropy(
@@ -120,7 +120,43 @@ class MiniGPTForCausalLM(PreTrainedModel, GenerationMixin):
 
     def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs) -> dict:
         # no cache: every step reads the whole context (the last block_size tokens)
-        return {"input_ids": input_ids[:, -self.config.block_size :], "attention_mask": None}
+        keep = slice(-self.config.block_size, None)
+        mask = attention_mask[:, keep] if attention_mask is not None else None
+        return {"input_ids": input_ids[:, keep], "attention_mask": mask}
+
+
+def _padded_forward(model, idx: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """MiniGPT's forward for a left-padded batch: logits (B, T, vocab).
+
+    ``keep`` (B, T) is False on padding. Positions restart at each row's first real token;
+    attention is causal and skips padded keys (a padded query sees itself only, so no row
+    is empty). The layers are the model's own modules (LoRA wrapped by PEFT included).
+    """
+    B, T = idx.shape
+    if T > model.config.block_size:
+        raise ValueError(f"{T} tokens are more than block_size ({model.config.block_size})")
+    pos = (keep.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+    x = model.drop(model.tok_emb(idx) + model.pos_emb(pos))  # (B, T, C)
+    causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
+    eye = torch.eye(T, dtype=torch.bool, device=idx.device)
+    allowed = (causal & keep[:, None, :]) | eye  # (B, T, T): query row, key column
+    for block in model.blocks:
+        x = x + _attend(block.attn, block.ln_1(x), allowed[:, None])
+        x = x + block.mlp(block.ln_2(x))
+    return model.lm_head(model.ln_f(x))  # (B, T, vocab)
+
+
+def _attend(attn, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """CausalSelfAttention's computation with an explicit (B, 1, T, T) boolean mask."""
+    B, T, C = x.shape
+    hs = C // attn.n_head
+
+    def heads(t: torch.Tensor) -> torch.Tensor:
+        return t.view(B, T, attn.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+
+    q, k, v = heads(attn.q_proj(x)), heads(attn.k_proj(x)), heads(attn.v_proj(x))
+    y = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    return attn.o_proj(y.transpose(1, 2).contiguous().view(B, T, C))  # (B, T, C)
 
 
 def register() -> None:

@@ -18,7 +18,7 @@ from minituner import cli
 
 def test_the_parser_offers_the_commands_of_the_table(capsys):
     assert [c.name for c in cli.COMMANDS] == [
-        "pretrain", "finetune", "runs", "complete", "precompute", "subspace"
+        "pretrain", "finetune", "runs", "complete", "export", "precompute", "subspace"
     ]  # fmt: skip
     with pytest.raises(SystemExit) as e:
         cli.build_parser().parse_args(["--help"])
@@ -30,7 +30,8 @@ def test_the_parser_offers_the_commands_of_the_table(capsys):
 
 
 def _minimal(name: str) -> list[str]:
-    return [name, "P", "--run", "x"] if name == "complete" else [name]
+    extra = {"complete": ["P", "--run", "x"], "export": ["x", "out"]}
+    return [name, *extra.get(name, [])]
 
 
 def test_method_choices_and_dropout_default_come_from_their_owners():
