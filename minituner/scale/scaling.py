@@ -20,6 +20,17 @@ from minituner.io import read_json
 from minituner.paths import scaling_dir
 
 
+def qlora_7b_full_load() -> Path:
+    """QLoRA at batch 8 x 512 (the GPU busy), ours next to every peer of
+    benchmarks/bench_7b_qlora.py (PEFT + bitsandbytes, + Liger-Kernel, torchao + compile)
+    in one command: ``<data>/scaling/qlora_7b_batch8.json``.
+
+    Raises:
+        ValueError: no data folder (see :func:`minituner.paths.data_dir`).
+    """
+    return scaling_dir() / "qlora_7b_batch8.json"
+
+
 def qlora_7b_h200() -> Path:
     """QLoRA on a random LLaMA-7B-shaped model, measured on one NVIDIA H200 by
     benchmarks/bench_7b_qlora.py (ours and Hugging Face + bitsandbytes + PEFT, one command):
@@ -231,5 +242,70 @@ def scaling_rows(result: Mapping) -> list[dict]:
             row["peft_busy_fraction"] = _busy(theirs)
             row["peak_ours_over_peft"] = peak / theirs["peak_bytes"]
             row["step_ours_over_peft"] = step / row["peft_step_s"]
+        rows.append(row)
+    return rows
+
+
+PEER_NAMES = {  # the benchmark's peer keys, in the order tables show them
+    "peft": "PEFT + bitsandbytes",
+    "liger": "PEFT + bitsandbytes + Liger-Kernel",
+    "torchao": "torchao NF4 + torch.compile",
+}
+
+
+def _peer_runs(result: Mapping, name: str) -> dict:
+    holder = result.get("peft") if name == "peft" else result.get("peers", {}).get(name)
+    runs = holder.get("runs", {}) if isinstance(holder, dict) else {}
+    return {k: v for k, v in runs.items() if isinstance(v, dict) and "step_s_median" in v}
+
+
+def _gemm_share(run: Mapping) -> float | None:
+    cats = run.get("profile", {}).get("categories", {}) if isinstance(run, dict) else {}
+    gemm = cats.get("gemm") if isinstance(cats, dict) else None
+    return None if not isinstance(gemm, dict) else float(gemm["share_of_busy"])
+
+
+def peer_rows(result: Mapping) -> list[dict]:
+    """One row per configuration: our step against every peer that ran it.
+
+    Each row: ``config``, ``label``, ``step_s``, ``mfu`` (None where the file has none),
+    ``gemm_share`` (GEMM kernels' share of our profiled step's GPU busy time, or None),
+    ``gemm_s`` (their seconds: the floor the step cannot go under, or None), and
+    ``peers``: {peer: {``step_s``, ``step_ratio`` (ours / theirs), ``peak_ratio`` (ours /
+    theirs, None without both peaks), ``mfu``}} for each of :data:`PEER_NAMES` that ran
+    this configuration; a peer that failed or was skipped is absent, with its note in
+    ``skipped`` ({peer: note}).
+
+    Raises ValueError as :func:`validate_scaling_result` does.
+    """
+    result = validate_scaling_result(result)
+    rows = []
+    for key, run in result["runs"].items():
+        cats = run.get("profile", {}).get("categories", {})
+        row = {
+            "config": key,
+            "label": "r={} {}".format(*_SCALING_RUN.match(key).groups()),
+            "step_s": float(run["step_s_median"]),
+            "mfu": run.get("mfu"),
+            "gemm_share": _gemm_share(run),
+            "gemm_s": cats.get("gemm", {}).get("seconds") if isinstance(cats, dict) else None,
+            "peers": {},
+            "skipped": {},
+        }
+        for name in PEER_NAMES:
+            theirs = _peer_runs(result, name).get(key)
+            if theirs is None:
+                holder = result.get("peers", {}).get(name, {})
+                note = holder.get("skipped") or holder.get("runs", {}).get(key, {}).get("skipped")
+                if note:
+                    row["skipped"][name] = str(note)
+                continue
+            both = run.get("peak_bytes") and theirs.get("peak_bytes")
+            row["peers"][name] = {
+                "step_s": float(theirs["step_s_median"]),
+                "step_ratio": row["step_s"] / float(theirs["step_s_median"]),
+                "peak_ratio": run["peak_bytes"] / theirs["peak_bytes"] if both else None,
+                "mfu": theirs.get("mfu"),
+            }
         rows.append(row)
     return rows

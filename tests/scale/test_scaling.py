@@ -192,3 +192,42 @@ def test_a_non_finite_number_anywhere_is_refused(tmp_path, shipped, value):
 def test_validate_names_its_source():
     with pytest.raises(ValueError, match="^mine: should hold a JSON object"):
         validate_scaling_result([], source="mine")
+
+
+def _with_peers(result: dict) -> dict:
+    """The shipped result with a Liger peer (every run at 0.8x PEFT's time) and a torchao
+    peer that failed to compile, as bench_7b_qlora.py writes them."""
+    out = copy.deepcopy(result)
+    liger = {
+        k: {**v, "step_s_median": 0.8 * v["step_s_median"]} for k, v in out["peft"]["runs"].items()
+    }
+    out["peers"] = {
+        "liger": {"runs": liger, "what": "liger"},
+        "torchao": {"runs": {k: {"skipped": "torchao failed: compile"} for k in liger}},
+    }
+    return out
+
+
+def test_peer_rows_set_ours_against_each_peer_that_ran(shipped):
+    from minituner.scale.scaling import PEER_NAMES, peer_rows
+
+    result = _with_peers(shipped)
+    rows = peer_rows(result)
+    assert [r["config"] for r in rows] == list(result["runs"])
+    for row in rows:
+        ours = result["runs"][row["config"]]
+        assert set(row["peers"]) <= set(PEER_NAMES)
+        for name, holder in (("peft", result["peft"]), ("liger", result["peers"]["liger"])):
+            theirs = holder["runs"][row["config"]]
+            got = row["peers"][name]
+            assert got["step_ratio"] == pytest.approx(
+                ours["step_s_median"] / theirs["step_s_median"]
+            )
+            assert got["peak_ratio"] == pytest.approx(ours["peak_bytes"] / theirs["peak_bytes"])
+        assert "torchao" not in row["peers"] and "compile" in row["skipped"]["torchao"]
+
+
+def test_full_load_path_is_in_precomputed_scaling():
+    from minituner.scale.scaling import qlora_7b_full_load
+
+    assert qlora_7b_full_load().parts[-2:] == ("scaling", "qlora_7b_batch8.json")

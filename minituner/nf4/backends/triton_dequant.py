@@ -160,8 +160,14 @@ def _launch_key(kernel, grid: int, args: tuple, consts: dict, options: dict) -> 
             facts.append((a.dtype, a.data_ptr() % 16 == 0))
         else:
             facts.append(_int_facts(a))
-    device = torch.cuda.current_device()
+    device = torch.cuda.current_device()  # where Triton launches, as its own path does
     return (kernel, device, tuple(facts), tuple(consts.items()), tuple(options.items()))
+
+
+def _raw_stream(device: int) -> int:
+    """The current CUDA stream's handle (what Triton's own launch path passes)."""
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    return raw(device) if raw is not None else torch.cuda.current_stream(device).cuda_stream
 
 
 def _hooks_installed() -> bool:
@@ -184,7 +190,7 @@ def _launch(kernel, grid: int, args: tuple, consts: dict, options: dict) -> None
     compiled = _COMPILED.get(key) if direct else None
     if compiled is not None and not _hooks_installed():
         try:
-            stream = torch.cuda.current_stream().cuda_stream
+            stream = _raw_stream(key[1])
             compiled.run(
                 grid, 1, 1, stream, compiled.function, compiled.packed_metadata,
                 None, None, None, *args, *consts.values(),
