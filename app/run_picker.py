@@ -183,7 +183,9 @@ def pick_runs(
     if first_visit:
         for k, key in keys.items():
             st.session_state[key] = list(getattr(url, k))
-    c1, c2, c3 = st.columns(3)
+    active = any(st.session_state.get(key) for key in keys.values())
+    with st.expander("Filter the runs by method, rank r and seed", expanded=active):
+        c1, c2, c3 = st.columns(3)
     c1.multiselect("filter: method", opts["method"], key=keys["method"], placeholder="any method")
     c2.multiselect("filter: rank r (LoRA, QLoRA)", opts["r"], key=keys["r"], placeholder="any r")
     c3.multiselect("filter: seed", opts["seed"], key=keys["seed"], placeholder="any seed")

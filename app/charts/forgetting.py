@@ -167,7 +167,7 @@ def matched_learning(matched: Mapping[str, Matched]) -> go.Figure:
         fig.update_yaxes(title_text=y_title, row=1, col=col)
     fig.update_xaxes(title_text="irregular-verb accuracy at least (%)")
     legend_below(fig, y=-0.25)
-    return style(fig, "At matched learning: who forgets less?", height=480)
+    return style(fig, "At matched learning: who forgets less?", height=440)
 
 
 # ---------------------------------------------------------------- frontier and replay

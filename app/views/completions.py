@@ -20,10 +20,9 @@ from minituner.minigpt.evaluate import candidate_logprobs, check_prompt, complet
 DEFAULT_PROMPT = "He __ to school yesterday."
 BASE = "base model"
 EXPLAIN = (
-    "**Greedy answer**: what each model writes, taking its most likely character each "
-    "time. **Bars**: the probability of each candidate *among these candidates only* "
-    "(log P(answer | prompt) summed over the answer's characters, renormalized over the "
-    "list), so a model may write a word that is not listed."
+    "**Greedy answer**: what each model writes, its most likely character each time; "
+    "**bars**: each candidate's probability *among these candidates only*, so a model "
+    "may write a word that is not listed."
 )
 
 st.title("Completions: before and after")
@@ -32,16 +31,6 @@ found = data.runs_with_warnings()
 if not found:
     st.info("No fine-tuned runs in the store yet: train one on the **Train** page.")
     st.stop()
-
-first = data.default_run(found)
-chosen, params = pick_runs(
-    found,
-    "compl",
-    helpers.run_label,
-    data.run_stamp,
-    [first.run_id] if first else [],
-    just_trained=data.just_trained(live.owner()),
-)
 
 examples = {f"{e.prompt}  →  {e.answer}": e for e in base.corpus.finetune_test}
 seen_verbs: dict[str, str] = {}
@@ -80,21 +69,21 @@ if "compl_prompt" not in st.session_state:  # the URL's prompt on the page's fir
     st.session_state["compl_prompt"] = url_prompt.strip() or DEFAULT_PROMPT
     _follow(st.session_state["compl_prompt"])
 st.session_state.setdefault("compl_cands", "")
-c1, c2 = st.columns([3, 2])
+c1, c2, c3 = st.columns([3, 2, 3])
 c1.text_input("prompt (write __ for the blank)", key="compl_prompt", on_change=_prompt_changed)
 c2.text_input(
-    "candidate answers, comma-separated (they follow the prompt; edit them)",
+    "candidates (follow the prompt; editable)",
     key="compl_cands",
     on_change=_cands_changed,
+    help="Comma-separated answers whose probabilities the chart compares.",
 )
-st.selectbox(
-    "or take a held-out test prompt (never seen in training)",
+c3.selectbox(
+    "or a held-out test prompt (never trained on)",
     ["—", *seen_verbs.values()],
     key="compl_example",
     on_change=_use_example,
 )
 prompt = st.session_state["compl_prompt"].strip()
-st.query_params.from_dict({**params, "prompt": prompt})
 guess = candidates_for(prompt)
 if guess is not None:
     st.caption(
@@ -102,6 +91,17 @@ if guess is not None:
         "its correct form and the form a learner writes instead."
     )
 
+first = data.default_run(found)
+chosen, params = pick_runs(
+    found,
+    "compl",
+    helpers.run_label,
+    data.run_stamp,
+    [first.run_id] if first else [],
+    just_trained=data.just_trained(live.owner()),
+)
+
+st.query_params.from_dict({**params, "prompt": prompt})
 models = {BASE: base.model}
 runs = {BASE: ("base", "base")}
 for r in chosen:
@@ -128,7 +128,7 @@ except ValueError as e:
 st.markdown(EXPLAIN)
 cols = st.columns(min(len(greedy), 4))
 for i, (label, answer) in enumerate(greedy.items()):
-    name = "base model's greedy answer" if label == BASE else f"greedy answer: {md_text(label)}"
+    name = "base model's greedy answer" if label == BASE else md_text(label)
     cols[i % len(cols)].metric(name, md_text(answer) or "(nothing)")
 unlisted = [f"{label}: {answer}" for label, answer in greedy.items() if answer not in cands]
 if cands and unlisted:

@@ -29,32 +29,29 @@ if answer is not None:
     st.markdown(answer)
     d = frontier.matched["control_en_drift"]
     r = frontier.matched["regular_accuracy"]
-    a, b = st.columns([3, 2])
-    with a:
-        st.plotly_chart(
-            charts.matched_learning(frontier.matched), key="forget_matched", width="stretch"
+    st.plotly_chart(
+        charts.matched_learning(frontier.matched), key="forget_matched", width="stretch"
+    )
+    if d.levels and len(r.levels) == len(d.levels):
+        st.dataframe(
+            [
+                {
+                    "irregular acc. at least": helpers.pct(x),
+                    "LoRA: EN drift": f"{100 * d.lora[i]:+.2f}%",
+                    "full: EN drift": f"{100 * d.full[i]:+.2f}%",
+                    "LoRA: regular acc.": helpers.pct(r.lora[i]),
+                    "full: regular acc.": helpers.pct(r.full[i]),
+                }
+                for i, x in enumerate(d.levels)
+            ],
+            hide_index=True,
+            key="frontier_matched",
         )
-    with b:
-        if d.levels and len(r.levels) == len(d.levels):
-            st.dataframe(
-                [
-                    {
-                        "irregular acc. at least": helpers.pct(x),
-                        "LoRA: EN drift": f"{100 * d.lora[i]:+.2f}%",
-                        "full: EN drift": f"{100 * d.full[i]:+.2f}%",
-                        "LoRA: regular acc.": helpers.pct(r.lora[i]),
-                        "full: regular acc.": helpers.pct(r.full[i]),
-                    }
-                    for i, x in enumerate(d.levels)
-                ],
-                hide_index=True,
-                key="frontier_matched",
-            )
-        st.caption(
-            "At each level, the least forgetting each method reaches in its grid with at "
-            "least that irregular-verb accuracy (mean over seeds): learning held equal, so "
-            "forgetting can be compared. The frontier below shows every configuration."
-        )
+    st.caption(
+        "At each level, the least forgetting each method reaches in its grid with at "
+        "least that irregular-verb accuracy (mean over seeds): learning held equal, so "
+        "forgetting can be compared. The frontier below shows every configuration."
+    )
 
 st.markdown(
     "The control splits are held-out sentences the fine-tune never trains on: regular "
