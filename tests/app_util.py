@@ -22,8 +22,9 @@ def live_panel(at) -> str:
     from app import live
 
     panels = [c for c in live_components(at) if c["running"]]
-    if not panels:
-        return "\n".join(str(e.value) for e in at.get("html"))
+    if not panels:  # drawn by Streamlit: HTML, and the SVG charts as Markdown's raw HTML
+        raw = [e.proto.body for e in at.get("markdown") if e.proto.allow_html]
+        return "\n".join([str(e.value) for e in at.get("html")] + raw)
     feed = live.feed()
     assert len(panels) == 1 and feed is not None and panels[0]["url"].endswith(feed.name)
     feed.publish()

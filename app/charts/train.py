@@ -1,15 +1,72 @@
-"""Charts of the Train page: the live loss and evaluation of a running fine-tune."""
+"""Charts of the Train page: the loss and the periodic evaluation of one fine-tune, live
+(the live panel, app/live.py) and stored (the Train page's stored run).
+
+One run's measures are drawn, so each line has its METRIC colour (app/charts/common.py:
+loss near-black, irregular-verb accuracy green, regular-verb accuracy orange, control
+drift wine), never a method's. The evaluation panel shows the task (irregular verbs)
+and its cost (regular verbs, on the same left axis; control-English drift on the right
+axis), so the headline is honest: what was learned and what was lost, side by side.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from html import escape
 
-from app.charts.common import COLORS, FONT_SIZE
+from app.charts.common import METRIC_COLORS
+from app.charts.svg import Axis, Box, Line, flow, panel
 
-W, H = 560, 370  # one panel, in px; two panels side by side
-PAD = dict(left=70, right=70, top=40, bottom=80)
+PANEL = Box(width=420, height=262, left=64, right=64, top=40, bottom=50)
+# two panels side by side from a column of 2 x 400 px plus the gap, else one above the
+# other; at most 600 px each, so a wide column does not make them tall
+BASIS_PX, MOST_PX = 380, 600
+SERIES_NAMES = {  # the legend's words for each measure
+    "loss": "training loss",
+    "irregular_accuracy": "irregular verbs",
+    "regular_accuracy": "regular verbs",
+    "control_drift": "control English drift (right axis)",
+}
+
+
+def _finite(points):
+    return [(x, y) for x, y in points if math.isfinite(x) and math.isfinite(y)]
+
+
+def loss_panel(steps: Sequence[int], losses: Sequence[float], total_steps: int) -> str:
+    """The training loss per step, the x axis fixed to the whole run so the line grows."""
+    pts = _finite([(float(s), float(v)) for s, v in zip(steps, losses, strict=False)])
+    hi = max([v for _, v in pts] or [1.0])
+    line = Line(pts, METRIC_COLORS["loss"], SERIES_NAMES["loss"], {"metric": "loss"},
+                markers=False)  # fmt: skip
+    return panel(
+        "train-loss", "loss", Axis.steps(total_steps),
+        Axis.nice(0.0, hi, "training loss (per character)", max_ticks=5), [line], box=PANEL,
+    )  # fmt: skip
+
+
+def evaluation_panel(evals: Sequence, total_steps: int) -> str:
+    """The periodic evaluation on a sample: irregular- and regular-verb accuracy (%) on
+    the left axis, control-English perplexity drift (%) on the right axis. ``evals`` are
+    evaluation events or records (step, irregular_accuracy, regular_accuracy,
+    control_en_drift); step 0 is the base model."""
+    acc = _finite([(float(e.step), 100 * float(e.irregular_accuracy)) for e in evals])
+    reg = _finite([(float(e.step), 100 * float(e.regular_accuracy)) for e in evals])
+    drift = _finite([(float(e.step), 100 * float(e.control_en_drift)) for e in evals])
+    d_lo = min([0.0, *(y for _, y in drift)])
+    d_hi = max([1.0, *(y for _, y in drift)])  # at least 0..1 %: noise stays flat
+    lines = [
+        Line(acc, METRIC_COLORS["irregular_accuracy"], SERIES_NAMES["irregular_accuracy"],
+             {"metric": "irregular_accuracy"}),
+        Line(reg, METRIC_COLORS["regular_accuracy"], SERIES_NAMES["regular_accuracy"],
+             {"metric": "regular_accuracy"}),
+        Line(drift, METRIC_COLORS["control_drift"], SERIES_NAMES["control_drift"],
+             {"metric": "control_drift"}, dash=True, right=True),
+    ]  # fmt: skip
+    return panel(
+        "train-evaluation", "evaluation on a sample", Axis.steps(total_steps),
+        Axis(0.0, 100.0, [0, 25, 50, 75, 100], "accuracy (%)", 25.0), lines,
+        y2=Axis.nice(d_lo, d_hi, "control EN drift (%)", max_ticks=5), box=PANEL,
+    )  # fmt: skip
 
 
 def live_training(
@@ -18,97 +75,11 @@ def live_training(
     evals: Sequence,
     total_steps: int,
 ) -> str:
-    """The live view as a small inline SVG: the loss per step (left) and the periodic
-    evaluation (right: irregular-verb accuracy in % on the left axis, control-English
-    drift in % on the right axis), the x axis fixed to the whole run so the lines grow.
+    """The loss panel and the evaluation panel in a row that wraps (app/charts/svg.py:
+    side by side in a wide column, stacked in a narrow one; never wider than the column).
 
     Plain markup, built in well under a millisecond and drawn by the browser without a
     chart library, so a redraw per event costs the server and every watching tab almost
-    nothing. ``evals`` are evaluation events or records (attributes step,
-    irregular_accuracy, control_en_drift)."""
+    nothing."""
     top = max(1, int(total_steps))
-    loss_pts = [(float(s), float(v)) for s, v in zip(steps, losses, strict=False)
-                if math.isfinite(v)]  # fmt: skip
-    acc = [(float(e.step), 100 * float(e.irregular_accuracy)) for e in evals]
-    drift = [(float(e.step), 100 * float(e.control_en_drift)) for e in evals]
-    drift = [(x, y) for x, y in drift if math.isfinite(y)]
-    loss_hi = max([v for _, v in loss_pts] or [1.0]) * 1.05
-    d_lo = min([0.0, *(y for _, y in drift)])
-    d_hi = max([1.0, *(y for _, y in drift)])  # at least 0..1 %: noise stays flat
-    left = _panel("loss", top, (0.0, loss_hi), [(loss_pts, COLORS["lora"], "loss", False)], None)
-    right = _panel(
-        "evaluation on a sample", top, (0.0, 100.0),
-        [(acc, COLORS["qlora"], "irregular accuracy (%)", True)],
-        ((d_lo, d_hi), [(drift, COLORS["full"], "control EN drift (%)", True)]),
-    )  # fmt: skip
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * W}" height="{H}" '
-        f'viewBox="0 0 {2 * W} {H}" font-family="sans-serif" font-size="{FONT_SIZE - 4}">'
-        f'<rect width="{2 * W}" height="{H}" fill="white"/>{left}'
-        f'<g transform="translate({W},0)">{right}</g></svg>'
-    )
-
-
-def _fmt(v: float) -> str:
-    return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
-
-
-def _panel(title, x_max, y_range, series, secondary) -> str:
-    """One panel: axes with ticks, a title, lines with markers, a legend below."""
-    x0, x1 = PAD["left"], W - PAD["right"]
-    y0, y1 = H - PAD["bottom"], PAD["top"]
-
-    def sx(x):
-        return x0 + (x1 - x0) * x / x_max
-
-    def scale(lo, hi):
-        span = (hi - lo) or 1.0
-        return lambda y: y0 - (y0 - y1) * (y - lo) / span
-
-    sy = scale(*y_range)
-    out = [
-        f'<text x="{(x0 + x1) / 2}" y="{PAD["top"] - 14}" text-anchor="middle" '
-        f'font-size="{FONT_SIZE}">{escape(title)}</text>',
-        f'<line x1="{x0}" y1="{y0}" x2="{x1}" y2="{y0}" stroke="#444"/>',
-        f'<line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y1}" stroke="#444"/>',
-        f'<text x="{(x0 + x1) / 2}" y="{y0 + 42}" text-anchor="middle">step</text>',
-    ]
-    for i in range(5):
-        xv, yv = x_max * i / 4, y_range[0] + (y_range[1] - y_range[0]) * i / 4
-        out.append(f'<text x="{sx(xv):.1f}" y="{y0 + 20}" text-anchor="middle">{xv:.0f}</text>')
-        out.append(
-            f'<text x="{x0 - 6}" y="{sy(yv) + 5:.1f}" text-anchor="end">{_fmt(yv)}</text>'
-            f'<line x1="{x0}" y1="{sy(yv):.1f}" x2="{x1}" y2="{sy(yv):.1f}" stroke="#eee"/>'
-        )
-    lines = [(pts, color, name, marks, sy) for pts, color, name, marks in series]
-    if secondary is not None:
-        (lo, hi), more = secondary
-        pad = 0.1 * (hi - lo)
-        sy2 = scale(lo - pad, hi + pad)
-        out.append(f'<line x1="{x1}" y1="{y0}" x2="{x1}" y2="{y1}" stroke="#444"/>')
-        for i in range(5):
-            yv = lo - pad + (hi - lo + 2 * pad) * i / 4
-            out.append(f'<text x="{x1 + 6}" y="{sy2(yv) + 5:.1f}">{_fmt(yv)}</text>')
-        lines += [(pts, color, name, marks, sy2) for pts, color, name, marks in more]
-    for k, (pts, color, name, marks, fy) in enumerate(lines):
-        xy = " ".join(f"{sx(x):.1f},{fy(y):.1f}" for x, y in pts)
-        dash = ' stroke-dasharray="6 4"' if k > 0 else ""
-        out.append(
-            f'<polyline class="series" data-name="{escape(name)}" data-points="{len(pts)}" '
-            f'fill="none" stroke="{color}" stroke-width="3"{dash} points="{xy}"/>'
-        )
-        if marks:
-            out += [
-                f'<circle cx="{sx(x):.1f}" cy="{fy(y):.1f}" r="5" fill="{color}"/>' for x, y in pts
-            ]
-    if len(lines) > 1:  # a legend below the axis
-        x = x0 - 40
-        for k, (_, color, name, _, _) in enumerate(lines):
-            dash = ' stroke-dasharray="6 4"' if k > 0 else ""
-            out.append(
-                f'<line x1="{x}" y1="{H - 12}" x2="{x + 30}" y2="{H - 12}" '
-                f'stroke="{color}" stroke-width="3"{dash}/>'
-                f'<text x="{x + 36}" y="{H - 7}">{escape(name)}</text>'
-            )
-            x += 60 + 9 * len(name)
-    return "".join(out)
+    return flow([loss_panel(steps, losses, top), evaluation_panel(evals, top)], BASIS_PX, MOST_PX)

@@ -4,8 +4,8 @@ which last.
 The figures are the periodic evaluations of a run (records or live events): each holds
 the cloze accuracy of every verb on the evaluation sample (a few prompts per verb, so
 one prompt moves a verb's accuracy by a large step). Two drawings of the same series:
-:func:`live_verbs`, a small inline SVG for the Train page's live panel (no chart
-library, as :func:`app.charts.train.live_training`), and :func:`verb_curves`, a plotly
+:func:`live_verbs`, small inline SVG panels for the Train page's live panel (no chart
+library, as :func:`app.charts.train.live_training`; one panel per verb), and :func:`verb_curves`, a plotly
 figure for stored runs (the Compare page). :func:`learning_order` and
 :func:`order_sentence` say, as measured, when each verb was learned.
 
@@ -23,13 +23,13 @@ from html import escape
 
 import plotly.graph_objects as go
 
-from app.charts.common import FONT_SIZE, PALETTE, legend_below, style
+from app.charts.common import CATEGORY_PALETTE, legend_below, style
+from app.charts.svg import Axis, Box, Line, flow, panel
 from app.format import md_text
 from minituner.minigpt.verbs import IRREGULAR_VERBS
 
 LEARNED = 0.8  # the accuracy a verb must keep from some evaluation on to count as learned
-W, H = 1120, 330  # the SVG, in px: as wide as the live loss/evaluation chart
-PAD = dict(left=70, right=190, top=40, bottom=50)
+MINI = Box(width=200, height=150, left=52, right=12, top=34, bottom=44)  # one verb's panel
 NO_DATA = "no per-verb accuracy in this run's evaluations (it was stored before they were kept)"
 NOT_YET = "the per-verb accuracy appears with the first evaluation"
 
@@ -64,7 +64,7 @@ def verb_colors(verbs: Sequence[str]) -> dict[str, str]:
     """A fixed colour per verb: a corpus verb keeps its colour from run to run."""
     extra = [v for v in verbs if v not in IRREGULAR_VERBS]
     index = {v: i for i, v in enumerate((*IRREGULAR_VERBS, *extra))}
-    return {v: PALETTE[index[v] % len(PALETTE)] for v in verbs}
+    return {v: CATEGORY_PALETTE[index[v] % len(CATEGORY_PALETTE)] for v in verbs}
 
 
 @dataclass(frozen=True)
@@ -163,64 +163,45 @@ def verb_curves(points: Points, title: str, highlight: str | None = None) -> go.
 def live_verbs(
     points: Points, total_steps: int, highlight: str | None = None, empty: str = NOT_YET
 ) -> str:
-    """Per-verb accuracy (%) over the steps as a small inline SVG: one line per verb, the
-    x axis fixed to the whole run so the lines grow, a legend on the right (each entry
-    gives the verb's latest accuracy). ``empty``: what the chart says without data."""
-    x_max = max(1, int(total_steps))
-    x0, x1 = PAD["left"], W - PAD["right"]
-    y0, y1 = H - PAD["bottom"], PAD["top"]
+    """Per-verb accuracy (%) over the steps as small multiples: one small SVG panel per
+    verb (the taught verb first, its line and name bold), all on the same axes (0-100 %,
+    the whole run), in a grid that wraps to the column's width.
 
-    def sx(x: float) -> float:
-        return x0 + (x1 - x0) * min(x, x_max) / x_max
-
-    def sy(y: float) -> float:
-        return y0 - (y0 - y1) * y / 100.0
-
-    out = [
-        f'<text x="{(x0 + x1) / 2}" y="{PAD["top"] - 14}" text-anchor="middle" '
-        f'font-size="{FONT_SIZE}">accuracy per verb (evaluation sample, %)</text>',
-        f'<line x1="{x0}" y1="{y0}" x2="{x1}" y2="{y0}" stroke="#444"/>',
-        f'<line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y1}" stroke="#444"/>',
-        f'<text x="{(x0 + x1) / 2}" y="{y0 + 40}" text-anchor="middle">step</text>',
-    ]
-    for xv in sorted({round(x_max * i / 4) for i in range(5)}):  # whole steps, where they are
-        out.append(f'<text x="{sx(xv):.1f}" y="{y0 + 20}" text-anchor="middle">{xv}</text>')
-    for i in range(5):
-        yv = 25.0 * i
-        out.append(
-            f'<text x="{x0 - 6}" y="{sy(yv) + 5:.1f}" text-anchor="end">{yv:.0f}</text>'
-            f'<line x1="{x0}" y1="{sy(yv):.1f}" x2="{x1}" y2="{sy(yv):.1f}" stroke="#eee"/>'
-        )
+    Why small multiples rather than one chart with a line per verb: most verbs end at
+    100 %, and many move in the same steps of one prompt, so in one chart their lines lie
+    on top of each other and a verb that was learned early hides one that was not.
+    Offsets or dashes would move the values or still cross; a panel per verb shows each
+    line whole and its last value in its title. ``empty``: what shows without data."""
+    heading = (
+        '<div class="chart-row-title" style="font-size:1.05rem;margin:0.25rem 0">'
+        "accuracy per verb on the evaluation sample (%), over the steps</div>"
+    )
     verbs = verb_order(points, highlight)
     if not verbs:
-        out.append(
-            f'<text x="{(x0 + x1) / 2}" y="{(y0 + y1) / 2}" text-anchor="middle" '
-            f'fill="#666">{escape(empty)}</text>'
+        return (
+            f'<div class="verb-grid">{heading}<p style="color:#555;font-size:1rem">'
+            f"{escape(empty)}</p></div>"
         )
     colors = verb_colors(verbs)
-    for k, verb in enumerate(verbs):
+    x = Axis.steps(max(1, int(total_steps)), max_ticks=4)
+    y = Axis(0.0, 100.0, [0, 50, 100], "acc. (%)", 50.0)
+    panels = []
+    for verb in verbs:
         pts = [(float(s), 100 * float(acc[verb])) for s, acc in points if verb in acc]
-        pts = [(x, y) for x, y in pts if math.isfinite(y)]
-        width = 6 if verb == highlight else 3
-        xy = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
-        out.append(
-            f'<polyline class="verb" data-name="{escape(verb)}" data-points="{len(pts)}" '
-            f'fill="none" stroke="{colors[verb]}" stroke-width="{width}" points="{xy}"/>'
-        )
-        out += [
-            f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="4" fill="{colors[verb]}"/>'
-            for x, y in pts
-        ]
-        ly = PAD["top"] + 8 + 26 * k
+        pts = [(a, b) for a, b in pts if math.isfinite(b)]
+        bold = verb == highlight
         last = f" {pts[-1][1]:.0f}%" if pts else ""
-        weight = ' font-weight="bold"' if verb == highlight else ""
-        out.append(
-            f'<line x1="{x1 + 20}" y1="{ly}" x2="{x1 + 50}" y2="{ly}" stroke="{colors[verb]}" '
-            f'stroke-width="{width}"/><text x="{x1 + 58}" y="{ly + 5}"{weight}>'
-            f"{escape(verb)}{last}</text>"
+        line = Line(pts, colors[verb], verb, width=6 if bold else 3, css="verb")
+        panels.append(
+            panel(
+                f"verb-{verb}",
+                f"{verb}{last}",
+                x,
+                y,
+                [line],
+                box=MINI,
+                legend=False,
+                title_attrs=' font-weight="bold"' if bold else "",
+            )  # fmt: skip
         )
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" '
-        f'viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="{FONT_SIZE - 4}">'
-        f'<rect width="{W}" height="{H}" fill="white"/>{"".join(out)}</svg>'
-    )
+    return f'<div class="verb-grid">{heading}{flow(panels, 180, 240, gap="10px 12px")}</div>'

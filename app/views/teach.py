@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import data, helpers, live
+from app import data, headline, helpers, live
 from app.charts import verbs as verb_charts
 from app.format import md_text
 from app.trainer import RUNNING
@@ -36,6 +36,7 @@ TEACH_METHODS = ("lora", "full")
 FINISHED_MARK = "Teaching finished"
 
 st.title("Teach your own verb")
+live_slot = st.container()  # a lesson this tab follows goes first: in view on a projector
 st.markdown(
     "Can the model learn a verb it has never seen? Type a verb and its past form "
     "(*swim / swam*, *drink / drank*, or one you make up). The app puts it into the "
@@ -47,6 +48,7 @@ st.markdown(
 )
 base = data.base_or_stop()
 trainer = data.get_trainer()
+_D = FinetuneConfig()  # the lesson's LoRA settings are the defaults
 me = live.owner()  # this browser's token: a reload still owns its run
 
 st.session_state.setdefault("teach_lemma", DEFAULT_LEMMA)
@@ -61,7 +63,8 @@ with st.container(border=True):
         format_func=lambda m: helpers.METHOD_NAMES[m],
         horizontal=True,
         key="teach_method",
-        help="LoRA r=8 on q, v (the app's default), or full fine-tuning, each at its "
+        help=f"LoRA r={_D.r}, α={_D.alpha:g} (α/r = {_D.alpha / _D.r:g}) on "
+        f"{', '.join(_D.targets)} (the app's default), or full fine-tuning, each at its "
         "default learning rate",
     )
     steps = c4.number_input(
@@ -151,20 +154,14 @@ def _show_result(info) -> None:
     after = cloze_metrics(model, base.tok, split.held_out)
     f, bm = info.final, data.base_metrics()
     st.subheader(f"Before and after: run {info.run_id}")
-    m1, m2, m3, m4 = st.columns(4)
-    rows = [
-        (m1, f"“{verb.lemma}”: held-out accuracy", after["accuracy"], before["accuracy"]),
-        (m2, "the eight irregular verbs", f.irregular_accuracy, bm.irregular_accuracy),
-        (m3, "regular verbs (cloze)", f.regular_accuracy, bm.regular_accuracy),
-    ]
-    for col, name, now, then in rows:
-        col.metric(
-            name,
-            helpers.pct(now),
-            delta=None if then is None else f"{100 * (now - then):+.1f} points",
-            delta_description=None if then is None else f"base model {helpers.pct(then)}",
-        )
-    m4.metric("control English drift", f"{100 * f.control_en_drift:+.2f}%")
+    taught = headline.Figure(
+        f"“{verb.lemma}”: held-out accuracy",
+        helpers.pct(after["accuracy"]),
+        headline.change(after["accuracy"], before["accuracy"]),
+        then=f"base model {helpers.pct(before['accuracy'])}",
+    )
+    irregular, regular, _, drift = headline.accuracy_figures(f, bm)  # four fit at 1024 px
+    headline.show([taught, irregular, regular, drift])
     st.dataframe(
         [
             {
@@ -196,16 +193,18 @@ def _show_result(info) -> None:
 live.hide_status()
 live.keep_owner()
 if snap.running:
-    taught = snap.config.get("teach", "")
-    if snap.owner == me and taught:
-        st.subheader(f"Teaching live: {snap.label}")
-        st.button("Stop", icon=":material/stop:", key="teach_stop", on_click=_stop)
-    else:
-        st.info(
-            f"Training is busy: **{md_text(snap.label)}** is training. One run at a time per "
-            "server; it is shown here and on the Train page; teach yours when it ends."
-        )
-    _live_panel()
+    with live_slot:  # under the title: the progress and the charts in view
+        taught = snap.config.get("teach", "")
+        if snap.owner == me and taught:
+            a, b = st.columns([5, 1], vertical_alignment="center")
+            a.subheader(f"Teaching live: {md_text(snap.label, 200)}")
+            b.button("Stop", icon=":material/stop:", key="teach_stop", on_click=_stop)
+        else:
+            st.info(
+                f"Training is busy: **{md_text(snap.label)}** is training. One run at a time "
+                "per server; it is shown here and on the Train page; teach yours when it ends."
+            )
+        _live_panel()
     st.stop()
 
 just_finished = live.show_outcome(snap, cfg, FINISHED_MARK) == "completed"

@@ -6,17 +6,24 @@ so a link opens the same configuration. Live training runs in a child process of
 server (app/trainer.py, minituner/finetune/worker.py); every tab shows the one shared live state
 in one fragment (the run area). While a run goes, its live panel fetches the server's
 live feed by itself (app/live.py, app/feed.py), so no tab runs anything on the server
-until the run ends; the whole page never reruns when a run starts or ends.
+until the run ends.
+
+Projected at 1280 × 720, the run is what the room should see: the form sits in an
+expander (its state kept under ``train_form``) that closes when this tab starts a run
+(one whole-page rerun, the only one a run causes) and starts closed when a link opens a
+stored configuration; the live panel or the stored run's charts then sit under the title
+without scrolling. The words "Train live", "Stop", "Training finished" and the run's
+method, r and seed in the header of the run this tab follows are a contract (DESIGN.md).
 """
 
 from __future__ import annotations
 
 import streamlit as st
 
-from app import data, helpers, live
+from app import data, headline, helpers, live
 from app.charts import train as charts
 from app.format import format_bytes, md_rows, md_text
-from minituner.finetune.config import DEFAULT_LR
+from minituner.finetune.config import DEFAULT_LR, FinetuneConfig
 from minituner.memory import predict as memmath
 from minituner.memory.shapes import ModelShape
 from minituner.methods import METHODS
@@ -25,6 +32,8 @@ from minituner.store.runs import run_id
 KEYS = {k: f"train_{k}" for k in ("method", "r", "alpha", "lr", "steps", "seed")}
 TARGET_KEYS = {t: f"train_target_{t}" for t in helpers.TARGETS}
 FINISHED_MARK = "Training finished"
+FORM_KEY = "train_form"  # the configuration expander's open state
+LAID_OUT_KEY = "train_laid_out_running"  # the page was drawn for a run this tab follows
 
 st.title("Train")
 base = data.base_or_stop()
@@ -52,7 +61,45 @@ def _method_changed() -> None:
     st.session_state[KEYS["lr"]] = DEFAULT_LR[st.session_state[KEYS["method"]]]
 
 
-with st.container(border=True):
+snap = data.get_trainer().snapshot()
+following = snap.running and snap.owner == live.owner()
+st.session_state[LAID_OUT_KEY] = following
+if st.session_state.pop("train_collapse", False):
+    st.session_state[FORM_KEY] = False  # this tab just started a run: the run comes first
+elif FORM_KEY not in st.session_state:  # first visit: a followed or stored run comes first
+    try:
+        first = helpers.config_from_choices(
+            {**{n: st.session_state[k] for n, k in KEYS.items()},
+             "targets": [t for t, k in TARGET_KEYS.items() if st.session_state[k]]},
+            base.model.config,
+        )  # fmt: skip
+        stored_first = data.run_by_id(
+            run_id(first, base.model_id, data.base_metrics().corpus_version)
+        )
+    except ValueError:
+        stored_first = None
+    st.session_state[FORM_KEY] = not (following or stored_first is not None)
+
+
+def alpha_note(method: str, r: int, alpha: float) -> str:
+    """What α/r is now, and that it moves with r (alpha is not rescaled)."""
+    if method == "full":
+        return "α/r does not apply: full fine-tuning trains every weight (no rank, no alpha)."
+    return (
+        f"Scaling α/r = {alpha:g} / {r} = **{alpha / r:.4g}**. Alpha stays fixed when r "
+        f"changes, so α/r moves with r (r = {2 * r} would give {alpha / (2 * r):.4g}); "
+        "change alpha with r to keep the scale."
+    )
+
+
+form = st.expander(
+    "Configuration: method, rank r, alpha, targets, learning rate, steps, seed",
+    expanded=True,
+    key=FORM_KEY,
+    on_change="rerun",
+    icon=":material/tune:",
+)
+with form:  # compact: the form and the Train live button fit in 1280 x 720
     c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
     c1.radio(
         "method",
@@ -65,6 +112,12 @@ with st.container(border=True):
     )
     is_full = st.session_state[KEYS["method"]] == "full"
     c2.number_input(
+        "learning rate", min_value=1e-6, max_value=1.0, step=1e-4, format="%.4g", key=KEYS["lr"]
+    )
+    c3.number_input("steps", min_value=1, max_value=helpers.MAX_STEPS, step=10, key=KEYS["steps"])
+    c4.number_input("seed", min_value=0, max_value=2**31 - 1, step=1, key=KEYS["seed"])
+    r_col, a_col, note = st.columns([1, 1, 3], vertical_alignment="bottom")
+    r_col.number_input(
         "rank r",
         min_value=1,
         max_value=helpers.rank_limit(base.model.config),
@@ -72,21 +125,25 @@ with st.container(border=True):
         key=KEYS["r"],
         disabled=is_full,
     )
-    c3.number_input(
+    a_col.number_input(
         "alpha", min_value=0.5, max_value=1024.0, step=1.0, key=KEYS["alpha"], disabled=is_full
     )
-    c4.number_input(
-        "learning rate", min_value=1e-6, max_value=1.0, step=1e-4, format="%.4g", key=KEYS["lr"]
+    note.caption(
+        alpha_note(
+            st.session_state[KEYS["method"]],
+            st.session_state[KEYS["r"]],
+            st.session_state[KEYS["alpha"]],
+        ),
+        help="LoRA adds (α/r)·B·A to a weight: with alpha fixed, a larger r makes each "
+        "direction's contribution smaller (rsLoRA's α/√r is another choice).",
     )
-    st.markdown(
-        "**target modules** (LoRA / QLoRA): attention q, k, v, o and the MLP's fc_in, fc_out"
+    tcols = st.columns([2] + [1] * len(helpers.TARGETS), vertical_alignment="center")
+    tcols[0].markdown(
+        "**target modules**",
+        help="LoRA / QLoRA only: attention q, k, v, o and the MLP's fc_in, fc_out",
     )
-    tcols = st.columns(len(helpers.TARGETS) + 2)
-    for col, (t, key) in zip(tcols, TARGET_KEYS.items(), strict=False):
+    for col, (t, key) in zip(tcols[1:], TARGET_KEYS.items(), strict=True):
         col.checkbox(t, key=key, disabled=is_full)
-    c5, c6, _ = st.columns([1, 1, 2])
-    c5.number_input("steps", min_value=1, max_value=helpers.MAX_STEPS, step=10, key=KEYS["steps"])
-    c6.number_input("seed", min_value=0, max_value=2**31 - 1, step=1, key=KEYS["seed"])
 
 choices = {name: st.session_state[key] for name, key in KEYS.items()}
 choices["targets"] = [t for t, key in TARGET_KEYS.items() if st.session_state[key]]
@@ -109,21 +166,20 @@ pred = memmath.predict_memory(
     double_quant=cfg.nf4_double_quant, block_size=cfg.nf4_block_size, **kw,
 )  # fmt: skip
 total = shape.total_params()
-m1, m2, m3, m4 = st.columns(4)
-m1.metric(
-    "trainable parameters",
-    f"{trainable:,}",
-    delta=f"{100 * trainable / total:.2f}% of {total:,}",
-    delta_color="off",
-)
-m2.metric("predicted memory: model and training state", format_bytes(pred["states_total"]))
-m3.metric(
-    "predicted memory: activations (estimate)",
-    format_bytes(pred["activations"]),
-    delta=f"batch {cfg.batch_size} × ≤{seq} characters",
-    delta_color="off",
-)
-m4.metric("device", data.device_label())
+with form:
+    m1, m2, m3, m4 = st.columns(4)
+    m1.metric("trainable parameters", f"{trainable:,}")
+    m2.metric(
+        "share of the base model",
+        f"{headline.param_share(trainable, total):.2f}%",
+        help=headline.share_text(trainable, total),
+    )
+    m3.metric("predicted memory: model and training state", format_bytes(pred["states_total"]))
+    m4.metric("predicted memory: activations (estimate)", format_bytes(pred["activations"]))
+    st.caption(
+        f"Activations for a batch of {cfg.batch_size} × at most {seq} characters. "
+        f"Live training runs on {md_text(data.device_label(), 100)}."
+    )
 
 
 def _stop() -> None:
@@ -142,13 +198,32 @@ def _start(cfg) -> None:
         st.session_state["train_cannot_start"] = str(e)
         return
     st.session_state["train_refused"] = not started
+    if started:
+        st.session_state[FORM_KEY] = False  # the run comes first (see _run_area)
+
+
+def run_heading(config: dict, label: str = "", short: bool = False) -> str:
+    """The configuration a run header names: method and r (and alpha), steps, seed;
+    ``short``: method, r and seed only."""
+    try:
+        f = FinetuneConfig.from_dict(config)
+    except (TypeError, ValueError, KeyError):
+        return label
+    if f.method == "full":
+        core = "full fine-tuning"
+    else:
+        core = f"{helpers.METHOD_NAMES[f.method]} r={f.r}" + ("" if short else f", α={f.alpha:g}")
+    taught = f" · teach {f.teach}" if f.teach else ""
+    return f"{core}{taught}{'' if short else f' · {f.steps} steps'} · seed {f.seed}"
 
 
 def _live_header(s) -> None:
-    """The run's name and Stop for the tab that started it, a note for every other tab."""
+    """The run's configuration and Stop for the tab that started it, in one row; a note
+    for every other tab."""
     if s.owner == live.owner():
-        st.subheader(f"Training live: {s.label}")
-        st.button("Stop", icon=":material/stop:", key="train_stop", on_click=_stop)
+        a, b = st.columns([5, 1], vertical_alignment="center")
+        a.subheader(f"Training live: {md_text(run_heading(s.config, s.label), 200)}")
+        b.button("Stop", icon=":material/stop:", key="train_stop", on_click=_stop)
     else:
         st.info(
             f"Training is busy: another session is training **{md_text(s.label)}**. "
@@ -156,16 +231,24 @@ def _live_header(s) -> None:
         )
 
 
-def _show_stored(info, heading: str) -> None:
-    st.subheader(heading)
+def _show_stored(info) -> None:
+    """A stored run: its curves first (they fit under the title at 1280 × 720), then its
+    final figures with their change against the base model, then the table."""
     m = info.metrics
+    bm = data.base_metrics()
     svg = charts.live_training(m.curves.step, m.curves.loss, m.evals, info.finetune_config().steps)
-    st.markdown(svg, unsafe_allow_html=True)
+    st.markdown(svg, unsafe_allow_html=True)  # st.html's sanitizer drops SVG
+    headline.show(headline.accuracy_figures(info.final, bm))
     # a static table: a data grid costs every tab a canvas redraw
-    st.table(md_rows(helpers.final_figures_rows([info], data.base_metrics())))  # Markdown cells
+    rows = helpers.final_figures_rows([info], bm)
+    table = headline.by_figure(rows, ["base model", f"run {info.run_id}"])
+    st.table(md_rows(table), hide_index=True)  # Markdown cells
     st.caption(
-        "Curves: loss per step and the periodic evaluation on a sample of each split; the "
-        "table: the final evaluation on the full held-out splits."
+        "Curves: loss per step and the periodic evaluation on a sample of each split "
+        "(step 0 is the base model). Metrics and table: the final evaluation on the full "
+        "held-out splits; each change is against the base model. "
+        f"Trainable: {m.trainable_params:,} parameters, "
+        f"{headline.share_text(m.trainable_params, bm.num_params)}."
     )
 
 
@@ -174,11 +257,17 @@ def _run_area(cfg, rid: str) -> None:
     """Everything a run changes, in one fragment: the train button and the stored run
     while idle, the live view while a run goes (in every tab), the outcome when it ends.
 
-    A run starting or ending reruns this fragment, never the whole page (the choices
-    above stay as they are): the live panel, or the idle tab's watcher, asks for it.
+    A run starting or ending reruns this fragment (the live panel, or the idle tab's
+    watcher, asks for it); when this tab has just started a run, the whole page reruns
+    once more, so that the form folds away and the live panel sits under the title.
     Between those, nothing runs on the server for this tab (the fallback without static
     serving waits for news server-side and redraws)."""
     s = data.get_trainer().snapshot()
+    following = s.running and s.owner == live.owner()
+    if following and not st.session_state.get(LAID_OUT_KEY):
+        st.session_state["train_collapse"] = True
+        st.rerun()  # the whole page: the form closes, the run comes first
+    st.session_state[LAID_OUT_KEY] = following
     if s.running:
         _live_header(s)
         live.draw_live(s)
@@ -194,31 +283,36 @@ def _run_area(cfg, rid: str) -> None:
             "Training is busy: another session started a run a moment ago. "
             "Start yours when it ends."
         )
-    start_label = "Train live"
     if stored is not None:
-        where = "shipped with the app" if stored.shipped else "in your cache"
-        st.info(
-            f"This configuration is in the store ({where}): run **{stored.run_id}**, loaded below."
-        )
-        start_label = "Train it live anyway"
-    elif mine and s.status not in ("idle", "completed"):
-        live.draw_live(s)  # how far the stopped, diverged or failed run got
+        where = "shipped" if stored.shipped else "your cache"
+        with st.container(horizontal=True, vertical_alignment="center"):
+            st.info(
+                f"This configuration is in the store ({where}): run **{stored.run_id}**, "
+                f"{md_text(run_heading(stored.finetune_config().to_dict(), short=True), 200)}."
+            )
+            _train_button("Train it live anyway", cfg, primary=False)
+        _show_stored(stored)
+    else:
+        if mine and s.status not in ("idle", "completed"):
+            live.draw_live(s)  # how far the stopped, diverged or failed run got
+        _train_button("Train live", cfg, primary=True)
+        if cfg.method == "qlora" and data.device_label() == "CPU":
+            st.caption(
+                "QLoRA on a CPU is slow: every forward pass dequantizes the 4-bit base; "
+                "try few steps, or load a shipped run."
+            )
+    live.watch(s)
+
+
+def _train_button(label: str, cfg, primary: bool) -> None:
     st.button(
-        start_label,
+        label,
         icon=":material/play_arrow:",
         key="train_start",
-        type="primary" if stored is None else "secondary",
+        type="primary" if primary else "secondary",
         on_click=_start,
         args=(cfg,),
     )
-    if stored is not None:
-        _show_stored(stored, "Stored run")
-    elif cfg.method == "qlora" and data.device_label() == "CPU":
-        st.caption(
-            "QLoRA on a CPU is slow: every forward pass dequantizes the 4-bit base; "
-            "try few steps, or load a shipped run."
-        )
-    live.watch(s)
 
 
 # ---------------------------------------------------------------- the run itself

@@ -116,7 +116,7 @@ def test_overview_shows_base_figures_and_a_default_run(cache):
     at = open_page("overview")
     labels = {m.label: m.value for m in at.metric}
     assert labels["parameters"] == f"{load_base().metrics['num_params']:,}"
-    assert "irregular accuracy" in labels  # the default run's figures
+    assert "irregular-verb accuracy" in labels  # the default run's figures
     assert labels["base model answers"] and labels["fine-tuned answers"]
 
 

@@ -149,10 +149,18 @@ def test_a_teach_run_trains_live_and_shows_before_and_after(empty_cache, idle_tr
     assert at.button(key="teach_start").label == "Teach it live anyway"
     held = next(m for m in at.metric if m.label == "“blick”: held-out accuracy")
     assert held.proto.delta_description.startswith("base model ")
+    # issue 24, the honest headline: what the lesson cost the regular verbs, with its change
+    regular = next(m for m in at.metric if m.label == "regular-verb accuracy")
+    assert regular.proto.delta.endswith(" pts") and regular.proto.delta[0] in "+-"
+    assert regular.proto.delta_description == f"base model {helpers.pct(base_regular())}"
 
     other = _lesson(open_page("teach"))  # another session: the lesson loads from the store
     assert not other.exception and "This lesson is in the store" in texts(other.info)
     assert len(frame(other, "after (fine-tuned)")) == 30
+
+
+def base_regular() -> float:
+    return load_base().metrics["regular_accuracy"]
 
 
 # ---------------------------------------------------------------------- per-verb curves
@@ -200,6 +208,27 @@ def test_live_verbs_svg_one_line_per_verb_and_the_taught_one_first():
         empty = ElementTree.fromstring(verbs.live_verbs([], 40, empty=message))
         assert not [e for e in empty.iter() if e.get("class") == "verb"]
         assert any(message in (e.text or "") for e in empty.iter())
+
+
+def test_live_verbs_are_small_multiples_that_cannot_hide_each_other():
+    """Issue 24, item 5: in one chart, verbs at the same accuracy hid each other. Each
+    verb has its own panel (its own SVG, the same axes, each axis titled), in a row that
+    wraps to the column; no panel has a fixed width."""
+    same = [(s, {v: acc for v in ("be", "go", "see")}) for s, acc in ((0, 0.5), (10, 1.0))]
+    root = ElementTree.fromstring(verbs.live_verbs(same, 10))
+    panels = [e for e in root.iter() if e.tag.endswith("svg")]
+    assert [p.get("data-chart") for p in panels] == ["verb-be", "verb-go", "verb-see"]
+    for p in panels:
+        lines = [e for e in p.iter() if e.get("class") == "verb"]
+        assert len(lines) == 1 and lines[0].get("data-points") == "2"
+        assert p.get("width") == "100%" and p.get("viewBox")
+        axes = {a.get("data-axis"): a for a in p.iter() if a.get("data-axis")}
+        assert set(axes) == {"x", "y"}
+        for a in axes.values():
+            assert any(t.get("class") == "axis-title" and t.text for t in a.iter())
+    # the same points on every panel: same axes (0-100 %, the whole run)
+    assert len({lines.get("points") for p in panels for lines in p.iter()
+                if lines.get("class") == "verb"}) == 1  # fmt: skip
 
 
 def test_verb_curves_plotly_one_trace_per_verb_in_percent():
@@ -256,8 +285,8 @@ def test_train_page_live_panel_draws_the_per_verb_chart(empty_cache, idle_traine
     svg = live_panel(at)
     assert 'class="verb"' in svg
     want = verbs.verb_order(verbs.per_verb_points(evals[:1]))
-    start = svg.rindex("<svg")  # the per-verb chart follows the loss/evaluation chart
-    root = ElementTree.fromstring(svg[start : svg.index("</svg>", start) + 6])
+    start = svg.index('<div class="verb-grid">')  # after the loss/evaluation charts
+    root = ElementTree.fromstring(svg[start:])
     drawn = [e.get("data-name") for e in root.iter() if e.get("class") == "verb"]
     assert drawn == want and want
 
@@ -266,7 +295,7 @@ def test_train_page_live_panel_draws_the_per_verb_chart(empty_cache, idle_traine
     assert not [b for b in teach.button if b.key == "teach_start"]
     shown = live_panel(teach)
     assert 'class="verb"' in shown
-    assert "held-out accuracy" not in shown and "irregular accuracy" in shown
+    assert "held-out accuracy" not in shown and "irregular verbs" in shown
     at.button(key="train_stop").click().run()
     idle_trainer.join(TIMEOUT)
     assert idle_trainer.snapshot().status == "stopped"

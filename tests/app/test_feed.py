@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -21,6 +22,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
 from app import feed as feedmod  # noqa: E402
+from app.charts import verbs as verbs_mod  # noqa: E402
+from app.charts.common import METRIC_COLORS  # noqa: E402
 from app.trainer import LiveState  # noqa: E402
 from minituner.finetune import events as ev  # noqa: E402
 
@@ -196,7 +199,8 @@ def test_panel_shows_progress_loss_and_the_charts():
     assert 'aria-valuenow="25"' in bar and "width:25.0%" in bar
     assert "step 10/40 · loss 1.2500 · 1,234 tokens/s · 3.2 s · training &lt;fast&gt;" in bar
     assert parts["figures"] == ""  # no evaluation yet
-    assert parts["loss"].startswith("<svg") and parts["verbs"].startswith("<svg")
+    assert parts["loss"].count("<svg") == 2  # the loss and the evaluation panels
+    assert verbs_mod.NOT_YET in parts["verbs"]  # no evaluation yet: no per-verb panel
     html = live.panel_html(s)
     assert html == "".join(parts.values()) and "<script" not in html
 
@@ -210,8 +214,30 @@ def test_panel_leaves_out_a_non_finite_loss_and_names_a_lessons_verb():
                    evals=(evaluation(0, taught_accuracy={"blick": 0.25}),))  # fmt: skip
     html = live.panel_html(lesson)
     assert "<b>blick</b> held-out accuracy <b>25.0%</b>" in html
-    assert "irregular accuracy <b>50.0%</b>" in html and "+1.00%" in html
+    assert "irregular verbs <b>50.0%</b>" in html and "+1.00%" in html
     assert "held-out accuracy" not in live.panel_html(state(evals=(evaluation(0),)))
+
+
+def test_panel_figures_give_regular_verb_accuracy_and_its_change_since_the_base_model():
+    """Issue 24, the honest headline: the live figures show regular-verb accuracy beside
+    irregular-verb accuracy, each with its change since step 0 (the base model on the
+    same sample), and the evaluation chart draws both."""
+    from app import live
+
+    evals = (evaluation(0, irregular_accuracy=0.25, regular_accuracy=1.0),
+             evaluation(10, irregular_accuracy=0.875, regular_accuracy=0.75))  # fmt: skip
+    parts = live.panel_parts(state(step=10, evals=evals, device="CPU"))
+    figures = parts["figures"]
+    assert "regular verbs <b>75.0%</b> (-25.0 pts)" in figures
+    assert "irregular verbs <b>87.5%</b> (+62.5 pts)" in figures
+    assert "on CPU" in parts["progress"]
+    only_base = live.panel_parts(state(evals=evals[:1]))["figures"]
+    assert "regular verbs <b>100.0%</b> ·" in only_base and "pts" not in only_base
+    chart = ElementTree.fromstring(parts["loss"])
+    lines = {e.get("data-metric"): e for e in chart.iter() if e.get("class") == "series"}
+    assert set(lines) == {"loss", "irregular_accuracy", "regular_accuracy", "control_drift"}
+    assert lines["regular_accuracy"].get("stroke") == METRIC_COLORS["regular_accuracy"]
+    assert lines["regular_accuracy"].get("data-points") == "2"
 
 
 def test_a_failed_write_is_logged_and_the_run_is_drawn_by_the_pages(

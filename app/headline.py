@@ -1,0 +1,108 @@
+"""The headline figures of a run, one definition for the Overview, Train and Teach pages.
+
+The honest headline (issue 24): what a run learned (irregular-verb accuracy) is never
+shown without what it cost (regular-verb accuracy, which falls from 100 % to about 72 %
+for the default LoRA run, and control-English drift). Each accuracy comes with its change
+against the base model; a change is the only thing drawn as a metric's delta (an arrow
+and a colour). A device, a batch size or a parameter share is not a change, so it is
+never a delta.
+
+The parameter share has one definition, :func:`param_share`: trainable parameters over
+the BASE model's parameters, as the chapter counts ("LoRA r=8 on a 7B model trains
+about 0.7 %"). Dividing by the run's own ``total_params`` gave 1.97 % on Overview beside
+2.01 % on Train for the same run (that total includes the adapter), and 35.7 % for QLoRA
+(its 4-bit base weights are not parameters of the quantized model).
+
+The figures are plain data (:class:`Figure`); :func:`show` draws them as st.metric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import streamlit as st
+
+from app.helpers import pct
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One metric: label, value, and a change only where there is one."""
+
+    label: str
+    value: str
+    delta: str | None = None
+    delta_color: str = "normal"  # "inverse" where a fall is good
+    help: str | None = None
+    then: str | None = None  # what the change is against, shown beside it ("base model 22.9%")
+
+
+def change(now: float, then: float) -> str:
+    """A change in percentage points: "+12.5 pts", "-27.9 pts" (an ASCII sign: st.metric
+    reads it for the arrow and the colour)."""
+    return f"{100 * (now - then):+.1f} pts"
+
+
+def param_share(trainable: int, base_params: int) -> float:
+    """Trainable parameters as a percentage of the base model's parameters."""
+    return 100.0 * trainable / base_params if base_params > 0 else float("nan")
+
+
+def share_text(trainable: int, base_params: int) -> str:
+    """ "2.01% of the base model's 816,000 parameters" (the one wording of the share)."""
+    return (
+        f"{param_share(trainable, base_params):.2f}% of the base model's {base_params:,} parameters"
+    )
+
+
+def accuracy_figures(final, base) -> list[Figure]:
+    """Irregular-verb accuracy, regular-verb accuracy and over-regularized answers of
+    ``final`` (figures with irregular_accuracy, regular_accuracy, overregularized_rate),
+    each with its change against ``base`` (the same figures of the base model; None:
+    no change shown), and the control-English drift (itself a change against the base
+    model: a value, no delta)."""
+
+    def fig(label: str, key: str, color: str = "normal") -> Figure:
+        now = getattr(final, key)
+        then = getattr(base, key) if base is not None else None
+        if then is None:
+            return Figure(label, pct(now))
+        return Figure(label, pct(now), change(now, then), color, then=f"base model {pct(then)}")
+
+    return [
+        fig("irregular-verb accuracy", "irregular_accuracy"),
+        fig("regular-verb accuracy", "regular_accuracy"),
+        fig("over-regularized answers", "overregularized_rate", "inverse"),
+        Figure(
+            "control English drift",
+            f"{100 * final.control_en_drift:+.2f}%",
+            help="perplexity on held-out English sentences with regular verbs, "
+            "against the base model's (0 % = unchanged)",
+        ),
+    ]
+
+
+def by_figure(rows: Sequence[Mapping], names: Sequence[str], skip: Sequence[str] = ("run",)):
+    """Rows of one run each (``final_figures_rows``) turned into one row per figure and one
+    column per run, named ``names``: two runs' dozen figures fit a narrow column, where
+    a dozen columns would not."""
+    keys = [k for k in (rows[0] if rows else {}) if k not in skip]
+    return [
+        {"figure": k, **{n: row.get(k, "") for n, row in zip(names, rows, strict=False)}}
+        for k in keys
+    ]
+
+
+def show(figures: Sequence[Figure], columns=None) -> None:
+    """The figures as st.metric, one per column (``columns``: default one row)."""
+    columns = columns if columns is not None else st.columns(len(figures))
+    for col, f in zip(columns, figures, strict=False):
+        col.metric(
+            f.label,
+            f.value,
+            delta=f.delta,
+            delta_color=f.delta_color,
+            help=f.help,
+            delta_description=f.then,
+        )
