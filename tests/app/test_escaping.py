@@ -318,7 +318,7 @@ ITEM2 = f"<a href='{HOST}/a'>x</a> ![i]({HOST}/x.gif) [Log in again]({HOST}/phis
 
 @pytest.mark.parametrize("page", ["overview", "train", "compare"])
 def test_strings_from_a_crafted_store_are_shown_as_text(page, data_folder, tmp_path, monkeypatch):
-    """Issue 23, item 2: a metrics.json's device (Overview metric, Train table), an
+    """Issue 23, item 2: a metrics.json's device (Overview caption, Train table), an
     unknown field name (the run warnings) and verb names (Compare's order sentence and
     legend) are shown as text."""
     craft(data_folder, ITEM2)
@@ -327,8 +327,8 @@ def test_strings_from_a_crafted_store_are_shown_as_text(page, data_folder, tmp_p
         assert not injections(at), injections(at)
         if page != "train":  # the broken run is reported, its field name as text
             assert BROKEN in "\n".join(w.value for w in at.warning)
-        if page == "overview":
-            assert any("Log in again" in m.proto.delta for m in at.metric)
+        if page == "overview":  # the device, as text in the caption (no metric delta)
+            assert any("Log in again" in c.value for c in at.caption)
         if page == "train":
             assert any(
                 "Log in again" in str(v) for t in at.table for v in t.value.to_numpy().ravel()
