@@ -13,13 +13,15 @@ about 0.7 %"). Dividing by the run's own ``total_params`` gave 1.97 % on Overvie
 2.01 % on Train for the same run (that total includes the adapter), and 35.7 % for QLoRA
 (its 4-bit base weights are not parameters of the quantized model).
 
-The figures are plain data (:class:`Figure`); :func:`show` draws them as st.metric.
+The figures are plain data (:class:`Figure`); :func:`show` draws them as st.metric;
+:func:`live_line` is the same headline for the live panel (HTML, one line).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from html import escape
 
 import streamlit as st
 
@@ -103,6 +105,34 @@ def show(figures: Sequence[Figure], columns=None) -> None:
             f.value,
             delta=f.delta,
             delta_color=f.delta_color,
-            help=f.help,
-            delta_description=f.then,
+            # what the change is against goes in the tooltip: beside the delta it is cut
+            # short in a quarter of a 1024 px page
+            help=f.help or (f"the change is against the {f.then}" if f.then else None),
         )
+
+
+def live_line(evals, lemma: str = "") -> str:
+    """The latest evaluation's figures in one line: a lesson's verb (held-out accuracy),
+    irregular-verb and regular-verb accuracy (each with its change since step 0, the base
+    model on the same sample: what was learned beside what it cost), control-English
+    drift."""
+    if not evals:
+        return ""
+    e, first = evals[-1], evals[0]
+
+    def since(key: str) -> str:
+        if first.step != 0 or e.step == 0:
+            return ""
+        return f" ({100 * (getattr(e, key) - getattr(first, key)):+.1f} pts)"
+
+    taught = (
+        f"<b>{escape(lemma)}</b> held-out accuracy <b>{pct(e.taught_accuracy.get(lemma))}</b> · "
+        if lemma
+        else ""
+    )
+    return (  # one line at 820 px (1280 x 720): the charts under it stay in view
+        f"<p class='live-figures' style='font-size:1rem;margin:0 0 0.5rem 0'>step {e.step} "
+        f"(sample): {taught}irregular verbs <b>{pct(e.irregular_accuracy)}</b>"
+        f"{since('irregular_accuracy')} · regular verbs <b>{pct(e.regular_accuracy)}</b>"
+        f"{since('regular_accuracy')} · control EN drift <b>{100 * e.control_en_drift:+.2f}%</b></p>"
+    )

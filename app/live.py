@@ -1,7 +1,8 @@
 """What the Train and Teach pages share about the server's one live run: the live panel,
 the watcher that notices a run starting or ending, and how a run ended.
 
-While a run goes, the live panel (progress, loss and evaluation curves, per-verb lines)
+While a run goes, the live panel (progress, the latest figures, the loss and evaluation
+panels, a small panel per verb: app/charts/train.py, app/charts/verbs.py)
 is a small Streamlit v2 component (plain DOM, no iframe) that fetches the server's live
 feed (app/feed.py: a JSON file served by Streamlit's static file serving) every
 ``FEED_POLL_MS`` and redraws only the parts of the panel that changed (the charts at most
@@ -12,7 +13,8 @@ An idle tab holds the same component, invisible, fetching the feed every ``IDLE_
 to notice a run that another tab starts.
 
 Where static serving is off (the app started from another folder, without
-.streamlit/config.toml), the panel is drawn by Streamlit instead and the fragment waits
+.streamlit/config.toml), the panel is drawn by Streamlit instead (its SVG charts through
+Markdown's raw HTML: st.html's sanitizer removes SVG) and the fragment waits
 for news server-side and redraws, at most every ``MIN_REDRAW_S``. The same happens for a
 run whose feed file could not be written (a full disk: :meth:`app.feed.Feed.usable`):
 a running panel whose feed has not moved for ``STALE_MS`` asks for a rerun, and the
@@ -37,7 +39,7 @@ from html import escape
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from app import data, helpers
+from app import data, headline
 from app.charts import train as train_charts
 from app.charts import verbs as verb_charts
 from app.feed import Feed
@@ -288,38 +290,10 @@ def panel_parts(s) -> dict[str, str]:
     lemma = s.config.get("teach", "").split(":")[0] if s.config else ""
     return {
         "progress": bar,
-        "figures": live_figures(s.evals, lemma),
+        "figures": headline.live_line(s.evals, lemma),
         "loss": train_charts.live_training(s.loss_steps, s.losses, s.evals, s.steps),
         "verbs": verb_charts.live_verbs(verb_charts.per_verb_points(s.evals), s.steps, lemma),
     }
-
-
-def live_figures(evals, lemma: str = "") -> str:
-    """The latest evaluation's figures in one line: a lesson's verb (held-out accuracy),
-    irregular-verb and regular-verb accuracy (each with its change since step 0, the base
-    model on the same sample: what was learned beside what it cost), control-English
-    drift."""
-    if not evals:
-        return ""
-    e, first = evals[-1], evals[0]
-
-    def since(key: str) -> str:
-        if first.step != 0 or e.step == 0:
-            return ""
-        return f" ({100 * (getattr(e, key) - getattr(first, key)):+.1f} pts)"
-
-    taught = (
-        f"<b>{escape(lemma)}</b> held-out accuracy "
-        f"<b>{helpers.pct(e.taught_accuracy.get(lemma))}</b> · "
-        if lemma
-        else ""
-    )
-    return (  # one line at 820 px (1280 x 720): the charts under it stay in view
-        f"<p class='live-figures' style='font-size:1rem;margin:0 0 0.5rem 0'>step {e.step} "
-        f"(sample): {taught}irregular verbs <b>{helpers.pct(e.irregular_accuracy)}</b>"
-        f"{since('irregular_accuracy')} · regular verbs <b>{helpers.pct(e.regular_accuracy)}</b>"
-        f"{since('regular_accuracy')} · control EN drift <b>{100 * e.control_en_drift:+.2f}%</b></p>"
-    )
 
 
 @st.cache_resource

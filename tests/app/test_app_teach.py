@@ -148,11 +148,11 @@ def test_a_teach_run_trains_live_and_shows_before_and_after(empty_cache, idle_tr
     assert "Learned" in texts(at.markdown) or "Not learned" in texts(at.markdown)
     assert at.button(key="teach_start").label == "Teach it live anyway"
     held = next(m for m in at.metric if m.label == "“blick”: held-out accuracy")
-    assert held.proto.delta_description.startswith("base model ")
+    assert held.proto.help.startswith("the change is against the base model ")
     # issue 24, the honest headline: what the lesson cost the regular verbs, with its change
     regular = next(m for m in at.metric if m.label == "regular-verb accuracy")
     assert regular.proto.delta.endswith(" pts") and regular.proto.delta[0] in "+-"
-    assert regular.proto.delta_description == f"base model {helpers.pct(base_regular())}"
+    assert regular.proto.help.endswith(f"base model {helpers.pct(base_regular())}")
 
     other = _lesson(open_page("teach"))  # another session: the lesson loads from the store
     assert not other.exception and "This lesson is in the store" in texts(other.info)

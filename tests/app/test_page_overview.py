@@ -63,7 +63,7 @@ def test_a_run_to_start_from_shows_regular_verb_accuracy_and_its_change(overview
         run.final.regular_accuracy, base["regular_accuracy"]
     )
     assert regular.proto.delta.startswith("-")  # the cost: 100 % -> about 72 %
-    assert regular.proto.delta_description == f"base model {helpers.pct(base['regular_accuracy'])}"
+    assert regular.proto.help.endswith(f"base model {helpers.pct(base['regular_accuracy'])}")
     assert figures["irregular-verb accuracy"].proto.delta.startswith("+")
     labels = [m.label for m in overview.metric]
     assert labels.count("regular-verb accuracy") == 2  # the base model's, then the run's
