@@ -182,3 +182,20 @@ def test_no_pickle_loading_in_lora_package():
     for path in (Path(__file__).parents[2] / "minituner" / "lora").rglob("*.py"):
         source = path.read_text()
         assert "torch.load(" not in source and "import pickle" not in source, path
+
+
+@pytest.mark.parametrize("fmt", ["own", "peft"])
+def test_load_adapter_recognises_either_layout_and_own_stays_the_default(tmp_path, fmt):
+    model = trained_tiny()
+    kw = {} if fmt == "own" else {"format": "peft"}
+    save_adapter(tmp_path, model, **kw)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    weights = ADAPTER_WEIGHTS if fmt == "own" else "adapter_model.safetensors"
+    assert names == sorted([ADAPTER_CONFIG, weights])
+    fresh = tiny()
+    meta = load_adapter(tmp_path, fresh)
+    assert meta["format"] == ("minituner-lora" if fmt == "own" else "peft")
+    for key, t in lora_state_dict(model).items():
+        assert torch.equal(lora_state_dict(fresh)[key], t), key
+    x = tokens()
+    assert torch.equal(model.eval()(x), fresh.eval()(x))
