@@ -309,3 +309,56 @@ def peer_rows(result: Mapping) -> list[dict]:
             }
         rows.append(row)
     return rows
+
+
+def _x(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def full_load_lines(result: Mapping) -> list[str]:
+    """A markdown table of :func:`peer_rows` (ours / peer step time and peak, MFU, GEMM
+    share) and the notes under it: the command, card, versions, MFU formula and peak."""
+    rows = peer_rows(result)
+    names = [n for n in PEER_NAMES if any(n in r["peers"] or n in r["skipped"] for r in rows)]
+    head = "| LoRA | our step | MFU | GEMM share of GPU time |" + "".join(
+        f" ours / {PEER_NAMES[n]}: step, peak |" for n in names
+    )
+    lines = [head, "|---" + "|---:" * (3 + len(names)) + "|"]
+    for r in rows:
+        cells = [
+            f"r={r['config'][1:].replace('_', ' on ')}",
+            f"{r['step_s'] * 1e3:.0f} ms",
+            "-" if r["mfu"] is None else f"{r['mfu']:.0%}",
+            "-" if r["gemm_share"] is None else f"{r['gemm_share']:.0%}",
+        ]
+        for n in names:
+            p = r["peers"].get(n)
+            cells.append(
+                "did not run" if p is None else f"{_x(p['step_ratio'])}, {_x(p['peak_ratio'])}"
+            )
+        lines.append("| " + " | ".join(cells) + " |")
+    gaps = [
+        f"{r['label']}: {1e3 * (r['step_s'] - r['gemm_s']):.0f} ms of {1e3 * r['step_s']:.0f}"
+        for r in rows
+        if r["gemm_s"]
+    ]
+    versions = "; ".join(
+        f"{n}: " + ", ".join(f"{k} {v}" for k, v in sorted(holder.get("versions", {}).items()) if v)
+        for n, holder in [("peft", result.get("peft", {}))] + list(result.get("peers", {}).items())
+        if isinstance(holder, dict) and holder.get("versions")
+    )
+    skipped = sorted({f"{n}: {note}" for r in rows for n, note in r["skipped"].items()})
+    peak = result.get("mfu_peak_flops")
+    lines += [
+        "",
+        f"({result['device_name']}, batch {result['args']['batch']} x {result['args']['seq']}; "
+        f"`{result['command']}`. MFU: {result.get('mfu_formula', 'model FLOPs / (step x peak)')}"
+        + (f", peak {peak / 1e12:.1f} TFLOP/s" if peak else "")
+        + ". GEMM share: cuBLAS/CUTLASS matrix-product kernels over the GPU's busy time in one "
+        "profiled step."
+        + (f" Left between our step and its GEMM kernels' time: {'; '.join(gaps)}." if gaps else "")
+        + (f" Versions: {versions}." if versions else "")
+        + (f" Not measured: {'; '.join(skipped)}." if skipped else "")
+        + ")",
+    ]
+    return lines

@@ -231,3 +231,17 @@ def test_full_load_path_is_in_precomputed_scaling():
     from minituner.scale.scaling import qlora_7b_full_load
 
     assert qlora_7b_full_load().parts[-2:] == ("scaling", "qlora_7b_batch8.json")
+
+
+def test_full_load_lines_show_every_run_and_peer(shipped):
+    from minituner.scale.scaling import full_load_lines, peer_rows
+
+    result = _with_peers(shipped)
+    lines = full_load_lines(result)
+    rows = peer_rows(result)
+    body = [line for line in lines if line.startswith("| r=")]
+    assert len(body) == len(rows)
+    for line, row in zip(body, rows, strict=True):
+        assert f"{row['peers']['liger']['step_ratio']:.2f}x" in line
+        assert line.rstrip(" |").endswith("did not run")  # torchao failed for every run
+    assert result["command"] in lines[-1] and "compile" in lines[-1]
