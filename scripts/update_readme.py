@@ -28,7 +28,12 @@ from minituner.experiments.claims import claims_text  # noqa: E402
 from minituner.experiments.record import read_experiments  # noqa: E402
 from minituner.experiments.report import findings_table  # noqa: E402
 from minituner.paths import experiments_file  # noqa: E402
-from minituner.scale.scaling import load_scaling_result, scaling_rows  # noqa: E402
+from minituner.scale.scaling import (  # noqa: E402
+    full_load_lines,
+    load_scaling_result,
+    qlora_7b_full_load,
+    scaling_rows,
+)
 from minituner.schema import read_record  # noqa: E402
 from minituner.store.base_record import BaseMetrics  # noqa: E402
 
@@ -87,6 +92,9 @@ def scaling_table() -> str:
         "AdamW state, as the benchmark trains; *qv*: q_proj and v_proj, *all*: the seven "
         "Linears of every layer.)"
     )
+    if qlora_7b_full_load().is_file():  # issue 27: batch 8 x 512, ours against every peer
+        lines += ["", "At full load (the GPU busy):", ""]
+        lines += full_load_lines(load_scaling_result(qlora_7b_full_load()))
     return "\n".join(lines)
 
 
