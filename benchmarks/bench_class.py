@@ -1,8 +1,8 @@
 """A class on one server: N runs submitted at once through the run queue, side by side with
 the same N configurations trained one after the other by the CLI, in one run.
 
-    python benchmarks/bench_class.py --runs 3 --max-runs 1            # a CPU
-    python benchmarks/bench_class.py --runs 8 --max-runs 4            # one GPU
+    python benchmarks/bench_class.py --runs 3 --max-runs 1 [--repeats 2]   # a CPU
+    python benchmarks/bench_class.py --runs 8 --max-runs 4                 # one GPU
 
 * cli:   `python -m minituner finetune --seed S --force` for each configuration in turn
          (the default LoRA config, r=8, alpha=16, q,v, 40 steps; one seed each so that every
@@ -19,7 +19,8 @@ CLI run's median (on a GPU with K = 4 and 8 runs, issue 25 asks for at most 2.5x
 long each queued run waited and trained, and on a GPU each run's memory: the training
 child's whole footprint as nvidia-smi reports it (CUDA context included, sampled) and
 the peak the run measured itself (torch's max_memory_allocated, in its metrics.json).
-Both sides store their runs in temporary caches. Timings are ratios within one run on
+Both sides store their runs in temporary caches; with ``--repeats`` the rounds alternate
+which side goes first, and the median ratio is printed. Timings are ratios within one run on
 the machine it ran on: say which machine, and keep other work off it if you can.
 """
 
@@ -113,12 +114,14 @@ def main() -> None:
     ap.add_argument("--max-runs", type=int, default=1, help="K: runs that train at once")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--device", default="auto")
+    ap.add_argument(
+        "--repeats", type=int, default=1, help="rounds, alternating which side goes first"
+    )
     args = ap.parse_args()
 
     import torch
 
     from minituner.minigpt.trainutil import device_name, resolve_device
-    from minituner.store.runs import RunStore
 
     dev = resolve_device(args.device)
     where = device_name(dev) if dev.type == "cuda" else f"CPU, {os.cpu_count()} cores"
@@ -128,20 +131,50 @@ def main() -> None:
           f"steps, seeds {SEED0}..{SEED0 + args.runs - 1}), K={args.max_runs}, on {where}; "
           f"torch {torch.__version__}, {platform.node()}, commit {commit}")  # fmt: skip
     seeds = [SEED0 + i for i in range(args.runs)]
+    results = []
+    for r in range(args.repeats):
+        queue_first = r % 2 == 1  # repeats alternate which side goes first (drift in load)
+        results.append(one_repeat(args, seeds, queue_first))
+    cli_totals = [c for c, _, _ in results]
+    ratios = [q / c for c, q, _ in results]
+    ones = [o for _, _, o in results]
+    print()
+    print("| repeat | CLI total (s) | queue total (s) | queue / CLI total | queue / one CLI run |")
+    print("|---:|---:|---:|---:|---:|")
+    for i, (c, q, o) in enumerate(results, 1):
+        print(f"| {i} | {c:.1f} | {q:.1f} | {q / c:.2f} | {q / o:.2f} |")
+    print(f"\nmedian over {len(results)} repeat(s): queue / CLI runs' total = "
+          f"{statistics.median(ratios):.2f}; queue / one CLI run = "
+          f"{statistics.median(q / o for (_, q, _), o in zip(results, ones, strict=True)):.2f} "
+          f"(one CLI run: median {statistics.median(ones):.1f} s; CLI totals "
+          f"{', '.join(f'{c:.1f}' for c in cli_totals)} s)")  # fmt: skip
+
+
+def one_repeat(args, seeds: list[int], queue_first: bool) -> tuple[float, float, float]:
+    """One round of both sides; returns (CLI total, queue total, one CLI run's median)."""
+    from minituner.store.runs import RunStore
+
     with tempfile.TemporaryDirectory(prefix="bench-class-") as tmp:
         env = dict(os.environ, MINITUNER_CACHE=str(Path(tmp) / "cli"))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+        cache = Path(tmp) / "queue"
+
+        def queue_side():
+            return run_queue(
+                seeds, args.steps, args.device, args.max_runs, cache, Path(tmp) / "q.sqlite3"
+            )
+
         cli = []
+        if queue_first:
+            total, t, ids, pids, gpu = queue_side()
+            print(f"  queue: all {args.runs} done in {total:.1f} s", flush=True)
         for s in seeds:
             cli.append(run_cli(s, args.steps, args.device, env))
             print(f"  cli seed {s}: {cli[-1]:.1f} s", flush=True)
-        cache = Path(tmp) / "queue"
-        total, t, ids, pids, gpu = run_queue(
-            seeds, args.steps, args.device, args.max_runs, cache, Path(tmp) / "q.sqlite3"
-        )
+        if not queue_first:
+            total, t, ids, pids, gpu = queue_side()
+            print(f"  queue: all {args.runs} done in {total:.1f} s", flush=True)
         store = RunStore(roots=[cache], save_root=cache)
-        print(f"  queue: all {args.runs} done in {total:.1f} s")
-        print()
         print("| job | status | waited (s) | trained (s) | GPU memory, nvidia-smi (MiB) "
               "| CUDA peak allocated (MiB) |")  # fmt: skip
         print("|---:|---|---:|---:|---:|---:|")
@@ -158,18 +191,9 @@ def main() -> None:
                   f"{'-' if smi is None else smi} | "
                   f"{'-' if peak is None else f'{peak / 2**20:.0f}'} |")  # fmt: skip
         states = [t.queue.get(j).state for j in ids]
-    cli_total, one = sum(cli), statistics.median(cli)
-    print()
-    print("| side | total wall (s) | ratio to the CLI runs' total | ratio to one CLI run |")
-    print("|---|---:|---:|---:|")
-    print(f"| CLI, {args.runs} runs one after another | {cli_total:.1f} | 1.00 | "
-          f"{cli_total / one:.2f} |")  # fmt: skip
-    print(f"| queue, {args.runs} runs submitted at once, K={args.max_runs} | {total:.1f} | "
-          f"{total / cli_total:.2f} | {total / one:.2f} |")  # fmt: skip
-    print(f"\none CLI run (median): {one:.1f} s; runs finished: "
-          f"{states.count('finished')}/{len(states)}")  # fmt: skip
     if states.count("finished") != len(states):
-        sys.exit("some queued runs did not finish")
+        sys.exit(f"some queued runs did not finish: {states}")
+    return sum(cli), total, statistics.median(cli)
 
 
 if __name__ == "__main__":
