@@ -196,6 +196,9 @@ def pick_runs(
         st.session_state[runs_key] = default_ids(ordered, url, just_trained, fallback)
     # ids the filter hides stay out of the menu (and so out of the selection)
     pool_ids = [r.run_id for r in pool]
+    hidden = [rid for rid in url.runs if rid not in pool_ids]
+    if first_visit and hidden:
+        st.info(f"Run(s) {', '.join(hidden)} of the link are hidden by its filter.")
     st.session_state[runs_key] = [rid for rid in st.session_state[runs_key] if rid in pool_ids]
     picked = st.multiselect(
         f"runs (newest first; {len(pool)} of {len(ordered)} shown)",

@@ -12,6 +12,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
@@ -152,6 +154,23 @@ def test_the_run_this_session_just_trained_is_selected(empty_cache, monkeypatch)
     assert LORA_SEED1 not in at.multiselect(key="compare_runs").value
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(["runs", "method", "r", "seed", "other"]),
+                       st.one_of(st.text(max_size=40), st.lists(st.text(max_size=10), max_size=3))))  # fmt: skip
+def test_any_url_gives_a_selection_of_stored_values_or_one_quoted_warning_per_key(qp):
+    """Invariant: whatever the URL holds, parse_run_params does not raise; what it keeps
+    is stored (ids of stored runs, methods, ranks and seeds stored runs have) and each
+    key it refuses gets messages that quote the value as code."""
+    runs = [_run("0e9eca154689", "lora", 8, 0, True), _run("1f93a78d24f8", "full", 8, 1, True)]
+    sel, problems = run_picker.parse_run_params(qp, runs)
+    opts = run_picker.filter_options(runs)
+    assert set(sel.runs) <= {r.run_id for r in runs}
+    assert set(sel.method) <= set(opts["method"]) and set(sel.r) <= set(opts["r"])
+    assert set(sel.seed) <= set(opts["seed"])
+    assert all(p.startswith("URL parameter `") for p in problems)
+    assert run_picker.parse_run_params(run_picker.selection_params(sel), runs) == (sel, [])
+
+
 def _run(rid: str, method: str, r: int, seed: int, shipped: bool):
     ft = SimpleNamespace(method=method, r=r, seed=seed)
     return SimpleNamespace(run_id=rid, method=method, shipped=shipped,
@@ -211,3 +230,9 @@ def test_run_colours_do_not_depend_on_the_order_of_the_runs():
     assert {t.name: t.meta["method"] for t in fwd.data} == {
         "full a": "full", "lora b": "lora", "qlora c": "qlora"}  # fmt: skip
     assert fwd.layout.xaxis.title.text and fwd.layout.yaxis.title.text
+
+
+def test_a_linked_run_the_links_filter_hides_is_named(empty_cache):
+    at = open_page("compare", {"runs": f"{FULL},{LORA}", "method": "lora"})
+    assert at.multiselect(key="compare_runs").value == [LORA]
+    assert f"{FULL} of the link are hidden by its filter" in texts(at.info)
