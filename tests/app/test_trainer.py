@@ -506,3 +506,25 @@ def test_a_closed_tab_does_not_matter_the_server_trains_and_stores_the_run(tmp_p
     assert back.status == "completed" and back.job_id == job, back.message
     assert (cache / back.run_id / "metrics.json").is_file()
     assert t.queue.get(job).run_id == back.run_id
+
+
+def test_two_servers_on_one_queue_train_each_job_once(fake, tmp_path):
+    """issue 25: two schedulers (two servers) on one queue file, both claiming from
+    their threads: every job starts exactly once, spread over both servers' slots."""
+    db = tmp_path / "queue.sqlite3"
+    a = Trainer(db=db, max_runs=3)
+    b = Trainer(db=db, max_runs=3)
+    try:
+        cache = str(tmp_path / "c")
+        ids = [a.queue.submit(f"o{i}", {"config": _cfg(i).to_dict(), "device": "cpu",
+                                        "cache": cache, "eval_limit": 4}).id for i in range(6)]  # fmt: skip
+        a._wake.set()
+        b._wake.set()
+        _wait(lambda: len(fake) == 6, "six starts")
+        time.sleep(2 * trainermod.TICK_S)  # a double claim would start a seventh
+        assert sorted(f.config["seed"] for f in fake) == list(range(6))
+        servers = {a.queue.get(j).server for j in ids}
+        assert servers == {a.server, b.server}
+    finally:
+        a.close()
+        b.close()
