@@ -84,8 +84,8 @@ def drift_bars(summary: Mapping[str, Aggregate]) -> go.Figure:
                 meta={"metric": metric},
                 marker_color=metric_color(metric),
                 error_y=dict(type="data", array=stds, visible=True, thickness=2),
-                text=[f"{m:+.1f}%" for m in means],
-                textposition="outside",
+                customdata=stds,  # the figures are in the table below; on hover too
+                hovertemplate="%{x}: %{y:+.2f}% ± %{customdata:.2f}<extra></extra>",
             )
         )
     fig.add_hline(y=5, line_dash="dash", line_color="#555", annotation_text="5% drift")
@@ -236,25 +236,25 @@ def frontier(section: Frontier, measure: str, y_title: str, scale: float = 100.0
     fig.update_xaxes(title_text="irregular-verb accuracy (%) — learning")
     fig.update_yaxes(title_text=y_title)
     legend_below(fig)
-    return style(fig, f"Learning vs forgetting: {y_title.split(' (')[0]}", height=520)
+    return style(fig, f"{y_title.split(' (')[0]} vs learning", height=520)
 
 
-REPLAY_PANELS = (
-    (lambda a: a.irregular_accuracy, "irregular accuracy (%)"),
-    (lambda a: a.regular_accuracy, "regular accuracy (%)"),
-    (lambda a: a.control_en_drift, "control English drift (%)"),
+REPLAY_PANELS = (  # (figure, panel title, y-axis title): short, three panels share a row
+    (lambda a: a.irregular_accuracy, "irregular accuracy", "accuracy (%)"),
+    (lambda a: a.regular_accuracy, "regular accuracy", "accuracy (%)"),
+    (lambda a: a.control_en_drift, "control English drift", "drift (%)"),
 )
 
 
 def replay(section: Replay) -> go.Figure:
     """Irregular accuracy, regular accuracy and control drift against the replay share,
     one line per method (mean over seeds, ± std bars)."""
-    fig = make_subplots(rows=1, cols=len(REPLAY_PANELS),
-                        subplot_titles=[t for _, t in REPLAY_PANELS])  # fmt: skip
+    fig = make_subplots(rows=1, cols=len(REPLAY_PANELS), horizontal_spacing=0.1,
+                        subplot_titles=[t for _, t, _ in REPLAY_PANELS])  # fmt: skip
     for m, entries in (("lora", section.lora), ("full", section.full)):
         if not entries:
             continue
-        for col, (figure, _) in enumerate(REPLAY_PANELS, 1):
+        for col, (figure, _, _) in enumerate(REPLAY_PANELS, 1):
             fig.add_trace(
                 go.Scatter(
                     x=[100 * e.replay for e in entries],
@@ -272,7 +272,7 @@ def replay(section: Replay) -> go.Figure:
                 col=col,
             )
     fig.update_xaxes(title_text="replay share (%)")
-    for col, (_, y_title) in enumerate(REPLAY_PANELS, 1):
+    for col, (_, _, y_title) in enumerate(REPLAY_PANELS, 1):
         fig.update_yaxes(title_text=y_title, row=1, col=col)
     legend_below(fig, y=-0.25)
     return style(fig, "Replaying regular-verb pairs", height=480)
