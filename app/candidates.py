@@ -7,7 +7,8 @@ learner (and the base model) writes instead ("went", "goed"; for "be": "was" aga
 "were"); for a regular verb its
 "-ed" past and its bare form ("called", "call"); for a present or future sentence the
 correct form first. A complement found word for word names its verb (the longest one
-found: "a football match" is watch's, though "football" is play's); a sentence that only shares a noun
+found, its article aside: "the football match" is watch's, though "football" is
+play's); a sentence that only shares a noun
 with one verb's complements ("the letter") is matched by that noun when no other verb
 has it. No match: no candidates (the page then asks for them)."""
 
@@ -60,15 +61,26 @@ def _person(prompt: str) -> str:
     return subject[2] if subject else "3s"
 
 
+_ARTICLES = ("a", "an", "the", "some")
+
+
+def _cores(complement: str) -> list[str]:
+    """A complement and, where it starts with an article, the rest ("football match" of
+    "a football match": a user may write "the football match")."""
+    first, _, rest = complement.partition(" ")
+    return [complement, rest] if first in _ARTICLES and rest else [complement]
+
+
 def _by_complement(prompt: str) -> Verb | None:
     """The verb whose complement the prompt holds word for word; the longest wins ("a
     football match" is watch's, though "football" is play's)."""
     text = f" {prompt} "
     hits = [
-        (len(en), verb)
+        (len(core), verb)
         for verb in VERBS
         for en, _ in verb.complements
-        if f" {en} " in text or f" {en}." in text
+        for core in _cores(en)
+        if f" {core} " in text or f" {core}." in text
     ]
     return max(hits, key=lambda h: h[0])[1] if hits else None
 
