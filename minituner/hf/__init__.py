@@ -6,6 +6,8 @@ MiniGPT with ``AutoConfig`` / ``AutoModelForCausalLM`` (:func:`modeling.register
 
 * :mod:`~minituner.hf.modeling`: :class:`MiniGPTConfig` + :class:`MiniGPTForCausalLM`
   (MiniGPT's modules under MiniGPT's names, transformers' loading and ``generate``).
+* :mod:`~minituner.hf.tokenizer`: :class:`MiniGPTTokenizer` (the character tokenizer, for
+  ``AutoTokenizer``).
 * :mod:`~minituner.hf.convert`: :func:`conv1d_to_linear` (GPT-2's Conv1D layers as Linears,
   so LoRA and PEFT adapters fit them).
 * :mod:`~minituner.hf.export`: :func:`export_base` (config.json + model.safetensors +
@@ -17,12 +19,14 @@ from __future__ import annotations
 
 from minituner.hf.convert import TransposedLinear, conv1d_to_linear
 from minituner.hf.modeling import MiniGPTConfig, MiniGPTForCausalLM, register
+from minituner.hf.tokenizer import MiniGPTTokenizer
 
 register()
 
 __all__ = [
     "MiniGPTConfig",
     "MiniGPTForCausalLM",
+    "MiniGPTTokenizer",
     "TransposedLinear",
     "conv1d_to_linear",
     "register",

@@ -3,9 +3,11 @@
 :func:`export_model` writes one MiniGPT in transformers' layout: ``config.json``
 (model_type "minigpt", with an ``auto_map`` for ``trust_remote_code``),
 ``model.safetensors`` (MiniGPT's own keys), ``generation_config.json`` (greedy, the
-newline as end), the character tokenizer's ``tokenizer.json`` and ``modeling_minigpt.py``
-(the two classes, imported from minituner, so that ``AutoModelForCausalLM`` finds them
-with ``trust_remote_code=True``; ``import minituner.hf`` registers them without it).
+newline as end), the character tokenizer (``tokenizer.json``, read by minituner's
+``CharTokenizer`` and by :class:`~minituner.hf.tokenizer.MiniGPTTokenizer` through
+``tokenizer_config.json``) and ``modeling_minigpt.py`` (the classes, imported from
+minituner, so that ``AutoModelForCausalLM`` and ``AutoTokenizer`` find them with
+``trust_remote_code=True``; ``import minituner.hf`` registers them without it).
 
 :func:`export_run` turns a stored run into
 
@@ -30,6 +32,7 @@ import torch.nn as nn
 
 from minituner.finetune.result import Base
 from minituner.hf.modeling import MiniGPTConfig, MiniGPTForCausalLM
+from minituner.hf.tokenizer import VOCAB_FILE, MiniGPTTokenizer
 from minituner.io import atomic_write_text
 from minituner.lora.adapter_io import save_adapter
 from minituner.lora.inject import linear_layers, lora_layers, merge_lora
@@ -43,6 +46,7 @@ Needs minituner with its hf extra installed: pip install "minituner[hf]".
 """
 
 from minituner.hf.modeling import MiniGPTConfig, MiniGPTForCausalLM  # noqa: F401
+from minituner.hf.tokenizer import MiniGPTTokenizer  # noqa: F401
 '''
 
 
@@ -80,7 +84,10 @@ def export_model(model: nn.Module, tok, folder: str | os.PathLike) -> Path:
     hf.generation_config.pad_token_id = tok.newline_id
     out.mkdir(parents=True, exist_ok=True)
     hf.save_pretrained(out)
-    tok.save(out / "tokenizer.json")
+    tok.save(out / VOCAB_FILE)
+    hf_tok = MiniGPTTokenizer(out / VOCAB_FILE, model_max_length=model.config.block_size)
+    hf_tok.init_kwargs["auto_map"] = {"AutoTokenizer": ["modeling_minigpt.MiniGPTTokenizer", None]}
+    hf_tok.save_pretrained(out)  # tokenizer_config.json (and tokenizer.json once more)
     atomic_write_text(out / REMOTE_CODE, _REMOTE_SOURCE)
     return out
 

@@ -160,11 +160,15 @@ def _attend(attn, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
 
 
 def register() -> None:
-    """Make ``AutoConfig`` / ``AutoModelForCausalLM`` load model_type "minigpt" folders."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """Make ``AutoConfig``, ``AutoModelForCausalLM`` and ``AutoTokenizer`` load model_type
+    "minigpt" folders."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from minituner.hf.tokenizer import MiniGPTTokenizer
 
     try:
         AutoConfig.register(MODEL_TYPE, MiniGPTConfig)
         AutoModelForCausalLM.register(MiniGPTConfig, MiniGPTForCausalLM)
+        AutoTokenizer.register(MiniGPTConfig, slow_tokenizer_class=MiniGPTTokenizer)
     except ValueError:  # already registered (a second import): nothing to do
         pass
