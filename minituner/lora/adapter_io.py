@@ -217,7 +217,7 @@ def load_adapter(
     plain, lora = linear_layers(model)
     problems: list[str] = []
     if meta.get("format") == "peft":
-        problems += check_against_model(meta, model, folder)
+        problems += check_against_model(meta, model)
     if lora:
         problems += [
             f"adapter has {p} but the model has no LoRA layer there"

@@ -305,7 +305,7 @@ def read_peft(path: str | os.PathLike, root: str | os.PathLike | None = None):
     return {**meta, "format": "peft", "modules": modules}, tensors
 
 
-def check_against_model(meta: dict, model: nn.Module, folder: Path) -> list[str]:
+def check_against_model(meta: dict, model: nn.Module) -> list[str]:
     """Problems between a PEFT adapter and the model it should go into: layers its
     ``target_modules`` selects without tensors (missing) or tensors of layers it does not
     select (extra), and GPT-2 Conv1D layers that must become Linears first."""
