@@ -166,19 +166,15 @@ pred = memmath.predict_memory(
     double_quant=cfg.nf4_double_quant, block_size=cfg.nf4_block_size, **kw,
 )  # fmt: skip
 total = shape.total_params()
-with form:
-    m1, m2, m3, m4 = st.columns(4)
-    m1.metric("trainable parameters", f"{trainable:,}")
-    m2.metric(
-        "share of the base model",
-        f"{headline.param_share(trainable, total):.2f}%",
-        help=headline.share_text(trainable, total),
-    )
-    m3.metric("predicted memory: model and training state", format_bytes(pred["states_total"]))
-    m4.metric("predicted memory: activations (estimate)", format_bytes(pred["activations"]))
+with form:  # three metrics: a 7-character value fits a third of the column at 1024 px
+    m1, m2, m3 = st.columns(3)
+    m1.metric("trainable parameters", f"{trainable:,}", help=headline.share_text(trainable, total))
+    m2.metric("predicted memory: model and training state", format_bytes(pred["states_total"]))
+    m3.metric("predicted memory: activations (estimate)", format_bytes(pred["activations"]))
     st.caption(
-        f"Activations for a batch of {cfg.batch_size} × at most {seq} characters. "
-        f"Live training runs on {md_text(data.device_label(), 100)}."
+        f"Trainable: {headline.share_text(trainable, total)}. Activations for a batch of "
+        f"{cfg.batch_size} × at most {seq} characters. Live training runs on "
+        f"{md_text(data.device_label(), 100)}."
     )
 
 
