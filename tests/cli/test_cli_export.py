@@ -16,7 +16,7 @@ from peft import PeftModel  # noqa: E402
 
 from minituner.finetune.result import load_base  # noqa: E402
 from minituner.minigpt.corpus import cloze_input  # noqa: E402
-from minituner.minigpt.evaluate import complete  # noqa: E402
+from minituner.minigpt.evaluate import complete, greedy_answers  # noqa: E402
 from minituner.paths import runs_dir  # noqa: E402
 from minituner.store.runs import RunStore  # noqa: E402
 
@@ -29,15 +29,14 @@ def shipped():
     return load_base()
 
 
-def hf_answers(model, tok, prompts: list[str]) -> list[str]:
-    """Plain ``model.generate`` (greedy: the exported generation config) on a LEFT-padded
-    batch, as transformers users batch prompts; the answer is the line generated."""
-    enc = [[tok.newline_id] + tok.encode(cloze_input(p)) for p in prompts]
-    T = max(len(e) for e in enc)
-    ids = torch.tensor([[tok.newline_id] * (T - len(e)) + e for e in enc])
-    mask = torch.tensor([[0] * (T - len(e)) + [1] * len(e) for e in enc])
-    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12)
-    return [tok.decode(row[T:].tolist()).split("\n", 1)[0].strip() for row in out]
+def hf_answers(folder, model, prompts: list[str]) -> list[str]:
+    """Plain transformers: the exported tokenizer (AutoTokenizer, left padding) and
+    ``model.generate`` (greedy: the exported generation config) on one batch."""
+    tok = transformers.AutoTokenizer.from_pretrained(folder / "base", trust_remote_code=True)
+    enc = tok([cloze_input(p) for p in prompts], return_tensors="pt", padding=True)
+    out = model.generate(**enc, max_new_tokens=12)
+    new = out[:, enc["input_ids"].shape[1] :]
+    return [a.split("\n", 1)[0].strip() for a in tok.batch_decode(new, skip_special_tokens=False)]
 
 
 def mtimes(run_id: str) -> dict:
@@ -64,15 +63,16 @@ def test_an_exported_run_answers_the_held_out_prompts_as_complete_does(tmp_path,
     tuned = PeftModel.from_pretrained(hf, folder / "adapter").eval()
     ours = RunStore().load_model(RunStore().get(run_id), base)
     prompts = [e.prompt for e in base.corpus.finetune_test]  # the held-out irregular prompts
-    theirs = hf_answers(tuned, base.tok, prompts)
-    expected = [complete(ours, base.tok, p) for p in prompts]
+    theirs = hf_answers(folder, tuned, prompts)
+    expected = greedy_answers(ours, base.tok, prompts)  # what `complete` runs, batched
+    assert [complete(ours, base.tok, p) for p in prompts[::30]] == expected[::30]
     assert theirs == expected
     assert sum(a == e.answer for a, e in zip(theirs, base.corpus.finetune_test, strict=True)) > 200
     # ... and what the command itself prints
     shown = run_minituner("complete", "--run", run_id, PROMPT)
     assert shown.returncode == 0, shown.stderr
     printed = re.search(r"fine-tuned\s+-> '([^']*)'", shown.stdout).group(1)
-    assert printed == hf_answers(tuned, base.tok, [PROMPT])[0]  # one prompt: no padding
+    assert printed == hf_answers(folder, tuned, [PROMPT])[0]  # one prompt: no padding
 
 
 def test_merged_export_of_a_full_fine_tune_computes_the_run_s_logits(tmp_path, shipped):
