@@ -94,14 +94,14 @@ def run_queue(seeds: list[int], steps: int, device: str, k: int, cache: Path, db
     t0 = time.perf_counter()
     ids = [t.submit(FinetuneConfig(steps=steps, seed=s), owner=f"learner{s}", cache=str(cache))
            for s in seeds]  # fmt: skip
-    while True:
-        states = [t.snapshot(j) for j in ids]
-        for s in states:
-            if s.pid:
-                pids[s.job_id] = s.pid
-        if all(s.status not in ("waiting", "running") for s in states):
+    while True:  # one queue read per poll; a running job's pid from the trainer's memory
+        rows = {j.id: j for j in t.queue.jobs()}
+        for j in ids:
+            if rows[j].state == "training" and not pids.get(j):
+                pids[j] = t.snapshot(j).pid
+        if all(rows[j].state not in ("waiting", "training") for j in ids):
             break
-        time.sleep(0.05)
+        time.sleep(0.2)
     total = time.perf_counter() - t0
     sampler.stop()
     t.close()
