@@ -270,3 +270,13 @@ def flow(svgs: Sequence[str], basis: int, most: int, gap: str = "12px 20px") -> 
         f'<div class="chart-row" style="display:flex;flex-wrap:wrap;gap:{gap};'
         f'align-items:flex-start;margin:0 0 0.5rem 0">{cells}</div>'
     )
+
+
+def grid(svgs: Sequence[str], least: int, gap: str = "10px 12px") -> str:
+    """Small charts in a grid of equal columns, as many as fit at ``least`` px each (a
+    flex row would widen the last, lonely one)."""
+    cells = "".join(f'<div style="min-width:0">{s}</div>' for s in svgs)
+    return (
+        f'<div class="chart-grid" style="display:grid;grid-template-columns:'
+        f"repeat(auto-fill,minmax({least}px,1fr));gap:{gap};margin:0 0 0.5rem 0\">{cells}</div>"
+    )

@@ -24,12 +24,12 @@ from html import escape
 import plotly.graph_objects as go
 
 from app.charts.common import CATEGORY_PALETTE, legend_below, style
-from app.charts.svg import Axis, Box, Line, flow, panel
+from app.charts.svg import Axis, Box, Line, grid, panel
 from app.format import md_text
 from minituner.minigpt.verbs import IRREGULAR_VERBS
 
 LEARNED = 0.8  # the accuracy a verb must keep from some evaluation on to count as learned
-MINI = Box(width=200, height=150, left=52, right=12, top=34, bottom=44)  # one verb's panel
+MINI = Box(width=210, height=150, left=62, right=14, top=34, bottom=44)  # one verb's panel
 NO_DATA = "no per-verb accuracy in this run's evaluations (it was stored before they were kept)"
 NOT_YET = "the per-verb accuracy appears with the first evaluation"
 
@@ -204,4 +204,4 @@ def live_verbs(
                 title_attrs=' font-weight="bold"' if bold else "",
             )  # fmt: skip
         )
-    return f'<div class="verb-grid">{heading}{flow(panels, 180, 240, gap="10px 12px")}</div>'
+    return f'<div class="verb-grid">{heading}{grid(panels, 180)}</div>'

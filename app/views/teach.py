@@ -36,7 +36,6 @@ TEACH_METHODS = ("lora", "full")
 FINISHED_MARK = "Teaching finished"
 
 st.title("Teach your own verb")
-live_slot = st.container()  # a lesson this tab follows goes first: in view on a projector
 st.markdown(
     "Can the model learn a verb it has never seen? Type a verb and its past form "
     "(*swim / swam*, *drink / drank*, or one you make up). The app puts it into the "
@@ -83,6 +82,9 @@ except ValueError as e:
     st.error(f"This verb cannot be taught: {md_text(e)}")
     st.stop()
 
+# the button, the live lesson and its result go right under the form, before the prompts:
+# where the button was clicked (the browser keeps that place), in view on a projector
+action = st.container()
 split = teach_split(verb, base.corpus_config)
 cfg = FinetuneConfig(
     method=method, lr=DEFAULT_LR[method], steps=int(steps), seed=int(seed),
@@ -193,7 +195,7 @@ def _show_result(info) -> None:
 live.hide_status()
 live.keep_owner()
 if snap.running:
-    with live_slot:  # under the title: the progress and the charts in view
+    with action:  # under the form: the progress and the charts in view
         taught = snap.config.get("teach", "")
         if snap.owner == me and taught:
             a, b = st.columns([5, 1], vertical_alignment="center")
@@ -207,28 +209,33 @@ if snap.running:
         _live_panel()
     st.stop()
 
-just_finished = live.show_outcome(snap, cfg, FINISHED_MARK) == "completed"
-label = "Teach it live"
-if stored is not None and not just_finished:
-    where = "shipped with the app" if stored.shipped else "in your cache"
-    st.info(f"This lesson is in the store ({where}): run **{stored.run_id}**, shown below.")
-if stored is not None:
-    label = "Teach it live anyway"
-st.caption(f"{cfg.label()} · an evaluation every {cfg.eval_every} steps · on {data.device_label()}")
-if st.button(
-    label,
-    icon=":material/school:",
-    key="teach_start",
-    type="primary" if stored is None else "secondary",
-):
-    try:
-        started = trainer.start(cfg, owner=me, cache=data.cache_dir(), eval_limit=data.eval_limit())
-    except ValueError as e:  # the pre-flight: nothing was started
-        st.error(f"Training cannot start: {md_text(e)}", icon=":material/error:")
-    else:
-        if not started:
-            st.info("Training is busy: another session started a run a moment ago.")
-        st.rerun()
-live.watch(snap)  # a run that another tab starts reruns this page (it shows that run)
-if stored is not None:
-    _show_result(stored)
+with action:
+    just_finished = live.show_outcome(snap, cfg, FINISHED_MARK) == "completed"
+    label = "Teach it live"
+    if stored is not None and not just_finished:
+        where = "shipped with the app" if stored.shipped else "in your cache"
+        st.info(f"This lesson is in the store ({where}): run **{stored.run_id}**, shown below.")
+    if stored is not None:
+        label = "Teach it live anyway"
+    st.caption(
+        f"{cfg.label()} · an evaluation every {cfg.eval_every} steps · on {data.device_label()}"
+    )
+    if st.button(
+        label,
+        icon=":material/school:",
+        key="teach_start",
+        type="primary" if stored is None else "secondary",
+    ):
+        try:
+            started = trainer.start(
+                cfg, owner=me, cache=data.cache_dir(), eval_limit=data.eval_limit()
+            )
+        except ValueError as e:  # the pre-flight: nothing was started
+            st.error(f"Training cannot start: {md_text(e)}", icon=":material/error:")
+        else:
+            if not started:
+                st.info("Training is busy: another session started a run a moment ago.")
+            st.rerun()
+    live.watch(snap)  # a run that another tab starts reruns this page (it shows that run)
+    if stored is not None:
+        _show_result(stored)
