@@ -177,6 +177,31 @@ def graph_seconds(fn: Callable[[], object], device: torch.device, calls: int = 2
     return statistics.median(times)
 
 
+def host_microseconds(device: torch.device, bnbF, calls: int = 2000) -> dict:
+    """Host time per dequantize call (microseconds): ``calls`` calls on a 64 x 64 tensor,
+    whose kernel takes far less than the host's work, then one synchronize. Below this
+    time per call, back-to-back calls measure the host, not the GPU."""
+    w = torch.randn(64, 64, device=device)
+    q = quantize_nf4(w, 64)
+    fns = {"ours": lambda: dequantize_nf4(q, torch.bfloat16)}
+    if bnbF is not None:
+        bq, st = bnbF.quantize_4bit(w, blocksize=64, quant_type="nf4")
+        st_bf16 = copy.copy(st)
+        st_bf16.dtype = torch.bfloat16
+        fns["bnb"] = lambda: bnbF.dequantize_4bit(bq, st_bf16)
+    out = {}
+    for name, fn in fns.items():
+        for _ in range(50):
+            fn()
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        _sync(device)
+        out[name] = (time.perf_counter() - t0) / calls * 1e6
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -211,8 +236,12 @@ def main(argv: list[str] | None = None) -> None:
         bench_shape(shape, args, device, bnb, clone_gbs)
         for shape in (args.shapes or [(args.size, args.size)])
     ]
+    host = host_microseconds(device, bnb[0]) if device.type == "cuda" else None
+    if host:
+        print("host time per dequantize call (64x64 bf16, 2000 calls, one sync): "
+              + ", ".join(f"{k} {v:.1f} us" for k, v in host.items()))  # fmt: skip
     if args.json:
-        record = records[0] if args.shapes is None else {"shapes": records}
+        record = records[0] if args.shapes is None else {"shapes": records, "host_us": host}
         args.json.write_text(json.dumps(record, indent=2) + "\n")
 
 

@@ -348,6 +348,16 @@ def full_load_lines(result: Mapping) -> list[str]:
         if isinstance(holder, dict) and holder.get("versions")
     )
     skipped = sorted({f"{n}: {note}" for r in rows for n, note in r["skipped"].items()})
+    plain = result.get("runs_plain", {})
+    unfused = [
+        f"{r['label']}: {1e3 * plain[r['config']]['step_s_median']:.0f} ms"
+        + "".join(
+            f", {plain[r['config']]['step_s_median'] / p['step_s']:.2f}x {n}"
+            for n, p in r["peers"].items()
+        )
+        for r in rows
+        if isinstance(plain.get(r["config"]), dict) and "step_s_median" in plain[r["config"]]
+    ]
     peak = result.get("mfu_peak_flops")
     lines += [
         "",
@@ -357,6 +367,11 @@ def full_load_lines(result: Mapping) -> list[str]:
         + ". GEMM share: cuBLAS/CUTLASS matrix-product kernels over the GPU's busy time in one "
         "profiled step."
         + (f" Left between our step and its GEMM kernels' time: {'; '.join(gaps)}." if gaps else "")
+        + (
+            f" Our step without the fused kernels, same run: {'; '.join(unfused)}."
+            if unfused
+            else ""
+        )
         + (f" Versions: {versions}." if versions else "")
         + (f" Not measured: {'; '.join(skipped)}." if skipped else "")
         + ")",

@@ -43,7 +43,12 @@ def _both(fn_fused, fn_eager, inputs, grad_out):
 
 
 def _close(a, b, dtype, what):
-    torch.testing.assert_close(a, b, **TOL[dtype], msg=lambda m: f"{what}: {m}")
+    """float32: to float32 rounding. bfloat16: each element within 2 ulp at the tensor's
+    scale (a product of rounded values, such as the head's gradient GEMM, rounds
+    differently when the scaling comes before or after it; an element near 0 has no
+    relative precision to keep)."""
+    tol = TOL[dtype] or {"rtol": 1.6e-2, "atol": 2**-7 * b.abs().max().item()}
+    torch.testing.assert_close(a, b, **tol, msg=lambda m: f"{what}: {m}")
 
 
 def check_kernels(device: str, dtype: torch.dtype) -> None:
