@@ -17,10 +17,13 @@ if [ "${TESTS:-1}" = 1 ]; then
     tests/nf4/backends/test_triton.py tests/scale/test_llama.py} > "$OUT/tests.txt" 2>&1; echo "tests rc=$? $((SECONDS-T0)) s"; tail -4 "$OUT/tests.txt"
 fi
 if [ "${NF4:-1}" = 1 ]; then
-  timeout "${NF4_TIMEOUT:-90}" python3 benchmarks/bench_nf4.py --device cuda --shapes 4096x4096 4096x11008 \
-    11008x4096 --graph ${NF4_CONFIGS:+--kernel-configs $NF4_CONFIGS} --json "$OUT/nf4.json" \
-    > "$OUT/nf4.txt" 2>&1; echo "nf4 rc=$? $((SECONDS-T0)) s"
-  grep -E "^(dequantize|quantize|device)" "$OUT/nf4.txt" | grep -v "^quantize"
+  for i in $(seq 1 "${NF4_RUNS:-1}"); do
+    timeout "${NF4_TIMEOUT:-90}" python3 benchmarks/bench_nf4.py --device cuda \
+      --shapes ${NF4_SHAPES:-4096x4096 4096x11008 11008x4096} --graph ${NF4_ARGS:-} \
+      ${NF4_CONFIGS:+--kernel-configs $NF4_CONFIGS} --json "$OUT/nf4_$i.json" \
+      > "$OUT/nf4_$i.txt" 2>&1; echo "nf4 run $i rc=$? $((SECONDS-T0)) s"
+    grep -E "^(NF4 on|dequantize|device|host)" "$OUT/nf4_$i.txt"
+  done
 fi
 if [ "${B1:-0}" = 1 ]; then
   timeout "${B1_TIMEOUT:-120}" python3 benchmarks/bench_7b_qlora.py --batch 1 --r 8 --targets qv all --peft \

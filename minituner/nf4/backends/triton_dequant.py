@@ -154,14 +154,12 @@ def _int_facts(v: int) -> tuple[bool, bool, bool]:
 
 
 def _launch_key(kernel, grid: int, args: tuple, consts: dict, options: dict) -> tuple:
-    facts = []
-    for a in args:
-        if isinstance(a, torch.Tensor):
-            facts.append((a.dtype, a.data_ptr() % 16 == 0))
-        else:
-            facts.append(_int_facts(a))
+    facts = tuple(
+        (a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else _int_facts(a)
+        for a in args
+    )
     device = torch.cuda.current_device()  # where Triton launches, as its own path does
-    return (kernel, device, tuple(facts), tuple(consts.items()), tuple(options.items()))
+    return (kernel, device, facts, tuple(consts.items()), tuple(options.items()))
 
 
 def _raw_stream(device: int) -> int:
