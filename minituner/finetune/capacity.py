@@ -29,8 +29,11 @@ from pathlib import Path
 ENV_VAR = "MINITUNER_MAX_RUNS"
 MAX_RUNS = 64
 MAX_DEFAULT = 8  # the default on a GPU is at most this many runs at once
-CONTEXT_BYTES = 600 * 2**20  # what each child's CUDA context and allocator hold besides tensors
-GUESS_RUN_BYTES = 1024 * 2**20  # a run's peak before any has been measured (MiniGPT: ~300 MiB)
+# what each child holds besides its tensors (CUDA context, allocator): measured on an H100,
+# nvidia-smi showed 1104 MiB per training child whose torch peak was 108 MiB
+# (benchmarks/results/class_h100.txt)
+CONTEXT_BYTES = 1000 * 2**20
+GUESS_RUN_BYTES = 256 * 2**20  # a run's peak before any is measured (MiniGPT: ~110 MiB)
 USABLE = 0.8  # leave a fifth of the free memory to others
 DEFAULT_RUN_S = 60.0  # a run's guessed length before any run has finished
 
