@@ -12,7 +12,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 python3 -c "import torch, triton; print(torch.__version__, triton.__version__)"
 T0=$SECONDS
 if [ "${TESTS:-1}" = 1 ]; then
-  timeout "${TESTS_TIMEOUT:-150}" python3 -m pytest -q -p no:cacheprovider -x ${TEST_FILES:-\
+  timeout "${TESTS_TIMEOUT:-150}" python3 -m pytest -q -p no:cacheprovider -x ${TEST_K:+-k "$TEST_K"} ${TEST_FILES:-\
     tests/scale/test_fused_kernels.py tests/scale/test_graphs.py \
     tests/nf4/backends/test_triton.py tests/scale/test_llama.py} > "$OUT/tests.txt" 2>&1; echo "tests rc=$? $((SECONDS-T0)) s"; tail -4 "$OUT/tests.txt"
 fi
