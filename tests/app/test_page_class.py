@@ -172,3 +172,17 @@ def test_a_queue_problem_is_a_warning_on_the_page(tmp_path, monkeypatch):
     warnings = [shown(str(e.value)) for e in at.warning]
     assert any("cannot be used" in w and "queue.sqlite3" in w for w in warnings), warnings
     t.close()
+
+
+def test_without_experiments_the_class_runs_are_drawn_alone(class_trainer, shipped, tmp_path,
+                                                            monkeypatch):  # fmt: skip
+    from app import data
+
+    monkeypatch.setattr(data, "EXPERIMENTS_PATH", tmp_path / "missing.json")
+    at = _page()
+    import json
+
+    for chart in at.get("plotly_chart"):
+        runs = {t["meta"]["run"] for t in json.loads(chart.proto.spec)["data"]}
+        assert runs == {r.run_id for r in shipped}  # no shipped grid: the two class runs
+    assert any("missing" in shown(str(w.value)) for w in at.warning)
