@@ -58,7 +58,7 @@ CATEGORY_PALETTE = (
     "#AA4499",
     "#555555",
 )
-_SHADES = (0.0, -0.28, 0.32, -0.5, 0.55, -0.14, 0.16)  # <0 darker, >0 lighter
+_SHADES = (0.0, -0.2, 0.25, -0.35, 0.4, -0.1, 0.12)  # <0 darker, >0 lighter: still the method
 
 
 def _mix(color: str, amount: float) -> str:

@@ -37,24 +37,22 @@ def run_looks(labels: Sequence[str], runs: Runs | None = None) -> dict[str, tupl
     """``{label: (colour, meta)}`` for the runs of one chart.
 
     ``runs[label] = (method, run id)``; a label not in it is read by :func:`method_of`
-    (its run key is then the label). The colour is the method's own where the chart has
-    one run of that method, else the run's shade of it (common.run_color). ``meta`` is
+    (its run key is then the label). The colour is the run's shade of its method's colour
+    (common.run_color, keyed by the run id), whatever other runs the chart has, so a run
+    looks the same here as on every other page. ``meta`` is
     ``{"method": …, "run": …}``; a label naming no method gets a neutral colour from a
     hash of the label and ``{"run": label}``."""
     keys: dict[str, tuple[str | None, str]] = {}
     for label in labels:
         method, rid = (runs or {}).get(label) or (method_of(label), label)
         keys[label] = (method, rid)
-    count: dict[str | None, int] = {}
-    for method, _ in keys.values():
-        count[method] = count.get(method, 0) + 1
     out = {}
     for label, (method, rid) in keys.items():
         if method is None:
             h = hashlib.sha256(label.encode("utf-8", "replace")).digest()[0]
             out[label] = (CATEGORY_PALETTE[h % len(CATEGORY_PALETTE)], {"run": label})
             continue
-        color = method_color(method) if count[method] == 1 else run_color(method, rid)
+        color = method_color("base") if method == "base" else run_color(method, rid)
         out[label] = (color, {"method": method, "run": rid})
     return out
 

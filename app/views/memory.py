@@ -282,8 +282,10 @@ if preset == "custom":
     )  # fmt: skip
 else:
     shape = PRESETS[preset]
-    c2.metric("parameters", f"{shape.total_params():,}")
-    c3.metric("layers × d_model", f"{shape.n_layers} × {shape.d_model}")
+    n = shape.total_params()  # short enough for a quarter column at 1024 px (7B: 6.74 B)
+    short = f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n:,}"
+    c2.metric("parameters", short, help=f"{n:,} parameters")
+    c3.metric("layers, d_model", f"{shape.n_layers}, {shape.d_model}")
     c4.metric("d_ff", f"{shape.d_ff:,}")
 
 targets_all = [lin.target for lin in shape.layer_linears]

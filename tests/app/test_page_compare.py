@@ -210,11 +210,11 @@ def test_method_colours_are_fixed_when_runs_are_added_or_removed(empty_cache):
                 assert out[t["meta"]["run"]] == color_of(t)  # one colour a run on every chart
         return out
 
-    one = colours(FULL)
-    assert one[FULL] == method_color("full")
+    one = colours(FULL)  # each run in its own shade of its method, alone or not
+    assert one[FULL] == run_color("full", FULL)
     more = colours(f"{LORA},{QLORA},{FULL}")
-    assert more[FULL] == one[FULL] and more[LORA] == method_color("lora")
-    assert more[QLORA] == method_color("qlora")
+    assert more[FULL] == one[FULL] and more[LORA] == run_color("lora", LORA)
+    assert more[QLORA] == run_color("qlora", QLORA)
     fewer = colours(f"{LORA},{LORA_SEED1}")  # two LoRA runs: each its own shade of LoRA
     assert fewer[LORA] == run_color("lora", LORA) and fewer[LORA_SEED1] == run_color(
         "lora", LORA_SEED1

@@ -23,7 +23,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 from app import helpers  # noqa: E402
 from app.candidates import candidates_for  # noqa: E402
 from app.charts import completions as charts  # noqa: E402
-from app.charts.common import method_color  # noqa: E402
+from app.charts.common import method_color, run_color  # noqa: E402
 from minituner.minigpt.corpus import build_corpus  # noqa: E402
 from minituner.minigpt.verbs import (  # noqa: E402
     ADVERBS,
@@ -144,8 +144,9 @@ def test_any_number_of_runs_side_by_side_with_the_legend_naming_each(empty_cache
     assert [t["name"] for t in traces] == ["base model"] + [
         helpers.short_label(runs[rid]) for rid in (LORA, FULL, QLORA)
     ]
-    for t in traces:
-        assert t["marker"]["color"] == method_color(t["meta"]["method"])
+    assert traces[0]["marker"]["color"] == method_color("base")
+    for t in traces[1:]:  # each run its own shade of its method (charts/common.run_color)
+        assert t["marker"]["color"] == run_color(t["meta"]["method"], t["meta"]["run"])
     assert [t["meta"]["run"] for t in traces[1:]] == [LORA, FULL, QLORA]
     labels = [m.label for m in at.metric]
     assert labels[0] == "base model's greedy answer" and len(labels) == 4
@@ -178,5 +179,5 @@ def test_candidate_bars_colour_by_method_whatever_the_order():
     rev = charts.candidate_bars(dict(reversed(probs.items())))
     colours = {t.name: t.marker.color for t in fwd.data}
     assert colours == {t.name: t.marker.color for t in rev.data}
-    assert colours == {"base model": method_color("base"), "full x": method_color("full"),
-                       "lora y": method_color("lora")}  # fmt: skip
+    assert colours == {"base model": method_color("base"), "full x": run_color("full", "full x"),
+                       "lora y": run_color("lora", "lora y")}  # fmt: skip

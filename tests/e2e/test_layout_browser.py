@@ -173,7 +173,7 @@ class ColourLog:
     everywhere, a metric in its colour."""
 
     def __init__(self) -> None:
-        self.runs: dict[str, tuple[str, str]] = {}  # run -> (colour, where first seen)
+        self.runs: dict[tuple[str, str], tuple[str, str]] = {}  # (method, run) -> (colour, where)
         self.problems: list[str] = []
         self.seen = 0
 
@@ -193,11 +193,11 @@ class ColourLog:
                 continue
             if color not in _shades(key):
                 self.problems.append(f"{where}: {key} ({run or 'method'}) drawn {color}")
-            if run:
-                first = self.runs.setdefault(run, (color, where))
+            if run:  # a run id names one method's run; a label may name a method's grid
+                first = self.runs.setdefault((key, run), (color, where))
                 if first[0] != color:
                     self.problems.append(
-                        f"run {run!r}: {first[0]} on {first[1]}, {color} on {where}"
+                        f"{key} run {run!r}: {first[0]} on {first[1]}, {color} on {where}"
                     )
 
 
