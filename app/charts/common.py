@@ -6,7 +6,7 @@ names in a chart come from run records and files), and short layer names."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 import plotly.graph_objects as go
@@ -97,11 +97,6 @@ def metric_color(metric: str) -> str:
     return METRIC_COLORS[metric]
 
 
-# TEMPORARY (issue 24, while the charts move to the names above): removed at the end.
-COLORS = {**METHOD_COLORS, **FORMAT_COLORS}
-PALETTE = CATEGORY_PALETTE
-
-
 def style(fig: go.Figure, title: str = "", height: int = 460) -> go.Figure:
     """The layout every chart ends with: large fonts, a white template, the title; every
     text of the figure shown as text (:func:`escape_text`)."""
@@ -178,15 +173,6 @@ def legend_below(fig: go.Figure, y: float = -0.22) -> go.Figure:
     squeeze the plot on a projector."""
     fig.update_layout(legend=dict(orientation="h", yanchor="top", y=y, xanchor="left", x=0))
     return fig
-
-
-def series_colors(labels: Sequence[str]) -> dict[str, str]:
-    """A colour per label: the method's colour (full red, LoRA blue, QLoRA green) when
-    each label starts with a different method, else distinct palette colours."""
-    firsts = [label.split()[0] if label else "" for label in labels]
-    if len(set(firsts)) == len(firsts) and all(f in COLORS for f in firsts):
-        return {label: COLORS[f] for label, f in zip(labels, firsts, strict=True)}
-    return {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(labels)}
 
 
 def short_layer(name: str) -> str:
