@@ -22,11 +22,14 @@ from dataclasses import dataclass
 from html import escape
 
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
-from app.charts.common import CATEGORY_PALETTE, legend_below, style
+from app.charts.common import CATEGORY_PALETTE, style
 from app.charts.svg import Axis, Box, Line, grid, panel
 from app.format import md_text
 from minituner.minigpt.verbs import IRREGULAR_VERBS
+
+VERB_COLS = 4  # small multiples per row: 8 irregular verbs in two rows
 
 LEARNED = 0.8  # the accuracy a verb must keep from some evaluation on to count as learned
 MINI = Box(width=210, height=150, left=62, right=14, top=34, bottom=44)  # one verb's panel
@@ -137,11 +140,20 @@ def order_sentence(points: Points, total_steps: int, threshold: float = LEARNED)
 
 # ---------------------------------------------------------------------- plotly (stored runs)
 def verb_curves(points: Points, title: str, highlight: str | None = None) -> go.Figure:
-    """One line per verb: accuracy (%) over the steps; ``highlight`` drawn thicker."""
-    fig = go.Figure()
+    """Accuracy (%) per verb over the steps as small multiples: one panel per verb on the
+    same axes, ``highlight`` first and drawn thicker. In one panel the verbs that sit at
+    the same accuracy (several at 100 % by the end) lay on top of each other and hid
+    each other; in their own panels none can. Tick labels and axis titles sit on the
+    outer panels only (the axes are shared)."""
     verbs = verb_order(points, highlight)
     colors = verb_colors(verbs)
-    for verb in verbs:
+    cols = min(VERB_COLS, max(1, len(verbs)))
+    rows = max(1, math.ceil(len(verbs) / cols))
+    fig = make_subplots(
+        rows=rows, cols=cols, subplot_titles=verbs or None, shared_xaxes="all",
+        shared_yaxes="all", horizontal_spacing=0.03, vertical_spacing=0.16,
+    )  # fmt: skip
+    for i, verb in enumerate(verbs):
         pts = [(s, 100 * acc[verb]) for s, acc in points if verb in acc]
         fig.add_trace(
             go.Scatter(
@@ -149,14 +161,21 @@ def verb_curves(points: Points, title: str, highlight: str | None = None) -> go.
                 y=[p[1] for p in pts],
                 mode="lines+markers",
                 name=verb,
+                showlegend=False,
                 line=dict(width=6 if verb == highlight else 3, color=colors[verb]),
-                marker=dict(size=8),
-            )
+                marker=dict(size=7),
+            ),
+            row=i // cols + 1,
+            col=i % cols + 1,
         )
-    fig.update_xaxes(title_text="step")
-    fig.update_yaxes(title_text="accuracy (%)", range=[-3, 103])
-    legend_below(fig)
-    return style(fig, title, height=480)
+    fig.update_yaxes(range=[-5, 105], dtick=50, showticklabels=False)
+    fig.update_xaxes(showticklabels=False, nticks=4)
+    for c in range(1, cols + 1):  # the bottom panel of each column (the last row may be short)
+        last = max(r for r in range(1, rows + 1) if (r - 1) * cols + c <= max(1, len(verbs)))
+        fig.update_xaxes(title_text="step", showticklabels=True, row=last, col=c)
+    for r in range(1, rows + 1):
+        fig.update_yaxes(title_text="accuracy (%)", showticklabels=True, row=r, col=1)
+    return style(fig, title, height=150 + 210 * rows)
 
 
 # ---------------------------------------------------------------------- SVG (live)
