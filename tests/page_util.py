@@ -14,14 +14,26 @@ MAIN = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
 TIMEOUT = 240  # seconds per script run: a loaded, shared 2-core machine
 
 
-def open_page(page: str) -> AppTest:
-    """The app, switched to ``views/<page>.py``, run once without an exception."""
+def open_page(page: str, query: dict | None = None, session: dict | None = None) -> AppTest:
+    """The app, switched to ``views/<page>.py`` (with ``query`` in the URL and ``session``
+    in the session state), run once without an exception."""
     at = AppTest.from_file(MAIN, default_timeout=TIMEOUT)
+    for k, v in (session or {}).items():
+        at.session_state[k] = v
     at.run()
+    if query:
+        at.query_params.update(query)
     at.switch_page(f"views/{page}.py")
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
+
+
+def texts(elements) -> str:
+    """What the elements show (the app's escapes of outside text taken out)."""
+    from app_util import shown
+
+    return "\n".join(shown(str(e.value)) for e in elements)
 
 
 def figures(at: AppTest) -> dict[str, dict]:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
-from app_util import shown  # noqa: E402
+from page_util import open_page, texts  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from app import helpers, run_picker  # noqa: E402
@@ -36,23 +36,6 @@ MAIN = str(REPO_ROOT / "app" / "main.py")
 TIMEOUT = 180
 LORA, FULL, QLORA = "0e9eca154689", "1f93a78d24f8", "d23c57249929"  # shipped defaults
 LORA_SEED1 = "83e770d5e7f8"
-
-
-def open_page(page: str, query: dict | None = None, session: dict | None = None) -> AppTest:
-    at = AppTest.from_file(MAIN, default_timeout=TIMEOUT)
-    for k, v in (session or {}).items():
-        at.session_state[k] = v
-    at.run()
-    if query:
-        at.query_params.update(query)
-    at.switch_page(f"views/{page}.py")
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def texts(elements) -> str:
-    return "\n".join(shown(str(e.value)) for e in elements)
 
 
 def traces(at: AppTest, key: str) -> list[dict]:

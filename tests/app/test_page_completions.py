@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
+import page_util  # noqa: E402
 from app_util import shown  # noqa: E402
+from page_util import texts  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from app import helpers  # noqa: E402
@@ -40,18 +42,7 @@ LORA, FULL, QLORA = "0e9eca154689", "1f93a78d24f8", "d23c57249929"
 
 
 def open_page(query: dict | None = None) -> AppTest:
-    at = AppTest.from_file(MAIN, default_timeout=TIMEOUT)
-    at.run()
-    if query:
-        at.query_params.update(query)
-    at.switch_page("views/completions.py")
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def texts(elements) -> str:
-    return "\n".join(shown(str(e.value)) for e in elements)
+    return page_util.open_page("completions", query)
 
 
 def bars(at: AppTest) -> list[dict]:

@@ -18,6 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
 from app_util import shown  # noqa: E402
+from page_util import open_page  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from app import data, helpers  # noqa: E402
@@ -32,12 +33,7 @@ TIMEOUT = 180
 
 
 def open_forgetting() -> AppTest:
-    at = AppTest.from_file(MAIN, default_timeout=TIMEOUT)
-    at.run()
-    at.switch_page("views/forgetting.py")
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return open_page("forgetting")
 
 
 def chart(at: AppTest, key: str) -> dict:
