@@ -184,13 +184,10 @@ def run_stamp(info: RunInfo) -> float:
 
 
 def just_trained(owner: str) -> str | None:
-    """The run this browser (``owner``, app.live.owner()) trained last, when the server's
-    live run is its own and finished in the store; remembered in the session so that
+    """The run this browser (``owner``, app.live.owner()) trained last, when its latest
+    run of today finished in the store; remembered in the session so that
     another session's later run does not take it away."""
-    t = get_trainer()
-    # the run queue's view of this browser's runs where the trainer has one, else the
-    # server's single live run
-    s = t.snapshot_for(owner) if hasattr(t, "snapshot_for") else t.snapshot()
+    s = get_trainer().snapshot_for(owner)  # its training run, else waiting, else latest
     if owner and s.owner == owner and s.status == "completed" and s.run_id:
         st.session_state["just_trained_run"] = s.run_id
     return st.session_state.get("just_trained_run")

@@ -1,21 +1,28 @@
-"""The live run as a small JSON file that every watching tab's live panel fetches itself.
+"""Each run of the server as a small JSON file that the live panel of every tab following
+it fetches itself.
 
 A Streamlit redraw costs each watching browser far more than the chart it carries (the
 frontend reruns its whole app tree: measured with benchmarks/bench_live.py, about
 0.1-0.2 s of browser CPU per redraw per tab, on the same cores as the training). So
-while a run goes, the live panel (app/live.py) polls this file through Streamlit's static
-file serving (``server.enableStaticServing``, files under ``app/static/``) and redraws
-only the parts that changed; Streamlit itself draws nothing until the run ends.
+while a run waits or trains, the live panel (app/live.py) polls its run's file through
+Streamlit's static file serving (``server.enableStaticServing``, files under
+``app/static/``) and redraws only the parts that changed; Streamlit itself draws nothing
+until the run starts or ends.
 
 :class:`Feed` is one thread per server: it waits for the trainer's version to move,
-renders the panel (a function from a :class:`app.trainer.LiveState` to its parts' HTML) and
-replaces the file atomically, at most every ``min_gap_s``. The file is
-``app/static/live/live-<server pid>-<random>.json``: a random name per server, removed
-when the server exits (files of servers that died are swept by the next one).
+renders the panel of every job of today that waits or trains (a function from a
+:class:`app.run_state.LiveState` to its parts' HTML) and replaces that job's file
+atomically when what it shows changed, at most every ``min_gap_s``; a job that ended
+gets one last file without parts (the tab then draws the outcome itself). Each tab
+follows its own job's file, so one learner's run never shows in another's tab unless
+they open it. The files are ``app/static/live/live-<server pid>-<random>-<job id>.json``:
+a random prefix per server (a job's file cannot be guessed from its id), removed when
+the server exits (files of servers that died are swept by the next one).
 
 A write that fails (a full disk, a folder made read-only or removed) is logged once per
-run and remembered: :meth:`Feed.usable` is then False for that run, and the page draws it
-server-side instead (app/live.py), so a tab never waits for a file that will not change.
+job and remembered: :meth:`Feed.usable` is then False for that job while it runs, and
+the page draws it server-side instead (app/live.py), so a tab never waits for a file
+that will not change.
 
 Nothing here calls Streamlit.
 """
@@ -34,27 +41,26 @@ from pathlib import Path
 FEED_DIR = Path(__file__).resolve().parent / "static" / "live"
 URL_DIR = "app/static/live"  # where Streamlit serves FEED_DIR (relative to the base URL)
 TICK_S = 0.1  # how often the thread looks at the trainer's version (an int read)
-MIN_GAP_S = 0.5  # the file changes at most this often
+MIN_GAP_S = 0.5  # the files change at most this often
+ACTIVE = ("waiting", "running")  # a job in these states has a panel in its file
+GONE = "gone"  # the status of a job that left the trainer's list (another day's)
 log = logging.getLogger(__name__)
 
 
-def run_key(s) -> float:
-    """Which run a snapshot belongs to (its start time; 0 before any run)."""
-    return s.started_at
-
-
 class Feed:
-    """Publishes ``render(trainer.snapshot())`` to a JSON file whenever the version moves.
+    """Publishes ``render(state)`` of every waiting or training job to the job's own JSON
+    file whenever the trainer's version moves.
 
-    The file holds ``{"version": int, "running": bool, "status": str, "parts": {name: html}}``:
-    the rendered panel, part by part, while a run goes; no parts otherwise (the page draws
-    a run's outcome itself).
+    A job's file holds ``{"job": int, "version": int, "running": bool, "status": str,
+    "parts": {name: html}}``: the rendered panel, part by part, while the job waits or
+    trains; no parts once it has ended (the page draws the outcome itself). ``version``
+    is the trainer's version when the file last changed.
 
     Args:
-        trainer: anything with ``version`` and ``snapshot()`` (``app.trainer.Trainer``).
-        render: the panel's markup for a snapshot, part by part (``{name: html}``).
-        folder: where the file goes (Streamlit serves ``app/static/``).
-        min_gap_s: the least time between two writes.
+        trainer: anything with ``version`` and ``jobs()`` (``app.trainer.Trainer``).
+        render: the panel's markup for a state, part by part (``{name: html}``).
+        folder: where the files go (Streamlit serves ``app/static/``).
+        min_gap_s: the least time between two rounds of writes.
 
     Raises:
         OSError: if ``folder`` cannot be created.
@@ -71,78 +77,101 @@ class Feed:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         sweep(self.folder)
-        self.name = f"live-{os.getpid()}-{secrets.token_hex(8)}.json"
-        self.path = self.folder / self.name
-        self.written = -1  # the version last written
+        self.prefix = f"live-{os.getpid()}-{secrets.token_hex(8)}"
+        self.seen = -1  # the trainer's version at the last round of writes
+        self._shown: dict[int, str] = {}  # job -> what its file shows (without the version)
         self.error: str | None = None  # why the last write failed (None: it succeeded)
-        self.failed_run: float | None = None  # the run (run_key) during which a write failed
+        self.failed: set[int] = set()  # jobs during whose run a write failed
         self._closed = threading.Event()
         self._lock = threading.Lock()  # one writer at a time (the thread, or a caller)
-        self.publish()  # the file exists before any tab asks for it
+        self.publish()  # the files of today's jobs exist before any tab asks for them
         self._thread = threading.Thread(target=self._loop, name="minituner-live-feed", daemon=True)
         self._thread.start()
         atexit.register(self.close)
 
-    def url(self, base_url_path: str = "") -> str:
-        """The file's path on the server, for a page served under ``base_url_path``."""
+    def name(self, job_id: int) -> str:
+        return f"{self.prefix}-{int(job_id)}.json"
+
+    def path(self, job_id: int) -> Path:
+        return self.folder / self.name(job_id)
+
+    def url(self, job_id: int, base_url_path: str = "") -> str:
+        """Job ``job_id``'s file on the server, for a page served under ``base_url_path``."""
         base = base_url_path.strip("/")
-        return "/" + (f"{base}/" if base else "") + f"{URL_DIR}/{self.name}"
+        return "/" + (f"{base}/" if base else "") + f"{URL_DIR}/{self.name(job_id)}"
 
     def usable(self, s) -> bool:
-        """Whether tabs can follow snapshot ``s`` through the file: the last write
-        succeeded and, while ``s`` runs, none failed during its run (an idle watcher
-        needs only a working file)."""
-        return self.error is None and not (s.running and self.failed_run == run_key(s))
+        """Whether a tab can follow state ``s`` through its job's file: the last write
+        succeeded and, while ``s`` waits or trains, none failed for its job."""
+        active = s.status in ACTIVE
+        return self.error is None and not (active and s.job_id in self.failed)
 
     def publish(self) -> int:
-        """Write the current snapshot now; returns its version.
+        """Write every job's file whose content changed; returns the trainer's version.
 
         Raises:
-            OSError: the file cannot be written (logged, and remembered: :meth:`usable`).
+            OSError: a file cannot be written (logged, and remembered: :meth:`usable`).
         """
         with self._lock:
-            if self._closed.is_set():  # closed: the file stays removed
-                return self.written
-            s = self.trainer.snapshot()
-            payload = {"version": s.version, "running": s.running, "status": s.status}
-            payload["parts"] = self.render(s) if s.running else {}  # idle tabs poll a tiny file
-            tmp = self.path.with_name(self.name + ".tmp")
-            try:
-                tmp.write_text(json.dumps(payload), encoding="utf-8")
-                os.replace(tmp, self.path)  # a fetch sees the old file or the new one
-            except OSError as e:
-                self._failed(s, e)
-                raise
-            self.written, self.error = s.version, None
-            return s.version
+            if self._closed.is_set():  # closed: the files stay removed
+                return self.seen
+            version = self.trainer.version
+            states = {s.job_id: s for s in self.trainer.jobs() if s.job_id}
+            for job_id in [j for j in self._shown if j not in states]:
+                self._write(job_id, version, {"running": False, "status": GONE, "parts": {}})
+                del self._shown[job_id]
+            for job_id, s in states.items():
+                active = s.status in ACTIVE
+                body = {"running": s.running, "status": s.status}
+                body["parts"] = self.render(s) if active else {}
+                self._write(job_id, version, body)
+            self.seen, self.error = version, None
+            return version
 
-    def _failed(self, s, e: OSError) -> None:
-        if self.failed_run != run_key(s):  # once per run: the thread retries on every news
+    def _write(self, job_id: int, version: int, body: dict) -> None:
+        text = json.dumps(body, sort_keys=True)
+        if self._shown.get(job_id) == text:
+            return
+        path = self.path(job_id)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps({"job": job_id, "version": version, **body}), "utf-8")
+            os.replace(tmp, path)  # a fetch sees the old file or the new one
+        except OSError as e:
+            self._failed(job_id, path, e)
+            raise
+        self._shown[job_id] = text
+
+    def _failed(self, job_id: int, path: Path, e: OSError) -> None:
+        if job_id not in self.failed:  # once per job: the thread retries on every news
             log.warning(
                 "the live feed %s cannot be written (%s); the pages draw this run themselves",
-                self.path, e,
+                path, e,
             )  # fmt: skip
-        self.error, self.failed_run = str(e), run_key(s)
+        self.error = str(e)
+        self.failed.add(job_id)
         try:
-            self.path.with_name(self.name + ".tmp").unlink(missing_ok=True)
+            path.with_name(path.name + ".tmp").unlink(missing_ok=True)
         except OSError:
             pass
 
     def _loop(self) -> None:
         while not self._closed.wait(TICK_S):
-            if self.trainer.version == self.written:
+            if self.trainer.version == self.seen:
                 continue
             try:
                 self.publish()
-            except OSError:  # logged; the pages draw this run; try again on the next news
+            except OSError:  # logged; the pages draw that run; try again on the next news
                 pass
+            except Exception as e:  # noqa: BLE001 - a busy queue file: the next news retries
+                log.warning("the live feed: %s", e)
             self._closed.wait(self.min_gap_s)
 
     def close(self) -> None:
-        """Stop the thread and remove the file."""
+        """Stop the thread and remove the files."""
         self._closed.set()
         with self._lock:
-            for p in (self.path, self.path.with_name(self.name + ".tmp")):
+            for p in self.folder.glob(f"{self.prefix}-*.json*"):
                 p.unlink(missing_ok=True)
 
 

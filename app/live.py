@@ -1,16 +1,19 @@
-"""What the Train and Teach pages share about the server's one live run: the live panel,
-the watcher that notices a run starting or ending, and how a run ended.
+"""What the Train and Teach pages share about the run a tab follows: which run that is,
+the live panel, and how a run ended.
 
-While a run goes, the live panel (progress, the latest figures, the loss and evaluation
-panels, a small panel per verb: app/charts/train.py, app/charts/verbs.py)
-is a small Streamlit v2 component (plain DOM, no iframe) that fetches the server's live
-feed (app/feed.py: a JSON file served by Streamlit's static file serving) every
-``FEED_POLL_MS`` and redraws only the parts of the panel that changed (the charts at most
-every ``CHART_MS``). When the run ends it sends one trigger and Streamlit reruns the
-fragment around it. No script runs on the server for any tab meanwhile, and no tab shows
-Streamlit's "running" state: a watching tab costs its browser one small fetch per poll.
-An idle tab holds the same component, invisible, fetching the feed every ``IDLE_POLL_MS``
-to notice a run that another tab starts.
+Each tab follows its own run (app/follow.py: the job its Train live or Teach it live
+queued, a job a link opened with ``?job=<id>``, or, when the browser comes back, the
+owner's current or latest job of today). While that run waits
+or trains, the live panel (the place in the queue and the estimated start while it
+waits; progress, the latest figures, the loss and evaluation panels, a small panel per
+verb while it trains: app/charts/train.py, app/charts/verbs.py) is a small Streamlit v2
+component (plain DOM, no iframe) that fetches the run's own file of the server's live
+feed (app/feed.py: JSON files served by Streamlit's static file serving) every
+``FEED_POLL_MS`` while it trains (``IDLE_POLL_MS`` while it waits) and redraws only the
+parts that changed (the charts at most every ``CHART_MS``). When the run starts or ends
+it sends one trigger and Streamlit reruns the fragment around it. No script runs on the
+server for any tab meanwhile, and no tab shows Streamlit's "running" state: a watching
+tab costs its browser one small fetch per poll.
 
 Where static serving is off (the app started from another folder, without
 .streamlit/config.toml), the panel is drawn by Streamlit instead (its SVG charts through
@@ -23,9 +26,10 @@ server then draws that run itself, so its outcome always appears.
 Runs belong to a browser, not to one Streamlit session: :func:`owner` is a random token
 kept in the ``minituner_owner`` cookie (set by a tiny v2 component, :func:`keep_owner`,
 read back by ``st.context.cookies`` when a page is loaded), so a reload or a reopened tab
-of the same browser still owns its run and gets Stop. The trainer checks the token on
-every Stop (app/trainer.py). A cookie rather than the URL: a shared link must not carry
-the right to stop someone's run.
+of the same browser still owns its run and gets Stop, and a run whose tab was closed is
+followed again when the browser comes back. The trainer checks the token on every Stop
+(app/trainer.py). A cookie rather than the URL: a shared link (``?job=<id>``) opens a run
+read-only and must not carry the right to stop it.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from app import data, headline
 from app.charts import train as train_charts
 from app.charts import verbs as verb_charts
 from app.feed import Feed
+from app.run_state import WAITING
 
 POLL_S = 1.0  # the fallback's fragment timer: how soon a new fragment run starts...
 MIN_REDRAW_S = 2.0  # ...and its live panel redraws at most this often, only on news
@@ -63,22 +68,23 @@ OWNER_MAX_AGE_S = 30 * 24 * 3600
 _TOKEN = re.compile(r"[0-9a-f]{32}")
 
 # The live panel in the browser (a Streamlit v2 component: plain DOM, no iframe). It
-# fetches the feed and redraws the parts whose markup changed; when the run it was drawn
-# for has ended (running), or a run has started or ended since the server drew it (idle),
-# it sends one trigger, and Streamlit reruns the fragment around it. A running panel whose
-# feed has not moved for stale_ms (a feed the server cannot write) sends one too.
+# fetches its run's feed file and redraws the parts whose markup changed; when the run it
+# was drawn for has left the state it was drawn in (a waiting run started, a running one
+# ended), it sends one trigger, and Streamlit reruns the fragment around it. A running
+# panel whose feed has not moved for stale_ms (a feed the server cannot write) sends one too.
 LIVE_JS = """
 export default function (component) {
   const { data, setTriggerValue, parentElement } = component;
-  const { url, version, running, poll_ms, idle_poll_ms, chart_ms, slow, stale_ms } = data;
+  const { url, version, running, waiting, poll_ms, idle_poll_ms, chart_ms, slow, stale_ms } = data;
   if (parentElement.liveStop) parentElement.liveStop();  // new data: this call takes over
   let panel = parentElement.querySelector(".live-panel");
-  if (running && !panel) {
+  const active = running || waiting;  // a panel: the run trains, or waits for its turn
+  if (active && !panel) {
     panel = document.createElement("div");
     panel.className = "live-panel";
     panel.innerHTML = '<div class="live-progress-text">starting…</div>';
     parentElement.appendChild(panel);
-  } else if (!running && panel) {
+  } else if (!active && panel) {
     panel.remove();
   }
   const shown = {};  // part name -> [element, markup]
@@ -109,8 +115,9 @@ export default function (component) {
       if (r.ok && !done) {
         const d = await r.json();
         if (d.version !== seen) { seen = d.version; movedAt = performance.now(); }
-        if (running && d.running && d.parts) show(d.parts);
-        if (d.version > version && (!running || !d.running)) {
+        const same = running ? d.running : waiting ? d.status === "waiting" : false;
+        if (same && d.parts) show(d.parts);
+        if (d.version > version && !same) {  // it started or ended: the server redraws
           done = true;
           setTriggerValue("news", d.version);
         }
@@ -163,7 +170,7 @@ def owner() -> str:
 def keep_owner() -> None:
     """Put this session's owner token into the browser's cookie (an invisible component)."""
     _owner_component(
-        key="minituner_owner",
+        key="minituner_owner_cookie",  # not OWNER_KEY: a widget key owns its session_state entry
         data={"name": OWNER_COOKIE, "value": owner(), "max_age": OWNER_MAX_AGE_S},
     )
 
@@ -173,14 +180,15 @@ def _news() -> None:
     live panel; the rerun itself reads the news from the trainer."""
 
 
-def _mount(s, running: bool) -> None:
+def _mount(s) -> None:
     f = feed()
     _live_component(
         key=WATCH_KEY,
         data={
-            "url": f.url(st.get_option("server.baseUrlPath") or ""),
+            "url": f.url(s.job_id, st.get_option("server.baseUrlPath") or ""),
             "version": s.version,
-            "running": running,
+            "running": s.running,
+            "waiting": s.status == WAITING,
             "poll_ms": FEED_POLL_MS,
             "idle_poll_ms": IDLE_POLL_MS,
             "chart_ms": CHART_MS,
@@ -190,6 +198,25 @@ def _mount(s, running: bool) -> None:
         },
         on_news_change=_news,
     )
+
+
+def waiting_html(s) -> str:
+    """A waiting run's panel: its place in the queue and when it should start."""
+    eta = "" if s.eta_s is None else f" · starts in about {_duration(s.eta_s)}"
+    where = "next in line" if s.position == 1 else f"{s.position} in line"
+    return (
+        f'<div class="live-progress live-waiting" style="margin:0 0 0.5rem 0">'
+        f'<div class="live-progress-text" style="font-size:1rem">Waiting: '
+        f"<b>{where}</b>{eta}. Other learners' runs train first; "
+        f"this tab shows the run when it starts (you may close it: the run is kept).</div></div>"
+    )
+
+
+def _duration(seconds: float) -> str:
+    """A rough wait: to 5 s under a minute, else to the minute."""
+    if seconds < 60:
+        return f"{max(5, 5 * round(seconds / 5)):.0f} s"
+    return f"{round(seconds / 60):.0f} min"
 
 
 def hide_status() -> None:
@@ -268,11 +295,14 @@ def panel_html(s) -> str:
 
 
 def panel_parts(s) -> dict[str, str]:
-    """The live panel of a snapshot, part by part, in order: ``progress`` (a bar with step,
+    """The live panel of a state, part by part, in order: ``progress`` (a bar with step,
     loss, throughput, time, phase), ``figures`` (the latest evaluation's), ``loss`` (the
     loss/evaluation chart) and ``verbs`` (the per-verb chart, a lesson's verb bold).
     Plain HTML and SVG, no script. The browser redraws only the parts that changed, and
-    the charts (``SLOW_PARTS``) at most every ``CHART_MS``."""
+    the charts (``SLOW_PARTS``) at most every ``CHART_MS``. A waiting run: ``progress``
+    only (its place in the queue, :func:`waiting_html`)."""
+    if s.status == WAITING:
+        return {"progress": waiting_html(s)}
     frac = min(1.0, s.step / max(1, s.steps))
     tps = f" · {s.tokens_per_s:,.0f} tokens/s" if s.tokens_per_s else ""
     loss = f" · loss {s.losses[-1]:.4f}" if s.losses and math.isfinite(s.losses[-1]) else ""
@@ -298,7 +328,7 @@ def panel_parts(s) -> dict[str, str]:
 
 @st.cache_resource
 def feed() -> Feed | None:
-    """The server's live feed (one thread and one file), or None where Streamlit's static
+    """The server's live feed (one thread, a file per job), or None where Streamlit's static
     file serving is off or the folder cannot be written: the panel is then drawn by
     Streamlit itself."""
     if not st.get_option("server.enableStaticServing"):
@@ -317,51 +347,41 @@ def live_feed(s) -> Feed | None:
 
 
 def draw_live(s) -> None:
-    """Draw the live panel of snapshot ``s``.
+    """Draw the live panel of state ``s`` (waiting or training).
 
-    With the live feed and a running ``s``: the panel that updates itself in the browser
-    and reruns the fragment around it when the run ends; nothing runs on the server
-    meanwhile. Otherwise (no feed, or a feed that failed for this run) Streamlit draws
-    ``s`` here, and while ``s`` runs the fragment waits for news server-side
-    (:func:`wait_for_news`)."""
-    if s.running and live_feed(s) is not None:
-        _mount(s, running=True)
+    With the live feed: the panel that updates itself in the browser from the run's own
+    feed file and reruns the fragment around it when the run starts or ends; nothing runs
+    on the server meanwhile. Otherwise (no feed, or a feed that failed for this run)
+    Streamlit draws ``s`` here, and while ``s`` waits or trains the fragment waits for
+    news server-side (:func:`wait_for_news`)."""
+    active = s.running or s.status == WAITING
+    if active and live_feed(s) is not None:
+        _mount(s)
         return
-    if s.running and feed() is not None:  # the feed failed for this run: keep quiet too
+    if active and feed() is not None:  # the feed failed for this run: keep quiet too
         st.html(HIDE_STATUS)
     parts = panel_parts(s)
-    st.html(parts["progress"] + parts["figures"])
-    # st.html's sanitizer drops SVG: the charts go through Markdown's raw HTML instead
-    st.markdown(parts["loss"] + parts["verbs"], unsafe_allow_html=True)
-    if s.running:
-        wait_for_news(s.version)
-
-
-def watch(s) -> None:
-    """While no run goes: rerun the fragment (or page) that calls this when a run starts
-    or ends, ``s`` being what it drew. With the live feed, an invisible watcher in the
-    browser fetches the feed every ``IDLE_POLL_MS``; in the fallback the fragment waits
-    for news server-side."""
-    if live_feed(s) is not None:
-        _mount(s, running=False)
-    else:
+    st.html(parts["progress"] + parts.get("figures", ""))
+    if "loss" in parts:  # st.html's sanitizer drops SVG: Markdown's raw HTML instead
+        st.markdown(parts["loss"] + parts["verbs"], unsafe_allow_html=True)
+    if active:
         wait_for_news(s.version)
 
 
 def show_outcome(s, cfg, finished_mark: str) -> str | None:
-    """How this session's last run of ``cfg`` ended (nothing for another session's run or
-    another configuration); returns the status shown, or None."""
-    if s.owner != owner() or s.status == "idle" or s.config != cfg.to_dict():
+    """How run ``s`` ended, when it is a run of ``cfg`` (the configuration the tab shows);
+    returns the status shown, or None."""
+    if s.status in ("idle", WAITING) or s.running or s.config != cfg.to_dict():
         return None
+    where = f" ({s.elapsed_s:.1f} s on {s.device})" if s.device else ""
     if s.status == "completed" and s.run_id:
-        st.success(
-            f"{finished_mark}: run {s.run_id} saved to the store "
-            f"({s.elapsed_s:.1f} s on {s.device})."
-        )
+        st.success(f"{finished_mark}: run {s.run_id} saved to the store{where}.")
     elif s.status == "stopped":
         st.warning(f"Training stopped: {s.message}. Stopped runs are not stored.")
     elif s.status == "diverged":
         st.warning(f"Training diverged: {s.message}. Diverged runs are not stored.")
     elif s.status == "error":
         st.error(f"Training failed: {s.message}")
+    elif s.status == "interrupted":
+        st.warning(f"Training interrupted: {s.message or 'the server stopped'}. Train it again.")
     return s.status

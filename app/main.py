@@ -76,9 +76,12 @@ page = st.navigation(PAGES)
 
 with st.sidebar:
     st.caption(f"Device for live training: **{data.device_label()}**")
-    trainer = data.get_trainer()
-    snap = trainer.snapshot()
-    if snap.running:
-        st.caption(f"Training now: {snap.label} (the Train page shows it live)")
+    # every learner's runs on this server (several train at once, others wait)
+    going = [s.status for s in data.get_trainer().jobs() if s.status in ("running", "waiting")]
+    if going:
+        st.caption(
+            f"Training now: {going.count('running')} run(s), {going.count('waiting')} "
+            "waiting (the Class page lists them)"
+        )
 
 page.run()

@@ -33,11 +33,7 @@ The API for the pages (nothing here calls Streamlit):
 * ``stop(job_id, owner)``: stop the owner's training job, or take its waiting job out of
   the queue; False for anyone else. ``set_nickname(owner, name)``.
 * ``version``: moves on every change of any job (a tab redraws only when it moved).
-
-Until the Train and Teach pages use those, the single-run API they call still works:
-``start(cfg, owner, ...) -> bool`` trains now or refuses (False) when every slot is
-taken or jobs are waiting; ``snapshot()`` is the latest run this server started (the
-running one first); ``stop(owner)`` stops that owner's runs; ``busy`` is "a run trains".
+* ``busy`` (a run trains on this server), ``free_slots()``, ``max_runs`` (K), ``problems``.
 """
 
 from __future__ import annotations
@@ -84,7 +80,6 @@ class Trainer:
         self._states: dict[int, LiveState] = {}  # jobs this server trains or trained
         self._procs: dict[int, TrainingProcess] = {}  # the running ones
         self._version = 0
-        self._latest = 0  # the job this server started last (the single-run snapshot())
         self.problems: list[str] = []  # one line each, for the pages to show
         self.server = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.device = device
@@ -131,15 +126,10 @@ class Trainer:
             s = dataclasses.replace(s, elapsed_s=time.perf_counter() - s.started_at)
         return s
 
-    def snapshot(self, job_id: int | None = None) -> LiveState:
-        """Job ``job_id``'s state; without it, the run this server started last (its
-        newest running one first). Immutable; the elapsed time is brought up to now."""
+    def snapshot(self, job_id: int) -> LiveState:
+        """Job ``job_id``'s state (``LiveState()`` for a job the queue does not know).
+        Immutable; the elapsed time is brought up to now."""
         with self._lock:
-            if job_id is None:
-                running = [j for j in self._procs if j in self._states]
-                job_id = max(running) if running else self._latest
-                if not job_id:
-                    return LiveState(version=self._version)
             s = self._states.get(job_id)
             if s is not None:
                 return self._now(s)
@@ -213,28 +203,6 @@ class Trainer:
         self.pump()
         return job.id
 
-    def start(self, cfg: FinetuneConfig, owner: str, device: str | None = None,
-              cache: str | None = None, eval_limit: int | None = None) -> bool:  # fmt: skip
-        """The single-run API: train ``cfg`` now, or False when every slot is taken or
-        runs are waiting (nothing queued then).
-
-        Raises:
-            ValueError: the run could not be trained or stored (:func:`preflight`).
-        """
-        device = self.device if device is None else device
-        if self.free_slots() == 0:
-            return False
-        preflight(cfg, device, cache, eval_limit)
-        with self._lock:
-            if self.free_slots() == 0 or self.queue.waiting():
-                return False
-            job = self.queue.submit(owner, _payload(cfg, device, cache, eval_limit))
-            job = self.queue.claim(self.server, job_id=job.id)
-            if job is None:  # another server on the cache took it: it trains there
-                return False
-            self._launch(job)
-            return True
-
     def pump(self) -> list[int]:
         """Start waiting jobs while slots are free; returns the ids started."""
         started = []
@@ -255,7 +223,6 @@ class Trainer:
             phase="starting the training process", job_id=job.id, nickname=job.nickname,
             submitted_at=job.submitted_at,
         )  # fmt: skip
-        self._latest = job.id
         self._bump()
 
         def on_event(e: ev.Event, job_id: int = job.id) -> None:
@@ -298,17 +265,11 @@ class Trainer:
         with self._lock:
             self._version += 1
 
-    def stop(self, job_id: int | str, owner: str | None = None) -> bool:
-        """``stop(job_id, owner)``: stop ``owner``'s training job (after the current step;
-        a child that does not end within the worker's grace period is terminated, then
-        killed) or take its waiting job out of the queue. True when done or asked.
-        ``stop(owner)`` (the single-run API): stop every run of ``owner`` on this server.
-        Anyone else's request (a stale Stop of another session) is refused."""
-        if owner is None:  # the single-run API: stop(owner)
-            owner = job_id if isinstance(job_id, str) else ""
-            with self._lock:
-                mine = [j for j in self._procs if self._states[j].owner == owner]
-            return bool(owner) and any([self.stop(j, owner) for j in mine])
+    def stop(self, job_id: int, owner: str) -> bool:
+        """Stop ``owner``'s training job (after the current step; a child that does not
+        end within the worker's grace period is terminated, then killed) or take its
+        waiting job out of the queue. True when done or asked. Anyone else's request (a
+        stale Stop of another session, an empty owner) is refused."""
         if not owner or not isinstance(job_id, int):
             return False
         with self._lock:

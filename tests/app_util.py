@@ -21,14 +21,15 @@ def live_panel(at) -> str:
     live feed (brought up to date first), or the html Streamlit drew."""
     from app import live
 
-    panels = [c for c in live_components(at) if c["running"]]
+    panels = [c for c in live_components(at) if c["running"] or c.get("waiting")]
     if not panels:  # drawn by Streamlit: HTML, and the SVG charts as Markdown's raw HTML
         raw = [e.proto.body for e in at.get("markdown") if e.proto.allow_html]
         return "\n".join([str(e.value) for e in at.get("html")] + raw)
     feed = live.feed()
-    assert len(panels) == 1 and feed is not None and panels[0]["url"].endswith(feed.name)
+    assert len(panels) == 1 and feed is not None and panels[0]["url"].startswith("/")
+    (name,) = [n for n in [panels[0]["url"].rsplit("/", 1)[1]] if n.startswith(feed.prefix)]
     feed.publish()
-    return "".join(json.loads(feed.path.read_text(encoding="utf-8"))["parts"].values())
+    return "".join(json.loads((feed.folder / name).read_text(encoding="utf-8"))["parts"].values())
 
 
 _MD_ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")

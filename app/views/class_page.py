@@ -11,7 +11,8 @@ one learner's r = 1 next to another's r = 64 and both against what the grid foun
 
 While any run waits or trains, the list refreshes itself every ``REFRESH_S`` (a fragment;
 nothing else on the page reruns); once all have ended it stops. What a learner typed (a
-nickname) is shown as text (app.format.md_text).
+nickname) is shown as text (app.format.md_text). Each row links to the Train page with
+``?job=<id>``, which follows that run live (read-only unless it is the learner's own).
 """
 
 from __future__ import annotations
@@ -128,7 +129,10 @@ def _runs() -> None:
     if not now:
         st.info("No run on this server today yet: train one on the Train or Teach page.")
         return
-    st.table(md_rows([_row(s) for s in now]))
+    rows = md_rows([_row(s) for s in now])
+    for row, s in zip(rows, now, strict=True):  # the Train page follows it (read-only if not yours)
+        row["open"] = f"[on the Train page](train?job={int(s.job_id)})"
+    st.table(rows)
 
 
 st.subheader("Today's runs")

@@ -4,24 +4,26 @@ after.
 
 Everything shown is computed by minituner.minigpt.teach (the prompts, the vocabulary check) and
 minituner.minigpt.evaluate (the answers); the run is an ordinary fine-tune with
-``FinetuneConfig.teach`` set, trained by the server's one live run (app/trainer.py, a
-child process), so the Train page shows it live too and the store keeps it. A character
-the model cannot read is named, with a hint, before anything runs.
+``FinetuneConfig.teach`` set, queued for this browser on the server's run queue
+(app/trainer.py: up to K train at once, each in a child process; the others wait in
+line), so the store keeps it and the Class page lists it. A character the model cannot
+read is named, with a hint, before anything runs.
 
-The live panel is the Train page's (app/live.py): progress, the loss/evaluation chart and
-the per-verb chart (the taught verb bold), drawn in the browser from the server's live
-feed, so the page redraws nothing until the run ends. An idle page holds the invisible
-watcher of the same feed: a run that another tab starts reruns it.
+The tab follows its own run (app/follow.py; the Train page follows the same one): while it
+waits, its place in the queue and estimated start; while it trains, the Train page's
+live panel (app/live.py): progress, the loss/evaluation chart and the per-verb chart
+(the taught verb bold), drawn in the browser from the run's own feed file, so the page
+redraws nothing until the run starts or ends.
 """
 
 from __future__ import annotations
 
 import streamlit as st
 
-from app import data, headline, helpers, live
+from app import data, follow, headline, helpers, live
 from app.charts import verbs as verb_charts
 from app.format import md_text
-from app.trainer import RUNNING
+from app.run_state import WAITING
 from minituner.finetune.config import DEFAULT_LR, FinetuneConfig
 from minituner.minigpt.evaluate import cloze_metrics
 from minituner.minigpt.teach import TeachVerb, check_teach, check_vocab, teach_examples, teach_split
@@ -46,9 +48,7 @@ st.markdown(
     "show whether it learned the verb."
 )
 base = data.base_or_stop()
-trainer = data.get_trainer()
 _D = FinetuneConfig()  # the lesson's LoRA settings are the defaults
-me = live.owner()  # this browser's token: a reload still owns its run
 
 st.session_state.setdefault("teach_lemma", DEFAULT_LEMMA)
 st.session_state.setdefault("teach_past", DEFAULT_PAST)
@@ -132,20 +132,16 @@ with b:
 
 rid = run_id(cfg, base.model_id, data.base_metrics().corpus_version)
 stored = data.run_by_id(rid)
-snap = trainer.snapshot()
+snap = follow.follow()  # this tab's run (a reload or a reopened tab finds it again)
 
 
 # ---------------------------------------------------------------- live
 @st.fragment(run_every=live.fragment_timer())
-def _live_panel() -> None:
-    s = data.get_trainer().snapshot()
-    if s.status != RUNNING:  # ended: a full rerun shows the result
+def _live_panel(drawn: str) -> None:
+    s = follow.follow()
+    if s.status != drawn:  # it started or ended: a full rerun shows the new header or result
         st.rerun()
-    live.draw_live(s)  # it asks for this fragment's rerun when the run ends
-
-
-def _stop() -> None:
-    data.get_trainer().stop(me)  # the trainer stops only its owner's run
+    live.draw_live(s)  # it asks for this fragment's rerun when the run starts or ends
 
 
 def _show_result(info) -> None:
@@ -194,19 +190,22 @@ def _show_result(info) -> None:
 # ---------------------------------------------------------------- the run
 live.hide_status()
 live.keep_owner()
-if snap.running:
-    with action:  # under the form: the progress and the charts in view
-        taught = snap.config.get("teach", "")
-        if snap.owner == me and taught:
+if snap.running or snap.status == WAITING:
+    with action:  # under the form: the place in line, or the progress and the charts
+        word = "Teaching" if snap.config.get("teach") else "Training"
+        title = f"{word} live: {md_text(snap.label, 200)}"
+        if snap.status == WAITING:
+            title = f"Waiting to start: {md_text(snap.label, 200)}"
+        if follow.mine(snap):
             a, b = st.columns([5, 1], vertical_alignment="center")
-            a.subheader(f"Teaching live: {md_text(snap.label, 200)}")
-            b.button("Stop", icon=":material/stop:", key="teach_stop", on_click=_stop)
+            a.subheader(f"{title} (run #{snap.job_id})")
+            b.button(
+                "Stop", icon=":material/stop:", key="teach_stop", on_click=follow.stop,
+                args=(snap.job_id,),
+            )  # fmt: skip
         else:
-            st.info(
-                f"Training is busy: **{md_text(snap.label)}** is training. One run at a time "
-                "per server; it is shown here and on the Train page; teach yours when it ends."
-            )
-        _live_panel()
+            st.subheader(f"{title} (run #{snap.job_id}, read-only)")
+        _live_panel(snap.status)
     st.stop()
 
 with action:
@@ -226,16 +225,10 @@ with action:
         key="teach_start",
         type="primary" if stored is None else "secondary",
     ):
-        try:
-            started = trainer.start(
-                cfg, owner=me, cache=data.cache_dir(), eval_limit=data.eval_limit()
-            )
-        except ValueError as e:  # the pre-flight: nothing was started
-            st.error(f"Training cannot start: {md_text(e)}", icon=":material/error:")
+        jid, why = follow.submit(cfg)
+        if jid is None:  # the pre-flight, or 2 runs of this browser waiting: nothing queued
+            st.error(md_text(why), icon=":material/error:")
         else:
-            if not started:
-                st.info("Training is busy: another session started a run a moment ago.")
-            st.rerun()
-    live.watch(snap)  # a run that another tab starts reruns this page (it shows that run)
+            st.rerun()  # this tab's run: waiting in line or training
     if stored is not None:
         _show_result(stored)

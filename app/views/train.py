@@ -2,11 +2,15 @@
 train it live.
 
 The choices live in the URL (?method=lora&r=8&alpha=16&targets=q,v&lr=0.005&steps=40&seed=0)
-so a link opens the same configuration. Live training runs in a child process of the
-server (app/trainer.py, minituner/finetune/worker.py); every tab shows the one shared live state
-in one fragment (the run area). While a run goes, its live panel fetches the server's
-live feed by itself (app/live.py, app/feed.py), so no tab runs anything on the server
-until the run ends.
+so a link opens the same configuration. Train live queues a run of this browser on the
+server's run queue (app/trainer.py: up to K train at once, each in a child process,
+minituner/finetune/worker.py); the tab follows its own run in one fragment (the run
+area): its place in the queue and estimated start while it waits, its progress while it
+trains, its outcome. ``?job=<id>`` (the Class page's links) opens any run of the class,
+read-only (only its owner gets Stop). While the run waits or trains, its live panel
+fetches the run's own feed file by itself (app/live.py, app/feed.py, app/follow.py), so
+no tab runs anything on the server until the run starts or ends. A stored
+configuration loads at once, without queueing.
 
 Projected at 1280 × 720, the run is what the room should see: the form sits in an
 expander (its state kept under ``train_form``) that closes when this tab starts a run
@@ -20,9 +24,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import data, headline, helpers, live
+from app import data, follow, headline, helpers, live
 from app.charts import train as charts
 from app.format import format_bytes, md_rows, md_text
+from app.run_state import WAITING
 from minituner.finetune.config import DEFAULT_LR, FinetuneConfig
 from minituner.memory import predict as memmath
 from minituner.memory.shapes import ModelShape
@@ -34,6 +39,20 @@ TARGET_KEYS = {t: f"train_target_{t}" for t in helpers.TARGETS}
 FINISHED_MARK = "Training finished"
 FORM_KEY = "train_form"  # the configuration expander's open state
 LAID_OUT_KEY = "train_laid_out_running"  # the page was drawn for a run this tab follows
+
+
+def _choices_of(config: dict) -> dict:
+    """The form's choices for a run's configuration (none for one the form cannot show:
+    a lesson of the Teach page, a configuration this version cannot read)."""
+    try:
+        f = FinetuneConfig.from_dict(config)
+    except (TypeError, ValueError, KeyError):
+        return {}
+    if f.teach:
+        return {}
+    return {"method": f.method, "r": f.r, "alpha": float(f.alpha), "lr": float(f.lr),
+            "targets": list(f.targets), "steps": f.steps, "seed": f.seed}  # fmt: skip
+
 
 st.title("Train")
 base = data.base_or_stop()
@@ -49,11 +68,21 @@ if "train_from_url" not in st.session_state:  # a shared link wins on the sessio
     if "lr" not in url_choices and "method" in url_choices:
         start_from["lr"] = DEFAULT_LR[url_choices["method"]]
     st.session_state["train_from_url"] = True
+# ?job=<id> (the Class page's links): follow that run, read-only unless it is this browser's
+url_job = follow.job_from_url(st.query_params.get("job"))
+new_link = url_job is not None and url_job != st.session_state.get(follow.JOB_KEY)
+snap = follow.follow(url_job if new_link else None)  # this tab's run: its own, a linked one
+linked = {}
+if new_link and not snap.job_id:
+    st.warning(f"There is no run #{url_job} on this server today.")
+elif new_link:  # the form shows the linked run's configuration (and its stored result)
+    linked = _choices_of(snap.config)
+    start_from.update(linked)
 for name, key in KEYS.items():
-    if key not in st.session_state:
+    if key not in st.session_state or name in linked:
         st.session_state[key] = start_from[name]
 for t, key in TARGET_KEYS.items():
-    if key not in st.session_state:
+    if key not in st.session_state or "targets" in linked:
         st.session_state[key] = t in start_from["targets"]
 
 
@@ -61,11 +90,12 @@ def _method_changed() -> None:
     st.session_state[KEYS["lr"]] = DEFAULT_LR[st.session_state[KEYS["method"]]]
 
 
-snap = data.get_trainer().snapshot()
-following = snap.running and snap.owner == live.owner()
+following = snap.running or snap.status == WAITING
 st.session_state[LAID_OUT_KEY] = following
 if st.session_state.pop("train_collapse", False):
     st.session_state[FORM_KEY] = False  # this tab just started a run: the run comes first
+elif new_link and snap.job_id:  # a linked run: it comes first
+    st.session_state[FORM_KEY] = False
 elif FORM_KEY not in st.session_state:  # first visit: a followed or stored run comes first
     try:
         first = helpers.config_from_choices(
@@ -149,6 +179,8 @@ choices = {name: st.session_state[key] for name, key in KEYS.items()}
 choices["targets"] = [t for t, key in TARGET_KEYS.items() if st.session_state[key]]
 st.session_state["train_choices"] = choices
 st.query_params.from_dict(helpers.choices_to_params(choices))
+if snap.job_id and not follow.mine(snap):  # a link to this tab opens the same run
+    st.query_params["job"] = str(snap.job_id)
 
 try:
     cfg = helpers.config_from_choices(choices)
@@ -178,24 +210,15 @@ with form:  # three metrics: a 7-character value fits a third of the column at 1
     )
 
 
-def _stop() -> None:
-    data.get_trainer().stop(live.owner())  # the trainer stops only its owner's run
-
-
 def _start(cfg) -> None:
     """The train button's callback: it runs before the rerun it causes, so that rerun
-    already draws the live view (or says the server is busy, or why the run cannot
-    start: the trainer's pre-flight, before any child)."""
-    try:
-        started = data.get_trainer().start(
-            cfg, owner=live.owner(), cache=data.cache_dir(), eval_limit=data.eval_limit()
-        )
-    except ValueError as e:
-        st.session_state["train_cannot_start"] = str(e)
+    already draws this tab's run, waiting or training (or says why it cannot be queued:
+    the trainer's pre-flight, before any child, or 2 runs of this browser waiting)."""
+    jid, why = follow.submit(cfg)
+    if jid is None:
+        st.session_state["train_cannot_start"] = why
         return
-    st.session_state["train_refused"] = not started
-    if started:
-        st.session_state[FORM_KEY] = False  # the run comes first (see _run_area)
+    st.session_state[FORM_KEY] = False  # the run comes first (see _run_area)
 
 
 def run_heading(config: dict, label: str = "", short: bool = False) -> str:
@@ -214,17 +237,19 @@ def run_heading(config: dict, label: str = "", short: bool = False) -> str:
 
 
 def _live_header(s) -> None:
-    """The run's configuration and Stop for the tab that started it, in one row; a note
-    for every other tab."""
-    if s.owner == live.owner():
-        a, b = st.columns([5, 1], vertical_alignment="center")
-        a.subheader(f"Training live: {md_text(run_heading(s.config, s.label), 200)}")
-        b.button("Stop", icon=":material/stop:", key="train_stop", on_click=_stop)
-    else:
-        st.info(
-            f"Training is busy: another session is training **{md_text(s.label)}**. "
-            "One run at a time per server; you can watch it here and start yours when it ends."
-        )
+    """The followed run's configuration (method, r, seed), and Stop in the same row for
+    the browser that submitted it; another learner's run is marked read-only."""
+    word = "Waiting to train" if s.status == WAITING else "Training live"
+    title = f"{word}: {md_text(run_heading(s.config, s.label), 200)}"
+    if not follow.mine(s):
+        who = md_text(s.nickname, 40) if s.nickname else "another learner"
+        st.subheader(f"{title} ({who}'s run #{s.job_id}, read-only)")
+        return
+    a, b = st.columns([5, 1], vertical_alignment="center")
+    a.subheader(f"{title} (run #{s.job_id})")
+    b.button(
+        "Stop", icon=":material/stop:", key="train_stop", on_click=follow.stop, args=(s.job_id,)
+    )
 
 
 def _show_stored(info) -> None:
@@ -248,37 +273,37 @@ def _show_stored(info) -> None:
     )
 
 
-@st.fragment(run_every=live.fragment_timer())
+@st.fragment(run_every=live.fragment_timer() if following else None)
 def _run_area(cfg, rid: str) -> None:
-    """Everything a run changes, in one fragment: the train button and the stored run
-    while idle, the live view while a run goes (in every tab), the outcome when it ends.
+    """Everything this tab's run changes, in one fragment: the train button and the
+    stored run while it has none going, its live view while it waits or trains, the
+    outcome when it ends. Other learners' runs never show here unless the tab opened one.
 
-    A run starting or ending reruns this fragment (the live panel, or the idle tab's
-    watcher, asks for it); when this tab has just started a run, the whole page reruns
-    once more, so that the form folds away and the live panel sits under the title.
-    Between those, nothing runs on the server for this tab (the fallback without static
-    serving waits for news server-side and redraws)."""
-    s = data.get_trainer().snapshot()
-    following = s.running and s.owner == live.owner()
-    if following and not st.session_state.get(LAID_OUT_KEY):
+    The run starting or ending reruns this fragment (the live panel asks for it); when
+    this tab has just queued a run, the whole page reruns once more, so that the form
+    folds away and the live panel sits under the title. Between those, nothing runs on
+    the server for this tab (the fallback without static serving waits for news
+    server-side and redraws)."""
+    s = follow.follow()
+    going = s.running or s.status == WAITING
+    if going and not st.session_state.get(LAID_OUT_KEY):
         st.session_state["train_collapse"] = True
         st.rerun()  # the whole page: the form closes, the run comes first
-    st.session_state[LAID_OUT_KEY] = following
-    if s.running:
+    st.session_state[LAID_OUT_KEY] = going
+    cannot = st.session_state.pop("train_cannot_start", None)
+    if going:
         _live_header(s)
+        if cannot:
+            st.error(md_text(cannot), icon=":material/error:")
+        if s.config != cfg.to_dict():  # the form changed: this configuration may queue too
+            _train_button("Train live", cfg, primary=False)
         live.draw_live(s)
         return
     live.show_outcome(s, cfg, FINISHED_MARK)
     stored = data.run_by_id(rid)
-    mine = s.owner == live.owner() and s.config == cfg.to_dict()
-    cannot = st.session_state.pop("train_cannot_start", None)
+    mine = follow.mine(s) and s.config == cfg.to_dict()
     if cannot:
-        st.error(f"Training cannot start: {md_text(cannot)}", icon=":material/error:")
-    if st.session_state.pop("train_refused", False):
-        st.info(
-            "Training is busy: another session started a run a moment ago. "
-            "Start yours when it ends."
-        )
+        st.error(md_text(cannot), icon=":material/error:")
     if stored is not None:
         where = "shipped" if stored.shipped else "your cache"
         with st.container(horizontal=True, vertical_alignment="center"):
@@ -289,7 +314,7 @@ def _run_area(cfg, rid: str) -> None:
             _train_button("Train it live anyway", cfg, primary=False)
         _show_stored(stored)
     else:
-        if mine and s.status not in ("idle", "completed"):
+        if mine and s.status not in ("idle", "completed", "interrupted") and s.steps:
             live.draw_live(s)  # how far the stopped, diverged or failed run got
         _train_button("Train live", cfg, primary=True)
         if cfg.method == "qlora" and data.device_label() == "CPU":
@@ -297,7 +322,6 @@ def _run_area(cfg, rid: str) -> None:
                 "QLoRA on a CPU is slow: every forward pass dequantizes the 4-bit base; "
                 "try few steps, or load a shipped run."
             )
-    live.watch(s)
 
 
 def _train_button(label: str, cfg, primary: bool) -> None:

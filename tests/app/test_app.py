@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -138,8 +137,8 @@ def test_pages_without_runs_or_experiments_still_work(empty_cache, no_experiment
 def test_a_broken_run_is_a_warning_and_the_rest_works(tmp_path, monkeypatch, seeded_cache):
     cache = tmp_path / "cache"
     cache.mkdir()
-    for run in seeded_cache.iterdir():  # copies: a run linked from outside the store is refused
-        shutil.copytree(run, cache / run.name)
+    for run in RunStore([seeded_cache]).list():  # copies: a linked run is refused
+        shutil.copytree(run.path, cache / run.path.name)  # (the cache also holds the queue)
     broken = cache / "abcdefabcdef"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
@@ -396,20 +395,20 @@ def test_train_page_trains_a_tiny_run_live(empty_cache, idle_trainer):
     start.click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert "Training live" in texts(at.subheader)
-    # the live panel updates itself from the live feed, drawn at the run's version
+    # the live panel updates itself from its run's own feed file, drawn at the run's version
+    job = at.session_state["live_job"]
     (comp,) = live_components(at)
-    assert comp["running"] and 0 < comp["version"] <= idle_trainer.snapshot().version
+    assert comp["running"] and 0 < comp["version"] <= idle_trainer.snapshot(job).version
+    assert comp["url"].endswith(f"-{job}.json")
     panel = live_panel(at)
     assert 'class="live-progress"' in panel and "step " in panel and "<svg" in panel
-    pid = idle_trainer.snapshot().pid
+    pid = idle_trainer.snapshot(job).pid
     assert pid and pid != os.getpid()  # the run trains in a child process, not the server
 
     wait_for(at, idle_trainer)
     assert not at.exception, [e.value for e in at.exception]
     assert "Training finished" in texts(at.success), texts(at.warning) + texts(at.error)
-    # idle again: an invisible watcher notices the next run, whichever tab starts it
-    (watcher,) = live_components(at)
-    assert not watcher["running"] and watcher["version"] == idle_trainer.snapshot().version
+    assert live_components(at) == []  # ended: nothing polls (other learners' runs never show)
     runs = RunStore().list()
     assert [r.config.finetune.steps for r in runs if r.config.finetune.seed == 4242] == [3]
     assert all(not str(r.path).startswith(str(REPO_ROOT)) for r in runs if not r.shipped)
@@ -457,32 +456,53 @@ def test_a_training_child_that_fails_shows_its_one_line_error(
     errors = texts(at.error)
     assert errors.startswith("Training failed: ValueError:"), errors
     assert "\n" not in errors and "Traceback" not in errors
-    assert idle_trainer.snapshot().status == "error"
+    assert idle_trainer.snapshot(at.session_state["live_job"]).status == "error"
 
 
-def test_second_session_is_told_training_is_busy_and_stop_stops(empty_cache, idle_trainer):
-    query = {"method": "lora", "r": "2", "steps": "2000", "seed": "4343"}
-    a = open_page("train", query)
+def test_a_second_session_queues_its_own_run_and_each_stop_stops_its_own(empty_cache, idle_trainer):
+    """Issue 25: with one slot, a second learner's Train live waits in line (its place
+    shown, its own Stop) instead of being told the server is busy; the first learner's
+    tab never shows the second's run; each Stop stops only its owner's run; a third
+    waiting run of one browser is refused with one clear line."""
+    idle_trainer.max_runs = 1
+    a = open_page("train", {"method": "lora", "r": "2", "steps": "2000", "seed": "4343"})
     a.button(key="train_start").click().run()
-    assert idle_trainer.busy
+    ja = a.session_state["live_job"]
+    assert idle_trainer.snapshot(ja).running
 
-    b = open_page("train", query)
+    b = open_page("train", {"method": "lora", "r": "2", "steps": "2000", "seed": "4344"})
     assert not b.exception, [e.value for e in b.exception]
-    assert "Training is busy" in texts(b.info)
-    assert not [x for x in b.button if x.key in ("train_start", "train_stop")]
-    assert idle_trainer.start(FinetuneConfig(steps=1), owner="someone") is False
-
-    deadline = time.time() + TIMEOUT  # let it take a step or two, then stop it
-    while idle_trainer.snapshot().step < 1 and time.time() < deadline:
-        time.sleep(0.2)
+    assert "Training is busy" not in texts(b.info) and "Training live" not in texts(b.subheader)
+    b.button(key="train_start").click().run()
+    jb = b.session_state["live_job"]
+    assert jb != ja and idle_trainer.snapshot(jb).position == 1
+    (header,) = [h for h in texts(b.subheader).splitlines() if "Waiting to train" in h]
+    assert "LoRA r=2" in header and "seed 4344" in header
+    assert "next in line" in live_panel(b)
+    b.number_input(key="train_seed").set_value(4345).run()  # another configuration...
+    b.button(key="train_start").click().run()  # ...waits too: b's second waiting run
+    jb2 = b.session_state["live_job"]
+    assert idle_trainer.snapshot(jb2).position == 2
+    b.number_input(key="train_seed").set_value(4346).run()
+    b.button(key="train_start").click().run()  # a third: refused, in one line
+    assert "waiting" in texts(b.error) and "\n" not in texts(b.error)
+    assert b.session_state["live_job"] == jb2  # nothing queued; the tab still follows jb2
+    b.button(key="train_stop").click().run()
+    assert idle_trainer.snapshot(jb2).status == "stopped"
+    b.session_state["live_job"] = jb
+    b.number_input(key="train_seed").set_value(4344).run()
+    b.button(key="train_stop").click().run()  # b takes its waiting run out of the line
+    assert idle_trainer.snapshot(jb).status == "stopped"
+    assert idle_trainer.snapshot(ja).running  # a's run goes on
     a.run()
+    assert "Training live" in texts(a.subheader) and "4344" not in texts(a.subheader)
     a.button(key="train_stop").click().run()
     wait_for(a, idle_trainer)
     assert not a.exception, [e.value for e in a.exception]
     assert "Training stopped" in texts(a.warning)
-    snap = idle_trainer.snapshot()
+    snap = idle_trainer.snapshot(ja)
     assert snap.status == "stopped" and snap.step < 2000
-    assert not [r for r in RunStore().list() if r.config.finetune.seed == 4343]
+    assert not [r for r in RunStore().list() if r.config.finetune.seed in (4343, 4344)]
 
 
 def test_train_choices_live_in_the_url(empty_cache):

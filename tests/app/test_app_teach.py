@@ -106,7 +106,7 @@ def test_what_cannot_be_taught_is_named_before_anything_runs(
     errors = texts(at.error)
     assert errors.startswith("This verb cannot be taught:") and named in errors, errors
     assert not at.dataframe and not [b for b in at.button if b.key == "teach_start"]
-    assert idle_trainer.snapshot().status == "idle" or not idle_trainer.busy
+    assert not idle_trainer.busy
 
 
 def _lesson(at: AppTest) -> AppTest:
@@ -119,13 +119,11 @@ def _lesson(at: AppTest) -> AppTest:
 
 def test_a_teach_run_trains_live_and_shows_before_and_after(empty_cache, idle_trainer):
     at = _lesson(open_page("teach"))
-    # idle: an invisible watcher of the live feed reruns the page when any tab starts a run
-    (watcher,) = live_components(at)
-    assert not watcher["running"] and watcher["version"] == idle_trainer.snapshot().version
+    assert live_components(at) == []  # no run of its own: nothing polls
     at.button(key="teach_start").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert "Teaching live" in texts(at.subheader)
-    snap = idle_trainer.snapshot()
+    snap = idle_trainer.snapshot(at.session_state["live_job"])
     assert snap.config["teach"] == "blick:black" and snap.pid and snap.pid != os.getpid()
     panel = live_panel(at)
     assert 'class="live-progress"' in panel
@@ -251,7 +249,8 @@ def test_compare_page_draws_the_per_verb_curves_of_a_stored_run(seeded_cache, mo
 
 def test_compare_page_says_when_a_run_has_no_per_verb_figures(seeded_cache, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
-    (run,) = list(seeded_cache.iterdir())
+    (info,) = RunStore([seeded_cache]).list()  # the run (the cache also holds the queue)
+    run = info.path
     shutil.copytree(run, cache / run.name)
     metrics = json.loads((cache / run.name / "metrics.json").read_text())
     for e in metrics["evals"]:
@@ -273,12 +272,13 @@ def test_train_page_live_panel_draws_the_per_verb_chart(empty_cache, idle_traine
     at.switch_page("views/train.py")
     at.run()
     at.button(key="train_start").click().run()
+    job = at.session_state["live_job"]
     drawn = live_panel(at)
     assert verbs.NOT_YET in drawn or 'class="verb"' in drawn
     deadline = time.time() + TIMEOUT
-    while not idle_trainer.snapshot().evals and time.time() < deadline:
+    while not idle_trainer.snapshot(job).evals and time.time() < deadline:
         time.sleep(0.2)
-    evals = idle_trainer.snapshot().evals
+    evals = idle_trainer.snapshot(job).evals
     assert evals and idle_trainer.busy
     at.run()
     assert not at.exception, [e.value for e in at.exception]
@@ -290,12 +290,16 @@ def test_train_page_live_panel_draws_the_per_verb_chart(empty_cache, idle_traine
     drawn = [e.get("data-name") for e in root.iter() if e.get("class") == "verb"]
     assert drawn == want and want
 
-    teach = open_page("teach")  # the Teach page shows the run, and offers no second one
-    assert "Training is busy" in texts(teach.info)
-    assert not [b for b in teach.button if b.key == "teach_start"]
-    shown = live_panel(teach)
+    other = open_page("teach")  # another learner's Teach page: their own lesson, not this run
+    assert "Training live" not in texts(other.subheader) and not live_components(other)
+    assert [b for b in other.button if b.key == "teach_start"]
+    at.switch_page("views/teach.py").run()  # this tab's Teach page follows its run
+    assert "Training live" in texts(at.subheader) and "seed 5252" not in texts(at.error)
+    assert not [b for b in at.button if b.key == "teach_start"]
+    shown = live_panel(at)
     assert 'class="verb"' in shown
     assert "held-out accuracy" not in shown and "irregular verbs" in shown
-    at.button(key="train_stop").click().run()
+    assert [b.label for b in at.button if b.key == "teach_stop"] == ["Stop"]  # its owner's
+    at.button(key="teach_stop").click().run()
     idle_trainer.join(TIMEOUT)
-    assert idle_trainer.snapshot().status == "stopped"
+    assert idle_trainer.snapshot(job).status == "stopped"

@@ -1,7 +1,8 @@
-"""app/feed.py and the live panel's markup (app/live.py): the feed file follows the
-trainer's version, is replaced whole, is named per server and removed with it; files of
-dead servers are swept; the panel's markup says what a tab will show (the browser side
-of the panel: tests/e2e/test_live_js.py)."""
+"""app/feed.py and the live panel's markup (app/live.py): each job of the server has its
+own feed file, which follows that job (a tab following one run never sees another's),
+is replaced whole, is named per server and removed with it; files of dead servers are
+swept; the panel's markup says what a tab will show (the browser side of the panel:
+tests/e2e/test_live_js.py)."""
 
 from __future__ import annotations
 
@@ -24,25 +25,26 @@ sys.path.insert(0, str(REPO_ROOT))
 from app import feed as feedmod  # noqa: E402
 from app.charts import verbs as verbs_mod  # noqa: E402
 from app.charts.common import METRIC_COLORS  # noqa: E402
-from app.trainer import LiveState  # noqa: E402
+from app.run_state import LiveState  # noqa: E402
 from minituner.finetune import events as ev  # noqa: E402
 
 
 class FakeTrainer:
+    """Today's jobs by id, and the version that moves with every change."""
+
     def __init__(self) -> None:
-        self.state = LiveState()
-        self.snapshots = 0
+        self.states: dict[int, LiveState] = {}
+        self.version = 0
+        self.lists = 0
 
-    @property
-    def version(self) -> int:
-        return self.state.version
+    def jobs(self) -> list[LiveState]:
+        self.lists += 1
+        return [dataclasses.replace(s, version=self.version) for s in self.states.values()]
 
-    def snapshot(self) -> LiveState:
-        self.snapshots += 1
-        return self.state
-
-    def move(self, **changes) -> None:
-        self.state = dataclasses.replace(self.state, version=self.state.version + 1, **changes)
+    def move(self, job: int = 1, **changes) -> None:
+        self.version += 1
+        s = self.states.get(job, LiveState(job_id=job, status="waiting", position=1))
+        self.states[job] = dataclasses.replace(s, **changes)
 
 
 class FullDisk:
@@ -57,20 +59,24 @@ class FullDisk:
 
 
 def render(s: LiveState) -> dict[str, str]:
-    return {"progress": f"<p>step {s.step}</p>", "loss": "<svg></svg>"}
+    return {"progress": f"<p>{s.status} {s.step}</p>", "loss": "<svg></svg>"}
 
 
-def read(f: feedmod.Feed) -> dict:
-    return json.loads(f.path.read_text(encoding="utf-8"))
+def read(f: feedmod.Feed, job: int = 1) -> dict:
+    return json.loads(f.path(job).read_text(encoding="utf-8"))
 
 
 def wait_until(cond, timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
-    while not cond():
+    while True:
+        try:
+            if cond():
+                return True
+        except (OSError, ValueError):  # the file is not there yet
+            pass
         if time.monotonic() > deadline:
             return False
         time.sleep(0.02)
-    return True
 
 
 @pytest.fixture
@@ -85,47 +91,56 @@ def feed(trainer, tmp_path):
     f.close()
 
 
-def test_the_file_exists_at_once_and_follows_the_version(feed, trainer):
-    # idle: no panel (the page draws an outcome itself), so idle tabs poll a tiny file
-    assert read(feed) == {"version": 0, "running": False, "status": "idle", "parts": {}}
-    trainer.move(status="running", step=3)
-    assert wait_until(lambda: read(feed)["version"] == 1)
-    assert read(feed) == {
-        "version": 1,
-        "running": True,
-        "status": "running",
-        "parts": {"progress": "<p>step 3</p>", "loss": "<svg></svg>"},
-    }
+def test_each_job_has_its_own_file_that_follows_it(feed, trainer):
+    assert list(feed.folder.iterdir()) == []  # no job yet: no file
+    trainer.move(1)  # job 1 waits
+    assert wait_until(lambda: read(feed, 1)["status"] == "waiting")
+    assert read(feed, 1) == {"job": 1, "version": 1, "running": False, "status": "waiting",
+                             "parts": {"progress": "<p>waiting 0</p>", "loss": "<svg></svg>"}}  # fmt: skip
+    trainer.move(2, status="running", step=3)  # job 2 trains: its own file
+    assert wait_until(lambda: read(feed, 2)["parts"]["progress"] == "<p>running 3</p>")
+    assert read(feed, 1)["version"] == 1  # job 1's file did not change
     for step in range(4, 9):  # a burst: the last state arrives
-        trainer.move(step=step)
-    assert wait_until(lambda: read(feed)["parts"]["progress"] == "<p>step 8</p>")
-    trainer.move(status="completed", step=9)
-    assert wait_until(lambda: read(feed)["version"] == 7)
-    assert read(feed) == {"version": 7, "running": False, "status": "completed", "parts": {}}
-    assert [p.name for p in feed.folder.iterdir()] == [feed.name]  # no temporary file left
+        trainer.move(2, step=step)
+    assert wait_until(lambda: read(feed, 2)["parts"]["progress"] == "<p>running 8</p>")
+    assert read(feed, 1)["version"] == 1
+    trainer.move(2, status="completed", step=9)  # ended: no panel (the page draws it)
+    assert wait_until(lambda: read(feed, 2)["status"] == "completed")
+    assert read(feed, 2) == {"job": 2, "version": trainer.version, "running": False,
+                             "status": "completed", "parts": {}}  # fmt: skip
+    trainer.move(1, status="running")  # the waiting job starts: its file says so
+    assert wait_until(lambda: read(feed, 1)["running"])
+    assert read(feed, 1)["version"] > 1
+    del trainer.states[1]  # gone from today's list: a last word for its watchers
+    trainer.version += 1
+    assert wait_until(lambda: read(feed, 1)["status"] == feedmod.GONE)
+    names = sorted(p.name for p in feed.folder.iterdir())
+    assert names == sorted([feed.name(1), feed.name(2)])  # no temporary file left
 
 
 def test_an_unchanged_version_is_not_rendered_again(feed, trainer):
-    n = trainer.snapshots
+    n = trainer.lists
     time.sleep(0.5)  # several ticks of the thread
-    assert trainer.snapshots == n
+    assert trainer.lists == n
 
 
 def test_a_reader_never_sees_half_a_file(feed, trainer):
+    trainer.move(1, status="running")
+    feed.publish()
     bad: list[str] = []
     done = threading.Event()
 
     def reader() -> None:
         while not done.is_set():
             try:
-                json.loads(feed.path.read_text(encoding="utf-8"))
+                json.loads(feed.path(1).read_text(encoding="utf-8"))
             except json.JSONDecodeError as e:
                 bad.append(str(e))
 
     t = threading.Thread(target=reader)
     t.start()
     for step in range(200):
-        trainer.move(step=step)
+        trainer.move(1, step=step)
         feed.publish()
     done.set()
     t.join()
@@ -136,19 +151,23 @@ def test_each_server_gets_its_own_random_name(trainer, tmp_path):
     a = feedmod.Feed(trainer, render, folder=tmp_path)
     b = feedmod.Feed(trainer, render, folder=tmp_path)
     try:
-        assert a.name != b.name and a.name.startswith("live-") and a.name.endswith(".json")
-        assert a.url() == f"/app/static/live/{a.name}"
-        assert a.url("/course/") == f"/course/app/static/live/{a.name}"
+        assert a.name(7) != b.name(7) and a.name(7).startswith("live-")
+        assert a.name(7).endswith("-7.json") and a.name(7) != a.name(8)
+        assert a.url(7) == f"/app/static/live/{a.name(7)}"
+        assert a.url(7, "/course/") == f"/course/app/static/live/{a.name(7)}"
     finally:
         a.close()
         b.close()
 
 
-def test_close_removes_the_file_and_stops_the_thread(trainer, tmp_path):
+def test_close_removes_the_files_and_stops_the_thread(trainer, tmp_path):
+    trainer.move(1)
+    trainer.move(2)
     f = feedmod.Feed(trainer, render, folder=tmp_path)
+    assert f.path(1).exists() and f.path(2).exists()
     f.close()
     f._thread.join(5)
-    assert not f.path.exists() and not f._thread.is_alive()
+    assert list(tmp_path.iterdir()) == [] and not f._thread.is_alive()
 
 
 def test_files_of_dead_servers_are_swept(tmp_path):
@@ -244,29 +263,47 @@ def test_a_failed_write_is_logged_and_the_run_is_drawn_by_the_pages(
     feed, trainer, monkeypatch, caplog
 ):
     """issue 23, item 13: a feed that cannot be written (a full disk) was swallowed, and
-    the panel waited for it forever. Now the failure is logged once per run, and the
-    feed says it cannot carry that run (the page then draws it server-side)."""
-    assert feed.usable(trainer.snapshot())
+    the panel waited for it forever. Now the failure is logged once per job, and the
+    feed says it cannot carry that job while it runs (the page then draws it itself)."""
+    trainer.move(1, status="running", step=0)
+    feed.publish()
+    assert feed.usable(trainer.jobs()[0])
     monkeypatch.setattr(feedmod, "os", FullDisk())  # only app/feed.py sees a full disk
     with caplog.at_level("WARNING", logger=feedmod.__name__):
-        trainer.move(status="running", step=1, started_at=11.0)
+        trainer.move(1, step=1)
         assert wait_until(lambda: feed.error is not None)
-        run = trainer.snapshot()
         for step in range(2, 5):  # the thread retries on news, and logs nothing more
-            trainer.move(step=step)
-        assert wait_until(lambda: trainer.snapshots >= 4)
+            trainer.move(1, step=step)
+        n = trainer.lists
+        assert wait_until(lambda: trainer.lists >= n + 2)
     warnings = [r for r in caplog.records if "cannot be written" in r.getMessage()]
     assert len(warnings) == 1 and "No space left on device" in warnings[0].getMessage()
-    assert not feed.usable(run) and not feed.usable(trainer.snapshot())
-    assert read(feed)["version"] == 0  # the file still holds the old state...
-    assert [p.name for p in feed.folder.iterdir()] == [feed.name]  # ...and no temp file
+    (run,) = trainer.jobs()
+    assert not feed.usable(run)
+    assert read(feed)["parts"]["progress"] == "<p>running 0</p>"  # the old state...
+    assert [p.name for p in feed.folder.iterdir()] == [feed.name(1)]  # ...and no temp file
     # space again: the file follows, but this run stays drawn by the pages
     monkeypatch.setattr(feedmod, "os", os)
-    trainer.move(step=5)
-    assert wait_until(lambda: read(feed)["version"] == trainer.version)
-    assert feed.error is None and not feed.usable(trainer.snapshot())
-    trainer.move(status="completed")  # idle again: watchers use the working file
-    assert wait_until(lambda: read(feed)["version"] == trainer.version)
-    assert feed.usable(trainer.snapshot())
-    trainer.move(status="running", step=0, started_at=12.0)  # the next run uses the feed
-    assert feed.usable(trainer.snapshot())
+    trainer.move(1, step=5)
+    assert wait_until(lambda: read(feed)["parts"]["progress"] == "<p>running 5</p>")
+    (run,) = trainer.jobs()
+    assert feed.error is None and not feed.usable(run)
+    trainer.move(1, status="completed")  # ended: its outcome reads from the working file
+    assert wait_until(lambda: read(feed)["status"] == "completed")
+    (run,) = trainer.jobs()
+    assert feed.usable(run)
+    trainer.move(2, status="running")  # the next job uses the feed
+    assert feed.usable(trainer.jobs()[1])
+
+
+def test_a_waiting_runs_panel_gives_its_place_in_line_and_when_it_starts():
+    """Issue 25: a waiting tab shows its place in the queue and an estimate of its start."""
+    from app import live
+
+    parts = live.panel_parts(LiveState(status="waiting", position=2, eta_s=42.0, job_id=3))
+    assert list(parts) == ["progress"]  # no charts before the run trains
+    assert "<b>2 in line</b>" in parts["progress"] and "starts in about 40 s" in parts["progress"]
+    first = live.panel_html(LiveState(status="waiting", position=1, eta_s=None, job_id=4))
+    assert "<b>next in line</b>" in first and "starts in" not in first
+    later = live.panel_html(LiveState(status="waiting", position=5, eta_s=610.0, job_id=5))
+    assert "starts in about 10 min" in later

@@ -65,3 +65,16 @@ def test_clicked():
     assert not live.clicked(None)
     assert not live.clicked(widgets(False))
     assert live.clicked(widgets(True))
+
+
+def test_a_job_in_the_url_is_a_positive_whole_number_or_nothing():
+    """?job=<id> opens a run of the class: anything else is ignored (the tab's own run)."""
+    assert live_follow().job_from_url("12") == 12 and live_follow().job_from_url(["7"]) == 7
+    for bad in (None, "", "0", "-3", "1.5", "abc", [], "<b>1</b>"):
+        assert live_follow().job_from_url(bad) is None, bad
+
+
+def live_follow():
+    from app import follow
+
+    return follow

@@ -201,12 +201,13 @@ def test_starting_a_run_folds_the_form_and_shows_the_run_first(empty_cache, idle
     assert at.session_state["train_form"] is False
     (header,) = [h.value for h in at.subheader if "Training live" in h.value]
     assert "LoRA r\\=2" in header and "seed 6161" in header
+    job = at.session_state["live_job"]
     deadline = time.time() + TIMEOUT
-    while not idle_trainer.snapshot().evals and time.time() < deadline:
+    while not idle_trainer.snapshot(job).evals and time.time() < deadline:
         time.sleep(0.2)
     at.run()
     assert "regular verbs <b>" in live_panel(at)
     at.button(key="train_stop").click().run()
     idle_trainer.join(TIMEOUT)
-    assert idle_trainer.snapshot().status == "stopped"
+    assert idle_trainer.snapshot(job).status == "stopped"
     assert FinetuneConfig().r == 8  # the shipped default the other tests open

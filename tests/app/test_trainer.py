@@ -84,20 +84,19 @@ def new_trainer(tmp_path):
 def test_stop_from_another_owner_is_refused_on_the_server(fake, tmp_path, new_trainer):
     """issue 23, item 12: a stale Stop button of another session does not stop the run."""
     t = new_trainer()
-    assert t.start(FinetuneConfig(steps=5), owner="alice", cache=str(tmp_path / "c"))
+    job = t.submit(FinetuneConfig(steps=5), owner="alice", cache=str(tmp_path / "c"))
     (proc,) = fake
-    assert t.stop("bob") is False and t.stop("") is False
-    assert proc.stops == 0 and t.busy and t.snapshot().owner == "alice"
-    assert t.stop("alice") is True
-    assert proc.stops == 1 and t.snapshot().status == "stopped"
-    assert t.stop("alice") is False  # nothing runs any more
+    assert t.stop(job, "bob") is False and t.stop(job, "") is False
+    assert proc.stops == 0 and t.busy and t.snapshot(job).owner == "alice"
+    assert t.stop(job, "alice") is True
+    assert proc.stops == 1 and t.snapshot(job).status == "stopped"
+    assert t.stop(job, "alice") is False  # nothing runs any more
 
 
 @settings(max_examples=30, deadline=None)
 @given(other=st.text(max_size=40))
 def test_only_the_owner_token_stops_a_run(other):
-    """issue 23, item 12: any other owner string, the empty one included, is refused,
-    by the single-run stop(owner) and by stop(job_id, owner) alike."""
+    """issue 23, item 12: any other owner string, the empty one included, is refused."""
     import tempfile
 
     owner = "0123456789abcdef0123456789abcdef"
@@ -106,28 +105,27 @@ def test_only_the_owner_token_stops_a_run(other):
         t._states[7] = trainermod.LiveState(status=trainermod.RUNNING, owner=owner, job_id=7)
         stops = []
         t._procs[7] = type("P", (), {"stop": lambda self: stops.append(1)})()
-        assert t.stop(other) is (other == owner)
         assert t.stop(7, other) is (other == owner)
-        assert len(stops) == 2 * (other == owner)
+        assert len(stops) == (other == owner)
         t.queue.close()
 
 
 def test_abort_stops_whoever_owns_the_run(fake, tmp_path, new_trainer):
     """The server itself (shutdown, tests) stops a run without an owner token."""
     t = new_trainer()
-    assert t.start(FinetuneConfig(steps=5), owner="alice", cache=str(tmp_path / "c"))
+    job = t.submit(FinetuneConfig(steps=5), owner="alice", cache=str(tmp_path / "c"))
     t.abort()
-    assert fake[0].stops == 1 and t.snapshot().status == "stopped"
+    assert fake[0].stops == 1 and t.snapshot(job).status == "stopped"
 
 
 # ---------------------------------------------------------------------- item 10: pre-flight
 def _refused(t: Trainer, fake, match: str, cfg=None, **kw) -> None:
-    before = t.snapshot()
+    before = t.jobs()
     with pytest.raises(ValueError, match=match) as e:
-        t.start(cfg or FinetuneConfig(steps=5), owner="alice", **kw)
+        t.submit(cfg or FinetuneConfig(steps=5), owner="alice", **kw)
     assert "\n" not in str(e.value)
     assert fake == [], "a child was started although the run cannot be stored"
-    assert t.snapshot() == before and not t.busy
+    assert t.jobs() == before == [] and not t.busy  # nothing queued either
 
 
 def test_a_cache_that_is_a_file_is_refused_before_any_child(fake, tmp_path, new_trainer):
@@ -166,7 +164,7 @@ def test_a_rank_the_model_cannot_take_is_refused_before_any_child(fake, tmp_path
 
 def test_a_run_that_passes_the_pre_flight_starts(fake, tmp_path, new_trainer):
     t = new_trainer()
-    assert t.start(FinetuneConfig(steps=5), owner="a", cache=str(tmp_path / "c"), eval_limit=4)
+    assert t.submit(FinetuneConfig(steps=5), owner="a", cache=str(tmp_path / "c"), eval_limit=4)
     (proc,) = fake
     assert proc.eval_limit == 4 and proc.cache == str(tmp_path / "c") and t.busy
 
@@ -193,9 +191,9 @@ def _components(at, name: str) -> list[dict]:
             if e.proto.component_name == name]  # fmt: skip
 
 
-def _wait_for_step(trainer, step: int = 1) -> None:
+def _wait_for_step(trainer, job: int, step: int = 1) -> None:
     deadline = time.monotonic() + APP_TIMEOUT
-    while trainer.snapshot().step < step and trainer.busy:
+    while trainer.snapshot(job).step < step and trainer.busy:
         assert time.monotonic() < deadline, "no training step in time"
         time.sleep(0.1)
 
@@ -211,20 +209,20 @@ def test_train_page_refuses_a_run_it_could_not_store(problem, idle_trainer, tmp_
     else:
         monkeypatch.setenv("MINITUNER_EVAL_LIMIT", "1" + "0" * 30)
         named = "MINITUNER_EVAL_LIMIT"
-    before = idle_trainer.snapshot()
+    before = len(idle_trainer.jobs())
     at.button(key="train_start").click().run()
     assert not at.exception, [e.value for e in at.exception]
     errors = [shown(str(e.value)) for e in at.error]
     assert len(errors) == 1 and errors[0].startswith("Training cannot start: "), errors
     assert named in errors[0] and "\n" not in errors[0]
-    assert idle_trainer.snapshot() == before and not idle_trainer.busy
+    assert len(idle_trainer.jobs()) == before and not idle_trainer.busy
     assert at.button(key="train_start").label == "Train live"
 
 
 def test_a_reload_of_the_same_browser_still_owns_its_run(empty_cache, idle_trainer, monkeypatch):
     """issue 23, item 11: after a reload the run's owner was "another session" and no tab
     had Stop. The owner token lives in the browser's cookie: a reload (a new session of
-    the same browser) gets Stop; another browser is told that training is busy."""
+    the same browser) gets Stop; another browser sees only its own runs (issue 25)."""
     from app import live
 
     jar: dict[str, str] = {}  # this browser's cookies, as the next page load sends them
@@ -235,7 +233,8 @@ def test_a_reload_of_the_same_browser_still_owns_its_run(empty_cache, idle_train
     assert keep["name"] == live.OWNER_COOKIE and len(keep["value"]) == 32
     jar[keep["name"]] = keep["value"]  # what the component does in the browser
     first.button(key="train_start").click().run()
-    assert idle_trainer.busy and idle_trainer.snapshot().owner == keep["value"]
+    job = first.session_state["live_job"]
+    assert idle_trainer.busy and idle_trainer.snapshot(job).owner == keep["value"]
 
     reloaded = _page(query)
     assert "Training live" in _texts(reloaded.subheader)
@@ -243,13 +242,18 @@ def test_a_reload_of_the_same_browser_still_owns_its_run(empty_cache, idle_train
     jar.clear()
     jar[live.OWNER_COOKIE] = "0" * 31 + "g"  # another browser, with a forged token
     other = _page(query)
-    assert "Training is busy" in _texts(other.info)
-    assert not [b for b in other.button if b.key in ("train_start", "train_stop")]
+    assert "Training live" not in _texts(other.subheader) and not _components(
+        other, "minituner_live")  # fmt: skip
+    assert [b.label for b in other.button if b.key == "train_start"] == ["Train live"]
+    assert not [b for b in other.button if b.key == "train_stop"]
+    opened = _page({**query, "job": str(job)})  # the run opened by its link: read-only
+    assert "read-only" in _texts(opened.subheader)
+    assert not [b for b in opened.button if b.key == "train_stop"]
 
-    _wait_for_step(idle_trainer)
+    _wait_for_step(idle_trainer, job)
     reloaded.button(key="train_stop").click().run()
     idle_trainer.join(APP_TIMEOUT)
-    assert idle_trainer.snapshot().status == "stopped"
+    assert idle_trainer.snapshot(job).status == "stopped"
     reloaded.run()
     assert "Training stopped" in _texts(reloaded.warning)
 
@@ -302,13 +306,13 @@ def test_stop_ends_a_frozen_child_and_the_server_is_free_again(tmp_path, monkeyp
     monkeypatch.setattr(worker, "KILL_GRACE_S", 1.0)
     t = new_trainer()
     cfg = FinetuneConfig(steps=100000, batch_size=8, eval_every=100000, eval_sample=4)
-    assert t.start(cfg, owner="a", device="cpu", cache=str(tmp_path / "c"), eval_limit=4)
+    job = t.submit(cfg, owner="a", device="cpu", cache=str(tmp_path / "c"), eval_limit=4)
     try:
-        _wait_for_step(t)
-        os.kill(t.snapshot().pid, signal.SIGSTOP)
-        assert t.stop("a")
+        _wait_for_step(t, job)
+        os.kill(t.snapshot(job).pid, signal.SIGSTOP)
+        assert t.stop(job, "a")
         assert t.join(60), "Stop waited for a frozen child"
-        end = t.snapshot()
+        end = t.snapshot(job)
         assert end.status == "stopped" and not t.busy and "did not stop" in end.message
     finally:
         t.kill()
@@ -325,13 +329,13 @@ def test_teach_page_refuses_a_lesson_it_could_not_store(idle_trainer, tmp_path, 
     at.switch_page("views/teach.py")
     at.run()
     (tmp_path / "cache").write_text("not a folder")
-    before = idle_trainer.snapshot()
+    before = len(idle_trainer.jobs())
     at.button(key="teach_start").click().run()
     assert not at.exception, [e.value for e in at.exception]
     errors = [shown(str(e.value)) for e in at.error]
     assert len(errors) == 1 and errors[0].startswith("Training cannot start: "), errors
     assert "cannot store runs in the run cache" in errors[0] and "it is a file" in errors[0]
-    assert idle_trainer.snapshot() == before and not idle_trainer.busy
+    assert len(idle_trainer.jobs()) == before and not idle_trainer.busy
 
 
 # ---------------------------------------------------------------------- issue 25: the queue
@@ -401,14 +405,13 @@ def test_a_session_may_hold_at_most_two_waiting_runs(fake, tmp_path, new_trainer
     assert [s.status for s in t.jobs()] == ["running", "waiting", "waiting", "waiting"]
 
 
-def test_k_runs_train_at_once_and_the_single_run_api_still_answers(fake, tmp_path, new_trainer):
+def test_k_runs_train_at_once_and_a_stop_frees_a_slot_for_the_next(fake, tmp_path, new_trainer):
     t = new_trainer(max_runs=2, background=False)
     cache = str(tmp_path / "c")
     a, b, c = (t.submit(_cfg(i), owner=o, cache=cache) for i, o in enumerate("xyz"))
     assert len(fake) == 2 and t.busy and t.free_slots() == 0
-    assert t.snapshot().job_id == b  # the newest running run (the pages' snapshot())
-    assert not t.start(_cfg(9), owner="w", cache=cache)  # no slot: the single-run API refuses
-    assert t.stop("y") and t.snapshot(b).status == "stopped"  # stop(owner): its own runs
+    assert t.snapshot(c).status == "waiting" and t.snapshot(c).position == 1
+    assert not t.stop(b, "x") and t.stop(b, "y") and t.snapshot(b).status == "stopped"
     t.pump()
     assert len(fake) == 3 and t.snapshot(c).running and t.snapshot(a).running
 

@@ -10,7 +10,9 @@ MINITUNER_REQUIRE_E2E=1, which makes a missing browser a failure.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -74,10 +76,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    _require(CHROMIUM.exists(), f"{CHROMIUM} is missing")
-    tmp = tmp_path_factory.mktemp("e2e")
+@contextlib.contextmanager
+def serve_app(tmp: Path, extra_env: dict | None = None):
+    """`streamlit run app/main.py` on a free port with its run cache under ``tmp``
+    (``extra_env`` added to its environment); yields the URL, then stops the server and
+    checks its log for tracebacks."""
     port = _free_port()
     # one torch thread: on a busy 2-core machine two threads spin against each other
     env = {
@@ -85,6 +88,7 @@ def server(tmp_path_factory):
         "MINITUNER_CACHE": str(tmp / "cache"),
         "MINITUNER_TORCH_THREADS": os.environ.get("MINITUNER_TORCH_THREADS", "1"),
         "HOME": str(tmp),
+        **(extra_env or {}),
     }
     log = open(tmp / "streamlit.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
@@ -113,15 +117,24 @@ def server(tmp_path_factory):
             pytest.fail("streamlit did not start:\n" + (tmp / "streamlit.log").read_text()[-3000:])
         time.sleep(0.3)
     SERVER_CACHE["path"] = str(tmp / "cache")
-    yield url
-    proc.terminate()
     try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
     text = (tmp / "streamlit.log").read_text()
     assert "Traceback" not in text, text[-3000:]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    _require(CHROMIUM.exists(), f"{CHROMIUM} is missing")
+    with serve_app(tmp_path_factory.mktemp("e2e")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -259,10 +272,11 @@ def _progress_step(pg) -> int:
     return int(words[1].split("/")[0]) if len(words) > 1 and words[0] == "step" else -1
 
 
-def test_a_second_tab_watches_and_stop_ends_the_child(server, browser):
-    """Two browser contexts on the Train page: one trains, the other (open before the
-    run started) sees the progress advance; Stop from the first ends the run, and no
-    training process is left."""
+def test_a_second_learner_opens_the_run_read_only_and_stop_ends_the_child(server, browser):
+    """Two browser contexts on the Train page: one trains; the other (open before the run
+    started) keeps to its own runs (issue 25: no one else's run in its tab), then opens
+    the run by its link (?job=, as the Class page's) and sees the progress advance,
+    read-only; Stop from the first ends the run, and no training process is left."""
     a = browser.new_context(viewport=VIEWPORT).new_page()
     b = browser.new_context(viewport=VIEWPORT).new_page()
     try:
@@ -273,8 +287,17 @@ def test_a_second_tab_watches_and_stop_ends_the_child(server, browser):
         a.get_by_role("button", name="Train live").click()
         live_progress(a).first.wait_for(timeout=60_000)
         assert len(_training_children()) == 1
+        header = a.get_by_role("heading", name=re.compile("Training live")).first.inner_text()
+        job = int(re.search(r"run #(\d+)", header).group(1))
 
-        b.get_by_text("Training is busy").first.wait_for(timeout=60_000)  # b noticed it
+        b.wait_for_timeout(3000)  # b's tab follows b's runs only: it has none
+        assert live_progress(b).count() == 0 and b.get_by_text("Training live").count() == 0
+        b.goto(f"{server}/train?job={job}")
+        live_progress(b).first.wait_for(timeout=60_000)
+        assert (
+            "read-only"
+            in b.get_by_role("heading", name=re.compile("Training live")).first.inner_text()
+        )
         assert b.locator(".st-key-train_stop").count() == 0  # only the owner can stop it
         seen = []
         deadline = time.time() + 120
@@ -292,7 +315,7 @@ def test_a_second_tab_watches_and_stop_ends_the_child(server, browser):
         while _training_children() and time.time() < deadline:
             time.sleep(0.2)
         assert _training_children() == [], "a training process outlived Stop"
-        b.get_by_role("button", name="Train live").wait_for(timeout=60_000)  # free again
+        b.get_by_text("Training stopped").first.wait_for(timeout=60_000)  # b saw the end
     finally:
         a.context.close()
         b.context.close()

@@ -189,25 +189,29 @@ def test_fold_builds_the_live_state_and_bumps_the_version():
 
 
 def test_the_trainer_runs_one_child_at_a_time(tmp_path):
-    t = Trainer()
+    t = Trainer(db=tmp_path / "queue.sqlite3", max_runs=1)
     cfg = FinetuneConfig(**LONG)
-    assert t.start(cfg, owner="a", device="cpu", cache=str(tmp_path), eval_limit=4)
+    job = t.submit(cfg, owner="a", device="cpu", cache=str(tmp_path), eval_limit=4)
     try:
-        assert t.busy and t.snapshot().owner == "a"
-        assert not t.start(cfg, owner="b", device="cpu", cache=str(tmp_path))  # told so
+        assert t.busy and t.snapshot(job).owner == "a"
+        other = t.submit(cfg, owner="b", device="cpu", cache=str(tmp_path))
+        assert t.snapshot(other).status == "waiting"  # one slot: the second run waits
         deadline = time.time() + 300
-        while t.snapshot().step < 1:
+        while t.snapshot(job).step < 1:
             assert time.time() < deadline
             time.sleep(0.1)
         v = t.version
-        snap = t.snapshot()
+        snap = t.snapshot(job)
         assert snap.running and snap.pid and _alive(snap.pid) and snap.device == "CPU"
-        assert not t.stop("b")  # only the owner stops a run
-        assert t.stop("a")
+        assert not t.stop(job, "b")  # only the owner stops a run
+        assert t.stop(other, "b")  # b takes its waiting run out of the queue
+        assert t.stop(job, "a")
         assert t.join(60)
-        end = t.snapshot()
+        end = t.snapshot(job)
         assert end.status == "stopped" and end.version > v and not _alive(end.pid)
+        assert t.snapshot(other).status == "stopped" and not t.busy
     finally:
+        t.close()
         t.kill()
         t.join(30)
 
