@@ -314,7 +314,7 @@ def _run_area(cfg, rid: str) -> None:
             _train_button("Train it live anyway", cfg, primary=False)
         _show_stored(stored)
     else:
-        if mine and s.status not in ("idle", "completed", "interrupted") and s.steps:
+        if mine and s.status not in ("idle", "completed") and s.started_at:  # it trained here
             live.draw_live(s)  # how far the stopped, diverged or failed run got
         _train_button("Train live", cfg, primary=True)
         if cfg.method == "qlora" and data.device_label() == "CPU":
