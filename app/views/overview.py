@@ -105,10 +105,13 @@ st.caption(
     f"{m.wall_time_s:.1f} s on {md_text(m.device, 100)}."
 )
 
+label = helpers.run_label(run)
 c1, c2 = st.columns(2, gap="large")
 with c1:
     st.plotly_chart(
-        loss_curves({helpers.run_label(run): (m.curves.step, m.curves.loss)}),
+        loss_curves(
+            {label: (m.curves.step, m.curves.loss)}, runs={label: (run.method, run.run_id)}
+        ),
         key="overview_loss",
     )
 with c2:
@@ -120,8 +123,13 @@ with c2:
         a, b = st.columns(2)
         a.metric("base model answers", md_text(before))
         b.metric("fine-tuned answers", md_text(after))
-        probs = {
-            "base": candidate_logprobs(base.model, base.tok, PROMPT, ["went", "goed"])["probs"],
-            "fine-tuned": candidate_logprobs(model, base.tok, PROMPT, ["went", "goed"])["probs"],
+        probs = {  # the legend names the run (and its colour is the run's on every page)
+            "base model": candidate_logprobs(base.model, base.tok, PROMPT, ["went", "goed"])[
+                "probs"
+            ],
+            label: candidate_logprobs(model, base.tok, PROMPT, ["went", "goed"])["probs"],
         }
-        st.plotly_chart(candidate_bars(probs, "went or goed?"), key="overview_bars")
+        st.plotly_chart(
+            candidate_bars(probs, "went or goed?", runs={label: (run.method, run.run_id)}),
+            key="overview_bars",
+        )
