@@ -205,3 +205,23 @@ def test_a_feed_that_moves_never_counts_as_stale(browser):
         p.page.wait_for_timeout(100)
     assert p.triggers() == []
     p.page.close()
+
+
+def test_a_waiting_panel_shows_its_place_and_asks_once_when_its_run_starts(browser):
+    """Issue 25: a tab whose run waits in line draws the place and the estimate from its
+    run's feed file (no rerun while only those change) and asks for one rerun when the
+    run starts training (the server then draws the live header and panel)."""
+    p = Panel(browser, version=4, running=False, waiting=True)
+    assert "starting" in p.panel()  # a panel, until the first fetch
+    p.serve(version=4, running=False, status="waiting", parts={"progress": "<p>2 in line</p>"})
+    p.until("document.querySelector('#root .live-part-progress')")
+    p.serve(version=6, running=False, status="waiting", parts={"progress": "<p>next in line</p>"})
+    p.until("document.querySelector('#root .live-part-progress').textContent == 'next in line'")
+    p.settle()
+    assert p.triggers() == []  # its place moved: drawn in the browser, no rerun
+    p.serve(version=7, running=True, status="running", parts={"progress": "<p>step 0</p>"})
+    p.until("window.triggers.length > 0")
+    p.settle()
+    assert p.triggers() == [["news", 7]]
+    assert p.part("progress") == "<p>next in line</p>"  # a running panel is the server's to draw
+    p.page.close()
