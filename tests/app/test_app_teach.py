@@ -303,3 +303,31 @@ def test_train_page_live_panel_draws_the_per_verb_chart(empty_cache, idle_traine
     at.button(key="teach_stop").click().run()
     idle_trainer.join(TIMEOUT)
     assert idle_trainer.snapshot(job).status == "stopped"
+
+
+def test_a_lesson_waits_in_line_behind_another_learners_run(empty_cache, idle_trainer):
+    """Issue 25 on the Teach page: with one slot taken by another learner's run, Teach
+    it live queues the lesson; the tab shows its place in line (not the other run) and
+    its own Stop, which takes the lesson out of the line and leaves the other run be."""
+    idle_trainer.max_runs = 1
+    other = open_page("train")
+    other.number_input(key="train_steps").set_value(2000).run()
+    other.number_input(key="train_seed").set_value(5353).run()
+    other.button(key="train_start").click().run()
+    running = other.session_state["live_job"]
+    at = _lesson(open_page("teach"))
+    at.button(key="teach_start").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    lesson = at.session_state["live_job"]
+    assert lesson != running and idle_trainer.snapshot(lesson).status == "waiting"
+    assert "Waiting to start" in texts(at.subheader) and "blick" in texts(at.subheader)
+    assert "seed=5353" not in texts(at.subheader)  # the other learner's run is not shown
+    assert "next in line" in live_panel(at)
+    at.button(key="teach_stop").click().run()
+    assert idle_trainer.snapshot(lesson).status == "stopped"
+    assert idle_trainer.snapshot(running).running  # the other run goes on
+    assert [b for b in at.button if b.key == "teach_start"]  # the lesson can be queued again
+    other.run()
+    other.button(key="train_stop").click().run()
+    idle_trainer.join(TIMEOUT)
+    assert idle_trainer.snapshot(running).status == "stopped"
