@@ -65,14 +65,35 @@ def empty_cache(tmp_path, monkeypatch) -> Path:
     return d
 
 
+@pytest.fixture(scope="session")
+def private_queue_dir(tmp_path_factory) -> Path:
+    """Where the app tests' server keeps its run queue: this test session's own folder,
+    never the user's cache (other processes on the machine, a running app or another
+    test session, would otherwise take the tests' waiting jobs)."""
+    return tmp_path_factory.mktemp("queue")
+
+
 @pytest.fixture
-def idle_trainer(monkeypatch):
+def idle_trainer(monkeypatch, private_queue_dir):
     """The app server's live run, left idle after the test (whatever happened); live runs
-    evaluate a few items per split (MINITUNER_EVAL_LIMIT reaches the training child)."""
-    from app import data  # Streamlit is imported only by the tests that use the app
+    evaluate a few items per split (MINITUNER_EVAL_LIMIT reaches the training child).
+    The server's queue file is this session's own (:func:`private_queue_dir`)."""
+    from app import data, live  # Streamlit is imported only by the tests that use the app
 
     monkeypatch.setenv("MINITUNER_EVAL_LIMIT", "4")
     trainer = data.get_trainer()
+    if trainer.queue.path.parent != private_queue_dir:  # made earlier on another cache
+        trainer.abort()
+        trainer.join(APP_TIMEOUT)
+        old_feed = live.feed()
+        if old_feed is not None:
+            old_feed.close()
+        trainer.close()
+        data.get_trainer.clear()
+        live.feed.clear()
+        with monkeypatch.context() as m:
+            m.setenv("MINITUNER_CACHE", str(private_queue_dir))
+            trainer = data.get_trainer()
     trainer.abort()
     trainer.join(APP_TIMEOUT)
     yield trainer

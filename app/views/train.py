@@ -221,9 +221,10 @@ def _start(cfg) -> None:
     st.session_state[FORM_KEY] = False  # the run comes first (see _run_area)
 
 
-def run_heading(config: dict, label: str = "", short: bool = False) -> str:
+def run_heading(config: dict, label: str = "", short: bool = False, steps: bool = True) -> str:
     """The configuration a run header names: method and r (and alpha), steps, seed;
-    ``short``: method, r and seed only."""
+    ``short``: method, r and seed only; ``steps=False``: no steps (the live progress line
+    gives them, and the header stays one line at 1280 × 720)."""
     try:
         f = FinetuneConfig.from_dict(config)
     except (TypeError, ValueError, KeyError):
@@ -233,14 +234,15 @@ def run_heading(config: dict, label: str = "", short: bool = False) -> str:
     else:
         core = f"{helpers.METHOD_NAMES[f.method]} r={f.r}" + ("" if short else f", α={f.alpha:g}")
     taught = f" · teach {f.teach}" if f.teach else ""
-    return f"{core}{taught}{'' if short else f' · {f.steps} steps'} · seed {f.seed}"
+    with_steps = steps and not short
+    return f"{core}{taught}{f' · {f.steps} steps' if with_steps else ''} · seed {f.seed}"
 
 
 def _live_header(s) -> None:
     """The followed run's configuration (method, r, seed), and Stop in the same row for
     the browser that submitted it; another learner's run is marked read-only."""
     word = "Waiting to train" if s.status == WAITING else "Training live"
-    title = f"{word}: {md_text(run_heading(s.config, s.label), 200)}"
+    title = f"{word}: {md_text(run_heading(s.config, s.label, steps=False), 200)}"
     if not follow.mine(s):
         who = md_text(s.nickname, 40) if s.nickname else "another learner"
         st.subheader(f"{title} ({who}'s run #{s.job_id}, read-only)")
