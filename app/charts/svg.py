@@ -278,5 +278,5 @@ def grid(svgs: Sequence[str], least: int, gap: str = "10px 12px") -> str:
     cells = "".join(f'<div style="min-width:0">{s}</div>' for s in svgs)
     return (
         f'<div class="chart-grid" style="display:grid;grid-template-columns:'
-        f"repeat(auto-fill,minmax({least}px,1fr));gap:{gap};margin:0 0 0.5rem 0\">{cells}</div>"
+        f'repeat(auto-fill,minmax({least}px,1fr));gap:{gap};margin:0 0 0.5rem 0">{cells}</div>'
     )
