@@ -25,7 +25,8 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
-from app_util import live_components, live_panel, shown  # noqa: E402
+from app_util import live_components, live_panel  # noqa: E402
+from page_util import open_page, texts  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from app import data, helpers  # noqa: E402
@@ -49,20 +50,6 @@ def seeded_cache(tmp_path_factory) -> Path:
     cfg = FinetuneConfig(method="lora", steps=2, eval_every=1, eval_sample=16, seed=11)
     RunStore([cache]).save(finetune(cfg, load_base(), device="cpu"))
     return cache
-
-
-def open_page(page: str) -> AppTest:
-    at = AppTest.from_file(MAIN, default_timeout=TIMEOUT)
-    at.run()
-    at.switch_page(f"views/{page}.py")
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def texts(elements) -> str:
-    """What the elements show (the app's escapes of outside text taken out)."""
-    return "\n".join(shown(str(e.value)) for e in elements)
 
 
 def frame(at: AppTest, column: str):

@@ -238,8 +238,22 @@ def test_every_page_fits_its_columns_and_titles_its_axes(server, browser, size):
     assert not problems + colours.problems, "\n".join(problems + colours.problems)
 
 
+def _still(pg, locator, timeout_ms: int = 5000):
+    """The element's box once it has stopped moving (the form's expander folds with an
+    animation when a run starts, and the panel under it moves up meanwhile)."""
+    box, waited = locator.first.bounding_box(), 0
+    while waited < timeout_ms:
+        pg.wait_for_timeout(250)
+        waited += 250
+        now = locator.first.bounding_box()
+        if now == box:
+            return now
+        box = now
+    return box
+
+
 def _in_view(pg, locator, what: str, size) -> str | None:
-    box = locator.first.bounding_box()
+    box = _still(pg, locator)
     if box is None:
         return f"{what} is not shown"
     if box["y"] < 0 or box["y"] + box["height"] > size[1] + 1:
