@@ -8,10 +8,12 @@
 Both implementations run on the same normal tensor, interleaved (ours, bnb, bnb, ours,
 ...) after a warm-up, and the table prints the median of the repeats and the ratio
 ours / bnb. On the CPU each call is timed by the host clock; on CUDA by a pair of CUDA
-events around the second of two calls issued back to back, with no host synchronization
-between them: the time per call in a stream of calls (host work that keeps the GPU
-waiting, such as Python and launch costs larger than the kernel's time or a sync inside
-the call, stays inside the pair). On CUDA it also measures device-to-device copy bandwidth (a
+events around ``--calls`` calls (10) issued back to back after one more, with no host
+synchronization between them, divided by their number: the time per call in a stream of
+calls (host work that keeps the GPU waiting, such as Python and launch costs larger than
+the kernel's time or a sync inside the call, stays inside the pair). A window of one call
+(``--calls 1``) at the 7B shapes, where a kernel takes 15-40 us, is mostly the jitter of
+when the events land: medians swung 2x between passes of the same run. On CUDA it also measures device-to-device copy bandwidth (a
 clone of a 1 GiB tensor, timed the same way) and our dequantize's achieved GB/s (bytes
 read + bytes written) against it. Nothing here asserts a time: shared machines are
 noisy, read the ratios.
@@ -88,22 +90,28 @@ def _time_once(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def _timer(fn: Callable[[], object], device: torch.device) -> Callable[[], float]:
-    """Run fn now; the returned function gives its seconds (on CUDA: after a sync).
+STREAM = {"calls": 10}  # calls per CUDA-event window (--calls)
 
-    On CUDA fn runs twice and the second call is timed: the first keeps the device busy
-    while the host issues the second, so the window holds the device's time per call in a
-    stream of calls, or the host's where that is longer (as in a training step).
+
+def _timer(fn: Callable[[], object], device: torch.device) -> Callable[[], float]:
+    """Run fn now; the returned function gives its seconds per call (on CUDA: after a sync).
+
+    On CUDA fn runs once untimed and then ``STREAM["calls"]`` times inside the window: the
+    first call keeps the device busy while the host issues the rest, so the window holds
+    the device's time per call in a stream of calls, or the host's where that is longer
+    (as in a training step).
     """
     if device.type != "cuda":
         secs = _time_once(fn, device)
         return lambda: secs
+    calls = STREAM["calls"]
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     fn()
     start.record()
-    fn()
+    for _ in range(calls):
+        fn()
     end.record()
-    return lambda: start.elapsed_time(end) / 1e3
+    return lambda: start.elapsed_time(end) / 1e3 / calls
 
 
 def measure(pairs: dict, device: torch.device, warmup: int, repeats: int) -> dict:
@@ -213,6 +221,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--block-size", type=int, default=64)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument(
+        "--calls", type=int, default=10,
+        help="CUDA: back-to-back calls per timed window (default 10; 1 = the old single call)",
+    )  # fmt: skip
     ap.add_argument("--graph", action="store_true", help="also time ours inside a CUDA graph")
     ap.add_argument(
         "--kernel-configs", nargs="*", default=[], metavar="BYTES:WARPS",
@@ -224,6 +236,9 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     ap.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
+    if args.calls < 1:
+        ap.error("--calls must be at least 1")
+    STREAM["calls"] = args.calls
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -292,7 +307,9 @@ def bench_shape(shape, args, device, bnb, clone_gbs) -> dict:
     name = f"{shape[0]}x{shape[1]}"
     print(f"NF4 on {device} ({torch.__version__}, {torch.get_num_threads()} threads): "
           f"{name} float32 normal, block {bs}, "
-          f"median of {args.repeats} after {args.warmup} warm-up, interleaved")  # fmt: skip
+          f"median of {args.repeats} after {args.warmup} warm-up, interleaved"
+          + (f", {STREAM['calls']} back-to-back calls per CUDA-event window"
+             if device.type == "cuda" else ""))  # fmt: skip
     if bnbF is None:
         print(f"bitsandbytes comparison skipped ({why_not})")
     pins = [f"{k}={os.environ[k]}" for k in MALLOC_VARS if k in os.environ]

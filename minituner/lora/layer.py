@@ -116,7 +116,9 @@ class LoRALinear(nn.Module):
             x = F.dropout(x, p, True)
         # scale the narrow (..., r) tensor, not the (..., out) one: cheaper forward and backward
         h = F.linear(x.to(a.dtype), a) * self.scaling  # (..., r)
-        return y + F.linear(h, b).to(y.dtype)  # (..., out)
+        # added in the wider of the two dtypes and rounded once, as PEFT does: a bfloat16
+        # base with float32 adapters rounds the sum, not the LoRA branch and then the sum
+        return (y + F.linear(h, b)).to(y.dtype)  # (..., out)
 
     def delta_weight(self) -> torch.Tensor:
         """ΔW = scaling · B A, shape (out_features, in_features), differentiable."""

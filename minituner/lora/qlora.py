@@ -7,12 +7,12 @@ multiplies by Bᵀ and adds the result to the base output: about eleven kernels,
 them elementwise passes over (tokens, features) tensors; the backward pass has more.
 :func:`qlora_linear` computes the same function as
 
-    forward   y  = x Wᵀ            (W dequantized into x's dtype, not kept)
-              hs = s · x Aᵀ         (one GEMM: the scaling rides in its alpha)
-              y += hs Bᵀ            (one GEMM: the add rides in its beta = 1)
+    forward   hs = s · x Aᵀ           (one GEMM: the scaling rides in its alpha)
+              y  = hs Bᵀ (+ residual)  (one small GEMM: a residual rides in its beta = 1)
+              y += x Wᵀ                (W dequantized into x's dtype, not kept; beta = 1)
     backward  ghs = g B
               dB  = gᵀ hs,  dA = s · ghsᵀ x
-              dx  = g W + s · ghs A (W dequantized again; the add rides in beta = 1)
+              dx  = s · ghs A + g W    (W dequantized again; the add rides in beta = 1)
 
 six kernels forward (two are the casts of the small A and B) and eight backward, in x's
 dtype (the compute dtype under autocast), with float32 accumulation inside every GEMM. It
@@ -33,7 +33,7 @@ import torch.nn as nn
 from torch.autograd.function import once_differentiable
 
 from minituner.lora.layer import LoRALinear
-from minituner.nf4.linear import NF4Linear
+from minituner.nf4.linear import NF4Linear, nf4_linear_residual
 
 
 def _scaled_mm(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -42,21 +42,34 @@ def _scaled_mm(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 class _QLoRAMatMul(torch.autograd.Function):
-    """y = x Wᵀ + s · (x Aᵀ) Bᵀ for an NF4 ``layer``; shapes x (..., in), A (r, in),
-    B (out, r), y (..., out). Saves x, the dtype-cast A and B and hs (N, r), never W."""
+    """y = x Wᵀ + s · (x Aᵀ) Bᵀ (+ residual) for an NF4 ``layer``; shapes x (..., in),
+    A (r, in), B (out, r), y and residual (..., out). Saves x, the dtype-cast A and B and
+    hs (N, r), never W.
+
+    The small LoRA GEMM writes y first (adding the residual on the way) and the large base
+    GEMM adds into it (beta = 1), so y is written by one small pass and the base GEMM's
+    epilogue, not by the base GEMM and then read and written again by two adds. With
+    ``base=False`` (the output is not needed: a checkpoint's recompute) only hs is made and
+    saved; the returned tensor is uninitialised."""
 
     @staticmethod
-    def forward(ctx, x, lora_a, lora_b, layer: NF4Linear, scaling: float):
+    def forward(ctx, x, lora_a, lora_b, layer: NF4Linear, scaling: float, residual, base):
         dt = x.dtype
         x2 = x.reshape(-1, x.shape[-1])  # (N, in)
         a, b = lora_a.to(dt), lora_b.to(dt)  # (r, in), (out, r)
-        y = torch.mm(x2, layer.dequantize_weight(dt).t())  # (N, out)
         hs = _scaled_mm(x2, a.t(), scaling)  # (N, r)
-        y.addmm_(hs, b.t())  # y += hs Bᵀ
         ctx.save_for_backward(x2, a, b, hs)
         ctx.layer, ctx.scaling, ctx.x_shape = layer, scaling, x.shape
         ctx.param_dtypes = (lora_a.dtype, lora_b.dtype)
-        return y.view(*x.shape[:-1], y.shape[-1])
+        out_shape = (*x.shape[:-1], b.shape[0])
+        if not base:
+            return x2.new_empty(out_shape)
+        if residual is None:
+            y = torch.mm(hs, b.t())  # (N, out)
+        else:
+            y = torch.addmm(residual.reshape(-1, b.shape[0]), hs, b.t())  # residual + hs Bᵀ
+        y.addmm_(x2, layer.dequantize_weight(dt).t())  # y += x Wᵀ
+        return y.view(out_shape)
 
     @staticmethod
     @once_differentiable
@@ -72,10 +85,11 @@ class _QLoRAMatMul(torch.autograd.Function):
         if need_a:
             ga = _scaled_mm(ghs.t(), x2, s).to(ctx.param_dtypes[0])  # (r, in)
         if need_x:
-            gx = torch.mm(g, ctx.layer.dequantize_weight(x2.dtype))  # (N, in)
-            gx.addmm_(ghs, a, alpha=s)
+            gx = _scaled_mm(ghs, a, s)  # (N, in): s · ghs A
+            gx.addmm_(g, ctx.layer.dequantize_weight(x2.dtype))  # += g W
             gx = gx.view(ctx.x_shape)
-        return gx, ga, gb, None, None
+        g_res = grad if ctx.needs_input_grad[5] else None
+        return gx, ga, gb, None, None, g_res, None
 
 
 def fused_applies(module: nn.Module, x: torch.Tensor) -> bool:
@@ -97,9 +111,34 @@ def fused_applies(module: nn.Module, x: torch.Tensor) -> bool:
     return x.dtype == module.lora_A.dtype == module.lora_B.dtype
 
 
-def qlora_linear(module: nn.Module, x: torch.Tensor, fused: bool = True) -> torch.Tensor:
-    """``module(x)``, computed by the fused QLoRA node where :func:`fused_applies` (and
-    ``fused``), else by calling the module."""
+def qlora_linear(
+    module: nn.Module,
+    x: torch.Tensor,
+    fused: bool = True,
+    residual: torch.Tensor | None = None,
+    base: bool = True,
+) -> torch.Tensor:
+    """``module(x)`` (plus ``residual`` if given), computed by the fused QLoRA node where
+    :func:`fused_applies` (and ``fused``), else by calling the module.
+
+    On the fused path the residual is added inside the GEMMs (it must have the output's
+    shape and x's dtype; otherwise it is added afterwards), and ``base=False`` skips the
+    base GEMM when the caller will not use the output (a checkpoint's recompute: the node
+    still saves what its backward needs; the output is then uninitialised)."""
     if fused and fused_applies(module, x):
-        return _QLoRAMatMul.apply(x, module.lora_A, module.lora_B, module.base, module.scaling)
-    return module(x)
+        out_shape = (*x.shape[:-1], module.lora_B.shape[0])
+        if residual is not None and (
+            residual.dtype != x.dtype or tuple(residual.shape) != out_shape
+        ):
+            y = _QLoRAMatMul.apply(
+                x, module.lora_A, module.lora_B, module.base, module.scaling, None, True
+            )
+            return y + residual
+        return _QLoRAMatMul.apply(
+            x, module.lora_A, module.lora_B, module.base, module.scaling, residual, base
+        )
+    if residual is None:
+        return module(x)
+    if isinstance(module, NF4Linear):
+        return nf4_linear_residual(module, x, residual)
+    return residual + module(x)

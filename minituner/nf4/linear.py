@@ -194,17 +194,49 @@ class NF4Linear(nn.Module):
 
 
 class _NF4MatMul(torch.autograd.Function):
-    """y = x Wᵀ with W dequantized; the backward dequantizes W again instead of saving it."""
+    """y = x Wᵀ (+ residual) with W dequantized; the backward dequantizes W again instead
+    of saving it. A residual (x's dtype, y's shape) is added by the GEMM itself (beta = 1):
+    no separate pass over y."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, layer: NF4Linear) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, layer: NF4Linear, residual: torch.Tensor | None = None):
         ctx.layer, ctx.x_dtype = layer, x.dtype
-        return F.linear(x, layer.dequantize_weight(x.dtype))
+        w = layer.dequantize_weight(x.dtype)  # (out, in)
+        if residual is None:
+            return F.linear(x, w)
+        x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+        y = torch.addmm(residual.reshape(-1, w.shape[0]), x2, w.t())  # (N, out)
+        return y.view(residual.shape)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         w = ctx.layer.dequantize_weight(grad.dtype)  # (out, in)
-        return (grad @ w).to(ctx.x_dtype), None
+        return (grad @ w).to(ctx.x_dtype), None, grad if ctx.needs_input_grad[2] else None
+
+
+def _autocast_keeps(x: torch.Tensor) -> bool:
+    """Whether autocast (if on) computes in x's own dtype."""
+    device = x.device.type
+    return not torch.is_autocast_enabled(device) or x.dtype == torch.get_autocast_dtype(device)
+
+
+def nf4_linear_residual(layer: NF4Linear, x: torch.Tensor, residual: torch.Tensor):
+    """``residual + layer(x)`` with the add inside the GEMM where it can be (a bias-free
+    low-memory NF4 Linear, x needing a gradient, residual of x's dtype and the output's
+    shape); else the two separately."""
+    out_shape = (*x.shape[:-1], layer.out_features)
+    if (
+        type(layer) is NF4LinearLowMem
+        and layer.bias is None
+        and torch.is_grad_enabled()
+        and x.requires_grad
+        and residual.dtype == x.dtype
+        and tuple(residual.shape) == out_shape
+        and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+        and _autocast_keeps(x)
+    ):
+        return _NF4MatMul.apply(x, layer, residual)
+    return residual + layer(x)
 
 
 class NF4LinearLowMem(NF4Linear):
@@ -213,7 +245,7 @@ class NF4LinearLowMem(NF4Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled() or not x.requires_grad:
             return super().forward(x)
-        y = _NF4MatMul.apply(x, self)
+        y = _NF4MatMul.apply(x, self, None)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
 

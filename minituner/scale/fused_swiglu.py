@@ -62,11 +62,12 @@ if triton is not None:
 
 class _SwiGLU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, gate, up):
+    def forward(ctx, gate, up, compute):
         gate, up = gate.contiguous(), up.contiguous()
         h = torch.empty_like(gate)
         n = gate.numel()
-        _swiglu_fwd[(triton.cdiv(n, BLOCK),)](gate, up, h, n, BLOCK=BLOCK, num_warps=4)
+        if compute:
+            _swiglu_fwd[(triton.cdiv(n, BLOCK),)](gate, up, h, n, BLOCK=BLOCK, num_warps=4)
         ctx.save_for_backward(gate, up)
         return h
 
@@ -77,11 +78,17 @@ class _SwiGLU(torch.autograd.Function):
         dg, du = torch.empty_like(gate), torch.empty_like(up)
         n = gate.numel()
         _swiglu_bwd[(triton.cdiv(n, BLOCK),)](gh, gate, up, dg, du, n, BLOCK=BLOCK, num_warps=4)
-        return dg, du
+        return dg, du, None
 
 
-def swiglu(gate: torch.Tensor, up: torch.Tensor, fused: bool = True) -> torch.Tensor:
-    """silu(gate) * up: fused where :func:`fused_applies` (and ``fused``), else eager."""
+def swiglu(
+    gate: torch.Tensor, up: torch.Tensor, fused: bool = True, compute: bool = True
+) -> torch.Tensor:
+    """silu(gate) * up: fused where :func:`fused_applies` (and ``fused``), else eager.
+
+    ``compute=False`` (fused path only) saves gate and up for the backward pass but skips
+    the product: for a checkpoint's recompute whose h nobody reads (the result is then
+    uninitialised)."""
     if fused and fused_applies(gate, up) and gate.numel() > 0:
-        return _SwiGLU.apply(gate, up)
+        return _SwiGLU.apply(gate, up, compute)
     return F.silu(gate) * up

@@ -70,10 +70,11 @@ from torch.utils.checkpoint import checkpoint
 from minituner.lora.qlora import qlora_linear
 from minituner.nf4.format import DEFAULT_BLOCK_SIZE, QLORA_DOUBLE_QUANT
 from minituner.nf4.linear import NF4Linear, NF4LinearLowMem
-from minituner.scale import fused_ce
+from minituner.scale import fused_ce, recompute
 from minituner.scale.fused_rmsnorm import rms_norm
 from minituner.scale.fused_rope import apply_rotary, rotary, rotary_tables
 from minituner.scale.fused_swiglu import swiglu
+from minituner.scale.recompute import recomputing
 
 LLAMA_ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 LLAMA_MLP = ("gate_proj", "up_proj", "down_proj")
@@ -171,7 +172,10 @@ class LlamaAttention(nn.Module):
         self.v_proj = make_linear("v_proj", C, C)
         self.o_proj = make_linear("o_proj", C, C)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, residual=None
+    ) -> torch.Tensor:
+        """o_proj(attention(x)), plus ``residual`` (added inside o_proj's GEMM where it can)."""
         B, T, C = x.shape
 
         def heads(t: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, H, T, D)
@@ -190,7 +194,7 @@ class LlamaAttention(nn.Module):
                 y = F.scaled_dot_product_attention(q, k, v.to(q.dtype), is_causal=True)
         else:
             y = F.scaled_dot_product_attention(q, k, v.to(q.dtype), is_causal=True)
-        return qlora_linear(self.o_proj, y.transpose(1, 2).reshape(B, T, C), f)
+        return qlora_linear(self.o_proj, y.transpose(1, 2).reshape(B, T, C), f, residual)
 
 
 class LlamaMLP(nn.Module):
@@ -203,11 +207,21 @@ class LlamaMLP(nn.Module):
         self.up_proj = make_linear("up_proj", cfg.hidden, cfg.intermediate)
         self.down_proj = make_linear("down_proj", cfg.intermediate, cfg.hidden)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual=None) -> torch.Tensor:
+        """down(silu(gate(x)) * up(x)), plus ``residual`` (added inside down's GEMM where
+        it can). In a checkpoint's recompute (``minituner.scale.recompute``, fused kernels
+        on) nothing reads this output, only what its nodes save: a plain low-memory NF4
+        down projection saves nothing, so the SwiGLU product is skipped (gate and up are
+        still saved) and the recompute stops there; a fused LoRA down projection makes and
+        saves its LoRA input but skips its base GEMM."""
         f = self.fused_lora
         gate, up = qlora_linear(self.gate_proj, x, f), qlora_linear(self.up_proj, x, f)
+        spare = self.fused_kernels and recomputing()
+        if spare and type(self.down_proj) is NF4LinearLowMem:
+            h = swiglu(gate, up, self.fused_kernels, compute=False)
+            return h.new_empty(x.shape) if residual is None else residual
         h = swiglu(gate, up, self.fused_kernels)
-        return qlora_linear(self.down_proj, h, f)
+        return qlora_linear(self.down_proj, h, f, residual, base=not spare)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -219,6 +233,9 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(cfg, lambda n, i, o: make_linear(f"mlp.{n}", i, o))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        if self.mlp.fused_kernels:  # the residual adds ride in o_proj's and down's GEMMs
+            h = self.self_attn(self.input_layernorm(x), cos, sin, residual=x)  # (B, T, C)
+            return self.mlp(self.post_attention_layernorm(h), residual=h)
         x = x + self.self_attn(self.input_layernorm(x), cos, sin)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -304,7 +321,10 @@ class LlamaQLoRA(nn.Module):
                 # RNG state is saved (and restored for the recompute) only where the layer
                 # draws random numbers: reading it is not allowed while a CUDA graph captures
                 rng = draws_random_numbers(layer)
-                x = checkpoint(layer, x, cos, sin, use_reentrant=False, preserve_rng_state=rng)
+                x = checkpoint(
+                    layer, x, cos, sin, use_reentrant=False, preserve_rng_state=rng,
+                    context_fn=recompute.contexts,
+                )  # fmt: skip
             else:
                 x = layer(x, cos, sin)
         if labels is None:

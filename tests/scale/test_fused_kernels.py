@@ -95,6 +95,14 @@ def check_kernels(device: str, dtype: torch.dtype) -> None:
     _close(h1, h2, dtype, "swiglu forward")
     for a, b, what in zip(gr1, gr2, ("gate", "up"), strict=True):
         _close(a, b, dtype, f"swiglu backward ({what})")
+    # compute=False (a checkpoint's recompute): no product, the same backward
+    gh = randn(3, 7, 333)
+    (_, gr3), _ = _both(
+        lambda a, b: fused_swiglu.swiglu(a, b, compute=False), fused_swiglu.swiglu, [gate, up], gh
+    )
+    (_, gr4), _ = _both(fused_swiglu.swiglu, fused_swiglu.swiglu, [gate, up], gh)
+    for a, b in zip(gr3, gr4, strict=True):
+        assert torch.equal(a, b), "swiglu backward after compute=False"
 
     # head + loss: 13 rows in chunks of 5, vocab 1000, two rows ignored
     hs, head = randn(13, 48), randn(1000, 48, scale=0.5)
