@@ -32,6 +32,12 @@ Choices worth knowing:
 - A LoRA-wrapped NF4 Linear is evaluated as one autograd node (``minituner.lora.qlora``:
   the scaling and the add inside the GEMMs, six kernels forward instead of about eleven);
   ``use_fused_lora(False)`` calls the LoRA modules instead (same function, more roundings).
+- The projections of one input (q, k, v; gate, up) are one node
+  (``minituner.lora.qlora_group``): each LoRA branch's A product reads x once for all of
+  them, and their input gradients add up inside the GEMMs. The residual adds ride in
+  o_proj's and down_proj's GEMMs (beta = 1), and a checkpoint's recompute skips what only
+  the forward pass reads (``minituner.scale.recompute``). All three follow
+  ``use_fused_kernels``.
 - The memory-bound work around the GEMMs runs in Triton kernels on CUDA (RMSNorm, rotary
   on the projection's layout, SwiGLU, and the head + loss as one node that makes its
   gradient in the forward pass: ``minituner.scale.fused_*``); ``use_fused_kernels(False)``
@@ -68,6 +74,7 @@ from torch.nn.attention import sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from minituner.lora.qlora import qlora_linear
+from minituner.lora.qlora_group import qlora_group
 from minituner.nf4.format import DEFAULT_BLOCK_SIZE, QLORA_DOUBLE_QUANT
 from minituner.nf4.linear import NF4Linear, NF4LinearLowMem
 from minituner.scale import fused_ce, recompute
@@ -182,13 +189,13 @@ class LlamaAttention(nn.Module):
             return t.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
 
         f, H = self.fused_lora, self.n_heads
-        if self.fused_kernels:  # rotated in the projection's (B, T, C) layout
-            q = heads(rotary(qlora_linear(self.q_proj, x, f), cos, sin, H))
-            k = heads(rotary(qlora_linear(self.k_proj, x, f), cos, sin, H))
+        if self.fused_kernels:  # one node for q, k, v; rotated in the (B, T, C) layout
+            q, k, v = qlora_group((self.q_proj, self.k_proj, self.v_proj), x, f)
+            q, k, v = heads(rotary(q, cos, sin, H)), heads(rotary(k, cos, sin, H)), heads(v)
         else:
             q = apply_rotary(heads(qlora_linear(self.q_proj, x, f)), cos, sin)
             k = apply_rotary(heads(qlora_linear(self.k_proj, x, f)), cos, sin)
-        v = heads(qlora_linear(self.v_proj, x, f))
+            v = heads(qlora_linear(self.v_proj, x, f))
         if self.sdpa_backends and q.is_cuda:  # e.g. cuDNN's attention, faster on Hopper
             with sdpa_kernel(list(self.sdpa_backends), set_priority=True):
                 y = F.scaled_dot_product_attention(q, k, v.to(q.dtype), is_causal=True)
@@ -215,7 +222,10 @@ class LlamaMLP(nn.Module):
         still saved) and the recompute stops there; a fused LoRA down projection makes and
         saves its LoRA input but skips its base GEMM."""
         f = self.fused_lora
-        gate, up = qlora_linear(self.gate_proj, x, f), qlora_linear(self.up_proj, x, f)
+        if self.fused_kernels:  # one node for both (minituner.lora.qlora_group)
+            gate, up = qlora_group((self.gate_proj, self.up_proj), x, f)
+        else:
+            gate, up = qlora_linear(self.gate_proj, x, f), qlora_linear(self.up_proj, x, f)
         spare = self.fused_kernels and recomputing()
         if spare and type(self.down_proj) is NF4LinearLowMem:
             h = swiglu(gate, up, self.fused_kernels, compute=False)

@@ -146,8 +146,6 @@ def test_peft_to_ours_gives_the_same_logits_merged_and_not(tmp_path, kind, targe
     torch.testing.assert_close(logits(merged_ours, x), logits(merged_theirs, x), atol=1e-6, rtol=0)
 
 
-
-
 @pytest.mark.parametrize(("kind", "targets", "r", "rslora"), CASES)
 def test_both_ways_in_bfloat16_within_1e_2(tmp_path, kind, targets, r, rslora):
     """The float32 grid again in bfloat16 (q,v and all-linear, r in {1, 8, 64}, rsLoRA on

@@ -219,15 +219,24 @@ def test_rmsnorm_matches_float64_reference():
 
 
 def _fused_calls(monkeypatch) -> list:
+    """The NF4 bases of the adapted Linears evaluated by a fused node (one QLoRA node, or
+    a group node of q, k, v or gate, up), one entry per Linear per call."""
     from minituner.lora import qlora as fused_qlora
+    from minituner.lora import qlora_group
 
-    calls, apply = [], fused_qlora._QLoRAMatMul.apply
+    calls = []
+    apply, group_apply = fused_qlora._QLoRAMatMul.apply, qlora_group._QLoRAGroupMatMul.apply
 
     def counting(*args):
         calls.append(args[3])
         return apply(*args)
 
+    def counting_group(x, layers, lora, *rest):
+        calls.extend(layer for layer, has in zip(layers, lora, strict=True) if has)
+        return group_apply(x, layers, lora, *rest)
+
     monkeypatch.setattr(fused_qlora._QLoRAMatMul, "apply", counting)
+    monkeypatch.setattr(qlora_group._QLoRAGroupMatMul, "apply", counting_group)
     return calls
 
 

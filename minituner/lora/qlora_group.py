@@ -1,0 +1,141 @@
+"""Several QLoRA projections of one input as one autograd node (q, k, v; gate, up).
+
+A LLaMA layer projects the same normalized x three times in attention (q, k, v) and twice
+in the MLP (gate, up). Evaluated one node each (:mod:`minituner.lora.qlora`), every LoRA
+branch reads x again for its A product, forward and backward, and the input gradients of
+the projections (g_q W_q, g_k W_k, ...) are separate (tokens, hidden) tensors that
+autograd then adds up, one elementwise pass per extra projection. :func:`qlora_group`
+computes the same functions as
+
+    forward   hs  = x [s A_1; s A_2; ...]ᵀ     (one GEMM for every LoRA branch: x read once)
+              y_i = hs_i B_iᵀ;  y_i += x W_iᵀ  (as qlora's node; a plain NF4 part: x W_iᵀ)
+    backward  ghs_i = g_i B_i,  dB_i = g_iᵀ hs_i
+              dA  = s · ghsᵀ x                 (one GEMM for every LoRA branch)
+              dx  = s · ghs A + Σ g_i W_i       (one small GEMM, then each base GEMM adds
+                                                into dx: beta = 1, no separate adds)
+
+with the same roundings as the one-node path, so they agree to float32 (or bf16) rounding
+(``tests/lora/test_qlora_group.py``). Parts may mix LoRA-wrapped and plain low-memory NF4
+Linears (q and v adapted, k not). Where a part is neither, or LoRA branches differ in
+scaling or dtype, :func:`qlora_group` evaluates the parts one by one.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch.autograd.function import once_differentiable
+
+from minituner.lora.layer import LoRALinear
+from minituner.lora.qlora import _scaled_mm, fused_applies, qlora_linear
+from minituner.nf4.linear import NF4LinearLowMem
+
+
+class _QLoRAGroupMatMul(torch.autograd.Function):
+    """Outputs y_i = x W_iᵀ (+ s · (x A_iᵀ) B_iᵀ for a LoRA part), shapes (..., out_i).
+
+    ``layers`` are the parts' NF4 bases, ``lora`` says which parts have a LoRA branch,
+    ``params`` are (A, B) for those parts in order. Saves x, the dtype-cast A's and B's
+    and hs (N, Σr), never a W."""
+
+    @staticmethod
+    def forward(ctx, x, layers, lora, scaling, *params):
+        dt = x.dtype
+        x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+        a_s = [p.to(dt) for p in params[0::2]]  # (r_i, in)
+        b_s = [p.to(dt) for p in params[1::2]]  # (out_i, r_i)
+        a_cat = torch.cat(a_s) if len(a_s) > 1 else (a_s[0] if a_s else None)  # (Σr, in)
+        hs = _scaled_mm(x2, a_cat.t(), scaling) if a_s else None  # (N, Σr)
+        ys, j, col = [], 0, 0
+        for layer, has_lora in zip(layers, lora, strict=True):
+            w = layer.dequantize_weight(dt)  # (out_i, in)
+            if has_lora:
+                b = b_s[j]
+                y = torch.mm(hs[:, col : col + b.shape[1]], b.t())  # (N, out_i)
+                y.addmm_(x2, w.t())  # += x W_iᵀ
+                j, col = j + 1, col + b.shape[1]
+            else:
+                y = torch.mm(x2, w.t())  # (N, out_i)
+            ys.append(y.view(*x.shape[:-1], w.shape[0]))
+        ctx.save_for_backward(x2, a_cat, hs, *b_s)
+        ctx.layers, ctx.lora, ctx.scaling, ctx.x_shape = layers, lora, scaling, x.shape
+        ctx.param_dtypes = [p.dtype for p in params]
+        return tuple(ys)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads):
+        x2, a_cat, hs, *b_s = ctx.saved_tensors
+        s, dt = ctx.scaling, x2.dtype
+        gs = [g.reshape(-1, g.shape[-1]).to(dt) for g in grads]  # (N, out_i)
+        lora_gs = [g for g, has in zip(gs, ctx.lora, strict=True) if has]
+        param_grads: list = []
+        ghs = None
+        if lora_gs:
+            ghs_parts = [torch.mm(g, b) for g, b in zip(lora_gs, b_s, strict=True)]  # (N, r_i)
+            ghs = torch.cat(ghs_parts, 1) if len(ghs_parts) > 1 else ghs_parts[0]  # (N, Σr)
+            ga = _scaled_mm(ghs.t(), x2, s)  # (Σr, in)
+            col = 0
+            for k, (g, b) in enumerate(zip(lora_gs, b_s, strict=True)):
+                r = b.shape[1]
+                gb = torch.mm(g.t(), hs[:, col : col + r])  # (out_i, r)
+                param_grads += [
+                    ga[col : col + r].to(ctx.param_dtypes[2 * k]),
+                    gb.to(ctx.param_dtypes[2 * k + 1]),
+                ]
+                col += r
+        gx = None
+        if ctx.needs_input_grad[0]:
+            gx = _scaled_mm(ghs, a_cat, s) if ghs is not None else None  # (N, in)
+            for layer, g in zip(ctx.layers, gs, strict=True):
+                w = layer.dequantize_weight(dt)  # (out_i, in)
+                if gx is None:
+                    gx = torch.mm(g, w)
+                else:
+                    gx.addmm_(g, w)  # += g_i W_i
+            gx = gx.view(ctx.x_shape)
+        return (gx, None, None, None, *param_grads)
+
+
+def _part(module: nn.Module, x: torch.Tensor):
+    """(NF4 base, LoRALinear or None) where ``module`` can join a group, else None."""
+    if type(module) is NF4LinearLowMem and module.bias is None:
+        return module, None
+    if fused_applies(module, x) and type(module.base) is NF4LinearLowMem:
+        return module.base, module
+    return None
+
+
+def group_applies(modules, x: torch.Tensor) -> bool:
+    """Whether :func:`qlora_group` takes the one-node path: every module a fused-ready
+    LoRA over a low-memory NF4 base or such a base alone, one LoRA scaling and parameter
+    dtype among them, a gradient to make, and autograd on."""
+    if not torch.is_grad_enabled() or len(modules) < 2:
+        return False
+    parts = [_part(m, x) for m in modules]
+    if any(p is None for p in parts) or len({m.in_features for m, _ in parts}) != 1:
+        return False
+    loras = [lo for _, lo in parts if lo is not None]
+    if len({lo.scaling for lo in loras}) > 1:
+        return False
+    if len({(lo.lora_A.dtype, lo.lora_B.dtype) for lo in loras}) > 1:
+        return False
+    needs_grad = x.requires_grad or any(
+        lo.lora_A.requires_grad or lo.lora_B.requires_grad for lo in loras
+    )
+    return needs_grad and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+
+
+def qlora_group(modules, x: torch.Tensor, fused: bool = True) -> tuple[torch.Tensor, ...]:
+    """``tuple(m(x) for m in modules)``, as one node where :func:`group_applies` (and
+    ``fused``), else one :func:`minituner.lora.qlora.qlora_linear` each."""
+    modules = list(modules)
+    if not (fused and group_applies(modules, x)):
+        return tuple(qlora_linear(m, x, fused) for m in modules)
+    parts = [_part(m, x) for m in modules]
+    layers = tuple(base for base, _ in parts)
+    lora = tuple(lo is not None for _, lo in parts)
+    loras: list[LoRALinear] = [lo for _, lo in parts if lo is not None]
+    scaling = loras[0].scaling if loras else 1.0
+    params = [t for lo in loras for t in (lo.lora_A, lo.lora_B)]
+    return _QLoRAGroupMatMul.apply(x, layers, lora, scaling, *params)

@@ -1,0 +1,132 @@
+"""minituner.lora.qlora_group: several projections of one input as one node, against the
+one-node-per-Linear path and a float64 reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from minituner.lora import qlora_group as grp
+from minituner.lora.layer import LoRALinear
+from minituner.lora.qlora import qlora_linear
+from minituner.nf4.linear import NF4LinearLowMem
+
+IN = 64
+
+
+def _parts(kinds, dtype=torch.float32, seed=0, r=(4, 8, 2)):
+    """One module per kind: "lora" (LoRA over a low-memory NF4 base) or "nf4" (the base).
+    Ranks differ, the scaling (alpha / r = 2) is shared, as in one model's add_lora."""
+    torch.manual_seed(seed)
+    mods = []
+    for i, kind in enumerate(kinds):
+        out = (48, 64, 80)[i % 3]
+        base = NF4LinearLowMem.from_linear(nn.Linear(IN, out, bias=False), block_size=64)
+        if kind == "nf4":
+            mods.append(base)
+            continue
+        m = LoRALinear(base, r[i % 3], 2.0 * r[i % 3], dtype=dtype)
+        with torch.no_grad():
+            m.lora_B.normal_(0, 0.1)
+        mods.append(m)
+    return mods
+
+
+def _params(mods):
+    return [p for m in mods for p in m.parameters() if p.requires_grad]
+
+
+def _run(fn, mods, x, ups):
+    for p in _params(mods):
+        p.grad = None
+    x = x.detach().clone().requires_grad_(x.requires_grad)
+    outs = fn(x)
+    sum((o * u).sum() for o, u in zip(outs, ups, strict=True)).backward()
+    return [o.detach() for o in outs], x.grad, [p.grad.clone() for p in _params(mods)]
+
+
+KINDS = [("lora", "nf4", "lora"), ("lora", "lora", "lora"), ("nf4", "nf4"), ("lora", "nf4")]
+
+
+@pytest.mark.parametrize("kinds", KINDS)
+@pytest.mark.parametrize("x_grad", [True, False])
+def test_group_equals_one_node_per_linear_in_float32(kinds, x_grad, monkeypatch):
+    mods = _parts(kinds)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 5, IN, generator=g).requires_grad_(x_grad)
+    ups = [torch.randn(3, 5, m.out_features, generator=g) for m in mods]
+    if not x_grad and "lora" not in kinds:
+        assert not grp.group_applies(mods, x)  # nothing to differentiate
+        return
+    assert grp.group_applies(mods, x)
+    calls = []
+    apply = grp._QLoRAGroupMatMul.apply
+    monkeypatch.setattr(grp._QLoRAGroupMatMul, "apply", lambda *a: calls.append(1) or apply(*a))
+    got = _run(lambda t: grp.qlora_group(mods, t), mods, x, ups)
+    want = _run(lambda t: tuple(qlora_linear(m, t) for m in mods), mods, x, ups)
+    assert calls == [1]
+    for a, b in zip(got[0], want[0], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    if x_grad:
+        torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-6)
+    else:
+        assert got[1] is None
+    assert len(got[2]) == len(want[2]) == 2 * kinds.count("lora")
+    for a, b in zip(got[2], want[2], strict=True):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_group_matches_a_float64_reference():
+    mods = _parts(("lora", "nf4", "lora"))
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 7, IN, generator=g, requires_grad=True)
+    ups = [torch.randn(2, 7, m.out_features, generator=g) for m in mods]
+    outs = grp.qlora_group(mods, x)
+    sum((o * u).sum() for o, u in zip(outs, ups, strict=True)).backward()
+    xd = x.detach().double().requires_grad_()
+    ref, ab = [], []
+    for m in mods:
+        base = m if isinstance(m, NF4LinearLowMem) else m.base
+        y = xd @ base.dequantize_weight(torch.float64).T
+        if isinstance(m, LoRALinear):
+            a = m.lora_A.detach().double().requires_grad_()
+            b = m.lora_B.detach().double().requires_grad_()
+            y = y + m.scaling * (xd @ a.T) @ b.T
+            ab.append((m, a, b))
+        ref.append(y)
+    sum((y * u.double()).sum() for y, u in zip(ref, ups, strict=True)).backward()
+    for o, y in zip(outs, ref, strict=True):
+        torch.testing.assert_close(o.double(), y, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x.grad.double(), xd.grad, rtol=1e-5, atol=1e-6)
+    for m, a, b in ab:  # sums over all 14 positions: float32 rounding of a larger sum
+        torch.testing.assert_close(m.lora_A.grad.double(), a.grad, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(m.lora_B.grad.double(), b.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_group_is_the_one_node_path_to_bf16_rounding():
+    mods = _parts(("lora", "nf4", "lora"), dtype=torch.bfloat16)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 6, IN, generator=g).to(torch.bfloat16).requires_grad_()
+    ups = [torch.randn(4, 6, m.out_features, generator=g).to(torch.bfloat16) for m in mods]
+    got = _run(lambda t: grp.qlora_group(mods, t), mods, x, ups)
+    want = _run(lambda t: tuple(qlora_linear(m, t) for m in mods), mods, x, ups)
+    tol = {"rtol": 1.6e-2, "atol": 1e-2}
+    for a, b in zip(got[0] + [got[1]] + got[2], want[0] + [want[1]] + want[2], strict=True):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, **tol)
+
+
+def test_group_steps_aside_where_it_does_not_apply():
+    x = torch.randn(2, 3, IN, requires_grad=True)
+    mods = _parts(("lora", "lora"))
+    mods[1].scaling = mods[0].scaling * 2  # two scalings: one GEMM cannot carry both
+    assert not grp.group_applies(mods, x)
+    plain = nn.Linear(IN, 8, bias=False)
+    assert not grp.group_applies([_parts(("lora",))[0], plain], x)
+    assert not grp.group_applies(_parts(("lora",)), x)  # one module: nothing to group
+    with torch.no_grad():
+        assert not grp.group_applies(_parts(("lora", "nf4")), x)
+    outs = grp.qlora_group([mods[0], plain], x)  # evaluated one by one
+    torch.testing.assert_close(outs[1], plain(x))
