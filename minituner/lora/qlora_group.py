@@ -9,6 +9,7 @@ computes the same functions as
 
     forward   hs  = x [s A_1; s A_2; ...]ᵀ     (one GEMM for every LoRA branch: x read once)
               y_i = hs_i B_iᵀ;  y_i += x W_iᵀ  (as qlora's node; a plain NF4 part: x W_iᵀ)
+              or, with one_gemm: [y_1 ... y_k] = x [W_1; ...; W_k]ᵀ;  y_i += hs_i B_iᵀ
     backward  ghs_i = g_i B_i,  dB_i = g_iᵀ hs_i
               dA  = s · ghsᵀ x                 (one GEMM for every LoRA branch)
               dx  = s · ghs A + Σ g_i W_i       (one small GEMM, then each base GEMM adds
@@ -39,24 +40,43 @@ class _QLoRAGroupMatMul(torch.autograd.Function):
     and hs (N, Σr), never a W."""
 
     @staticmethod
-    def forward(ctx, x, layers, lora, scaling, *params):
+    def forward(ctx, x, layers, lora, scaling, one_gemm, *params):
         dt = x.dtype
         x2 = x.reshape(-1, x.shape[-1])  # (N, in)
         a_s = [p.to(dt) for p in params[0::2]]  # (r_i, in)
         b_s = [p.to(dt) for p in params[1::2]]  # (out_i, r_i)
         a_cat = torch.cat(a_s) if len(a_s) > 1 else (a_s[0] if a_s else None)  # (Σr, in)
         hs = _scaled_mm(x2, a_cat.t(), scaling) if a_s else None  # (N, Σr)
-        ys, j, col = [], 0, 0
-        for layer, has_lora in zip(layers, lora, strict=True):
-            w = layer.dequantize_weight(dt)  # (out_i, in)
-            if has_lora:
-                b = b_s[j]
-                y = torch.mm(hs[:, col : col + b.shape[1]], b.t())  # (N, out_i)
-                y.addmm_(x2, w.t())  # += x W_iᵀ
-                j, col = j + 1, col + b.shape[1]
-            else:
-                y = torch.mm(x2, w.t())  # (N, out_i)
-            ys.append(y.view(*x.shape[:-1], w.shape[0]))
+        lead, ys, j, col = x.shape[:-1], [], 0, 0
+        if one_gemm:  # every base in one (Σout, in) weight, one GEMM; y_i are column slices
+            outs = [layer.out_features for layer in layers]
+            w_cat = x2.new_empty((sum(outs), x2.shape[1]))  # (Σout, in)
+            row = 0
+            for layer, n in zip(layers, outs, strict=True):
+                layer.dequantize_weight(dt, out=w_cat[row : row + n])
+                row += n
+            y_all = torch.mm(x2, w_cat.t())  # (N, Σout)
+            del w_cat
+            row = 0
+            for n, has_lora in zip(outs, lora, strict=True):
+                y = y_all[:, row : row + n]  # (N, out_i), rows Σout apart
+                if has_lora:
+                    r = b_s[j].shape[1]
+                    y.addmm_(hs[:, col : col + r], b_s[j].t())  # += s (x A_iᵀ) B_iᵀ
+                    j, col = j + 1, col + r
+                ys.append(y.view(*lead, n))
+                row += n
+        else:
+            for layer, has_lora in zip(layers, lora, strict=True):
+                w = layer.dequantize_weight(dt)  # (out_i, in)
+                if has_lora:
+                    b = b_s[j]
+                    y = torch.mm(hs[:, col : col + b.shape[1]], b.t())  # (N, out_i)
+                    y.addmm_(x2, w.t())  # += x W_iᵀ
+                    j, col = j + 1, col + b.shape[1]
+                else:
+                    y = torch.mm(x2, w.t())  # (N, out_i)
+                ys.append(y.view(*lead, w.shape[0]))
         ctx.save_for_backward(x2, a_cat, hs, *b_s)
         ctx.layers, ctx.lora, ctx.scaling, ctx.x_shape = layers, lora, scaling, x.shape
         ctx.param_dtypes = [p.dtype for p in params]
@@ -94,7 +114,7 @@ class _QLoRAGroupMatMul(torch.autograd.Function):
                 else:
                     gx.addmm_(g, w)  # += g_i W_i
             gx = gx.view(ctx.x_shape)
-        return (gx, None, None, None, *param_grads)
+        return (gx, None, None, None, None, *param_grads)
 
 
 def _part(module: nn.Module, x: torch.Tensor):
@@ -126,9 +146,17 @@ def group_applies(modules, x: torch.Tensor) -> bool:
     return needs_grad and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
 
 
-def qlora_group(modules, x: torch.Tensor, fused: bool = True) -> tuple[torch.Tensor, ...]:
+def qlora_group(
+    modules, x: torch.Tensor, fused: bool = True, one_gemm: bool = False
+) -> tuple[torch.Tensor, ...]:
     """``tuple(m(x) for m in modules)``, as one node where :func:`group_applies` (and
-    ``fused``), else one :func:`minituner.lora.qlora.qlora_linear` each."""
+    ``fused``), else one :func:`minituner.lora.qlora.qlora_linear` each.
+
+    ``one_gemm`` dequantizes every base into one (Σout, in) weight and runs one base GEMM
+    (q, k, v at 7B: one 4096 x 12288 product runs nearer the Tensor Cores' peak than three
+    4096²); the outputs are then column slices of one (..., Σout) tensor, not contiguous.
+    It holds the whole group's dense weight at once (three 4096² weights: 96 MiB in bf16),
+    so it is meant for small groups."""
     modules = list(modules)
     if not (fused and group_applies(modules, x)):
         return tuple(qlora_linear(m, x, fused) for m in modules)
@@ -138,4 +166,4 @@ def qlora_group(modules, x: torch.Tensor, fused: bool = True) -> tuple[torch.Ten
     loras: list[LoRALinear] = [lo for _, lo in parts if lo is not None]
     scaling = loras[0].scaling if loras else 1.0
     params = [t for lo in loras for t in (lo.lora_A, lo.lora_B)]
-    return _QLoRAGroupMatMul.apply(x, layers, lora, scaling, *params)
+    return _QLoRAGroupMatMul.apply(x, layers, lora, scaling, bool(one_gemm), *params)

@@ -134,34 +134,62 @@ def _dq_arguments(q: NF4Tensor) -> dict:
     return dq
 
 
-def dequantize_4bit(q: NF4Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def dequantize_4bit(
+    q: NF4Tensor, dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Dequantize any :class:`NF4Tensor` (nf4, int4 or fp4) to ``dtype``, original shape.
 
     value = codebook[code] * absmax, computed in float32 and rounded once to ``dtype``.
+    ``out`` (contiguous, ``dtype``, q's number of elements, on q's device) receives the
+    values instead of a new tensor (the Triton kernel writes it directly; elsewhere it is
+    copied in) and is returned viewed in q's shape.
 
     Raises:
         TypeError: ``q`` is not an NF4Tensor.
-        ValueError: ``dtype`` is not one of :data:`~minituner.nf4.format.DEQUANT_DTYPES`.
+        ValueError: ``dtype`` is not one of :data:`~minituner.nf4.format.DEQUANT_DTYPES`,
+            or ``out`` does not fit.
     """
     if not isinstance(q, NF4Tensor):
         raise TypeError(f"expected an NF4Tensor, got {type(q).__name__}")
     check_dequantize_dtype(dtype)
+    if out is not None and (
+        out.dtype != dtype
+        or out.numel() != q.numel
+        or not out.is_contiguous()
+        or out.device != q.codes.device
+    ):
+        raise ValueError(
+            f"out must be a contiguous {dtype} tensor of {q.numel} elements on "
+            f"{q.codes.device}, got {out.dtype} {tuple(out.shape)} on {out.device}"
+        )
     layout = (q.codebook, q.numel, q.block_size, dtype)
+    if out is not None and triton_dequant.available(q.codes, dtype):
+        args = _dq_arguments(q)
+        triton_dequant.dequantize_packed(q.codes, q.absmax, *layout, **args, out=out.view(-1))
+        return out.view(q.shape)
     # one fused pass where it can run: Triton on CUDA, the C loop on the CPU
     for fused in (triton_dequant, cpu_c):
         if fused.available(q.codes, dtype):
-            out = fused.dequantize_packed(q.codes, q.absmax, *layout, **_dq_arguments(q))
-            return out.view(q.shape)
-    return torch_ops.dequantize_packed(q.codes, q.absmax_float(), *layout).view(q.shape)
+            values = fused.dequantize_packed(q.codes, q.absmax, *layout, **_dq_arguments(q))
+            break
+    else:
+        values = torch_ops.dequantize_packed(q.codes, q.absmax_float(), *layout)
+    if out is None:
+        return values.view(q.shape)
+    return out.view(-1).copy_(values).view(q.shape)
 
 
-def dequantize_nf4(q: NF4Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Inverse of :func:`quantize_nf4` (float32, bfloat16, float16 or float64 out).
+def dequantize_nf4(
+    q: NF4Tensor, dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Inverse of :func:`quantize_nf4` (float32, bfloat16, float16 or float64 out); ``out``
+    as in :func:`dequantize_4bit`.
 
     Raises:
         TypeError: ``q`` is not an NF4Tensor.
-        ValueError: ``q`` holds another 4-bit format, or an unsupported ``dtype``.
+        ValueError: ``q`` holds another 4-bit format, an unsupported ``dtype``, or an
+            ``out`` that does not fit.
     """
     if isinstance(q, NF4Tensor) and q.quant_type != "nf4":
         raise ValueError(f"expected an nf4 tensor, got quant_type={q.quant_type!r}")
-    return dequantize_4bit(q, dtype)
+    return dequantize_4bit(q, dtype, out)

@@ -174,9 +174,12 @@ class NF4Linear(nn.Module):
     def double_quant(self) -> bool:
         return self.quantized_weight.double_quant
 
-    def dequantize_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The weight (out_features, in_features), in ``dtype`` (default: the original's)."""
-        return dequantize_nf4(self.quantized_weight, dtype or self.weight_dtype)
+    def dequantize_weight(
+        self, dtype: torch.dtype | None = None, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The weight (out_features, in_features), in ``dtype`` (default: the original's),
+        written into ``out`` (contiguous, that dtype and size) when given."""
+        return dequantize_nf4(self.quantized_weight, dtype or self.weight_dtype, out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)

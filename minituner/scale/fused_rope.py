@@ -12,7 +12,8 @@ position t and pair (j, j + D/2) of every head:
 
 the eager arithmetic term for term (no fused multiply-add), so the two agree to the
 rounding of x's dtype. The output stays (B, T, C), so the heads view
-(B, H, T, D) that attention takes is a transpose, never a copy.
+(B, H, T, D) that attention takes is a transpose, never a copy. The input may be a column
+slice of a wider projection output (q and k out of one q, k, v GEMM): read in place.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ if triton is not None:
 
     @triton.jit
     def _rope(
-        x_ptr, cos_ptr, sin_ptr, out_ptr, T, C,
+        x_ptr, cos_ptr, sin_ptr, out_ptr, T, C, x_row_stride,
         H: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_J: tl.constexpr,
         BACKWARD: tl.constexpr,
     ):  # fmt: skip
@@ -69,9 +70,11 @@ if triton is not None:
         h = tl.arange(0, BLOCK_H)[:, None]  # (BLOCK_H, 1) heads
         j = tl.arange(0, BLOCK_J)[None, :]  # (1, BLOCK_J) pair index
         mask = (h < H) & (j < HALF)
-        first = row * C + h * (2 * HALF) + j  # (BLOCK_H, BLOCK_J)
-        x1 = tl.load(x_ptr + first, mask=mask, other=0.0).to(tl.float32)
-        x2 = tl.load(x_ptr + first + HALF, mask=mask, other=0.0).to(tl.float32)
+        col = h * (2 * HALF) + j  # (BLOCK_H, BLOCK_J)
+        first = row * C + col  # in the (B, T, C) output
+        src = row * x_row_stride + col  # in x, whose rows may be wider (a q, k, v slice)
+        x1 = tl.load(x_ptr + src, mask=mask, other=0.0).to(tl.float32)
+        x2 = tl.load(x_ptr + src + HALF, mask=mask, other=0.0).to(tl.float32)
         jm = j < HALF
         c1 = tl.load(cos_ptr + t * 2 * HALF + j, mask=jm, other=0.0)
         c2 = tl.load(cos_ptr + t * 2 * HALF + HALF + j, mask=jm, other=0.0)
@@ -87,14 +90,33 @@ if triton is not None:
         tl.store(out_ptr + first + HALF, o2.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+def _row_stride(x: torch.Tensor) -> int | None:
+    """The distance between consecutive (b, t) rows of x (B, T, C) when its rows are
+    contiguous and evenly spaced (contiguous x, or a column slice of a wider (B, T, 3C)
+    projection output); None otherwise."""
+    B, T, C = x.shape
+    if x.stride(2) != 1:
+        return None
+    if T > 1:
+        stride = x.stride(1)
+        even = B == 1 or x.stride(0) == T * stride
+    else:  # one position: rows are batch entries
+        stride = x.stride(0) if B > 1 else C
+        even = True
+    return stride if even and stride >= C else None
+
+
 def _run(x: torch.Tensor, cos, sin, n_heads: int, backward: bool) -> torch.Tensor:
     B, T, C = x.shape
-    x = x.contiguous()
-    out = torch.empty_like(x)
+    stride = _row_stride(x)
+    if stride is None:
+        x = x.contiguous()
+        stride = C
+    out = torch.empty((B, T, C), dtype=x.dtype, device=x.device)
     half = C // n_heads // 2
     bh, bj = triton.next_power_of_2(n_heads), triton.next_power_of_2(half)
     _rope[(B * T,)](
-        x, cos, sin, out, T, C, H=n_heads, HALF=half, BLOCK_H=bh, BLOCK_J=bj,
+        x, cos, sin, out, T, C, stride, H=n_heads, HALF=half, BLOCK_H=bh, BLOCK_J=bj,
         BACKWARD=backward, num_warps=max(1, min(8, bh * bj // 256)), enable_fp_fusion=False,
     )  # fmt: skip
     return out

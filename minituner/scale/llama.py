@@ -190,7 +190,7 @@ class LlamaAttention(nn.Module):
 
         f, H = self.fused_lora, self.n_heads
         if self.fused_kernels:  # one node for q, k, v; rotated in the (B, T, C) layout
-            q, k, v = qlora_group((self.q_proj, self.k_proj, self.v_proj), x, f)
+            q, k, v = qlora_group((self.q_proj, self.k_proj, self.v_proj), x, f, one_gemm=True)
             q, k, v = heads(rotary(q, cos, sin, H)), heads(rotary(k, cos, sin, H)), heads(v)
         else:
             q = apply_rotary(heads(qlora_linear(self.q_proj, x, f)), cos, sin)

@@ -51,7 +51,8 @@ KINDS = [("lora", "nf4", "lora"), ("lora", "lora", "lora"), ("nf4", "nf4"), ("lo
 
 @pytest.mark.parametrize("kinds", KINDS)
 @pytest.mark.parametrize("x_grad", [True, False])
-def test_group_equals_one_node_per_linear_in_float32(kinds, x_grad, monkeypatch):
+@pytest.mark.parametrize("one_gemm", [False, True])
+def test_group_equals_one_node_per_linear_in_float32(kinds, x_grad, one_gemm, monkeypatch):
     mods = _parts(kinds)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(3, 5, IN, generator=g).requires_grad_(x_grad)
@@ -63,7 +64,7 @@ def test_group_equals_one_node_per_linear_in_float32(kinds, x_grad, monkeypatch)
     calls = []
     apply = grp._QLoRAGroupMatMul.apply
     monkeypatch.setattr(grp._QLoRAGroupMatMul, "apply", lambda *a: calls.append(1) or apply(*a))
-    got = _run(lambda t: grp.qlora_group(mods, t), mods, x, ups)
+    got = _run(lambda t: grp.qlora_group(mods, t, one_gemm=one_gemm), mods, x, ups)
     want = _run(lambda t: tuple(qlora_linear(m, t) for m in mods), mods, x, ups)
     assert calls == [1]
     for a, b in zip(got[0], want[0], strict=True):
@@ -78,12 +79,15 @@ def test_group_equals_one_node_per_linear_in_float32(kinds, x_grad, monkeypatch)
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_group_matches_a_float64_reference():
+@pytest.mark.parametrize("one_gemm", [False, True])
+def test_group_matches_a_float64_reference(one_gemm):
     mods = _parts(("lora", "nf4", "lora"))
     g = torch.Generator().manual_seed(2)
     x = torch.randn(2, 7, IN, generator=g, requires_grad=True)
     ups = [torch.randn(2, 7, m.out_features, generator=g) for m in mods]
-    outs = grp.qlora_group(mods, x)
+    outs = grp.qlora_group(mods, x, one_gemm=one_gemm)
+    if one_gemm:  # column slices of one output
+        assert outs[0].data_ptr() + 48 * outs[0].element_size() == outs[1].data_ptr()
     sum((o * u).sum() for o, u in zip(outs, ups, strict=True)).backward()
     xd = x.detach().double().requires_grad_()
     ref, ab = [], []
@@ -105,12 +109,13 @@ def test_group_matches_a_float64_reference():
         torch.testing.assert_close(m.lora_B.grad.double(), b.grad, rtol=1e-5, atol=1e-5)
 
 
-def test_bfloat16_group_is_the_one_node_path_to_bf16_rounding():
+@pytest.mark.parametrize("one_gemm", [False, True])
+def test_bfloat16_group_is_the_one_node_path_to_bf16_rounding(one_gemm):
     mods = _parts(("lora", "nf4", "lora"), dtype=torch.bfloat16)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(4, 6, IN, generator=g).to(torch.bfloat16).requires_grad_()
     ups = [torch.randn(4, 6, m.out_features, generator=g).to(torch.bfloat16) for m in mods]
-    got = _run(lambda t: grp.qlora_group(mods, t), mods, x, ups)
+    got = _run(lambda t: grp.qlora_group(mods, t, one_gemm=one_gemm), mods, x, ups)
     want = _run(lambda t: tuple(qlora_linear(m, t) for m in mods), mods, x, ups)
     tol = {"rtol": 1.6e-2, "atol": 1e-2}
     for a, b in zip(got[0] + [got[1]] + got[2], want[0] + [want[1]] + want[2], strict=True):

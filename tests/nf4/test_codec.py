@@ -323,3 +323,28 @@ def test_cuda_matches_cpu():
     m = NF4Linear.from_linear(nn.Linear(70, 30)).cuda()
     assert m.weight_codes.is_cuda and m(torch.randn(2, 70, device="cuda")).is_cuda
     assert m.quantized_weight.codes is m.weight_codes
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+        ),
+    ],
+)
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_dequantize_into_out_writes_those_rows_only(device, double_quant):
+    """``out=``: the values land in the given rows of a larger buffer (how a q, k, v group
+    builds its one weight), bit-equal to a fresh dequantize; the other rows stay."""
+    q = quantize_nf4(randn(96, 64).to(device), double_quant=double_quant)
+    for dtype in (torch.float32, torch.bfloat16):
+        buf = torch.full((200, 64), 7.0, dtype=dtype, device=device)
+        got = dequantize_nf4(q, dtype, out=buf[40:136])
+        assert got.data_ptr() == buf[40].data_ptr() and got.shape == (96, 64)
+        assert torch.equal(buf[40:136], dequantize_nf4(q, dtype))
+        assert torch.all(buf[:40] == 7) and torch.all(buf[136:] == 7)
+        for bad in (buf[40:135], buf[40:136, :32], buf.to(torch.float16)[40:136]):
+            with pytest.raises(ValueError, match="out must be"):
+                dequantize_nf4(q, dtype, out=bad)

@@ -85,6 +85,24 @@ def check_kernels(device: str, dtype: torch.dtype) -> None:
     )
     _close(o1, o2, dtype, "rotary forward")
     _close(d1, d2, dtype, "rotary backward")
+    # q and k as column slices of one (B, T, 3C) q, k, v output: read in place
+    qkv = randn(2, T, 3 * H * D, scale=2.0)
+    for part in (0, 1):
+        sl = qkv[..., part * H * D : (part + 1) * H * D]
+        assert not sl.is_contiguous()
+        torch.testing.assert_close(
+            fused_rope.rotary(sl, cos, sin, H),
+            fused_rope.rotary(sl.contiguous(), cos, sin, H),
+            rtol=0,
+            atol=0,
+        )
+    one = randn(3, 1, 3 * H * D)[..., H * D : 2 * H * D]  # one position, three rows
+    torch.testing.assert_close(
+        fused_rope.rotary(one, cos, sin, H),
+        fused_rope.rotary(one.contiguous(), cos, sin, H),
+        rtol=0,
+        atol=0,
+    )
 
     # SwiGLU: a size no block divides
     gate, up = randn(3, 7, 333, scale=3.0), randn(3, 7, 333)

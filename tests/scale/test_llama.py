@@ -231,7 +231,7 @@ def _fused_calls(monkeypatch) -> list:
         calls.append(args[3])
         return apply(*args)
 
-    def counting_group(x, layers, lora, *rest):
+    def counting_group(x, layers, lora, *rest):  # rest: scaling, one_gemm, LoRA params
         calls.extend(layer for layer, has in zip(layers, lora, strict=True) if has)
         return group_apply(x, layers, lora, *rest)
 

@@ -216,8 +216,10 @@ def dequantize_packed(
     dq_map: torch.Tensor | None = None,
     dq_scale: torch.Tensor | None = None,
     dq_offset: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Dequantize packed 4-bit codes into a flat ``(numel,)`` tensor of ``dtype`` in one kernel.
+    """Dequantize packed 4-bit codes into a flat ``(numel,)`` tensor of ``dtype`` in one kernel
+    (written into ``out``, a contiguous ``(numel,)`` tensor of ``dtype``, when given).
 
     The arguments are those of :mod:`minituner.nf4.backends`: the codes, the absmax
     (float32, or 8-bit codes decoded in the kernel as
@@ -242,7 +244,8 @@ def dequantize_packed(
     else:
         absmax = absmax.to(torch.float32).contiguous()
         grids = map_index = scale = offset = absmax  # unused by the kernel
-    out = torch.empty(numel, dtype=dtype, device=codes.device)
+    if out is None:
+        out = torch.empty(numel, dtype=dtype, device=codes.device)
     table = code_table(codebook, codes.device)
     half = block_size // 2
     if half & (half - 1) == 0 and half <= BYTES_PER_PROGRAM:  # one quant block per tile row
