@@ -168,6 +168,7 @@ class RMSNorm(nn.Module):
 class LlamaAttention(nn.Module):
     fused_lora = True  # LoRA-wrapped NF4 Linears through minituner.lora.qlora
     fused_kernels = True  # rotary in one Triton kernel (minituner.scale.fused_rope)
+    qkv_one_gemm = True  # with fused kernels: q, k, v bases as one GEMM (qlora_group)
     sdpa_backends: tuple = ()  # SDPBackend members to try first; () lets PyTorch choose
 
     def __init__(self, cfg: LlamaConfig, make_linear):
@@ -190,7 +191,8 @@ class LlamaAttention(nn.Module):
 
         f, H = self.fused_lora, self.n_heads
         if self.fused_kernels:  # one node for q, k, v; rotated in the (B, T, C) layout
-            q, k, v = qlora_group((self.q_proj, self.k_proj, self.v_proj), x, f, one_gemm=True)
+            qkv = (self.q_proj, self.k_proj, self.v_proj)
+            q, k, v = qlora_group(qkv, x, f, one_gemm=self.qkv_one_gemm)
             q, k, v = heads(rotary(q, cos, sin, H)), heads(rotary(k, cos, sin, H)), heads(v)
         else:
             q = apply_rotary(heads(qlora_linear(self.q_proj, x, f)), cos, sin)
