@@ -29,12 +29,13 @@ Storage accounting is in :mod:`minituner.nf4.storage`, the layers in
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import replace
 from functools import lru_cache
 
 import torch
 
-from minituner.nf4.backends import cpu_c, torch_ops, triton_dequant, triton_quant
+from minituner.nf4.backends import cpu_c, fused_wanted, torch_ops, triton_dequant, triton_quant
 from minituner.nf4.format import (
     ABSMAX_FLOOR,
     CODEBOOKS,
@@ -99,7 +100,30 @@ def _quantize_absmax(absmax: torch.Tensor) -> dict[str, torch.Tensor]:
     float32 per 256), absmax_offset (the float32 mean) and absmax_map (the grid index)."""
     grids, mids = dq_tables(absmax.device)
     backend = triton_quant if triton_quant.dq_available(absmax) else torch_ops
-    return backend.quantize_absmax(absmax, grids, mids, DQ_BLOCK_SIZE, ABSMAX_FLOOR)
+    fields = backend.quantize_absmax(absmax, grids, mids, DQ_BLOCK_SIZE, ABSMAX_FLOOR)
+    fields["absmax"] = _never_negative(fields, grids)
+    return fields
+
+
+def _never_negative(fields: dict[str, torch.Tensor], grids: torch.Tensor) -> torch.Tensor:
+    """The absmax codes, each moved up its (ascending) grid until it decodes to 0 or more.
+
+    The nearest grid value to a tiny absmax next to large ones can decode below 0
+    (grid[code] * scale + offset); decoded as it is (bitsandbytes' formula, which minituner
+    follows so that bitsandbytes' own states read exactly) a negative absmax would flip the
+    block's signs. The smallest code that decodes to >= 0 is at most one grid step from the
+    nearest, which decoded below 0 while the true absmax is >= 0: the error stays within a
+    step. Plain torch ops, the same on every device."""
+    codes = fields["absmax"]
+    grid = grids[fields["absmax_map"].long()]  # (256,) ascending
+    scale = fields["absmax_scale"].repeat_interleave(DQ_BLOCK_SIZE)[: codes.numel()]
+    for _ in range(256):
+        decoded = grid[codes.long()] * scale + fields["absmax_offset"]
+        low = (decoded < 0) & (codes < 255)
+        if not bool(low.any()):
+            break
+        codes = torch.where(low, codes + 1, codes)
+    return codes
 
 
 def quantize_nf4(
@@ -134,6 +158,24 @@ def _dq_arguments(q: NF4Tensor) -> dict:
     return dq
 
 
+# id(NF4Tensor) -> (weak reference to it, {dtype: plan}): the Triton kernel's launch for
+# that tensor, bound once (minituner.nf4.backends.triton_dequant._plan), so that a weight
+# dequantized again and again (every forward and backward of a QLoRA step) costs an
+# allocation and a launch on the host, not the checks and argument handling above. An
+# NF4Tensor is frozen and its entry goes when it does; a copy (deepcopy, replace, .to)
+# is another object with no entry.
+_PLANS: dict[int, tuple] = {}
+
+
+def _remember_plan(q: NF4Tensor, dtype: torch.dtype, plan) -> None:
+    key = id(q)
+    entry = _PLANS.get(key)
+    if entry is None or entry[0]() is not q:
+        entry = (weakref.ref(q, lambda _, k=key: _PLANS.pop(k, None)), {})
+        _PLANS[key] = entry
+    entry[1][dtype] = plan
+
+
 def dequantize_4bit(
     q: NF4Tensor, dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -151,6 +193,13 @@ def dequantize_4bit(
     """
     if not isinstance(q, NF4Tensor):
         raise TypeError(f"expected an NF4Tensor, got {type(q).__name__}")
+    if out is None:  # a repeat: replay this tensor's direct kernel launch, if it has one
+        entry = _PLANS.get(id(q))
+        plan = entry[1].get(dtype) if entry is not None and entry[0]() is q else None
+        if plan is not None and fused_wanted():
+            values = plan()
+            if values is not None:
+                return values.view(q.shape)
     check_dequantize_dtype(dtype)
     if out is not None and (
         out.dtype != dtype
@@ -168,10 +217,15 @@ def dequantize_4bit(
         triton_dequant.dequantize_packed(q.codes, q.absmax, *layout, **args, out=out.view(-1))
         return out.view(q.shape)
     # one fused pass where it can run: Triton on CUDA, the C loop on the CPU
-    for fused in (triton_dequant, cpu_c):
-        if fused.available(q.codes, dtype):
-            values = fused.dequantize_packed(q.codes, q.absmax, *layout, **_dq_arguments(q))
-            break
+    if triton_dequant.available(q.codes, dtype):
+        plans: list = []
+        values = triton_dequant.dequantize_packed(
+            q.codes, q.absmax, *layout, **_dq_arguments(q), plans=plans
+        )
+        if plans and out is None:
+            _remember_plan(q, dtype, plans[0])
+    elif cpu_c.available(q.codes, dtype):
+        values = cpu_c.dequantize_packed(q.codes, q.absmax, *layout, **_dq_arguments(q))
     else:
         values = torch_ops.dequantize_packed(q.codes, q.absmax_float(), *layout)
     if out is None:

@@ -283,10 +283,11 @@ class NF4Tensor:
 
 
 def _dequantize_absmax(codes, scale, offset, map_index) -> torch.Tensor:
-    """absmax = max(grid[code] * scale[block // 256] + offset, 0), float32 (n_blocks,)."""
+    """absmax = grid[code] * scale[block // 256] + offset, float32 (n_blocks,): bitsandbytes'
+    formula. (minituner's own double quantization never picks a code that decodes below 0;
+    a bitsandbytes state may, and its weights then use that negative scale.)"""
     nb = codes.numel()
     n2 = scale.numel()
     grid = dq_tables(codes.device)[0][map_index.long()]  # indexed on the device: no sync
     vals = F.pad(grid[codes.long()], (0, n2 * DQ_BLOCK_SIZE - nb)).view(n2, DQ_BLOCK_SIZE)
-    # an absmax is never negative; rounding a tiny one next to a huge one could make it so
-    return ((vals * scale[:, None]).view(-1)[:nb] + offset).clamp_(min=0.0)
+    return (vals * scale[:, None]).view(-1)[:nb] + offset

@@ -161,3 +161,48 @@ def test_what_bitsandbytes_cannot_hold_is_refused():
     packed, state = bnbF.quantize_4bit(w, blocksize=64, quant_type="fp4")
     with pytest.raises(ValueError, match="quant_type='fp4'"):
         from_bnb(packed, state)
+
+
+def _negative_absmax_weight() -> tuple[torch.Tensor, int]:
+    """Heavy-tailed rows at a tiny scale (found by the round-trip property above): two of
+    the 96 blocks' absmax are so small next to the others that bitsandbytes' nearest
+    dynamic-map code decodes them below zero."""
+    g = torch.Generator().manual_seed(281)
+    rows = int(torch.randint(1, 40, (1,), generator=g))
+    w = torch.randn(rows, 64 * int(torch.randint(1, 5, (1,), generator=g)), generator=g)
+    w = w / torch.randn(w.shape, generator=g).abs().clamp(min=1e-3)
+    return (w * 1e-3).clamp(-1e4, 1e4), 64
+
+
+def test_a_bitsandbytes_state_with_a_negative_absmax_reads_exactly():
+    """bitsandbytes decodes absmax as grid * scale + offset with no floor, and its weights
+    then carry the negative scale; minituner decodes the same way, so the import is exact
+    (it used to clamp at 0 and zero those blocks)."""
+    w, block = _negative_absmax_weight()
+    packed, state = bnbF.quantize_4bit(
+        w, blocksize=block, compress_statistics=True, quant_type="nf4"
+    )
+    q = from_bnb(packed, state)
+    assert bool((q.absmax_float() < 0).any())  # the case this test is about
+    assert torch.equal(dequantize_nf4(q, q.dtype), bnb_dequantize(packed, state))
+    packed2, state2, report = to_bnb(q)
+    assert not report.requantized and report.weight_max_error == 0.0
+
+
+def test_our_double_quantization_never_decodes_a_negative_absmax():
+    """The same weight quantized by minituner: the nearest code of those blocks would
+    decode below 0; the chosen code is the next one up, and decodes to >= 0."""
+    from minituner.nf4.format import DQ_BLOCK_SIZE, dq_tables
+
+    w, block = _negative_absmax_weight()
+    q = quantize_nf4(w, block_size=block, double_quant=True)
+    decoded = q.absmax_float()
+    assert bool((decoded >= 0).all())
+    grid = dq_tables(q.absmax.device)[0][int(q.absmax_map)]
+    below = torch.where(q.absmax > 0, q.absmax.long() - 1, q.absmax.long())
+    scale = q.absmax_scale.repeat_interleave(DQ_BLOCK_SIZE)[: q.absmax.numel()]
+    one_down = grid[below] * scale + q.absmax_offset
+    assert bool((one_down < 0).any())  # a code one step down would have decoded below 0
+    true_absmax = w.reshape(-1, block).abs().amax(1)
+    step = (grid[1:] - grid[:-1]).max() * scale
+    assert bool(((decoded - true_absmax).abs() <= step).all())

@@ -15,8 +15,8 @@ The arguments every ``dequantize_packed`` takes:
     numel, block_size, dtype   the element count, the absmax block size (even), the output
     dq_block_size  absmax values per double-quantization scale
     dq_grids, dq_map, dq_scale, dq_offset   the double-quantization state, or all None:
-                   absmax = max(dq_grids[dq_map][code] * dq_scale[block // dq_block_size]
-                   + dq_offset, 0), float32 (n_maps, 256), uint8 (), float32 (n2,), float32 ()
+                   absmax = dq_grids[dq_map][code] * dq_scale[block // dq_block_size]
+                   + dq_offset, float32 (n_maps, 256), uint8 (), float32 (n2,), float32 ()
 
 and every ``quantize_packed`` a flat float tensor, the block size, the midpoints of the
 sorted codebook, the map sorted index -> stored code (None: the identity) and the floor

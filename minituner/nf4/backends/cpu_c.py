@@ -42,7 +42,7 @@ _SOURCE = r"""
 #endif
 
 /* the per-block scales: float32 absmax values, or (grid set) double-quantized 8-bit codes
-   decoded as max(grid[code] * scale[block / dq_block] + offset, 0), rounding after the
+   decoded as grid[code] * scale[block / dq_block] + offset, rounding after the
    multiply and after the add as the PyTorch path does (built with -ffp-contract=off) */
 typedef struct {
     const void *absmax;
@@ -53,8 +53,7 @@ typedef struct {
 static inline float block_scale(const scales_t *S, int64_t b) {
     if (!S->grid) return ((const float *)S->absmax)[b];
     float a = S->grid[((const uint8_t *)S->absmax)[b]] * S->scale[b / S->dq_block];
-    a = a + *S->offset;
-    return a < 0.0f ? 0.0f : a;
+    return a + *S->offset;
 }
 
 static inline uint16_t to_bf16(float f) { /* round to nearest even; the values are finite */

@@ -330,3 +330,42 @@ def test_cuda_dequantize_replays_in_a_cuda_graph(monkeypatch):
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(out, _torch_path(q, torch.bfloat16, monkeypatch))
+
+
+@pytest.mark.skipif(not CUDA_KERNEL, reason="needs CUDA and Triton")
+def test_cuda_repeat_dequantize_replays_its_plan_and_copies_have_none(monkeypatch):
+    """A tensor dequantized again replays its bound launch (none of the full path runs);
+    a deep copy is another tensor with no plan, so it dequantizes its own values; the
+    plan goes with the tensor, and MINITUNER_NF4_KERNEL=torch still wins."""
+    import copy
+    import gc
+
+    from minituner.nf4 import codec
+
+    q = quantize_nf4(torch.randn(257, 128, device="cuda"), 64, double_quant=True)
+    want = _torch_path(q, torch.bfloat16, monkeypatch)
+    for _ in range(2):  # compiles, then launches directly and keeps the plan
+        assert torch.equal(dequantize_nf4(q, torch.bfloat16), want)
+    assert torch.bfloat16 in codec._PLANS[id(q)][1]
+    twin = copy.deepcopy(q)
+    twin.codes.copy_(torch.roll(twin.codes, 1))  # the copy's own values now differ
+    twin_want = _torch_path(twin, torch.bfloat16, monkeypatch)
+    assert not torch.equal(twin_want, want)
+
+    def full_path(*args, **kwargs):
+        raise AssertionError("the full path ran for a tensor with a plan")
+
+    with monkeypatch.context() as m:
+        m.setattr(nf4_kernels, "dequantize_packed", full_path)
+        assert torch.equal(dequantize_nf4(q, torch.bfloat16), want)  # the plan alone
+        with pytest.raises(AssertionError, match="full path"):
+            dequantize_nf4(twin, torch.bfloat16)  # no plan: the full path
+    assert torch.equal(dequantize_nf4(twin, torch.bfloat16), twin_want)
+    with monkeypatch.context() as m:
+        m.setenv("MINITUNER_NF4_KERNEL", "torch")
+        m.setattr(nf4_kernels, "dequantize_packed", full_path)
+        assert torch.equal(dequantize_nf4(q, torch.bfloat16), want)  # PyTorch path
+    key = id(q)
+    del q
+    gc.collect()
+    assert key not in codec._PLANS or codec._PLANS[key][0]() is not None
