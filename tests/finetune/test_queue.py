@@ -6,10 +6,14 @@ and the start estimates of waiting jobs. The scheduler over it: tests/app/test_t
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import sqlite3
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -144,14 +148,23 @@ TestQueueInvariants.settings = settings(max_examples=40, stateful_step_count=25,
 
 
 # ---------------------------------------------------------------------- two servers, one file
-def _claim_all(path: str, server: str, start, out) -> None:
-    queue = JobQueue(path)  # each server process opens the file itself
-    start.wait()
-    got = []
-    while (job := queue.claim(server)) is not None:
-        got.append(job.id)
-    out.put((server, got))
-    queue.close()
+# Each server is a fresh interpreter (not a fork: a fork of the test process can inherit a
+# lock some other thread held at that moment and hang). It says it is ready, waits for the
+# go file, claims until the queue is empty and prints the job ids it took.
+CLAIM = """
+import json, os, sys, time
+from minituner.finetune.queue import JobQueue
+path, server, ready, go = sys.argv[1:5]
+queue = JobQueue(path)
+open(ready, "w").close()
+while not os.path.exists(go):
+    time.sleep(0.001)
+got = []
+while (job := queue.claim(server)) is not None:
+    got.append(job.id)
+queue.close()
+print(json.dumps(got))
+"""
 
 
 def test_two_servers_on_one_cache_never_take_the_same_job(tmp_path):
@@ -160,17 +173,30 @@ def test_two_servers_on_one_cache_never_take_the_same_job(tmp_path):
     path = tmp_path / q.FILE_NAME
     jq = JobQueue(path)
     ids = [jq.submit(f"owner{i}", _job()).id for i in range(60)]
-    ctx = multiprocessing.get_context("fork")
-    start, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_claim_all, args=(str(path), f"s{i}", start, out))
-             for i in range(4)]  # fmt: skip
-    for p in procs:
-        p.start()
-    start.set()
-    got = dict(out.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
+    root = str(Path(__file__).resolve().parents[2])
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+    }
+    go = tmp_path / "go"
+    procs = {
+        f"s{i}": subprocess.Popen(
+            [sys.executable, "-c", CLAIM, str(path), f"s{i}", str(tmp_path / f"ready{i}"), str(go)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )
+        for i in range(4)
+    }  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"ready{i}").exists() for i in range(4)):
+        assert time.monotonic() < deadline, "the server processes did not start"
+        assert all(p.poll() is None for p in procs.values()), "a server process died"
+        time.sleep(0.01)
+    go.touch()
+    got = {}
+    for server, p in procs.items():
+        stdout, stderr = p.communicate(timeout=120)
+        assert p.returncode == 0, stderr[-2000:]
+        got[server] = json.loads(stdout)
     taken = [j for js in got.values() for j in js]
     assert sorted(taken) == ids, "a job was taken twice or not at all"
     assert all(jq.get(j).server == s for s, js in got.items() for j in js)
