@@ -7,13 +7,12 @@ multiplies by Bᵀ and adds the result to the base output: about eleven kernels,
 them elementwise passes over (tokens, features) tensors; the backward pass has more.
 :func:`qlora_linear` computes the same function as
 
-    forward   y  = x Wᵀ (+ residual)   (W dequantized into x's dtype, not kept; a residual
-                                       rides in the GEMM's beta = 1)
-              hs = s · x Aᵀ            (one GEMM: the scaling rides in its alpha)
-              y += hs Bᵀ               (one GEMM: the add rides in its beta = 1)
+    forward   hs = s · x Aᵀ           (one GEMM: the scaling rides in its alpha)
+              y  = hs Bᵀ (+ residual)  (one small GEMM: a residual rides in its beta = 1)
+              y += x Wᵀ                (W dequantized into x's dtype, not kept; beta = 1)
     backward  ghs = g B
               dB  = gᵀ hs,  dA = s · ghsᵀ x
-              dx  = g W + s · ghs A    (W dequantized again; the add rides in beta = 1)
+              dx  = s · ghs A + g W    (W dequantized again; the add rides in beta = 1)
 
 six kernels forward (two are the casts of the small A and B) and eight backward, in x's
 dtype (the compute dtype under autocast), with float32 accumulation inside every GEMM. It
@@ -47,10 +46,9 @@ class _QLoRAMatMul(torch.autograd.Function):
     A (r, in), B (out, r), y and residual (..., out). Saves x, the dtype-cast A and B and
     hs (N, r), never W.
 
-    The base GEMM writes y (adding a residual in its epilogue, beta = 1) and the small LoRA
-    GEMM adds into it. (The other order, the small GEMM first and the base GEMM adding into
-    it, measured slower on an H100: cuBLAS's beta = 1 kernels for the 4096² base ran 239 us
-    against 203 us for beta = 0, more than the small GEMM's extra pass.) With
+    The small LoRA GEMM writes y first (adding the residual on the way) and the large base
+    GEMM adds into it (beta = 1), so y is written by one small pass and the base GEMM's
+    epilogue, not by the base GEMM and then read and written again by two adds. With
     ``base=False`` (the output is not needed: a checkpoint's recompute) only hs is made and
     saved; the returned tensor is uninitialised."""
 
@@ -66,12 +64,11 @@ class _QLoRAMatMul(torch.autograd.Function):
         out_shape = (*x.shape[:-1], b.shape[0])
         if not base:
             return x2.new_empty(out_shape)
-        w = layer.dequantize_weight(dt)  # (out, in)
         if residual is None:
-            y = torch.mm(x2, w.t())  # (N, out)
+            y = torch.mm(hs, b.t())  # (N, out)
         else:
-            y = torch.addmm(residual.reshape(-1, b.shape[0]), x2, w.t())  # residual + x Wᵀ
-        y.addmm_(hs, b.t())  # y += hs Bᵀ
+            y = torch.addmm(residual.reshape(-1, b.shape[0]), hs, b.t())  # residual + hs Bᵀ
+        y.addmm_(x2, layer.dequantize_weight(dt).t())  # y += x Wᵀ
         return y.view(out_shape)
 
     @staticmethod
@@ -88,8 +85,8 @@ class _QLoRAMatMul(torch.autograd.Function):
         if need_a:
             ga = _scaled_mm(ghs.t(), x2, s).to(ctx.param_dtypes[0])  # (r, in)
         if need_x:
-            gx = torch.mm(g, ctx.layer.dequantize_weight(x2.dtype))  # (N, in)
-            gx.addmm_(ghs, a, alpha=s)  # += s · ghs A
+            gx = _scaled_mm(ghs, a, s)  # (N, in): s · ghs A
+            gx.addmm_(g, ctx.layer.dequantize_weight(x2.dtype))  # += g W
             gx = gx.view(ctx.x_shape)
         g_res = grad if ctx.needs_input_grad[5] else None
         return gx, ga, gb, None, None, g_res, None

@@ -8,21 +8,23 @@ autograd then adds up, one elementwise pass per extra projection. :func:`qlora_g
 computes the same functions as
 
     forward   hs  = x [s A_1; s A_2; ...]ᵀ     (one GEMM for every LoRA branch: x read once)
-              y_i = x W_iᵀ;  y_i += hs_i B_iᵀ  (as qlora's node; a plain NF4 part: x W_iᵀ)
+              y_i = hs_i B_iᵀ;  y_i += x W_iᵀ  (as qlora's node; a plain NF4 part: x W_iᵀ)
     backward  ghs_i = g_i B_i,  dB_i = g_iᵀ hs_i
               dA  = s · ghsᵀ x                 (one GEMM for every LoRA branch)
-              dx  = Σ g_i W_i + s · ghs A       (each GEMM adds into dx: beta = 1, no
-                                                separate adds)
-
-With ``one_gemm`` the bases are one (Σout, in) weight: [y_1 ... y_k] = x [W_1; ...; W_k]ᵀ
-is one GEMM (the y_i are column slices of its output), and the backward's Σ g_i W_i is one
-GEMM of the concatenated gradients (cuBLAS's beta = 1 kernels, which the chain of adds
-uses, ran slower than beta = 0 ones on an H100: 277 against 245 us at 4096²).
+              dx  = s · ghs A + Σ g_i W_i       (one small GEMM, then each base GEMM adds
+                                                into dx: beta = 1, no separate adds)
 
 with the same roundings as the one-node path, so they agree to float32 (or bf16) rounding
 (``tests/lora/test_qlora_group.py``). Parts may mix LoRA-wrapped and plain low-memory NF4
 Linears (q and v adapted, k not). Where a part is neither, or LoRA branches differ in
 scaling or dtype, :func:`qlora_group` evaluates the parts one by one.
+
+With ``one_gemm`` the bases are one (Σout, in) weight: [y_1 ... y_k] = x [W_1; ...; W_k]ᵀ
+is one GEMM (the y_i are column slices of its output; each LoRA branch then adds into its
+slice), and the backward's Σ g_i W_i is one GEMM of the concatenated gradients. The 7B
+model keeps it off by default (``LlamaAttention.qkv_one_gemm``): it is checked here
+against the one-node path and float64, and under Triton's interpreter, but its speed has
+not been measured on a GPU yet (``bench_7b_qlora.py --qkv-one-gemm``).
 """
 
 from __future__ import annotations
@@ -73,11 +75,13 @@ class _QLoRAGroupMatMul(torch.autograd.Function):
         else:
             for layer, has_lora in zip(layers, lora, strict=True):
                 w = layer.dequantize_weight(dt)  # (out_i, in)
-                y = torch.mm(x2, w.t())  # (N, out_i)
-                if has_lora:
+                if has_lora:  # as qlora's node: the small GEMM writes y, the base adds
                     r = b_s[j].shape[1]
-                    y.addmm_(hs[:, col : col + r], b_s[j].t())  # += s (x A_iᵀ) B_iᵀ
+                    y = torch.mm(hs[:, col : col + r], b_s[j].t())  # (N, out_i)
+                    y.addmm_(x2, w.t())  # += x W_iᵀ
                     j, col = j + 1, col + r
+                else:
+                    y = torch.mm(x2, w.t())  # (N, out_i)
                 ys.append(y.view(*lead, w.shape[0]))
         ctx.save_for_backward(x2, a_cat, hs, *b_s)
         ctx.layers, ctx.lora, ctx.scaling, ctx.x_shape = layers, lora, scaling, x.shape
@@ -116,13 +120,14 @@ class _QLoRAGroupMatMul(torch.autograd.Function):
                 row += g.shape[1]
             gx = torch.mm(torch.cat(gs, 1), w_cat)  # (N, in)
             del w_cat
+            if ghs is not None:
+                gx.addmm_(ghs, a_cat, alpha=s)  # += s · ghs A
         elif ctx.needs_input_grad[0]:
+            gx = _scaled_mm(ghs, a_cat, s) if ghs is not None else None  # (N, in): s · ghs A
             for layer, g in zip(ctx.layers, gs, strict=True):
                 w = layer.dequantize_weight(dt)  # (out_i, in)
                 gx = torch.mm(g, w) if gx is None else gx.addmm_(g, w)  # += g_i W_i
         if gx is not None:
-            if ghs is not None:
-                gx.addmm_(ghs, a_cat, alpha=s)  # += s · ghs A
             gx = gx.view(ctx.x_shape)
         return (gx, None, None, None, None, *param_grads)
 

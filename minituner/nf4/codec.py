@@ -29,13 +29,12 @@ Storage accounting is in :mod:`minituner.nf4.storage`, the layers in
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import replace
 from functools import lru_cache
 
 import torch
 
-from minituner.nf4.backends import cpu_c, fused_wanted, torch_ops, triton_dequant, triton_quant
+from minituner.nf4.backends import cpu_c, torch_ops, triton_dequant, triton_quant
 from minituner.nf4.format import (
     ABSMAX_FLOOR,
     CODEBOOKS,
@@ -158,24 +157,6 @@ def _dq_arguments(q: NF4Tensor) -> dict:
     return dq
 
 
-# id(NF4Tensor) -> (weak reference to it, {dtype: plan}): the Triton kernel's launch for
-# that tensor, bound once (minituner.nf4.backends.triton_dequant._plan), so that a weight
-# dequantized again and again (every forward and backward of a QLoRA step) costs an
-# allocation and a launch on the host, not the checks and argument handling above. An
-# NF4Tensor is frozen and its entry goes when it does; a copy (deepcopy, replace, .to)
-# is another object with no entry.
-_PLANS: dict[int, tuple] = {}
-
-
-def _remember_plan(q: NF4Tensor, dtype: torch.dtype, plan) -> None:
-    key = id(q)
-    entry = _PLANS.get(key)
-    if entry is None or entry[0]() is not q:
-        entry = (weakref.ref(q, lambda _, k=key: _PLANS.pop(k, None)), {})
-        _PLANS[key] = entry
-    entry[1][dtype] = plan
-
-
 def dequantize_4bit(
     q: NF4Tensor, dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -193,13 +174,6 @@ def dequantize_4bit(
     """
     if not isinstance(q, NF4Tensor):
         raise TypeError(f"expected an NF4Tensor, got {type(q).__name__}")
-    if out is None:  # a repeat: replay this tensor's direct kernel launch, if it has one
-        entry = _PLANS.get(id(q))
-        plan = entry[1].get(dtype) if entry is not None and entry[0]() is q else None
-        if plan is not None and fused_wanted():
-            values = plan()
-            if values is not None:
-                return values.view(q.shape)
     check_dequantize_dtype(dtype)
     if out is not None and (
         out.dtype != dtype
@@ -218,12 +192,7 @@ def dequantize_4bit(
         return out.view(q.shape)
     # one fused pass where it can run: Triton on CUDA, the C loop on the CPU
     if triton_dequant.available(q.codes, dtype):
-        plans: list = []
-        values = triton_dequant.dequantize_packed(
-            q.codes, q.absmax, *layout, **_dq_arguments(q), plans=plans
-        )
-        if plans and out is None:
-            _remember_plan(q, dtype, plans[0])
+        values = triton_dequant.dequantize_packed(q.codes, q.absmax, *layout, **_dq_arguments(q))
     elif cpu_c.available(q.codes, dtype):
         values = cpu_c.dequantize_packed(q.codes, q.absmax, *layout, **_dq_arguments(q))
     else:

@@ -41,7 +41,7 @@ class RMSNorm(nn.Module):
 class LlamaAttention(nn.Module):
     fused_lora = True  # LoRA-wrapped NF4 Linears through minituner.lora.qlora
     fused_kernels = True  # rotary in one Triton kernel (minituner.scale.fused_rope)
-    qkv_one_gemm = True  # with fused kernels: q, k, v bases as one GEMM (qlora_group)
+    qkv_one_gemm = False  # with fused kernels: q, k, v bases as one GEMM (qlora_group; unmeasured)
     sdpa_backends: tuple = ()  # SDPBackend members to try first; () lets PyTorch choose
 
     def __init__(self, cfg, make_linear):

@@ -145,7 +145,6 @@ if triton is not None:
 
 
 _COMPILED: dict[tuple, object] = {}  # launch key -> Triton's compiled kernel
-OUT_INDEX = 7  # the output's place among both kernels' run-time arguments
 _FAST = {"on": True}  # switched off for good if a direct launch is ever refused
 
 
@@ -177,36 +176,12 @@ def _hooks_installed() -> bool:
     return any(getattr(h, "calls", h) for h in (rt.launch_enter_hook, rt.launch_exit_hook))
 
 
-def _plan(compiled, key: tuple, grid: int, args: tuple, consts: dict, out_index: int):
-    """A replay of one direct launch with a fresh output: ``plan()`` allocates the output
-    like ``args[out_index]`` and launches the compiled kernel on the current stream, or
-    returns None where the direct launch no longer holds (another current device, launch
-    hooks installed, direct launches switched off): the caller then takes the full path."""
-    template, device = args[out_index], key[1]
-    before, after = args[:out_index], args[out_index + 1 :]
-    const_values = tuple(consts.values())
-    numel, dtype, where = template.numel(), template.dtype, template.device
-
-    def plan() -> torch.Tensor | None:
-        if not _FAST["on"] or torch.cuda.current_device() != device or _hooks_installed():
-            return None
-        out = torch.empty(numel, dtype=dtype, device=where)
-        compiled.run(
-            grid, 1, 1, _raw_stream(device), compiled.function, compiled.packed_metadata,
-            None, None, None, *before, out, *after, *const_values,
-        )  # fmt: skip
-        return out
-
-    return plan
-
-
-def _launch(kernel, grid: int, args: tuple, consts: dict, options: dict, plans=None) -> None:
+def _launch(kernel, grid: int, args: tuple, consts: dict, options: dict) -> None:
     """``kernel[(grid,)](*args, **consts, **options)``, through the compiled kernel's own
     launcher once this specialization has been compiled (see the module docstring).
 
     ``args`` are the kernel's run-time arguments in order (tensors and ints), ``consts``
     its constexprs in order after them, ``options`` launch options (num_warps, ...).
-    ``plans`` (a list) receives a :func:`_plan` replaying this launch once it is direct.
     """
     direct = _FAST["on"] and os.environ.get("TRITON_INTERPRET") != "1"
     key = _launch_key(kernel, grid, args, consts, options) if direct else None
@@ -218,8 +193,6 @@ def _launch(kernel, grid: int, args: tuple, consts: dict, options: dict, plans=N
                 grid, 1, 1, stream, compiled.function, compiled.packed_metadata,
                 None, None, None, *args, *consts.values(),
             )  # fmt: skip
-            if plans is not None:
-                plans.append(_plan(compiled, key, grid, args, consts, OUT_INDEX))
             return
         except TypeError:  # this Triton's launcher takes other arguments: never again
             _FAST["on"] = False
@@ -244,14 +217,9 @@ def dequantize_packed(
     dq_scale: torch.Tensor | None = None,
     dq_offset: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
-    plans: list | None = None,
 ) -> torch.Tensor:
     """Dequantize packed 4-bit codes into a flat ``(numel,)`` tensor of ``dtype`` in one kernel
     (written into ``out``, a contiguous ``(numel,)`` tensor of ``dtype``, when given).
-    ``plans`` (a list), when given and the launch was direct, receives a zero-argument
-    callable that repeats this dequantize into a fresh output with none of the Python
-    above (``minituner.nf4.codec`` keeps one per tensor and dtype; it returns None where
-    it no longer applies).
 
     The arguments are those of :mod:`minituner.nf4.backends`: the codes, the absmax
     (float32, or 8-bit codes decoded in the kernel as
@@ -290,12 +258,12 @@ def dequantize_packed(
                   "DQ_BLOCK": dq_block_size, "EVEN": even}  # fmt: skip
         # enable_fp_fusion=False: no fused multiply-add, round as the PyTorch path does
         options = {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
-        _launch(_dequant_rows_kernel, triton.cdiv(n_blocks, rows), args, consts, options, plans)
+        _launch(_dequant_rows_kernel, triton.cdiv(n_blocks, rows), args, consts, options)
         return out
     args = (codes, absmax, table, grids, map_index, scale, offset, out, n_bytes, numel)
     consts = {"BLOCK": block_size, "BYTES": BYTES_PER_PROGRAM, "DOUBLE_QUANT": double_quant,
               "DQ_BLOCK": dq_block_size}  # fmt: skip
     options = {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
     grid = triton.cdiv(n_bytes, BYTES_PER_PROGRAM)
-    _launch(_dequant_kernel, grid, args, consts, options, plans)
+    _launch(_dequant_kernel, grid, args, consts, options)
     return out
