@@ -4,6 +4,12 @@ same loss and gradients as the plain path."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -13,6 +19,8 @@ from minituner.scale import recompute
 from minituner.scale.llama import LLAMA_LINEARS, LlamaConfig, build_nf4_llama
 
 CFG = LlamaConfig.tiny()
+ROOT = Path(__file__).resolve().parents[2]
+HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
 def test_the_flag_is_set_in_the_recompute_only():
@@ -90,3 +98,24 @@ def test_the_recompute_skips_a_lora_down_projections_base_gemm(monkeypatch):
     calls.update(q_proj=0, down_proj=0)
     _loss_grads(model)
     assert calls == {"q_proj": 3, "down_proj": 3}
+
+
+@pytest.mark.skipif(not HAS_TRITON or torch.cuda.is_available(), reason="needs Triton, no GPU")
+@pytest.mark.parametrize("one_gemm", [False, True])
+def test_interpreted_fused_model_keeps_loss_and_gradients(one_gemm):
+    """The tests above again with every Triton kernel running in Triton's interpreter
+    (RMSNorm, rotary on q, k slices of one q, k, v output when one_gemm, SwiGLU skipped in
+    the recompute, head + loss): the fused tiny model against the plain one."""
+    script = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+        "import pytest; from minituner.scale.llama_layers import LlamaAttention; "
+        f"LlamaAttention.qkv_one_gemm = {one_gemm}; "
+        "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', "
+        f"{str(Path(__file__))!r}, '-k', 'residual or skips']))"
+    )
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
