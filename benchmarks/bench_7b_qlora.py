@@ -76,6 +76,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 from minituner.lora.inject import add_lora, lora_layers  # noqa: E402
+from minituner.lora.qlora import GemmOrder  # noqa: E402
 from minituner.memory.predict import predict_memory  # noqa: E402
 from minituner.memory.shapes import SHAPES  # noqa: E402
 from minituner.nf4.codec import dequantize_nf4, quantize_nf4  # noqa: E402
@@ -94,6 +95,16 @@ TARGETS = {"qv": ["q_proj", "v_proj"], "all": list(LLAMA_LINEARS)}
 PREDICT_TARGETS = {"qv": ("q", "v"), "all": "all"}  # ModelShape short names
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 MiB = 1024**2
+# --variants: settings of our fused path timed beside the default, (class, attribute, value)
+VARIANTS = {
+    "lora_first": [(GemmOrder, "base_first", False)],
+    "base_first": [(GemmOrder, "base_first", True)],
+    "qkv_one_gemm": [(LlamaAttention, "qkv_one_gemm", True)],
+    "base_first_qkv_one_gemm": [
+        (GemmOrder, "base_first", True),
+        (LlamaAttention, "qkv_one_gemm", True),
+    ],
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -137,6 +148,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--qkv-one-gemm", action="store_true",
         help="fused kernels: q, k, v bases as one GEMM instead of three (not yet measured)",
+    )  # fmt: skip
+    p.add_argument(
+        "--variants", nargs="*", choices=list(VARIANTS), default=[],
+        help="also time our step with these settings (GEMM order, q, k, v as one GEMM); "
+        "stored under 'variants' with the ratio to the default run",
     )  # fmt: skip
     p.add_argument("--dequant-bw", action="store_true", help="NF4 dequantize GB/s vs a clone")
     p.add_argument("--bw-shape", type=int, nargs=2, default=[4096, 11008], metavar=("OUT", "IN"))
@@ -782,6 +798,36 @@ def _add_mfu(res: dict, cfg: LlamaConfig, args, r: int, targets: str, peak) -> N
         res["gemm_seconds"] = gemm["seconds"]
 
 
+def run_variant(name, model, batches, shape, cfg, args, device, peak, runs) -> dict:
+    """Our fused step under VARIANTS[name] for every (r, targets), then the defaults back."""
+    saved = [(c, a, getattr(c, a)) for c, a, _ in VARIANTS[name]]
+    out: dict = {}
+    try:
+        for c, a, v in VARIANTS[name]:
+            setattr(c, a, v)
+        for r in args.r:
+            for t in args.targets:
+                remove_lora(model)
+                torch.manual_seed(args.seed)
+                add_lora(model, TARGETS[t], r=r, alpha=args.alpha)
+                model.use_fused_kernels(True)
+                params = [p for p in model.parameters() if p.requires_grad]
+                graph = args.graph and device.type == "cuda"
+                res = train_steps(model, params, batches, _ours_loss, args, device, graph=graph)
+                _add_mfu(res, cfg, args, r, t, peak)
+                key = f"r{r}_{t}"
+                if key in runs:
+                    res["step_time_over_default"] = (
+                        res["step_s_median"] / runs[key]["step_s_median"]
+                    )
+                out[key] = res
+                _report_run(f"ours ({name}) r={r:<3} {t:<4}", res, cfg, args)
+    finally:
+        for c, a, v in saved:
+            setattr(c, a, v)
+    return out
+
+
 def _write_partial(result: dict, args) -> None:
     """The JSON so far (a run stopped by a time limit keeps what it measured)."""
     if args.out is not None:
@@ -880,6 +926,14 @@ def main(argv=None) -> dict:
                     f"(bf16), {res['predicted']['mixed']['total'] / MiB:.1f} MiB (mixed)"
                 )
     result["runs"] = runs
+    result["defaults"] = {
+        f"{c.__name__}.{a}": getattr(c, a) for v in VARIANTS.values() for c, a, _ in v
+    }
+    for name in args.variants:
+        result.setdefault("variants", {})[name] = run_variant(
+            name, model, batches, shape, cfg, args, device, peak, runs
+        )
+        _write_partial(result, args)
     if runs_eager:
         result["runs_eager"] = runs_eager
     if runs_plain:

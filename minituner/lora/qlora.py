@@ -36,6 +36,19 @@ from minituner.lora.layer import LoRALinear
 from minituner.nf4.linear import NF4Linear, nf4_linear_residual
 
 
+class GemmOrder:
+    """Which GEMM writes a fused node's output (this node's and :mod:`qlora_group`'s).
+
+    ``base_first = False``: the small LoRA GEMM writes y (or dx) and the large base GEMM
+    adds into it (beta = 1). ``True``: the base GEMM writes it (beta = 0) and the small
+    LoRA GEMM adds (K = r, one read and write of y). cuBLAS on Hopper runs its beta = 1
+    kernels slower than beta = 0 ones at the 7B shapes, so the second order can win
+    although it makes one more pass over y; ``benchmarks/bench_7b_qlora.py --variants``
+    times both in one run. A residual keeps the first order (it rides in the same beta)."""
+
+    base_first = False
+
+
 def _scaled_mm(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
     """alpha · a @ b as one GEMM (beta = 0: the empty output is never read)."""
     return a.new_empty((a.shape[0], b.shape[1])).addmm_(a, b, beta=0, alpha=alpha)
@@ -64,6 +77,9 @@ class _QLoRAMatMul(torch.autograd.Function):
         out_shape = (*x.shape[:-1], b.shape[0])
         if not base:
             return x2.new_empty(out_shape)
+        if residual is None and GemmOrder.base_first:
+            y = torch.mm(x2, layer.dequantize_weight(dt).t())  # (N, out): x Wᵀ, beta = 0
+            return y.addmm_(hs, b.t()).view(out_shape)  # += hs Bᵀ
         if residual is None:
             y = torch.mm(hs, b.t())  # (N, out)
         else:
@@ -84,7 +100,10 @@ class _QLoRAMatMul(torch.autograd.Function):
             gb = torch.mm(g.t(), hs).to(ctx.param_dtypes[1])  # (out, r)
         if need_a:
             ga = _scaled_mm(ghs.t(), x2, s).to(ctx.param_dtypes[0])  # (r, in)
-        if need_x:
+        if need_x and GemmOrder.base_first:
+            gx = torch.mm(g, ctx.layer.dequantize_weight(x2.dtype))  # (N, in): g W
+            gx = gx.addmm_(ghs, a, alpha=s).view(ctx.x_shape)  # += s · ghs A
+        elif need_x:
             gx = _scaled_mm(ghs, a, s)  # (N, in): s · ghs A
             gx.addmm_(g, ctx.layer.dequantize_weight(x2.dtype))  # += g W
             gx = gx.view(ctx.x_shape)

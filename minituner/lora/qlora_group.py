@@ -34,7 +34,7 @@ import torch.nn as nn
 from torch.autograd.function import once_differentiable
 
 from minituner.lora.layer import LoRALinear
-from minituner.lora.qlora import _scaled_mm, fused_applies, qlora_linear
+from minituner.lora.qlora import GemmOrder, _scaled_mm, fused_applies, qlora_linear
 from minituner.nf4.linear import NF4LinearLowMem
 
 
@@ -75,7 +75,11 @@ class _QLoRAGroupMatMul(torch.autograd.Function):
         else:
             for layer, has_lora in zip(layers, lora, strict=True):
                 w = layer.dequantize_weight(dt)  # (out_i, in)
-                if has_lora:  # as qlora's node: the small GEMM writes y, the base adds
+                if has_lora and GemmOrder.base_first:  # the base GEMM writes y, LoRA adds
+                    r = b_s[j].shape[1]
+                    y = torch.mm(x2, w.t()).addmm_(hs[:, col : col + r], b_s[j].t())
+                    j, col = j + 1, col + r
+                elif has_lora:  # as qlora's node: the small GEMM writes y, the base adds
                     r = b_s[j].shape[1]
                     y = torch.mm(hs[:, col : col + r], b_s[j].t())  # (N, out_i)
                     y.addmm_(x2, w.t())  # += x W_iᵀ
@@ -123,10 +127,13 @@ class _QLoRAGroupMatMul(torch.autograd.Function):
             if ghs is not None:
                 gx.addmm_(ghs, a_cat, alpha=s)  # += s · ghs A
         elif ctx.needs_input_grad[0]:
-            gx = _scaled_mm(ghs, a_cat, s) if ghs is not None else None  # (N, in): s · ghs A
+            first = not GemmOrder.base_first and ghs is not None
+            gx = _scaled_mm(ghs, a_cat, s) if first else None  # (N, in): s · ghs A
             for layer, g in zip(ctx.layers, gs, strict=True):
                 w = layer.dequantize_weight(dt)  # (out_i, in)
                 gx = torch.mm(g, w) if gx is None else gx.addmm_(g, w)  # += g_i W_i
+            if ghs is not None and not first:
+                gx.addmm_(ghs, a_cat, alpha=s)  # += s · ghs A
         if gx is not None:
             gx = gx.view(ctx.x_shape)
         return (gx, None, None, None, None, *param_grads)

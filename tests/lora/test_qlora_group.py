@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from minituner.lora import qlora_group as grp
 from minituner.lora.layer import LoRALinear
-from minituner.lora.qlora import qlora_linear
+from minituner.lora.qlora import GemmOrder, qlora_linear
 from minituner.nf4.linear import NF4LinearLowMem
 
 IN = 64
@@ -46,13 +46,20 @@ def _run(fn, mods, x, ups):
     return [o.detach() for o in outs], x.grad, [p.grad.clone() for p in _params(mods)]
 
 
+@pytest.fixture(params=[False, True], ids=["lora_first", "base_first"])
+def order(request, monkeypatch):
+    """Both GEMM orders of the fused nodes (minituner.lora.qlora.GemmOrder)."""
+    monkeypatch.setattr(GemmOrder, "base_first", request.param)
+    return request.param
+
+
 KINDS = [("lora", "nf4", "lora"), ("lora", "lora", "lora"), ("nf4", "nf4"), ("lora", "nf4")]
 
 
 @pytest.mark.parametrize("kinds", KINDS)
 @pytest.mark.parametrize("x_grad", [True, False])
 @pytest.mark.parametrize("one_gemm", [False, True])
-def test_group_equals_one_node_per_linear_in_float32(kinds, x_grad, one_gemm, monkeypatch):
+def test_group_equals_one_node_per_linear_in_float32(kinds, x_grad, one_gemm, order, monkeypatch):
     mods = _parts(kinds)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(3, 5, IN, generator=g).requires_grad_(x_grad)
@@ -80,7 +87,7 @@ def test_group_equals_one_node_per_linear_in_float32(kinds, x_grad, one_gemm, mo
 
 
 @pytest.mark.parametrize("one_gemm", [False, True])
-def test_group_matches_a_float64_reference(one_gemm):
+def test_group_matches_a_float64_reference(one_gemm, order):
     mods = _parts(("lora", "nf4", "lora"))
     g = torch.Generator().manual_seed(2)
     x = torch.randn(2, 7, IN, generator=g, requires_grad=True)
@@ -110,7 +117,7 @@ def test_group_matches_a_float64_reference(one_gemm):
 
 
 @pytest.mark.parametrize("one_gemm", [False, True])
-def test_bfloat16_group_is_the_one_node_path_to_bf16_rounding(one_gemm):
+def test_bfloat16_group_is_the_one_node_path_to_bf16_rounding(one_gemm, order):
     mods = _parts(("lora", "nf4", "lora"), dtype=torch.bfloat16)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(4, 6, IN, generator=g).to(torch.bfloat16).requires_grad_()
@@ -135,3 +142,28 @@ def test_group_steps_aside_where_it_does_not_apply():
         assert not grp.group_applies(_parts(("lora", "nf4")), x)
     outs = grp.qlora_group([mods[0], plain], x)  # evaluated one by one
     torch.testing.assert_close(outs[1], plain(x))
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_one_node_matches_a_float64_reference_in_either_order(order, residual):
+    """qlora's single node (what o_proj and down_proj take) in both GEMM orders, with and
+    without a residual riding in the GEMM, against float64 with the same NF4 weight."""
+    (m,) = _parts(("lora",))
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 5, IN, generator=g, requires_grad=True)
+    res = torch.randn(3, 5, m.out_features, generator=g, requires_grad=True) if residual else None
+    up = torch.randn(3, 5, m.out_features, generator=g)
+    out = qlora_linear(m, x, residual=res)
+    (out * up).sum().backward()
+    xd = x.detach().double().requires_grad_()
+    a = m.lora_A.detach().double().requires_grad_()
+    b = m.lora_B.detach().double().requires_grad_()
+    y = xd @ m.base.dequantize_weight(torch.float64).T + m.scaling * (xd @ a.T) @ b.T
+    want = y + res.detach().double() if residual else y
+    torch.testing.assert_close(out.detach().double(), want, rtol=1e-5, atol=1e-6)
+    (y * up.double()).sum().backward()
+    torch.testing.assert_close(x.grad.double(), xd.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(m.lora_A.grad.double(), a.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(m.lora_B.grad.double(), b.grad, rtol=1e-5, atol=1e-5)
+    if residual:
+        torch.testing.assert_close(res.grad, up)
