@@ -29,12 +29,14 @@ Storage accounting is in :mod:`minituner.nf4.storage`, the layers in
 
 from __future__ import annotations
 
+import os
+import weakref
 from dataclasses import replace
 from functools import lru_cache
 
 import torch
 
-from minituner.nf4.backends import cpu_c, torch_ops, triton_dequant, triton_quant
+from minituner.nf4.backends import cpu_c, fused_wanted, torch_ops, triton_dequant, triton_quant
 from minituner.nf4.format import (
     ABSMAX_FLOOR,
     CODEBOOKS,
@@ -157,6 +159,31 @@ def _dq_arguments(q: NF4Tensor) -> dict:
     return dq
 
 
+# id(NF4Tensor) -> {dtype: triton_dequant.Launcher}; an entry leaves with its tensor
+_LAUNCHERS: dict[int, dict] = {}
+
+
+def _launcher(q: NF4Tensor, dtype: torch.dtype):
+    """The prepared Triton dequantize of ``q`` into ``dtype`` (made on the first call; an
+    NF4Tensor's fields never change), or None where the Triton kernel does not run."""
+    per = _LAUNCHERS.get(id(q))
+    if per is not None and dtype in per:
+        return per[dtype]
+    if not triton_dequant.available(q.codes, dtype) or os.environ.get("TRITON_INTERPRET") == "1":
+        return None
+    as_stored = q.codes.is_contiguous() and q.absmax.is_contiguous() and (
+        q.double_quant and q.absmax_scale.is_contiguous() or q.absmax.dtype == torch.float32
+    )
+    if not as_stored:  # the launch would read copies made now, not q's tensors
+        return None
+    if per is None:
+        per = _LAUNCHERS[id(q)] = {}
+        weakref.finalize(q, _LAUNCHERS.pop, id(q), None)
+    layout = (q.codebook, q.numel, q.block_size, dtype)
+    per[dtype] = triton_dequant.Launcher(q.codes, q.absmax, *layout, **_dq_arguments(q))
+    return per[dtype]
+
+
 def dequantize_4bit(
     q: NF4Tensor, dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -165,7 +192,9 @@ def dequantize_4bit(
     value = codebook[code] * absmax, computed in float32 and rounded once to ``dtype``.
     ``out`` (contiguous, ``dtype``, q's number of elements, on q's device) receives the
     values instead of a new tensor (the Triton kernel writes it directly; elsewhere it is
-    copied in) and is returned viewed in q's shape.
+    copied in) and is returned viewed in q's shape. On CUDA the kernel's launch is
+    prepared once per tensor and dtype (:class:`~minituner.nf4.backends.triton_dequant.Launcher`),
+    so a call costs little more host time than the launch itself.
 
     Raises:
         TypeError: ``q`` is not an NF4Tensor.
@@ -185,15 +214,18 @@ def dequantize_4bit(
             f"out must be a contiguous {dtype} tensor of {q.numel} elements on "
             f"{q.codes.device}, got {out.dtype} {tuple(out.shape)} on {out.device}"
         )
+    launch = _launcher(q, dtype) if fused_wanted() else None
+    if launch is not None:  # one fused pass: Triton on CUDA
+        return launch(None if out is None else out.view(-1)).view(q.shape)
     layout = (q.codebook, q.numel, q.block_size, dtype)
-    if out is not None and triton_dequant.available(q.codes, dtype):
-        args = _dq_arguments(q)
-        triton_dequant.dequantize_packed(q.codes, q.absmax, *layout, **args, out=out.view(-1))
-        return out.view(q.shape)
-    # one fused pass where it can run: Triton on CUDA, the C loop on the CPU
-    if triton_dequant.available(q.codes, dtype):
-        values = triton_dequant.dequantize_packed(q.codes, q.absmax, *layout, **_dq_arguments(q))
-    elif cpu_c.available(q.codes, dtype):
+    if triton_dequant.available(q.codes, dtype):  # the Triton interpreter
+        flat = None if out is None else out.view(-1)
+        values = triton_dequant.dequantize_packed(
+            q.codes, q.absmax, *layout, **_dq_arguments(q), out=flat
+        )
+        return values.view(q.shape)
+    # one fused pass where it can run: the C loop on the CPU
+    if cpu_c.available(q.codes, dtype):
         values = cpu_c.dequantize_packed(q.codes, q.absmax, *layout, **_dq_arguments(q))
     else:
         values = torch_ops.dequantize_packed(q.codes, q.absmax_float(), *layout)

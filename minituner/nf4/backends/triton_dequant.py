@@ -153,13 +153,22 @@ def _int_facts(v: int) -> tuple[bool, bool, bool]:
     return v == 1, v % 16 == 0, -(2**31) <= v < 2**31
 
 
-def _launch_key(kernel, grid: int, args: tuple, consts: dict, options: dict) -> tuple:
-    facts = tuple(
+def _facts(args: tuple) -> tuple:
+    """What Triton specializes each run-time argument on: a tensor's dtype and 16-byte
+    alignment, an integer's :func:`_int_facts`."""
+    return tuple(
         (a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else _int_facts(a)
         for a in args
     )
+
+
+def _key_tail(consts: dict, options: dict) -> tuple:
+    return tuple(consts.items()), tuple(options.items())
+
+
+def _launch_key(kernel, grid: int, args: tuple, consts: dict, options: dict) -> tuple:
     device = torch.cuda.current_device()  # where Triton launches, as its own path does
-    return (kernel, device, facts, tuple(consts.items()), tuple(options.items()))
+    return (kernel, device, _facts(args), *_key_tail(consts, options))
 
 
 def _raw_stream(device: int) -> int:
@@ -203,6 +212,57 @@ def _launch(kernel, grid: int, args: tuple, consts: dict, options: dict) -> None
         _COMPILED[key] = compiled
 
 
+def _plan(
+    codes,
+    absmax,
+    codebook,
+    numel,
+    block_size,
+    dtype,
+    dq_block_size,
+    dq_grids,
+    dq_map,
+    dq_scale,
+    dq_offset,
+) -> tuple:
+    """(kernel, grid, arguments before the output, arguments after it, constexprs,
+    options) of one dequantize: everything a launch needs but the output tensor."""
+    double_quant = dq_scale is not None
+    codes = codes.contiguous()
+    n_bytes = codes.numel()
+    if double_quant:
+        absmax = absmax.contiguous()
+        grids, map_index = dq_grids, dq_map
+        scale, offset = dq_scale.contiguous(), dq_offset
+    else:
+        absmax = absmax.to(torch.float32).contiguous()
+        grids = map_index = scale = offset = absmax  # unused by the kernel
+    table = code_table(codebook, codes.device)
+    pre = (codes, absmax, table, grids, map_index, scale, offset)
+    # enable_fp_fusion=False: no fused multiply-add, round as the PyTorch path does
+    options = {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
+    half = block_size // 2
+    if half & (half - 1) == 0 and half <= BYTES_PER_PROGRAM:  # one quant block per tile row
+        rows = max(1, BYTES_PER_PROGRAM // half)
+        n_blocks = -(-numel // block_size)
+        even = n_bytes % (rows * half) == 0 and numel == 2 * n_bytes
+        consts = {"HALF": half, "ROWS": rows, "DOUBLE_QUANT": double_quant,
+                  "DQ_BLOCK": dq_block_size, "EVEN": even}  # fmt: skip
+        grid = triton.cdiv(n_blocks, rows)
+        return _dequant_rows_kernel, grid, pre, (n_bytes, numel, n_blocks), consts, options
+    consts = {"BLOCK": block_size, "BYTES": BYTES_PER_PROGRAM, "DOUBLE_QUANT": double_quant,
+              "DQ_BLOCK": dq_block_size}  # fmt: skip
+    grid = triton.cdiv(n_bytes, BYTES_PER_PROGRAM)
+    return _dequant_kernel, grid, pre, (n_bytes, numel), consts, options
+
+
+def _check(codes: torch.Tensor, dtype: torch.dtype) -> None:
+    if triton is None:
+        raise RuntimeError("the fused NF4 kernel needs Triton, which is not installed")
+    if not available(codes, dtype):
+        raise RuntimeError(f"the fused NF4 kernel cannot run on {codes.device} into {dtype}")
+
+
 def dequantize_packed(
     codes: torch.Tensor,
     absmax: torch.Tensor,
@@ -230,40 +290,63 @@ def dequantize_packed(
         RuntimeError: Triton is not installed, or ``codes`` is not on a device it runs on,
             or ``dtype`` is not float32, bfloat16 or float16.
     """
-    if triton is None:
-        raise RuntimeError("the fused NF4 kernel needs Triton, which is not installed")
-    if not available(codes, dtype):
-        raise RuntimeError(f"the fused NF4 kernel cannot run on {codes.device} into {dtype}")
-    double_quant = dq_scale is not None
-    codes = codes.contiguous()
-    n_bytes = codes.numel()
-    if double_quant:
-        absmax = absmax.contiguous()
-        grids, map_index = dq_grids, dq_map
-        scale, offset = dq_scale.contiguous(), dq_offset
-    else:
-        absmax = absmax.to(torch.float32).contiguous()
-        grids = map_index = scale = offset = absmax  # unused by the kernel
+    _check(codes, dtype)
+    kernel, grid, pre, post, consts, options = _plan(
+        codes, absmax, codebook, numel, block_size, dtype,
+        dq_block_size, dq_grids, dq_map, dq_scale, dq_offset,
+    )  # fmt: skip
     if out is None:
         out = torch.empty(numel, dtype=dtype, device=codes.device)
-    table = code_table(codebook, codes.device)
-    half = block_size // 2
-    if half & (half - 1) == 0 and half <= BYTES_PER_PROGRAM:  # one quant block per tile row
-        rows = max(1, BYTES_PER_PROGRAM // half)
-        n_blocks = -(-numel // block_size)
-        even = n_bytes % (rows * half) == 0 and numel == 2 * n_bytes
-        args = (codes, absmax, table, grids, map_index, scale, offset, out,
-                n_bytes, numel, n_blocks)  # fmt: skip
-        consts = {"HALF": half, "ROWS": rows, "DOUBLE_QUANT": double_quant,
-                  "DQ_BLOCK": dq_block_size, "EVEN": even}  # fmt: skip
-        # enable_fp_fusion=False: no fused multiply-add, round as the PyTorch path does
-        options = {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
-        _launch(_dequant_rows_kernel, triton.cdiv(n_blocks, rows), args, consts, options)
-        return out
-    args = (codes, absmax, table, grids, map_index, scale, offset, out, n_bytes, numel)
-    consts = {"BLOCK": block_size, "BYTES": BYTES_PER_PROGRAM, "DOUBLE_QUANT": double_quant,
-              "DQ_BLOCK": dq_block_size}  # fmt: skip
-    options = {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
-    grid = triton.cdiv(n_bytes, BYTES_PER_PROGRAM)
-    _launch(_dequant_kernel, grid, args, consts, options)
+    _launch(kernel, grid, (*pre, out, *post), consts, options)
     return out
+
+
+class Launcher:
+    """:func:`dequantize_packed` of one set of arguments, prepared once: ``launcher(out)``
+    dequantizes into ``out`` (or a new tensor) and returns it.
+
+    For the codec, which keeps one per NF4 tensor and dtype (an NF4Tensor's fields never
+    change). Per call it only makes the output, checks that nothing it relies on moved
+    (the inputs' addresses, the current device, no launch hooks, the switches) and calls
+    the compiled kernel's launcher, about a third of the host time of the general path
+    (``benchmarks/bench_nf4.py`` prints both); until the kernel is compiled, and wherever
+    a check fails, it takes the general path (:func:`_launch`)."""
+
+    def __init__(self, codes, absmax, codebook, numel, block_size, dtype, *,
+                 dq_block_size, dq_grids=None, dq_map=None, dq_scale=None, dq_offset=None):  # fmt: skip
+        _check(codes, dtype)
+        plan = _plan(codes, absmax, codebook, numel, block_size, dtype,
+                     dq_block_size, dq_grids, dq_map, dq_scale, dq_offset)  # fmt: skip
+        self.kernel, self.grid, self.pre, self.post, self.consts, self.options = plan
+        self.numel, self.dtype, self.device = numel, dtype, codes.device
+        self.dev = codes.device.index if codes.device.index is not None else 0
+        self.ptrs = tuple(t.data_ptr() for t in self.pre)
+        self.tail = (*self.post, *self.consts.values())  # after the output, for compiled.run
+        keys = {}
+        for aligned in (True, False):  # the output's 16-byte alignment is the one new fact
+            facts = (*_facts(self.pre), (dtype, aligned), *_facts(self.post))
+            keys[aligned] = (self.kernel, self.dev, facts, *_key_tail(self.consts, self.options))
+        self.keys = keys
+
+    def __call__(self, out: torch.Tensor | None = None) -> torch.Tensor:
+        if out is None:
+            out = torch.empty(self.numel, dtype=self.dtype, device=self.device)
+        compiled = _COMPILED.get(self.keys[out.data_ptr() % 16 == 0])
+        if (
+            compiled is not None
+            and _FAST["on"]
+            and os.environ.get("TRITON_INTERPRET") != "1"
+            and torch.cuda.current_device() == self.dev
+            and tuple(t.data_ptr() for t in self.pre) == self.ptrs
+            and not _hooks_installed()
+        ):
+            try:
+                compiled.run(
+                    self.grid, 1, 1, _raw_stream(self.dev), compiled.function,
+                    compiled.packed_metadata, None, None, None, *self.pre, out, *self.tail,
+                )  # fmt: skip
+                return out
+            except TypeError:  # as _launch: this Triton's launcher takes other arguments
+                _FAST["on"] = False
+        _launch(self.kernel, self.grid, (*self.pre, out, *self.post), self.consts, self.options)
+        return out

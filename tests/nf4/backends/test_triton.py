@@ -318,6 +318,46 @@ def test_cuda_direct_launch_is_taken_and_keeps_specializations(monkeypatch):
 
 
 @pytest.mark.skipif(not CUDA_KERNEL, reason="needs CUDA and Triton")
+@pytest.mark.parametrize("double_quant", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_prepared_launch_equals_the_torch_path(double_quant, dtype, monkeypatch):
+    """The codec's prepared launch (one Launcher per tensor and dtype) gives the general
+    path's values: a new output or an ``out`` (aligned, or a view 2 bytes off), after the
+    codes change in place, with the torch switch on in between, and it launches directly
+    once compiled."""
+    from minituner.nf4 import codec
+
+    q = quantize_nf4(torch.randn(300, 128, device="cuda"), 64, double_quant=double_quant)
+    want = _torch_path(q, dtype, monkeypatch)
+    assert torch.equal(dequantize_nf4(q, dtype), want)  # compiles; the launcher is kept
+    launcher = codec._LAUNCHERS[id(q)][dtype]
+    assert isinstance(launcher, nf4_kernels.Launcher)
+    monkeypatch.setattr(
+        nf4_kernels, "_COMPILED", {k: _CountingKernel(v) for k, v in nf4_kernels._COMPILED.items()}
+    )
+    assert torch.equal(dequantize_nf4(q, dtype), want)
+    assert sum(k.launches for k in nf4_kernels._COMPILED.values()) == 1  # the direct launch
+    out = torch.full((q.numel,), float("nan"), dtype=dtype, device="cuda")
+    assert torch.equal(dequantize_nf4(q, dtype, out=out), want) and torch.equal(
+        out.view(q.shape), want
+    )
+    buf = torch.zeros(q.numel + 1, dtype=dtype, device="cuda")  # out at a 2- or 4-byte offset
+    assert torch.equal(dequantize_nf4(q, dtype, out=buf[1:]), want) and buf[0] == 0
+    with monkeypatch.context() as m:  # the switch still holds with a launcher kept
+        m.setenv("MINITUNER_NF4_KERNEL", "torch")
+        m.setattr(nf4_kernels.Launcher, "__call__", lambda *a: pytest.fail("launched"))
+        assert torch.equal(dequantize_nf4(q, dtype), want)
+    q.codes.copy_(q.codes.flip(0))  # in place: the launcher reads the tensor, not a copy
+    assert torch.equal(dequantize_nf4(q, dtype), _torch_path(q, dtype, monkeypatch))
+    key = id(q)
+    del q, launcher
+    import gc
+
+    gc.collect()
+    assert key not in codec._LAUNCHERS  # an entry leaves with its tensor
+
+
+@pytest.mark.skipif(not CUDA_KERNEL, reason="needs CUDA and Triton")
 def test_cuda_dequantize_replays_in_a_cuda_graph(monkeypatch):
     q = quantize_nf4(torch.randn(256, 320, device="cuda"), 64, double_quant=True)
     for _ in range(2):  # warm: compiled and cached before the capture
