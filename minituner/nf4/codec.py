@@ -171,8 +171,10 @@ def _launcher(q: NF4Tensor, dtype: torch.dtype):
         return per[dtype]
     if not triton_dequant.available(q.codes, dtype) or os.environ.get("TRITON_INTERPRET") == "1":
         return None
-    as_stored = q.codes.is_contiguous() and q.absmax.is_contiguous() and (
-        q.double_quant and q.absmax_scale.is_contiguous() or q.absmax.dtype == torch.float32
+    as_stored = (
+        q.codes.is_contiguous()
+        and q.absmax.is_contiguous()
+        and (q.double_quant and q.absmax_scale.is_contiguous() or q.absmax.dtype == torch.float32)
     )
     if not as_stored:  # the launch would read copies made now, not q's tensors
         return None
