@@ -1,7 +1,7 @@
 """Completions: the base model and any number of fine-tuned runs answer the same cloze
 prompt, side by side.
 
-The candidate answers follow the prompt (app/candidates.py: a sentence of a known verb
+The candidate answers follow the prompt (minituner/minigpt/candidates.py: a sentence of a known verb
 gets its irregular past and its "-ed" form) and stay editable. Runs are found as on
 Compare (app/run_picker.py: newest first, a filter, the run just trained selected, the
 selection and the prompt kept in the URL)."""
@@ -11,10 +11,10 @@ from __future__ import annotations
 import streamlit as st
 
 from app import data, helpers, live
-from app.candidates import candidates_for
 from app.charts import completions as charts
 from app.format import md_text
 from app.run_picker import pick_runs
+from minituner.minigpt.candidates import candidates_for
 from minituner.minigpt.evaluate import candidate_logprobs, check_prompt, complete, greedy_answers
 
 DEFAULT_PROMPT = "He __ to school yesterday."

@@ -52,7 +52,7 @@ def complete_arguments(p) -> None:
 
 def cmd_complete(args) -> None:
     from minituner.finetune.result import load_base
-    from minituner.minigpt.corpus import guess_candidates
+    from minituner.minigpt.candidates import candidates_for
     from minituner.minigpt.evaluate import candidate_logprobs, check_prompt, complete
     from minituner.store.runs import RunStore, check_run_id
 
@@ -61,7 +61,8 @@ def cmd_complete(args) -> None:
     if args.candidates:
         cands = [c.strip() for c in args.candidates.split(",") if c.strip()]
     else:
-        cands = guess_candidates(args.prompt)
+        guess = candidates_for(args.prompt)  # what the app's Completions page offers
+        cands = guess.candidates if guess else []
     # empty, no blank, unknown characters, too long: one line before any output
     check_prompt(base.tok, args.prompt, base.model.config.block_size, cands)
     store = RunStore()

@@ -42,7 +42,6 @@ from minituner.minigpt.verbs import (
     Verb,
     english_form,
     overregularized_form,
-    regular_past,
     spanish_form,
 )
 
@@ -336,17 +335,3 @@ def _pretrain_lines(
         else:
             lines.append(es)
     return lines
-
-
-def guess_candidates(prompt: str) -> list[str]:
-    """Candidate answers for a cloze prompt of the corpus' kind: the correct past form
-    and the over-regularized one ("went", "goed"), found from the complement and the
-    subject. Empty when the prompt names no known complement."""
-    subject = next((s for s in SUBJECTS if prompt.startswith(s[0] + " ")), None)
-    person = subject[2] if subject else "3s"
-    for verb in VERBS:
-        if any(f" {en} " in f" {prompt} " or f" {en}." in prompt for en, _ in verb.complements):
-            correct = english_form(verb, "past", person)
-            wrong = overregularized_form(verb, person) or regular_past(verb.lemma)
-            return [correct] if wrong == correct else [correct, wrong]
-    return []

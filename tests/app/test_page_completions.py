@@ -23,9 +23,9 @@ from page_util import texts  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from app import helpers  # noqa: E402
-from app.candidates import candidates_for  # noqa: E402
 from app.charts import completions as charts  # noqa: E402
 from app.charts.common import method_color, run_color  # noqa: E402
+from minituner.minigpt.candidates import candidates_for  # noqa: E402
 from minituner.minigpt.corpus import build_corpus  # noqa: E402
 from minituner.minigpt.verbs import (  # noqa: E402
     ADVERBS,

@@ -1,4 +1,5 @@
-"""The candidate answers the Completions page compares, following the prompt (issue 24).
+"""The candidate answers for a cloze prompt's blank, following the prompt: what the app's
+Completions page compares and what ``minituner complete`` scores by default.
 
 A prompt whose sentence belongs to a known verb of the corpus (its complement, such as
 "to school" or "a letter", names the verb; minituner.minigpt.verbs has the tables) gets
