@@ -95,17 +95,18 @@ class LlamaMLP(nn.Module):
         on) nothing reads this output, only what its nodes save: a plain low-memory NF4
         down projection saves nothing, so the SwiGLU product is skipped (gate and up are
         still saved) and the recompute stops there; a fused LoRA down projection makes and
-        saves its LoRA input but skips its base GEMM."""
+        saves its LoRA input but skips its base GEMM. There the SwiGLU backward also writes
+        its gradients over gate and up, which nothing else reads."""
         f = self.fused_lora
         if self.fused_kernels:  # one node for both (minituner.lora.qlora_group)
             gate, up = qlora_group((self.gate_proj, self.up_proj), x, f)
         else:
             gate, up = qlora_linear(self.gate_proj, x, f), qlora_linear(self.up_proj, x, f)
-        spare = self.fused_kernels and recomputing()
+        spare = self.fused_kernels and recomputing()  # gate, up serve this backward only
         if spare and type(self.down_proj) is NF4LinearLowMem:
-            h = swiglu(gate, up, self.fused_kernels, compute=False)
+            h = swiglu(gate, up, self.fused_kernels, compute=False, free_inputs=True)
             return h.new_empty(x.shape) if residual is None else residual
-        h = swiglu(gate, up, self.fused_kernels)
+        h = swiglu(gate, up, self.fused_kernels, free_inputs=spare)
         return qlora_linear(self.down_proj, h, f, residual, base=not spare)
 
 

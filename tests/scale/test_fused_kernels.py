@@ -121,6 +121,14 @@ def check_kernels(device: str, dtype: torch.dtype) -> None:
     (_, gr4), _ = _both(fused_swiglu.swiglu, fused_swiglu.swiglu, [gate, up], gh)
     for a, b in zip(gr3, gr4, strict=True):
         assert torch.equal(a, b), "swiglu backward after compute=False"
+    # free_inputs: the same gradients, written over gate's and up's memory
+    gate2 = (gate.detach() * 1.0).requires_grad_()
+    up2 = (up.detach() * 1.0).requires_grad_()
+    g_in, u_in = gate2 * 1.0, up2 * 1.0  # intermediates the node may overwrite
+    fused_swiglu.swiglu(g_in, u_in, free_inputs=True).backward(gh)
+    for a, b, buf in zip((gate2.grad, up2.grad), gr4, (g_in, u_in), strict=True):
+        assert torch.equal(a, b), "swiglu backward with free_inputs"
+        assert torch.equal(buf.detach(), b), "swiglu free_inputs writes over its inputs"
 
     # head + loss: 13 rows in chunks of 5, vocab 1000, two rows ignored
     hs, head = randn(13, 48), randn(1000, 48, scale=0.5)
