@@ -84,19 +84,37 @@ _BINARY = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 _DECIMAL = ("B", "kB", "MB", "GB", "TB", "PB")
 
 
-def format_bytes(n: float, digits: int = 1, binary: bool = True) -> str:
+def format_bytes(n: float, digits: int = 1, binary: bool = True, unit: str | None = None) -> str:
     """Human-readable size: ``format_bytes(98304) == "96.0 KiB"``; ``binary=False`` gives
-    powers of 1000 (kB, MB, GB)."""
+    powers of 1000 (kB, MB, GB); ``unit`` ("MiB", ...) fixes the unit, so that a column
+    of sizes reads in one (:func:`common_unit`).
+
+    Raises:
+        ValueError: ``unit`` is not one of the units of that base.
+    """
     base, units = (1024, _BINARY) if binary else (1000, _DECIMAL)
     sign = "-" if n < 0 else ""
     v = abs(float(n))
-    i = 0
-    while v >= base and i < len(units) - 1:
-        v /= base
-        i += 1
+    if unit is not None:
+        if unit not in units:
+            raise ValueError(f"unknown unit {unit!r}; one of {', '.join(units)}")
+        i = units.index(unit)
+        v /= base**i
+    else:
+        i = 0
+        while v >= base and i < len(units) - 1:
+            v /= base
+            i += 1
     if i == 0:
         return f"{sign}{int(v)} B"
     return f"{sign}{v:.{digits}f} {units[i]}"
+
+
+def common_unit(values, binary: bool = True) -> str:
+    """The unit :func:`format_bytes` would give the largest of ``values``: one unit for a
+    table column (the small entries then read as fractions of it)."""
+    largest = max((abs(float(v)) for v in values), default=0.0)
+    return format_bytes(largest, binary=binary).split(" ")[-1]
 
 
 CATEGORIES = ("weights", "nf4", "lora", "gradients", "optimizer", "activations")

@@ -9,7 +9,7 @@ import torch
 
 from app import data
 from app.charts import nf4 as charts
-from app.format import format_bytes, md_text
+from app.format import common_unit, format_bytes, md_text
 from minituner.nf4.format import (
     DEFAULT_BLOCK_SIZE,
     FP4_CODEBOOK,
@@ -91,18 +91,23 @@ with c4:
     sizes = {dq: nf4_model_bytes(shapes, int(block), dq) for dq in (False, True)}
     s = sizes[True]
     st.markdown(f"**MiniGPT's {len(shapes)} layer Linears, {s['n_params']:,} weights**")
+    unit = common_unit([s["fp32"], s["bf16"], sizes[False]["nf4"], s["nf4"]])
+
+    def size(n: float) -> str:  # one unit down the column
+        return format_bytes(n, digits=2, unit=unit)
+
     st.dataframe(
         [
-            {"stored as": "fp32", "bytes": format_bytes(s["fp32"]), "bits / weight": "32"},
-            {"stored as": "bf16", "bytes": format_bytes(s["bf16"]), "bits / weight": "16"},
+            {"stored as": "fp32", "bytes": size(s["fp32"]), "bits / weight": "32"},
+            {"stored as": "bf16", "bytes": size(s["bf16"]), "bits / weight": "16"},
             {
                 "stored as": f"NF4 (absmax fp32, blocks of {block})",
-                "bytes": format_bytes(sizes[False]["nf4"]),
+                "bytes": size(sizes[False]["nf4"]),
                 "bits / weight": f"{sizes[False]['nf4_bits_per_param']:.3f}",
             },
             {
                 "stored as": "NF4 + double quantization",
-                "bytes": format_bytes(s["nf4"]),
+                "bytes": size(s["nf4"]),
                 "bits / weight": f"{s['nf4_bits_per_param']:.3f}",
             },
         ],

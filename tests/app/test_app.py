@@ -589,3 +589,15 @@ def test_default_run_prefers_the_default_config(seeded_cache):
     runs = RunStore([seeded_cache]).list()
     assert data.default_run(runs).method == "lora"
     assert data.default_run([]) is None
+
+
+def test_nf4_size_table_reads_in_one_unit(cache):
+    """The size column of the NF4 page (fp32, bf16, NF4, NF4 + double quantization) is in
+    one unit, so the rows compare at a glance."""
+    at = open_page("nf4")
+    assert not at.exception, [e.value for e in at.exception]
+    table = next(d.value for d in at.dataframe if "stored as" in d.value.columns)
+    units = {v.split(" ")[-1] for v in table["bytes"]}
+    assert len(units) == 1 and units <= {"KiB", "MiB"}, list(table["bytes"])
+    fp32, bf16 = (float(v.split(" ")[0]) for v in table["bytes"][:2])
+    assert fp32 == pytest.approx(2 * bf16, rel=0.01)

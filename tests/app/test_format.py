@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from app.format import breakdown_table, format_bytes  # noqa: E402
+from app.format import breakdown_table, common_unit, format_bytes  # noqa: E402
 from minituner.memory.predict import predict_memory  # noqa: E402
 from minituner.memory.shapes import SHAPES  # noqa: E402
 
@@ -35,3 +35,17 @@ def test_breakdown_table():
     act = [r for r in rows if r["category"] == "activations"]
     assert len(act) == 1 and act[0]["estimate"] and act[0]["bytes"] == pred["activations"]
     assert next(r for r in rows if r["source"] == "measured")["label"] == "10 B"
+
+
+def test_a_column_of_sizes_reads_in_one_unit():
+    sizes = [3_145_728, 1_572_864, 409_600, 397_312]  # fp32, bf16, NF4, NF4 + DQ of one model
+    unit = common_unit(sizes)
+    assert unit == "MiB"
+    assert [format_bytes(n, digits=2, unit=unit) for n in sizes] == [
+        "3.00 MiB", "1.50 MiB", "0.39 MiB", "0.38 MiB",
+    ]  # fmt: skip
+    assert common_unit([512, 100]) == "B" and format_bytes(100, unit="B") == "100 B"
+    assert common_unit([]) == "B"
+    assert format_bytes(1_500_000, binary=False, unit="MB") == "1.5 MB"
+    with pytest.raises(ValueError, match="unknown unit 'MB'"):
+        format_bytes(1, unit="MB")
