@@ -40,6 +40,20 @@ class Figure:
     then: str | None = None  # what the change is against, shown beside it ("base model 22.9%")
 
 
+# metric labels short enough for a quarter of a 1024 px page (the e2e layout test checks
+# that no label is cut); what each figure is goes in its tooltip
+IRREGULAR, REGULAR = "irregular verbs", "regular verbs"
+OVERREGULARIZED, DRIFT = "over-regularized", "English drift"
+HELP = {
+    IRREGULAR: "irregular-verb accuracy: held-out irregular-verb prompts answered correctly",
+    REGULAR: "regular-verb accuracy: prompts with the 12 regular verbs answered correctly",
+    OVERREGULARIZED: "over-regularized answers: the share of irregular-verb prompts answered "
+    'with a regular "-ed" form ("goed")',
+    DRIFT: "control English drift: perplexity on held-out English sentences with regular "
+    "verbs, against the base model's (0 % = unchanged)",
+}
+
+
 def change(now: float, then: float) -> str:
     """A change in percentage points: "+12.5 pts", "-27.9 pts" (an ASCII sign: st.metric
     reads it for the arrow and the colour)."""
@@ -69,19 +83,21 @@ def accuracy_figures(final, base) -> list[Figure]:
         now = getattr(final, key)
         then = getattr(base, key) if base is not None else None
         if then is None:
-            return Figure(label, pct(now))
-        return Figure(label, pct(now), change(now, then), color, then=f"base model {pct(then)}")
+            return Figure(label, pct(now), help=HELP[label])
+        return Figure(
+            label,
+            pct(now),
+            change(now, then),
+            color,
+            then=f"base model {pct(then)}",
+            help=f"{HELP[label]}; the change is against the base model {pct(then)}",
+        )
 
     return [
-        fig("irregular-verb accuracy", "irregular_accuracy"),
-        fig("regular-verb accuracy", "regular_accuracy"),
-        fig("over-regularized answers", "overregularized_rate", "inverse"),
-        Figure(
-            "control English drift",
-            f"{100 * final.control_en_drift:+.2f}%",
-            help="perplexity on held-out English sentences with regular verbs, "
-            "against the base model's (0 % = unchanged)",
-        ),
+        fig(IRREGULAR, "irregular_accuracy"),
+        fig(REGULAR, "regular_accuracy"),
+        fig(OVERREGULARIZED, "overregularized_rate", "inverse"),
+        Figure(DRIFT, f"{100 * final.control_en_drift:+.2f}%", help=HELP[DRIFT]),
     ]
 
 

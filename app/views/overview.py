@@ -71,9 +71,13 @@ bm = data.base_metrics()
 st.header("The base model")
 cols = st.columns(4)  # four: a value of 7 characters fits a column at 1024 px wide
 cols[0].metric("parameters", f"{bm.num_params:,}")
-cols[1].metric("irregular-verb accuracy", helpers.pct(bm.irregular_accuracy))
-cols[2].metric("regular-verb accuracy", helpers.pct(bm.regular_accuracy))
-cols[3].metric("over-regularized answers", helpers.pct(bm.overregularized_rate))
+for col, label, value in zip(
+    cols[1:],
+    (headline.IRREGULAR, headline.REGULAR, headline.OVERREGULARIZED),
+    (bm.irregular_accuracy, bm.regular_accuracy, bm.overregularized_rate),
+    strict=True,
+):
+    col.metric(label, helpers.pct(value), help=headline.HELP[label])
 per_verb = ""
 if bm.irregular_accuracy_per_verb:
     per_verb = "Irregular-verb accuracy per verb: " + ", ".join(

@@ -152,11 +152,13 @@ def _show_result(info) -> None:
     after = cloze_metrics(model, base.tok, split.held_out)
     f, bm = info.final, data.base_metrics()
     st.subheader(f"Before and after: run {info.run_id}")
-    taught = headline.Figure(
-        f"“{verb.lemma}”: held-out accuracy",
+    then = f"base model {helpers.pct(before['accuracy'])}"
+    taught = headline.Figure(  # a short label (a quarter of 1024 px); the rest in the tooltip
+        f"taught “{verb.lemma}”",
         helpers.pct(after["accuracy"]),
         headline.change(after["accuracy"], before["accuracy"]),
-        then=f"base model {helpers.pct(before['accuracy'])}",
+        then=then,
+        help=f"held-out accuracy of the taught verb; the change is against the {then}",
     )
     irregular, regular, _, drift = headline.accuracy_figures(f, bm)  # four fit at 1024 px
     headline.show([taught, irregular, regular, drift])

@@ -201,8 +201,16 @@ total = shape.total_params()
 with form:  # three metrics: a 7-character value fits a third of the column at 1024 px
     m1, m2, m3 = st.columns(3)
     m1.metric("trainable parameters", f"{trainable:,}", help=headline.share_text(trainable, total))
-    m2.metric("predicted memory: model and training state", format_bytes(pred["states_total"]))
-    m3.metric("predicted memory: activations (estimate)", format_bytes(pred["activations"]))
+    m2.metric(
+        "predicted: model + state",
+        format_bytes(pred["states_total"]),
+        help="predicted memory of the weights, trainable parameters, gradients and optimizer state",
+    )
+    m3.metric(
+        "predicted: activations",
+        format_bytes(pred["activations"]),
+        help="predicted memory of the activations (an estimate), for the batch below",
+    )
     st.caption(
         f"Trainable: {headline.share_text(trainable, total)}. Activations for a batch of "
         f"{cfg.batch_size} × at most {seq} characters. Live training runs on "

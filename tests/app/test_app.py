@@ -115,7 +115,7 @@ def test_overview_shows_base_figures_and_a_default_run(cache):
     at = open_page("overview")
     labels = {m.label: m.value for m in at.metric}
     assert labels["parameters"] == f"{load_base().metrics['num_params']:,}"
-    assert "irregular-verb accuracy" in labels  # the default run's figures
+    assert "irregular verbs" in labels  # the default run's figures
     assert labels["base model answers"] and labels["fine-tuned answers"]
 
 
@@ -388,7 +388,7 @@ def test_train_page_trains_a_tiny_run_live(empty_cache, idle_trainer):
     assert at.number_input(key="train_r").value == 2
     labels = {m.label: m.value for m in at.metric}
     assert labels["trainable parameters"] == "4,096"  # r (in + out) for q, v in 4 layers
-    assert "predicted memory: model and training state" in labels
+    assert "predicted: model + state" in labels and "predicted: activations" in labels
     start = at.button(key="train_start")
     assert start.label == "Train live"
 

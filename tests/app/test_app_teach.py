@@ -125,17 +125,17 @@ def test_a_teach_run_trains_live_and_shows_before_and_after(empty_cache, idle_tr
     assert len(table) == 30 and set(table["correct"]) == {"black"}
     assert all(c[0] in "✓✗" for c in table["after (fine-tuned)"])
     labels = {m.label for m in at.metric}
-    assert "“blick”: held-out accuracy" in labels and "control English drift" in labels
+    assert "taught “blick”" in labels and "English drift" in labels
     (run,) = [r for r in RunStore().list() if r.config.finetune.seed == 5151]
     assert run.config.finetune.teach == "blick:black" and run.config.finetune.steps == 2
     assert "blick" in run.final.taught_accuracy
     assert " · teach blick:black · 2 steps" in helpers.run_label(run)  # menus name the lesson
     assert "Learned" in texts(at.markdown) or "Not learned" in texts(at.markdown)
     assert at.button(key="teach_start").label == "Teach it live anyway"
-    held = next(m for m in at.metric if m.label == "“blick”: held-out accuracy")
-    assert held.proto.help.startswith("the change is against the base model ")
+    held = next(m for m in at.metric if m.label == "taught “blick”")
+    assert held.proto.help.startswith("held-out accuracy of the taught verb; the change is against")
     # issue 24, the honest headline: what the lesson cost the regular verbs, with its change
-    regular = next(m for m in at.metric if m.label == "regular-verb accuracy")
+    regular = next(m for m in at.metric if m.label == "regular verbs")
     assert regular.proto.delta.endswith(" pts") and regular.proto.delta[0] in "+-"
     assert regular.proto.help.endswith(f"base model {helpers.pct(base_regular())}")
 

@@ -57,17 +57,17 @@ def run_metrics(at: AppTest) -> dict:
 def test_a_run_to_start_from_shows_regular_verb_accuracy_and_its_change(overview):
     run, base = default_run(), load_base().metrics
     figures = run_metrics(overview)
-    regular = figures["regular-verb accuracy"]
+    regular = figures["regular verbs"]
     assert regular.value == helpers.pct(run.final.regular_accuracy)
     assert regular.proto.delta == headline.change(
         run.final.regular_accuracy, base["regular_accuracy"]
     )
     assert regular.proto.delta.startswith("-")  # the cost: 100 % -> about 72 %
     assert regular.proto.help.endswith(f"base model {helpers.pct(base['regular_accuracy'])}")
-    assert figures["irregular-verb accuracy"].proto.delta.startswith("+")
+    assert figures["irregular verbs"].proto.delta.startswith("+")
     labels = [m.label for m in overview.metric]
-    assert labels.count("regular-verb accuracy") == 2  # the base model's, then the run's
-    assert "control English drift" in labels
+    assert labels.count("regular verbs") == 2  # the base model's, then the run's
+    assert "English drift" in labels
 
 
 def test_no_delta_on_the_device_or_the_share(overview):

@@ -121,12 +121,12 @@ def test_the_stored_view_shows_regular_verb_accuracy_and_its_change(stored_page)
     run = stored_run()
     base = base_metrics()
     metrics = {m.label: m for m in stored_page.metric}
-    regular = metrics["regular-verb accuracy"]
+    regular = metrics["regular verbs"]
     assert regular.value == f"{100 * run.final.regular_accuracy:.1f}%"
     assert regular.proto.delta == headline.change(run.final.regular_accuracy, base.regular_accuracy)
     assert regular.proto.delta.startswith("-")  # it fell: drawn red, pointing down
-    assert metrics["irregular-verb accuracy"].proto.delta.startswith("+")
-    assert metrics["control English drift"].proto.delta == ""  # a drift is itself a change
+    assert metrics["irregular verbs"].proto.delta.startswith("+")
+    assert metrics["English drift"].proto.delta == ""  # a drift is itself a change
 
 
 def test_no_delta_that_is_not_a_change(stored_page):
