@@ -75,7 +75,7 @@ MEASURE_JS = """
   }
   for (const el of main.querySelectorAll('[data-testid="stTable"], [data-testid="stMetricValue"],' +
                                          ' [data-testid="stMetricValue"] > div,' +
-                                         ' [data-testid="stMetricLabel"] p')) {
+                                         ' [data-testid="stMetricLabel"] [data-testid="stMarkdownContainer"]')) {
     if (el.clientWidth > 0 && el.scrollWidth > el.clientWidth + 2) {
       out.push(`${name(el.closest('[data-testid="stMetric"]') || el)} is cut: ` +
                `${el.scrollWidth} px of content in ${el.clientWidth} px`);
