@@ -308,9 +308,10 @@ class Launcher:
     For the codec, which keeps one per NF4 tensor and dtype (an NF4Tensor's fields never
     change). Per call it only makes the output, checks that nothing it relies on moved
     (the inputs' addresses, the current device, no launch hooks, the switches) and calls
-    the compiled kernel's launcher, about a third of the host time of the general path
-    (``benchmarks/bench_nf4.py`` prints both); until the kernel is compiled, and wherever
-    a check fails, it takes the general path (:func:`_launch`)."""
+    the compiled kernel's launcher: no argument binding and no key built from every
+    argument, the Python work that set the pace of back-to-back calls at the 7B shapes
+    (``benchmarks/bench_nf4.py`` prints the host time per call). Until the kernel is
+    compiled, and wherever a check fails, it takes the general path (:func:`_launch`)."""
 
     def __init__(self, codes, absmax, codebook, numel, block_size, dtype, *,
                  dq_block_size, dq_grids=None, dq_map=None, dq_scale=None, dq_offset=None):  # fmt: skip
