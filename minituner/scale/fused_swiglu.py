@@ -13,7 +13,8 @@ writes both input gradients, with eager's roundings to the compute dtype:
 Nothing but gate and up is saved (s is recomputed in the backward kernel). With
 ``free_inputs`` the backward writes the two gradients over gate and up (each element is
 read before it is written), as Liger-Kernel's SwiGLU does: at 7B that is two (tokens,
-11008) tensors fewer at the moment the MLP's backward holds the most.
+11008) tensors fewer allocated during the MLP's backward (by construction; its effect
+on the peak is measured by ``benchmarks/bench_7b_qlora.py``).
 """
 
 from __future__ import annotations
