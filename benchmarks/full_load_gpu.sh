@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Issue 27's GPU measurements in one go, on one CUDA machine with this repo's requirements
+# plus bitsandbytes, liger-kernel and torchao (their versions land in each JSON):
+#   bash benchmarks/full_load_gpu.sh OUT_DIR
+# 1. the GPU tests of every fused kernel (NF4 dequantize and its prepared launch, RMSNorm,
+#    RoPE, SwiGLU, head + loss, recompute, q,k,v / gate,up groups, CUDA graphs, bitsandbytes)
+# 2. batch 8 x 512 against PEFT + bitsandbytes and PEFT + bitsandbytes + Liger-Kernel, with
+#    the GEMM-order and q,k,v-in-one-GEMM settings timed beside the default (--variants)
+# 3. NF4 dequantize at the 7B shapes against bitsandbytes and the copy bandwidth
+# 4. batch 1 x 512 against PEFT + bitsandbytes
+# 5. batch 8 against torchao's NF4 + LoRA under torch.compile (slowest: it compiles)
+# Nothing here asserts a number: read the JSON (scripts/update_readme.py takes b8.json).
+set -uo pipefail
+out=${1:?usage: bash benchmarks/full_load_gpu.sh OUT_DIR}
+mkdir -p "$out"
+cd "$(dirname "$0")/.."
+python -m pytest -q -rfE tests/nf4/backends/test_triton.py tests/scale tests/lora/test_qlora_group.py \
+  tests/nf4/test_bnb.py tests/nf4/test_codec.py | tee "$out/tests.txt"
+python benchmarks/bench_7b_qlora.py --batch 8 --r 8 --targets qv all --steps 3 --kernels fused \
+  --profile --peft --liger --variants base_first qkv_one_gemm base_first_qkv_one_gemm \
+  --out "$out/b8.json" | tee "$out/b8.txt"
+python benchmarks/bench_nf4.py --device cuda --shapes 4096x4096 4096x11008 11008x4096 --graph \
+  --json "$out/nf4.json" | tee "$out/nf4.txt"
+python benchmarks/bench_7b_qlora.py --batch 1 --r 8 --targets qv all --peft --profile \
+  --out "$out/b1.json" | tee "$out/b1.txt"
+python benchmarks/bench_7b_qlora.py --batch 8 --r 8 --targets qv all --steps 3 --kernels fused \
+  --torchao --out "$out/b8_torchao.json" | tee "$out/b8_torchao.txt"
