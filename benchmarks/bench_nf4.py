@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from minituner.nf4.backends import cpu_c as nf4_cpu  # noqa: E402
 from minituner.nf4.backends import triton_dequant as nf4_kernels  # noqa: E402
 from minituner.nf4.backends import triton_quant as nf4_quant_kernels  # noqa: E402
-from minituner.nf4.codec import dequantize_nf4, quantize_nf4  # noqa: E402
+from minituner.nf4.codec import _dq_arguments, dequantize_nf4, quantize_nf4  # noqa: E402
 from minituner.nf4.storage import nf4_storage_bytes  # noqa: E402
 
 MALLOC_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
@@ -188,10 +188,17 @@ def graph_seconds(fn: Callable[[], object], device: torch.device, calls: int = 2
 def host_microseconds(device: torch.device, bnbF, calls: int = 2000) -> dict:
     """Host time per dequantize call (microseconds): ``calls`` calls on a 64 x 64 tensor,
     whose kernel takes far less than the host's work, then one synchronize. Below this
-    time per call, back-to-back calls measure the host, not the GPU."""
+    time per call, back-to-back calls measure the host, not the GPU. "ours" is the codec
+    (its launch prepared once per tensor: triton_dequant.Launcher), "ours (general launch
+    path)" the same kernel through triton_dequant.dequantize_packed, bnb bitsandbytes."""
     w = torch.randn(64, 64, device=device)
     q = quantize_nf4(w, 64)
     fns = {"ours": lambda: dequantize_nf4(q, torch.bfloat16)}
+    if nf4_kernels.available(q.codes, torch.bfloat16):  # the same kernel, unprepared
+        args = (q.codes, q.absmax, q.codebook, q.numel, q.block_size, torch.bfloat16)
+        fns["ours (general launch path)"] = lambda: nf4_kernels.dequantize_packed(
+            *args, **_dq_arguments(q)
+        )
     if bnbF is not None:
         bq, st = bnbF.quantize_4bit(w, blocksize=64, quant_type="nf4")
         st_bf16 = copy.copy(st)
