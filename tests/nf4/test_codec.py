@@ -6,6 +6,8 @@ bitsandbytes' quantize_4bit defaults to FP4: every call here passes quant_type e
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn as nn
@@ -354,3 +356,58 @@ def test_dequantize_into_out_writes_those_rows_only(device, double_quant):
         for bad in (buf[40:135], buf[40:136, :32], buf.to(torch.float16)[40:136]):
             with pytest.raises(ValueError, match="out must be"):
                 dequantize_nf4(q, dtype, out=bad)
+
+
+def test_the_codec_keeps_one_prepared_launch_per_tensor_and_dtype(monkeypatch):
+    """codec._launcher (the CUDA path's prepared Triton launch), with a stand-in launcher:
+    made once per tensor and dtype and then reused, not made under the interpreter or
+    where the launch would read a copy (a bfloat16 absmax), the torch switch bypasses it,
+    and an entry leaves with its tensor. The real launcher's GPU test is in
+    tests/nf4/backends/test_triton.py."""
+    import gc
+
+    from minituner.nf4 import codec
+    from minituner.nf4.backends import fused_wanted, triton_dequant
+
+    made = []
+
+    class FakeLauncher:
+        def __init__(self, codes, absmax, codebook, numel, block_size, dtype, **dq):
+            made.append((codes, absmax, dtype, dq.get("dq_scale")))
+            self.calls = []
+
+        def __call__(self, out=None):
+            self.calls.append(out)
+            return torch.full((made[-1][0].numel() * 2,), 7.0) if out is None else out.fill_(7.0)
+
+    monkeypatch.setattr(triton_dequant, "available", lambda codes, dtype: True)
+    monkeypatch.setattr(triton_dequant, "Launcher", FakeLauncher)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("MINITUNER_NF4_KERNEL", raising=False)
+    q = quantize_nf4(torch.randn(8, 16), 16, double_quant=True)
+    assert torch.equal(dequantize_nf4(q), torch.full((8, 16), 7.0))
+    assert torch.equal(dequantize_nf4(q), torch.full((8, 16), 7.0))
+    assert len(made) == 1 and made[0][0] is q.codes and made[0][3] is q.absmax_scale
+    launcher = codec._LAUNCHERS[id(q)][torch.float32]
+    out = torch.zeros(8, 16)
+    assert dequantize_nf4(q, out=out) is not None and torch.equal(out, torch.full((8, 16), 7.0))
+    assert len(launcher.calls) == 3 and launcher.calls[2].data_ptr() == out.data_ptr()
+    dequantize_nf4(q, torch.bfloat16)  # another dtype: another launcher
+    assert [m[2] for m in made] == [torch.float32, torch.bfloat16]
+    # the switch: the kept launcher does not run (available() follows it, as the real one)
+    monkeypatch.setattr(triton_dequant, "available", lambda codes, dtype: fused_wanted())
+    monkeypatch.setenv("MINITUNER_NF4_KERNEL", "torch")
+    assert not torch.equal(dequantize_nf4(q), torch.full((8, 16), 7.0))
+    assert len(launcher.calls) == 3
+    monkeypatch.delenv("MINITUNER_NF4_KERNEL")
+    key = id(q)
+    del q, launcher
+    gc.collect()
+    assert key not in codec._LAUNCHERS  # the entry left with its tensor
+    # a bfloat16 absmax would be read through a float32 copy made now: no launcher
+    q16 = quantize_nf4(torch.randn(8, 16), 16)
+    q16 = replace(q16, absmax=q16.absmax.to(torch.bfloat16))
+    assert codec._launcher(q16, torch.float32) is None
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the interpreter takes the general path
+    assert codec._launcher(quantize_nf4(torch.randn(8, 16), 16), torch.float32) is None
+    assert len(made) == 2
