@@ -85,8 +85,17 @@ def test_teach_a_verb_live_in_the_browser(server, page):  # noqa: F811
 
     _settle(page, TITLE)
     _assert_no_errors(page, "teach (finished)")
-    page.get_by_text("“blick”: held-out accuracy").first.wait_for(timeout=60_000)
-    assert page.get_by_text("control English drift").first.is_visible()
+    page.get_by_text("taught “blick”").first.wait_for(timeout=60_000)
+    assert page.get_by_text("English drift").first.is_visible()
+    page.set_viewport_size({"width": 1024, "height": 768})  # a projector: no metric label cut
+    page.wait_for_timeout(500)
+    cut = page.evaluate(
+        """() => [...document.querySelectorAll(
+            '[data-testid="stMetricLabel"] [data-testid="stMarkdownContainer"]')]
+          .filter((e) => e.clientWidth > 0 && e.scrollWidth > e.clientWidth + 2)
+          .map((e) => e.textContent)"""
+    )
+    assert cut == [], f"metric labels cut at 1024 px: {cut}"
     assert page.get_by_text("Before and after").first.is_visible()
     assert page.get_by_role("button", name="Teach it live anyway").count() == 1
     page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)  # the per-verb curves
