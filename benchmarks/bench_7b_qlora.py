@@ -798,6 +798,17 @@ def _add_mfu(res: dict, cfg: LlamaConfig, args, r: int, targets: str, peak) -> N
         res["gemm_seconds"] = gemm["seconds"]
 
 
+def train_ours(model, r: int, t: str, fused: bool, graph: bool, batches, args, device):
+    """(train_steps' record, the trainable parameters) of our model with a fresh seeded
+    LoRA of rank r on TARGETS[t], with or without the fused kernels."""
+    remove_lora(model)
+    torch.manual_seed(args.seed)
+    add_lora(model, TARGETS[t], r=r, alpha=args.alpha)
+    model.use_fused_kernels(fused)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return train_steps(model, params, batches, _ours_loss, args, device, graph=graph), params
+
+
 def run_variant(name, model, batches, shape, cfg, args, device, peak, runs) -> dict:
     """Our fused step under VARIANTS[name] for every (r, targets), then the defaults back."""
     saved = [(c, a, getattr(c, a)) for c, a, _ in VARIANTS[name]]
@@ -807,13 +818,8 @@ def run_variant(name, model, batches, shape, cfg, args, device, peak, runs) -> d
             setattr(c, a, v)
         for r in args.r:
             for t in args.targets:
-                remove_lora(model)
-                torch.manual_seed(args.seed)
-                add_lora(model, TARGETS[t], r=r, alpha=args.alpha)
-                model.use_fused_kernels(True)
-                params = [p for p in model.parameters() if p.requires_grad]
                 graph = args.graph and device.type == "cuda"
-                res = train_steps(model, params, batches, _ours_loss, args, device, graph=graph)
+                res, _ = train_ours(model, r, t, True, graph, batches, args, device)
                 _add_mfu(res, cfg, args, r, t, peak)
                 key = f"r{r}_{t}"
                 if key in runs:
@@ -907,12 +913,7 @@ def main(argv=None) -> dict:
     for r in args.r:
         for t in args.targets:
             for kind, mode in modes:
-                remove_lora(model)
-                torch.manual_seed(args.seed)
-                add_lora(model, TARGETS[t], r=r, alpha=args.alpha)
-                model.use_fused_kernels(kind == "fused")
-                params = [p for p in model.parameters() if p.requires_grad]
-                res = train_steps(model, params, batches, _ours_loss, args, device, graph=mode)
+                res, params = train_ours(model, r, t, kind == "fused", mode, batches, args, device)
                 res["kernels"] = kind
                 res["trainable_params"] = sum(p.numel() for p in params)
                 res["predicted"] = _prediction(shape, r, t, args)

@@ -195,8 +195,7 @@ def dequantize_4bit(
     ``out`` (contiguous, ``dtype``, q's number of elements, on q's device) receives the
     values instead of a new tensor (the Triton kernel writes it directly; elsewhere it is
     copied in) and is returned viewed in q's shape. On CUDA the kernel's launch is
-    prepared once per tensor and dtype (:class:`~minituner.nf4.backends.triton_dequant.Launcher`),
-    so a call costs little more host time than the launch itself.
+    prepared once per tensor and dtype (:class:`~minituner.nf4.backends.triton_dequant.Launcher`).
 
     Raises:
         TypeError: ``q`` is not an NF4Tensor.
@@ -220,7 +219,7 @@ def dequantize_4bit(
     if launch is not None:  # one fused pass: Triton on CUDA
         return launch(None if out is None else out.view(-1)).view(q.shape)
     layout = (q.codebook, q.numel, q.block_size, dtype)
-    if triton_dequant.available(q.codes, dtype):  # the Triton interpreter
+    if triton_dequant.available(q.codes, dtype):  # the interpreter, or q read via copies
         flat = None if out is None else out.view(-1)
         values = triton_dequant.dequantize_packed(
             q.codes, q.absmax, *layout, **_dq_arguments(q), out=flat

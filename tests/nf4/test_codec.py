@@ -408,6 +408,7 @@ def test_the_codec_keeps_one_prepared_launch_per_tensor_and_dtype(monkeypatch):
     q16 = quantize_nf4(torch.randn(8, 16), 16)
     q16 = replace(q16, absmax=q16.absmax.to(torch.bfloat16))
     assert codec._launcher(q16, torch.float32) is None
+    q32 = quantize_nf4(torch.randn(8, 16), 16)  # made first: quantize reads the switch too
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # the interpreter takes the general path
-    assert codec._launcher(quantize_nf4(torch.randn(8, 16), 16), torch.float32) is None
+    assert codec._launcher(q32, torch.float32) is None
     assert len(made) == 2

@@ -185,15 +185,20 @@ def _hooks_installed() -> bool:
     return any(getattr(h, "calls", h) for h in (rt.launch_enter_hook, rt.launch_exit_hook))
 
 
-def _launch(kernel, grid: int, args: tuple, consts: dict, options: dict) -> None:
+def _launch(
+    kernel, grid: int, args: tuple, consts: dict, options: dict, key: tuple | None = None
+) -> None:
     """``kernel[(grid,)](*args, **consts, **options)``, through the compiled kernel's own
     launcher once this specialization has been compiled (see the module docstring).
 
     ``args`` are the kernel's run-time arguments in order (tensors and ints), ``consts``
     its constexprs in order after them, ``options`` launch options (num_warps, ...).
+    ``key``, when given, is :func:`_launch_key` of these arguments, computed beforehand
+    (:class:`Launcher`).
     """
     direct = _FAST["on"] and os.environ.get("TRITON_INTERPRET") != "1"
-    key = _launch_key(kernel, grid, args, consts, options) if direct else None
+    if direct and key is None:
+        key = _launch_key(kernel, grid, args, consts, options)
     compiled = _COMPILED.get(key) if direct else None
     if compiled is not None and not _hooks_installed():
         try:
@@ -306,12 +311,11 @@ class Launcher:
     dequantizes into ``out`` (or a new tensor) and returns it.
 
     For the codec, which keeps one per NF4 tensor and dtype (an NF4Tensor's fields never
-    change). Per call it only makes the output, checks that nothing it relies on moved
-    (the inputs' addresses, the current device, no launch hooks, the switches) and calls
-    the compiled kernel's launcher: no argument binding and no key built from every
-    argument, the Python work that set the pace of back-to-back calls at the 7B shapes
-    (``benchmarks/bench_nf4.py`` prints the host time per call). Until the kernel is
-    compiled, and wherever a check fails, it takes the general path (:func:`_launch`)."""
+    change). Per call it only makes the output and checks that the inputs' addresses and
+    the current device are those the key was built for; :func:`_launch` then takes the
+    compiled kernel's launcher with that key instead of building one from every argument
+    (or builds it, where a check fails). ``benchmarks/bench_nf4.py`` prints the host time
+    per call of both paths."""
 
     def __init__(self, codes, absmax, codebook, numel, block_size, dtype, *,
                  dq_block_size, dq_grids=None, dq_map=None, dq_scale=None, dq_offset=None):  # fmt: skip
@@ -322,7 +326,6 @@ class Launcher:
         self.numel, self.dtype, self.device = numel, dtype, codes.device
         self.dev = codes.device.index if codes.device.index is not None else 0
         self.ptrs = tuple(t.data_ptr() for t in self.pre)
-        self.tail = (*self.post, *self.consts.values())  # after the output, for compiled.run
         keys = {}
         for aligned in (True, False):  # the output's 16-byte alignment is the one new fact
             facts = (*_facts(self.pre), (dtype, aligned), *_facts(self.post))
@@ -332,22 +335,13 @@ class Launcher:
     def __call__(self, out: torch.Tensor | None = None) -> torch.Tensor:
         if out is None:
             out = torch.empty(self.numel, dtype=self.dtype, device=self.device)
-        compiled = _COMPILED.get(self.keys[out.data_ptr() % 16 == 0])
+        key = None  # _launch builds it, unless the inputs and the device are still those
         if (
-            compiled is not None
-            and _FAST["on"]
-            and os.environ.get("TRITON_INTERPRET") != "1"
+            self.device.type == "cuda"
             and torch.cuda.current_device() == self.dev
-            and tuple(t.data_ptr() for t in self.pre) == self.ptrs
-            and not _hooks_installed()
+            and self.ptrs == tuple(t.data_ptr() for t in self.pre)
         ):
-            try:
-                compiled.run(
-                    self.grid, 1, 1, _raw_stream(self.dev), compiled.function,
-                    compiled.packed_metadata, None, None, None, *self.pre, out, *self.tail,
-                )  # fmt: skip
-                return out
-            except TypeError:  # as _launch: this Triton's launcher takes other arguments
-                _FAST["on"] = False
-        _launch(self.kernel, self.grid, (*self.pre, out, *self.post), self.consts, self.options)
+            key = self.keys[out.data_ptr() % 16 == 0]
+        args = (*self.pre, out, *self.post)
+        _launch(self.kernel, self.grid, args, self.consts, self.options, key)
         return out
