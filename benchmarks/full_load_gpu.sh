@@ -4,11 +4,12 @@
 #   bash benchmarks/full_load_gpu.sh OUT_DIR
 # 1. the GPU tests of every fused kernel (NF4 dequantize and its prepared launch, RMSNorm,
 #    RoPE, SwiGLU, head + loss, recompute, q,k,v / gate,up groups, CUDA graphs, bitsandbytes)
-# 2. batch 8 x 512 against PEFT + bitsandbytes and PEFT + bitsandbytes + Liger-Kernel, with
+# 2. the GEMMs of one QLoRA node in each order at the 7B shapes (bench_gemm_order.py)
+# 3. batch 8 x 512 against PEFT + bitsandbytes and PEFT + bitsandbytes + Liger-Kernel, with
 #    the GEMM-order and q,k,v-in-one-GEMM settings timed beside the default (--variants)
-# 3. NF4 dequantize at the 7B shapes against bitsandbytes and the copy bandwidth
-# 4. batch 1 x 512 against PEFT + bitsandbytes
-# 5. batch 8 against torchao's NF4 + LoRA under torch.compile (slowest: it compiles)
+# 4. NF4 dequantize at the 7B shapes against bitsandbytes and the copy bandwidth
+# 5. batch 1 x 512 against PEFT + bitsandbytes
+# 6. batch 8 against torchao's NF4 + LoRA under torch.compile (slowest: it compiles)
 # Nothing here asserts a number: read the JSON (scripts/update_readme.py takes b8.json).
 set -uo pipefail
 out=${1:?usage: bash benchmarks/full_load_gpu.sh OUT_DIR}
@@ -16,6 +17,7 @@ mkdir -p "$out"
 cd "$(dirname "$0")/.."
 python -m pytest -q -rfE tests/nf4/backends/test_triton.py tests/scale tests/lora/test_qlora_group.py \
   tests/nf4/test_bnb.py tests/nf4/test_codec.py | tee "$out/tests.txt"
+python benchmarks/bench_gemm_order.py --device cuda --json "$out/gemm.json" | tee "$out/gemm.txt"
 python benchmarks/bench_7b_qlora.py --batch 8 --r 8 --targets qv all --steps 3 --kernels fused \
   --profile --peft --liger --variants base_first qkv_one_gemm base_first_qkv_one_gemm \
   --out "$out/b8.json" | tee "$out/b8.txt"

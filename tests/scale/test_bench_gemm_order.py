@@ -1,0 +1,76 @@
+"""benchmarks/bench_gemm_order.py: the forms it times compute the products they name (so a
+ratio compares like with like), its JSON's fields, and clear errors for bad arguments."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location(
+        "bench_gemm_order", ROOT / "benchmarks" / "bench_gemm_order.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_each_node_form_computes_the_same_product_as_the_two_orders_in_float64():
+    bench = _bench()
+    cases = bench.node_cases(12, 10, 6, 3, torch.device("cpu"), torch.float64)
+    fwd, bwd = cases["forward"], cases["backward"]
+    # the two orders are x Wᵀ + hs Bᵀ, whichever GEMM writes first
+    torch.testing.assert_close(fwd["lora_first"](), fwd["base_first"]())
+    torch.testing.assert_close(fwd["residual"](), fwd["add"]())
+    torch.testing.assert_close(bwd["lora_first"](), bwd["base_first"]())
+    assert not torch.allclose(fwd["lora_first"](), fwd["base"]())  # the LoRA term is there
+    assert fwd["base"]().shape == (12, 10) and bwd["base"]().shape == (12, 6)
+
+
+def test_qkv_one_gemm_equals_the_three_products():
+    bench = _bench()
+    cases = bench.qkv_cases(5, 4, torch.device("cpu"), torch.float64)
+    three = torch.cat(cases["forward"]["base"](), 1)  # (N, 3C)
+    torch.testing.assert_close(cases["forward"]["one_gemm"](), three)
+    torch.testing.assert_close(cases["backward"]["one_gemm"](), cases["backward"]["base"]())
+
+
+def test_the_json_has_every_form_against_the_base_gemm(tmp_path, capsys):
+    bench = _bench()
+    out = tmp_path / "gemm.json"
+    argv = ["--tokens", "8", "--shapes", "12x6", "--qkv-hidden", "4", "--calls", "1"]
+    assert bench.main([*argv, "--repeats", "1", "--dtype", "float32", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    rows = {(r["shape"], r["direction"]): r for r in data["rows"]}
+    assert set(rows) == {
+        ("12x6 r=8", "forward"),
+        ("12x6 r=8", "backward"),
+        ("qkv 4", "forward"),
+        ("qkv 4", "backward"),
+    }
+    fwd = rows[("12x6 r=8", "forward")]
+    assert set(fwd["seconds"]) == {"base", "badd", "lora_first", "base_first", "residual", "add"}
+    assert fwd["over_base"]["base"] == 1.0
+    assert "ratio to the beta = 0 base GEMM" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--shapes", "4096x"], "expected OUTxIN"),
+        (["--shapes", "0x4096"], "expected OUTxIN"),
+        (["--r", "0"], "must be positive"),
+    ],
+)
+def test_bad_arguments_get_a_clear_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _bench().main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
