@@ -190,10 +190,14 @@ def host_microseconds(device: torch.device, bnbF, calls: int = 2000) -> dict:
     whose kernel takes far less than the host's work, then one synchronize. Below this
     time per call, back-to-back calls measure the host, not the GPU. "ours" is the codec
     (its launch prepared once per tensor: triton_dequant.Launcher), "ours (general launch
-    path)" the same kernel through triton_dequant.dequantize_packed, bnb bitsandbytes."""
+    path)" the same kernel through triton_dequant.dequantize_packed, bnb bitsandbytes;
+    "+DQ" the same with double quantization."""
     w = torch.randn(64, 64, device=device)
-    q = quantize_nf4(w, 64)
-    fns = {"ours": lambda: dequantize_nf4(q, torch.bfloat16)}
+    q, q_dq = quantize_nf4(w, 64), quantize_nf4(w, 64, double_quant=True)
+    fns = {
+        "ours": lambda: dequantize_nf4(q, torch.bfloat16),
+        "ours +DQ": lambda: dequantize_nf4(q_dq, torch.bfloat16),
+    }
     if nf4_kernels.available(q.codes, torch.bfloat16):  # the same kernel, unprepared
         args = (q.codes, q.absmax, q.codebook, q.numel, q.block_size, torch.bfloat16)
         fns["ours (general launch path)"] = lambda: nf4_kernels.dequantize_packed(
@@ -204,6 +208,12 @@ def host_microseconds(device: torch.device, bnbF, calls: int = 2000) -> dict:
         st_bf16 = copy.copy(st)
         st_bf16.dtype = torch.bfloat16
         fns["bnb"] = lambda: bnbF.dequantize_4bit(bq, st_bf16)
+        bq_dq, st_dq = bnbF.quantize_4bit(
+            w, blocksize=64, quant_type="nf4", compress_statistics=True
+        )
+        st_dq_bf16 = copy.copy(st_dq)
+        st_dq_bf16.dtype = torch.bfloat16
+        fns["bnb +DQ"] = lambda: bnbF.dequantize_4bit(bq_dq, st_dq_bf16)
     out = {}
     for name, fn in fns.items():
         for _ in range(50):
