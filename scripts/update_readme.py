@@ -5,7 +5,9 @@
   precomputed/experiments.json (minituner.experiments.report, .claims);
 * ``scaling``: the 7B QLoRA measurements, from precomputed/scaling/ (minituner.scale.scaling);
 * ``nf4-gpu``: NF4 quantize/dequantize on the GPU against bitsandbytes, from
-  benchmarks/results/nf4_h200_*.json (benchmarks/bench_nf4.py --device cuda).
+  benchmarks/results/nf4_h200_*.json (benchmarks/bench_nf4.py --device cuda);
+* ``nf4-7b``: dequantize at the 7B layer shapes, from
+  benchmarks/results/nf4_h100_7b_shapes_run3.json (bench_nf4.py --shapes ... --graph).
 
     python scripts/update_readme.py          # rewrite README.md
     python scripts/update_readme.py --check  # exit 1 if README.md is stale (used by a test)
@@ -133,6 +135,42 @@ def nf4_gpu_table() -> str:
     return "\n".join(lines)
 
 
+NF4_7B_SHAPES = ROOT / "benchmarks" / "results" / "nf4_h100_7b_shapes_run3.json"
+NF4_7B_OPS = ("dequantize fp32", "dequantize bf16", "dequantize +DQ fp32", "dequantize +DQ bf16")
+
+
+def nf4_7b_table() -> str:
+    """Dequantize at the 7B layer shapes (bench_nf4.py --shapes ... --graph): time against
+    bitsandbytes, % of copy bandwidth back to back and inside a CUDA graph, host time."""
+    run = json.loads(NF4_7B_SHAPES.read_text("utf-8"))
+    lines = [
+        "| shape | operation | ours ms | bitsandbytes ms | ours / bnb | ours, % of copy "
+        "| bnb, % of copy | ours in a CUDA graph, % of copy |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in run["shapes"]:
+        frac = r["copy_fraction"]
+        for op in NF4_7B_OPS:
+            d, kind = r["median_s"][op], op.removeprefix("dequantize ")
+            lines.append(
+                f"| {r['shape'][0]}x{r['shape'][1]} | {op} | {1e3 * d['ours']:.3f} "
+                f"| {1e3 * d['bnb']:.3f} | {d['ours'] / d['bnb']:.2f} "
+                f"| {100 * frac[f'ours {kind}']:.0f}% | {100 * frac[f'bnb {kind}']:.0f}% "
+                f"| {100 * frac[f'ours graph {kind}']:.0f}% |"
+            )
+    first = run["shapes"][0]
+    host = ", ".join(f"{k} {v:.1f} us" for k, v in run.get("host_us", {}).items())
+    lines += [
+        "",
+        f"({first['device_name']}, torch {first['torch']}, triton {first['triton']}, "
+        f"bitsandbytes {first['bitsandbytes']}; `{NF4_7B_SHAPES.relative_to(ROOT)}`; "
+        f"{first['repeats']} repeats of 10 back-to-back calls between CUDA events; copy: a 1 GiB "
+        f"clone timed the same way ({first['copy_gbs'] / 1e3:.2f} TB/s). Host time per call "
+        f"(64x64 bf16, 2000 calls, one sync): {host}.)",
+    ]
+    return "\n".join(lines)
+
+
 def blocks() -> dict[str, str]:
     base = read_record(BASE / BaseMetrics.FILE, BaseMetrics)
     exp = read_experiments(experiments_file())
@@ -142,6 +180,7 @@ def blocks() -> dict[str, str]:
         "claims": claims_text(exp),
         "scaling": scaling_table(),
         "nf4-gpu": nf4_gpu_table(),
+        "nf4-7b": nf4_7b_table(),
     }
 
 

@@ -289,6 +289,7 @@ def peer_rows(result: Mapping) -> list[dict]:
             "mfu": run.get("mfu"),
             "gemm_share": _gemm_share(run),
             "gemm_s": cats.get("gemm", {}).get("seconds") if isinstance(cats, dict) else None,
+            "busy": _busy(run),
             "peers": {},
             "skipped": {},
         }
@@ -306,13 +307,14 @@ def peer_rows(result: Mapping) -> list[dict]:
                 "step_ratio": row["step_s"] / float(theirs["step_s_median"]),
                 "peak_ratio": run["peak_bytes"] / theirs["peak_bytes"] if both else None,
                 "mfu": theirs.get("mfu"),
+                "busy": _busy(theirs),
             }
         rows.append(row)
     return rows
 
 
-def _x(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}x"
+def _x(v: float | None, digits: int = 2) -> str:
+    return "-" if v is None else f"{v:.{digits}f}x"
 
 
 def full_load_lines(result: Mapping) -> list[str]:
@@ -334,7 +336,7 @@ def full_load_lines(result: Mapping) -> list[str]:
         for n in names:
             p = r["peers"].get(n)
             cells.append(
-                "did not run" if p is None else f"{_x(p['step_ratio'])}, {_x(p['peak_ratio'])}"
+                "did not run" if p is None else f"{_x(p['step_ratio'])}, {_x(p['peak_ratio'], 3)}"
             )
         lines.append("| " + " | ".join(cells) + " |")
     gaps = [
@@ -348,6 +350,17 @@ def full_load_lines(result: Mapping) -> list[str]:
         if isinstance(holder, dict) and holder.get("versions")
     )
     skipped = sorted({f"{n}: {note}" for r in rows for n, note in r["skipped"].items()})
+    busy = [
+        f"{r['label']}: ours {r['busy']:.0%}"
+        + "".join(f", {n} {p['busy']:.0%}" for n, p in r["peers"].items() if p["busy"])
+        for r in rows
+        if r["busy"]
+    ]
+    variants = [
+        f"{name}: " + ", ".join(f"{k} {v['step_time_over_default']:.3f}x" for k, v in runs.items())
+        for name, runs in result.get("variants", {}).items()
+        if all("step_time_over_default" in v for v in runs.values())
+    ]
     plain = result.get("runs_plain", {})
     unfused = [
         f"{r['label']}: {1e3 * plain[r['config']]['step_s_median']:.0f} ms"
@@ -359,6 +372,15 @@ def full_load_lines(result: Mapping) -> list[str]:
         if isinstance(plain.get(r["config"]), dict) and "step_s_median" in plain[r["config"]]
     ]
     peak = result.get("mfu_peak_flops")
+    notes = [  # (text, shown only where its list is not empty)
+        ("Left between our step and its GEMM kernels' time: {}.", gaps),
+        ("Our step without the fused kernels, same run: {}.", unfused),
+        ("GPU busy over the step's wall time in that step (a step far below 100% waits on "
+         "the host, and its time follows the host's speed): {}.", busy),
+        ("Our step under other settings, same run, over the default: {}.", variants),
+        ("Versions: {}.", [versions] if versions else []),
+        ("Not measured: {}.", skipped),
+    ]  # fmt: skip
     lines += [
         "",
         f"({result['device_name']}, batch {result['args']['batch']} x {result['args']['seq']}; "
@@ -366,14 +388,7 @@ def full_load_lines(result: Mapping) -> list[str]:
         + (f", peak {peak / 1e12:.1f} TFLOP/s" if peak else "")
         + ". GEMM share: cuBLAS/CUTLASS matrix-product kernels over the GPU's busy time in one "
         "profiled step."
-        + (f" Left between our step and its GEMM kernels' time: {'; '.join(gaps)}." if gaps else "")
-        + (
-            f" Our step without the fused kernels, same run: {'; '.join(unfused)}."
-            if unfused
-            else ""
-        )
-        + (f" Versions: {versions}." if versions else "")
-        + (f" Not measured: {'; '.join(skipped)}." if skipped else "")
+        + "".join(" " + text.format("; ".join(items)) for text, items in notes if items)
         + ")",
     ]
     return lines

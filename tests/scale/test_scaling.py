@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 
 import pytest
 
@@ -245,3 +246,25 @@ def test_full_load_lines_show_every_run_and_peer(shipped):
         assert f"{row['peers']['liger']['step_ratio']:.2f}x" in line
         assert line.rstrip(" |").endswith("did not run")  # torchao failed for every run
     assert result["command"] in lines[-1] and "compile" in lines[-1]
+
+
+def test_full_load_lines_give_peaks_to_three_places_busy_fractions_and_variants(shipped):
+    """A peak ratio of 1.005 must not print as 1.00x; a host-bound peer's busy fraction and
+    the settings timed beside our default are in the note."""
+    from minituner.scale.scaling import full_load_lines
+
+    result = _with_peers(shipped)
+    key = next(iter(result["runs"]))
+    ours = result["runs"][key]
+    result["peers"]["liger"]["runs"][key]["peak_bytes"] = ours["peak_bytes"] / 1.005
+    for run in (ours, result["peers"]["liger"]["runs"][key]):
+        run["profile"] = {"wall_s": 0.2, "device_busy_s": 0.1, "device_busy_fraction": 0.5}
+    ours["profile"]["device_busy_fraction"] = 0.98
+    result["variants"] = {"base_first": {key: {"step_time_over_default": 1.0251}}}
+    lines = full_load_lines(result)
+    row = next(line for line in lines if line.startswith(f"| r={key[1:].replace('_', ' on ')} |"))
+    assert "1.005x" in row
+    assert re.search(r": ours 98%(, peft \d+%)?, liger 50%", lines[-1])
+    assert f"base_first: {key} 1.025x" in lines[-1]
+    result["variants"] = {}
+    assert "other settings" not in full_load_lines(result)[-1]
