@@ -12,6 +12,13 @@ summed by the first frame in this repository that allocated them (file:line func
 the repository frames of the allocation that reached the peak (whether it came in the eager
 warm-up or the graph capture shows there: ``graphs.py``). It asserts nothing and writes
 JSON (no pickles).
+
+The trace runs with the checkpoints' early stop off (``set_checkpoint_early_stop(False)``):
+PyTorch stops a recompute by raising from a saved-tensor hook, and with the allocator
+recording Python stacks that exception came back from ``Function.apply`` as a SystemError
+(torch 2.11, one H100). Without the early stop a recompute also runs the rest of its layer
+(here: an uninitialised output and the residual), so the printed benchmark peak is this
+run's: compare it with ``bench_7b_qlora.py``'s before reading the sites.
 """
 
 from __future__ import annotations
@@ -97,8 +104,11 @@ def main(argv=None) -> int:
     cfg = bench._config("7b")
     model = bench.build_nf4_llama(cfg, device, torch.bfloat16, seed=bargs.seed, checkpointing=True)
     batches = bench._batches(bargs, cfg, device, bargs.warmup + bargs.steps)
+    from torch.utils.checkpoint import set_checkpoint_early_stop
+
     torch.cuda.memory._record_memory_history(max_entries=2_000_000, stacks="python")
-    res, _ = bench.train_ours(model, args.r, args.targets, True, not args.no_graph, batches, bargs, device)  # fmt: skip
+    with set_checkpoint_early_stop(False):
+        res, _ = bench.train_ours(model, args.r, args.targets, True, not args.no_graph, batches, bargs, device)  # fmt: skip
     snap = torch.cuda.memory._snapshot()
     torch.cuda.memory._record_memory_history(enabled=None)
     events = snap["device_traces"][device.index or 0]
@@ -113,7 +123,8 @@ def main(argv=None) -> int:
         **found,
     }
     print(
-        f"{out['device_name']}: r={args.r} on {args.targets}, batch {args.batch}; benchmark peak "
+        f"{out['device_name']}: r={args.r} on {args.targets}, batch {args.batch}, checkpoints' "
+        f"early stop off; benchmark peak "
         f"{(res.get('peak_bytes') or 0) / MiB:.1f} MiB, held before the steps "
         f"{(res.get('allocated_before_bytes') or 0) / MiB:.1f} MiB; most allocated during the "
         f"steps {found['peak_bytes'] / MiB:.1f} MiB at event {found['index']} of {len(events)}"
