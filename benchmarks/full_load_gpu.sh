@@ -10,6 +10,7 @@
 # 4. NF4 dequantize at the 7B shapes against bitsandbytes and the copy bandwidth
 # 5. batch 1 x 512 against PEFT + bitsandbytes
 # 6. batch 8 against torchao's NF4 + LoRA under torch.compile (slowest: it compiles)
+# 7. where the q,v step's memory peak is (peak_trace.py: live blocks by repository line)
 # Nothing here asserts a number: read the JSON (scripts/update_readme.py takes b8.json).
 set -uo pipefail
 out=${1:?usage: bash benchmarks/full_load_gpu.sh OUT_DIR}
@@ -27,3 +28,4 @@ python benchmarks/bench_7b_qlora.py --batch 1 --r 8 --targets qv all --peft --pr
   --out "$out/b1.json" | tee "$out/b1.txt"
 python benchmarks/bench_7b_qlora.py --batch 8 --r 8 --targets qv all --steps 3 --kernels fused \
   --torchao --out "$out/b8_torchao.json" | tee "$out/b8_torchao.txt"
+python benchmarks/peak_trace.py --targets qv --out "$out/peak_qv.json" | tee "$out/peak_qv.txt"
