@@ -3,23 +3,15 @@ ratio compares like with like), its JSON's fields, and clear errors for bad argu
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[2]
+from bench_util import load_benchmark
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location(
-        "bench_gemm_order", ROOT / "benchmarks" / "bench_gemm_order.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("bench_gemm_order")
 
 
 def test_each_node_form_computes_the_same_product_as_the_two_orders_in_float64():

@@ -3,21 +3,12 @@ history, and what was alive then, by the repository line that allocated it."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
+from bench_util import load_benchmark
 
 
 def _peak_of():
-    spec = importlib.util.spec_from_file_location(
-        "peak_trace", ROOT / "benchmarks" / "peak_trace.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.peak_of
+    return load_benchmark("peak_trace").peak_of
 
 
 def _frames(line: int, name: str) -> list[dict]:
