@@ -29,21 +29,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 SHAPES_7B = ("4096x4096", "11008x4096", "4096x11008")  # (out, in): q/k/v/o, gate/up, down
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _time_calls(fn: Callable[[], object], device: torch.device, calls: int) -> float:
@@ -153,8 +145,7 @@ def run(args) -> dict:
 
 
 def _row(label, direction, cases, device, args, out_f, in_f) -> dict:
-    times = _median_times(cases, device, args.calls, args.repeats)
-    _sync(device)
+    times = _median_times(cases, device, args.calls, args.repeats)  # each window synced
     flops = 2 * args.tokens * out_f * in_f  # the base product's
     base = times["base"]
     return {

@@ -182,6 +182,49 @@ def _shot(pg, name: str) -> None:
         shutil.copy(path, Path(extra) / path.name)
 
 
+# what may not reach beyond its column (charts, tables, metrics, the live/stored SVGs)
+MEASURE_JS = """
+() => {
+  const main = document.querySelector('[data-testid="stMainBlockContainer"]')
+            || document.querySelector('[data-testid="stMain"]');
+  const out = [];
+  const name = (el) => {
+    const t = el.querySelector('.gtitle, text.chart-title, [data-testid="stMetricLabel"]');
+    const id = el.getAttribute('data-testid') || el.tagName.toLowerCase();
+    return id + (t ? ' "' + t.textContent.trim().slice(0, 60) + '"' : '');
+  };
+  const sel = ['[data-testid="stPlotlyChart"]', '.js-plotly-plot svg.main-svg',
+               '[data-testid="stTable"]', '[data-testid="stTable"] table',
+               '[data-testid="stDataFrame"]', '[data-testid="stMetric"]',
+               '[data-testid="stMarkdownContainer"] svg', '.live-panel svg',
+               '[data-testid="stHtml"] svg', '[data-testid="stImage"] img'].join(',');
+  const vw = document.documentElement.clientWidth;
+  for (const el of main.querySelectorAll(sel)) {
+    const r = el.getBoundingClientRect();
+    if (r.width < 1 || r.height < 1) continue;  // hidden: a closed expander, another tab
+    const col = el.parentElement.closest('[data-testid="stColumn"]') || main;
+    const c = col.getBoundingClientRect();
+    const cs = getComputedStyle(col);
+    const left = c.left + parseFloat(cs.paddingLeft) - 1;
+    const right = c.right - parseFloat(cs.paddingRight) + 1;
+    if (r.right > right || r.left < left || r.right > vw + 1) {
+      out.push(`${name(el)} spans ${Math.round(r.left)}..${Math.round(r.right)} px ` +
+               `in a column ${Math.round(left)}..${Math.round(right)} px`);
+    }
+  }
+  for (const el of main.querySelectorAll('[data-testid="stTable"], [data-testid="stMetricValue"],' +
+                                         ' [data-testid="stMetricValue"] > div,' +
+                                         ' [data-testid="stMetricLabel"] [data-testid="stMarkdownContainer"]')) {
+    if (el.clientWidth > 0 && el.scrollWidth > el.clientWidth + 2) {
+      out.push(`${name(el.closest('[data-testid="stMetric"]') || el)} is cut: ` +
+               `${el.scrollWidth} px of content in ${el.clientWidth} px`);
+    }
+  }
+  return out;
+}
+"""
+
+
 def _settle(pg, title: str) -> None:
     """Wait for the page's title, then for the script run to finish."""
     pg.get_by_role("heading", name=title).first.wait_for()
