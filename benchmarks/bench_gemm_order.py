@@ -17,6 +17,13 @@ its time against the plain beta = 0 GEMM of the same shape measured in the same 
     base_first  mm(x, Wᵀ), then addmm_(hs, Bᵀ)            GemmOrder.base_first
     residual    addmm(res, x, Wᵀ)                        a residual in the GEMM's beta
     add         mm(x, Wᵀ) + res                          the same, as a separate add
+    kcat        mm([x | hs], [W | B]ᵀ)                   the LoRA product inside the base
+                                                         GEMM's K (x stored with --pad
+                                                         spare columns; one GEMM, beta = 0)
+    strided     mm(x, Wᵀ), x a column slice of that      a base without LoRA on the same
+                                                         padded x (lda = in + pad)
+    swapped     mm(W, xᵀ) = yᵀ                           the same product with the operands
+                                                         swapped (another cuBLAS kernel)
 
 and for q, k, v (three (C, C) weights) three GEMMs against one of the (3C, C) weight
 (``qkv_one_gemm``), forward and backward (where the backward's inputs are concatenated).
@@ -64,8 +71,10 @@ def _median_times(cases: dict, device, calls: int, repeats: int) -> dict[str, fl
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
-def node_cases(tokens: int, out_f: int, in_f: int, r: int, device, dtype) -> dict:
-    """The forms of one node's forward and backward products on shared random tensors."""
+def node_cases(tokens: int, out_f: int, in_f: int, r: int, device, dtype, pad: int = 16) -> dict:
+    """The forms of one node's forward and backward products on shared random tensors;
+    ``kcat`` and ``strided`` store x (forward) and g (backward) with ``pad`` spare
+    columns (pad >= r)."""
     g = torch.Generator(device="cpu").manual_seed(0)
 
     def rnd(*shape):
@@ -75,6 +84,14 @@ def node_cases(tokens: int, out_f: int, in_f: int, r: int, device, dtype) -> dic
     a, b = rnd(r, in_f), rnd(out_f, r)  # (r, in), (out, r)
     hs, gy, ghs = rnd(tokens, r), rnd(tokens, out_f), rnd(tokens, r)  # (N, r), (N, out)
     y, gx = torch.empty_like(res), torch.empty_like(x)
+    x_ext = torch.zeros(tokens, in_f + pad, device=device, dtype=dtype)  # [x | hs | 0]
+    x_ext[:, :in_f], x_ext[:, in_f : in_f + r] = x, hs
+    w_ext = torch.zeros(out_f, in_f + pad, device=device, dtype=dtype)  # [W | B | 0]
+    w_ext[:, :in_f], w_ext[:, in_f : in_f + r] = w, b
+    g_ext = torch.zeros(tokens, out_f + pad, device=device, dtype=dtype)  # [g | ghs | 0]
+    g_ext[:, :out_f], g_ext[:, out_f : out_f + r] = gy, ghs
+    wa_ext = torch.zeros(out_f + pad, in_f, device=device, dtype=dtype)  # [W; A; 0]
+    wa_ext[:out_f], wa_ext[out_f : out_f + r] = w, a
     fwd = {
         "base": lambda: torch.mm(x, w.t()),
         "badd": lambda: y.addmm_(x, w.t()),
@@ -82,12 +99,18 @@ def node_cases(tokens: int, out_f: int, in_f: int, r: int, device, dtype) -> dic
         "base_first": lambda: torch.mm(x, w.t()).addmm_(hs, b.t()),
         "residual": lambda: torch.addmm(res, x, w.t()),
         "add": lambda: torch.mm(x, w.t()) + res,
+        "kcat": lambda: torch.mm(x_ext, w_ext.t()),
+        "strided": lambda: torch.mm(x_ext[:, :in_f], w.t()),
+        "swapped": lambda: torch.mm(w, x.t()),
     }
     bwd = {  # dx = g W (+ s · ghs A)
         "base": lambda: torch.mm(gy, w),
         "badd": lambda: gx.addmm_(gy, w),
         "lora_first": lambda: torch.mm(ghs, a).addmm_(gy, w),
         "base_first": lambda: torch.mm(gy, w).addmm_(ghs, a),
+        "kcat": lambda: torch.mm(g_ext, wa_ext),
+        "strided": lambda: torch.mm(g_ext[:, :out_f], w),
+        "swapped": lambda: torch.mm(w.t(), gy.t()),
     }
     return {"forward": fwd, "backward": bwd}
 
@@ -119,6 +142,32 @@ def qkv_cases(tokens: int, hidden: int, device, dtype) -> dict:
     }
 
 
+def pair_cases(tokens: int, hidden: int, inter: int, device, dtype) -> dict:
+    """gate and up as two (I, C) GEMMs against one (2I, C) GEMM, forward and backward
+    (backward: the two gradients already side by side in one (N, 2I) tensor, as a kernel
+    that writes both could leave them, so no concatenation is timed)."""
+    g = torch.Generator(device="cpu").manual_seed(2)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g).to(device, dtype)
+
+    x, ws = rnd(tokens, hidden), [rnd(inter, hidden) for _ in range(2)]
+    w_cat, g_cat = torch.cat(ws), rnd(tokens, 2 * inter)
+    gs = [g_cat[:, :inter], g_cat[:, inter:]]
+
+    return {
+        "forward": {
+            "base": lambda: [torch.mm(x, w.t()) for w in ws],
+            "one_gemm": lambda: torch.mm(x, w_cat.t()),
+            "swapped": lambda: torch.mm(w_cat, x.t()),
+        },
+        "backward": {
+            "base": lambda: torch.mm(gs[0], ws[0]).addmm_(gs[1], ws[1]),
+            "one_gemm": lambda: torch.mm(g_cat, w_cat),
+        },
+    }
+
+
 def parse_shape(spec: str) -> tuple[int, int]:
     """'OUTxIN' -> (OUT, IN), both positive."""
     parts = spec.lower().split("x")
@@ -134,12 +183,17 @@ def run(args) -> dict:
     rows = []
     for spec in args.shapes:
         out_f, in_f = parse_shape(spec)
-        for direction, cases in node_cases(args.tokens, out_f, in_f, args.r, device, dtype).items():
+        cases_by_dir = node_cases(args.tokens, out_f, in_f, args.r, device, dtype, args.pad)
+        for direction, cases in cases_by_dir.items():
             rows.append(_row(f"{spec} r={args.r}", direction, cases, device, args, out_f, in_f))
     if args.qkv_hidden:
         for direction, cases in qkv_cases(args.tokens, args.qkv_hidden, device, dtype).items():
             h = args.qkv_hidden
             rows.append(_row(f"qkv {h}", direction, cases, device, args, 3 * h, h))
+    if args.pair:
+        h, i = parse_shape(args.pair)
+        for direction, cases in pair_cases(args.tokens, h, i, device, dtype).items():
+            rows.append(_row(f"gate,up {h}x{i}", direction, cases, device, args, 2 * i, h))
     results["rows"] = rows
     return results
 
@@ -184,6 +238,10 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", nargs="+", default=list(SHAPES_7B), help="OUTxIN weights")
     p.add_argument("--r", type=int, default=8)
     p.add_argument("--qkv-hidden", type=int, default=4096, help="0 skips the q, k, v rows")
+    p.add_argument("--pad", type=int, default=16, help="spare columns for kcat (>= r)")
+    p.add_argument(
+        "--pair", default="4096x11008", help="HIDDENxINTERMEDIATE for gate,up rows; '' skips"
+    )
     p.add_argument("--calls", type=int, default=10)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--json", type=Path)
@@ -192,7 +250,9 @@ def main(argv=None) -> int:
         p.error("--device cuda: no CUDA device here")
     if args.r < 1 or args.tokens < 1 or args.calls < 1 or args.repeats < 1:
         p.error("--r, --tokens, --calls and --repeats must be positive")
-    for spec in args.shapes:
+    if args.pad < args.r:
+        p.error(f"--pad ({args.pad}) must be at least --r ({args.r})")
+    for spec in args.shapes + ([args.pair] if args.pair else []):
         try:
             parse_shape(spec)
         except ValueError as e:
