@@ -160,6 +160,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--profile", action="store_true",
         help="profile one more step of each configuration: GPU busy time vs wall time",
     )  # fmt: skip
+    p.add_argument("--top", type=int, default=12, help="kernels listed per profiled step")
     p.add_argument(
         "--attention", choices=["auto", "cudnn"], default="auto",
         help="our attention: PyTorch's choice, or cuDNN's first (then flash)",
@@ -297,7 +298,7 @@ def train_steps(model, params, batches, step_fn, args, device, graph: bool = Fal
         out["peak_bytes"] = None
         out["peak_note"] = "not measured on CPU (no allocator statistics); CUDA only"
     if args.profile:
-        out["profile"] = profile_step(run, batches[-1], device)
+        out["profile"] = profile_step(run, batches[-1], device, args.top)
     del run, opt
     for p in params:
         p.grad = None
@@ -396,7 +397,7 @@ def _print_top_kernels(res: dict, n: int = 8) -> None:
     ))  # fmt: skip
 
 
-def profile_step(run, batch, device) -> dict:
+def profile_step(run, batch, device, top: int = 12) -> dict:
     """One more training step (``run(x, y)``, warmed up) under torch.profiler: its wall
     time against the time the GPU was busy (:func:`trace_summary`).
 
@@ -419,7 +420,7 @@ def profile_step(run, batch, device) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "trace.json"
         prof.export_chrome_trace(str(path))
-        summary = trace_summary(json.loads(path.read_text()))
+        summary = trace_summary(json.loads(path.read_text()), top)
     return {"wall_s": wall, **summary, "device_busy_fraction": summary["device_busy_s"] / wall}
 
 
@@ -632,7 +633,7 @@ def _report_run(label: str, res: dict, cfg, args) -> None:
         + ("" if mfu is None else f"  MFU {mfu:.1%}")
         + ("" if busy is None else f"  GPU busy {busy:.0%}")
     )
-    _print_top_kernels(res)
+    _print_top_kernels(res, args.top)
 
 
 # ---------------------------------------------------------------------------- torchao

@@ -185,6 +185,27 @@ def _hooks_installed() -> bool:
     return any(getattr(h, "calls", h) for h in (rt.launch_enter_hook, rt.launch_exit_hook))
 
 
+def _run_compiled(key: tuple, grid: int, args: tuple, consts: dict) -> bool:
+    """Launch the kernel compiled under ``key`` through its own launcher; False where there
+    is none (not compiled yet, launch hooks installed, or a launcher this code cannot call).
+
+    ``args`` may give pointers as integers (``data_ptr()``): Triton's CUDA launcher takes an
+    int as the address itself, where for a tensor it calls ``data_ptr()`` and asks the
+    driver what the address is (one call per pointer, each launch)."""
+    compiled = _COMPILED.get(key)
+    if compiled is None or not _FAST["on"] or _hooks_installed():
+        return False
+    try:
+        compiled.run(
+            grid, 1, 1, _raw_stream(key[1]), compiled.function, compiled.packed_metadata,
+            None, None, None, *args, *consts.values(),
+        )  # fmt: skip
+    except TypeError:  # this Triton's launcher takes other arguments: never again
+        _FAST["on"] = False
+        return False
+    return True
+
+
 def _launch(
     kernel, grid: int, args: tuple, consts: dict, options: dict, key: tuple | None = None
 ) -> None:
@@ -199,17 +220,8 @@ def _launch(
     direct = _FAST["on"] and os.environ.get("TRITON_INTERPRET") != "1"
     if direct and key is None:
         key = _launch_key(kernel, grid, args, consts, options)
-    compiled = _COMPILED.get(key) if direct else None
-    if compiled is not None and not _hooks_installed():
-        try:
-            stream = _raw_stream(key[1])
-            compiled.run(
-                grid, 1, 1, stream, compiled.function, compiled.packed_metadata,
-                None, None, None, *args, *consts.values(),
-            )  # fmt: skip
-            return
-        except TypeError:  # this Triton's launcher takes other arguments: never again
-            _FAST["on"] = False
+    if direct and _run_compiled(key, grid, args, consts):
+        return
     compiled = kernel[(grid,)](*args, **consts, **options)
     names = list(getattr(kernel, "arg_names", ()))  # the launcher takes them in this order
     in_order = names[len(args) :] == list(consts) and len(names) == len(args) + len(consts)
@@ -339,9 +351,13 @@ class Launcher:
         if (
             self.device.type == "cuda"
             and torch.cuda.current_device() == self.dev
-            and self.ptrs == tuple(t.data_ptr() for t in self.pre)
+            and self.ptrs == tuple(map(torch.Tensor.data_ptr, self.pre))
         ):
-            key = self.keys[out.data_ptr() % 16 == 0]
+            out_ptr = out.data_ptr()
+            key = self.keys[out_ptr % 16 == 0]
+            # the addresses as integers: the tensors stay alive in self.pre and out
+            if _run_compiled(key, self.grid, (*self.ptrs, out_ptr, *self.post), self.consts):
+                return out
         args = (*self.pre, out, *self.post)
         _launch(self.kernel, self.grid, args, self.consts, self.options, key)
         return out
