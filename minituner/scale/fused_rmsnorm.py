@@ -14,6 +14,14 @@ The weight is frozen in QLoRA (no gradient is computed for it; :func:`rms_norm` 
 to the eager path when it requires one). The per-row rstd (float32) is saved for the
 backward pass, not the normalized activations. Same function as the eager path: the
 results agree to the rounding of x's dtype (``tests/scale/test_fused_kernels.py``).
+
+In a pre-norm decoder x feeds both its norm and the residual add, so autograd adds two
+gradients for x: the norm's and the residual's, one more pass that reads two (tokens,
+hidden) tensors and writes a third. :func:`rms_norm_residual` returns the norm and x
+itself (as the residual to add), from one node whose backward kernel adds the residual's
+gradient while it writes the norm's:
+
+    backward  gx = rstd · (gh - h · mean(gh · h)) + g_residual   (float32, rounded once)
 """
 
 from __future__ import annotations
@@ -60,7 +68,10 @@ if triton is not None:
         tl.store(rstd_ptr + row, rstd)
 
     @triton.jit
-    def _rms_bwd(gy_ptr, x_ptr, w_ptr, rstd_ptr, gx_ptr, n_cols, BLOCK: tl.constexpr):
+    def _rms_bwd(
+        gy_ptr, x_ptr, w_ptr, rstd_ptr, gx_ptr, gr_ptr, n_cols,
+        BLOCK: tl.constexpr, RESIDUAL: tl.constexpr,
+    ):  # fmt: skip
         row = tl.program_id(0).to(tl.int64)
         cols = tl.arange(0, BLOCK)
         mask = cols < n_cols
@@ -72,6 +83,8 @@ if triton is not None:
         h = x * rstd
         dot = tl.sum(gh * h, axis=0) / n_cols
         gx = rstd * (gh - h * dot)
+        if RESIDUAL:  # + the residual branch's gradient of x, before the one rounding
+            gx += tl.load(gr_ptr + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
         tl.store(gx_ptr + row * n_cols + cols, gx.to(gx_ptr.dtype.element_ty), mask=mask)
 
 
@@ -79,28 +92,56 @@ def _warps(block: int) -> int:
     return max(1, min(16, block // 512))
 
 
+def _forward(ctx, x, weight, eps) -> torch.Tensor:
+    C = x.shape[-1]
+    x2 = x.reshape(-1, C).contiguous()  # (N, C)
+    y = torch.empty_like(x2)
+    rstd = torch.empty(x2.shape[0], dtype=torch.float32, device=x.device)
+    block = triton.next_power_of_2(C)
+    _rms_fwd[(x2.shape[0],)](x2, weight, y, rstd, C, eps, BLOCK=block, num_warps=_warps(block))
+    ctx.save_for_backward(x2, weight, rstd)
+    ctx.x_shape = x.shape
+    return y.view(x.shape)
+
+
+def _backward(ctx, gy, g_residual=None) -> torch.Tensor:
+    """gx (x's shape): the norm's input gradient, plus ``g_residual`` where given."""
+    x2, weight, rstd = ctx.saved_tensors
+    C = x2.shape[-1]
+    gy2 = gy.reshape(-1, C).to(x2.dtype).contiguous()
+    gr = gy2 if g_residual is None else g_residual.reshape(-1, C).to(x2.dtype).contiguous()
+    gx = torch.empty_like(x2)
+    block = triton.next_power_of_2(C)
+    _rms_bwd[(x2.shape[0],)](
+        gy2, x2, weight, rstd, gx, gr, C,
+        BLOCK=block, RESIDUAL=g_residual is not None, num_warps=_warps(block),
+    )  # fmt: skip
+    return gx.view(ctx.x_shape)
+
+
 class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, eps):
-        C = x.shape[-1]
-        x2 = x.reshape(-1, C).contiguous()  # (N, C)
-        y = torch.empty_like(x2)
-        rstd = torch.empty(x2.shape[0], dtype=torch.float32, device=x.device)
-        block = triton.next_power_of_2(C)
-        _rms_fwd[(x2.shape[0],)](x2, weight, y, rstd, C, eps, BLOCK=block, num_warps=_warps(block))
-        ctx.save_for_backward(x2, weight, rstd)
-        ctx.x_shape = x.shape
-        return y.view(x.shape)
+        return _forward(ctx, x, weight, eps)
 
     @staticmethod
     def backward(ctx, gy):
-        x2, weight, rstd = ctx.saved_tensors
-        C = x2.shape[-1]
-        gy2 = gy.reshape(-1, C).to(x2.dtype).contiguous()
-        gx = torch.empty_like(x2)
-        block = triton.next_power_of_2(C)
-        _rms_bwd[(x2.shape[0],)](gy2, x2, weight, rstd, gx, C, BLOCK=block, num_warps=_warps(block))
-        return gx.view(ctx.x_shape), None, None
+        return _backward(ctx, gy), None, None
+
+
+class _RMSNormResidual(torch.autograd.Function):
+    """(norm(x), x): x comes back as a view, so the residual's gradient reaches this
+    node's backward, which adds it in the norm's kernel."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        return _forward(ctx, x, weight, eps), x
+
+    @staticmethod
+    def backward(ctx, gy, g_residual):
+        if gy is None:  # only the residual was used
+            return g_residual, None, None
+        return _backward(ctx, gy, g_residual), None, None
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, fused: bool = True):
@@ -109,3 +150,15 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, fused: bool = Tr
     if fused and fused_applies(x, weight) and x.numel() > 0:
         return _RMSNorm.apply(x, weight, eps)
     return eager_rms_norm(x, weight, eps)
+
+
+def rms_norm_residual(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, fused: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rms_norm(x, weight, eps), x)`` for a pre-norm block that adds x back as its
+    residual: use the second tensor for that add. Where the fused kernel applies, both
+    come from one node whose backward writes the norm's input gradient plus the
+    residual's in one pass (no separate add); elsewhere the second is x itself."""
+    if fused and fused_applies(x, weight) and x.numel() > 0:
+        return _RMSNormResidual.apply(x, weight, eps)
+    return eager_rms_norm(x, weight, eps), x

@@ -16,7 +16,7 @@ from torch.nn.attention import sdpa_kernel
 from minituner.lora.qlora import qlora_linear
 from minituner.lora.qlora_group import qlora_group
 from minituner.nf4.linear import NF4LinearLowMem
-from minituner.scale.fused_rmsnorm import rms_norm
+from minituner.scale.fused_rmsnorm import rms_norm, rms_norm_residual
 from minituner.scale.fused_rope import apply_rotary, rotary
 from minituner.scale.fused_swiglu import swiglu
 from minituner.scale.recompute import recomputing
@@ -36,6 +36,12 @@ class RMSNorm(nn.Module):
         # x * rsqrt(mean(x²) + eps) in float32, rounded to x's dtype, then scaled: Hugging
         # Face's LlamaRMSNorm order, eagerly or in one Triton kernel
         return rms_norm(x, self.weight, self.eps, self.fused)
+
+    def with_residual(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(x), x to add back as the residual): where the Triton kernel runs, the
+        backward adds the residual's gradient of x in the norm's own pass
+        (``minituner.scale.fused_rmsnorm.rms_norm_residual``)."""
+        return rms_norm_residual(x, self.weight, self.eps, self.fused)
 
 
 class LlamaAttention(nn.Module):
@@ -119,8 +125,11 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(cfg, lambda n, i, o: make_linear(f"mlp.{n}", i, o))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        if self.mlp.fused_kernels:  # the residual adds ride in o_proj's and down's GEMMs
-            h = self.self_attn(self.input_layernorm(x), cos, sin, residual=x)  # (B, T, C)
-            return self.mlp(self.post_attention_layernorm(h), residual=h)
+        if self.mlp.fused_kernels:  # the residual adds ride in o_proj's and down's GEMMs,
+            # the residual's gradient rides in each norm's backward kernel
+            xn, x = self.input_layernorm.with_residual(x)
+            h = self.self_attn(xn, cos, sin, residual=x)  # (B, T, C)
+            hn, h = self.post_attention_layernorm.with_residual(h)
+            return self.mlp(hn, residual=h)
         x = x + self.self_attn(self.input_layernorm(x), cos, sin)
         return x + self.mlp(self.post_attention_layernorm(x))

@@ -69,6 +69,21 @@ def check_kernels(device: str, dtype: torch.dtype) -> None:
     )
     _close(y1, y2, dtype, "rmsnorm forward")
     _close(gx1, gx2, dtype, "rmsnorm backward")
+    # the norm and its residual from one node: the residual's gradient added in the kernel
+    c = randn(2, 7, 100)
+    for use in ("both", "norm", "residual"):
+
+        def combine(n, r, use=use):
+            return {"both": n * c + r, "norm": n * c, "residual": r * 1.0}[use]
+
+        (o1, (gr1,)), (o2, (gr2,)) = _both(
+            lambda x: combine(*fused_rmsnorm.rms_norm_residual(x, w, 1e-5)),
+            lambda x: combine(fused_rmsnorm.eager_rms_norm(x, w, 1e-5), x),
+            [x],
+            randn(2, 7, 100),
+        )
+        _close(o1, o2, dtype, f"rmsnorm + residual forward ({use})")
+        _close(gr1, gr2, dtype, f"rmsnorm + residual backward ({use})")
 
     # rotary: 3 heads of 10 (5 pairs), 7 positions, on the (B, T, C) layout
     H, D, T = 3, 10, 7
@@ -180,6 +195,8 @@ def test_fallbacks_are_the_formulas_they_replace(monkeypatch):
     assert not fused_rmsnorm.fused_applies(x, w)  # CPU tensors take the eager path
     h = F.rms_norm(x.float(), (64,), eps=1e-5)
     assert torch.equal(fused_rmsnorm.rms_norm(x, w, 1e-5), w * h.to(x.dtype))
+    n, r = fused_rmsnorm.rms_norm_residual(x, w, 1e-5)
+    assert torch.equal(n, w * h.to(x.dtype)) and r is x
     cos, sin = rotary_tables(16, 8)
     q = torch.randn(2, 8, 64)
     heads = q.view(2, 8, 4, 16).transpose(1, 2)
