@@ -163,12 +163,13 @@ def _dq_arguments(q: NF4Tensor) -> dict:
 _LAUNCHERS: dict[int, dict] = {}
 
 
-def _launcher(q: NF4Tensor, dtype: torch.dtype):
+def _launcher(q: NF4Tensor, dtype: torch.dtype, rows_of: tuple[int, int] | None = None):
     """The prepared Triton dequantize of ``q`` into ``dtype`` (made on the first call; an
-    NF4Tensor's fields never change), or None where the Triton kernel does not run."""
+    NF4Tensor's fields never change), or None where the Triton kernel does not run.
+    ``rows_of``: as :func:`~minituner.nf4.backends.triton_dequant.dequantize_packed`'s."""
     per = _LAUNCHERS.get(id(q))
-    if per is not None and dtype in per:
-        return per[dtype]
+    if per is not None and (dtype, rows_of) in per:
+        return per[dtype, rows_of]
     if not triton_dequant.available(q.codes, dtype) or os.environ.get("TRITON_INTERPRET") == "1":
         return None
     as_stored = (
@@ -182,8 +183,30 @@ def _launcher(q: NF4Tensor, dtype: torch.dtype):
         per = _LAUNCHERS[id(q)] = {}
         weakref.finalize(q, _LAUNCHERS.pop, id(q), None)
     layout = (q.codebook, q.numel, q.block_size, dtype)
-    per[dtype] = triton_dequant.Launcher(q.codes, q.absmax, *layout, **_dq_arguments(q))
-    return per[dtype]
+    per[dtype, rows_of] = triton_dequant.Launcher(
+        q.codes, q.absmax, *layout, **_dq_arguments(q), rows_of=rows_of
+    )
+    return per[dtype, rows_of]
+
+
+def _out_rows(q: NF4Tensor, dtype: torch.dtype, out: torch.Tensor | None):
+    """None for no ``out`` or a contiguous one; (row_length, row_stride) for a 2-D ``out``
+    of q's shape whose rows are apart (a column slice of a wider matrix). Raises
+    ValueError for anything else."""
+    if out is None:
+        return None
+    fits = out.dtype == dtype and out.device == q.codes.device
+    if fits and out.is_contiguous() and out.numel() == q.numel:
+        return None
+    if fits and out.dim() == 2 == len(q.shape) and tuple(out.shape) == tuple(q.shape):
+        if out.stride(1) == 1 and out.stride(0) >= out.shape[1]:
+            return out.shape[1], out.stride(0)
+    raise ValueError(
+        f"out must be a contiguous {dtype} tensor of {q.numel} elements, or a {dtype} "
+        f"matrix of shape {tuple(q.shape)} with rows apart (unit column stride), on "
+        f"{q.codes.device}; got {out.dtype} {tuple(out.shape)} strides {out.stride()} on "
+        f"{out.device}"
+    )
 
 
 def dequantize_4bit(
@@ -192,10 +215,12 @@ def dequantize_4bit(
     """Dequantize any :class:`NF4Tensor` (nf4, int4 or fp4) to ``dtype``, original shape.
 
     value = codebook[code] * absmax, computed in float32 and rounded once to ``dtype``.
-    ``out`` (contiguous, ``dtype``, q's number of elements, on q's device) receives the
-    values instead of a new tensor (the Triton kernel writes it directly; elsewhere it is
-    copied in) and is returned viewed in q's shape. On CUDA the kernel's launch is
-    prepared once per tensor and dtype (:class:`~minituner.nf4.backends.triton_dequant.Launcher`).
+    ``out`` (contiguous, ``dtype``, q's number of elements, on q's device; or a matrix of
+    q's 2-D shape whose rows lie apart, such as the first columns of a wider matrix)
+    receives the values instead of a new tensor (the Triton kernel writes it directly;
+    elsewhere they are copied in) and is returned (a contiguous one viewed in q's shape).
+    On CUDA the kernel's launch is prepared once per tensor, dtype and row layout
+    (:class:`~minituner.nf4.backends.triton_dequant.Launcher`).
 
     Raises:
         TypeError: ``q`` is not an NF4Tensor.
@@ -205,16 +230,14 @@ def dequantize_4bit(
     if not isinstance(q, NF4Tensor):
         raise TypeError(f"expected an NF4Tensor, got {type(q).__name__}")
     check_dequantize_dtype(dtype)
-    if out is not None and (
-        out.dtype != dtype
-        or out.numel() != q.numel
-        or not out.is_contiguous()
-        or out.device != q.codes.device
-    ):
-        raise ValueError(
-            f"out must be a contiguous {dtype} tensor of {q.numel} elements on "
-            f"{q.codes.device}, got {out.dtype} {tuple(out.shape)} on {out.device}"
-        )
+    rows_of = _out_rows(q, dtype, out)
+    if rows_of is not None:  # into rows apart: the kernel writes them where it can
+        fits = triton_dequant.strided_fits(q.numel, q.block_size, *rows_of)
+        launch = _launcher(q, dtype, rows_of) if fits and fused_wanted() else None
+        if launch is not None:
+            launch(out)
+            return out
+        return out.copy_(dequantize_4bit(q, dtype))
     launch = _launcher(q, dtype) if fused_wanted() else None
     if launch is not None:  # one fused pass: Triton on CUDA
         return launch(None if out is None else out.view(-1)).view(q.shape)

@@ -373,7 +373,7 @@ def test_the_codec_keeps_one_prepared_launch_per_tensor_and_dtype(monkeypatch):
 
     class FakeLauncher:
         def __init__(self, codes, absmax, codebook, numel, block_size, dtype, **dq):
-            made.append((codes, absmax, dtype, dq.get("dq_scale")))
+            made.append((codes, absmax, dtype, dq.get("dq_scale"), dq.get("rows_of")))
             self.calls = []
 
         def __call__(self, out=None):
@@ -388,12 +388,18 @@ def test_the_codec_keeps_one_prepared_launch_per_tensor_and_dtype(monkeypatch):
     assert torch.equal(dequantize_nf4(q), torch.full((8, 16), 7.0))
     assert torch.equal(dequantize_nf4(q), torch.full((8, 16), 7.0))
     assert len(made) == 1 and made[0][0] is q.codes and made[0][3] is q.absmax_scale
-    launcher = codec._LAUNCHERS[id(q)][torch.float32]
+    launcher = codec._LAUNCHERS[id(q)][torch.float32, None]
     out = torch.zeros(8, 16)
     assert dequantize_nf4(q, out=out) is not None and torch.equal(out, torch.full((8, 16), 7.0))
     assert len(launcher.calls) == 3 and launcher.calls[2].data_ptr() == out.data_ptr()
     dequantize_nf4(q, torch.bfloat16)  # another dtype: another launcher
     assert [m[2] for m in made] == [torch.float32, torch.bfloat16]
+    wide = torch.zeros(8, 24)  # rows 24 apart: another launcher, told the row layout
+    assert dequantize_nf4(q, out=wide[:, :16]).data_ptr() == wide.data_ptr()
+    assert torch.all(wide[:, :16] == 7.0) and torch.all(wide[:, 16:] == 0)
+    assert made[-1][2:] == (torch.float32, q.absmax_scale, (16, 24))
+    assert len(made) == 3
+    made.pop()
     # the switch: the kept launcher does not run (available() follows it, as the real one)
     monkeypatch.setattr(triton_dequant, "available", lambda codes, dtype: fused_wanted())
     monkeypatch.setenv("MINITUNER_NF4_KERNEL", "torch")

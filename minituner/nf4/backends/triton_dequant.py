@@ -108,19 +108,26 @@ if triton is not None:
         n_bytes,
         n_out,
         n_blocks,
+        out_ld,  # STRIDED: elements between the starts of two weight rows in out
+        row_blocks,  # STRIDED: quantization blocks per weight row
         HALF: tl.constexpr,  # packed bytes per quantization block (a power of two)
         ROWS: tl.constexpr,  # quantization blocks per program (a power of two)
         DOUBLE_QUANT: tl.constexpr,
         DQ_BLOCK: tl.constexpr,  # absmax values per dq scale
         EVEN: tl.constexpr,  # every program is full and n_out == 2 * n_bytes: no masks
+        STRIDED: tl.constexpr,  # out's weight rows are out_ld apart (else contiguous)
     ):
         # One quantization block per row of a (ROWS, HALF) tile: contiguous 16-byte loads
         # of the codes, one absmax (and dq scale) load per block, and a (ROWS, 2 * HALF)
-        # output tile written contiguously.
+        # output tile written contiguously (each block within one weight row).
         pid = tl.program_id(0)
         rows = pid.to(tl.int64) * ROWS + tl.arange(0, ROWS)  # (ROWS,) block indices
         offs = rows[:, None] * HALF + tl.arange(0, HALF)[None, :]  # (ROWS, HALF) bytes
-        out_offs = rows[:, None] * (2 * HALF) + tl.arange(0, 2 * HALF)[None, :]
+        if STRIDED:  # block b starts at (b // row_blocks, (b % row_blocks) * 2 * HALF)
+            start = (rows // row_blocks) * out_ld + (rows % row_blocks) * (2 * HALF)
+        else:
+            start = rows * (2 * HALF)
+        out_offs = start[:, None] + tl.arange(0, 2 * HALF)[None, :]
         if EVEN:
             c = tl.load(codes_ptr + offs).to(tl.int32)
             a = tl.load(absmax_ptr + rows)
@@ -140,6 +147,8 @@ if triton is not None:
         out = vals.to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
         if EVEN:
             tl.store(out_ptr + out_offs, out)
+        elif STRIDED:
+            tl.store(out_ptr + out_offs, out, mask=(rows < n_blocks)[:, None])
         else:
             tl.store(out_ptr + out_offs, out, mask=out_offs < n_out)
 
@@ -241,9 +250,13 @@ def _plan(
     dq_map,
     dq_scale,
     dq_offset,
+    rows_of: tuple[int, int] | None = None,
 ) -> tuple:
     """(kernel, grid, arguments before the output, arguments after it, constexprs,
-    options) of one dequantize: everything a launch needs but the output tensor."""
+    options) of one dequantize: everything a launch needs but the output tensor.
+
+    ``rows_of = (row_length, out_ld)``: the output holds rows of ``row_length`` elements
+    ``out_ld`` apart (a column slice of a wider matrix); None: one contiguous run."""
     double_quant = dq_scale is not None
     codes = codes.contiguous()
     n_bytes = codes.numel()
@@ -259,18 +272,38 @@ def _plan(
     # enable_fp_fusion=False: no fused multiply-add, round as the PyTorch path does
     options = {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
     half = block_size // 2
+    if rows_of is not None and not strided_fits(numel, block_size, *rows_of):
+        raise ValueError(f"cannot write rows of {rows_of[0]} elements {rows_of[1]} apart")
     if half & (half - 1) == 0 and half <= BYTES_PER_PROGRAM:  # one quant block per tile row
         rows = max(1, BYTES_PER_PROGRAM // half)
         n_blocks = -(-numel // block_size)
-        even = n_bytes % (rows * half) == 0 and numel == 2 * n_bytes
+        strided = rows_of is not None
+        even = n_bytes % (rows * half) == 0 and numel == 2 * n_bytes and not strided
+        ld, row_blocks = (rows_of[1], rows_of[0] // block_size) if strided else (0, 1)
         consts = {"HALF": half, "ROWS": rows, "DOUBLE_QUANT": double_quant,
-                  "DQ_BLOCK": dq_block_size, "EVEN": even}  # fmt: skip
+                  "DQ_BLOCK": dq_block_size, "EVEN": even, "STRIDED": strided}  # fmt: skip
         grid = triton.cdiv(n_blocks, rows)
-        return _dequant_rows_kernel, grid, pre, (n_bytes, numel, n_blocks), consts, options
+        post = (n_bytes, numel, n_blocks, ld, row_blocks)
+        return _dequant_rows_kernel, grid, pre, post, consts, options
     consts = {"BLOCK": block_size, "BYTES": BYTES_PER_PROGRAM, "DOUBLE_QUANT": double_quant,
               "DQ_BLOCK": dq_block_size}  # fmt: skip
     grid = triton.cdiv(n_bytes, BYTES_PER_PROGRAM)
     return _dequant_kernel, grid, pre, (n_bytes, numel), consts, options
+
+
+def strided_fits(numel: int, block_size: int, row_length: int, out_ld: int) -> bool:
+    """Whether the kernel can write ``numel`` values as rows of ``row_length``, ``out_ld``
+    apart: whole quantization blocks per row (each block then lies in one row), a block
+    size the one-block-per-tile-row kernel takes, and rows that do not overlap."""
+    half = block_size // 2
+    return (
+        row_length > 0
+        and numel % row_length == 0
+        and row_length % block_size == 0
+        and out_ld >= row_length
+        and half & (half - 1) == 0
+        and half <= BYTES_PER_PROGRAM
+    )
 
 
 def _check(codes: torch.Tensor, dtype: torch.dtype) -> None:
@@ -294,9 +327,13 @@ def dequantize_packed(
     dq_scale: torch.Tensor | None = None,
     dq_offset: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
+    rows_of: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Dequantize packed 4-bit codes into a flat ``(numel,)`` tensor of ``dtype`` in one kernel
-    (written into ``out``, a contiguous ``(numel,)`` tensor of ``dtype``, when given).
+    (written into ``out``, a contiguous ``(numel,)`` tensor of ``dtype``, when given; with
+    ``rows_of = (row_length, out_ld)``, ``out`` is the flat storage from its first element
+    and row i of the values goes to ``out[i * out_ld : i * out_ld + row_length]``: see
+    :func:`strided_fits`).
 
     The arguments are those of :mod:`minituner.nf4.backends`: the codes, the absmax
     (float32, or 8-bit codes decoded in the kernel as
@@ -310,7 +347,7 @@ def dequantize_packed(
     _check(codes, dtype)
     kernel, grid, pre, post, consts, options = _plan(
         codes, absmax, codebook, numel, block_size, dtype,
-        dq_block_size, dq_grids, dq_map, dq_scale, dq_offset,
+        dq_block_size, dq_grids, dq_map, dq_scale, dq_offset, rows_of,
     )  # fmt: skip
     if out is None:
         out = torch.empty(numel, dtype=dtype, device=codes.device)
@@ -330,10 +367,11 @@ class Launcher:
     per call of both paths."""
 
     def __init__(self, codes, absmax, codebook, numel, block_size, dtype, *,
-                 dq_block_size, dq_grids=None, dq_map=None, dq_scale=None, dq_offset=None):  # fmt: skip
+                 dq_block_size, dq_grids=None, dq_map=None, dq_scale=None, dq_offset=None,
+                 rows_of=None):  # fmt: skip
         _check(codes, dtype)
         plan = _plan(codes, absmax, codebook, numel, block_size, dtype,
-                     dq_block_size, dq_grids, dq_map, dq_scale, dq_offset)  # fmt: skip
+                     dq_block_size, dq_grids, dq_map, dq_scale, dq_offset, rows_of)  # fmt: skip
         self.kernel, self.grid, self.pre, self.post, self.consts, self.options = plan
         self.numel, self.dtype, self.device = numel, dtype, codes.device
         self.dev = codes.device.index if codes.device.index is not None else 0
@@ -345,6 +383,8 @@ class Launcher:
         self.keys = keys
 
     def __call__(self, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Dequantize into ``out`` (as :func:`dequantize_packed`'s, for this launcher's
+        ``rows_of``) or a new contiguous tensor, and return it."""
         if out is None:
             out = torch.empty(self.numel, dtype=self.dtype, device=self.device)
         key = None  # _launch builds it, unless the inputs and the device are still those

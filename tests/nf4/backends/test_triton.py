@@ -32,6 +32,42 @@ CUDA_KERNEL = HAS_TRITON and torch.cuda.is_available()
 CASES = [((7,), 2), ((3, 50), 64), ((64, 64), 64), ((33, 129), 128), ((1000,), 6)]
 
 
+STRIDED_CASES = [((7, 128), 64), ((33, 192), 64), ((300, 128), 128), ((5, 8), 2), ((3, 50), 64)]
+
+
+def check_strided_out(device: str, dtypes) -> None:
+    """Dequantizing into the first columns of a wider matrix (rows apart, as a weight
+    with spare columns) gives the contiguous values there and leaves the other columns
+    alone; sizes whose rows do not hold whole blocks ((3, 50) with block 64) take the
+    copy path."""
+    g = torch.Generator(device="cpu").manual_seed(3)
+    for (rows, cols), bs in STRIDED_CASES:
+        for dq in (False, True):
+            q = quantize_nf4((torch.randn(rows, cols, generator=g) * 3).to(device), bs, dq)
+            for dtype in dtypes:
+                want = dequantize_nf4(q, dtype)
+                for extra in (8, 40):
+                    wide = torch.full((rows, cols + extra), 5.0, dtype=dtype, device=device)
+                    got = dequantize_nf4(q, dtype, out=wide[:, :cols])
+                    assert got.data_ptr() == wide.data_ptr() and got.stride(0) == cols + extra
+                    assert torch.equal(wide[:, :cols], want), ((rows, cols), bs, dq, dtype)
+                    assert torch.all(wide[:, cols:] == 5.0), ((rows, cols), bs, dq, dtype)
+    q = quantize_nf4(torch.randn(4, 64).to(device), 64)
+    for bad in (torch.empty(80, 4, device=device)[8:72].t(), torch.empty(4, 128)[:, ::2]):
+        with pytest.raises(ValueError, match="out must be"):
+            dequantize_nf4(q, out=bad)
+
+
+def test_strided_out_on_the_cpu(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    check_strided_out("cpu", (torch.float32, torch.bfloat16))
+
+
+@pytest.mark.skipif(not CUDA_KERNEL, reason="needs CUDA and Triton")
+def test_cuda_strided_out():
+    check_strided_out("cuda", (torch.float32, torch.bfloat16, torch.float16))
+
+
 def _torch_path(q, dtype, monkeypatch):
     with monkeypatch.context() as m:
         m.setenv("MINITUNER_NF4_KERNEL", "torch")
@@ -246,6 +282,10 @@ def test_interpreted_kernel_equals_pytorch_path():
                 if t.dtype == torch.float32:
                     t, u = t.view(torch.int32), u.view(torch.int32)
                 assert torch.equal(t, u), name
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import test_triton
+        test_triton.check_strided_out("cpu", (torch.float32,))
         print("kernel ok")
         """
     )
