@@ -46,14 +46,23 @@ class _QLoRAGroupMatMul(torch.autograd.Function):
     and hs (N, Σr), never a W."""
 
     @staticmethod
-    def forward(ctx, x, layers, lora, scaling, one_gemm, *params):
+    def forward(ctx, x, layers, lora, scaling, one_gemm, spare, *params):
         dt = x.dtype
+        lead, ys, j, col = x.shape[:-1], [], 0, 0
+        if spare:  # x (..., in + spare): the LoRA products go into its spare columns
+            xe = x.reshape(-1, x.shape[-1])  # (N, in + spare)
+            x2 = xe[:, : xe.shape[1] - spare]  # (N, in), rows in + spare apart
+            ys = _lora_in_k(xe, x2, layers, lora, scaling, params)
+            ctx.save_for_backward(x, *params)  # x itself: a view made here could not be
+            ctx.layers, ctx.lora, ctx.scaling, ctx.x_shape = layers, lora, scaling, x.shape
+            ctx.one_gemm, ctx.spare = False, spare
+            ctx.param_dtypes = [p.dtype for p in params]
+            return tuple(y.view(*lead, y.shape[1]) for y in ys)
         x2 = x.reshape(-1, x.shape[-1])  # (N, in)
         a_s = [p.to(dt) for p in params[0::2]]  # (r_i, in)
         b_s = [p.to(dt) for p in params[1::2]]  # (out_i, r_i)
         a_cat = torch.cat(a_s) if len(a_s) > 1 else (a_s[0] if a_s else None)  # (Σr, in)
         hs = _scaled_mm(x2, a_cat.t(), scaling) if a_s else None  # (N, Σr)
-        lead, ys, j, col = x.shape[:-1], [], 0, 0
         if one_gemm:  # every base in one (Σout, in) weight, one GEMM; y_i are column slices
             outs = [layer.out_features for layer in layers]
             w_cat = x2.new_empty((sum(outs), x2.shape[1]))  # (Σout, in)
@@ -89,14 +98,24 @@ class _QLoRAGroupMatMul(torch.autograd.Function):
                 ys.append(y.view(*lead, w.shape[0]))
         ctx.save_for_backward(x2, a_cat, hs, *b_s)
         ctx.layers, ctx.lora, ctx.scaling, ctx.x_shape = layers, lora, scaling, x.shape
-        ctx.one_gemm = one_gemm
+        ctx.one_gemm, ctx.spare = one_gemm, 0
         ctx.param_dtypes = [p.dtype for p in params]
         return tuple(ys)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, *grads):
-        x2, a_cat, hs, *b_s = ctx.saved_tensors
+        if ctx.spare:
+            x, *params = ctx.saved_tensors
+            xe = x.reshape(-1, x.shape[-1])  # (N, in + spare)
+            in_f, dt = xe.shape[1] - ctx.spare, xe.dtype
+            x2 = xe[:, :in_f]  # (N, in)
+            a_s = [p.to(dt) for p in params[0::2]]  # (r_i, in)
+            b_s = [p.to(dt) for p in params[1::2]]  # (out_i, r_i)
+            a_cat = torch.cat(a_s) if len(a_s) > 1 else a_s[0]  # (Σr, in)
+            hs = xe[:, in_f : in_f + a_cat.shape[0]]  # (N, Σr), written by the forward
+        else:
+            x2, a_cat, hs, *b_s = ctx.saved_tensors
         s, dt = ctx.scaling, x2.dtype
         gs = [g.reshape(-1, g.shape[-1]).to(dt) for g in grads]  # (N, out_i)
         lora_gs = [g for g, has in zip(gs, ctx.lora, strict=True) if has]
@@ -126,6 +145,14 @@ class _QLoRAGroupMatMul(torch.autograd.Function):
             del w_cat
             if ghs is not None:
                 gx.addmm_(ghs, a_cat, alpha=s)  # += s · ghs A
+        elif ctx.needs_input_grad[0] and ctx.spare:  # gx (N, in + spare), spare part 0
+            gxe = x2.new_empty((x2.shape[0], x2.shape[1] + ctx.spare))
+            gx = gxe[:, : x2.shape[1]]  # (N, in), rows in + spare apart
+            gx.addmm_(ghs, a_cat, beta=0, alpha=s)  # s · ghs A
+            for layer, g in zip(ctx.layers, gs, strict=True):
+                gx.addmm_(g, layer.dequantize_weight(dt))  # += g_i W_i
+            gxe[:, x2.shape[1] :].zero_()
+            gx = gxe
         elif ctx.needs_input_grad[0]:
             first = not GemmOrder.base_first and ghs is not None
             gx = _scaled_mm(ghs, a_cat, s) if first else None  # (N, in): s · ghs A
@@ -136,7 +163,64 @@ class _QLoRAGroupMatMul(torch.autograd.Function):
                 gx.addmm_(ghs, a_cat, alpha=s)  # += s · ghs A
         if gx is not None:
             gx = gx.view(ctx.x_shape)
-        return (gx, None, None, None, None, *param_grads)
+        return (gx, None, None, None, None, None, *param_grads)
+
+
+def _lora_in_k(xe, x2, layers, lora, scaling, params) -> list[torch.Tensor]:
+    """The group's outputs with each LoRA product inside its base GEMM's K.
+
+    xe (N, in + spare) holds x in its first ``in`` columns; hs = s · x [A_1; ...]ᵀ is
+    written into the next Σr (in place: those columns are the caller's to give). The j-th
+    LoRA part (its columns start ``off`` after x) is then one GEMM over the first
+    in + off + r_j columns, against [W_j | 0 | B_j] (W_j dequantized straight into its
+    columns; zeros for the parts before it):
+
+        y_j = [x | hs_1 ... hs_j] [W_j | 0 | B_j]ᵀ = x W_jᵀ + s (x A_jᵀ) B_jᵀ
+
+    one GEMM and one rounding per output, where the two-GEMM node writes y with the
+    rank-r product and reads it back in the base GEMM's beta = 1."""
+    dt, in_f = xe.dtype, x2.shape[1]
+    a_s = [p.to(dt) for p in params[0::2]]  # (r_i, in)
+    a_cat = torch.cat(a_s) if len(a_s) > 1 else a_s[0]  # (Σr, in)
+    hs = xe[:, in_f : in_f + a_cat.shape[0]]  # (N, Σr), rows in + spare apart
+    hs.addmm_(x2, a_cat.t(), beta=0, alpha=scaling)
+    ys, j, off = [], 0, 0
+    for layer, has_lora in zip(layers, lora, strict=True):
+        if not has_lora:
+            ys.append(torch.mm(x2, layer.dequantize_weight(dt).t()))  # (N, out_i)
+            continue
+        b = params[2 * j + 1]  # (out_j, r_j)
+        r = b.shape[1]
+        k = in_f + off + r
+        w = xe.new_empty((b.shape[0], -(-k // 8) * 8))[:, :k]  # rows 16-byte aligned
+        layer.dequantize_weight(dt, out=w[:, :in_f])
+        if off:
+            w[:, in_f : in_f + off].zero_()  # the parts before this one: not its product
+        w[:, in_f + off :].copy_(b)  # B_j, cast to the compute dtype
+        ys.append(torch.mm(xe[:, :k], w.t()))  # (N, out_j)
+        j, off = j + 1, off + r
+    return ys
+
+
+def lora_spare(modules, x: torch.Tensor, fused: bool = True, one_gemm: bool = False) -> int:
+    """How many spare columns after x (..., in) :func:`qlora_group` would fill with its
+    LoRA products (Σr, rounded up to 8 so that rows stay 16-byte aligned): 0 where it
+    would not take the one-node path, has no LoRA part, or ``one_gemm`` or
+    ``LoRAInK.on`` say otherwise. A caller that makes x can leave that many columns free
+    after it (``minituner.scale.fused_rmsnorm.rms_norm``'s ``spare``)."""
+    modules = list(modules)
+    if not (LoRAInK.on and fused and not one_gemm and group_applies(modules, x)):
+        return 0
+    ranks = [lo.lora_A.shape[0] for _, lo in (_part(m, x) for m in modules) if lo is not None]
+    return -(-sum(ranks) // 8) * 8 if ranks else 0
+
+
+class LoRAInK:
+    """Whether :func:`lora_spare` asks for spare columns (the LoRA products inside the
+    base GEMMs' K). ``benchmarks/bench_7b_qlora.py --variants lora_apart`` times the
+    step without it."""
+
+    on = True
 
 
 def _part(module: nn.Module, x: torch.Tensor):
@@ -169,10 +253,17 @@ def group_applies(modules, x: torch.Tensor) -> bool:
 
 
 def qlora_group(
-    modules, x: torch.Tensor, fused: bool = True, one_gemm: bool = False
+    modules, x: torch.Tensor, fused: bool = True, one_gemm: bool = False, spare: int = 0
 ) -> tuple[torch.Tensor, ...]:
     """``tuple(m(x) for m in modules)``, as one node where :func:`group_applies` (and
     ``fused``), else one :func:`minituner.lora.qlora.qlora_linear` each.
+
+    ``spare`` > 0: x is (..., in + spare) and its last ``spare`` columns are free for
+    this call to write (finite, such as the zeros a norm with ``spare`` leaves: some CPU
+    GEMMs read a strided operand past its last column and multiply by zero; their values
+    never reach an output and their gradient is zero); where it is at least
+    :func:`lora_spare`, each LoRA product rides in its base GEMM's K (:func:`_lora_in_k`),
+    else x's first ``in`` columns are used as usual.
 
     ``one_gemm`` dequantizes every base into one (Σout, in) weight and runs one base GEMM
     (q, k, v at 7B: one 4096 x 12288 product runs nearer the Tensor Cores' peak than three
@@ -180,6 +271,11 @@ def qlora_group(
     It holds the whole group's dense weight at once (three 4096² weights: 96 MiB in bf16),
     so it is meant for small groups."""
     modules = list(modules)
+    if spare:
+        xin = x[..., : x.shape[-1] - spare]  # (..., in)
+        want = lora_spare(modules, xin, fused, one_gemm)
+        if not want or spare < want:
+            return qlora_group(modules, xin, fused, one_gemm)
     if not (fused and group_applies(modules, x)):
         return tuple(qlora_linear(m, x, fused) for m in modules)
     parts = [_part(m, x) for m in modules]
@@ -188,4 +284,4 @@ def qlora_group(
     loras: list[LoRALinear] = [lo for _, lo in parts if lo is not None]
     scaling = loras[0].scaling if loras else 1.0
     params = [t for lo in loras for t in (lo.lora_A, lo.lora_B)]
-    return _QLoRAGroupMatMul.apply(x, layers, lora, scaling, bool(one_gemm), *params)
+    return _QLoRAGroupMatMul.apply(x, layers, lora, scaling, bool(one_gemm), spare, *params)

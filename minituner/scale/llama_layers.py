@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.nn.attention import sdpa_kernel
 
 from minituner.lora.qlora import qlora_linear
-from minituner.lora.qlora_group import qlora_group
+from minituner.lora.qlora_group import lora_spare, qlora_group
 from minituner.nf4.linear import NF4LinearLowMem
 from minituner.scale.fused_rmsnorm import rms_norm, rms_norm_residual
 from minituner.scale.fused_rope import apply_rotary, rotary
@@ -37,11 +37,11 @@ class RMSNorm(nn.Module):
         # Face's LlamaRMSNorm order, eagerly or in one Triton kernel
         return rms_norm(x, self.weight, self.eps, self.fused)
 
-    def with_residual(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(norm(x), x to add back as the residual): where the Triton kernel runs, the
-        backward adds the residual's gradient of x in the norm's own pass
-        (``minituner.scale.fused_rmsnorm.rms_norm_residual``)."""
-        return rms_norm_residual(x, self.weight, self.eps, self.fused)
+    def with_residual(self, x: torch.Tensor, spare: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(x) with ``spare`` free columns after it, x to add back as the residual):
+        where the Triton kernel runs, the backward adds the residual's gradient of x in
+        the norm's own pass (``minituner.scale.fused_rmsnorm.rms_norm_residual``)."""
+        return rms_norm_residual(x, self.weight, self.eps, self.fused, spare)
 
 
 class LlamaAttention(nn.Module):
@@ -59,11 +59,23 @@ class LlamaAttention(nn.Module):
         self.v_proj = make_linear("v_proj", C, C)
         self.o_proj = make_linear("o_proj", C, C)
 
+    def spare_columns(self, x: torch.Tensor) -> int:
+        """Free columns the q, k, v node would fill after its input (``lora_spare``)."""
+        if not self.fused_kernels:
+            return 0
+        qkv = (self.q_proj, self.k_proj, self.v_proj)
+        return lora_spare(qkv, x, self.fused_lora, self.qkv_one_gemm)
+
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, residual=None
     ) -> torch.Tensor:
-        """o_proj(attention(x)), plus ``residual`` (added inside o_proj's GEMM where it can)."""
-        B, T, C = x.shape
+        """o_proj(attention(x)), plus ``residual`` (added inside o_proj's GEMM where it can).
+        x may carry :meth:`spare_columns` free columns after its C (the fused path's)."""
+        B, T = x.shape[:2]
+        C = self.n_heads * self.head_dim
+        spare = x.shape[-1] - C
+        if spare and not self.fused_kernels:
+            x = x[..., :C]
 
         def heads(t: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, H, T, D)
             return t.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
@@ -71,7 +83,7 @@ class LlamaAttention(nn.Module):
         f, H = self.fused_lora, self.n_heads
         if self.fused_kernels:  # one node for q, k, v; rotated in the (B, T, C) layout
             qkv = (self.q_proj, self.k_proj, self.v_proj)
-            q, k, v = qlora_group(qkv, x, f, one_gemm=self.qkv_one_gemm)
+            q, k, v = qlora_group(qkv, x, f, one_gemm=self.qkv_one_gemm, spare=spare)
             q, k, v = heads(rotary(q, cos, sin, H)), heads(rotary(k, cos, sin, H)), heads(v)
         else:
             q = apply_rotary(heads(qlora_linear(self.q_proj, x, f)), cos, sin)
@@ -94,6 +106,13 @@ class LlamaMLP(nn.Module):
         self.gate_proj = make_linear("gate_proj", cfg.hidden, cfg.intermediate)
         self.up_proj = make_linear("up_proj", cfg.hidden, cfg.intermediate)
         self.down_proj = make_linear("down_proj", cfg.intermediate, cfg.hidden)
+        self.hidden = cfg.hidden
+
+    def spare_columns(self, x: torch.Tensor) -> int:
+        """Free columns the gate, up node would fill after its input (``lora_spare``)."""
+        if not self.fused_kernels:
+            return 0
+        return lora_spare((self.gate_proj, self.up_proj), x, self.fused_lora)
 
     def forward(self, x: torch.Tensor, residual=None) -> torch.Tensor:
         """down(silu(gate(x)) * up(x)), plus ``residual`` (added inside down's GEMM where
@@ -103,15 +122,16 @@ class LlamaMLP(nn.Module):
         still saved) and the recompute stops there; a fused LoRA down projection makes and
         saves its LoRA input but skips its base GEMM. There the SwiGLU backward also writes
         its gradients over gate and up, which nothing else reads."""
-        f = self.fused_lora
+        f, spare = self.fused_lora, x.shape[-1] - self.hidden
         if self.fused_kernels:  # one node for both (minituner.lora.qlora_group)
-            gate, up = qlora_group((self.gate_proj, self.up_proj), x, f)
+            gate, up = qlora_group((self.gate_proj, self.up_proj), x, f, spare=spare)
         else:
+            x = x[..., : self.hidden]
             gate, up = qlora_linear(self.gate_proj, x, f), qlora_linear(self.up_proj, x, f)
         spare = self.fused_kernels and recomputing()  # gate, up serve this backward only
         if spare and type(self.down_proj) is NF4LinearLowMem:
             h = swiglu(gate, up, self.fused_kernels, compute=False, free_inputs=True)
-            return h.new_empty(x.shape) if residual is None else residual
+            return h.new_empty((*x.shape[:-1], self.hidden)) if residual is None else residual
         h = swiglu(gate, up, self.fused_kernels, free_inputs=spare)
         return qlora_linear(self.down_proj, h, f, residual, base=not spare)
 
@@ -126,10 +146,11 @@ class LlamaDecoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         if self.mlp.fused_kernels:  # the residual adds ride in o_proj's and down's GEMMs,
-            # the residual's gradient rides in each norm's backward kernel
-            xn, x = self.input_layernorm.with_residual(x)
+            # the residual's gradient rides in each norm's backward kernel, and each norm
+            # leaves room after its output for the LoRA products of the node it feeds
+            xn, x = self.input_layernorm.with_residual(x, self.self_attn.spare_columns(x))
             h = self.self_attn(xn, cos, sin, residual=x)  # (B, T, C)
-            hn, h = self.post_attention_layernorm.with_residual(h)
+            hn, h = self.post_attention_layernorm.with_residual(h, self.mlp.spare_columns(h))
             return self.mlp(hn, residual=h)
         x = x + self.self_attn(self.input_layernorm(x), cos, sin)
         return x + self.mlp(self.post_attention_layernorm(x))

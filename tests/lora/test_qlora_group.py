@@ -167,3 +167,97 @@ def test_one_node_matches_a_float64_reference_in_either_order(order, residual):
     torch.testing.assert_close(m.lora_B.grad.double(), b.grad, rtol=1e-5, atol=1e-5)
     if residual:
         torch.testing.assert_close(res.grad, up)
+
+
+def _padded(x, spare, fill=1e30):
+    """x (..., in) with ``spare`` more columns of ``fill`` after it: the node may write
+    them and must never use what it did not write (1e30 would show)."""
+    return torch.cat([x, x.new_full((*x.shape[:-1], spare), fill)], -1)
+
+
+@pytest.mark.parametrize("kinds", [k for k in KINDS if "lora" in k])
+@pytest.mark.parametrize("r", [(4, 8, 2), (8, 8, 8)])
+def test_lora_in_k_matches_a_float64_reference(kinds, r):
+    """With spare columns after x, each LoRA product rides in its base GEMM's K: the
+    outputs and every gradient equal float64's, and x's spare columns get no gradient."""
+    mods = _parts(kinds, r=r)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 7, IN, generator=g, requires_grad=True)
+    ups = [torch.randn(2, 7, m.out_features, generator=g) for m in mods]
+    spare = grp.lora_spare(mods, x)
+    ranks = [r[i % 3] for i, k in enumerate(kinds) if k == "lora"]
+    assert spare == -(-sum(ranks) // 8) * 8 and spare % 8 == 0
+    xe = _padded(x, spare)  # as a norm with spare columns leaves it
+    xe.retain_grad()
+    calls = []
+    in_k = grp._lora_in_k
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(grp, "_lora_in_k", lambda *a: calls.append(1) or in_k(*a))
+        outs = grp.qlora_group(mods, xe, spare=spare)
+    assert calls == [1]
+    sum((o * u).sum() for o, u in zip(outs, ups, strict=True)).backward()
+    xd = x.detach().double().requires_grad_()
+    ref, ab = [], []
+    for mod in mods:
+        base = mod if isinstance(mod, NF4LinearLowMem) else mod.base
+        y = xd @ base.dequantize_weight(torch.float64).T
+        if isinstance(mod, LoRALinear):
+            a = mod.lora_A.detach().double().requires_grad_()
+            b = mod.lora_B.detach().double().requires_grad_()
+            y = y + mod.scaling * (xd @ a.T) @ b.T
+            ab.append((mod, a, b))
+        ref.append(y)
+    sum((y * u.double()).sum() for y, u in zip(ref, ups, strict=True)).backward()
+    for o, y in zip(outs, ref, strict=True):
+        torch.testing.assert_close(o.double(), y, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x.grad.double(), xd.grad, rtol=1e-5, atol=1e-6)
+    assert torch.equal(xe.grad[..., IN:], torch.zeros_like(xe.grad[..., IN:]))
+    for mod, a, b in ab:
+        torch.testing.assert_close(mod.lora_A.grad.double(), a.grad, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(mod.lora_B.grad.double(), b.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_lora_in_k_is_the_one_node_path_to_bf16_rounding():
+    mods = _parts(("lora", "nf4", "lora"), dtype=torch.bfloat16)
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(4, 6, IN, generator=g).to(torch.bfloat16).requires_grad_()
+    ups = [torch.randn(4, 6, m.out_features, generator=g).to(torch.bfloat16) for m in mods]
+    spare = grp.lora_spare(mods, x)
+
+    def in_k(t):
+        return grp.qlora_group(mods, _padded(t, spare), spare=spare)
+
+    got = _run(in_k, mods, x, ups)
+    want = _run(lambda t: tuple(qlora_linear(m, t) for m in mods), mods, x, ups)
+    for a, b in zip(got[0] + [got[1]] + got[2], want[0] + [want[1]] + want[2], strict=True):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=1.6e-2, atol=1e-2)
+
+
+def test_spare_columns_where_lora_in_k_does_not_apply(monkeypatch):
+    """Too few spare columns, no LoRA part, one_gemm or LoRAInK off: x's first columns
+    are used as usual (the same values and gradients), and lora_spare says 0."""
+    mods = _parts(("lora", "nf4", "lora"))
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(3, IN, generator=g, requires_grad=True)
+    ups = [torch.randn(3, m.out_features, generator=g) for m in mods]
+    want = _run(lambda t: grp.qlora_group(mods, t), mods, x, ups)
+    assert grp.lora_spare(mods, x) == 8
+    assert grp.lora_spare(mods, x, one_gemm=True) == 0
+    assert grp.lora_spare(_parts(("nf4", "nf4")), x) == 0
+    with torch.no_grad():
+        assert grp.lora_spare(mods, x) == 0
+    monkeypatch.setattr(grp, "_lora_in_k", lambda *a: pytest.fail("took the LoRA-in-K path"))
+    for spare, one_gemm in ((4, False), (8, True)):
+        got = _run(
+            lambda t, s=spare, o=one_gemm: grp.qlora_group(
+                mods, _padded(t, s, 0.0), one_gemm=o, spare=s
+            ),
+            mods,
+            x,
+            ups,
+        )
+        for a, b in zip(got[0] + [got[1]] + got[2], want[0] + [want[1]] + want[2], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(grp.LoRAInK, "on", False)
+    assert grp.lora_spare(mods, x) == 0

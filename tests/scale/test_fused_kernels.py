@@ -51,6 +51,18 @@ def _close(a, b, dtype, what):
     torch.testing.assert_close(a, b, **tol, msg=lambda m: f"{what}: {m}")
 
 
+def _norm_with_spare(x, w, spare, up, fused):
+    """(norm with ``spare`` columns, x's gradient for the upstream gradient ``up``): the
+    fused node, or the eager norm padded with zeros."""
+    x = x.detach().clone().requires_grad_()
+    if fused:
+        y, res = fused_rmsnorm.rms_norm_residual(x, w, 1e-5, spare=spare)
+    else:
+        y, res = F.pad(fused_rmsnorm.eager_rms_norm(x, w, 1e-5), (0, spare)), x
+    ((y * up).sum() + (res * 0.5).sum()).backward()
+    return y.detach(), x.grad
+
+
 def check_kernels(device: str, dtype: torch.dtype) -> None:
     """Every fused node against its eager reference (called by the tests below)."""
     g = torch.Generator(device=device).manual_seed(0)
@@ -84,6 +96,16 @@ def check_kernels(device: str, dtype: torch.dtype) -> None:
         )
         _close(o1, o2, dtype, f"rmsnorm + residual forward ({use})")
         _close(gr1, gr2, dtype, f"rmsnorm + residual backward ({use})")
+    # spare columns after the norm: zeros, whose gradient is ignored
+    for spare in (8, 5):
+        up = randn(2, 7, 100 + spare)
+        (o1, gs1), (o2, gs2) = (
+            _norm_with_spare(x, w, spare, up, fused=True),
+            _norm_with_spare(x, w, spare, up, fused=False),
+        )
+        assert o1.shape == (2, 7, 100 + spare) and torch.all(o1[..., 100:] == 0)
+        _close(o1, o2, dtype, f"rmsnorm with {spare} spare forward")
+        _close(gs1, gs2, dtype, f"rmsnorm with {spare} spare backward")
 
     # rotary: 3 heads of 10 (5 pairs), 7 positions, on the (B, T, C) layout
     H, D, T = 3, 10, 7
@@ -197,6 +219,10 @@ def test_fallbacks_are_the_formulas_they_replace(monkeypatch):
     assert torch.equal(fused_rmsnorm.rms_norm(x, w, 1e-5), w * h.to(x.dtype))
     n, r = fused_rmsnorm.rms_norm_residual(x, w, 1e-5)
     assert torch.equal(n, w * h.to(x.dtype)) and r is x
+    n, r = fused_rmsnorm.rms_norm_residual(x, w, 1e-5, spare=3)
+    assert torch.equal(n, F.pad(w * h.to(x.dtype), (0, 3))) and r is x
+    with pytest.raises(ValueError, match="spare must be"):
+        fused_rmsnorm.rms_norm(x, w, 1e-5, spare=-1)
     cos, sin = rotary_tables(16, 8)
     q = torch.randn(2, 8, 64)
     heads = q.view(2, 8, 4, 16).transpose(1, 2)
