@@ -77,6 +77,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from minituner.lora.inject import add_lora, lora_layers  # noqa: E402
 from minituner.lora.qlora import GemmOrder  # noqa: E402
+from minituner.lora.qlora_group import LoRAInK  # noqa: E402
 from minituner.memory.predict import predict_memory  # noqa: E402
 from minituner.memory.shapes import SHAPES  # noqa: E402
 from minituner.nf4.codec import dequantize_nf4, quantize_nf4  # noqa: E402
@@ -88,6 +89,7 @@ from minituner.scale.llama import (  # noqa: E402
     LLAMA_LINEARS,
     LlamaAttention,
     LlamaConfig,
+    LlamaDecoderLayer,
     build_nf4_llama,
 )
 
@@ -104,6 +106,8 @@ VARIANTS = {
         (GemmOrder, "base_first", True),
         (LlamaAttention, "qkv_one_gemm", True),
     ],
+    "lora_apart": [(LoRAInK, "on", False)],  # the LoRA products as GEMMs of their own
+    "norm_add_apart": [(LlamaDecoderLayer, "norm_residual", False)],  # autograd's add
 }
 
 

@@ -137,6 +137,10 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
+    # with fused kernels: each norm's backward adds the residual's gradient (one node);
+    # False: autograd adds it (benchmarks/bench_7b_qlora.py --variants norm_add_apart)
+    norm_residual = True
+
     def __init__(self, cfg, make_linear, device=None, dtype=None):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden, cfg.rms_eps, device, dtype)
@@ -148,9 +152,16 @@ class LlamaDecoderLayer(nn.Module):
         if self.mlp.fused_kernels:  # the residual adds ride in o_proj's and down's GEMMs,
             # the residual's gradient rides in each norm's backward kernel, and each norm
             # leaves room after its output for the LoRA products of the node it feeds
-            xn, x = self.input_layernorm.with_residual(x, self.self_attn.spare_columns(x))
+            xn, x = self._norm(self.input_layernorm, x, self.self_attn.spare_columns(x))
             h = self.self_attn(xn, cos, sin, residual=x)  # (B, T, C)
-            hn, h = self.post_attention_layernorm.with_residual(h, self.mlp.spare_columns(h))
+            hn, h = self._norm(self.post_attention_layernorm, h, self.mlp.spare_columns(h))
             return self.mlp(hn, residual=h)
         x = x + self.self_attn(self.input_layernorm(x), cos, sin)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+    def _norm(self, norm: RMSNorm, x: torch.Tensor, spare: int):
+        """(norm(x) with ``spare`` zero columns after it, x for the residual add)."""
+        if self.norm_residual:
+            return norm.with_residual(x, spare)
+        y = norm(x)
+        return (F.pad(y, (0, spare)) if spare else y), x
