@@ -97,7 +97,9 @@ class _LinearCrossEntropySum(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (dh,) = ctx.saved_tensors
-        return (dh.float() * grad).to(dh.dtype), None, None, None
+        # a 0-d float32 factor keeps dh's dtype: one kernel, the product taken in float32
+        # and rounded once (as dh.float() * grad, then a cast, would in three)
+        return dh * grad.to(torch.float32), None, None, None
 
 
 def eager_cross_entropy_sum(h, weight, labels) -> torch.Tensor:
