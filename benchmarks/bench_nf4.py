@@ -51,6 +51,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from minituner.nf4 import codec  # noqa: E402
 from minituner.nf4.backends import cpu_c as nf4_cpu  # noqa: E402
 from minituner.nf4.backends import triton_dequant as nf4_kernels  # noqa: E402
 from minituner.nf4.backends import triton_quant as nf4_quant_kernels  # noqa: E402
@@ -413,6 +414,7 @@ def sweep_kernel(q, args, device, moved: dict, clone_gbs: float) -> dict:
     try:
         for nbytes, warps in _configs(args.kernel_configs):
             nf4_kernels.BYTES_PER_PROGRAM, nf4_kernels.NUM_WARPS = nbytes, warps
+            codec._LAUNCHERS.pop(id(q), None)  # a kept launcher holds the old config
             pairs = {
                 "fp32": {"k": lambda: dequantize_nf4(q)},
                 "bf16": {"k": lambda: dequantize_nf4(q, torch.bfloat16)},
@@ -425,6 +427,7 @@ def sweep_kernel(q, args, device, moved: dict, clone_gbs: float) -> dict:
             ))  # fmt: skip
     finally:
         nf4_kernels.BYTES_PER_PROGRAM, nf4_kernels.NUM_WARPS = default
+        codec._LAUNCHERS.pop(id(q), None)
     return out
 
 
