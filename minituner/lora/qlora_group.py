@@ -55,7 +55,7 @@ class _QLoRAGroupMatMul(torch.autograd.Function):
             ys = _lora_in_k(xe, x2, layers, lora, scaling, params)
             ctx.save_for_backward(x, *params)  # x itself: a view made here could not be
             ctx.layers, ctx.lora, ctx.scaling, ctx.x_shape = layers, lora, scaling, x.shape
-            ctx.one_gemm, ctx.spare = False, spare
+            ctx.one_gemm, ctx.spare, ctx.dtype = False, spare, dt
             ctx.param_dtypes = [p.dtype for p in params]
             return tuple(y.view(*lead, y.shape[1]) for y in ys)
         x2 = x.reshape(-1, x.shape[-1])  # (N, in)
@@ -96,9 +96,11 @@ class _QLoRAGroupMatMul(torch.autograd.Function):
                 else:
                     y = torch.mm(x2, w.t())  # (N, out_i)
                 ys.append(y.view(*lead, w.shape[0]))
-        ctx.save_for_backward(x2, a_cat, hs, *b_s)
+        # x only serves the A gradients: without a LoRA part it is not kept (at 7B with
+        # q,v adapters that is gate,up's (tokens, hidden) input, freed in the recompute)
+        ctx.save_for_backward(x2 if a_s else None, a_cat, hs, *b_s)
         ctx.layers, ctx.lora, ctx.scaling, ctx.x_shape = layers, lora, scaling, x.shape
-        ctx.one_gemm, ctx.spare = one_gemm, 0
+        ctx.one_gemm, ctx.spare, ctx.dtype = one_gemm, 0, dt
         ctx.param_dtypes = [p.dtype for p in params]
         return tuple(ys)
 
@@ -116,7 +118,7 @@ class _QLoRAGroupMatMul(torch.autograd.Function):
             hs = xe[:, in_f : in_f + a_cat.shape[0]]  # (N, Σr), written by the forward
         else:
             x2, a_cat, hs, *b_s = ctx.saved_tensors
-        s, dt = ctx.scaling, x2.dtype
+        s, dt = ctx.scaling, ctx.dtype
         gs = [g.reshape(-1, g.shape[-1]).to(dt) for g in grads]  # (N, out_i)
         lora_gs = [g for g, has in zip(gs, ctx.lora, strict=True) if has]
         param_grads: list = []
@@ -136,7 +138,8 @@ class _QLoRAGroupMatMul(torch.autograd.Function):
                 col += r
         gx = None
         if ctx.needs_input_grad[0] and ctx.one_gemm:  # [g_1 ... g_k] [W_1; ...; W_k]: one GEMM
-            w_cat = x2.new_empty((sum(g.shape[1] for g in gs), x2.shape[1]))  # (Σout, in)
+            in_f = ctx.x_shape[-1]
+            w_cat = gs[0].new_empty((sum(g.shape[1] for g in gs), in_f))  # (Σout, in)
             row = 0
             for layer, g in zip(ctx.layers, gs, strict=True):
                 layer.dequantize_weight(dt, out=w_cat[row : row + g.shape[1]])

@@ -122,9 +122,9 @@ class LlamaMLP(nn.Module):
         still saved) and the recompute stops there; a fused LoRA down projection makes and
         saves its LoRA input but skips its base GEMM. There the SwiGLU backward also writes
         its gradients over gate and up, which nothing else reads."""
-        f, spare = self.fused_lora, x.shape[-1] - self.hidden
+        f, cols = self.fused_lora, x.shape[-1] - self.hidden  # cols: x's spare columns
         if self.fused_kernels:  # one node for both (minituner.lora.qlora_group)
-            gate, up = qlora_group((self.gate_proj, self.up_proj), x, f, spare=spare)
+            gate, up = qlora_group((self.gate_proj, self.up_proj), x, f, spare=cols)
         else:
             x = x[..., : self.hidden]
             gate, up = qlora_linear(self.gate_proj, x, f), qlora_linear(self.up_proj, x, f)
@@ -133,6 +133,7 @@ class LlamaMLP(nn.Module):
             h = swiglu(gate, up, self.fused_kernels, compute=False, free_inputs=True)
             return h.new_empty((*x.shape[:-1], self.hidden)) if residual is None else residual
         h = swiglu(gate, up, self.fused_kernels, free_inputs=spare)
+        del gate, up, x  # saved by the nodes whose backward needs them; else freed now
         return qlora_linear(self.down_proj, h, f, residual, base=not spare)
 
 
@@ -154,6 +155,7 @@ class LlamaDecoderLayer(nn.Module):
             # leaves room after its output for the LoRA products of the node it feeds
             xn, x = self._norm(self.input_layernorm, x, self.self_attn.spare_columns(x))
             h = self.self_attn(xn, cos, sin, residual=x)  # (B, T, C)
+            del xn  # what a node saved stays; this frame's reference need not
             hn, h = self._norm(self.post_attention_layernorm, h, self.mlp.spare_columns(h))
             return self.mlp(hn, residual=h)
         x = x + self.self_attn(self.input_layernorm(x), cos, sin)

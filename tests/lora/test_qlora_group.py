@@ -261,3 +261,19 @@ def test_spare_columns_where_lora_in_k_does_not_apply(monkeypatch):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     monkeypatch.setattr(grp.LoRAInK, "on", False)
     assert grp.lora_spare(mods, x) == 0
+
+
+def test_a_group_without_lora_keeps_no_input():
+    """x only serves the A gradients: a group of plain NF4 parts (gate, up with q,v
+    adapters) must not keep its (tokens, hidden) input alive until its backward."""
+    mods = _parts(("nf4", "nf4"))
+    x = torch.randn(3, IN, requires_grad=True)
+    outs = grp.qlora_group(mods, x * 1.0)
+    saved = outs[0].grad_fn.saved_tensors
+    assert all(t is None or t.numel() == 0 or t.data_ptr() != x.data_ptr() for t in saved)
+    assert not any(t is not None and t.shape == (3, IN) for t in saved)
+    sum(o.sum() for o in outs).backward()
+    want = sum(m.dequantize_weight(torch.float32).sum(0) for m in mods)
+    torch.testing.assert_close(x.grad, want.expand(3, IN), rtol=1e-5, atol=1e-5)
+    with_lora = grp.qlora_group(_parts(("lora", "nf4")), x * 1.0)
+    assert any(t is not None and t.shape == (3, IN) for t in with_lora[0].grad_fn.saved_tensors)
