@@ -19,12 +19,18 @@ with the same roundings as the one-node path, so they agree to float32 (or bf16)
 Linears (q and v adapted, k not). Where a part is neither, or LoRA branches differ in
 scaling or dtype, :func:`qlora_group` evaluates the parts one by one.
 
+Where the caller leaves ``spare`` columns after x (the 7B model's norms do: ``lora_spare``
+says how many), the forward puts each LoRA product inside its base GEMM's K instead
+(:func:`_lora_in_k`): hs is written into those columns and y_j = [x | hs] [W_j | 0 | B_j]ᵀ
+is one GEMM, so no rank-r GEMM writes y and no base GEMM reads it back (beta = 1); the
+backward is the one above, into a gradient with zero spare columns.
+
 With ``one_gemm`` the bases are one (Σout, in) weight: [y_1 ... y_k] = x [W_1; ...; W_k]ᵀ
 is one GEMM (the y_i are column slices of its output; each LoRA branch then adds into its
 slice), and the backward's Σ g_i W_i is one GEMM of the concatenated gradients. The 7B
-model keeps it off by default (``LlamaAttention.qkv_one_gemm``): it is checked here
-against the one-node path and float64, and under Triton's interpreter, but its speed has
-not been measured on a GPU yet (``bench_7b_qlora.py --qkv-one-gemm``).
+model keeps it off (``LlamaAttention.qkv_one_gemm``): on one H100 the (3C, C) GEMM was
+0.989x three (C, C) ones forward but 1.058x backward with the concatenation
+(``benchmarks/results/gemm_order_h100.txt``).
 """
 
 from __future__ import annotations

@@ -18,17 +18,15 @@ Triton is optional: :func:`available` says whether this path can run for a tenso
 environment variable ``MINITUNER_NF4_KERNEL=torch`` asks for it (the benchmark compares
 the two that way).
 
-Launch cost. At the 7B layer shapes one dequantize moves 40-200 MB, 15-70 us of an
-H100's bandwidth, while Triton's generic launch path (bind the arguments, compute the
-specialization key, look the kernel up, build launch metadata) costs tens of
-microseconds of Python per call: in a stream of calls (a training step without a CUDA
-graph, or ``benchmarks/bench_nf4.py``) the host, not the GPU, set the pace. So the first
-launch of each specialization goes through Triton, and the compiled kernel is kept under
-a key that holds every fact Triton specializes on (each pointer's 16-byte alignment and
-dtype, each integer's ==1, %16 and 32-bit range, the constexprs and options); later
-launches with the same key call the compiled kernel's launcher directly (:func:`_launch`).
-Where that is not possible (an older Triton, launch hooks installed, the interpreter) the
-generic path runs.
+Launch cost. At the 7B layer shapes one dequantize moves 40-200 MB (15-70 us of an
+H100's bandwidth), while Triton's generic launch path costs tens of microseconds of
+Python per call, so in a stream of calls the host set the pace. The first launch of each
+specialization goes through Triton; the compiled kernel is kept under a key that holds
+every fact Triton specializes on (pointer alignment and dtype, integer ==1, %16 and
+32-bit range, constexprs, options), and later launches with that key call its launcher
+directly (:func:`_launch`; :class:`Launcher` also passes the addresses as integers).
+Where that is not possible (an older Triton, launch hooks, the interpreter) the generic
+path runs.
 """
 
 from __future__ import annotations
@@ -295,15 +293,9 @@ def strided_fits(numel: int, block_size: int, row_length: int, out_ld: int) -> b
     """Whether the kernel can write ``numel`` values as rows of ``row_length``, ``out_ld``
     apart: whole quantization blocks per row (each block then lies in one row), a block
     size the one-block-per-tile-row kernel takes, and rows that do not overlap."""
-    half = block_size // 2
-    return (
-        row_length > 0
-        and numel % row_length == 0
-        and row_length % block_size == 0
-        and out_ld >= row_length
-        and half & (half - 1) == 0
-        and half <= BYTES_PER_PROGRAM
-    )
+    half, n = block_size // 2, row_length
+    fits = n > 0 and numel % n == 0 and n % block_size == 0 and out_ld >= n
+    return fits and half & (half - 1) == 0 and half <= BYTES_PER_PROGRAM
 
 
 def _check(codes: torch.Tensor, dtype: torch.dtype) -> None:
