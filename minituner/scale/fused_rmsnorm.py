@@ -103,7 +103,9 @@ def _forward(ctx, x, weight, eps, spare: int) -> torch.Tensor:
     """y (..., C + spare): the norm in the first C columns, zeros in the rest."""
     C = x.shape[-1]
     x2 = x.reshape(-1, C).contiguous()  # (N, C)
-    y = x2.new_empty((x2.shape[0], C + spare))  # (N, C + spare)
+    # made in its final shape: a view of a tensor made here would be an output that the
+    # consumer may not write in place (qlora_group writes the spare columns)
+    y = x2.new_empty((*x.shape[:-1], C + spare))  # (..., C + spare), rows C + spare apart
     rstd = torch.empty(x2.shape[0], dtype=torch.float32, device=x.device)
     block = triton.next_power_of_2(C)
     spare_block = triton.next_power_of_2(spare) if spare else 0
@@ -113,7 +115,7 @@ def _forward(ctx, x, weight, eps, spare: int) -> torch.Tensor:
     )  # fmt: skip
     ctx.save_for_backward(x2, weight, rstd)
     ctx.x_shape = x.shape
-    return y.view(*x.shape[:-1], C + spare)
+    return y
 
 
 def _backward(ctx, gy, g_residual=None) -> torch.Tensor:

@@ -370,7 +370,7 @@ def test_cuda_prepared_launch_equals_the_torch_path(double_quant, dtype, monkeyp
     q = quantize_nf4(torch.randn(300, 128, device="cuda"), 64, double_quant=double_quant)
     want = _torch_path(q, dtype, monkeypatch)
     assert torch.equal(dequantize_nf4(q, dtype), want)  # compiles; the launcher is kept
-    launcher = codec._LAUNCHERS[id(q)][dtype]
+    launcher = codec._LAUNCHERS[id(q)][dtype, None]
     assert isinstance(launcher, nf4_kernels.Launcher)
     monkeypatch.setattr(
         nf4_kernels, "_COMPILED", {k: _CountingKernel(v) for k, v in nf4_kernels._COMPILED.items()}
