@@ -106,8 +106,12 @@ VARIANTS = {
         (GemmOrder, "base_first", True),
         (LlamaAttention, "qkv_one_gemm", True),
     ],
-    "lora_apart": [(LoRAInK, "on", False)],  # the LoRA products as GEMMs of their own
-    "norm_add_apart": [(LlamaDecoderLayer, "norm_residual", False)],  # autograd's add
+    "lora_in_k": [(LoRAInK, "on", True)],  # the LoRA products inside the base GEMMs' K
+    "norm_residual": [(LlamaDecoderLayer, "norm_residual", True)],  # the add in the norm
+    "lora_in_k_norm_residual": [
+        (LoRAInK, "on", True),
+        (LlamaDecoderLayer, "norm_residual", True),
+    ],
 }
 
 

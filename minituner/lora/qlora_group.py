@@ -19,8 +19,9 @@ with the same roundings as the one-node path, so they agree to float32 (or bf16)
 Linears (q and v adapted, k not). Where a part is neither, or LoRA branches differ in
 scaling or dtype, :func:`qlora_group` evaluates the parts one by one.
 
-Where the caller leaves ``spare`` columns after x (the 7B model's norms do: ``lora_spare``
-says how many), the forward puts each LoRA product inside its base GEMM's K instead
+Where the caller leaves ``spare`` columns after x (the 7B model's norms do when
+``LoRAInK.on``, off until a GPU run has timed it; ``lora_spare`` says how many), the
+forward puts each LoRA product inside its base GEMM's K instead
 (:func:`_lora_in_k`): hs is written into those columns and y_j = [x | hs] [W_j | 0 | B_j]ᵀ
 is one GEMM, so no rank-r GEMM writes y and no base GEMM reads it back (beta = 1); the
 backward is the one above, into a gradient with zero spare columns.
@@ -226,10 +227,11 @@ def lora_spare(modules, x: torch.Tensor, fused: bool = True, one_gemm: bool = Fa
 
 class LoRAInK:
     """Whether :func:`lora_spare` asks for spare columns (the LoRA products inside the
-    base GEMMs' K). ``benchmarks/bench_7b_qlora.py --variants lora_apart`` times the
-    step without it."""
+    base GEMMs' K). Off until a GPU run has timed it against the two-GEMM node:
+    ``benchmarks/bench_7b_qlora.py --variants lora_in_k`` does, in one command; the
+    tests check its values either way."""
 
-    on = True
+    on = False
 
 
 def _part(module: nn.Module, x: torch.Tensor):

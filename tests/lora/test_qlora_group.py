@@ -169,6 +169,12 @@ def test_one_node_matches_a_float64_reference_in_either_order(order, residual):
         torch.testing.assert_close(res.grad, up)
 
 
+@pytest.fixture
+def lora_in_k(monkeypatch):
+    """The LoRA-in-K path on (off by default until a GPU run has timed it)."""
+    monkeypatch.setattr(grp.LoRAInK, "on", True)
+
+
 def _padded(x, spare, fill=1e30):
     """x (..., in) with ``spare`` more columns of ``fill`` after it: the node may write
     them and must never use what it did not write (1e30 would show)."""
@@ -177,7 +183,7 @@ def _padded(x, spare, fill=1e30):
 
 @pytest.mark.parametrize("kinds", [k for k in KINDS if "lora" in k])
 @pytest.mark.parametrize("r", [(4, 8, 2), (8, 8, 8)])
-def test_lora_in_k_matches_a_float64_reference(kinds, r):
+def test_lora_in_k_matches_a_float64_reference(kinds, r, lora_in_k):
     """With spare columns after x, each LoRA product rides in its base GEMM's K: the
     outputs and every gradient equal float64's, and x's spare columns get no gradient."""
     mods = _parts(kinds, r=r)
@@ -217,7 +223,7 @@ def test_lora_in_k_matches_a_float64_reference(kinds, r):
         torch.testing.assert_close(mod.lora_B.grad.double(), b.grad, rtol=1e-5, atol=1e-5)
 
 
-def test_bfloat16_lora_in_k_is_the_one_node_path_to_bf16_rounding():
+def test_bfloat16_lora_in_k_is_the_one_node_path_to_bf16_rounding(lora_in_k):
     mods = _parts(("lora", "nf4", "lora"), dtype=torch.bfloat16)
     g = torch.Generator().manual_seed(6)
     x = torch.randn(4, 6, IN, generator=g).to(torch.bfloat16).requires_grad_()
@@ -234,7 +240,7 @@ def test_bfloat16_lora_in_k_is_the_one_node_path_to_bf16_rounding():
         torch.testing.assert_close(a, b, rtol=1.6e-2, atol=1e-2)
 
 
-def test_spare_columns_where_lora_in_k_does_not_apply(monkeypatch):
+def test_spare_columns_where_lora_in_k_does_not_apply(lora_in_k, monkeypatch):
     """Too few spare columns, no LoRA part, one_gemm or LoRAInK off: x's first columns
     are used as usual (the same values and gradients), and lora_spare says 0."""
     mods = _parts(("lora", "nf4", "lora"))
@@ -259,7 +265,7 @@ def test_spare_columns_where_lora_in_k_does_not_apply(monkeypatch):
         )
         for a, b in zip(got[0] + [got[1]] + got[2], want[0] + [want[1]] + want[2], strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    monkeypatch.setattr(grp.LoRAInK, "on", False)
+    monkeypatch.setattr(grp.LoRAInK, "on", False)  # the default
     assert grp.lora_spare(mods, x) == 0
 
 

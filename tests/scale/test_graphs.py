@@ -56,7 +56,7 @@ def _eager_steps(batches, capturable: bool, checkpointing: bool = True, fused_ke
 @needs_cuda
 @pytest.mark.parametrize("fused_kernels", [True, False])
 @pytest.mark.parametrize("checkpointing", [True, False])
-def test_captured_steps_equal_eager_steps(checkpointing, fused_kernels):
+def test_captured_steps_equal_eager_steps(checkpointing, fused_kernels, new_paths):
     """Also with the Triton kernels of minituner.scale.fused_* (norm, rotary, SwiGLU, head
     + loss) inside the captured step."""
     batches = _batches("cuda", 6)
@@ -117,7 +117,7 @@ def test_fused_qlora_on_cuda_agrees_with_the_lora_modules():
 
 @needs_cuda
 @pytest.mark.parametrize("checkpointing", [True, False])
-def test_fused_kernels_step_agrees_with_the_eager_ops(checkpointing):
+def test_fused_kernels_step_agrees_with_the_eager_ops(checkpointing, new_paths):
     """The fused norm, rotary, SwiGLU and head + loss compute the eager ops' function: the
     same loss and LoRA gradients to bf16 rounding, on a model with one of every piece."""
     x, y = _batches("cuda", 1)[0]

@@ -115,7 +115,7 @@ def test_nf4_weight_is_the_seeded_normal_weight_quantized():
 
 
 @pytest.mark.parametrize("targets, n_layers", [("q,v", 2), (list(LLAMA_LINEARS), 7)])
-def test_lora_forward_backward_trains_only_lora(targets, n_layers):
+def test_lora_forward_backward_trains_only_lora(targets, n_layers, new_paths):
     model = _build()
     paths = _with_lora(model, targets)
     assert len(paths) == CFG.n_layers * n_layers
@@ -143,8 +143,33 @@ def test_logits_shape_and_causality():
         model(torch.zeros(1, CFG.max_seq + 1, dtype=torch.long))
 
 
+@pytest.mark.parametrize("targets", ["q,v", list(LLAMA_LINEARS)])
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_lora_in_k_and_norm_residual_keep_loss_and_gradients(targets, checkpointing, monkeypatch):
+    """The two settings that are off by default (LoRA products inside the base GEMMs' K,
+    the residual's gradient added in the norms' backward) give the default path's loss
+    and gradients (float32 rounding): each node's spare columns are really used."""
+    from minituner.lora import qlora_group
+    from minituner.scale.llama_layers import LlamaDecoderLayer
+
+    model = _build(checkpointing=checkpointing)
+    _with_lora(model, targets)
+    loss_off, grads_off = _loss_and_grads(model)
+    monkeypatch.setattr(qlora_group.LoRAInK, "on", True)
+    monkeypatch.setattr(LlamaDecoderLayer, "norm_residual", True)
+    calls = []
+    in_k = qlora_group._lora_in_k
+    monkeypatch.setattr(qlora_group, "_lora_in_k", lambda *a: calls.append(1) or in_k(*a))
+    loss_on, grads_on = _loss_and_grads(model)
+    assert calls  # the q,k,v (and, with every Linear adapted, gate,up) nodes took it
+    torch.testing.assert_close(loss_on, loss_off, rtol=1e-6, atol=1e-6)
+    assert grads_on.keys() == grads_off.keys()
+    for k in grads_off:
+        torch.testing.assert_close(grads_on[k], grads_off[k], rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("loss_chunk", [128, 5])  # one chunk of 12 positions; 5 + 5 + 2
-def test_checkpointing_gives_the_same_loss_and_gradients(loss_chunk):
+def test_checkpointing_gives_the_same_loss_and_gradients(loss_chunk, new_paths):
     model = _build()
     model.loss_chunk = loss_chunk
     _with_lora(model, list(LLAMA_LINEARS))

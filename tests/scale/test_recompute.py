@@ -101,8 +101,8 @@ def test_the_recompute_skips_a_lora_down_projections_base_gemm(monkeypatch):
 
 
 @pytest.mark.skipif(not HAS_TRITON or torch.cuda.is_available(), reason="needs Triton, no GPU")
-@pytest.mark.parametrize("one_gemm", [False, True])
-def test_interpreted_fused_model_keeps_loss_and_gradients(one_gemm):
+@pytest.mark.parametrize("one_gemm, new_paths", [(False, False), (True, False), (False, True)])
+def test_interpreted_fused_model_keeps_loss_and_gradients(one_gemm, new_paths):
     """The tests above again with every Triton kernel running in Triton's interpreter
     (RMSNorm, rotary on q, k slices of one q, k, v output when one_gemm, SwiGLU skipped in
     the recompute, head + loss): the fused tiny model against the plain one."""
@@ -110,6 +110,9 @@ def test_interpreted_fused_model_keeps_loss_and_gradients(one_gemm):
         f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
         "import pytest; from minituner.scale.llama_layers import LlamaAttention; "
         f"LlamaAttention.qkv_one_gemm = {one_gemm}; "
+        "from minituner.lora.qlora_group import LoRAInK; "
+        "from minituner.scale.llama_layers import LlamaDecoderLayer; "
+        f"LoRAInK.on = LlamaDecoderLayer.norm_residual = {new_paths}; "
         "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', "
         f"{str(Path(__file__))!r}, '-k', 'residual or skips']))"
     )
