@@ -6,7 +6,7 @@
 #    RoPE, SwiGLU, head + loss, recompute, q,k,v / gate,up groups, CUDA graphs, bitsandbytes)
 # 2. the GEMMs of one QLoRA node in each order at the 7B shapes (bench_gemm_order.py)
 # 3. batch 8 x 512 against PEFT + bitsandbytes and PEFT + bitsandbytes + Liger-Kernel, with
-#    the GEMM-order and q,k,v-in-one-GEMM settings timed beside the default (--variants)
+#    the LoRA-in-K and norm-residual settings (off by default) timed beside it (--variants)
 # 4. NF4 dequantize at the 7B shapes against bitsandbytes and the copy bandwidth
 # 5. batch 1 x 512 against PEFT + bitsandbytes
 # 6. batch 8 against torchao's NF4 + LoRA under torch.compile (slowest: it compiles)
@@ -20,9 +20,10 @@ python -m pytest -q -rfE tests/nf4/backends/test_triton.py tests/scale tests/lor
   tests/nf4/test_bnb.py tests/nf4/test_codec.py | tee "$out/tests.txt"
 python benchmarks/bench_gemm_order.py --device cuda --json "$out/gemm.json" | tee "$out/gemm.txt"
 python benchmarks/bench_7b_qlora.py --batch 8 --r 8 --targets qv all --steps 3 --kernels fused \
-  --profile --peft --liger --variants base_first qkv_one_gemm base_first_qkv_one_gemm \
+  --profile --top 30 --peft --liger --variants lora_in_k norm_residual lora_in_k_norm_residual \
   --out "$out/b8.json" | tee "$out/b8.txt"
 python benchmarks/bench_nf4.py --device cuda --shapes 4096x4096 4096x11008 11008x4096 --graph \
+  --kernel-configs 2048:4 4096:8 8192:8 \
   --json "$out/nf4.json" | tee "$out/nf4.txt"
 python benchmarks/bench_7b_qlora.py --batch 1 --r 8 --targets qv all --peft --profile \
   --out "$out/b1.json" | tee "$out/b1.txt"
