@@ -49,8 +49,10 @@ class _QLoRAGroupMatMul(torch.autograd.Function):
     """Outputs y_i = x W_iᵀ (+ s · (x A_iᵀ) B_iᵀ for a LoRA part), shapes (..., out_i).
 
     ``layers`` are the parts' NF4 bases, ``lora`` says which parts have a LoRA branch,
-    ``params`` are (A, B) for those parts in order. Saves x, the dtype-cast A's and B's
-    and hs (N, Σr), never a W."""
+    ``params`` are (A, B) for those parts in order, ``spare`` the free columns after x
+    (0: none; see :func:`qlora_group`). Saves x (where a LoRA part needs it), the
+    dtype-cast A's and B's and hs (N, Σr), or with ``spare`` x, which holds hs, and the
+    parameters; never a W."""
 
     @staticmethod
     def forward(ctx, x, layers, lora, scaling, one_gemm, spare, *params):
@@ -60,7 +62,8 @@ class _QLoRAGroupMatMul(torch.autograd.Function):
             xe = x.reshape(-1, x.shape[-1])  # (N, in + spare)
             x2 = xe[:, : xe.shape[1] - spare]  # (N, in), rows in + spare apart
             ys = _lora_in_k(xe, x2, layers, lora, scaling, params)
-            ctx.save_for_backward(x, *params)  # x itself: a view made here could not be
+            # x itself: a view of it made here would not unpack after the in-place write
+            ctx.save_for_backward(x, *params)
             ctx.layers, ctx.lora, ctx.scaling, ctx.x_shape = layers, lora, scaling, x.shape
             ctx.one_gemm, ctx.spare, ctx.dtype = False, spare, dt
             ctx.param_dtypes = [p.dtype for p in params]
