@@ -71,14 +71,18 @@ def _median_times(cases: dict, device, calls: int, repeats: int) -> dict[str, fl
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
+def _random_maker(seed: int, device, dtype) -> Callable[..., torch.Tensor]:
+    """rnd(*shape): standard normal tensors from one CPU generator seeded with ``seed``
+    (the same numbers on every device), moved to ``device`` in ``dtype``."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    return lambda *shape: torch.randn(*shape, generator=g).to(device, dtype)
+
+
 def node_cases(tokens: int, out_f: int, in_f: int, r: int, device, dtype, pad: int = 16) -> dict:
     """The forms of one node's forward and backward products on shared random tensors;
     ``kcat`` and ``strided`` store x (forward) and g (backward) with ``pad`` spare
     columns (pad >= r)."""
-    g = torch.Generator(device="cpu").manual_seed(0)
-
-    def rnd(*shape):
-        return torch.randn(*shape, generator=g).to(device, dtype)
+    rnd = _random_maker(0, device, dtype)
 
     x, w, res = rnd(tokens, in_f), rnd(out_f, in_f), rnd(tokens, out_f)  # (N, in), (out, in)
     a, b = rnd(r, in_f), rnd(out_f, r)  # (r, in), (out, r)
@@ -117,10 +121,7 @@ def node_cases(tokens: int, out_f: int, in_f: int, r: int, device, dtype, pad: i
 
 def qkv_cases(tokens: int, hidden: int, device, dtype) -> dict:
     """q, k, v as three (C, C) GEMMs against one (3C, C) GEMM, forward and backward."""
-    g = torch.Generator(device="cpu").manual_seed(1)
-
-    def rnd(*shape):
-        return torch.randn(*shape, generator=g).to(device, dtype)
+    rnd = _random_maker(1, device, dtype)
 
     x, ws = rnd(tokens, hidden), [rnd(hidden, hidden) for _ in range(3)]
     w_cat, gs = torch.cat(ws), [rnd(tokens, hidden) for _ in range(3)]
@@ -146,10 +147,7 @@ def pair_cases(tokens: int, hidden: int, inter: int, device, dtype) -> dict:
     """gate and up as two (I, C) GEMMs against one (2I, C) GEMM, forward and backward
     (backward: the two gradients already side by side in one (N, 2I) tensor, as a kernel
     that writes both could leave them, so no concatenation is timed)."""
-    g = torch.Generator(device="cpu").manual_seed(2)
-
-    def rnd(*shape):
-        return torch.randn(*shape, generator=g).to(device, dtype)
+    rnd = _random_maker(2, device, dtype)
 
     x, ws = rnd(tokens, hidden), [rnd(inter, hidden) for _ in range(2)]
     w_cat, g_cat = torch.cat(ws), rnd(tokens, 2 * inter)

@@ -32,10 +32,11 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, spare: int = 0) -> torch.Tensor:
         # x * rsqrt(mean(x²) + eps) in float32, rounded to x's dtype, then scaled: Hugging
-        # Face's LlamaRMSNorm order, eagerly or in one Triton kernel
-        return rms_norm(x, self.weight, self.eps, self.fused)
+        # Face's LlamaRMSNorm order, eagerly or in one Triton kernel; ``spare`` zero
+        # columns after it (``minituner.scale.fused_rmsnorm.rms_norm``)
+        return rms_norm(x, self.weight, self.eps, self.fused, spare)
 
     def with_residual(self, x: torch.Tensor, spare: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """(norm(x) with ``spare`` free columns after it, x to add back as the residual):
@@ -151,9 +152,9 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(cfg, lambda n, i, o: make_linear(f"mlp.{n}", i, o))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        if self.mlp.fused_kernels:  # the residual adds ride in o_proj's and down's GEMMs,
-            # the residual's gradient rides in each norm's backward kernel, and each norm
-            # leaves room after its output for the LoRA products of the node it feeds
+        if self.mlp.fused_kernels:  # the residual adds ride in o_proj's and down's GEMMs;
+            # with norm_residual their gradients ride in the norms' backward kernels, and
+            # with LoRAInK.on each norm leaves room for the LoRA products of its consumer
             xn, x = self._norm(self.input_layernorm, x, self.self_attn.spare_columns(x))
             h = self.self_attn(xn, cos, sin, residual=x)  # (B, T, C)
             del xn  # what a node saved stays; this frame's reference need not
@@ -166,5 +167,4 @@ class LlamaDecoderLayer(nn.Module):
         """(norm(x) with ``spare`` zero columns after it, x for the residual add)."""
         if self.norm_residual:
             return norm.with_residual(x, spare)
-        y = norm(x)
-        return (F.pad(y, (0, spare)) if spare else y), x
+        return norm(x, spare), x
