@@ -828,7 +828,13 @@ def run_variant(name, model, batches, shape, cfg, args, device, peak, runs) -> d
         for r in args.r:
             for t in args.targets:
                 graph = args.graph and device.type == "cuda"
-                res, _ = train_ours(model, r, t, True, graph, batches, args, device)
+                try:
+                    res, _ = train_ours(model, r, t, True, graph, batches, args, device)
+                except Exception as exc:  # a setting that fails here: say so, keep the rest
+                    out[f"r{r}_{t}"] = {"failed": f"{type(exc).__name__}: {str(exc)[:400]}"}
+                    print(f"ours ({name}) r={r} {t} failed: {type(exc).__name__}: {exc}")
+                    _reset_peak(device)
+                    continue
                 _add_mfu(res, cfg, args, r, t, peak)
                 key = f"r{r}_{t}"
                 if key in runs:
