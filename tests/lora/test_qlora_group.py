@@ -130,10 +130,13 @@ def test_bfloat16_group_is_the_one_node_path_to_bf16_rounding(one_gemm, order):
     ups = [torch.randn(4, 6, m.out_features, generator=g).to(torch.bfloat16) for m in mods]
     got = _run(lambda t: grp.qlora_group(mods, t, one_gemm=one_gemm), mods, x, ups)
     want = _run(lambda t: tuple(qlora_linear(m, t) for m in mods), mods, x, ups)
-    tol = {"rtol": 1.6e-2, "atol": 1e-2}
     for a, b in zip(got[0] + [got[1]] + got[2], want[0] + [want[1]] + want[2], strict=True):
         assert a.dtype == b.dtype
-        torch.testing.assert_close(a, b, **tol)
+        # the two paths round their intermediates (x W, hs, hs B) in bf16 with GEMMs
+        # that may sum in another order (the CPU's bf16 kernels differ between machines):
+        # an output near zero next to terms of size M can differ by about ulp(M) = 2^-7 M
+        atol = max(1e-2, 2**-7 * b.abs().max().item())
+        torch.testing.assert_close(a, b, rtol=1.6e-2, atol=atol)
 
 
 def test_group_steps_aside_where_it_does_not_apply():
