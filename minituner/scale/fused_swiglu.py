@@ -102,8 +102,8 @@ def swiglu(
     the product: for a checkpoint's recompute whose h nobody reads (the result is then
     uninitialised). ``free_inputs=True`` (fused path only) lets the backward write its
     gradients over gate and up: the caller promises that nothing reads them after this
-    node's backward and that the backward runs once (a checkpoint's recompute, whose
-    tensors serve one backward)."""
+    node's backward and that the backward runs once (a checkpointed layer: its backward
+    gets the recompute's gate and up, which serve that one backward)."""
     if fused and fused_applies(gate, up) and gate.numel() > 0:
         return _SwiGLU.apply(gate, up, compute, free_inputs)
     return F.silu(gate) * up

@@ -19,7 +19,7 @@ from minituner.nf4.linear import NF4LinearLowMem
 from minituner.scale.fused_rmsnorm import rms_norm, rms_norm_residual
 from minituner.scale.fused_rope import apply_rotary, rotary
 from minituner.scale.fused_swiglu import swiglu
-from minituner.scale.recompute import recomputing
+from minituner.scale.recompute import checkpointed, recomputing
 
 
 class RMSNorm(nn.Module):
@@ -121,19 +121,24 @@ class LlamaMLP(nn.Module):
         on) nothing reads this output, only what its nodes save: a plain low-memory NF4
         down projection saves nothing, so the SwiGLU product is skipped (gate and up are
         still saved) and the recompute stops there; a fused LoRA down projection makes and
-        saves its LoRA input but skips its base GEMM. There the SwiGLU backward also writes
-        its gradients over gate and up, which nothing else reads."""
+        saves its LoRA input but skips its base GEMM. In a checkpointed layer the SwiGLU
+        backward also writes its gradients over the recompute's gate and up, which nothing
+        else reads."""
         f, cols = self.fused_lora, x.shape[-1] - self.hidden  # cols: x's spare columns
         if self.fused_kernels:  # one node for both (minituner.lora.qlora_group)
             gate, up = qlora_group((self.gate_proj, self.up_proj), x, f, spare=cols)
         else:
             x = x[..., : self.hidden]
             gate, up = qlora_linear(self.gate_proj, x, f), qlora_linear(self.up_proj, x, f)
-        spare = self.fused_kernels and recomputing()  # gate, up serve this backward only
+        spare = self.fused_kernels and recomputing()  # work only the forward pass reads
+        # in a checkpointed layer the SwiGLU node's backward gets the recompute's gate and
+        # up, which serve it alone: it may write its gradients over them. Decided in the
+        # forward pass too: the backward runs that pass's node (minituner.scale.recompute)
+        free = self.fused_kernels and checkpointed()
         if spare and type(self.down_proj) is NF4LinearLowMem:
-            h = swiglu(gate, up, self.fused_kernels, compute=False, free_inputs=True)
+            h = swiglu(gate, up, self.fused_kernels, compute=False, free_inputs=free)
             return h.new_empty((*x.shape[:-1], self.hidden)) if residual is None else residual
-        h = swiglu(gate, up, self.fused_kernels, free_inputs=spare)
+        h = swiglu(gate, up, self.fused_kernels, free_inputs=free)
         del gate, up, x  # saved by the nodes whose backward needs them; else freed now
         return qlora_linear(self.down_proj, h, f, residual, base=not spare)
 

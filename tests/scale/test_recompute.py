@@ -27,13 +27,15 @@ def test_the_flag_is_set_in_the_recompute_only():
     seen = []
 
     def fn(x):
-        seen.append(recompute.recomputing())
+        seen.append((recompute.recomputing(), recompute.checkpointed()))
         return (x * x).sum()
 
     x = torch.randn(5, requires_grad=True)
     checkpoint(fn, x, use_reentrant=False, context_fn=recompute.contexts).backward()
-    assert seen == [False, True]
-    assert not recompute.recomputing()
+    assert seen == [(False, True), (True, True)]  # checkpointed: both passes
+    assert not recompute.recomputing() and not recompute.checkpointed()
+    fn(x)
+    assert seen[-1] == (False, False)
 
 
 def _model(targets, checkpointing=True):
@@ -100,6 +102,31 @@ def test_the_recompute_skips_a_lora_down_projections_base_gemm(monkeypatch):
     assert calls == {"q_proj": 3, "down_proj": 3}
 
 
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_a_checkpointed_swiglu_backward_writes_over_its_inputs(monkeypatch, checkpointing):
+    """The SwiGLU node whose backward runs is the forward pass's (non-reentrant
+    checkpoint), with the recompute's gate and up: in a checkpointed layer it writes its
+    gradients over them (no two (tokens, intermediate) gradients allocated); without
+    checkpointing gate and up are the forward's and stay. Needs the fused kernel: Triton
+    (the interpreted test below runs it)."""
+    from minituner.scale import fused_swiglu
+
+    model = _model(["q_proj", "v_proj"], checkpointing)
+    x = torch.zeros(1, device="cpu")
+    if not fused_swiglu.fused_applies(x, x):
+        pytest.skip("the fused SwiGLU needs Triton on this device (or its interpreter)")
+    seen = []
+    backward = fused_swiglu._SwiGLU.backward
+
+    def spy(ctx, gh):
+        seen.append(ctx.free_inputs)
+        return backward(ctx, gh)
+
+    monkeypatch.setattr(fused_swiglu._SwiGLU, "backward", staticmethod(spy))
+    _loss_grads(model)
+    assert seen == [checkpointing] * CFG.n_layers
+
+
 @pytest.mark.skipif(not HAS_TRITON or torch.cuda.is_available(), reason="needs Triton, no GPU")
 @pytest.mark.parametrize("one_gemm, new_paths", [(False, False), (True, False), (False, True)])
 def test_interpreted_fused_model_keeps_loss_and_gradients(one_gemm, new_paths):
@@ -114,7 +141,7 @@ def test_interpreted_fused_model_keeps_loss_and_gradients(one_gemm, new_paths):
         "from minituner.scale.llama_layers import LlamaDecoderLayer; "
         f"LoRAInK.on = LlamaDecoderLayer.norm_residual = {new_paths}; "
         "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', "
-        f"{str(Path(__file__))!r}, '-k', 'residual or skips']))"
+        f"{str(Path(__file__))!r}, '-k', 'residual or skips or writes_over']))"
     )
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
