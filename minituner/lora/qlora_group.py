@@ -106,6 +106,7 @@ class _QLoRAGroupMatMul(torch.autograd.Function):
                 else:
                     y = torch.mm(x2, w.t())  # (N, out_i)
                 ys.append(y.view(*lead, w.shape[0]))
+                del w  # freed before the next part's weight is dequantized: one at a time
         # x only serves the A gradients: without a LoRA part it is not kept (at 7B with
         # q,v adapters that is gate,up's (tokens, hidden) input, freed in the recompute)
         ctx.save_for_backward(x2 if a_s else None, a_cat, hs, *b_s)
@@ -172,6 +173,7 @@ class _QLoRAGroupMatMul(torch.autograd.Function):
             for layer, g in zip(ctx.layers, gs, strict=True):
                 w = layer.dequantize_weight(dt)  # (out_i, in)
                 gx = torch.mm(g, w) if gx is None else gx.addmm_(g, w)  # += g_i W_i
+                del w  # one dequantized weight alive at a time
             if ghs is not None and not first:
                 gx.addmm_(ghs, a_cat, alpha=s)  # += s · ghs A
         if gx is not None:
@@ -211,6 +213,7 @@ def _lora_in_k(xe, x2, layers, lora, scaling, params) -> list[torch.Tensor]:
             w[:, in_f : in_f + off].zero_()  # the parts before this one: not its product
         w[:, in_f + off :].copy_(b)  # B_j, cast to the compute dtype
         ys.append(torch.mm(xe[:, :k], w.t()))  # (N, out_j)
+        del w  # one dequantized weight alive at a time
         j, off = j + 1, off + r
     return ys
 
