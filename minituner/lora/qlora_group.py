@@ -207,7 +207,10 @@ def _lora_in_k(xe, x2, layers, lora, scaling, params) -> list[torch.Tensor]:
         b = params[2 * j + 1]  # (out_j, r_j)
         r = b.shape[1]
         k = in_f + off + r
-        w = xe.new_empty((b.shape[0], -(-k // 8) * 8))[:, :k]  # rows 16-byte aligned
+        # rows 16 elements apart: Triton specializes the dequantize kernel's row stride on
+        # % 16 and only then writes 16-byte vectors (at 8 apart it wrote 2-byte elements:
+        # the dequantize into these rows took twice the contiguous one's time on an H100)
+        w = xe.new_empty((b.shape[0], -(-k // 16) * 16))[:, :k]
         layer.dequantize_weight(dt, out=w[:, :in_f])
         if off:
             w[:, in_f : in_f + off].zero_()  # the parts before this one: not its product

@@ -215,6 +215,27 @@ def test_lora_in_k_matches_a_float64_reference(kinds, r, lora_in_k):
     assert torch.equal(xe.grad[..., IN:], torch.zeros_like(xe.grad[..., IN:]))
 
 
+def test_lora_in_k_weight_rows_are_16_elements_apart(lora_in_k, monkeypatch):
+    """The weights it dequantizes into rows apart ([W | 0 | B]) have a row stride that is a
+    multiple of 16 elements: Triton specializes the kernel's stride on % 16, and at 8 apart
+    the H100 dequantize ran at half speed (unvectorized stores)."""
+    mods = _parts(("lora", "nf4", "lora"))
+    strides = []
+    for m in mods:
+        base = m.base if isinstance(m, LoRALinear) else m
+
+        def spy(*a, _f=base.dequantize_weight, out=None, **k):
+            if out is not None:
+                strides.append(out.stride(0))
+            return _f(*a, out=out, **k)
+
+        monkeypatch.setattr(base, "dequantize_weight", spy)
+    x = torch.randn(2, 3, IN)
+    spare = grp.lora_spare(mods, x)
+    grp.qlora_group(mods, _padded(x, spare), spare=spare)
+    assert len(strides) == 2 and all(s % 16 == 0 and s >= IN for s in strides), strides
+
+
 def test_bfloat16_lora_in_k_is_the_one_node_path_to_bf16_rounding(lora_in_k):
     mods = _parts(("lora", "nf4", "lora"), dtype=torch.bfloat16)
     g = torch.Generator().manual_seed(6)
