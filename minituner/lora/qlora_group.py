@@ -20,7 +20,7 @@ Linears (q and v adapted, k not). Where a part is neither, or LoRA branches diff
 scaling or dtype, :func:`qlora_group` evaluates the parts one by one.
 
 Where the caller leaves ``spare`` columns after x (the 7B model's norms do when
-``LoRAInK.on``, off until a GPU run has timed it; ``lora_spare`` says how many), the
+``LoRAInK.on``, off: see :class:`LoRAInK`; ``lora_spare`` says how many), the
 forward puts each LoRA product inside its base GEMM's K instead
 (:func:`_lora_in_k`): hs is written into those columns and y_j = [x | hs] [W_j | 0 | B_j]ᵀ
 is one GEMM, so no rank-r GEMM writes y and no base GEMM reads it back (beta = 1); the
@@ -208,8 +208,8 @@ def _lora_in_k(xe, x2, layers, lora, scaling, params) -> list[torch.Tensor]:
         r = b.shape[1]
         k = in_f + off + r
         # rows 16 elements apart: Triton specializes the dequantize kernel's row stride on
-        # % 16 and only then writes 16-byte vectors (at 8 apart it wrote 2-byte elements:
-        # the dequantize into these rows took twice the contiguous one's time on an H100)
+        # % 16, and only then can it prove 16-byte stores aligned (at 8 apart the dequantize
+        # into these rows took twice the contiguous one's time on an H100; 16 is untimed)
         w = xe.new_empty((b.shape[0], -(-k // 16) * 16))[:, :k]
         layer.dequantize_weight(dt, out=w[:, :in_f])
         if off:
@@ -236,9 +236,11 @@ def lora_spare(modules, x: torch.Tensor, fused: bool = True, one_gemm: bool = Fa
 
 class LoRAInK:
     """Whether :func:`lora_spare` asks for spare columns (the LoRA products inside the
-    base GEMMs' K). Off until a GPU run has timed it against the two-GEMM node:
-    ``benchmarks/bench_7b_qlora.py --variants lora_in_k`` does, in one command; the
-    tests check its values either way."""
+    base GEMMs' K). Off: on one H100 (``benchmarks/bench_7b_qlora.py --variants
+    lora_in_k``, runs 6-8 in ``benchmarks/results/``) the step took 1.011-1.039x the
+    two-GEMM node's; its GEMMs were faster on all seven Linears, the dequantize into rows
+    apart twice as slow. Its rows are now 16 elements apart, untimed. The tests check its
+    values either way."""
 
     on = False
 
