@@ -827,16 +827,15 @@ def run_variant(name, model, batches, shape, cfg, args, device, peak, runs) -> d
             setattr(c, a, v)
         for r in args.r:
             for t in args.targets:
-                graph = args.graph and device.type == "cuda"
+                graph, key = args.graph and device.type == "cuda", f"r{r}_{t}"
                 try:
                     res, _ = train_ours(model, r, t, True, graph, batches, args, device)
                 except Exception as exc:  # a setting that fails here: say so, keep the rest
-                    out[f"r{r}_{t}"] = {"failed": f"{type(exc).__name__}: {str(exc)[:400]}"}
+                    out[key] = {"failed": f"{type(exc).__name__}: {str(exc)[:400]}"}
                     print(f"ours ({name}) r={r} {t} failed: {type(exc).__name__}: {exc}")
                     _reset_peak(device)
                     continue
                 _add_mfu(res, cfg, args, r, t, peak)
-                key = f"r{r}_{t}"
                 if key in runs:
                     res["step_time_over_default"] = (
                         res["step_s_median"] / runs[key]["step_s_median"]

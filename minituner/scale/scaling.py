@@ -317,6 +317,12 @@ def _x(v: float | None, digits: int = 2) -> str:
     return "-" if v is None else f"{v:.{digits}f}x"
 
 
+def _variant_text(config: str, run: dict) -> str | None:  # its step over the default's
+    if "step_time_over_default" in run:
+        return f"{config} {run['step_time_over_default']:.3f}x"
+    return f"{config} failed" if "failed" in run else None
+
+
 def full_load_lines(result: Mapping) -> list[str]:
     """A markdown table of :func:`peer_rows` (ours / peer step time and peak, MFU, GEMM
     share) and the notes under it: the command, card, versions, MFU formula and peak."""
@@ -357,9 +363,9 @@ def full_load_lines(result: Mapping) -> list[str]:
         if r["busy"]
     ]
     variants = [
-        f"{name}: " + ", ".join(f"{k} {v['step_time_over_default']:.3f}x" for k, v in runs.items())
+        f"{name}: " + ", ".join(said)
         for name, runs in result.get("variants", {}).items()
-        if all("step_time_over_default" in v for v in runs.values())
+        if (said := [t for k, v in runs.items() if (t := _variant_text(k, v))])
     ]
     plain = result.get("runs_plain", {})
     unfused = [

@@ -266,5 +266,7 @@ def test_full_load_lines_give_peaks_to_three_places_busy_fractions_and_variants(
     assert "1.005x" in row
     assert re.search(r": ours 98%(, peft \d+%)?, liger 50%", lines[-1])
     assert f"base_first: {key} 1.025x" in lines[-1]
+    result["variants"]["lora_in_k"] = {key: {"failed": "RuntimeError: x"}}  # said, not dropped
+    assert f"lora_in_k: {key} failed" in full_load_lines(result)[-1]
     result["variants"] = {}
     assert "other settings" not in full_load_lines(result)[-1]
