@@ -374,11 +374,11 @@ def test_the_codec_keeps_one_prepared_launch_per_tensor_and_dtype(monkeypatch):
     class FakeLauncher:
         def __init__(self, codes, absmax, codebook, numel, block_size, dtype, **dq):
             made.append((codes, absmax, dtype, dq.get("dq_scale"), dq.get("rows_of")))
-            self.calls = []
+            self.calls, self.shape = [], dq.get("shape") or (numel,)
 
-        def __call__(self, out=None):
+        def __call__(self, out=None):  # a new output in the shape it was told, as the real one
             self.calls.append(out)
-            return torch.full((made[-1][0].numel() * 2,), 7.0) if out is None else out.fill_(7.0)
+            return torch.full(self.shape, 7.0) if out is None else out.fill_(7.0)
 
     monkeypatch.setattr(triton_dequant, "available", lambda codes, dtype: True)
     monkeypatch.setattr(triton_dequant, "Launcher", FakeLauncher)

@@ -19,14 +19,12 @@ environment variable ``MINITUNER_NF4_KERNEL=torch`` asks for it (the benchmark c
 the two that way).
 
 Launch cost. At the 7B layer shapes one dequantize moves 40-200 MB (15-70 us of an
-H100's bandwidth), while Triton's generic launch path costs tens of microseconds of
-Python per call, so in a stream of calls the host set the pace. The first launch of each
-specialization goes through Triton; the compiled kernel is kept under a key that holds
-every fact Triton specializes on (pointer alignment and dtype, integer ==1, %16 and
-32-bit range, constexprs, options), and later launches with that key call its launcher
-directly (:func:`_launch`; :class:`Launcher` also passes the addresses as integers).
-Where that is not possible (an older Triton, launch hooks, the interpreter) the generic
-path runs.
+H100), about what Triton's generic launch path costs in Python, so in a stream of calls
+the host sets the pace. After the first launch of a specialization its compiled kernel is
+kept under a key of every fact Triton specializes on (pointer alignment and dtype, integer
+==1, %16 and 32-bit range, constexprs, options) and launched through its own launcher
+(:func:`_launch`, :class:`Launcher`); the generic path runs where that cannot be (an older
+Triton, launch hooks, the interpreter).
 """
 
 from __future__ import annotations
@@ -192,20 +190,17 @@ def _hooks_installed() -> bool:
     return any(getattr(h, "calls", h) for h in (rt.launch_enter_hook, rt.launch_exit_hook))
 
 
-def _run_compiled(key: tuple, grid: int, args: tuple, consts: dict) -> bool:
-    """Launch the kernel compiled under ``key`` through its own launcher; False where there
-    is none (not compiled yet, launch hooks installed, or a launcher this code cannot call).
-
-    ``args`` may give pointers as integers (``data_ptr()``): Triton's CUDA launcher takes an
-    int as the address itself, where for a tensor it calls ``data_ptr()`` and asks the
-    driver what the address is (one call per pointer, each launch)."""
-    compiled = _COMPILED.get(key)
-    if compiled is None or not _FAST["on"] or _hooks_installed():
+def _call(compiled, grid: int, device: int, args: tuple) -> bool:
+    """Launch ``compiled`` through its own launcher; False where that is refused (hooks,
+    or a launcher this code cannot call: then never again). ``args``: the run-time
+    arguments, then the constexprs; a pointer may be an int (its address: for a tensor
+    Triton's launcher asks the driver, each launch)."""
+    if not _FAST["on"] or _hooks_installed():
         return False
     try:
         compiled.run(
-            grid, 1, 1, _raw_stream(key[1]), compiled.function, compiled.packed_metadata,
-            None, None, None, *args, *consts.values(),
+            grid, 1, 1, _raw_stream(device), compiled.function, compiled.packed_metadata,
+            None, None, None, *args,
         )  # fmt: skip
     except TypeError:  # this Triton's launcher takes other arguments: never again
         _FAST["on"] = False
@@ -227,7 +222,8 @@ def _launch(
     direct = _FAST["on"] and os.environ.get("TRITON_INTERPRET") != "1"
     if direct and key is None:
         key = _launch_key(kernel, grid, args, consts, options)
-    if direct and _run_compiled(key, grid, args, consts):
+    compiled = _COMPILED.get(key) if direct else None
+    if compiled is not None and _call(compiled, grid, key[1], (*args, *consts.values())):
         return
     compiled = kernel[(grid,)](*args, **consts, **options)
     names = list(getattr(kernel, "arg_names", ()))  # the launcher takes them in this order
@@ -349,47 +345,55 @@ def dequantize_packed(
 
 class Launcher:
     """:func:`dequantize_packed` of one set of arguments, prepared once: ``launcher(out)``
-    dequantizes into ``out`` (or a new tensor) and returns it.
+    dequantizes into ``out`` (or a new tensor of ``shape``) and returns it.
 
     For the codec, which keeps one per NF4 tensor and dtype (an NF4Tensor's fields never
-    change). Per call it only makes the output and checks that the inputs' addresses and
-    the current device are those the key was built for; :func:`_launch` then takes the
-    compiled kernel's launcher with that key instead of building one from every argument
-    (or builds it, where a check fails). ``benchmarks/bench_nf4.py`` prints the host time
-    per call of both paths."""
+    change). A call makes the output, checks the inputs' addresses and the device, and
+    calls the compiled kernel's launcher (kept here once found) with the addresses as
+    integers; else :func:`_launch` runs. Host time per call: ``nf4_host_breakdown.py``."""
 
     def __init__(self, codes, absmax, codebook, numel, block_size, dtype, *,
                  dq_block_size, dq_grids=None, dq_map=None, dq_scale=None, dq_offset=None,
-                 rows_of=None):  # fmt: skip
+                 rows_of=None, shape=None):  # fmt: skip
         _check(codes, dtype)
         plan = _plan(codes, absmax, codebook, numel, block_size, dtype,
                      dq_block_size, dq_grids, dq_map, dq_scale, dq_offset, rows_of)  # fmt: skip
         self.kernel, self.grid, self.pre, self.post, self.consts, self.options = plan
         self.numel, self.dtype, self.device = numel, dtype, codes.device
+        self.shape = (numel,) if shape is None else tuple(shape)
+        self.cuda = codes.device.type == "cuda"
         self.dev = codes.device.index if codes.device.index is not None else 0
         self.ptrs = tuple(t.data_ptr() for t in self.pre)
+        self.inputs = tuple({id(t): t for t in self.pre}.values())  # each tensor once
+        self.input_ptrs = tuple(t.data_ptr() for t in self.inputs)
+        self.tail = (*self.post, *self.consts.values())
         keys = {}
         for aligned in (True, False):  # the output's 16-byte alignment is the one new fact
             facts = (*_facts(self.pre), (dtype, aligned), *_facts(self.post))
             keys[aligned] = (self.kernel, self.dev, facts, *_key_tail(self.consts, self.options))
         self.keys = keys
+        self.compiled: dict[bool, object] = {}  # output aligned -> Triton's compiled kernel
 
     def __call__(self, out: torch.Tensor | None = None) -> torch.Tensor:
         """Dequantize into ``out`` (as :func:`dequantize_packed`'s, for this launcher's
-        ``rows_of``) or a new contiguous tensor, and return it."""
+        ``rows_of``) or a new contiguous tensor of ``shape``, and return it."""
         if out is None:
-            out = torch.empty(self.numel, dtype=self.dtype, device=self.device)
+            out = torch.empty(self.shape, dtype=self.dtype, device=self.device)
         key = None  # _launch builds it, unless the inputs and the device are still those
         if (
-            self.device.type == "cuda"
+            self.cuda
             and torch.cuda.current_device() == self.dev
-            and self.ptrs == tuple(map(torch.Tensor.data_ptr, self.pre))
+            and self.input_ptrs == tuple(map(torch.Tensor.data_ptr, self.inputs))
         ):
             out_ptr = out.data_ptr()
-            key = self.keys[out_ptr % 16 == 0]
+            aligned = out_ptr % 16 == 0
+            key = self.keys[aligned]
+            compiled = self.compiled.get(aligned) or _COMPILED.get(key)
             # the addresses as integers: the tensors stay alive in self.pre and out
-            if _run_compiled(key, self.grid, (*self.ptrs, out_ptr, *self.post), self.consts):
-                return out
+            if compiled is not None:
+                self.compiled[aligned] = compiled
+                if _call(compiled, self.grid, self.dev, (*self.ptrs, out_ptr, *self.tail)):
+                    return out
         args = (*self.pre, out, *self.post)
         _launch(self.kernel, self.grid, args, self.consts, self.options, key)
         return out
