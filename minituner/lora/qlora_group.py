@@ -208,8 +208,8 @@ def _lora_in_k(xe, x2, layers, lora, scaling, params) -> list[torch.Tensor]:
         r = b.shape[1]
         k = in_f + off + r
         # rows 16 elements apart: Triton specializes the dequantize kernel's row stride on
-        # % 16, and only then can it prove 16-byte stores aligned (at 8 apart the dequantize
-        # into these rows took twice the contiguous one's time on an H100; 16 is untimed)
+        # % 16, and only then can it prove 16-byte stores aligned (on an H100 the dequantize
+        # into rows 8 apart took twice the contiguous one's time, 16 apart 1.09x)
         w = xe.new_empty((b.shape[0], -(-k // 16) * 16))[:, :k]
         layer.dequantize_weight(dt, out=w[:, :in_f])
         if off:
@@ -238,9 +238,11 @@ class LoRAInK:
     """Whether :func:`lora_spare` asks for spare columns (the LoRA products inside the
     base GEMMs' K). Off: on one H100 (``benchmarks/bench_7b_qlora.py --variants
     lora_in_k``, runs 6-8 in ``benchmarks/results/``) the step took 1.011-1.039x the
-    two-GEMM node's; its GEMMs were faster on all seven Linears, the dequantize into rows
-    apart twice as slow. Its rows are now 16 elements apart, untimed. The tests check its
-    values either way."""
+    two-GEMM node's, its dequantize into rows 8 elements apart twice the contiguous one's
+    time. With rows 16 apart (run 9, ``qlora_7b_h100_batch8_lora_in_k16_run9``) that
+    dequantize is 18.3 against 16.8 ms a step on all seven and the step 0.985x (q,v:
+    1.008x), but the all-seven peak is 5816.7 MiB, over PEFT + Liger's 5778.1 in the same
+    run. The tests check its values either way."""
 
     on = False
 
