@@ -392,6 +392,8 @@ def test_the_codec_keeps_one_prepared_launch_per_tensor_and_dtype(monkeypatch):
     out = torch.zeros(8, 16)
     assert dequantize_nf4(q, out=out) is not None and torch.equal(out, torch.full((8, 16), 7.0))
     assert len(launcher.calls) == 3 and launcher.calls[2].data_ptr() == out.data_ptr()
+    with pytest.raises(ValueError, match="cannot dequantize to torch.int8"):
+        dequantize_nf4(q, torch.int8)  # a launcher kept for q: a bad dtype is still refused
     dequantize_nf4(q, torch.bfloat16)  # another dtype: another launcher
     assert [m[2] for m in made] == [torch.float32, torch.bfloat16]
     wide = torch.zeros(8, 24)  # rows 24 apart: another launcher, told the row layout
