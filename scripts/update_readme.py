@@ -7,7 +7,7 @@
 * ``nf4-gpu``: NF4 quantize/dequantize on the GPU against bitsandbytes, from
   benchmarks/results/nf4_h200_*.json (benchmarks/bench_nf4.py --device cuda);
 * ``nf4-7b``: dequantize at the 7B layer shapes, from
-  benchmarks/results/nf4_h100_7b_shapes_run8.json (bench_nf4.py --shapes ... --graph).
+  benchmarks/results/nf4_h200_7b_shapes_run10.json (bench_nf4.py --shapes ... --graph).
 
     python scripts/update_readme.py          # rewrite README.md
     python scripts/update_readme.py --check  # exit 1 if README.md is stale (used by a test)
@@ -135,7 +135,7 @@ def nf4_gpu_table() -> str:
     return "\n".join(lines)
 
 
-NF4_7B_SHAPES = ROOT / "benchmarks" / "results" / "nf4_h100_7b_shapes_run8.json"
+NF4_7B_SHAPES = ROOT / "benchmarks" / "results" / "nf4_h200_7b_shapes_run10.json"
 NF4_7B_OPS = ("dequantize fp32", "dequantize bf16", "dequantize +DQ fp32", "dequantize +DQ bf16")
 
 
