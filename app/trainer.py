@@ -79,6 +79,7 @@ class Trainer:
         self._lock = threading.RLock()
         self._states: dict[int, LiveState] = {}  # jobs this server trains or trained
         self._procs: dict[int, TrainingProcess] = {}  # the running ones
+        self._ending: list[TrainingProcess] = []  # terminal event in, child maybe still exiting
         self._version = 0
         self.problems: list[str] = []  # one line each, for the pages to show
         self.server = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -243,7 +244,9 @@ class Trainer:
         with self._lock:
             s = self._states[job_id] = fold(self._states[job_id], e)
             if isinstance(e, ev.TERMINAL):
-                self._procs.pop(job_id, None)
+                ended = self._procs.pop(job_id, None)
+                if ended is not None:  # its reader waits for the child's exit after this
+                    self._ending = [p for p in self._ending if not p.join(0)] + [ended]
             self._bump()
         if isinstance(e, ev.TERMINAL):
             try:
@@ -291,12 +294,17 @@ class Trainer:
         _ = [p.kill() for p in list(self._procs.values())]
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait until every run of this server has ended (its terminal event is in)."""
+        """Wait until every run of this server has ended: its terminal event is in and its
+        training process has exited (and been waited for)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        for p in list(self._procs.values()):
+        with self._lock:
+            procs = [*self._procs.values(), *self._ending]
+        for p in procs:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not p.join(left):
                 return False
+        with self._lock:
+            self._ending = [p for p in self._ending if not p.join(0)]
         return True
 
     def close(self) -> None:

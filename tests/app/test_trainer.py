@@ -93,6 +93,27 @@ def test_stop_from_another_owner_is_refused_on_the_server(fake, tmp_path, new_tr
     assert t.stop(job, "alice") is False  # nothing runs any more
 
 
+def test_join_waits_for_a_child_that_is_still_exiting(fake, tmp_path, new_trainer, monkeypatch):
+    """A run's terminal event arrives before its child has exited (the worker's reader
+    waits for the exit after handing the event on): join() waits for that exit too, as a
+    server shutting down must (a CI run once found the child alive after join)."""
+    import threading
+
+    exited = threading.Event()
+
+    class Exiting(FakeProcess):
+        def join(self, timeout=None) -> bool:
+            return exited.wait(timeout)
+
+    monkeypatch.setattr(trainermod, "TrainingProcess", Exiting)
+    t = new_trainer()
+    job = t.submit(FinetuneConfig(steps=5), owner="a", cache=str(tmp_path / "c"))
+    assert t.stop(job, "a") and t.snapshot(job).status == "stopped" and not t.busy
+    assert t.join(0.2) is False  # the terminal event is in, the child not yet gone
+    exited.set()
+    assert t.join(5) is True and t._ending == []
+
+
 @settings(max_examples=30, deadline=None)
 @given(other=st.text(max_size=40))
 def test_only_the_owner_token_stops_a_run(other):
