@@ -7,7 +7,8 @@
 # 2. the GEMMs of one QLoRA node in each order at the 7B shapes (bench_gemm_order.py)
 # 3. batch 8 x 512 against PEFT + bitsandbytes and PEFT + bitsandbytes + Liger-Kernel, with
 #    the LoRA-in-K and norm-residual settings (off by default) timed beside it (--variants)
-# 4. NF4 dequantize at the 7B shapes against bitsandbytes and the copy bandwidth
+# 4. where one NF4 dequantize call's host time goes (nf4_host_breakdown.py), then NF4
+#    dequantize at the 7B shapes against bitsandbytes and the copy bandwidth
 # 5. batch 1 x 512 against PEFT + bitsandbytes
 # 6. batch 8 against torchao's NF4 + LoRA under torch.compile (slowest: it compiles)
 # 7. where the q,v step's memory peak is (peak_trace.py: live blocks by repository line)
@@ -22,6 +23,7 @@ python benchmarks/bench_gemm_order.py --device cuda --json "$out/gemm.json" | te
 python benchmarks/bench_7b_qlora.py --batch 8 --r 8 --targets qv all --steps 3 --kernels fused \
   --profile --top 30 --peft --liger --variants lora_in_k norm_residual lora_in_k_norm_residual \
   --out "$out/b8.json" | tee "$out/b8.txt"
+python benchmarks/nf4_host_breakdown.py --json "$out/host.json" | tee "$out/host.txt"
 python benchmarks/bench_nf4.py --device cuda --shapes 4096x4096 4096x11008 11008x4096 --graph \
   --kernel-configs 2048:4 4096:8 8192:8 \
   --json "$out/nf4.json" | tee "$out/nf4.txt"

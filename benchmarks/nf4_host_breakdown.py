@@ -26,16 +26,18 @@ from minituner.nf4.backends import fused_wanted, triton_dequant
 from minituner.nf4.codec import dequantize_nf4, quantize_nf4
 
 
-def per_call_us(fn, calls: int) -> float:
-    """Host microseconds per call of ``fn``: ``calls`` calls, then one synchronize (after
-    50 warm-up calls and a synchronize)."""
+def per_call_us(fn, calls: int, sync=torch.cuda.synchronize) -> float:
+    """Host microseconds per call of ``fn``: ``calls`` calls, then one ``sync`` (after 50
+    warm-up calls and a ``sync``)."""
+    if calls < 1:
+        raise ValueError(f"calls must be at least 1, got {calls}")
     for _ in range(50):
         fn()
-    torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     for _ in range(calls):
         fn()
-    torch.cuda.synchronize()
+    sync()
     return (time.perf_counter() - t0) / calls * 1e6
 
 
@@ -94,6 +96,8 @@ def main(argv=None) -> None:
     ap.add_argument("--calls", type=int, default=3000)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    if args.calls < 1:
+        ap.error(f"--calls must be at least 1, got {args.calls}")
     if not torch.cuda.is_available():
         raise SystemExit("needs a CUDA device")
     record = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cases": {}}
