@@ -56,14 +56,13 @@ def pieces(dtype: torch.dtype, double_quant: bool) -> dict:
     key = launch.keys[True]
     compiled = triton_dequant._COMPILED.get(key)
     if compiled is not None:
-        args = (*launch.ptrs, out.data_ptr(), *launch.post)
+        args = (*launch.ptrs, out.data_ptr(), *launch.tail)  # as Launcher passes them
         stream = triton_dequant._raw_stream(launch.dev)
-        consts = tuple(launch.consts.values())
 
-        def bare():
+        def bare():  # triton_dequant._call without its checks: the launcher's own cost
             compiled.run(
                 launch.grid, 1, 1, stream, compiled.function, compiled.packed_metadata,
-                None, None, None, *args, *consts,
+                None, None, None, *args,
             )  # fmt: skip
 
         fns["compiled.run (Triton's launcher alone)"] = bare
