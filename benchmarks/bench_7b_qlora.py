@@ -50,6 +50,11 @@ PEFT always runs eagerly (as its users run it).
 step's wall time, the time the GPU was busy in it (the union of kernel, memcpy and memset
 intervals of the trace, so overlapping streams count once) and the kernels taking the most
 time, grouped by name.
+``--clocks`` samples the SM clock, power and NVML's clock-limit reasons during each
+system's timed steps (``gpu_clocks.py``; needs ``nvidia-ml-py``), and every peer's ratios
+get ``same_gemm_kernels``: the cuBLAS kernels both steps ran with the same name and the
+same count (the same products), their summed times and the ratio ours / theirs, which
+is 1 when a GEMM runs as fast in one step as in the other.
 ``--dequant-bw`` times dequantizing one 4096 x 11008 NF4 weight to bf16 against cloning
 the bf16 weight (a device-to-device copy), both as GB/s of bytes read + written.
 Nothing here asserts a number: read the JSON.
@@ -73,7 +78,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from gpu_clocks import ClockSampler, ClocksUnavailable, nvml_reader  # noqa: E402
+from gpu_clocks import line as clocks_line  # noqa: E402
 
 from minituner.lora.inject import add_lora, lora_layers  # noqa: E402
 from minituner.lora.qlora import GemmOrder  # noqa: E402
@@ -169,6 +177,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="profile one more step of each configuration: GPU busy time vs wall time",
     )  # fmt: skip
     p.add_argument("--top", type=int, default=12, help="kernels listed per profiled step")
+    p.add_argument(
+        "--clocks", action="store_true",
+        help="sample the SM clock, power and clock-limit reasons in the timed steps (NVML)",
+    )  # fmt: skip
     p.add_argument(
         "--attention", choices=["auto", "cudnn"], default="auto",
         help="our attention: PyTorch's choice, or cuDNN's first (then flash)",
@@ -277,16 +289,21 @@ def train_steps(model, params, batches, step_fn, args, device, graph: bool = Fal
     else:
         run = _eager_runner(model, opt, step_fn, args, device)
     times, losses = [], []
+    sampler = _clock_sampler(args, device)
     _reset_peak(device)
     before = _mem(device)
     for i, (x, y) in enumerate(batches):
         _sync(device)
+        if i == args.warmup and isinstance(sampler, ClockSampler):
+            sampler.__enter__()  # the timed steps only
         t0 = time.perf_counter()
         loss = run(x, y)
         _sync(device)
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
         losses.append(loss.item())
+    if isinstance(sampler, ClockSampler):
+        sampler.__exit__(None, None, None)
     after = _mem(device)
     step = statistics.median(times)
     out = {
@@ -305,12 +322,61 @@ def train_steps(model, params, batches, step_fn, args, device, graph: bool = Fal
     else:
         out["peak_bytes"] = None
         out["peak_note"] = "not measured on CPU (no allocator statistics); CUDA only"
+    if sampler is not None:
+        out["clocks"] = sampler.summary() if isinstance(sampler, ClockSampler) else sampler
     if args.profile:
         out["profile"] = profile_step(run, batches[-1], device, args.top)
     del run, opt
     for p in params:
         p.grad = None
     return out
+
+
+def _clock_sampler(args, device: torch.device):
+    """With ``--clocks``: a :class:`ClockSampler` of this CUDA device, or a dict saying why
+    there is none (no pynvml, no NVML, a CPU run); None without ``--clocks``."""
+    if not getattr(args, "clocks", False):
+        return None
+    if device.type != "cuda":
+        return {"samples": 0, "error": "clocks are sampled on CUDA devices only"}
+    try:
+        read, facts = nvml_reader(device.index or 0)
+    except ClocksUnavailable as exc:
+        return {"samples": 0, "error": str(exc)}
+    return ClockSampler(read, facts)
+
+
+def same_gemm_kernels(ours: dict, theirs: dict) -> dict | None:
+    """The GEMM kernels two profiled steps both ran under the same name the same number of
+    times (the same products with the same cuBLAS kernel), with their summed seconds and
+    ratio ours / theirs; None without two profiles or without such a kernel.
+
+    Only kernels in both steps' top lists count (``--top``); a ratio above 1 says the same
+    GEMMs ran slower in our step (a lower clock, or other work on the memory system)."""
+    mine = {k["name"]: k for k in ours.get("profile", {}).get("top_kernels", [])}
+    other = {k["name"]: k for k in theirs.get("profile", {}).get("top_kernels", [])}
+    same = [
+        (n, k, other[n])
+        for n, k in mine.items()
+        if n in other and k["count"] == other[n]["count"] and kernel_category(n) == "gemm"
+    ]
+    if not same:
+        return None
+    s_ours, s_theirs = sum(a["seconds"] for _, a, _ in same), sum(b["seconds"] for *_, b in same)
+    return {
+        "kernels": [
+            {
+                "name": n,
+                "count": a["count"],
+                "seconds_ours": a["seconds"],
+                "seconds_peer": b["seconds"],
+            }  # fmt: skip
+            for n, a, b in same
+        ],
+        "seconds_ours": s_ours,
+        "seconds_peer": s_theirs,
+        "time_ours_over_peer": s_ours / s_theirs if s_theirs else None,
+    }
 
 
 def busy_time(intervals) -> float:
@@ -641,6 +707,8 @@ def _report_run(label: str, res: dict, cfg, args) -> None:
         + ("" if mfu is None else f"  MFU {mfu:.1%}")
         + ("" if busy is None else f"  GPU busy {busy:.0%}")
     )
+    if res.get("clocks") is not None:
+        print("    " + clocks_line(res["clocks"]))
     _print_top_kernels(res, args.top)
 
 
@@ -861,6 +929,9 @@ def _ratio(ours: dict, theirs: dict) -> dict:
         ratio["peak_ours_over_peer"] = ours["peak_bytes"] / theirs["peak_bytes"]
     if "device_busy_fraction" in ours.get("profile", {}):
         ratio["ours_device_busy_fraction"] = ours["profile"]["device_busy_fraction"]
+    same = same_gemm_kernels(ours, theirs)
+    if same is not None:
+        ratio["same_gemm_kernels"] = same
     return ratio
 
 
@@ -975,7 +1046,15 @@ def main(argv=None) -> dict:
             if key in runs_eager:
                 eager = runs_eager[key]["step_s_median"] / theirs["step_s_median"]
                 ratio["eager_step_time_ours_over_peer"] = eager
-            print(f"{key}: ours/{name} {ratio}")
+            shown = {k: v for k, v in ratio.items() if k != "same_gemm_kernels"}
+            print(f"{key}: ours/{name} {shown}")
+            if "same_gemm_kernels" in ratio:
+                same = ratio["same_gemm_kernels"]
+                print(
+                    f"    the same GEMM kernels ({len(same['kernels'])} names, same counts): "
+                    f"ours {same['seconds_ours'] * 1e3:.2f} ms, {name} "
+                    f"{same['seconds_peer'] * 1e3:.2f} ms, {same['time_ours_over_peer']:.3f}x"
+                )
         if name == "peft":
             result["peft"] = res_peer
             for theirs in res_peer.get("runs", {}).values():  # the name scaling.py reads

@@ -446,9 +446,11 @@ def test_benchmark_peft_path_tiny_cpu(tmp_path):
         pytest.importorskip(name)
     argv = ["--device", "cpu", "--shape", "tiny", "--steps", "1", "--warmup", "1", "--seq", "16"]
     argv += ["--r", "8", "--targets", "qv", "--peft", "--out", str(tmp_path / "b.json")]
-    _load_bench().main(argv)
+    _load_bench().main([*argv, "--clocks"])
     data = json.loads((tmp_path / "b.json").read_text())
     theirs = data["peft"]["runs"]["r8_qv"]
+    for run in (data["runs"]["r8_qv"], theirs):  # NVML clocks are a CUDA-only figure
+        assert run["clocks"] == {"samples": 0, "error": "clocks are sampled on CUDA devices only"}
     assert theirs["lora_layer_type"] == "peft.tuners.lora.bnb.Linear4bit"
     assert theirs["trainable_params"] == data["runs"]["r8_qv"]["trainable_params"]
     assert all(math.isfinite(v) for v in theirs["losses"])
