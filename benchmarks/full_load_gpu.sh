@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 27's GPU measurements in one go, on one CUDA machine with this repo's requirements
-# plus bitsandbytes, liger-kernel and torchao (their versions land in each JSON):
+# plus bitsandbytes, liger-kernel, torchao (their versions land in each JSON) and nvidia-ml-py
+# (the SM clock and power of --clocks):
 #   bash benchmarks/full_load_gpu.sh OUT_DIR
 # 1. the GPU tests of every fused kernel (NF4 dequantize and its prepared launch, RMSNorm,
 #    RoPE, SwiGLU, head + loss, recompute, q,k,v / gate,up groups, CUDA graphs, bitsandbytes)
@@ -21,7 +22,7 @@ python -m pytest -q -rfE tests/nf4/backends/test_triton.py tests/scale tests/lor
   tests/nf4/test_bnb.py tests/nf4/test_codec.py | tee "$out/tests.txt"
 python benchmarks/bench_gemm_order.py --device cuda --json "$out/gemm.json" | tee "$out/gemm.txt"
 python benchmarks/bench_7b_qlora.py --batch 8 --r 8 --targets qv all --steps 3 --kernels fused \
-  --profile --top 30 --peft --liger --variants lora_in_k norm_residual lora_in_k_norm_residual \
+  --profile --top 30 --peft --liger --clocks --variants lora_in_k norm_residual lora_in_k_norm_residual \
   --out "$out/b8.json" | tee "$out/b8.txt"
 python benchmarks/nf4_host_breakdown.py --json "$out/host.json" | tee "$out/host.txt"
 python benchmarks/bench_nf4.py --device cuda --shapes 4096x4096 4096x11008 11008x4096 --graph \
