@@ -30,8 +30,8 @@ from minituner.experiments.claims import claims_text  # noqa: E402
 from minituner.experiments.record import read_experiments  # noqa: E402
 from minituner.experiments.report import findings_table  # noqa: E402
 from minituner.paths import experiments_file  # noqa: E402
+from minituner.scale.full_load import full_load_lines  # noqa: E402
 from minituner.scale.scaling import (  # noqa: E402
-    full_load_lines,
     load_scaling_result,
     qlora_7b_full_load,
     scaling_rows,

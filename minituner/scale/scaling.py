@@ -42,7 +42,7 @@ def qlora_7b_h200() -> Path:
     return scaling_dir() / "qlora_7b_h200.json"
 
 
-_SCALING_RUN = re.compile(r"^r(\d+)_(\w+)$")  # "r8_qv": rank 8, targets "qv"
+RUN_KEY = re.compile(r"^r(\d+)_(\w+)$")  # "r8_qv": rank 8, targets "qv"
 _TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "dict": ((dict,), "an object"),
     "str": ((str,), "a string"),
@@ -124,7 +124,7 @@ def validate_scaling_result(result, source: str = "scaling result") -> dict:
     if not runs:
         raise ValueError(f"{source}: 'runs' is empty")
     for key, run in runs.items():
-        if not _SCALING_RUN.match(key):
+        if not RUN_KEY.match(key):
             raise ValueError(f"{source}: run name {key!r} is not of the form r<rank>_<targets>")
         where = f"runs.{key}"
         if not isinstance(run, dict):
@@ -183,7 +183,8 @@ def load_scaling_result(path: str | os.PathLike | None = None) -> dict:
     return validate_scaling_result(read_json(path), source=str(path))
 
 
-def _busy(run: Mapping) -> float | None:
+def busy_fraction(run: Mapping) -> float | None:
+    """The GPU's busy share of a profiled step's wall time, or None without a profile."""
     prof = run.get("profile")
     frac = prof.get("device_busy_fraction") if isinstance(prof, dict) else None
     return None if frac is None else float(frac)
@@ -209,7 +210,7 @@ def scaling_rows(result: Mapping) -> list[dict]:
     peft = result.get("peft", {}).get("runs", {})
     rows = []
     for key, run in result["runs"].items():
-        m = _SCALING_RUN.match(key)
+        m = RUN_KEY.match(key)
         r, targets = int(m[1]), m[2]
         mixed = run["predicted"]["mixed"]["total"]
         bf16 = run["predicted"]["bf16"]["total"]
@@ -228,7 +229,7 @@ def scaling_rows(result: Mapping) -> list[dict]:
             "step_s": step,
             "tokens_per_s": float(run["tokens_per_s"]),
             "step_mode": run.get("step_mode", "eager"),
-            "busy_fraction": _busy(run),
+            "busy_fraction": busy_fraction(run),
             "peft_peak_bytes": None,
             "peft_step_s": None,
             "peft_busy_fraction": None,
@@ -239,162 +240,8 @@ def scaling_rows(result: Mapping) -> list[dict]:
         if theirs is not None:
             row["peft_peak_bytes"] = theirs["peak_bytes"]
             row["peft_step_s"] = float(theirs["step_s_median"])
-            row["peft_busy_fraction"] = _busy(theirs)
+            row["peft_busy_fraction"] = busy_fraction(theirs)
             row["peak_ours_over_peft"] = peak / theirs["peak_bytes"]
             row["step_ours_over_peft"] = step / row["peft_step_s"]
         rows.append(row)
     return rows
-
-
-PEER_NAMES = {  # the benchmark's peer keys, in the order tables show them
-    "peft": "PEFT + bitsandbytes",
-    "liger": "PEFT + bitsandbytes + Liger-Kernel",
-    "torchao": "torchao NF4 + torch.compile",
-}
-
-
-def _peer_runs(result: Mapping, name: str) -> dict:
-    holder = result.get("peft") if name == "peft" else result.get("peers", {}).get(name)
-    runs = holder.get("runs", {}) if isinstance(holder, dict) else {}
-    return {k: v for k, v in runs.items() if isinstance(v, dict) and "step_s_median" in v}
-
-
-def _gemm_share(run: Mapping) -> float | None:
-    cats = run.get("profile", {}).get("categories", {}) if isinstance(run, dict) else {}
-    gemm = cats.get("gemm") if isinstance(cats, dict) else None
-    return None if not isinstance(gemm, dict) else float(gemm["share_of_busy"])
-
-
-def peer_rows(result: Mapping) -> list[dict]:
-    """One row per configuration: our step against every peer that ran it.
-
-    Each row: ``config``, ``label``, ``step_s``, ``mfu`` (None where the file has none),
-    ``gemm_share`` (GEMM kernels' share of our profiled step's GPU busy time, or None),
-    ``gemm_s`` (their seconds: the floor the step cannot go under, or None), and
-    ``peers``: {peer: {``step_s``, ``step_ratio`` (ours / theirs), ``peak_ratio`` (ours /
-    theirs, None without both peaks), ``mfu``}} for each of :data:`PEER_NAMES` that ran
-    this configuration; a peer that failed or was skipped is absent, with its note in
-    ``skipped`` ({peer: note}).
-
-    Raises ValueError as :func:`validate_scaling_result` does.
-    """
-    result = validate_scaling_result(result)
-    rows = []
-    for key, run in result["runs"].items():
-        cats = run.get("profile", {}).get("categories", {})
-        row = {
-            "config": key,
-            "label": "r={} {}".format(*_SCALING_RUN.match(key).groups()),
-            "step_s": float(run["step_s_median"]),
-            "mfu": run.get("mfu"),
-            "gemm_share": _gemm_share(run),
-            "gemm_s": cats.get("gemm", {}).get("seconds") if isinstance(cats, dict) else None,
-            "busy": _busy(run),
-            "peers": {},
-            "skipped": {},
-        }
-        for name in PEER_NAMES:
-            theirs = _peer_runs(result, name).get(key)
-            if theirs is None:
-                holder = result.get("peers", {}).get(name, {})
-                note = holder.get("skipped") or holder.get("runs", {}).get(key, {}).get("skipped")
-                if note:
-                    row["skipped"][name] = str(note)
-                continue
-            both = run.get("peak_bytes") and theirs.get("peak_bytes")
-            row["peers"][name] = {
-                "step_s": float(theirs["step_s_median"]),
-                "step_ratio": row["step_s"] / float(theirs["step_s_median"]),
-                "peak_ratio": run["peak_bytes"] / theirs["peak_bytes"] if both else None,
-                "mfu": theirs.get("mfu"),
-                "busy": _busy(theirs),
-            }
-        rows.append(row)
-    return rows
-
-
-def _x(v: float | None, digits: int = 2) -> str:
-    return "-" if v is None else f"{v:.{digits}f}x"
-
-
-def _variant_text(config: str, run: dict) -> str | None:  # its step over the default's
-    if "step_time_over_default" in run:
-        return f"{config} {run['step_time_over_default']:.3f}x"
-    return f"{config} failed" if "failed" in run else None
-
-
-def full_load_lines(result: Mapping) -> list[str]:
-    """A markdown table of :func:`peer_rows` (ours / peer step time and peak, MFU, GEMM
-    share) and the notes under it: the command, card, versions, MFU formula and peak."""
-    rows = peer_rows(result)
-    names = [n for n in PEER_NAMES if any(n in r["peers"] or n in r["skipped"] for r in rows)]
-    head = "| LoRA | our step | MFU | GEMM share of GPU time |" + "".join(
-        f" ours / {PEER_NAMES[n]}: step, peak |" for n in names
-    )
-    lines = [head, "|---" + "|---:" * (3 + len(names)) + "|"]
-    for r in rows:
-        cells = [
-            f"r={r['config'][1:].replace('_', ' on ')}",
-            f"{r['step_s'] * 1e3:.0f} ms",
-            "-" if r["mfu"] is None else f"{r['mfu']:.0%}",
-            "-" if r["gemm_share"] is None else f"{r['gemm_share']:.0%}",
-        ]
-        for n in names:
-            p = r["peers"].get(n)
-            cells.append(
-                "did not run" if p is None else f"{_x(p['step_ratio'])}, {_x(p['peak_ratio'], 3)}"
-            )
-        lines.append("| " + " | ".join(cells) + " |")
-    gaps = [
-        f"{r['label']}: {1e3 * (r['step_s'] - r['gemm_s']):.0f} ms of {1e3 * r['step_s']:.0f}"
-        for r in rows
-        if r["gemm_s"]
-    ]
-    versions = "; ".join(
-        f"{n}: " + ", ".join(f"{k} {v}" for k, v in sorted(holder.get("versions", {}).items()) if v)
-        for n, holder in [("peft", result.get("peft", {}))] + list(result.get("peers", {}).items())
-        if isinstance(holder, dict) and holder.get("versions")
-    )
-    skipped = sorted({f"{n}: {note}" for r in rows for n, note in r["skipped"].items()})
-    busy = [
-        f"{r['label']}: ours {r['busy']:.0%}"
-        + "".join(f", {n} {p['busy']:.0%}" for n, p in r["peers"].items() if p["busy"])
-        for r in rows
-        if r["busy"]
-    ]
-    variants = [
-        f"{name}: " + ", ".join(said)
-        for name, runs in result.get("variants", {}).items()
-        if (said := [t for k, v in runs.items() if (t := _variant_text(k, v))])
-    ]
-    plain = result.get("runs_plain", {})
-    unfused = [
-        f"{r['label']}: {1e3 * plain[r['config']]['step_s_median']:.0f} ms"
-        + "".join(
-            f", {plain[r['config']]['step_s_median'] / p['step_s']:.2f}x {n}"
-            for n, p in r["peers"].items()
-        )
-        for r in rows
-        if isinstance(plain.get(r["config"]), dict) and "step_s_median" in plain[r["config"]]
-    ]
-    peak = result.get("mfu_peak_flops")
-    notes = [  # (text, shown only where its list is not empty)
-        ("Left between our step and its GEMM kernels' time: {}.", gaps),
-        ("Our step without the fused kernels, same run: {}.", unfused),
-        ("GPU busy over the step's wall time in that step (a step far below 100% waits on "
-         "the host, and its time follows the host's speed): {}.", busy),
-        ("Our step under other settings, same run, over the default: {}.", variants),
-        ("Versions: {}.", [versions] if versions else []),
-        ("Not measured: {}.", skipped),
-    ]  # fmt: skip
-    lines += [
-        "",
-        f"({result['device_name']}, batch {result['args']['batch']} x {result['args']['seq']}; "
-        f"`{result['command']}`. MFU: {result.get('mfu_formula', 'model FLOPs / (step x peak)')}"
-        + (f", peak {peak / 1e12:.1f} TFLOP/s" if peak else "")
-        + ". GEMM share: cuBLAS/CUTLASS matrix-product kernels over the GPU's busy time in one "
-        "profiled step."
-        + "".join(" " + text.format("; ".join(items)) for text, items in notes if items)
-        + ")",
-    ]
-    return lines

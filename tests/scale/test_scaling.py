@@ -210,7 +210,7 @@ def _with_peers(result: dict) -> dict:
 
 
 def test_peer_rows_set_ours_against_each_peer_that_ran(shipped):
-    from minituner.scale.scaling import PEER_NAMES, peer_rows
+    from minituner.scale.full_load import PEER_NAMES, peer_rows
 
     result = _with_peers(shipped)
     rows = peer_rows(result)
@@ -235,7 +235,7 @@ def test_full_load_path_is_in_precomputed_scaling():
 
 
 def test_full_load_lines_show_every_run_and_peer(shipped):
-    from minituner.scale.scaling import full_load_lines, peer_rows
+    from minituner.scale.full_load import full_load_lines, peer_rows
 
     result = _with_peers(shipped)
     lines = full_load_lines(result)
@@ -243,7 +243,7 @@ def test_full_load_lines_show_every_run_and_peer(shipped):
     body = [line for line in lines if line.startswith("| r=")]
     assert len(body) == len(rows)
     for line, row in zip(body, rows, strict=True):
-        assert f"{row['peers']['liger']['step_ratio']:.2f}x" in line
+        assert f"{row['peers']['liger']['step_ratio']:.3f}x" in line  # 0.6017 is not 0.60
         assert line.rstrip(" |").endswith("did not run")  # torchao failed for every run
     assert result["command"] in lines[-1] and "compile" in lines[-1]
 
@@ -251,7 +251,7 @@ def test_full_load_lines_show_every_run_and_peer(shipped):
 def test_full_load_lines_give_peaks_to_three_places_busy_fractions_and_variants(shipped):
     """A peak ratio of 1.005 must not print as 1.00x; a host-bound peer's busy fraction and
     the settings timed beside our default are in the note."""
-    from minituner.scale.scaling import full_load_lines
+    from minituner.scale.full_load import full_load_lines
 
     result = _with_peers(shipped)
     key = next(iter(result["runs"]))
@@ -265,6 +265,15 @@ def test_full_load_lines_give_peaks_to_three_places_busy_fractions_and_variants(
     row = next(line for line in lines if line.startswith(f"| r={key[1:].replace('_', ' on ')} |"))
     assert "1.005x" in row
     assert re.search(r": ours 98%(, peft \d+%)?, liger 50%", lines[-1])
+    # with --clocks: each step's mean SM clock, and the same GEMMs' time ours / the peer's
+    ours["clocks"] = {"samples": 80, "sm_mhz_mean": 1580.4}
+    theirs = result["peers"]["liger"]["runs"][key]
+    theirs["clocks"] = {"samples": 0, "error": "no NVML"}  # not sampled: nothing said
+    theirs["ratios_ours_over_liger"] = {"same_gemm_kernels": {"time_ours_over_peer": 1.1329}}
+    note = full_load_lines(result)[-1]
+    assert re.search(
+        r": ours 98% at 1580 MHz(, peft [^,]+)?, liger 50% \(same GEMMs 1.133x\)", note
+    )
     assert f"base_first: {key} 1.025x" in lines[-1]
     result["variants"]["lora_in_k"] = {key: {"failed": "RuntimeError: x"}}  # said, not dropped
     assert f"lora_in_k: {key} failed" in full_load_lines(result)[-1]
