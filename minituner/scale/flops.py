@@ -17,9 +17,12 @@ With N = batch x seq tokens, a frozen Linear (in -> out) costs 2·N·in·out per
   (2x forward) = 4x that.
 
 The peak is the vendor's dense (not sparse) bf16 Tensor Core figure: 989.4 TFLOP/s for
-the H100 SXM and the H200 (same chip, same clocks). A GEMM-only step on these cards
-reaches about 75-80 % of it (an 8192³ bf16 product measured 770-800 TFLOP/s here), so
-that is the practical ceiling of MFU.
+the H100 SXM and the H200 (same chip, same clocks; 132 SMs at 1830 MHz). A GEMM-only step
+on these cards reaches about 75-80 % of it (an 8192³ bf16 product measured 770-800
+TFLOP/s here), so that is the practical ceiling of MFU. A step that keeps the GPU busy
+also meets the card's power limit: NVML put the SM clock of our 7B step at 1542-1680 MHz
+on an H100, power-capped in every sample (``bench_7b_qlora.py --clocks``, runs 11-13),
+so its GEMMs ran at most 84-92 % of the quoted peak's clock.
 """
 
 from __future__ import annotations
