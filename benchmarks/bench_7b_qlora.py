@@ -63,6 +63,7 @@ Nothing here asserts a number: read the JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import math
@@ -289,21 +290,20 @@ def train_steps(model, params, batches, step_fn, args, device, graph: bool = Fal
     else:
         run = _eager_runner(model, opt, step_fn, args, device)
     times, losses = [], []
-    sampler = _clock_sampler(args, device)
+    sampler, clocks = _clock_sampler(args, device)
     _reset_peak(device)
     before = _mem(device)
-    for i, (x, y) in enumerate(batches):
-        _sync(device)
-        if i == args.warmup and isinstance(sampler, ClockSampler):
-            sampler.__enter__()  # the timed steps only
-        t0 = time.perf_counter()
-        loss = run(x, y)
-        _sync(device)
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t0)
-        losses.append(loss.item())
-    if isinstance(sampler, ClockSampler):
-        sampler.__exit__(None, None, None)
+    with contextlib.ExitStack() as sampling:  # stops the sampler however the loop ends
+        for i, (x, y) in enumerate(batches):
+            _sync(device)
+            if i == args.warmup and sampler is not None:
+                sampling.enter_context(sampler)  # the timed steps only
+            t0 = time.perf_counter()
+            loss = run(x, y)
+            _sync(device)
+            if i >= args.warmup:
+                times.append(time.perf_counter() - t0)
+            losses.append(loss.item())
     after = _mem(device)
     step = statistics.median(times)
     out = {
@@ -322,8 +322,8 @@ def train_steps(model, params, batches, step_fn, args, device, graph: bool = Fal
     else:
         out["peak_bytes"] = None
         out["peak_note"] = "not measured on CPU (no allocator statistics); CUDA only"
-    if sampler is not None:
-        out["clocks"] = sampler.summary() if isinstance(sampler, ClockSampler) else sampler
+    if clocks is not None:
+        out["clocks"] = sampler.summary() if sampler is not None else clocks
     if args.profile:
         out["profile"] = profile_step(run, batches[-1], device, args.top)
     del run, opt
@@ -332,18 +332,19 @@ def train_steps(model, params, batches, step_fn, args, device, graph: bool = Fal
     return out
 
 
-def _clock_sampler(args, device: torch.device):
-    """With ``--clocks``: a :class:`ClockSampler` of this CUDA device, or a dict saying why
-    there is none (no pynvml, no NVML, a CPU run); None without ``--clocks``."""
+def _clock_sampler(args, device: torch.device) -> tuple[ClockSampler | None, dict | None]:
+    """(a :class:`ClockSampler` of this CUDA device or None, the record to store): without
+    ``--clocks`` (None, None); where none can run (no pynvml, no NVML, a CPU run) the
+    record says why."""
     if not getattr(args, "clocks", False):
-        return None
+        return None, None
     if device.type != "cuda":
-        return {"samples": 0, "error": "clocks are sampled on CUDA devices only"}
+        return None, {"samples": 0, "error": "clocks are sampled on CUDA devices only"}
     try:
         read, facts = nvml_reader(device.index or 0)
     except ClocksUnavailable as exc:
-        return {"samples": 0, "error": str(exc)}
-    return ClockSampler(read, facts)
+        return None, {"samples": 0, "error": str(exc)}
+    return ClockSampler(read, facts), {}
 
 
 def same_gemm_kernels(ours: dict, theirs: dict) -> dict | None:
@@ -370,7 +371,7 @@ def same_gemm_kernels(ours: dict, theirs: dict) -> dict | None:
                 "count": a["count"],
                 "seconds_ours": a["seconds"],
                 "seconds_peer": b["seconds"],
-            }  # fmt: skip
+            }
             for n, a, b in same
         ],
         "seconds_ours": s_ours,

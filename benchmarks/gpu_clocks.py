@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import statistics
 import threading
-import time
 from collections.abc import Callable
 
 # NVML's clocks-event (throttle) reason bits, by the name the summary gives them
@@ -155,10 +154,3 @@ def line(summary: dict) -> str:
     if limits:
         text += ", limited by " + ", ".join(f"{k} {v:.0%}" for k, v in limits.items())
     return text + f" ({summary['samples']} samples)"
-
-
-def wait_for_samples(sampler: ClockSampler, n: int, timeout_s: float = 1.0) -> None:
-    """Block until ``sampler`` holds ``n`` samples or ``timeout_s`` passes (tests)."""
-    end = time.monotonic() + timeout_s
-    while len(sampler.samples) < n and time.monotonic() < end:
-        time.sleep(0.001)

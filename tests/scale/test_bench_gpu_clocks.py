@@ -6,6 +6,7 @@ the GEMM kernels both ran the same number of times."""
 from __future__ import annotations
 
 import sys
+import time
 
 import pytest
 from bench_util import load_benchmark
@@ -13,6 +14,12 @@ from bench_util import load_benchmark
 
 def _clocks():
     return load_benchmark("gpu_clocks")
+
+
+def _wait_for_samples(sampler, n: int, timeout_s: float = 1.0) -> None:
+    end = time.monotonic() + timeout_s
+    while len(sampler.samples) < n and time.monotonic() < end:
+        time.sleep(0.001)
 
 
 def test_summary_means_ranges_and_limit_shares():
@@ -45,7 +52,7 @@ def test_the_sampler_reads_between_enter_and_exit_only():
 
     sampler = mod.ClockSampler(read, {"sm_mhz_max": 1980.0}, period_s=0.001)
     with sampler:
-        mod.wait_for_samples(sampler, 5)
+        _wait_for_samples(sampler, 5)
     n = len(reads)
     assert n >= 5 and len(sampler.samples) == n
     assert sampler.summary()["samples"] == n and sampler.summary()["sm_mhz_max"] == 1980.0
@@ -66,7 +73,7 @@ def test_a_failing_reading_stops_the_sampler_and_is_reported():
 
     sampler = mod.ClockSampler(read, period_s=0.001)
     with sampler:
-        mod.wait_for_samples(sampler, 3, timeout_s=0.2)
+        _wait_for_samples(sampler, 3, timeout_s=0.2)
     s = sampler.summary()
     assert s["samples"] == 2 and s["error"] == "RuntimeError: driver went away"
 
